@@ -1,0 +1,50 @@
+// Package store is the only code of the agent that talks to Redis. Every key it
+// touches is built by Keys and described in docs/redis-schema.md.
+package store
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+)
+
+// DefaultPrefix is the key prefix used when none is configured.
+const DefaultPrefix = "certagent:"
+
+// Keys builds every Redis key of the schema. The zero value uses DefaultPrefix.
+type Keys struct {
+	// Prefix starts every key. Default: DefaultPrefix.
+	Prefix string
+}
+
+func (k Keys) prefix() string {
+	if k.Prefix == "" {
+		return DefaultPrefix
+	}
+	return k.Prefix
+}
+
+// Cert is the hash holding the certificate record served for name.
+func (k Keys) Cert(name string) string { return k.prefix() + "cert:" + name }
+
+// Token is the string holding the HTTP-01 key authorization for token under name.
+func (k Keys) Token(name, token string) string { return k.prefix() + "token:" + name + ":" + token }
+
+// Requests is the stream of names that nginx saw without a certificate.
+func (k Keys) Requests() string { return k.prefix() + "requests" }
+
+// Expiry is the sorted set of primary names scored by not-after.
+func (k Keys) Expiry() string { return k.prefix() + "expiry" }
+
+// Lock is the lease that makes one agent at a time order a certificate for name.
+func (k Keys) Lock(name string) string { return k.prefix() + "lock:" + name }
+
+// Account is the hash holding the ACME account for a directory URL and e-mail.
+func (k Keys) Account(directoryURL, email string) string {
+	return k.prefix() + "account:" + AccountID(directoryURL, email)
+}
+
+// AccountID names an ACME account by the CA and the e-mail it was registered with.
+func AccountID(directoryURL, email string) string {
+	sum := sha256.Sum256([]byte(directoryURL + "\n" + email))
+	return hex.EncodeToString(sum[:16])
+}
