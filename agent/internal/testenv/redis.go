@@ -1,0 +1,96 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Redis is a redis-server started for one test. It keeps its port across
+// Stop and Start so tests can take Redis away and bring it back.
+type Redis struct {
+	Addr   string // host:port on 127.0.0.1
+	URL    string // redis://127.0.0.1:port/0
+	Client *redis.Client
+
+	t    testing.TB
+	bin  string
+	dir  string
+	port int
+	cmd  *exec.Cmd
+}
+
+// StartRedis starts a redis-server with no persistence on a free port.
+func StartRedis(t testing.TB) *Redis {
+	t.Helper()
+	r := &Redis{t: t, bin: Require(t, "redis-server"), dir: t.TempDir(), port: FreePort(t)}
+	r.Addr = "127.0.0.1:" + strconv.Itoa(r.port)
+	r.URL = "redis://" + r.Addr + "/0"
+	r.Start()
+	r.Client = redis.NewClient(&redis.Options{Addr: r.Addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() {
+		r.Client.Close()
+		r.Stop()
+	})
+	return r
+}
+
+// Start starts the server again after Stop (or the first time).
+func (r *Redis) Start() {
+	r.t.Helper()
+	if r.cmd != nil {
+		return
+	}
+	logFile, err := os.OpenFile(filepath.Join(r.dir, "redis.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	cmd := exec.Command(r.bin,
+		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.dir,
+		"--daemonize", "no", "--protected-mode", "no")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		r.t.Fatalf("starting redis-server: %v", err)
+	}
+	r.cmd = cmd
+	if err := WaitTCP(r.Addr, 10*time.Second); err != nil {
+		r.Stop()
+		r.t.Fatalf("redis-server: %v (log in %s)", err, r.dir)
+	}
+}
+
+// Stop kills the server; connections to Addr are refused until Start.
+func (r *Redis) Stop() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Wait()
+	r.cmd = nil
+}
+
+// CommandCalls returns how many times Redis has run cmd (lowercase, e.g. "xadd")
+// since start or the last CONFIG RESETSTAT, from INFO commandstats.
+func (r *Redis) CommandCalls(cmd string) (int64, error) {
+	info, err := r.Client.InfoMap(context.Background(), "commandstats").Result()
+	if err != nil {
+		return 0, err
+	}
+	stats, ok := info["Commandstats"]["cmdstat_"+cmd]
+	if !ok {
+		return 0, nil
+	}
+	var calls int64
+	if _, err := fmt.Sscanf(stats, "calls=%d", &calls); err != nil {
+		return 0, fmt.Errorf("parsing commandstats %q: %w", stats, err)
+	}
+	return calls, nil
+}
