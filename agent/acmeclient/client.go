@@ -1,0 +1,199 @@
+// Package acmeclient obtains certificates from an ACME CA with lego's protocol
+// layer (acme/api). It drives the order itself rather than through lego's
+// Certificate.Obtain, whose first authorization poll waits 5 s when the CA
+// sends no Retry-After; here polls start short and grow, so an order against a
+// fast CA takes tens of milliseconds and a real CA is not hammered.
+package acmeclient
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/go-acme/lego/v4/acme"
+	"github.com/go-acme/lego/v4/acme/api"
+	"github.com/go-acme/lego/v4/challenge"
+)
+
+// LetsEncryptProduction is the default directory URL.
+const LetsEncryptProduction = "https://acme-v02.api.letsencrypt.org/directory"
+
+// LetsEncryptStaging is Let's Encrypt's test CA.
+const LetsEncryptStaging = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+// Config configures a Client.
+type Config struct {
+	// DirectoryURL of the CA. Default: LetsEncryptProduction.
+	DirectoryURL string
+	// Email registered with the account; may be empty.
+	Email string
+	// KeyType of certificate keys: ec256 (default), ec384, rsa2048 or rsa4096.
+	KeyType string
+	// HTTPClient talks to the CA. Default: one trusting the system roots and
+	// CARootFiles, with a 30 s timeout.
+	HTTPClient *http.Client
+	// CARootFiles are PEM files of extra roots trusted for the CA's HTTPS
+	// endpoint (private CAs, Pebble). Ignored when HTTPClient is set.
+	CARootFiles []string
+	// UserAgent sent to the CA. Default: "certagent".
+	UserAgent string
+	// FirstPoll is the first wait before polling an authorization or order
+	// when the CA sends no Retry-After. Default: 25 ms. Each poll doubles the
+	// wait up to MaxPoll (default 1 s).
+	FirstPoll, MaxPoll time.Duration
+}
+
+// AccountStore keeps the ACME account shared by every agent of the fleet.
+type AccountStore interface {
+	// ClaimAccountKey stores keyPEM unless a key is already stored for
+	// (directory, email) and returns what is stored.
+	ClaimAccountKey(ctx context.Context, directory, email, keyPEM string) (keyPEMStored, uri string, err error)
+	// SetAccountURI records the account URL after registration.
+	SetAccountURI(ctx context.Context, directory, email, uri string) error
+}
+
+// Client orders certificates from one CA with one account.
+type Client struct {
+	cfg    Config
+	core   *api.Core
+	solver challenge.Provider
+}
+
+// Certificate is an issued certificate with its new private key.
+type Certificate struct {
+	FullChain []byte // PEM, leaf first
+	KeyPEM    []byte // PEM, PKCS #8
+	CertURL   string
+	KeyType   string
+}
+
+// New loads or registers the account for cfg and returns a client that
+// answers HTTP-01 challenges with solver.
+func New(ctx context.Context, cfg Config, accounts AccountStore, solver challenge.Provider) (*Client, error) {
+	if cfg.DirectoryURL == "" {
+		cfg.DirectoryURL = LetsEncryptProduction
+	}
+	if cfg.KeyType == "" {
+		cfg.KeyType = "ec256"
+	}
+	if _, err := generateKey(cfg.KeyType); err != nil {
+		return nil, err
+	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "certagent"
+	}
+	if cfg.FirstPoll <= 0 {
+		cfg.FirstPoll = 25 * time.Millisecond
+	}
+	if cfg.MaxPoll <= 0 {
+		cfg.MaxPoll = time.Second
+	}
+	if cfg.HTTPClient == nil {
+		client, err := httpClient(cfg.CARootFiles)
+		if err != nil {
+			return nil, err
+		}
+		cfg.HTTPClient = client
+	}
+
+	accountKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generating an ACME account key: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(accountKey)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the ACME account key: %w", err)
+	}
+	storedPEM, uri, err := accounts.ClaimAccountKey(ctx, cfg.DirectoryURL, cfg.Email,
+		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})))
+	if err != nil {
+		return nil, err
+	}
+	key, err := parseKey([]byte(storedPEM))
+	if err != nil {
+		return nil, fmt.Errorf("the stored ACME account key is unusable: %w", err)
+	}
+
+	core, err := api.New(cfg.HTTPClient, cfg.UserAgent, cfg.DirectoryURL, uri, key)
+	if err != nil {
+		return nil, fmt.Errorf("reading the ACME directory %s: %w", cfg.DirectoryURL, err)
+	}
+	if uri == "" {
+		var contact []string
+		if cfg.Email != "" {
+			contact = []string{"mailto:" + cfg.Email}
+		}
+		// Registering an existing key returns the existing account, so two
+		// agents racing here end up with the same account URL.
+		account, err := core.Accounts.New(acme.Account{TermsOfServiceAgreed: true, Contact: contact})
+		if err != nil {
+			return nil, fmt.Errorf("registering the ACME account at %s: %w", cfg.DirectoryURL, err)
+		}
+		if err := accounts.SetAccountURI(ctx, cfg.DirectoryURL, cfg.Email, account.Location); err != nil {
+			return nil, err
+		}
+	}
+	return &Client{cfg: cfg, core: core, solver: solver}, nil
+}
+
+// DirectoryURL returns the CA this client orders from.
+func (c *Client) DirectoryURL() string { return c.cfg.DirectoryURL }
+
+func httpClient(rootFiles []string) (*http.Client, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	for _, file := range rootFiles {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("reading CA roots: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(data) {
+			return nil, fmt.Errorf("reading CA roots: no PEM certificate in %s", file)
+		}
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: transport, Timeout: 30 * time.Second}, nil
+}
+
+func generateKey(keyType string) (crypto.Signer, error) {
+	switch keyType {
+	case "ec256":
+		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case "ec384":
+		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	case "rsa2048":
+		return rsaKey(2048)
+	case "rsa4096":
+		return rsaKey(4096)
+	}
+	return nil, fmt.Errorf("unknown key type %q (want ec256, ec384, rsa2048 or rsa4096)", keyType)
+}
+
+func parseKey(data []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("no PEM block")
+	}
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("unsupported key %T", key)
+	}
+	return signer, nil
+}

@@ -1,0 +1,193 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// CertRecord is one stored certificate: what nginx serves and what the agent
+// needs to show and renew it. Field names are those of the Redis hash.
+type CertRecord struct {
+	FullChain   string    // PEM, leaf first
+	Key         string    // PEM, PKCS #8
+	NotBefore   time.Time // leaf not-before
+	NotAfter    time.Time // leaf not-after
+	Names       []string  // DNS names, primary first
+	Issuer      string    // issuer distinguished name
+	Serial      string    // lowercase hex
+	Fingerprint string    // SHA-256 of the leaf DER, lowercase hex
+	KeyType     string    // ec256, ec384, rsa2048, rsa4096
+	CA          string    // ACME directory URL
+	CertURL     string    // ACME certificate URL
+	IssuedAt    time.Time // when it was stored
+}
+
+// Primary returns the name the record is indexed under.
+func (r *CertRecord) Primary() string {
+	if len(r.Names) == 0 {
+		return ""
+	}
+	return r.Names[0]
+}
+
+// NewCertRecord fills a record from a PEM chain and key, reading the names,
+// dates, issuer, serial and fingerprint from the leaf. primary, when not empty,
+// is put first among the names.
+func NewCertRecord(fullChain, keyPEM []byte, primary string) (*CertRecord, error) {
+	block, _ := pem.Decode(fullChain)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("the chain does not start with a PEM certificate")
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the leaf certificate: %w", err)
+	}
+	names := make([]string, 0, len(leaf.DNSNames))
+	if primary != "" {
+		names = append(names, primary)
+	}
+	for _, n := range leaf.DNSNames {
+		if n != primary {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return nil, errors.New("the leaf certificate has no DNS names")
+	}
+	sum := sha256.Sum256(leaf.Raw)
+	return &CertRecord{
+		FullChain:   string(fullChain),
+		Key:         string(keyPEM),
+		NotBefore:   leaf.NotBefore,
+		NotAfter:    leaf.NotAfter,
+		Names:       names,
+		Issuer:      leaf.Issuer.String(),
+		Serial:      leaf.SerialNumber.Text(16),
+		Fingerprint: hex.EncodeToString(sum[:]),
+	}, nil
+}
+
+func (r *CertRecord) fields() map[string]any {
+	return map[string]any{
+		"fullchain":   r.FullChain,
+		"key":         r.Key,
+		"not_before":  strconv.FormatInt(r.NotBefore.Unix(), 10),
+		"not_after":   strconv.FormatInt(r.NotAfter.Unix(), 10),
+		"names":       strings.Join(r.Names, ","),
+		"issuer":      r.Issuer,
+		"serial":      r.Serial,
+		"fingerprint": r.Fingerprint,
+		"key_type":    r.KeyType,
+		"ca":          r.CA,
+		"cert_url":    r.CertURL,
+		"issued_at":   strconv.FormatInt(r.IssuedAt.Unix(), 10),
+	}
+}
+
+func recordFromFields(f map[string]string) (*CertRecord, error) {
+	unix := func(field string) (time.Time, error) {
+		v, err := strconv.ParseInt(f[field], 10, 64)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("field %s: %w", field, err)
+		}
+		return time.Unix(v, 0).UTC(), nil
+	}
+	r := &CertRecord{
+		FullChain:   f["fullchain"],
+		Key:         f["key"],
+		Issuer:      f["issuer"],
+		Serial:      f["serial"],
+		Fingerprint: f["fingerprint"],
+		KeyType:     f["key_type"],
+		CA:          f["ca"],
+		CertURL:     f["cert_url"],
+	}
+	if f["names"] != "" {
+		r.Names = strings.Split(f["names"], ",")
+	}
+	var err error
+	if r.NotAfter, err = unix("not_after"); err != nil {
+		return nil, err
+	}
+	if r.NotBefore, err = unix("not_before"); err != nil {
+		return nil, err
+	}
+	if r.IssuedAt, err = unix("issued_at"); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// PutCert stores rec under the key of each of its names and indexes its
+// primary name by expiry, in one transaction.
+func (s *Store) PutCert(ctx context.Context, rec *CertRecord) error {
+	if len(rec.Names) == 0 {
+		return errors.New("storing a certificate: the record has no names")
+	}
+	fields := rec.fields()
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for _, name := range rec.Names {
+			p.Del(ctx, s.keys.Cert(name))
+			p.HSet(ctx, s.keys.Cert(name), fields)
+		}
+		p.ZAdd(ctx, s.keys.Expiry(), redis.Z{Score: float64(rec.NotAfter.Unix()), Member: rec.Primary()})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("storing the certificate for %s: %w", rec.Primary(), err)
+	}
+	return nil
+}
+
+// GetCert returns the record stored for name, or ErrNotFound.
+func (s *Store) GetCert(ctx context.Context, name string) (*CertRecord, error) {
+	f, err := s.rdb.HGetAll(ctx, s.keys.Cert(name)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reading the certificate for %s: %w", name, err)
+	}
+	if len(f) == 0 {
+		return nil, fmt.Errorf("certificate for %s: %w", name, ErrNotFound)
+	}
+	rec, err := recordFromFields(f)
+	if err != nil {
+		return nil, fmt.Errorf("certificate record for %s is corrupt: %w", name, err)
+	}
+	return rec, nil
+}
+
+// IndexEntry is one member of the expiry index.
+type IndexEntry struct {
+	Name     string
+	NotAfter time.Time
+}
+
+// ListExpiring returns the indexed primary names whose not-after is at or
+// before until, soonest first, at most limit of them (0: no limit).
+func (s *Store) ListExpiring(ctx context.Context, until time.Time, limit int64) ([]IndexEntry, error) {
+	zs, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+		Key:     s.keys.Expiry(),
+		Start:   "-inf",
+		Stop:    strconv.FormatInt(until.Unix(), 10),
+		ByScore: true,
+		Count:   limit,
+	}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reading the expiry index: %w", err)
+	}
+	out := make([]IndexEntry, 0, len(zs))
+	for _, z := range zs {
+		name, _ := z.Member.(string)
+		out = append(out, IndexEntry{Name: name, NotAfter: time.Unix(int64(z.Score), 0).UTC()})
+	}
+	return out, nil
+}

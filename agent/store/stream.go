@@ -1,0 +1,74 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Request is one entry of the stream of requested names.
+type Request struct {
+	ID   string // stream entry ID
+	Name string // as nginx wrote it; the consumer normalizes it again
+	Node string // the nginx host that saw the name
+}
+
+// EnsureGroup creates the consumer group at the start of the stream (creating
+// the stream too) unless it exists, so names recorded before the first agent
+// started are handled.
+func (s *Store) EnsureGroup(ctx context.Context, group string) error {
+	err := s.rdb.XGroupCreateMkStream(ctx, s.keys.Requests(), group, "0").Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("creating consumer group %s: %w", group, err)
+	}
+	return nil
+}
+
+// ReadRequests returns up to count entries for consumer. With pending false it
+// waits up to block for new entries (block must be positive: zero would make
+// Redis wait forever); with pending true it returns the entries already
+// delivered to this consumer and not yet acknowledged, without waiting.
+func (s *Store) ReadRequests(ctx context.Context, group, consumer string, count int64, block time.Duration, pending bool) ([]Request, error) {
+	if !pending && block <= 0 {
+		return nil, errors.New("reading requests: block must be positive")
+	}
+	args := &redis.XReadGroupArgs{
+		Group:    group,
+		Consumer: consumer,
+		Streams:  []string{s.keys.Requests(), ">"},
+		Count:    count,
+		Block:    block,
+	}
+	if pending {
+		args.Streams[1] = "0"
+		args.Block = -1 // no BLOCK argument
+	}
+	streams, err := s.rdb.XReadGroup(ctx, args).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading requested names: %w", err)
+	}
+	var out []Request
+	for _, st := range streams {
+		for _, m := range st.Messages {
+			name, _ := m.Values["name"].(string)
+			node, _ := m.Values["node"].(string)
+			out = append(out, Request{ID: m.ID, Name: name, Node: node})
+		}
+	}
+	return out, nil
+}
+
+// Ack marks entries as handled.
+func (s *Store) Ack(ctx context.Context, group string, ids ...string) error {
+	if err := s.rdb.XAck(ctx, s.keys.Requests(), group, ids...).Err(); err != nil {
+		return fmt.Errorf("acknowledging requests: %w", err)
+	}
+	return nil
+}
