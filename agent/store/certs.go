@@ -149,20 +149,14 @@ func (s *Store) PutCert(ctx context.Context, rec *CertRecord) error {
 	return nil
 }
 
-// GetCert returns the record stored for name, or ErrNotFound.
+// GetCert returns the record stored for name, or an error wrapping
+// ErrNotFound or ErrCorrupt.
 func (s *Store) GetCert(ctx context.Context, name string) (*CertRecord, error) {
-	f, err := s.rdb.HGetAll(ctx, s.keys.Cert(name)).Result()
+	recs, errs, err := s.GetCerts(ctx, []string{name})
 	if err != nil {
-		return nil, fmt.Errorf("reading the certificate for %s: %w", name, err)
+		return nil, err
 	}
-	if len(f) == 0 {
-		return nil, fmt.Errorf("certificate for %s: %w", name, ErrNotFound)
-	}
-	rec, err := recordFromFields(f)
-	if err != nil {
-		return nil, fmt.Errorf("certificate record for %s is corrupt: %w", name, err)
-	}
-	return rec, nil
+	return recs[0], errs[0]
 }
 
 // IndexEntry is one member of the expiry index.
@@ -190,4 +184,32 @@ func (s *Store) ListExpiring(ctx context.Context, until time.Time, limit int64) 
 		out = append(out, IndexEntry{Name: name, NotAfter: time.Unix(int64(z.Score), 0).UTC()})
 	}
 	return out, nil
+}
+
+// GetCerts returns the records stored for names in one round trip, in order;
+// a name with no record or a corrupt one has a nil entry and an error in errs.
+func (s *Store) GetCerts(ctx context.Context, names []string) (recs []*CertRecord, errs []error, err error) {
+	cmds := make([]*redis.MapStringStringCmd, len(names))
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, name := range names {
+			cmds[i] = p.HGetAll(ctx, s.keys.Cert(name))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading certificates: %w", err)
+	}
+	recs = make([]*CertRecord, len(names))
+	errs = make([]error, len(names))
+	for i, cmd := range cmds {
+		f := cmd.Val()
+		if len(f) == 0 {
+			errs[i] = fmt.Errorf("certificate for %s: %w", names[i], ErrNotFound)
+			continue
+		}
+		if recs[i], errs[i] = recordFromFields(f); errs[i] != nil {
+			errs[i] = fmt.Errorf("certificate for %s: %w: %w", names[i], ErrCorrupt, errs[i])
+		}
+	}
+	return recs, errs, nil
 }

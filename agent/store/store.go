@@ -9,6 +9,9 @@ import (
 // ErrNotFound is returned when a key the caller asked for does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrCorrupt is returned when a stored value cannot be decoded.
+var ErrCorrupt = errors.New("corrupt record")
+
 // Store reads and writes the schema of docs/redis-schema.md. It is safe for
 // concurrent use. It works with a standalone client, Sentinel or Cluster.
 type Store struct {

@@ -1,0 +1,68 @@
+package store
+
+import (
+	"testing"
+
+	"github.com/certagent/certagent/agent/internal/schemadoc"
+)
+
+func TestKeys(t *testing.T) {
+	for _, tc := range []struct {
+		got, want string
+	}{
+		{Keys{}.Cert("a.example.com"), "certagent:cert:a.example.com"},
+		{Keys{}.Cert("*.example.com"), "certagent:cert:*.example.com"},
+		{Keys{Prefix: "fleet1:"}.Cert("a.example.com"), "fleet1:cert:a.example.com"},
+		{Keys{}.Token("a.example.com", "tok_-1"), "certagent:token:a.example.com:tok_-1"},
+		{Keys{}.Requests(), "certagent:requests"},
+		{Keys{Prefix: "{ca}:"}.Requests(), "{ca}:requests"},
+		{Keys{}.Expiry(), "certagent:expiry"},
+		{Keys{}.Lock("a.example.com"), "certagent:lock:a.example.com"},
+		{Keys{}.Account("https://ca.example/dir", "ops@example.com"), "certagent:account:" + AccountID("https://ca.example/dir", "ops@example.com")},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
+	}
+	if a, b := AccountID("https://ca/dir", "x@y"), AccountID("https://ca/dir", "z@y"); a == b || len(a) != 32 {
+		t.Errorf("account ids %q and %q: want 32 hex characters, distinct per e-mail", a, b)
+	}
+}
+
+// TestKeysMatchSchemaDocument fails when the key builder and
+// docs/redis-schema.md disagree, so neither can change alone.
+func TestKeysMatchSchemaDocument(t *testing.T) {
+	doc, err := schemadoc.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := Keys{Prefix: "p:"}
+	built := map[string][]string{
+		"cert":     {keys.Cert("a.example.com"), "name", "a.example.com"},
+		"token":    {keys.Token("a.example.com", "T0k"), "name", "a.example.com", "token", "T0k"},
+		"requests": {keys.Requests()},
+		"expiry":   {keys.Expiry()},
+		"lock":     {keys.Lock("a.example.com"), "name", "a.example.com"},
+		"account":  {keys.Account("https://ca/dir", "e@x"), "account", AccountID("https://ca/dir", "e@x")},
+	}
+	for id, b := range built {
+		entry, ok := doc[id]
+		if !ok {
+			t.Errorf("the schema document has no key %q", id)
+			continue
+		}
+		want, err := entry.Key("p:", b[1:]...)
+		if err != nil {
+			t.Errorf("%s: %v", id, err)
+			continue
+		}
+		if b[0] != want {
+			t.Errorf("%s: Keys builds %q, the document says %q", id, b[0], want)
+		}
+	}
+	for id := range doc {
+		if _, ok := built[id]; !ok {
+			t.Errorf("the schema document describes key %q that Keys does not build", id)
+		}
+	}
+}
