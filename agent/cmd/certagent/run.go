@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/certagent/certagent/agent/manager"
+)
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "run",
+		Usage: "tail the stream of requested names and obtain certificates for the allowed ones",
+		Flags: withFlags(redisFlags(), acmeFlags(), []cli.Flag{
+			&cli.StringSliceFlag{Name: flagAllow, EnvVars: []string{envAllow},
+				Usage: "names that may get a certificate: exact names, *.example.com for every name below it, * for all; comma-separated. Nothing else is issued"},
+			&cli.StringFlag{Name: flagGroup, EnvVars: []string{envGroup}, Value: "certagent",
+				Usage: "consumer group shared by the agents"},
+			&cli.StringFlag{Name: flagConsumer, EnvVars: []string{envConsumer},
+				Usage: "this agent's stable name in the group (default: the host name)"},
+			&cli.IntFlag{Name: flagWorkers, EnvVars: []string{envWorkers}, Value: 4,
+				Usage: "orders run at once"},
+			&cli.DurationFlag{Name: flagGrace, EnvVars: []string{envGrace}, Value: 20 * time.Second,
+				Usage: "on SIGTERM, how long running orders may finish before they are left for the next start"},
+		}),
+		Action: runAction,
+	}
+}
+
+func runAction(c *cli.Context) error {
+	log, err := newLogger(c)
+	if err != nil {
+		return err
+	}
+	policy, err := manager.ParsePolicy(c.StringSlice(flagAllow))
+	if err != nil {
+		return fmt.Errorf("--%s: %w", flagAllow, err)
+	}
+	if policy.Empty() {
+		log.Warn("no allow rules: every requested name will be refused (set --allow or " + envAllow + ")")
+	}
+	consumerName := c.String(flagConsumer)
+	if consumerName == "" {
+		if consumerName, err = os.Hostname(); err != nil {
+			return fmt.Errorf("--%s not set and no host name: %w", flagConsumer, err)
+		}
+	}
+	st, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st)
+
+	ctx, stop := withSignals(c.Context)
+	defer stop()
+
+	// Redis or the CA may be down at start; keep trying instead of exiting,
+	// with a pause that grows so neither is hammered.
+	var mgr *manager.Manager
+	for wait := time.Second; ; wait = min(wait*2, time.Minute) {
+		mgr, err = newManager(ctx, c, st, log)
+		if err == nil {
+			break
+		}
+		log.Error("starting", "error", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+
+	log.Info("agent running", "consumer", consumerName, "group", c.String(flagGroup),
+		"directory", c.String(flagDirectory), "workers", c.Int(flagWorkers))
+	consumer := manager.NewConsumer(manager.ConsumerConfig{
+		Store:         st,
+		Manager:       mgr,
+		Policy:        policy,
+		Group:         c.String(flagGroup),
+		Name:          consumerName,
+		Workers:       c.Int(flagWorkers),
+		ShutdownGrace: c.Duration(flagGrace),
+		Logger:        log,
+	})
+	err = consumer.Run(ctx)
+	log.Info("agent stopped")
+	return err
+}
+
+// withSignals is for commands that should stop on SIGINT/SIGTERM.
+func withSignals(parent context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
+}

@@ -1,0 +1,158 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/certagent/certagent/agent/store"
+)
+
+func startConsumer(t *testing.T, m *Manager, st *store.Store, rules ...string) (stop func()) {
+	t.Helper()
+	policy, err := ParsePolicy(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewConsumer(ConsumerConfig{
+		Store: st, Manager: m, Policy: policy, Name: "test-agent",
+		Block: 100 * time.Millisecond, ShutdownGrace: 5 * time.Second, Logger: quietLogger(),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	return func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("consumer: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the consumer did not stop within 30 s of shutdown")
+		}
+	}
+}
+
+func request(t *testing.T, r *redis.Client, st *store.Store, name string) {
+	t.Helper()
+	if err := r.XAdd(context.Background(), &redis.XAddArgs{
+		Stream: st.Keys().Requests(), Values: []any{"name", name, "node", "n1"},
+	}).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func pendingCount(t *testing.T, r *redis.Client, st *store.Store) int64 {
+	t.Helper()
+	p, err := r.XPending(context.Background(), st.Keys().Requests(), "certagent").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Count
+}
+
+func TestConsumerIssuesAllowedNamesOnce(t *testing.T) {
+	issuer := &fakeIssuer{delay: 200 * time.Millisecond}
+	m, st, r := newTestManager(t, issuer)
+	ctx := context.Background()
+	// Recorded before any agent ran: still handled.
+	request(t, r.Client, st, "early.example.com")
+	stop := startConsumer(t, m, st, "*.example.com")
+	defer stop()
+	for range 5 {
+		request(t, r.Client, st, "dup.example.com")
+	}
+	request(t, r.Client, st, "Mixed.Example.COM.")
+	request(t, r.Client, st, "denied.example.org")
+	request(t, r.Client, st, "bad_name.example.com")
+	request(t, r.Client, st, "")
+
+	for _, name := range []string{"early.example.com", "dup.example.com", "mixed.example.com"} {
+		waitFor(t, "a certificate for "+name, func() bool {
+			_, err := st.GetCert(ctx, name)
+			return err == nil
+		})
+	}
+	waitFor(t, "every entry acknowledged", func() bool { return pendingCount(t, r.Client, st) == 0 })
+	if got := issuer.orders.Load(); got != 3 {
+		t.Errorf("%d orders (%v), want 3: one per allowed name, none for duplicates", got, issuer.ordered)
+	}
+	for _, name := range []string{"denied.example.org", "bad_name.example.com"} {
+		if _, err := st.GetCert(ctx, name); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("%s: %v, want nothing stored", name, err)
+		}
+	}
+}
+
+func TestConsumerSurvivesRedisRestart(t *testing.T) {
+	issuer := &fakeIssuer{}
+	m, st, r := newTestManager(t, issuer)
+	stop := startConsumer(t, m, st, "*.example.com")
+	defer stop()
+	request(t, r.Client, st, "before.example.com")
+	waitFor(t, "the first certificate", func() bool {
+		_, err := st.GetCert(context.Background(), "before.example.com")
+		return err == nil
+	})
+	// Without persistence the restarted Redis has no stream and no group:
+	// the consumer must recreate them.
+	r.Stop()
+	time.Sleep(300 * time.Millisecond)
+	r.Start()
+	request(t, r.Client, st, "after.example.com")
+	waitFor(t, "a certificate after the restart", func() bool {
+		_, err := st.GetCert(context.Background(), "after.example.com")
+		return err == nil
+	})
+}
+
+func TestConsumerShutdownLeavesCutOrdersPending(t *testing.T) {
+	issuer := &fakeIssuer{delay: time.Hour}
+	m, st, r := newTestManager(t, issuer)
+	policy, _ := ParsePolicy([]string{"*.example.com"})
+	c := NewConsumer(ConsumerConfig{
+		Store: st, Manager: m, Policy: policy, Name: "test-agent",
+		Block: 100 * time.Millisecond, ShutdownGrace: 200 * time.Millisecond, Logger: quietLogger(),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	request(t, r.Client, st, "slow.example.com")
+	waitFor(t, "the order to start", func() bool { return issuer.orders.Load() == 1 })
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("shutdown did not end the in-flight order after the grace period")
+	}
+	if n := pendingCount(t, r.Client, st); n != 1 {
+		t.Errorf("%d entries pending after a cut order, want 1 (resumed at next start)", n)
+	}
+	if n := r.Client.Exists(context.Background(), st.Keys().Lock("slow.example.com")).Val(); n != 0 {
+		t.Error("the cut order kept its lease")
+	}
+
+	// The next start with the same name resumes the pending entry.
+	issuer.delay = 0
+	stop := startConsumer(t, m, st, "*.example.com")
+	defer stop()
+	waitFor(t, "the resumed order", func() bool {
+		_, err := st.GetCert(context.Background(), "slow.example.com")
+		return err == nil
+	})
+}
