@@ -1,0 +1,231 @@
+package acmeclient
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/certagent/certagent/agent/internal/testenv"
+)
+
+// memTokens is an HTTP-01 responder standing in for nginx, so that these
+// tests exercise the ACME flow against a real Pebble on their own.
+type memTokens struct {
+	mu     sync.Mutex
+	tokens map[string]string
+	puts   int
+	broken bool // publish nothing
+}
+
+func (m *memTokens) PutToken(_ context.Context, name, token, keyAuth string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.puts++
+	if !m.broken {
+		m.tokens[name+"/"+token] = keyAuth
+	}
+	return nil
+}
+
+func (m *memTokens) DeleteToken(_ context.Context, name, token string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.tokens, name+"/"+token)
+	return nil
+}
+
+func (m *memTokens) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	host, _, err := net.SplitHostPort(r.Host)
+	if err != nil {
+		host = r.Host
+	}
+	token := strings.TrimPrefix(r.URL.Path, "/.well-known/acme-challenge/")
+	m.mu.Lock()
+	keyAuth, ok := m.tokens[host+"/"+token]
+	m.mu.Unlock()
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	_, _ = w.Write([]byte(keyAuth))
+}
+
+// memAccounts is an AccountStore in memory.
+type memAccounts struct {
+	key, uri string
+	sets     int
+}
+
+func (m *memAccounts) ClaimAccountKey(_ context.Context, _, _, keyPEM string) (string, string, error) {
+	if m.key == "" {
+		m.key = keyPEM
+	}
+	return m.key, m.uri, nil
+}
+
+func (m *memAccounts) SetAccountURI(_ context.Context, _, _, uri string) error {
+	m.uri = uri
+	m.sets++
+	return nil
+}
+
+func startCA(t *testing.T) (*testenv.Pebble, *memTokens) {
+	t.Helper()
+	httpPort := testenv.FreePort(t)
+	tokens := &memTokens{tokens: map[string]string{}}
+	srv := &http.Server{Addr: "127.0.0.1:" + strconv.Itoa(httpPort), Handler: tokens}
+	l, err := net.Listen("tcp", srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort}), tokens
+}
+
+func TestObtainAgainstPebble(t *testing.T) {
+	pebble, tokens := startCA(t)
+	ctx := context.Background()
+	accounts := &memAccounts{}
+	cfg := Config{DirectoryURL: pebble.DirectoryURL, Email: "ops@example.test", CARootFiles: []string{pebble.CARootsFile}}
+	client, err := New(ctx, cfg, accounts, NewHTTP01Provider(tokens, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if accounts.uri == "" || accounts.sets != 1 {
+		t.Fatalf("account not registered: %+v", accounts)
+	}
+
+	names := []string{"one.example.test", "two.example.test"}
+	cert, err := client.Obtain(ctx, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, intermediates := parseChain(t, cert.FullChain)
+	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "two.example.test", Roots: pebble.Roots(t), Intermediates: intermediates}); err != nil {
+		t.Errorf("the issued chain does not verify against Pebble's root: %v", err)
+	}
+	if _, err := tls.X509KeyPair(cert.FullChain, cert.KeyPEM); err != nil {
+		t.Errorf("the key does not match the certificate: %v", err)
+	}
+	if block, _ := pem.Decode(cert.KeyPEM); block == nil || block.Type != "PRIVATE KEY" {
+		t.Error("the key is not PKCS #8 PEM")
+	}
+	if cert.CertURL == "" || cert.KeyType != "ec256" {
+		t.Errorf("metadata: url %q type %q", cert.CertURL, cert.KeyType)
+	}
+	tokens.mu.Lock()
+	left, puts := len(tokens.tokens), tokens.puts
+	tokens.mu.Unlock()
+	if puts != 2 || left != 0 {
+		t.Errorf("%d tokens presented, %d left after the order: want 2 and 0", puts, left)
+	}
+
+	// A second client with the same store reuses the account.
+	if _, err := New(ctx, cfg, accounts, NewHTTP01Provider(tokens, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if accounts.sets != 1 {
+		t.Error("a second agent registered a new account instead of reusing the stored one")
+	}
+}
+
+func TestObtainFailsClearlyWhenValidationFails(t *testing.T) {
+	pebble, tokens := startCA(t)
+	tokens.broken = true
+	client, err := New(context.Background(), Config{DirectoryURL: pebble.DirectoryURL, CARootFiles: []string{pebble.CARootsFile}},
+		&memAccounts{}, NewHTTP01Provider(tokens, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = client.Obtain(context.Background(), []string{"unserved.example.test"})
+	if err == nil || !strings.Contains(err.Error(), "obtaining certificate for unserved.example.test") {
+		t.Fatalf("error %v: want a wrapped validation failure", err)
+	}
+}
+
+func TestNewFailsWhenTheCAIsDown(t *testing.T) {
+	port := testenv.FreePort(t)
+	_, err := New(context.Background(), Config{DirectoryURL: "https://127.0.0.1:" + strconv.Itoa(port) + "/dir"},
+		&memAccounts{}, NewHTTP01Provider(&memTokens{}, 0))
+	if err == nil || !strings.Contains(err.Error(), "reading the ACME directory") {
+		t.Fatalf("error %v: want the directory failure", err)
+	}
+}
+
+func TestConfigRejectsUnknownKeyType(t *testing.T) {
+	_, err := New(context.Background(), Config{KeyType: "dsa"}, &memAccounts{}, nil)
+	if err == nil || !strings.Contains(err.Error(), "unknown key type") {
+		t.Errorf("error %v: want unknown key type", err)
+	}
+}
+
+func TestKeyTypes(t *testing.T) {
+	for _, kt := range []string{"ec256", "ec384", "rsa2048"} {
+		key, err := generateKey(kt)
+		if err != nil {
+			t.Fatalf("%s: %v", kt, err)
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := parseKey(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+		if err != nil || back == nil {
+			t.Errorf("%s: round trip: %v", kt, err)
+		}
+	}
+	if _, err := parseKey([]byte("garbage")); err == nil {
+		t.Error("parseKey(garbage): want an error")
+	}
+}
+
+func TestPollHonoursContext(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cause := errors.New("shutting down")
+	calls := 0
+	err := poll(ctx, time.Millisecond, 4*time.Millisecond, func() (bool, error) {
+		calls++
+		if calls == 3 {
+			cancel(cause)
+		}
+		return false, nil
+	})
+	if !errors.Is(err, cause) {
+		t.Errorf("poll returned %v, want the context's cause", err)
+	}
+}
+
+func parseChain(t *testing.T, chainPEM []byte) (*x509.Certificate, *x509.CertPool) {
+	t.Helper()
+	var certs []*x509.Certificate
+	for rest := chainPEM; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) < 2 {
+		t.Fatalf("chain has %d certificates, want the leaf and an intermediate", len(certs))
+	}
+	pool := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		pool.AddCert(c)
+	}
+	return certs[0], pool
+}
