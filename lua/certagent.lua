@@ -1,0 +1,86 @@
+-- certagent: serve certificates that the certagent agent stores in Redis.
+--
+--   init_by_lua_block      { require("certagent").init({ redis_url = "redis://127.0.0.1:6379/0" }) }
+--   ssl_certificate_by_lua_block { require("certagent").ssl_certificate() }
+--   location ^~ /.well-known/acme-challenge/ { content_by_lua_block { require("certagent").acme_challenge() } }
+--
+-- docs/lua.md describes the configuration table. Every entry point runs under
+-- pcall: an error in certagent never fails a handshake, the server's own
+-- certificate is used instead.
+local pcall = pcall
+local tostring = tostring
+local error = error
+local log = ngx.log
+local ERR = ngx.ERR
+
+local config = require("certagent.config")
+local keys = require("certagent.keys")
+local redis = require("certagent.redis")
+
+local _M = { _VERSION = "0.1.0" }
+
+local cfg
+local ssl, challenge -- loaded in init (ngx.ssl needs the http subsystem)
+
+-- init validates the configuration table and prepares the modules. It raises
+-- an error on an invalid configuration, so nginx refuses to start with it.
+function _M.init(user)
+    local c, err = config.new(user)
+    if not c then
+        error("certagent: invalid configuration: " .. err, 2)
+    end
+    local ok
+    ok, err = redis.available()
+    if not ok then
+        error("certagent: " .. err, 2)
+    end
+    c.redis_pool = redis.pool_name(c.redis)
+    local k = keys.new(c.key_prefix)
+
+    ssl = require("certagent.ssl")
+    challenge = require("certagent.challenge")
+    ok, err = ssl.init(c, k)
+    if not ok then
+        error("certagent: " .. err, 2)
+    end
+    challenge.init(c, k)
+    cfg = c
+    return true
+end
+
+-- config returns the active configuration (read-only use).
+function _M.config()
+    return cfg
+end
+
+local warned = false
+
+-- ssl_certificate is the body of ssl_certificate_by_lua_block.
+function _M.ssl_certificate()
+    if not cfg then
+        if not warned then
+            warned = true
+            log(ERR, "certagent: ssl_certificate() called before init(); using the fallback certificate")
+        end
+        return
+    end
+    local ok, err = pcall(ssl.handle)
+    if not ok then
+        log(ERR, "certagent: ssl_certificate failed: ", tostring(err), "; using the fallback certificate")
+    end
+end
+
+-- acme_challenge is the content handler of /.well-known/acme-challenge/.
+function _M.acme_challenge()
+    if not cfg then
+        log(ERR, "certagent: acme_challenge() called before init()")
+        return ngx.exit(503)
+    end
+    local ok, err = pcall(challenge.handle)
+    if not ok then
+        log(ERR, "certagent: acme_challenge failed: ", tostring(err))
+        return ngx.exit(500)
+    end
+end
+
+return _M

@@ -1,0 +1,180 @@
+-- The configuration table of certagent's nginx side, its defaults and its
+-- validation. docs/lua.md describes every field.
+local type = type
+local pairs = pairs
+local tonumber = tonumber
+local tostring = tostring
+local find = string.find
+local sub = string.sub
+local match = string.match
+local format = string.format
+local open = io.open
+local getenv = os.getenv
+
+local _M = { _VERSION = "0.1.0" }
+
+-- defaults: every field the table accepts.
+local defaults = {
+    redis_url = "redis://127.0.0.1:6379/0", -- redis://[[user]:password@]host[:port][/db] or unix:/path[?db=N]
+    redis_username = nil,       -- overrides the URL's user (Redis 6 ACL)
+    redis_password = nil,       -- overrides the URL's password
+    key_prefix = "certagent:",  -- must match the agent's --key-prefix
+    connect_timeout = 100,      -- ms to connect to Redis
+    read_timeout = 200,         -- ms to send a command and read its reply
+    keepalive_pool_size = 32,   -- idle Redis connections kept per worker
+    keepalive_idle = 60000,     -- ms an idle connection stays in the pool
+    request_window = 60,        -- s: a missing name is appended to the stream at most once per window per node
+    stream_maxlen = 10000,      -- approximate length cap of the requests stream (XADD MAXLEN ~)
+    node = nil,                 -- this node's name in stream entries; default: the host name
+    lru_size = 1000,            -- parsed certificates cached per worker
+    cache_ttl = 30,             -- s a certificate found in Redis is served from the worker cache
+    error_ttl = 5,              -- s an unusable record (corrupt PEM) is remembered, to log it once
+    requests_dict = "certagent_requests", -- lua_shared_dict used to deduplicate stream entries
+}
+_M.defaults = defaults
+
+local function positive_number(cfg, field)
+    local v = cfg[field]
+    if type(v) ~= "number" or v <= 0 then
+        return format("%s must be a positive number, got %s", field, tostring(v))
+    end
+end
+
+local function hostname()
+    local f = open("/proc/sys/kernel/hostname", "r")
+    if f then
+        local name = f:read("*l")
+        f:close()
+        if name and name ~= "" then
+            return name
+        end
+    end
+    return getenv("HOSTNAME") or "unknown"
+end
+
+local function unescape(s)
+    return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- parse_redis_url returns { host, port, path, db, username, password } or nil, err.
+function _M.parse_redis_url(url)
+    if type(url) ~= "string" or url == "" then
+        return nil, "redis_url must be a non-empty string"
+    end
+    local r = { db = 0 }
+    if sub(url, 1, 5) == "unix:" then
+        local rest = sub(url, 6)
+        rest = rest:gsub("^//", "")
+        local path, query = match(rest, "^([^?]+)%??(.*)$")
+        if not path or sub(path, 1, 1) ~= "/" then
+            return nil, "redis_url " .. url .. ": a unix socket needs an absolute path (unix:/run/redis.sock)"
+        end
+        r.path = path
+        if query ~= "" then
+            for k, v in query:gmatch("([^&=]+)=([^&]*)") do
+                if k == "db" then
+                    r.db = tonumber(v)
+                elseif k == "password" then
+                    r.password = unescape(v)
+                elseif k == "username" then
+                    r.username = unescape(v)
+                else
+                    return nil, "redis_url: unknown parameter " .. k
+                end
+            end
+        end
+    else
+        local rest = match(url, "^redis://(.*)$")
+        if not rest then
+            return nil, "redis_url " .. url .. ": must start with redis:// or unix: (rediss:// is not supported)"
+        end
+        local userinfo, hostpart = match(rest, "^(.*)@([^@]*)$")
+        if not userinfo then
+            hostpart = rest
+        else
+            local user, pass = match(userinfo, "^([^:]*):(.*)$")
+            if user then
+                r.username = user ~= "" and unescape(user) or nil
+                r.password = unescape(pass)
+            else
+                r.password = unescape(userinfo)
+            end
+        end
+        local hostport, db = match(hostpart, "^([^/]*)/?(.*)$")
+        if db ~= "" then
+            r.db = tonumber(db)
+        end
+        local host, port
+        if sub(hostport, 1, 1) == "[" then
+            host, port = match(hostport, "^%[([^%]]+)%]:?(%d*)$")
+        else
+            host, port = match(hostport, "^([^:]*):?(%d*)$")
+        end
+        if not host or host == "" then
+            return nil, "redis_url: no host in " .. url
+        end
+        r.host = host
+        r.port = port ~= "" and tonumber(port) or 6379
+        if r.port < 1 or r.port > 65535 then
+            return nil, "redis_url: bad port in " .. url
+        end
+    end
+    if not r.db or r.db < 0 or r.db ~= math.floor(r.db) then
+        return nil, "redis_url: the database must be a non-negative integer"
+    end
+    return r
+end
+
+-- new(user) validates the user's table and returns the complete configuration
+-- (defaults filled in) or nil and an error naming the field.
+function _M.new(user)
+    user = user or {}
+    if type(user) ~= "table" then
+        return nil, "the configuration must be a table"
+    end
+    local cfg = {}
+    for k, v in pairs(defaults) do
+        cfg[k] = v
+    end
+    for k, v in pairs(user) do
+        if defaults[k] == nil and k ~= "redis_username" and k ~= "redis_password" and k ~= "node" then
+            return nil, "unknown configuration field " .. tostring(k)
+        end
+        cfg[k] = v
+    end
+
+    local redis, err = _M.parse_redis_url(cfg.redis_url)
+    if not redis then
+        return nil, err
+    end
+    if cfg.redis_username ~= nil then
+        redis.username = tostring(cfg.redis_username)
+    end
+    if cfg.redis_password ~= nil and cfg.redis_password ~= "" then
+        redis.password = tostring(cfg.redis_password)
+    end
+    cfg.redis = redis
+
+    if type(cfg.key_prefix) ~= "string" or find(cfg.key_prefix, "[%s]") then
+        return nil, "key_prefix must be a string without spaces"
+    end
+    for _, field in ipairs({ "connect_timeout", "read_timeout", "keepalive_pool_size", "keepalive_idle",
+                             "request_window", "stream_maxlen", "lru_size", "cache_ttl", "error_ttl" }) do
+        local e = positive_number(cfg, field)
+        if e then
+            return nil, e
+        end
+    end
+    if type(cfg.requests_dict) ~= "string" or cfg.requests_dict == "" then
+        return nil, "requests_dict must name a lua_shared_dict"
+    end
+    if cfg.node == nil or cfg.node == "" then
+        cfg.node = hostname()
+    end
+    if type(cfg.node) ~= "string" then
+        return nil, "node must be a string"
+    end
+    return cfg
+end
+
+return _M

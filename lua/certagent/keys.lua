@@ -1,0 +1,31 @@
+-- Redis key names, as described in docs/redis-schema.md.
+local _M = { _VERSION = "0.1.0" }
+
+local mt = { __index = _M }
+
+-- new(prefix) returns a key builder for the prefix (default "certagent:").
+function _M.new(prefix)
+    return setmetatable({ prefix = prefix or "certagent:" }, mt)
+end
+
+-- cert is the hash with the certificate record served for name.
+function _M.cert(self, name)
+    return self.prefix .. "cert:" .. name
+end
+
+-- wildcard is the record of the wildcard certificate covering the children of parent.
+function _M.wildcard(self, parent)
+    return self.prefix .. "cert:*." .. parent
+end
+
+-- token is the string with the HTTP-01 key authorization of token for host.
+function _M.token(self, host, token)
+    return self.prefix .. "token:" .. host .. ":" .. token
+end
+
+-- requests is the stream of names nginx saw without a certificate.
+function _M.requests(self)
+    return self.prefix .. "requests"
+end
+
+return _M
