@@ -1,0 +1,253 @@
+package testenv
+
+import (
+	"crypto/x509"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// NginxModulesDir is where Debian installs the dynamic modules nginx loads.
+const NginxModulesDir = "/usr/lib/nginx/modules"
+
+// NginxOptions configures StartNginx.
+type NginxOptions struct {
+	// RedisURL is passed as CERTAGENT_REDIS_URL (required).
+	RedisURL string
+	// KeyPrefix is passed as CERTAGENT_KEY_PREFIX; empty leaves the default.
+	KeyPrefix string
+	// HTTPPort is the port of the plain HTTP server; 0 picks a free one.
+	HTTPPort int
+	// Env adds variables to nginx's environment (e.g. CERTAGENT_NODE).
+	Env map[string]string
+	// HTTPServerExtra is inserted into the plain HTTP server block (tests add
+	// locations that call certagent modules directly).
+	HTTPServerExtra string
+}
+
+// Nginx is an nginx started for one test with the repository's own snippets
+// (nginx/certagent-*.conf) and Lua modules (lua/).
+type Nginx struct {
+	HTTPAddr     string            // 127.0.0.1:port of the port-80 server
+	HTTPSAddr    string            // 127.0.0.1:port of the TLS server
+	FallbackCert *x509.Certificate // the TLS server's own certificate
+	ErrorLogPath string
+	ConfPath     string
+
+	t    testing.TB
+	dir  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// StartNginx writes a configuration into a temporary directory, starts nginx
+// (one worker, daemon off) and waits until both ports accept connections. It is
+// stopped when the test ends.
+func StartNginx(t testing.TB, opts NginxOptions) *Nginx {
+	t.Helper()
+	bin := Require(t, "nginx", "/usr/sbin")
+	for _, mod := range []string{"ndk_http_module.so", "ngx_http_lua_module.so"} {
+		if _, err := os.Stat(filepath.Join(NginxModulesDir, mod)); err != nil {
+			t.Fatalf("nginx module %s is required (libnginx-mod-http-lua): %v", mod, err)
+		}
+	}
+	if opts.RedisURL == "" {
+		t.Fatal("StartNginx: RedisURL is required")
+	}
+	dir := t.TempDir()
+	for _, sub := range []string{"tmp", "logs"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fallback, certPath, keyPath := SelfSigned(t, dir, "fallback", "certagent fallback", nil, nil)
+
+	httpPort := opts.HTTPPort
+	if httpPort == 0 {
+		httpPort = FreePort(t)
+	}
+	httpsPort := FreePort(t)
+	n := &Nginx{
+		HTTPAddr:     "127.0.0.1:" + strconv.Itoa(httpPort),
+		HTTPSAddr:    "127.0.0.1:" + strconv.Itoa(httpsPort),
+		FallbackCert: fallback,
+		ErrorLogPath: filepath.Join(dir, "logs", "error.log"),
+		ConfPath:     filepath.Join(dir, "nginx.conf"),
+		t:            t,
+		dir:          dir,
+		done:         make(chan struct{}),
+	}
+
+	root := RepoRoot()
+	snippet := func(name string) string { return filepath.Join(root, "nginx", name) }
+	user := ""
+	if os.Geteuid() == 0 {
+		// Workers would otherwise switch to nobody and could not read the
+		// temporary directory.
+		user = "user root;"
+	}
+	conf := fmt.Sprintf(`# written by testenv.StartNginx
+load_module %[1]s/ndk_http_module.so;
+load_module %[1]s/ngx_http_lua_module.so;
+%[2]s
+daemon off;
+master_process on;
+worker_processes 1;
+pid %[3]s/nginx.pid;
+error_log %[4]s warn;
+include %[5]s;
+
+events {
+    worker_connections 256;
+}
+
+http {
+    access_log off;
+    client_body_temp_path %[3]s/tmp/client_body;
+    proxy_temp_path %[3]s/tmp/proxy;
+    fastcgi_temp_path %[3]s/tmp/fastcgi;
+    uwsgi_temp_path %[3]s/tmp/uwsgi;
+    scgi_temp_path %[3]s/tmp/scgi;
+
+    lua_package_path "%[6]s/lua/?.lua;/usr/share/lua/5.1/?.lua;;";
+    include %[7]s;
+
+    server {
+        listen 127.0.0.1:%[8]d default_server;
+        server_name _;
+        include %[9]s;
+%[10]s
+        location / {
+            return 404;
+        }
+    }
+
+    server {
+        listen 127.0.0.1:%[11]d ssl default_server;
+        server_name _;
+        ssl_certificate %[12]s;
+        ssl_certificate_key %[13]s;
+        include %[14]s;
+
+        location / {
+            return 200 "ok\n";
+        }
+    }
+}
+`, NginxModulesDir, user, dir, n.ErrorLogPath, snippet("certagent-main.conf"),
+		root, snippet("certagent-http.conf"),
+		httpPort, snippet("certagent-acme.conf"), opts.HTTPServerExtra,
+		httpsPort, certPath, keyPath, snippet("certagent-tls.conf"))
+	if err := os.WriteFile(n.ConfPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	env := map[string]string{"CERTAGENT_REDIS_URL": opts.RedisURL}
+	if opts.KeyPrefix != "" {
+		env["CERTAGENT_KEY_PREFIX"] = opts.KeyPrefix
+	}
+	for k, v := range opts.Env {
+		env[k] = v
+	}
+	cmd := exec.Command(bin, "-p", dir, "-c", n.ConfPath, "-e", n.ErrorLogPath)
+	cmd.Env = os.Environ()
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		cmd.Env = append(cmd.Env, k+"="+env[k])
+	}
+	stderr, err := os.Create(filepath.Join(dir, "logs", "stderr.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = stderr, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting nginx: %v", err)
+	}
+	n.cmd = cmd
+	go func() {
+		_ = cmd.Wait()
+		stderr.Close()
+		close(n.done)
+	}()
+	t.Cleanup(n.Stop)
+
+	deadline := time.Now().Add(15 * time.Second)
+	for _, addr := range []string{n.HTTPAddr, n.HTTPSAddr} {
+		for {
+			select {
+			case <-n.done:
+				out, _ := os.ReadFile(filepath.Join(dir, "logs", "stderr.log"))
+				t.Fatalf("nginx exited during start-up:\n%s\n%s", out, n.ErrorLog())
+			default:
+			}
+			if err := WaitTCP(addr, 200*time.Millisecond); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				n.Stop()
+				t.Fatalf("nginx did not listen on %s within 15 s:\n%s", addr, n.ErrorLog())
+			}
+		}
+	}
+	return n
+}
+
+// ErrorLog returns the error log written so far.
+func (n *Nginx) ErrorLog() string {
+	data, err := os.ReadFile(n.ErrorLogPath)
+	if err != nil {
+		return ""
+	}
+	return string(data)
+}
+
+// ErrorLogSize returns the current length of the error log, for ErrorLogSince.
+func (n *Nginx) ErrorLogSize() int {
+	return len(n.ErrorLog())
+}
+
+// ErrorLogSince returns the log lines written after the log had size offset.
+func (n *Nginx) ErrorLogSince(offset int) []string {
+	log := n.ErrorLog()
+	if offset > len(log) {
+		return nil
+	}
+	var lines []string
+	for _, line := range strings.Split(log[offset:], "\n") {
+		if line != "" {
+			lines = append(lines, line)
+		}
+	}
+	return lines
+}
+
+// Stop shuts nginx down (SIGTERM, then SIGKILL of its process group after
+// 10 s). Calling it again does nothing.
+func (n *Nginx) Stop() {
+	if n.cmd == nil {
+		return
+	}
+	pid := n.cmd.Process.Pid
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		<-n.done
+	}
+	// Workers of a killed master would keep the ports.
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	n.cmd = nil
+}

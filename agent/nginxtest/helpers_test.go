@@ -1,0 +1,254 @@
+// Package nginxtest tests the Lua side (lua/, nginx/) through a real nginx and
+// a real Redis. Keys are built from docs/redis-schema.md, not from the Go
+// store, so a Lua module drifting from the document fails here.
+package nginxtest
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/certagent/certagent/agent/internal/schemadoc"
+	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/redis/go-redis/v9"
+)
+
+const testNode = "node-under-test"
+
+type env struct {
+	t      *testing.T
+	redis  *testenv.Redis
+	nginx  *testenv.Nginx
+	prefix string
+	schema map[string]schemadoc.Entry
+}
+
+// start brings up Redis and nginx with a non-default key prefix, so a Lua
+// module that ignores key_prefix fails.
+func start(t *testing.T, extra string) *env {
+	t.Helper()
+	schema, err := schemadoc.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := testenv.StartRedis(t)
+	prefix := "ct" + strconv.Itoa(os.Getpid()%1000) + ":"
+	n := testenv.StartNginx(t, testenv.NginxOptions{
+		RedisURL:        r.URL,
+		KeyPrefix:       prefix,
+		Env:             map[string]string{"CERTAGENT_NODE": testNode},
+		HTTPServerExtra: extra,
+	})
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("CERTAGENT_SHOW_NGINX_LOG") != "" {
+			t.Logf("nginx error log:\n%s", n.ErrorLog())
+		}
+	})
+	return &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
+}
+
+// key builds a key from the schema document's table.
+func (e *env) key(id string, vars ...string) string {
+	e.t.Helper()
+	entry, ok := e.schema[id]
+	if !ok {
+		e.t.Fatalf("the schema document has no key %q", id)
+	}
+	k, err := entry.Key(e.prefix, vars...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return k
+}
+
+type leaf struct {
+	cert     *x509.Certificate
+	chainPEM string
+	keyPEM   string
+	notAfter time.Time
+}
+
+// newLeaf makes a CA and a leaf it signed for names, valid until notAfter.
+func newLeaf(t *testing.T, cn string, names []string, notAfter time.Time) leaf {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "certagent test CA"},
+		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(48 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: cn}, DNSNames: names,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter,
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	chain := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})) +
+		string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
+	return leaf{
+		cert: cert, chainPEM: chain, notAfter: notAfter,
+		keyPEM: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
+	}
+}
+
+// store writes l as the record of name, the fields nginx reads per the schema.
+func (e *env) store(name string, l leaf) {
+	e.t.Helper()
+	e.storeFields(name, map[string]any{
+		"fullchain": l.chainPEM,
+		"key":       l.keyPEM,
+		"not_after": strconv.FormatInt(l.notAfter.Unix(), 10),
+	})
+}
+
+func (e *env) storeFields(name string, fields map[string]any) {
+	e.t.Helper()
+	k := e.key("cert", "name", name)
+	ctx := context.Background()
+	_, err := e.redis.Client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, k)
+		p.HSet(ctx, k, fields)
+		return nil
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// handshake connects with SNI serverName ("" sends none) and returns the leaf
+// the server presented, or the handshake error.
+func (e *env) handshake(serverName string) (*x509.Certificate, error) {
+	conn, err := net.DialTimeout("tcp", e.nginx.HTTPSAddr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	c := tls.Client(conn, &tls.Config{ServerName: serverName, InsecureSkipVerify: true})
+	if err := c.Handshake(); err != nil {
+		return nil, err
+	}
+	certs := c.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return nil, nil
+	}
+	return certs[0], nil
+}
+
+func (e *env) mustHandshake(serverName string) *x509.Certificate {
+	e.t.Helper()
+	c, err := e.handshake(serverName)
+	if err != nil {
+		e.t.Fatalf("handshake with SNI %q: %v\nerror log:\n%s", serverName, err, e.nginx.ErrorLog())
+	}
+	return c
+}
+
+func (e *env) isFallback(c *x509.Certificate) bool {
+	return c != nil && c.Equal(e.nginx.FallbackCert)
+}
+
+// streamEntries returns the entries of the requests stream.
+func (e *env) streamEntries() []redis.XMessage {
+	e.t.Helper()
+	msgs, err := e.redis.Client.XRange(context.Background(), e.key("requests"), "-", "+").Result()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return msgs
+}
+
+// waitFor polls cond until it holds or a generous deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// settle gives the out-of-band XADD timers time to run before a test asserts
+// that nothing was written. It waits until a marker handshake (whose name is
+// recorded) shows up in the stream: timers run in order on the one worker.
+func (e *env) settle() {
+	e.t.Helper()
+	marker := "settle-" + strconv.FormatInt(time.Now().UnixNano(), 36) + ".marker.test"
+	e.mustHandshake(marker)
+	waitFor(e.t, "the marker request "+marker, func() bool {
+		for _, m := range e.streamEntries() {
+			if m.Values["name"] == marker {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// namesIn returns the name fields of the stream entries, markers excluded.
+func (e *env) namesIn() []string {
+	var out []string
+	for _, m := range e.streamEntries() {
+		name, _ := m.Values["name"].(string)
+		if strings.HasSuffix(name, ".marker.test") {
+			continue
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// errorLines returns the [error] (and worse) lines logged after offset.
+func (e *env) errorLines(offset int) []string {
+	var out []string
+	for _, line := range e.nginx.ErrorLogSince(offset) {
+		if strings.Contains(line, "[error]") || strings.Contains(line, "[crit]") ||
+			strings.Contains(line, "[alert]") || strings.Contains(line, "[emerg]") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// docStreamFields returns the entry fields the schema document lists for the
+// requests stream (the backquoted words after "entry fields").
+func (e *env) docStreamFields() []string {
+	e.t.Helper()
+	enc := e.schema["requests"].Encoding
+	i := strings.Index(enc, "entry fields")
+	if i < 0 {
+		e.t.Fatalf("the schema document does not list the stream's entry fields: %q", enc)
+	}
+	var fields []string
+	parts := strings.Split(enc[i:], "`")
+	for j := 1; j < len(parts); j += 2 {
+		fields = append(fields, parts[j])
+	}
+	return fields
+}

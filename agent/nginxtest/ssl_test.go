@@ -1,0 +1,265 @@
+package nginxtest
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestHit(t *testing.T) {
+	e := start(t, "")
+	l := newLeaf(t, "hit.example.test", []string{"hit.example.test"}, time.Now().Add(24*time.Hour))
+	e.store("hit.example.test", l)
+	offset := e.nginx.ErrorLogSize()
+	for i := 0; i < 3; i++ {
+		for _, sni := range []string{"hit.example.test", "HIT.Example.Test"} {
+			got := e.mustHandshake(sni)
+			if !got.Equal(l.cert) {
+				t.Fatalf("handshake %d with %q: served %q, want the stored leaf", i, sni, got.Subject.CommonName)
+			}
+		}
+	}
+	e.settle()
+	if names := e.namesIn(); len(names) != 0 {
+		t.Fatalf("a hit wrote stream entries: %v", names)
+	}
+	if lines := e.errorLines(offset); len(lines) != 0 {
+		t.Fatalf("errors logged on hits:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+func TestMissRecordedOncePerWindow(t *testing.T) {
+	e := start(t, "")
+	before, err := e.redis.CommandCalls("xadd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 50; i++ {
+		if got := e.mustHandshake("miss.example.test"); !e.isFallback(got) {
+			t.Fatalf("handshake %d: a name without a certificate got %q, want the fallback", i, got.Subject.CommonName)
+		}
+	}
+	e.settle() // one more XADD, for the marker
+	after, err := e.redis.CommandCalls("xadd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after-before != 2 {
+		t.Errorf("XADD ran %d times for 50 handshakes of one name (plus one marker), want 2", after-before)
+	}
+	var entries []map[string]any
+	for _, m := range e.streamEntries() {
+		if m.Values["name"] == "miss.example.test" {
+			entries = append(entries, m.Values)
+		}
+	}
+	if len(entries) != 1 {
+		t.Fatalf("stream entries for miss.example.test: %v, want exactly one", entries)
+	}
+	var fields []string
+	for f := range entries[0] {
+		fields = append(fields, f)
+	}
+	sort.Strings(fields)
+	want := e.docStreamFields()
+	sort.Strings(want)
+	if strings.Join(fields, ",") != strings.Join(want, ",") {
+		t.Errorf("stream entry fields %v, the schema document says %v", fields, want)
+	}
+	if entries[0]["node"] != testNode {
+		t.Errorf("node = %v, want %q (CERTAGENT_NODE)", entries[0]["node"], testNode)
+	}
+	n, err := e.redis.Client.XLen(context.Background(), e.key("requests")).Result()
+	if err != nil || n != 2 {
+		t.Errorf("XLEN = %d, %v; want 2", n, err)
+	}
+}
+
+func TestStoredCertificateServedWithoutReload(t *testing.T) {
+	e := start(t, "")
+	if got := e.mustHandshake("new.example.test"); !e.isFallback(got) {
+		t.Fatalf("served %q before a certificate was stored", got.Subject.CommonName)
+	}
+	waitFor(t, "the request for new.example.test", func() bool {
+		return len(e.namesIn()) == 1
+	})
+	l := newLeaf(t, "new.example.test", []string{"new.example.test"}, time.Now().Add(24*time.Hour))
+	e.store("new.example.test", l)
+	if got := e.mustHandshake("new.example.test"); !got.Equal(l.cert) {
+		t.Fatalf("the next handshake after storing served %q, want the stored leaf", got.Subject.CommonName)
+	}
+}
+
+func TestWildcard(t *testing.T) {
+	e := start(t, "")
+	wild := newLeaf(t, "*.example.test", []string{"*.example.test"}, time.Now().Add(24*time.Hour))
+	exact := newLeaf(t, "b.example.test", []string{"b.example.test"}, time.Now().Add(24*time.Hour))
+	e.store("*.example.test", wild)
+	e.store("b.example.test", exact)
+
+	if got := e.mustHandshake("a.example.test"); !got.Equal(wild.cert) {
+		t.Errorf("a.example.test: served %q, want the wildcard", got.Subject.CommonName)
+	}
+	if got := e.mustHandshake("b.example.test"); !got.Equal(exact.cert) {
+		t.Errorf("b.example.test: served %q, want the exact certificate over the wildcard", got.Subject.CommonName)
+	}
+	// A wildcard covers one level only, and not the parent itself.
+	for _, sni := range []string{"x.a.example.test", "example.test"} {
+		if got := e.mustHandshake(sni); !e.isFallback(got) {
+			t.Errorf("%s: served %q, want the fallback", sni, got.Subject.CommonName)
+		}
+	}
+	e.settle()
+	got := e.namesIn()
+	sort.Strings(got)
+	if strings.Join(got, ",") != "example.test,x.a.example.test" {
+		t.Errorf("stream names %v, want only the two uncovered names", got)
+	}
+}
+
+func TestNoSNI(t *testing.T) {
+	e := start(t, "")
+	for _, sni := range []string{"", "127.0.0.1", "::1"} { // Go sends no SNI for IP literals
+		if got := e.mustHandshake(sni); !e.isFallback(got) {
+			t.Errorf("SNI %q: served %q, want the fallback", sni, got.Subject.CommonName)
+		}
+	}
+	e.settle()
+	if names := e.namesIn(); len(names) != 0 {
+		t.Fatalf("handshakes without SNI wrote stream entries: %v", names)
+	}
+}
+
+func TestExpiredRecordNotServed(t *testing.T) {
+	e := start(t, "")
+	old := newLeaf(t, "old.example.test", []string{"old.example.test"}, time.Now().Add(-time.Minute))
+	e.store("old.example.test", old)
+	if got := e.mustHandshake("old.example.test"); !e.isFallback(got) {
+		t.Errorf("an expired record was served (%q)", got.Subject.CommonName)
+	}
+	// An expired exact record gives way to a valid wildcard.
+	wild := newLeaf(t, "*.w.example.test", []string{"*.w.example.test"}, time.Now().Add(24*time.Hour))
+	e.store("old.w.example.test", old)
+	e.store("*.w.example.test", wild)
+	if got := e.mustHandshake("old.w.example.test"); !got.Equal(wild.cert) {
+		t.Errorf("old.w.example.test: served %q, want the wildcard over the expired exact record", got.Subject.CommonName)
+	}
+}
+
+func TestUnusableRecords(t *testing.T) {
+	e := start(t, "")
+	good := newLeaf(t, "good.example.test", []string{"good.example.test"}, time.Now().Add(24*time.Hour))
+	other := newLeaf(t, "other.example.test", []string{"other.example.test"}, time.Now().Add(24*time.Hour))
+	notAfter := fmt.Sprint(good.notAfter.Unix())
+	records := map[string]map[string]any{
+		"badchain.example.test": {"fullchain": "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n", "key": good.keyPEM, "not_after": notAfter},
+		"badkey.example.test":   {"fullchain": good.chainPEM, "key": "garbage", "not_after": notAfter},
+		"mismatch.example.test": {"fullchain": good.chainPEM, "key": other.keyPEM, "not_after": notAfter},
+		"nokey.example.test":    {"fullchain": good.chainPEM, "not_after": notAfter},
+		"nodate.example.test":   {"fullchain": good.chainPEM, "key": good.keyPEM},
+	}
+	for name, fields := range records {
+		e.storeFields(name, fields)
+	}
+	for name := range records {
+		offset := e.nginx.ErrorLogSize()
+		if got := e.mustHandshake(name); !e.isFallback(got) {
+			t.Errorf("%s: served %q, want the fallback", name, got.Subject.CommonName)
+		}
+		lines := e.errorLines(offset)
+		if len(lines) != 1 || !strings.Contains(lines[0], name) {
+			t.Errorf("%s: want exactly one error line naming it, got:\n%s", name, strings.Join(lines, "\n"))
+		}
+		for _, line := range lines {
+			if strings.Contains(line, "PRIVATE KEY") || strings.Contains(line, "BEGIN") {
+				t.Errorf("%s: the log shows PEM content: %s", name, line)
+			}
+		}
+		// Handshakes right after do not each log again.
+		offset = e.nginx.ErrorLogSize()
+		for i := 0; i < 5; i++ {
+			if got := e.mustHandshake(name); !e.isFallback(got) {
+				t.Errorf("%s: served %q, want the fallback", name, got.Subject.CommonName)
+			}
+		}
+		if lines := e.errorLines(offset); len(lines) > 1 {
+			t.Errorf("%s: %d error lines for 5 more handshakes, want at most one (negative cache):\n%s",
+				name, len(lines), strings.Join(lines, "\n"))
+		}
+	}
+	e.settle()
+	if names := e.namesIn(); len(names) != 0 {
+		t.Errorf("unusable records were recorded as missing: %v", names)
+	}
+}
+
+func TestRedisUnavailable(t *testing.T) {
+	e := start(t, "")
+	e.mustHandshake("warm.example.test") // leaves a connection in the keepalive pool
+	waitFor(t, "the request for warm.example.test", func() bool { return len(e.namesIn()) == 1 })
+	e.redis.Stop()
+	offset := e.nginx.ErrorLogSize()
+	if got := e.mustHandshake("down.example.test"); !e.isFallback(got) {
+		t.Fatalf("served %q with Redis down, want the fallback", got.Subject.CommonName)
+	}
+	lines := e.errorLines(offset)
+	if len(lines) != 1 || !strings.Contains(lines[0], "down.example.test") {
+		t.Errorf("want exactly one error line for the handshake, got:\n%s", strings.Join(lines, "\n"))
+	}
+	for i := 0; i < 5; i++ {
+		if got := e.mustHandshake("down.example.test"); !e.isFallback(got) {
+			t.Fatalf("served %q with Redis down, want the fallback", got.Subject.CommonName)
+		}
+	}
+
+	e.redis.Start() // empty again: no persistence
+	l := newLeaf(t, "down.example.test", []string{"down.example.test"}, time.Now().Add(24*time.Hour))
+	e.store("down.example.test", l)
+	waitFor(t, "the certificate to be served after Redis came back", func() bool {
+		got, err := e.handshake("down.example.test")
+		if err != nil {
+			t.Fatalf("handshake failed after Redis came back: %v", err)
+		}
+		return got.Equal(l.cert)
+	})
+	waitFor(t, "a miss to be recorded after Redis came back", func() bool {
+		e.mustHandshake("back.example.test")
+		for _, n := range e.namesIn() {
+			if n == "back.example.test" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func TestFailedRecordIsRetried(t *testing.T) {
+	e := start(t, "")
+	ctx := context.Background()
+	// A string where the stream should be makes XADD fail.
+	if err := e.redis.Client.Set(ctx, e.key("requests"), "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	offset := e.nginx.ErrorLogSize()
+	e.mustHandshake("retry.example.test")
+	waitFor(t, "the failed XADD to be logged", func() bool {
+		for _, line := range e.errorLines(offset) {
+			if strings.Contains(line, "retry.example.test") {
+				return true
+			}
+		}
+		return false
+	})
+	if err := e.redis.Client.Del(ctx, e.key("requests")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Inside the window, but the failure released the name.
+	e.mustHandshake("retry.example.test")
+	waitFor(t, "the request to be recorded on the next handshake", func() bool {
+		names := e.namesIn()
+		return len(names) == 1 && names[0] == "retry.example.test"
+	})
+}
