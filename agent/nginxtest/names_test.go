@@ -99,6 +99,7 @@ func TestSNINormalizedLikeGo(t *testing.T) {
 			t.Errorf("%q: served %q, want the fallback", c.Input, got.Subject.CommonName)
 		}
 	}
+	waitFor(t, "every valid name in the stream", func() bool { return len(e.namesIn()) >= len(want) })
 	e.settle()
 	got := e.namesIn()
 	sort.Strings(got)

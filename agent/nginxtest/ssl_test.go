@@ -2,6 +2,7 @@ package nginxtest
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"sort"
 	"strings"
@@ -22,6 +23,17 @@ func TestHit(t *testing.T) {
 			}
 		}
 	}
+	// TLS 1.2 takes the same path.
+	conn, err := tls.Dial("tcp", e.nginx.HTTPSAddr, &tls.Config{
+		ServerName: "hit.example.test", InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12,
+	})
+	if err != nil {
+		t.Fatalf("TLS 1.2 handshake: %v", err)
+	}
+	if got := conn.ConnectionState().PeerCertificates[0]; !got.Equal(l.cert) {
+		t.Errorf("TLS 1.2: served %q, want the stored leaf", got.Subject.CommonName)
+	}
+	conn.Close()
 	e.settle()
 	if names := e.namesIn(); len(names) != 0 {
 		t.Fatalf("a hit wrote stream entries: %v", names)
@@ -112,6 +124,7 @@ func TestWildcard(t *testing.T) {
 			t.Errorf("%s: served %q, want the fallback", sni, got.Subject.CommonName)
 		}
 	}
+	waitFor(t, "the two uncovered names in the stream", func() bool { return len(e.namesIn()) >= 2 })
 	e.settle()
 	got := e.namesIn()
 	sort.Strings(got)
