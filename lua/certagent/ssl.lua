@@ -78,10 +78,14 @@ function _M.init(config, key_builder)
 end
 
 local function xadd(premature, name)
+    local dict = shared[cfg.requests_dict]
     if premature then
+        -- The worker is exiting: let another worker record the name.
+        if dict then
+            dict:delete(name)
+        end
         return
     end
-    local dict = shared[cfg.requests_dict]
     local red, err = redis.connect(cfg)
     if red then
         local res
