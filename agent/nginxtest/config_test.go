@@ -44,3 +44,26 @@ func TestExampleConfig(t *testing.T) {
 		t.Fatalf("nginx -t on the example configuration: %v\n%s", err, out)
 	}
 }
+
+// TestInvalidConfigurationRefusesToStart: init() raises on a bad table, so nginx
+// does not start with it (it fails before opening its ports).
+func TestInvalidConfigurationRefusesToStart(t *testing.T) {
+	r := testenv.StartRedis(t)
+	n := testenv.StartNginx(t, testenv.NginxOptions{RedisURL: r.URL})
+	bin := testenv.Require(t, "nginx", "/usr/sbin")
+	for url, want := range map[string]string{
+		"http://127.0.0.1:6379": "must start with redis:// or unix:",
+		"redis://h:70000":       "bad port",
+	} {
+		cmd := exec.Command(bin, "-p", filepath.Dir(n.ConfPath), "-c", n.ConfPath,
+			"-e", filepath.Join(t.TempDir(), "error.log"))
+		cmd.Env = append(os.Environ(), "CERTAGENT_REDIS_URL="+url)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("nginx started with CERTAGENT_REDIS_URL=%s", url)
+		}
+		if !strings.Contains(string(out), "certagent: invalid configuration") || !strings.Contains(string(out), want) {
+			t.Errorf("CERTAGENT_REDIS_URL=%s: nginx said %s; want an error mentioning %q", url, out, want)
+		}
+	}
+}
