@@ -2,16 +2,9 @@ package manager
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -48,27 +41,19 @@ func (f *fakeIssuer) Obtain(ctx context.Context, names []string) (*acmeclient.Ce
 	if f.fail != nil {
 		return nil, f.fail
 	}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	lifetime := f.lifetime
 	if lifetime == 0 {
 		lifetime = 90 * 24 * time.Hour
 	}
 	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(now.UnixNano()),
-		Subject:      pkix.Name{CommonName: names[0]},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(lifetime),
-		DNSNames:     names,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert, err := testenv.MakeCert(testenv.CertSpec{CommonName: names[0], DNSNames: names,
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(lifetime)})
 	if err != nil {
 		return nil, err
 	}
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
 	return &acmeclient.Certificate{
-		FullChain: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyPEM:    pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		FullChain: cert.CertPEM,
+		KeyPEM:    cert.KeyPEM,
 		CertURL:   "https://fake-ca/cert/" + names[0],
 		KeyType:   "ec256",
 	}, nil

@@ -2,14 +2,8 @@ package store
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"math/big"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,25 +25,9 @@ func newStore(t *testing.T) (*Store, *testenv.Redis) {
 // leafPEM makes a self-signed certificate and key for names.
 func leafPEM(t *testing.T, notAfter time.Time, names ...string) (certPEM, keyPEM []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: names[0]},
-		Issuer:       pkix.Name{CommonName: "test issuer"},
-		NotBefore:    notAfter.Add(-90 * 24 * time.Hour),
-		NotAfter:     notAfter,
-		DNSNames:     names,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	c := testenv.NewCert(t, testenv.CertSpec{CommonName: names[0], DNSNames: names,
+		NotBefore: notAfter.Add(-90 * 24 * time.Hour), NotAfter: notAfter})
+	return c.CertPEM, c.KeyPEM
 }
 
 func TestCertRecordRoundTripAndSchema(t *testing.T) {

@@ -4,18 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -496,78 +491,25 @@ func freeTCPAndUDPPort(t testing.TB) int {
 	return 0
 }
 
-// writePebbleListenerCert writes a small CA (ca.pem) and a leaf for 127.0.0.1
-// and localhost signed by it (cert.pem, key.pem) for Pebble's HTTPS listeners.
+// writePebbleListenerCert writes a small CA (listener-ca.pem) and a leaf for
+// 127.0.0.1 and localhost signed by it for Pebble's HTTPS listeners.
 func writePebbleListenerCert(t testing.TB, dir string) (certFile, keyFile, caFile string) {
 	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(t),
-		Subject:               pkix.Name{CommonName: "certagent test Pebble listener CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(7 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafTmpl := &x509.Certificate{
-		SerialNumber: randomSerial(t),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(7 * 24 * time.Hour),
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(leafKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile = filepath.Join(dir, "listener-ca.pem")
+	ca := NewCert(t, CertSpec{CommonName: "certagent test Pebble listener CA", IsCA: true,
+		NotAfter: time.Now().Add(7 * 24 * time.Hour)})
+	leaf := NewCert(t, CertSpec{CommonName: "127.0.0.1", DNSNames: []string{"localhost"},
+		IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, Parent: ca,
+		NotAfter: time.Now().Add(7 * 24 * time.Hour)})
+	caFile, _ = ca.Write(t, dir, "listener-ca")
 	certFile = filepath.Join(dir, "listener-cert.pem")
 	keyFile = filepath.Join(dir, "listener-key.pem")
-	writePEM(t, caFile, "CERTIFICATE", caDER, 0o644)
-	writePEM(t, certFile, "CERTIFICATE", leafDER, 0o644)
-	writePEM(t, keyFile, "PRIVATE KEY", keyDER, 0o600)
+	if err := os.WriteFile(certFile, leaf.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, leaf.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	return certFile, keyFile, caFile
-}
-
-func randomSerial(t testing.TB) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n.Add(n, big.NewInt(1))
-}
-
-func writePEM(t testing.TB, path, typ string, der []byte, mode os.FileMode) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // process is a child process whose output goes to a log file.

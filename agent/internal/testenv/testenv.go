@@ -5,14 +5,8 @@
 package testenv
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -118,44 +112,12 @@ func BuildBinary(t testing.TB, pkg string) string {
 	return out
 }
 
-// SelfSigned writes a self-signed ECDSA certificate for the given DNS names and
-// IP addresses into dir as <base>.pem and <base>.key and returns the certificate
+// SelfSigned writes a self-signed certificate for the given DNS names and IP
+// addresses into dir as <base>.pem and <base>.key and returns the certificate
 // and both paths.
 func SelfSigned(t testing.TB, dir, base string, commonName string, dnsNames []string, ips []net.IP) (*x509.Certificate, string, string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		DNSNames:              dnsNames,
-		IPAddresses:           ips,
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPath := filepath.Join(dir, base+".pem")
-	keyPath := filepath.Join(dir, base+".key")
-	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return cert, certPath, keyPath
+	c := NewCert(t, CertSpec{CommonName: commonName, DNSNames: dnsNames, IPs: ips, IsCA: true})
+	certPath, keyPath := c.Write(t, dir, base)
+	return c.X509, certPath, keyPath
 }
