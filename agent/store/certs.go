@@ -141,12 +141,54 @@ func (s *Store) PutCert(ctx context.Context, rec *CertRecord) error {
 			p.HSet(ctx, s.keys.Cert(name), fields)
 		}
 		p.ZAdd(ctx, s.keys.Expiry(), redis.Z{Score: float64(rec.NotAfter.Unix()), Member: rec.Primary()})
+		s.noteChanges(ctx, p, "put", rec.Names)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("storing the certificate for %s: %w", rec.Primary(), err)
 	}
 	return nil
+}
+
+// ChangesMaxLen bounds the stream of changes; nginx workers that fall further
+// behind than this drop their whole cache.
+const ChangesMaxLen = 1000
+
+func (s *Store) noteChanges(ctx context.Context, p redis.Pipeliner, op string, names []string) {
+	for _, name := range names {
+		p.XAdd(ctx, &redis.XAddArgs{
+			Stream: s.keys.Changes(), MaxLen: ChangesMaxLen, Approx: true,
+			Values: []any{"name", name, "op", op},
+		})
+	}
+}
+
+// DeleteCert removes the record stored for name and every copy under the
+// other names of the same certificate, and its expiry index entry. It returns
+// the names it removed, or an error wrapping ErrNotFound.
+func (s *Store) DeleteCert(ctx context.Context, name string) ([]string, error) {
+	rec, err := s.GetCert(ctx, name)
+	names := []string{name}
+	switch {
+	case err == nil:
+		names = rec.Names
+	case errors.Is(err, ErrCorrupt):
+		// Remove what is there under this name; its other copies are unknown.
+	default:
+		return nil, err
+	}
+	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for _, n := range names {
+			p.Del(ctx, s.keys.Cert(n))
+		}
+		p.ZRem(ctx, s.keys.Expiry(), names[0], name)
+		s.noteChanges(ctx, p, "delete", names)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("deleting the certificate for %s: %w", name, err)
+	}
+	return names, nil
 }
 
 // GetCert returns the record stored for name, or an error wrapping

@@ -32,6 +32,10 @@ func (k Keys) Token(name, token string) string { return k.prefix() + "token:" + 
 // Requests is the stream of names that nginx saw without a certificate.
 func (k Keys) Requests() string { return k.prefix() + "requests" }
 
+// Changes is the stream of names whose certificate was written or deleted;
+// nginx workers follow it to drop what they cached.
+func (k Keys) Changes() string { return k.prefix() + "changes" }
+
 // Expiry is the sorted set of primary names scored by not-after.
 func (k Keys) Expiry() string { return k.prefix() + "expiry" }
 

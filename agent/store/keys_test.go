@@ -17,6 +17,7 @@ func TestKeys(t *testing.T) {
 		{Keys{}.Requests(), "certagent:requests"},
 		{Keys{Prefix: "{ca}:"}.Requests(), "{ca}:requests"},
 		{Keys{}.Expiry(), "certagent:expiry"},
+		{Keys{}.Changes(), "certagent:changes"},
 		{Keys{}.Lock("a.example.com"), "certagent:lock:a.example.com"},
 		{Keys{}.Account("https://ca.example/dir", "ops@example.com"), "certagent:account:" + AccountID("https://ca.example/dir", "ops@example.com")},
 	} {
@@ -42,6 +43,7 @@ func TestKeysMatchSchemaDocument(t *testing.T) {
 		"token":    {keys.Token("a.example.com", "T0k"), "name", "a.example.com", "token", "T0k"},
 		"requests": {keys.Requests()},
 		"expiry":   {keys.Expiry()},
+		"changes":  {keys.Changes()},
 		"lock":     {keys.Lock("a.example.com"), "name", "a.example.com"},
 		"account":  {keys.Account("https://ca/dir", "e@x"), "account", AccountID("https://ca/dir", "e@x")},
 	}

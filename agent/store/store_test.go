@@ -276,3 +276,47 @@ func TestAccountKeyIsClaimedOnce(t *testing.T) {
 		t.Errorf("after registration: key %q uri %q err %v", key, uri, err)
 	}
 }
+
+func TestChangesAndDelete(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	doc, _ := schemadoc.Load()
+	changesKey, _ := doc["changes"].Key("t:")
+	chain, key := leafPEM(t, time.Now().Add(time.Hour), "a.example.com", "b.example.com")
+	rec, err := NewCertRecord(chain, key, "a.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutCert(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if typ := r.Client.Type(ctx, changesKey).Val(); typ != doc["changes"].Type {
+		t.Fatalf("%s is a %s, the document says %s", changesKey, typ, doc["changes"].Type)
+	}
+	removed, err := st.DeleteCert(ctx, "b.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(removed, ",") != "a.example.com,b.example.com" {
+		t.Errorf("removed %v, want both names of the certificate", removed)
+	}
+	for _, name := range []string{"a.example.com", "b.example.com"} {
+		if _, err := st.GetCert(ctx, name); !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s after delete: %v", name, err)
+		}
+	}
+	if n := r.Client.ZCard(ctx, st.Keys().Expiry()).Val(); n != 0 {
+		t.Errorf("expiry index has %d entries after delete", n)
+	}
+	var got []string
+	for _, m := range r.Client.XRange(ctx, changesKey, "-", "+").Val() {
+		got = append(got, m.Values["op"].(string)+" "+m.Values["name"].(string))
+	}
+	want := "put a.example.com,put b.example.com,delete a.example.com,delete b.example.com"
+	if strings.Join(got, ",") != want {
+		t.Errorf("changes %v, want %s", got, want)
+	}
+	if _, err := st.DeleteCert(ctx, "a.example.com"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("deleting twice: %v, want ErrNotFound", err)
+	}
+}
