@@ -47,6 +47,10 @@ type PebbleOptions struct {
 	// ValidityPeriod of issued certificates; 0 keeps Pebble's default (90 days).
 	// Whole seconds.
 	ValidityPeriod time.Duration
+	// Profiles are offered besides "default", each with its validity period
+	// (whole seconds; 0 is Pebble's default). Pebble picks a random profile
+	// for an order that names none, so tests that set this should name one.
+	Profiles map[string]time.Duration
 }
 
 // Pebble is a Pebble ACME server and a pebble-challtestsrv DNS stub started
@@ -172,6 +176,10 @@ func (p *Pebble) startPebble(bin, dir, certFile, keyFile string, opts PebbleOpti
 			ValidityPeriod: uint64(opts.ValidityPeriod / time.Second),
 		}},
 	}}
+	profiles := cfg["pebble"].(map[string]any)["profiles"].(map[string]profile)
+	for name, validity := range opts.Profiles {
+		profiles[name] = profile{Description: "certagent tests: " + name, ValidityPeriod: uint64(validity / time.Second)}
+	}
 	cfgJSON, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err
