@@ -51,6 +51,13 @@ type Config struct {
 	// when the CA sends no Retry-After. Default: 25 ms. Each poll doubles the
 	// wait up to MaxPoll (default 1 s).
 	FirstPoll, MaxPoll time.Duration
+	// Profile asked for on every order (e.g. Let's Encrypt's "shortlived").
+	// Default: none, the CA's default profile.
+	Profile string
+	// EABKeyID and EABHMAC bind a new account to an account the CA knows
+	// already (External Account Binding, RFC 8555 section 7.3.4), for CAs that
+	// require it. EABHMAC is base64url, as CAs hand it out. Default: none.
+	EABKeyID, EABHMAC string
 }
 
 // AccountStore keeps the ACME account shared by every agent of the fleet.
@@ -67,6 +74,8 @@ type Client struct {
 	cfg    Config
 	core   *api.Core
 	solver challenge.Provider
+
+	accountURI string
 }
 
 // Certificate is an issued certificate with its new private key.
@@ -75,6 +84,11 @@ type Certificate struct {
 	KeyPEM    []byte // PEM, PKCS #8
 	CertURL   string
 	KeyType   string
+	// Profile is the profile the CA says it issued under (empty if it has none).
+	Profile string
+	// Replaces is the ARI id of the certificate the CA recorded this order as
+	// replacing (empty for a first issuance or when the CA ignored it).
+	Replaces string
 }
 
 // New loads or registers the account for cfg and returns a client that
@@ -135,16 +149,29 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		}
 		// Registering an existing key returns the existing account, so two
 		// agents racing here end up with the same account URL.
-		account, err := core.Accounts.New(acme.Account{TermsOfServiceAgreed: true, Contact: contact})
+		req := acme.Account{TermsOfServiceAgreed: true, Contact: contact}
+		var account acme.ExtendedAccount
+		if cfg.EABKeyID != "" || cfg.EABHMAC != "" {
+			if cfg.EABKeyID == "" || cfg.EABHMAC == "" {
+				return nil, errors.New("external account binding needs both the key id and the HMAC key")
+			}
+			account, err = core.Accounts.NewEAB(req, cfg.EABKeyID, cfg.EABHMAC)
+		} else {
+			account, err = core.Accounts.New(req)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("registering the ACME account at %s: %w", cfg.DirectoryURL, err)
 		}
 		if err := accounts.SetAccountURI(ctx, cfg.DirectoryURL, cfg.Email, account.Location); err != nil {
 			return nil, err
 		}
+		uri = account.Location
 	}
-	return &Client{cfg: cfg, core: core, solver: solver}, nil
+	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri}, nil
 }
+
+// AccountURI returns the URL of the ACME account this client uses.
+func (c *Client) AccountURI() string { return c.accountURI }
 
 // DirectoryURL returns the CA this client orders from.
 func (c *Client) DirectoryURL() string { return c.cfg.DirectoryURL }

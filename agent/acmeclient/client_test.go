@@ -80,6 +80,11 @@ func (m *memAccounts) SetAccountURI(_ context.Context, _, _, uri string) error {
 
 func startCA(t *testing.T) (*testenv.Pebble, *memTokens) {
 	t.Helper()
+	return startCAWith(t, testenv.PebbleOptions{})
+}
+
+func startCAWith(t *testing.T, opts testenv.PebbleOptions) (*testenv.Pebble, *memTokens) {
+	t.Helper()
 	httpPort := testenv.FreePort(t)
 	tokens := &memTokens{tokens: map[string]string{}}
 	srv := &http.Server{Addr: "127.0.0.1:" + strconv.Itoa(httpPort), Handler: tokens}
@@ -89,7 +94,8 @@ func startCA(t *testing.T) (*testenv.Pebble, *memTokens) {
 	}
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	return testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort}), tokens
+	opts.HTTPPort = httpPort
+	return testenv.StartPebble(t, opts), tokens
 }
 
 func TestObtainAgainstPebble(t *testing.T) {

@@ -19,18 +19,30 @@ import (
 // new private key, answering each authorization by HTTP-01. It returns when the
 // certificate is issued, the CA gives up, or ctx ends.
 func (c *Client) Obtain(ctx context.Context, names []string) (*Certificate, error) {
+	return c.ObtainWith(ctx, names, OrderOptions{})
+}
+
+// ObtainWith is Obtain with per-order options: the certificate it replaces
+// (ARI) and a profile other than the configured one.
+func (c *Client) ObtainWith(ctx context.Context, names []string, opts OrderOptions) (*Certificate, error) {
 	if len(names) == 0 {
 		return nil, errors.New("obtaining a certificate: no names")
 	}
-	cert, err := c.obtain(ctx, names)
+	cert, err := c.obtain(ctx, names, opts)
 	if err != nil {
 		return nil, fmt.Errorf("obtaining certificate for %s: %w", names[0], err)
 	}
 	return cert, nil
 }
 
-func (c *Client) obtain(ctx context.Context, names []string) (*Certificate, error) {
-	order, err := c.core.Orders.New(names)
+func (c *Client) obtain(ctx context.Context, names []string, opts OrderOptions) (*Certificate, error) {
+	profile := opts.Profile
+	if profile == "" {
+		profile = c.cfg.Profile
+	}
+	// lego drops replaces when the CA has no ARI, and retries without it when
+	// the CA says the certificate was already replaced.
+	order, err := c.core.Orders.NewWithOptions(names, &api.OrderOptions{Profile: profile, ReplacesCertID: opts.Replaces})
 	if err != nil {
 		return nil, fmt.Errorf("creating the order: %w", err)
 	}
@@ -74,6 +86,8 @@ func (c *Client) obtain(ctx context.Context, names []string) (*Certificate, erro
 		KeyPEM:    pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
 		CertURL:   finalized.Certificate,
 		KeyType:   c.cfg.KeyType,
+		Profile:   finalized.Profile,
+		Replaces:  finalized.Replaces,
 	}, nil
 }
 

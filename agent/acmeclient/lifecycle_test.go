@@ -1,0 +1,112 @@
+package acmeclient
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/certagent/certagent/agent/internal/testenv"
+)
+
+// TestProfilesARIReplacesAndRevocation runs a certificate's life against a
+// real Pebble: issued under a short profile, its renewal window read from the
+// CA (the CA's default one, then one the test sets), renewed with replaces,
+// and revoked.
+func TestProfilesARIReplacesAndRevocation(t *testing.T) {
+	pebble, tokens := startCAWith(t, testenv.PebbleOptions{Profiles: map[string]time.Duration{"fiveminutes": 5 * time.Minute}})
+	ctx := context.Background()
+	client, err := New(ctx, Config{DirectoryURL: pebble.DirectoryURL, CARootFiles: []string{pebble.CARootsFile},
+		Profile: "fiveminutes"}, &memAccounts{}, NewHTTP01Provider(tokens, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if client.AccountURI() == "" {
+		t.Error("no account URL after registration")
+	}
+	first, err := client.Obtain(ctx, []string{"life.example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := parseChain(t, first.FullChain)
+	if life := leaf.NotAfter.Sub(leaf.NotBefore); life > 5*time.Minute || life < 4*time.Minute {
+		t.Errorf("lifetime %s under the fiveminutes profile", life)
+	}
+	if first.Profile != "fiveminutes" || first.Replaces != "" {
+		t.Errorf("first order: profile %q replaces %q", first.Profile, first.Replaces)
+	}
+
+	// Pebble's own window lies within the certificate's lifetime.
+	w, err := client.RenewalInfo(ctx, first.FullChain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Start.Before(leaf.NotBefore.Add(-time.Second)) || w.End.After(leaf.NotAfter.Add(time.Second)) || w.RetryAfter <= 0 {
+		t.Errorf("window %s..%s retry %s for a certificate valid %s..%s", w.Start, w.End, w.RetryAfter, leaf.NotBefore, leaf.NotAfter)
+	}
+	// A window the CA chose is returned as it is.
+	start, end := time.Now().Add(-time.Hour).Truncate(time.Second), time.Now().Add(-59*time.Minute).Truncate(time.Second)
+	pebble.SetRenewalInfo(t, first.FullChain, start, end)
+	if w, err = client.RenewalInfo(ctx, first.FullChain); err != nil {
+		t.Fatal(err)
+	}
+	if !w.Start.Equal(start) || !w.End.Equal(end) {
+		t.Errorf("window %s..%s, want %s..%s", w.Start, w.End, start, end)
+	}
+
+	id, err := CertID(first.FullChain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := client.ObtainWith(ctx, []string{"life.example.test"}, OrderOptions{Replaces: id, Profile: "default"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Replaces != id {
+		t.Errorf("the CA recorded replaces %q, want %q", second.Replaces, id)
+	}
+	if second.Profile != "default" {
+		t.Errorf("per-order profile: got %q", second.Profile)
+	}
+
+	if err := client.Revoke(ctx, second.FullChain, RevocationReasons["keyCompromise"]); err != nil {
+		t.Fatal(err)
+	}
+	leaf2, _ := parseChain(t, second.FullChain)
+	if status, reason := pebble.CertStatus(t, leaf2.SerialNumber.Text(16)); status != "Revoked" || reason != 1 {
+		t.Errorf("Pebble reports %q reason %d, want Revoked reason 1", status, reason)
+	}
+	if status, _ := pebble.CertStatus(t, leaf.SerialNumber.Text(16)); status != "Valid" {
+		t.Errorf("the first certificate is %q, want Valid", status)
+	}
+	// Revoking twice is an error the caller sees.
+	if err := client.Revoke(ctx, second.FullChain, 0); err == nil || !strings.Contains(err.Error(), "revoking serial") {
+		t.Errorf("second revocation: %v", err)
+	}
+}
+
+func TestCertIDRefusesWhatItCannotIdentify(t *testing.T) {
+	if _, err := CertID([]byte("not pem")); err == nil {
+		t.Error("CertID(garbage): want an error")
+	}
+	// Without an authority key identifier there is no ARI id.
+	c := testenv.NewCert(t, testenv.CertSpec{CommonName: "self.example.test", DNSNames: []string{"self.example.test"}})
+	noAKI := *c.X509
+	noAKI.AuthorityKeyId = nil
+	if _, err := ariCertID(&noAKI); err == nil {
+		t.Error("a certificate without AKI got an id")
+	}
+}
+
+func TestEABNeedsBothParts(t *testing.T) {
+	pebble, tokens := startCA(t)
+	_, err := New(context.Background(), Config{DirectoryURL: pebble.DirectoryURL, CARootFiles: []string{pebble.CARootsFile},
+		EABKeyID: "kid-only"}, &memAccounts{}, NewHTTP01Provider(tokens, 0))
+	if err == nil || !strings.Contains(err.Error(), "external account binding") {
+		t.Errorf("error %v: want the EAB complaint", err)
+	}
+	if errors.Is(err, ErrNoARI) {
+		t.Error("unrelated error")
+	}
+}
