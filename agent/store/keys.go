@@ -52,3 +52,34 @@ func AccountID(directoryURL, email string) string {
 	sum := sha256.Sum256([]byte(directoryURL + "\n" + email))
 	return hex.EncodeToString(sum[:16])
 }
+
+// Allow is the set of allow rules managed with `certagent allow`: exact names
+// and "*.parent" suffix rules.
+func (k Keys) Allow() string { return k.prefix() + "allow" }
+
+// AllowGeneration counts changes of the allowlist; a cached denial made under
+// an older generation is ignored, so `allow add` takes effect at once.
+func (k Keys) AllowGeneration() string { return k.prefix() + "allow-generation" }
+
+// Denied is the shared negative cache: name was refused and is not evaluated
+// again until the key expires or the allowlist changes.
+func (k Keys) Denied(name string) string { return k.prefix() + "denied:" + name }
+
+// Ask caches an allowing answer of the ask URL for name.
+func (k Keys) Ask(name string) string { return k.prefix() + "ask:" + name }
+
+// Failure holds the failure memory of name: last error, attempts, next attempt.
+func (k Keys) Failure(name string) string { return k.prefix() + "failure:" + name }
+
+// Failures indexes the names with a failure record by their next attempt.
+func (k Keys) Failures() string { return k.prefix() + "failures" }
+
+// Budget is the sliding window of events counted against one rate budget:
+// kind "orders" (subject: account id), "certs" (registered domain) or
+// "failed" (name).
+func (k Keys) Budget(kind, subject string) string {
+	return k.prefix() + "budget:" + kind + ":" + subject
+}
+
+// Park marks a budget scope the CA refused with rateLimited, until its Retry-After.
+func (k Keys) Park(kind, subject string) string { return k.prefix() + "park:" + kind + ":" + subject }

@@ -19,6 +19,14 @@ func TestKeys(t *testing.T) {
 		{Keys{}.Expiry(), "certagent:expiry"},
 		{Keys{}.Changes(), "certagent:changes"},
 		{Keys{}.Lock("a.example.com"), "certagent:lock:a.example.com"},
+		{Keys{}.Allow(), "certagent:allow"},
+		{Keys{}.AllowGeneration(), "certagent:allow-generation"},
+		{Keys{}.Denied("a.example.com"), "certagent:denied:a.example.com"},
+		{Keys{}.Ask("a.example.com"), "certagent:ask:a.example.com"},
+		{Keys{}.Failure("a.example.com"), "certagent:failure:a.example.com"},
+		{Keys{}.Failures(), "certagent:failures"},
+		{Keys{}.Budget("certs", "example.com"), "certagent:budget:certs:example.com"},
+		{Keys{}.Park("orders", "0123"), "certagent:park:orders:0123"},
 		{Keys{}.Account("https://ca.example/dir", "ops@example.com"), "certagent:account:" + AccountID("https://ca.example/dir", "ops@example.com")},
 	} {
 		if tc.got != tc.want {
@@ -46,6 +54,14 @@ func TestKeysMatchSchemaDocument(t *testing.T) {
 		"changes":  {keys.Changes()},
 		"lock":     {keys.Lock("a.example.com"), "name", "a.example.com"},
 		"account":  {keys.Account("https://ca/dir", "e@x"), "account", AccountID("https://ca/dir", "e@x")},
+		"allow":    {keys.Allow()},
+		"allowgen": {keys.AllowGeneration()},
+		"denied":   {keys.Denied("a.example.com"), "name", "a.example.com"},
+		"ask":      {keys.Ask("a.example.com"), "name", "a.example.com"},
+		"failure":  {keys.Failure("a.example.com"), "name", "a.example.com"},
+		"failures": {keys.Failures()},
+		"budget":   {keys.Budget("certs", "example.com"), "kind", "certs", "subject", "example.com"},
+		"park":     {keys.Park("orders", "0123"), "kind", "orders", "subject", "0123"},
 	}
 	for id, b := range built {
 		entry, ok := doc[id]
