@@ -1,0 +1,146 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Budget is one rate budget shared by the fleet: at most Limit events of Kind
+// for Subject within any Window.
+type Budget struct {
+	Kind    string // "orders", "certs" or "failed"
+	Subject string // account id, registered domain or name
+	Limit   int
+	Window  time.Duration
+}
+
+func (b Budget) String() string { return b.Kind + " " + b.Subject }
+
+// takeScript counts the events of the last window in a sorted set (score:
+// event time in ms) and adds one unless the budget, less the slots kept for
+// higher priorities, is spent. It returns {1} or {0, ms when a slot frees}.
+// ARGV: now ms, window ms, limit, reserved slots, member, add (1) or only check (0).
+var takeScript = redis.NewScript(`
+local now, window, limit, reserved = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now - window)
+local n = redis.call("ZCARD", KEYS[1])
+local usable = limit - reserved
+if n < usable then
+  if ARGV[6] == "1" then
+    redis.call("ZADD", KEYS[1], now, ARGV[5])
+    redis.call("PEXPIRE", KEYS[1], window)
+  end
+  return {1}
+end
+local idx = n - usable
+local oldest = redis.call("ZRANGE", KEYS[1], idx, idx, "WITHSCORES")
+if oldest[2] then
+  return {0, tonumber(oldest[2]) + window}
+end
+return {0, now + window}
+`)
+
+// TakeBudget counts one event (member, unique per event) against b at now
+// unless fewer than reserved slots of the limit would be left; reserved slots
+// are what a lower priority leaves for a higher one. With add false it only
+// checks. When the budget is spent it returns false and when a slot frees.
+func (s *Store) TakeBudget(ctx context.Context, b Budget, now time.Time, reserved int, member string, add bool) (bool, time.Time, error) {
+	addArg := "0"
+	if add {
+		addArg = "1"
+	}
+	res, err := takeScript.Run(ctx, s.rdb, []string{s.keys.Budget(b.Kind, b.Subject)},
+		now.UnixMilli(), b.Window.Milliseconds(), b.Limit, reserved, member, addArg).Int64Slice()
+	if err != nil {
+		return false, time.Time{}, fmt.Errorf("counting the %s budget: %w", b, err)
+	}
+	if res[0] == 1 {
+		return true, time.Time{}, nil
+	}
+	var free time.Time
+	if len(res) > 1 {
+		free = time.UnixMilli(res[1])
+	}
+	return false, free, nil
+}
+
+// ReturnBudget takes back an event counted with TakeBudget (an order that
+// produced no certificate does not count against the certificates budget).
+func (s *Store) ReturnBudget(ctx context.Context, b Budget, member string) error {
+	if err := s.rdb.ZRem(ctx, s.keys.Budget(b.Kind, b.Subject), member).Err(); err != nil {
+		return fmt.Errorf("returning to the %s budget: %w", b, err)
+	}
+	return nil
+}
+
+// NoteBudgetEvent counts an event that has happened whatever the budget
+// says (a failed validation).
+func (s *Store) NoteBudgetEvent(ctx context.Context, b Budget, now time.Time, member string) error {
+	key := s.keys.Budget(b.Kind, b.Subject)
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAdd(ctx, key, redis.Z{Score: float64(now.UnixMilli()), Member: member})
+		p.PExpire(ctx, key, b.Window)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("counting an event against the %s budget: %w", b, err)
+	}
+	return nil
+}
+
+// Park stops issuance in the scope (kind, subject) until until: the CA said
+// rateLimited with that Retry-After. A later park only ever extends it.
+func (s *Store) Park(ctx context.Context, kind, subject string, until time.Time) error {
+	key := s.keys.Park(kind, subject)
+	// Kept a minute past until so a slightly fast clock elsewhere still sees it.
+	if err := parkScript.Run(ctx, s.rdb, []string{key}, until.UnixMilli(),
+		time.Until(until).Milliseconds()+60_000).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("parking %s %s: %w", kind, subject, err)
+	}
+	return nil
+}
+
+var parkScript = redis.NewScript(`
+local cur = tonumber(redis.call("GET", KEYS[1]) or "0")
+if tonumber(ARGV[1]) > cur then
+  local ttl = tonumber(ARGV[2])
+  if ttl < 60000 then ttl = 60000 end
+  redis.call("SET", KEYS[1], ARGV[1], "PX", ttl)
+end
+return 1
+`)
+
+// Scope names one budget scope.
+type Scope struct{ Kind, Subject string }
+
+// ParkedUntil returns the latest park among scopes that is still after now,
+// and its scope; a zero time when none is parked.
+func (s *Store) ParkedUntil(ctx context.Context, now time.Time, scopes ...Scope) (time.Time, Scope, error) {
+	cmds := make([]*redis.StringCmd, len(scopes))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, sc := range scopes {
+			cmds[i] = p.Get(ctx, s.keys.Park(sc.Kind, sc.Subject))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return time.Time{}, Scope{}, fmt.Errorf("reading parked scopes: %w", err)
+	}
+	var until time.Time
+	var which Scope
+	for i, cmd := range cmds {
+		ms, err := strconv.ParseInt(cmd.Val(), 10, 64)
+		if err != nil {
+			continue
+		}
+		if t := time.UnixMilli(ms); t.After(now) && t.After(until) {
+			until, which = t, scopes[i]
+		}
+	}
+	return until, which, nil
+}
