@@ -39,6 +39,14 @@ func (k Keys) Changes() string { return k.prefix() + "changes" }
 // Expiry is the sorted set of primary names scored by not-after.
 func (k Keys) Expiry() string { return k.prefix() + "expiry" }
 
+// Renewals is the renewal schedule: primary names scored by when an agent
+// next looks at them (renewal due, renewal information to fetch, a retry).
+func (k Keys) Renewals() string { return k.prefix() + "renewals" }
+
+// Renewal is the renewal state of the certificate indexed under name: the
+// CA's window, the chosen time, failures.
+func (k Keys) Renewal(name string) string { return k.prefix() + "renewal:" + name }
+
 // Lock is the lease that makes one agent at a time order a certificate for name.
 func (k Keys) Lock(name string) string { return k.prefix() + "lock:" + name }
 
