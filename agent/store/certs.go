@@ -128,8 +128,9 @@ func recordFromFields(f map[string]string) (*CertRecord, error) {
 	return r, nil
 }
 
-// PutCert stores rec under the key of each of its names and indexes its
-// primary name by expiry, in one transaction.
+// PutCert stores rec under the key of each of its names, indexes its primary
+// name by expiry and schedules it for a renewal check at rec.IssuedAt, in one
+// transaction.
 func (s *Store) PutCert(ctx context.Context, rec *CertRecord) error {
 	if len(rec.Names) == 0 {
 		return errors.New("storing a certificate: the record has no names")
@@ -141,6 +142,10 @@ func (s *Store) PutCert(ctx context.Context, rec *CertRecord) error {
 			p.HSet(ctx, s.keys.Cert(name), fields)
 		}
 		p.ZAdd(ctx, s.keys.Expiry(), redis.Z{Score: float64(rec.NotAfter.Unix()), Member: rec.Primary()})
+		// A new certificate starts a new renewal: the schedulers look at it
+		// at once to learn the CA's renewal window and choose a time.
+		p.Del(ctx, s.keys.Renewal(rec.Primary()))
+		p.ZAdd(ctx, s.keys.Renewals(), redis.Z{Score: float64(rec.IssuedAt.Unix()), Member: rec.Primary()})
 		s.noteChanges(ctx, p, "put", rec.Names)
 		return nil
 	})
@@ -164,7 +169,8 @@ func (s *Store) noteChanges(ctx context.Context, p redis.Pipeliner, op string, n
 }
 
 // DeleteCert removes the record stored for name and every copy under the
-// other names of the same certificate, and its expiry index entry. It returns
+// other names of the same certificate, its expiry index entry and its
+// renewal schedule and state. It returns
 // the names it removed, or an error wrapping ErrNotFound.
 func (s *Store) DeleteCert(ctx context.Context, name string) ([]string, error) {
 	rec, err := s.GetCert(ctx, name)
@@ -182,6 +188,8 @@ func (s *Store) DeleteCert(ctx context.Context, name string) ([]string, error) {
 			p.Del(ctx, s.keys.Cert(n))
 		}
 		p.ZRem(ctx, s.keys.Expiry(), names[0], name)
+		p.ZRem(ctx, s.keys.Renewals(), names[0], name)
+		p.Del(ctx, s.keys.Renewal(names[0]), s.keys.Renewal(name))
 		s.noteChanges(ctx, p, "delete", names)
 		return nil
 	})

@@ -1,0 +1,175 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RenewalState is what the agents remember about the renewal of one
+// certificate between passes of their schedulers. It is reset whenever the
+// certificate is written.
+type RenewalState struct {
+	// RenewAt is the time chosen for the renewal; zero until chosen.
+	RenewAt time.Time
+	// WindowStart and WindowEnd are the CA's suggested renewal window (ARI);
+	// zero when the CA offers none.
+	WindowStart, WindowEnd time.Time
+	// ARINext is when to ask the CA for its window again; zero: no need.
+	ARINext time.Time
+	// Failures counts failed renewals in a row; LastError and LastFailure
+	// describe the latest.
+	Failures    int
+	LastError   string
+	LastFailure time.Time
+}
+
+func unixOrZero(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return strconv.FormatInt(t.Unix(), 10)
+}
+
+func parseUnixOrZero(s string) time.Time {
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || s == "" {
+		return time.Time{}
+	}
+	return time.Unix(v, 0).UTC()
+}
+
+func (r *RenewalState) fields() map[string]any {
+	return map[string]any{
+		"renew_at":     unixOrZero(r.RenewAt),
+		"window_start": unixOrZero(r.WindowStart),
+		"window_end":   unixOrZero(r.WindowEnd),
+		"ari_next":     unixOrZero(r.ARINext),
+		"failures":     strconv.Itoa(r.Failures),
+		"last_error":   r.LastError,
+		"last_failure": unixOrZero(r.LastFailure),
+	}
+}
+
+// RenewalDue returns up to limit primary names whose renewal schedule score
+// is at or before now, soonest first: ZRANGE BYSCORE, O(log n + due).
+func (s *Store) RenewalDue(ctx context.Context, now time.Time, limit int64) ([]IndexEntry, error) {
+	return s.rangeSchedule(ctx, "-inf", strconv.FormatInt(now.Unix(), 10), limit)
+}
+
+// NextRenewals returns the first limit entries of the renewal schedule,
+// whatever their time, soonest first.
+func (s *Store) NextRenewals(ctx context.Context, limit int64) ([]IndexEntry, error) {
+	return s.rangeSchedule(ctx, "-inf", "+inf", limit)
+}
+
+func (s *Store) rangeSchedule(ctx context.Context, from, to string, limit int64) ([]IndexEntry, error) {
+	zs, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+		Key: s.keys.Renewals(), Start: from, Stop: to, ByScore: true, Count: limit,
+	}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reading the renewal schedule: %w", err)
+	}
+	out := make([]IndexEntry, 0, len(zs))
+	for _, z := range zs {
+		name, _ := z.Member.(string)
+		out = append(out, IndexEntry{Name: name, NotAfter: time.Unix(int64(z.Score), 0).UTC()})
+	}
+	return out, nil
+}
+
+// GetRenewal returns the renewal state of name; a name without one has the
+// zero state.
+func (s *Store) GetRenewal(ctx context.Context, name string) (*RenewalState, error) {
+	f, err := s.rdb.HGetAll(ctx, s.keys.Renewal(name)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reading the renewal state of %s: %w", name, err)
+	}
+	failures, _ := strconv.Atoi(f["failures"])
+	return &RenewalState{
+		RenewAt:     parseUnixOrZero(f["renew_at"]),
+		WindowStart: parseUnixOrZero(f["window_start"]),
+		WindowEnd:   parseUnixOrZero(f["window_end"]),
+		ARINext:     parseUnixOrZero(f["ari_next"]),
+		Failures:    failures,
+		LastError:   f["last_error"],
+		LastFailure: parseUnixOrZero(f["last_failure"]),
+	}, nil
+}
+
+// ErrReplaced is returned by SetRenewal when the certificate it was computed
+// for is no longer the stored one.
+var ErrReplaced = errors.New("the certificate was replaced meanwhile")
+
+// SetRenewal records state for the certificate stored under name, if its
+// fingerprint is still fingerprint, and moves name in the schedule to next.
+// The check and the writes are one transaction (WATCH), so a scheduler that
+// raced with a renewal never overwrites the new certificate's fresh state.
+func (s *Store) SetRenewal(ctx context.Context, name, fingerprint string, state *RenewalState, next time.Time) error {
+	certKey := s.keys.Cert(name)
+	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+		current, err := tx.HGet(ctx, certKey, "fingerprint").Result()
+		if errors.Is(err, redis.Nil) || (err == nil && current != fingerprint) {
+			return ErrReplaced
+		}
+		if err != nil {
+			return err
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.Del(ctx, s.keys.Renewal(name))
+			p.HSet(ctx, s.keys.Renewal(name), state.fields())
+			p.ZAdd(ctx, s.keys.Renewals(), redis.Z{Score: float64(next.Unix()), Member: name})
+			return nil
+		})
+		return err
+	}, certKey)
+	if errors.Is(err, redis.TxFailedErr) {
+		err = ErrReplaced
+	}
+	if err != nil {
+		return fmt.Errorf("recording the renewal state of %s: %w", name, err)
+	}
+	return nil
+}
+
+// ScheduleMissing puts every name of the expiry index that has no place in
+// the renewal schedule into it, due now. It walks the index in pages with
+// ZRANGE (never KEYS or SCAN) and runs once when a scheduler starts, so
+// certificates stored by older agents are renewed too.
+func (s *Store) ScheduleMissing(ctx context.Context, now time.Time) (added int64, err error) {
+	const page = 1000
+	for start := int64(0); ; start += page {
+		members, err := s.rdb.ZRange(ctx, s.keys.Expiry(), start, start+page-1).Result()
+		if err != nil {
+			return added, fmt.Errorf("reading the expiry index: %w", err)
+		}
+		if len(members) == 0 {
+			return added, nil
+		}
+		zs := make([]redis.Z, len(members))
+		for i, m := range members {
+			zs[i] = redis.Z{Score: float64(now.Unix()), Member: m}
+		}
+		n, err := s.rdb.ZAddNX(ctx, s.keys.Renewals(), zs...).Result()
+		if err != nil {
+			return added, fmt.Errorf("filling the renewal schedule: %w", err)
+		}
+		added += n
+		if len(members) < page {
+			return added, nil
+		}
+	}
+}
+
+// ScheduleCount returns how many names the renewal schedule holds.
+func (s *Store) ScheduleCount(ctx context.Context) (int64, error) {
+	n, err := s.rdb.ZCard(ctx, s.keys.Renewals()).Result()
+	if err != nil {
+		return 0, fmt.Errorf("reading the renewal schedule: %w", err)
+	}
+	return n, nil
+}
