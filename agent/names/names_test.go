@@ -13,6 +13,12 @@ type Case struct {
 	Want  string `json:"want"`
 	Valid bool   `json:"valid"`
 	Why   string `json:"why"`
+	// Operator is what FromOperator must return when it differs from the
+	// SNI rules (Unicode input, punycode that does not decode); absent: the same.
+	Operator *struct {
+		Want  string `json:"want"`
+		Valid bool   `json:"valid"`
+	} `json:"operator,omitempty"`
 }
 
 func loadCases(t testing.TB) []Case {
@@ -53,6 +59,31 @@ func TestNormalizeTable(t *testing.T) {
 	}
 }
 
+// TestFromOperatorTable runs the shared table through the operator path: the
+// same answers as the SNI rules unless a case says otherwise.
+func TestFromOperatorTable(t *testing.T) {
+	differ := 0
+	for _, c := range loadCases(t) {
+		want, valid := c.Want, c.Valid
+		if c.Operator != nil {
+			want, valid = c.Operator.Want, c.Operator.Valid
+			differ++
+		}
+		got, err := FromOperator(c.Input)
+		switch {
+		case valid && (err != nil || got != want):
+			t.Errorf("FromOperator(%q) = %q, %v; want %q (%s)", c.Input, got, err, want, c.Why)
+		case !valid && err == nil:
+			t.Errorf("FromOperator(%q) = %q; want an error (%s)", c.Input, got, c.Why)
+		case !valid && (got != "" || !strings.HasPrefix(err.Error(), "invalid name ")):
+			t.Errorf("FromOperator(%q) = %q, %v; want \"\" and an \"invalid name\" error", c.Input, got, err)
+		}
+	}
+	if differ < 10 {
+		t.Errorf("only %d cases where operator input differs from SNI; want 10 or more", differ)
+	}
+}
+
 func TestErrorsSayWhy(t *testing.T) {
 	for input, want := range map[string]string{
 		strings.Repeat("a", 64) + ".example": "label too long",
@@ -88,6 +119,18 @@ func FuzzNormalize(f *testing.F) {
 		}
 		if len(out) > MaxLength || strings.ToLower(out) != out || strings.HasSuffix(out, ".") {
 			t.Fatalf("Normalize(%q) = %q is not canonical", raw, out)
+		}
+		// What an operator types ends up in the same form, or is refused.
+		op, err := FromOperator(raw)
+		if err == nil {
+			if op != out {
+				t.Fatalf("FromOperator(%q) = %q, Normalize says %q", raw, op, out)
+			}
+			if again, err := FromOperator(op); err != nil || again != op {
+				t.Fatalf("FromOperator(%q) = %q, but FromOperator(%q) = %q, %v", raw, op, op, again, err)
+			}
+		} else if CheckIDNA(out) == nil {
+			t.Fatalf("FromOperator(%q) refuses what Normalize and CheckIDNA accept: %v", raw, err)
 		}
 	})
 }
