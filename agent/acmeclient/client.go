@@ -76,6 +76,8 @@ type Client struct {
 	solver challenge.Provider
 
 	accountURI string
+	// rateLimits remembers the Retry-After of the CA's latest 429 answer.
+	rateLimits *rateLimitTracker
 }
 
 // Certificate is an issued certificate with its new private key.
@@ -119,6 +121,9 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		}
 		cfg.HTTPClient = client
 	}
+	// Rate-limit answers carry their Retry-After only in a header.
+	var rateLimits *rateLimitTracker
+	cfg.HTTPClient, rateLimits = trackRateLimits(cfg.HTTPClient)
 
 	accountKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -167,7 +172,7 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		}
 		uri = account.Location
 	}
-	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri}, nil
+	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, rateLimits: rateLimits}, nil
 }
 
 // AccountURI returns the URL of the ACME account this client uses.
