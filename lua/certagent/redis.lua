@@ -2,22 +2,27 @@
 -- Debian: nginx.redis), with timeouts, AUTH/SELECT on new connections only and
 -- the cosocket keepalive pool. Never holds a connection at module level.
 local pcall = pcall
+local ipairs = ipairs
+local rawget = rawget
 local require = require
 local tostring = tostring
 local md5 = ngx.md5
 
 local _M = { _VERSION = "0.1.0" }
 
+-- OpenResty ships lua-resty-redis as resty.redis, Debian as nginx.redis (the
+-- same library); the first one found is used and named in client_name.
 local client
-do
-    local ok, mod = pcall(require, "resty.redis")
-    if not ok then
-        ok, mod = pcall(require, "nginx.redis")
-    end
+for _, module_name in ipairs({ "resty.redis", "nginx.redis" }) do
+    local ok, mod = pcall(require, module_name)
     if ok then
         client = mod
+        _M.client_name = module_name
+        break
     end
 end
+
+local has_set_timeouts = client ~= nil and rawget(client, "set_timeouts") ~= nil
 
 -- available reports whether a Redis client library was found.
 function _M.available()
@@ -51,7 +56,10 @@ function _M.connect(cfg)
     if not red then
         return nil, err
     end
-    if red.set_timeouts then
+    -- rawget: lua-resty-redis turns any unknown method name into a Redis
+    -- command, so "red.set_timeouts" is never nil. Before 0.28 (Debian's
+    -- nginx.redis is 0.27) only set_timeout exists.
+    if has_set_timeouts then
         red:set_timeouts(cfg.connect_timeout, cfg.read_timeout, cfg.read_timeout)
     else
         red:set_timeout(cfg.connect_timeout)
@@ -67,7 +75,7 @@ function _M.connect(cfg)
     if not ok then
         return nil, "connecting to Redis at " .. describe(r) .. ": " .. tostring(err)
     end
-    if not red.set_timeouts then
+    if not has_set_timeouts then
         red:set_timeout(cfg.read_timeout)
     end
 
