@@ -23,6 +23,24 @@ type Issuer interface {
 	DirectoryURL() string
 }
 
+// OptionsIssuer is an Issuer that takes per-order options (the certificate
+// an order replaces, a profile). *acmeclient.Client implements it.
+type OptionsIssuer interface {
+	ObtainWith(ctx context.Context, names []string, opts acmeclient.OrderOptions) (*acmeclient.Certificate, error)
+}
+
+// RenewalInfoIssuer is an Issuer that can tell the CA's suggested renewal
+// window (ARI, RFC 9773). *acmeclient.Client implements it.
+type RenewalInfoIssuer interface {
+	RenewalInfo(ctx context.Context, chainPEM []byte) (*acmeclient.RenewalWindow, error)
+}
+
+// Revoker is an Issuer that can revoke what it issued. *acmeclient.Client
+// implements it.
+type Revoker interface {
+	Revoke(ctx context.Context, chainPEM []byte, reason uint) error
+}
+
 // Clock tells the time; tests replace it.
 type Clock interface{ Now() time.Time }
 
@@ -34,11 +52,14 @@ func (systemClock) Now() time.Time { return time.Now() }
 type Config struct {
 	Store  *store.Store
 	Issuer Issuer
+	// Fallbacks are further CAs tried in turn, for the same order, when
+	// Issuer (and the fallbacks before) fail. Default: none.
+	Fallbacks []Issuer
 	// Logger receives events. Default: slog.Default().
 	Logger *slog.Logger
 	// Clock. Default: the system clock.
 	Clock Clock
-	// OrderTimeout bounds one order. Default: 2 minutes.
+	// OrderTimeout bounds one order at one CA. Default: 2 minutes.
 	OrderTimeout time.Duration
 	// LockTTL is the lease on a name while its order runs. Default: store.LockTTL.
 	LockTTL time.Duration
@@ -70,6 +91,25 @@ func New(cfg Config) *Manager {
 // primary name), under the lease of the primary name, and stores it. It
 // returns an error wrapping store.ErrLockHeld when another agent is ordering it.
 func (m *Manager) Issue(ctx context.Context, names []string) (*store.CertRecord, error) {
+	return m.issue(ctx, names, nil)
+}
+
+// ErrAlreadyRenewed is returned by Renew when, by the time it held the lease,
+// the stored certificate was no longer the one it was asked to renew: another
+// agent renewed it.
+var ErrAlreadyRenewed = errors.New("already renewed by another agent")
+
+// Renew orders a successor of rec (same names) under the lease of its primary
+// name and stores it. The CA that issued rec is told which certificate the
+// order replaces (ARI). Until the new certificate is stored, rec stays served.
+func (m *Manager) Renew(ctx context.Context, rec *store.CertRecord) (*store.CertRecord, error) {
+	if len(rec.Names) == 0 {
+		return nil, errors.New("renewing: the record has no names")
+	}
+	return m.issue(ctx, rec.Names, rec)
+}
+
+func (m *Manager) issue(ctx context.Context, names []string, renewing *store.CertRecord) (*store.CertRecord, error) {
 	if len(names) == 0 {
 		return nil, errors.New("issuing: no names")
 	}
@@ -78,10 +118,7 @@ func (m *Manager) Issue(ctx context.Context, names []string) (*store.CertRecord,
 	if err != nil {
 		return nil, err
 	}
-	orderCtx, cancel := context.WithTimeoutCause(ctx, m.cfg.OrderTimeout,
-		fmt.Errorf("the order took longer than %s", m.cfg.OrderTimeout))
-	defer cancel()
-	keepCtx, stopKeeping := context.WithCancelCause(orderCtx)
+	keepCtx, stopKeeping := context.WithCancelCause(ctx)
 	defer stopKeeping(nil)
 	go lock.KeepAlive(keepCtx, func(err error) { stopKeeping(err) })
 	defer func() {
@@ -93,10 +130,45 @@ func (m *Manager) Issue(ctx context.Context, names []string) (*store.CertRecord,
 		}
 	}()
 
+	var replaces string
+	if renewing != nil {
+		// Another agent may have renewed it between our read and the lease.
+		current, err := m.cfg.Store.GetCert(keepCtx, primary)
+		if err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrCorrupt) {
+			return nil, fmt.Errorf("renewing certificate for %s: %w", primary, err)
+		}
+		if err == nil && current.Fingerprint != renewing.Fingerprint {
+			return current, fmt.Errorf("renewing certificate for %s: %w", primary, ErrAlreadyRenewed)
+		}
+		// Without an ARI id (imported from a CA without AKI) the order is a
+		// plain new order.
+		replaces, _ = acmeclient.CertID([]byte(renewing.FullChain))
+	}
+
 	started := m.cfg.Clock.Now()
-	cert, err := m.cfg.Issuer.Obtain(keepCtx, names)
-	if err != nil {
-		return nil, err
+	var cert *acmeclient.Certificate
+	var issuer Issuer
+	var errs []error
+	for _, candidate := range m.issuers() {
+		opts := acmeclient.OrderOptions{}
+		if renewing != nil && renewing.CA == candidate.DirectoryURL() {
+			opts.Replaces = replaces
+		}
+		cert, err = m.obtain(keepCtx, candidate, names, opts)
+		if err == nil {
+			issuer = candidate
+			break
+		}
+		errs = append(errs, err)
+		if context.Cause(keepCtx) != nil {
+			break
+		}
+		if len(errs) < len(m.issuers()) {
+			m.cfg.Logger.Warn("CA failed, trying the next one", "name", primary, "ca", candidate.DirectoryURL(), "error", err)
+		}
+	}
+	if cert == nil {
+		return nil, errors.Join(errs...)
 	}
 	if cause := context.Cause(keepCtx); cause != nil {
 		return nil, fmt.Errorf("obtaining certificate for %s: %w", primary, cause)
@@ -106,17 +178,50 @@ func (m *Manager) Issue(ctx context.Context, names []string) (*store.CertRecord,
 		return nil, fmt.Errorf("obtaining certificate for %s: the CA returned an unusable certificate: %w", primary, err)
 	}
 	rec.KeyType = cert.KeyType
-	rec.CA = m.cfg.Issuer.DirectoryURL()
+	rec.CA = issuer.DirectoryURL()
 	rec.CertURL = cert.CertURL
 	rec.IssuedAt = m.cfg.Clock.Now()
 	if err := m.cfg.Store.PutCert(ctx, rec); err != nil {
 		return nil, err
 	}
-	m.cfg.Logger.Info("certificate issued", "name", primary, "names", strings.Join(rec.Names, ","),
-		"not_after", rec.NotAfter.Format(time.RFC3339), "fingerprint", rec.Fingerprint,
-		"took", m.cfg.Clock.Now().Sub(started).Round(time.Millisecond))
+	event := "certificate issued"
+	if renewing != nil {
+		event = "certificate renewed"
+	}
+	m.cfg.Logger.Info(event, "name", primary, "names", strings.Join(rec.Names, ","),
+		"not_after", rec.NotAfter.Format(time.RFC3339), "fingerprint", rec.Fingerprint, "ca", rec.CA,
+		"replaces", cert.Replaces, "took", m.cfg.Clock.Now().Sub(started).Round(time.Millisecond))
 	return rec, nil
 }
+
+// obtain runs one order against one CA within the order timeout.
+func (m *Manager) obtain(ctx context.Context, issuer Issuer, names []string, opts acmeclient.OrderOptions) (*acmeclient.Certificate, error) {
+	orderCtx, cancel := context.WithTimeoutCause(ctx, m.cfg.OrderTimeout,
+		fmt.Errorf("the order took longer than %s", m.cfg.OrderTimeout))
+	defer cancel()
+	if oi, ok := issuer.(OptionsIssuer); ok {
+		return oi.ObtainWith(orderCtx, names, opts)
+	}
+	return issuer.Obtain(orderCtx, names)
+}
+
+// issuers returns the CAs in the order they are tried.
+func (m *Manager) issuers() []Issuer {
+	return append([]Issuer{m.cfg.Issuer}, m.cfg.Fallbacks...)
+}
+
+// IssuerFor returns the configured CA whose directory URL is ca, or nil.
+func (m *Manager) IssuerFor(ca string) Issuer {
+	for _, issuer := range m.issuers() {
+		if issuer.DirectoryURL() == ca {
+			return issuer
+		}
+	}
+	return nil
+}
+
+// Store returns the store the manager writes to.
+func (m *Manager) Store() *store.Store { return m.cfg.Store }
 
 // NeedsCertificate reports whether name has no usable certificate: none
 // stored for it or for its wildcard, or the stored one is in the last third

@@ -173,3 +173,36 @@ func (s *Store) ScheduleCount(ctx context.Context) (int64, error) {
 	}
 	return n, nil
 }
+
+// Reschedule moves name in the renewal schedule to next, if it is there,
+// without touching its state (for records the scheduler cannot read).
+func (s *Store) Reschedule(ctx context.Context, name string, next time.Time) error {
+	err := s.rdb.ZAddXX(ctx, s.keys.Renewals(), redis.Z{Score: float64(next.Unix()), Member: name}).Err()
+	if err != nil {
+		return fmt.Errorf("rescheduling %s: %w", name, err)
+	}
+	return nil
+}
+
+// Unschedule removes name from the renewal schedule if no certificate is
+// stored under it (checked in the same transaction, so a certificate written
+// meanwhile keeps its place).
+func (s *Store) Unschedule(ctx context.Context, name string) error {
+	certKey := s.keys.Cert(name)
+	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+		n, err := tx.Exists(ctx, certKey).Result()
+		if err != nil || n != 0 {
+			return err
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.ZRem(ctx, s.keys.Renewals(), name)
+			p.Del(ctx, s.keys.Renewal(name))
+			return nil
+		})
+		return err
+	}, certKey)
+	if err != nil && !errors.Is(err, redis.TxFailedErr) {
+		return fmt.Errorf("unscheduling %s: %w", name, err)
+	}
+	return nil
+}

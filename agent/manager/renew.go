@@ -1,0 +1,404 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/store"
+)
+
+// RenewerConfig configures a Renewer.
+type RenewerConfig struct {
+	Manager *Manager
+	// Logger receives events. Default: the manager's logger.
+	Logger *slog.Logger
+	// Clock decides what is due. Default: the manager's clock.
+	Clock Clock
+	// Interval is the longest the scheduler sleeps between two looks at the
+	// schedule; it wakes earlier when the next scheduled time is sooner.
+	// Certificates stored by other agents are noticed within it. Default: 1 minute.
+	Interval time.Duration
+	// Batch is how many due names one read of the schedule takes. Default: 100.
+	Batch int64
+	// Workers is how many renewals run at once. Default: 2.
+	Workers int
+	// RetryBase is the pause after a first failed renewal; it doubles with
+	// each failure in a row up to RetryMax, and never exceeds a quarter of the
+	// time the certificate has left (but is at least RetryBase), so retries
+	// come faster as expiry nears. Defaults: 1 minute and 6 hours.
+	RetryBase, RetryMax time.Duration
+	// ARIMinRecheck and ARIMaxRecheck bound how soon and how late the CA's
+	// renewal window is asked for again (its Retry-After, or ARIMaxRecheck
+	// when it sends none). Defaults: 1 minute and 24 hours.
+	ARIMinRecheck, ARIMaxRecheck time.Duration
+	// ShutdownGrace is how long running renewals may finish once Shutdown is
+	// called before they are cancelled (their certificates stay due).
+	// Default: 20 s.
+	ShutdownGrace time.Duration
+}
+
+// Renewer renews stored certificates before they expire. It reads the
+// renewal schedule (a sorted set, O(log n + due) per look), chooses each
+// certificate's renewal time from the CA's ARI window when the CA offers one
+// and otherwise when a third of the lifetime remains (with jitter), renews
+// under the per-name lease, and retries failures with a growing pause. A
+// certificate whose renewal fails stays stored and served; nothing here
+// deletes a certificate, expired or not.
+type Renewer struct {
+	cfg RenewerConfig
+
+	stop     context.CancelFunc
+	work     context.Context
+	stopWork context.CancelFunc
+	done     chan struct{}
+
+	mu       sync.Mutex
+	inFlight map[string]bool
+}
+
+// NewRenewer returns a Renewer for cfg.
+func NewRenewer(cfg RenewerConfig) *Renewer {
+	if cfg.Logger == nil {
+		cfg.Logger = cfg.Manager.cfg.Logger
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = cfg.Manager.cfg.Clock
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = time.Minute
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 100
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 2
+	}
+	if cfg.RetryBase <= 0 {
+		cfg.RetryBase = time.Minute
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = 6 * time.Hour
+	}
+	if cfg.ARIMinRecheck <= 0 {
+		cfg.ARIMinRecheck = time.Minute
+	}
+	if cfg.ARIMaxRecheck <= 0 {
+		cfg.ARIMaxRecheck = 24 * time.Hour
+	}
+	if cfg.ShutdownGrace <= 0 {
+		cfg.ShutdownGrace = 20 * time.Second
+	}
+	return &Renewer{cfg: cfg, inFlight: map[string]bool{}}
+}
+
+// Start runs the scheduler in the background until Shutdown.
+func (r *Renewer) Start(ctx context.Context) {
+	loopCtx, stop := context.WithCancel(ctx)
+	// Renewals get their own context so that Shutdown can give them a grace.
+	r.work, r.stopWork = context.WithCancel(context.WithoutCancel(ctx))
+	r.stop = stop
+	r.done = make(chan struct{})
+	go func() {
+		defer close(r.done)
+		r.loop(loopCtx)
+	}()
+}
+
+// Shutdown stops looking at the schedule, lets running renewals finish
+// within the shutdown grace, then cancels them and returns.
+func (r *Renewer) Shutdown() {
+	if r.stop == nil {
+		return
+	}
+	r.stop()
+	select {
+	case <-r.done:
+	case <-time.After(r.cfg.ShutdownGrace):
+		r.cfg.Logger.Warn("shutdown grace over, cancelling running renewals")
+		r.stopWork()
+		<-r.done
+	}
+	r.stopWork()
+}
+
+func (r *Renewer) loop(ctx context.Context) {
+	st := r.cfg.Manager.cfg.Store
+	pause := newBackoff(time.Second, r.cfg.Interval)
+	filled := false
+	for ctx.Err() == nil {
+		if !filled {
+			added, err := st.ScheduleMissing(ctx, r.cfg.Clock.Now())
+			if err != nil {
+				r.wait(ctx, pause.next(), "filling the renewal schedule", err)
+				continue
+			}
+			if added > 0 {
+				r.cfg.Logger.Info("scheduled stored certificates for renewal", "count", added)
+			}
+			filled = true
+		}
+		n, err := r.Pass(r.work)
+		if err != nil {
+			r.wait(ctx, pause.next(), "reading the renewal schedule", err)
+			continue
+		}
+		pause.reset()
+		if int64(n) == r.cfg.Batch {
+			continue // more are due
+		}
+		sleep := r.cfg.Interval
+		if next, err := st.NextRenewals(ctx, 1); err == nil && len(next) == 1 {
+			// The score is in whole seconds: wake just after it.
+			if d := next[0].NotAfter.Add(time.Second).Sub(r.cfg.Clock.Now()); d < sleep {
+				sleep = max(d, 100*time.Millisecond)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(sleep):
+		}
+	}
+}
+
+func (r *Renewer) wait(ctx context.Context, d time.Duration, what string, err error) {
+	r.cfg.Logger.Error(what+" failed", "error", err, "retry_in", d)
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// Pass looks once at every name whose scheduled time has come (at most
+// Batch of them), renewing those that are due, and returns how many it
+// looked at. It returns an error only when the schedule cannot be read.
+func (r *Renewer) Pass(ctx context.Context) (int, error) {
+	due, err := r.cfg.Manager.cfg.Store.RenewalDue(ctx, r.cfg.Clock.Now(), r.cfg.Batch)
+	if err != nil {
+		return 0, err
+	}
+	sem := make(chan struct{}, r.cfg.Workers)
+	var wg sync.WaitGroup
+	for _, e := range due {
+		if !r.claim(e.Name) {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(name string) {
+			defer func() { <-sem; wg.Done(); r.unclaim(name) }()
+			if _, _, err := r.look(ctx, name, false); err != nil && ctx.Err() == nil {
+				r.cfg.Logger.Error("renewal check", "name", name, "error", err)
+			}
+		}(e.Name)
+	}
+	wg.Wait()
+	return len(due), nil
+}
+
+// Outcome says what RenewName did.
+type Outcome string
+
+const (
+	// Renewed: a new certificate is stored.
+	Renewed Outcome = "renewed"
+	// NotDue: the certificate's renewal time has not come; nothing ordered.
+	NotDue Outcome = "not due"
+	// RenewedElsewhere: another agent renewed or is renewing it.
+	RenewedElsewhere Outcome = "renewed by another agent"
+	// Failed: the renewal was attempted and failed; the current
+	// certificate stays.
+	Failed Outcome = "failed"
+)
+
+// RenewName looks at the certificate stored under name now, whatever its
+// scheduled time, and renews it if it is due or force is set. It returns the
+// record stored afterwards. An error wrapping store.ErrNotFound means no
+// certificate is stored under name.
+func (r *Renewer) RenewName(ctx context.Context, name string, force bool) (*store.CertRecord, Outcome, error) {
+	return r.look(ctx, name, force)
+}
+
+// look decides about one name: refresh the CA's window when it is time,
+// choose the renewal time, renew when due, and record the state and the next
+// time to look.
+func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.CertRecord, Outcome, error) {
+	st := r.cfg.Manager.cfg.Store
+	now := r.cfg.Clock.Now()
+	rec, err := st.GetCert(ctx, name)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, "", errors.Join(err, st.Unschedule(ctx, name))
+	case errors.Is(err, store.ErrCorrupt):
+		// Someone must look at it; keep it and come back later.
+		r.cfg.Logger.Error("stored certificate is corrupt and cannot be renewed", "name", name, "error", err)
+		return nil, "", errors.Join(err, st.Reschedule(ctx, name, now.Add(r.cfg.RetryMax)))
+	case err != nil:
+		return nil, "", err
+	}
+	if rec.Primary() != name {
+		// name is a secondary name of a certificate indexed under another.
+		return r.look(ctx, rec.Primary(), force)
+	}
+	state, err := st.GetRenewal(ctx, name)
+	if err != nil {
+		return rec, "", err
+	}
+	r.refreshWindow(ctx, rec, state, now)
+	if state.RenewAt.IsZero() {
+		state.RenewAt = r.lifetimeRule(rec)
+	}
+	retryAt := time.Time{}
+	if state.Failures > 0 {
+		retryAt = state.LastFailure.Add(r.retryPause(rec, state.Failures, state.LastFailure))
+	}
+	due := !now.Before(state.RenewAt) && !now.Before(retryAt)
+	if !due && !force {
+		next := state.RenewAt
+		if retryAt.After(next) {
+			next = retryAt
+		}
+		if !state.ARINext.IsZero() && state.ARINext.Before(next) {
+			next = state.ARINext
+		}
+		return rec, NotDue, r.record(ctx, rec, state, next)
+	}
+
+	renewed, err := r.cfg.Manager.Renew(ctx, rec)
+	switch {
+	case err == nil:
+		return renewed, Renewed, nil
+	case errors.Is(err, ErrAlreadyRenewed):
+		return renewed, RenewedElsewhere, nil
+	case errors.Is(err, store.ErrLockHeld):
+		// The holder stores a new certificate, which reschedules the name.
+		return rec, RenewedElsewhere, r.record(ctx, rec, state, now.Add(r.cfg.RetryBase))
+	case ctx.Err() != nil:
+		return rec, Failed, fmt.Errorf("renewing certificate for %s: %w", name, err)
+	}
+	state.Failures++
+	state.LastError = err.Error()
+	state.LastFailure = now
+	next := now.Add(r.retryPause(rec, state.Failures, now))
+	r.complain(rec, state, next, now)
+	return rec, Failed, errors.Join(fmt.Errorf("renewing certificate for %s: %w", name, err), r.record(ctx, rec, state, next))
+}
+
+func (r *Renewer) record(ctx context.Context, rec *store.CertRecord, state *store.RenewalState, next time.Time) error {
+	err := r.cfg.Manager.cfg.Store.SetRenewal(ctx, rec.Primary(), rec.Fingerprint, state, next)
+	if errors.Is(err, store.ErrReplaced) {
+		return nil // the new certificate has its own schedule
+	}
+	return err
+}
+
+// refreshWindow asks the CA that issued rec for its renewal window when
+// state says it is time, and picks a renewal time in a new window.
+func (r *Renewer) refreshWindow(ctx context.Context, rec *store.CertRecord, state *store.RenewalState, now time.Time) {
+	if !state.ARINext.IsZero() && now.Before(state.ARINext) {
+		return
+	}
+	issuer, ok := r.cfg.Manager.IssuerFor(rec.CA).(RenewalInfoIssuer)
+	if !ok {
+		state.ARINext = time.Time{}
+		return
+	}
+	w, err := issuer.RenewalInfo(ctx, []byte(rec.FullChain))
+	if errors.Is(err, acmeclient.ErrNoARI) {
+		state.ARINext = time.Time{}
+		return
+	}
+	if err != nil {
+		// Keep the time chosen before (or the lifetime rule) and ask again soon.
+		r.cfg.Logger.Warn("asking the CA for the renewal window", "name", rec.Primary(), "error", err)
+		state.ARINext = now.Add(r.cfg.ARIMinRecheck)
+		return
+	}
+	recheck := w.RetryAfter
+	if recheck <= 0 {
+		recheck = r.cfg.ARIMaxRecheck
+	}
+	state.ARINext = now.Add(min(max(recheck, r.cfg.ARIMinRecheck), r.cfg.ARIMaxRecheck))
+	if w.Start.Equal(state.WindowStart) && w.End.Equal(state.WindowEnd) && !state.RenewAt.IsZero() {
+		return // same window: keep the time chosen in it
+	}
+	state.WindowStart, state.WindowEnd = w.Start, w.End
+	state.RenewAt = pickInWindow(w.Start, w.End, rec)
+	if w.ExplanationURL != "" {
+		r.cfg.Logger.Info("the CA explains its renewal window", "name", rec.Primary(), "url", w.ExplanationURL)
+	}
+}
+
+// pickInWindow chooses a uniformly random time in the CA's window (RFC 9773
+// section 4.2), which spreads a fleet's renewals; a window in the past means
+// renew now. When the window reaches into the last tenth of the lifetime (a
+// CA may suggest "any time until expiry"), the pick stays out of that tenth
+// if the window allows, so a failed attempt still has time to be retried.
+func pickInWindow(start, end time.Time, rec *store.CertRecord) time.Time {
+	if latest := rec.NotAfter.Add(-rec.NotAfter.Sub(rec.NotBefore) / 10); end.After(latest) && latest.After(start) {
+		end = latest
+	}
+	return start.Add(time.Duration(rand.Int64N(int64(end.Sub(start)))))
+}
+
+// lifetimeRule is the renewal time without ARI: when a third of the
+// lifetime remains, moved earlier by up to a thirtieth of the lifetime at
+// random so that certificates issued together are not renewed together.
+func (r *Renewer) lifetimeRule(rec *store.CertRecord) time.Time {
+	lifetime := rec.NotAfter.Sub(rec.NotBefore)
+	at := rec.NotAfter.Add(-lifetime / 3)
+	if j := int64(lifetime / 30); j > 0 {
+		at = at.Add(-time.Duration(rand.Int64N(j)))
+	}
+	return at
+}
+
+// retryPause is the wait after failures failed renewals in a row.
+func (r *Renewer) retryPause(rec *store.CertRecord, failures int, at time.Time) time.Duration {
+	pause := r.cfg.RetryBase
+	for i := 1; i < failures && pause < r.cfg.RetryMax; i++ {
+		pause *= 2
+	}
+	pause = min(pause, r.cfg.RetryMax)
+	if left := rec.NotAfter.Sub(at); left/4 < pause {
+		pause = max(left/4, r.cfg.RetryBase)
+	}
+	return pause
+}
+
+// complain logs a failed renewal, louder the nearer the expiry.
+func (r *Renewer) complain(rec *store.CertRecord, state *store.RenewalState, next, now time.Time) {
+	left := rec.NotAfter.Sub(now)
+	lifetime := rec.NotAfter.Sub(rec.NotBefore)
+	attrs := []any{"name", rec.Primary(), "failures", state.Failures, "expires", rec.NotAfter.Format(time.RFC3339),
+		"retry_at", next.Format(time.RFC3339), "error", state.LastError}
+	switch {
+	case left <= 0:
+		r.cfg.Logger.Error("certificate EXPIRED and its renewal keeps failing; it stays stored", attrs...)
+	case left <= lifetime/6:
+		r.cfg.Logger.Error("renewal failing and the certificate expires soon; the current one is still served", attrs...)
+	default:
+		r.cfg.Logger.Warn("renewal failed; the current certificate is still served", attrs...)
+	}
+}
+
+func (r *Renewer) claim(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.inFlight[name] {
+		return false
+	}
+	r.inFlight[name] = true
+	return true
+}
+
+func (r *Renewer) unclaim(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.inFlight, name)
+}

@@ -1,0 +1,364 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/certagent/certagent/agent/store"
+)
+
+// manualClock is a Clock the test moves.
+type manualClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *manualClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *manualClock) Set(t time.Time) { c.mu.Lock(); c.now = t; c.mu.Unlock() }
+
+// ariIssuer is a fakeIssuer at another directory URL that offers renewal
+// windows and records the options of each order.
+type ariIssuer struct {
+	fakeIssuer
+	url    string
+	window *acmeclient.RenewalWindow
+	mu2    sync.Mutex
+	opts   []acmeclient.OrderOptions
+	ca     *testenv.Cert
+}
+
+func (a *ariIssuer) DirectoryURL() string { return a.url }
+
+func (a *ariIssuer) ObtainWith(ctx context.Context, names []string, opts acmeclient.OrderOptions) (*acmeclient.Certificate, error) {
+	a.mu2.Lock()
+	a.opts = append(a.opts, opts)
+	a.mu2.Unlock()
+	got, err := a.fakeIssuer.Obtain(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	// Signed by a CA, so the leaf has the authority key id ARI needs.
+	a.mu2.Lock()
+	defer a.mu2.Unlock()
+	if a.ca == nil {
+		if a.ca, err = testenv.MakeCert(testenv.CertSpec{CommonName: "fake issuing CA", IsCA: true}); err != nil {
+			return nil, err
+		}
+	}
+	leaf, _ := pem.Decode(got.FullChain)
+	parsed, err := x509.ParseCertificate(leaf.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	signed, err := testenv.MakeCert(testenv.CertSpec{CommonName: names[0], DNSNames: names, Parent: a.ca,
+		NotBefore: parsed.NotBefore, NotAfter: parsed.NotAfter})
+	if err != nil {
+		return nil, err
+	}
+	got.FullChain, got.KeyPEM = append(signed.CertPEM, a.ca.CertPEM...), signed.KeyPEM
+	return got, nil
+}
+
+func (a *ariIssuer) RenewalInfo(context.Context, []byte) (*acmeclient.RenewalWindow, error) {
+	if a.window == nil {
+		return nil, acmeclient.ErrNoARI
+	}
+	w := *a.window
+	return &w, nil
+}
+
+type renewFixture struct {
+	st    *store.Store
+	m     *Manager
+	r     *Renewer
+	clock *manualClock
+	logs  *bytes.Buffer
+}
+
+func newRenewFixture(t *testing.T, issuer Issuer, fallbacks ...Issuer) *renewFixture {
+	t.Helper()
+	_, st, _ := newTestManager(t, issuer)
+	f := &renewFixture{st: st, clock: &manualClock{now: time.Now()}, logs: &bytes.Buffer{}}
+	log := slog.New(slog.NewTextHandler(&syncWriter{w: f.logs}, nil))
+	f.m = New(Config{Store: st, Issuer: issuer, Fallbacks: fallbacks, Logger: log, Clock: f.clock})
+	f.r = NewRenewer(RenewerConfig{Manager: f.m, RetryBase: time.Minute, RetryMax: time.Hour})
+	return f
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.w.Write(p) }
+
+func (f *renewFixture) pass(t *testing.T) int {
+	t.Helper()
+	n, err := f.r.Pass(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (f *renewFixture) state(t *testing.T, name string) *store.RenewalState {
+	t.Helper()
+	s, err := f.st.GetRenewal(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (f *renewFixture) scheduled(t *testing.T, name string) time.Time {
+	t.Helper()
+	next, err := f.st.NextRenewals(context.Background(), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range next {
+		if e.Name == name {
+			return e.NotAfter
+		}
+	}
+	t.Fatalf("%s is not in the renewal schedule", name)
+	return time.Time{}
+}
+
+func TestRenewerLifetimeRuleWithoutARI(t *testing.T) {
+	issuer := &fakeIssuer{lifetime: 90 * time.Minute}
+	f := newRenewFixture(t, issuer)
+	ctx := context.Background()
+	first, err := f.m.Issue(ctx, []string{"a.example.com", "www.a.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := f.pass(t); n != 1 {
+		t.Fatalf("first pass looked at %d names, want the new certificate", n)
+	}
+	lifetime := first.NotAfter.Sub(first.NotBefore)
+	third := first.NotAfter.Add(-lifetime / 3)
+	st := f.state(t, "a.example.com")
+	if st.RenewAt.After(third) || st.RenewAt.Before(third.Add(-lifetime/30-time.Second)) {
+		t.Errorf("renew at %s, want within a thirtieth of the lifetime before %s", st.RenewAt, third)
+	}
+	if !st.WindowStart.IsZero() {
+		t.Errorf("a window without ARI: %+v", st)
+	}
+	if got := f.scheduled(t, "a.example.com"); !got.Equal(st.RenewAt.Truncate(time.Second)) {
+		t.Errorf("scheduled at %s, want the renewal time %s", got, st.RenewAt)
+	}
+	if n := f.pass(t); n != 0 || issuer.orders.Load() != 1 {
+		t.Errorf("a pass before the renewal time looked at %d names and ordered %d times", n, issuer.orders.Load())
+	}
+
+	f.clock.Set(st.RenewAt.Add(time.Second))
+	if n := f.pass(t); n != 1 {
+		t.Fatalf("pass at the renewal time looked at %d names", n)
+	}
+	renewed, err := f.st.GetCert(ctx, "www.a.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if renewed.Fingerprint == first.Fingerprint || issuer.orders.Load() != 2 {
+		t.Fatalf("not renewed: %d orders", issuer.orders.Load())
+	}
+	if strings.Join(renewed.Names, ",") != "a.example.com,www.a.example.com" {
+		t.Errorf("renewed names %v: want the same SAN set, primary first", renewed.Names)
+	}
+	if n := f.st.Client().Exists(ctx, f.st.Keys().Lock("a.example.com")).Val(); n != 0 {
+		t.Error("the lease is held after the renewal")
+	}
+}
+
+func TestRenewerFailureKeepsTheCertificateAndBacksOff(t *testing.T) {
+	issuer := &fakeIssuer{lifetime: 90 * time.Minute}
+	f := newRenewFixture(t, issuer)
+	ctx := context.Background()
+	first, err := f.m.Issue(ctx, []string{"b.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.pass(t)
+	renewAt := f.state(t, "b.example.com").RenewAt
+	issuer.fail = errors.New("CA down")
+
+	now := renewAt.Add(time.Second)
+	var pauses []time.Duration
+	for i := 1; i <= 3; i++ {
+		f.clock.Set(now)
+		if n := f.pass(t); n != 1 {
+			t.Fatalf("attempt %d: looked at %d names", i, n)
+		}
+		st := f.state(t, "b.example.com")
+		if st.Failures != i || !strings.Contains(st.LastError, "CA down") {
+			t.Fatalf("attempt %d: state %+v", i, st)
+		}
+		rec, err := f.st.GetCert(ctx, "b.example.com")
+		if err != nil || rec.Fingerprint != first.Fingerprint {
+			t.Fatalf("attempt %d: the current certificate is no longer stored: %v", i, err)
+		}
+		next := f.scheduled(t, "b.example.com")
+		pauses = append(pauses, next.Sub(now.Truncate(time.Second)))
+		if n := f.pass(t); n != 0 {
+			t.Fatalf("retried before the pause was over")
+		}
+		now = next.Add(time.Second)
+	}
+	if pauses[0] != time.Minute || pauses[1] != 2*time.Minute || pauses[2] != 4*time.Minute {
+		t.Errorf("pauses %v, want 1m 2m 4m", pauses)
+	}
+	if !strings.Contains(f.logs.String(), "renewal failed; the current certificate is still served") {
+		t.Errorf("no warning logged:\n%s", f.logs)
+	}
+
+	// Past expiry: still stored, retried, and logged as an error.
+	f.clock.Set(first.NotAfter.Add(time.Minute))
+	f.pass(t)
+	if _, err := f.st.GetCert(ctx, "b.example.com"); err != nil {
+		t.Fatalf("the expired certificate was removed: %v", err)
+	}
+	if !strings.Contains(f.logs.String(), "level=ERROR msg=\"certificate EXPIRED") {
+		t.Errorf("expiry not logged as an error:\n%s", f.logs)
+	}
+
+	// Once the CA is back, the next retry renews and resets the state.
+	issuer.fail = nil
+	f.clock.Set(f.scheduled(t, "b.example.com").Add(time.Second))
+	f.pass(t)
+	rec, _ := f.st.GetCert(ctx, "b.example.com")
+	if rec.Fingerprint == first.Fingerprint {
+		t.Fatal("not renewed after the CA came back")
+	}
+	if st := f.state(t, "b.example.com"); st.Failures != 0 {
+		t.Errorf("failures %d after a successful renewal", st.Failures)
+	}
+}
+
+func TestRenewerHonoursTheCAWindowAndSendsReplaces(t *testing.T) {
+	issuer := &ariIssuer{url: "https://ari-ca/dir"}
+	f := newRenewFixture(t, issuer)
+	ctx := context.Background()
+	first, err := f.m.Issue(ctx, []string{"c.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A window far from the lifetime rule's third: only ARI puts it there.
+	now := f.clock.Now()
+	issuer.window = &acmeclient.RenewalWindow{Start: now.Add(10 * time.Minute), End: now.Add(20 * time.Minute), RetryAfter: 3 * time.Hour}
+	f.pass(t)
+	st := f.state(t, "c.example.com")
+	if st.RenewAt.Before(issuer.window.Start) || !st.RenewAt.Before(issuer.window.End) {
+		t.Errorf("renew at %s, want in the window %s..%s", st.RenewAt, issuer.window.Start, issuer.window.End)
+	}
+	if !st.WindowStart.Equal(issuer.window.Start.Truncate(time.Second)) || !st.ARINext.Equal(now.Add(3*time.Hour).Truncate(time.Second)) {
+		t.Errorf("state %+v: want the window and the next check after Retry-After", st)
+	}
+	f.clock.Set(st.RenewAt.Add(time.Second))
+	f.pass(t)
+	if issuer.orders.Load() != 2 {
+		t.Fatalf("%d orders, want the renewal", issuer.orders.Load())
+	}
+	id, err := acmeclient.CertID([]byte(first.FullChain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := issuer.opts[len(issuer.opts)-1].Replaces; got != id {
+		t.Errorf("renewal order replaces %q, want %q", got, id)
+	}
+	if issuer.opts[0].Replaces != "" {
+		t.Error("the first order claimed to replace something")
+	}
+}
+
+func TestRenewNameForceAndSecondaryNames(t *testing.T) {
+	issuer := &fakeIssuer{}
+	f := newRenewFixture(t, issuer)
+	ctx := context.Background()
+	if _, err := f.m.Issue(ctx, []string{"d.example.com", "www.d.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, out, err := f.r.RenewName(ctx, "www.d.example.com", false); err != nil || out != NotDue {
+		t.Errorf("fresh certificate: %s, %v", out, err)
+	}
+	rec, out, err := f.r.RenewName(ctx, "www.d.example.com", true)
+	if err != nil || out != Renewed || rec.Primary() != "d.example.com" {
+		t.Errorf("forced renewal through a secondary name: %s, %v", out, err)
+	}
+	if _, _, err := f.r.RenewName(ctx, "none.example.com", true); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("unknown name: %v", err)
+	}
+	// Held elsewhere: left to the holder, nothing ordered.
+	lock, err := f.st.AcquireLock(ctx, "d.example.com", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Release(ctx)
+	before := issuer.orders.Load()
+	if _, out, err := f.r.RenewName(ctx, "d.example.com", true); err != nil || out != RenewedElsewhere || issuer.orders.Load() != before {
+		t.Errorf("lease held elsewhere: %s, %v, %d orders", out, err, issuer.orders.Load()-before)
+	}
+}
+
+func TestIssueFallsBackToTheNextCA(t *testing.T) {
+	down := &ariIssuer{url: "https://down-ca/dir"}
+	down.fail = errors.New("503")
+	up := &ariIssuer{url: "https://up-ca/dir"}
+	f := newRenewFixture(t, down, up)
+	rec, err := f.m.Issue(context.Background(), []string{"e.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.CA != "https://up-ca/dir" || down.orders.Load() != 1 || up.orders.Load() != 1 {
+		t.Errorf("stored CA %q, orders %d/%d", rec.CA, down.orders.Load(), up.orders.Load())
+	}
+	both := &ariIssuer{url: "https://also-down/dir"}
+	both.fail = errors.New("also 503")
+	f2 := newRenewFixture(t, down, both)
+	_, err = f2.m.Issue(context.Background(), []string{"f.example.com"})
+	if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "also 503") {
+		t.Errorf("error %v: want both CAs' errors", err)
+	}
+	// A renewal goes to the CA that is up, without replaces (another CA's id means nothing there).
+	f.clock.Set(rec.NotAfter)
+	down.fail = nil
+	if _, out, err := f.r.RenewName(context.Background(), "e.example.com", true); err != nil || out != Renewed {
+		t.Fatalf("renewal: %s %v", out, err)
+	}
+	if got := down.opts[len(down.opts)-1].Replaces; got != "" {
+		t.Errorf("replaces %q sent to a CA that did not issue the certificate", got)
+	}
+}
+
+func TestRenewerStartAndShutdown(t *testing.T) {
+	issuer := &fakeIssuer{lifetime: time.Hour}
+	_, st, _ := newTestManager(t, issuer)
+	m := New(Config{Store: st, Issuer: issuer, Logger: quietLogger()})
+	ctx := context.Background()
+	rec, err := m.Issue(ctx, []string{"g.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Renewal is due at once under a clock three quarters into the lifetime.
+	r := NewRenewer(RenewerConfig{Manager: m, Clock: fixedClock(rec.NotAfter.Add(-15 * time.Minute)), Interval: 50 * time.Millisecond})
+	r.Start(ctx)
+	defer r.Shutdown()
+	deadline := time.Now().Add(10 * time.Second)
+	for issuer.orders.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the running scheduler did not renew a due certificate")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.Shutdown()
+}
