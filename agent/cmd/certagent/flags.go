@@ -28,6 +28,19 @@ const (
 	envKeyType    = "CERTAGENT_KEY_TYPE"
 	flagTimeout   = "order-timeout"
 	envTimeout    = "CERTAGENT_ORDER_TIMEOUT"
+	flagProfile   = "profile"
+	envProfile    = "CERTAGENT_PROFILE"
+	flagEABKID    = "eab-kid"
+	envEABKID     = "CERTAGENT_EAB_KID"
+	flagEABHMAC   = "eab-hmac"
+	envEABHMAC    = "CERTAGENT_EAB_HMAC"
+	flagFallbacks = "fallback-directory"
+	envFallbacks  = "CERTAGENT_FALLBACK_DIRECTORIES"
+
+	flagRenewInterval = "renew-interval"
+	envRenewInterval  = "CERTAGENT_RENEW_INTERVAL"
+	flagRenewRetry    = "renew-retry"
+	envRenewRetry     = "CERTAGENT_RENEW_RETRY"
 
 	flagAllow    = "allow"
 	envAllow     = "CERTAGENT_ALLOW"
@@ -42,6 +55,19 @@ const (
 
 	flagSAN  = "san"
 	flagJSON = "json"
+
+	flagFromFile = "from-file"
+	flagDue      = "due"
+	flagForce    = "force"
+	flagReason   = "reason"
+	flagReissue  = "reissue"
+	flagCertbot  = "certbot"
+	flagCert     = "cert"
+	flagKey      = "key"
+	flagOut      = "out"
+	flagExpiring = "expiring"
+	flagStatus   = "status"
+	flagNext     = "next"
 )
 
 func redisFlags() []cli.Flag {
@@ -58,7 +84,15 @@ func redisFlags() []cli.Flag {
 func acmeFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: flagDirectory, EnvVars: []string{envDirectory}, Value: acmeclient.LetsEncryptProduction,
-			Usage: "ACME directory URL (Let's Encrypt staging: " + acmeclient.LetsEncryptStaging + ")"},
+			Usage: "ACME directory URL, or a preset: letsencrypt, letsencrypt-staging"},
+		&cli.StringSliceFlag{Name: flagFallbacks, EnvVars: []string{envFallbacks},
+			Usage: "further ACME directories (URLs or presets) tried in turn when the CAs before fail; same e-mail, roots and key type, no EAB; comma-separated"},
+		&cli.StringFlag{Name: flagProfile, EnvVars: []string{envProfile},
+			Usage: "ACME profile to ask for, e.g. shortlived or tlsserver at Let's Encrypt (default: the CA's default)"},
+		&cli.StringFlag{Name: flagEABKID, EnvVars: []string{envEABKID},
+			Usage: "External Account Binding key id, for CAs that require it (with --" + flagEABHMAC + ")"},
+		&cli.StringFlag{Name: flagEABHMAC, EnvVars: []string{envEABHMAC},
+			Usage: "External Account Binding HMAC key, base64url as the CA gives it"},
 		&cli.StringFlag{Name: flagEmail, EnvVars: []string{envEmail}, Usage: "contact e-mail of the ACME account"},
 		&cli.StringSliceFlag{Name: flagCARoots, EnvVars: []string{envCARoots},
 			Usage: "PEM files of extra roots trusted for the ACME server's HTTPS (private CAs); comma-separated"},
