@@ -61,6 +61,7 @@ type Pebble struct {
 	ManagementURL string // https://127.0.0.1:PORT (roots, intermediates)
 	CARootsFile   string // PEM of the CA that signed Pebble's HTTPS listener certificate
 	DNSAddr       string // 127.0.0.1:PORT of the DNS stub, UDP and TCP
+	DNSManagement string // http://127.0.0.1:PORT, the DNS stub's management API (see SetDNS)
 	LogFile       string // Pebble's output
 	DNSLogFile    string // pebble-challtestsrv's output
 
@@ -116,9 +117,11 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 	for attempt := 0; attempt < 3; attempt++ {
 		dnsPort := freeTCPAndUDPPort(t)
 		p.DNSAddr = "127.0.0.1:" + strconv.Itoa(dnsPort)
+		mgmtAddr := "127.0.0.1:" + strconv.Itoa(FreePort(t))
+		p.DNSManagement = "http://" + mgmtAddr
 		p.dnsStub, lastErr = startProcess(stubBin, p.DNSLogFile, nil,
 			"-dnsserver", p.DNSAddr,
-			"-management", "127.0.0.1:"+strconv.Itoa(FreePort(t)),
+			"-management", mgmtAddr,
 			"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
 			"-defaultIPv4", "127.0.0.1", "-defaultIPv6", "")
 		if lastErr == nil {
@@ -353,6 +356,27 @@ func (p *Pebble) waitDNS(timeout time.Duration) error {
 			return fmt.Errorf("the DNS stub on %s did not answer within %s: %v", p.DNSAddr, timeout, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// SetDNS posts body as JSON to the DNS stub's management API, e.g.
+// SetDNS(t, "/add-a", map[string]any{"host": "a.example.", "addresses": []string{"192.0.2.1"}})
+// or "/add-caa" with "policies": [{"tag": "issue", "value": "ca.example"}].
+// The records answer Pebble's VA and any resolver pointed at DNSAddr.
+func (p *Pebble) SetDNS(t testing.TB, path string, body any) {
+	t.Helper()
+	data, err := json.Marshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(p.DNSManagement+path, "application/json", bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("DNS stub %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		t.Fatalf("DNS stub %s %s: %s: %s", path, data, resp.Status, msg)
 	}
 }
 
