@@ -149,3 +149,17 @@ func leafOf(chainPEM []byte) (*x509.Certificate, error) {
 	}
 	return x509.ParseCertificate(block.Bytes)
 }
+
+// Presets name well-known directories so that operators need not copy URLs.
+var Presets = map[string]string{
+	"letsencrypt":         LetsEncryptProduction,
+	"letsencrypt-staging": LetsEncryptStaging,
+}
+
+// ResolveDirectory returns the URL of a preset name, or s unchanged.
+func ResolveDirectory(s string) string {
+	if url, ok := Presets[s]; ok {
+		return url
+	}
+	return s
+}

@@ -16,7 +16,13 @@ import (
 func runCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "run",
-		Usage: "tail the stream of requested names and obtain certificates for the allowed ones",
+		Usage: "tail the stream of requested names, obtain certificates for the allowed ones, renew what is stored",
+		Description: "Runs until SIGTERM. Reads the names nginx records, orders certificates for those the allow rules " +
+			"permit, and renews every stored certificate before it expires (inside the CA's ARI window when it offers " +
+			"one, else when a third of its lifetime remains).\n\nExamples:\n" +
+			"  certagent run --allow '*.example.com' --email ops@example.com\n" +
+			"  CERTAGENT_ALLOW='*' CERTAGENT_ACME_DIRECTORY=letsencrypt-staging certagent run\n" +
+			"  certagent run --allow shop.example --profile shortlived --fallback-directory https://acme.other-ca.example/dir",
 		Flags: withFlags(redisFlags(), acmeFlags(), []cli.Flag{
 			&cli.StringSliceFlag{Name: flagAllow, EnvVars: []string{envAllow},
 				Usage: "names that may get a certificate: exact names, *.example.com for every name below it, * for all; comma-separated. Nothing else is issued"},
@@ -28,6 +34,10 @@ func runCommand() *cli.Command {
 				Usage: "orders run at once"},
 			&cli.DurationFlag{Name: flagGrace, EnvVars: []string{envGrace}, Value: 20 * time.Second,
 				Usage: "on SIGTERM, how long running orders may finish before they are left for the next start"},
+			&cli.DurationFlag{Name: flagRenewInterval, EnvVars: []string{envRenewInterval}, Value: time.Minute,
+				Usage: "longest pause between two looks at the renewal schedule (it wakes earlier when a renewal is due sooner)"},
+			&cli.DurationFlag{Name: flagRenewRetry, EnvVars: []string{envRenewRetry}, Value: time.Minute,
+				Usage: "pause after a failed renewal; doubles per failure up to 6h, shorter as expiry nears"},
 		}),
 		Action: runAction,
 	}
@@ -88,7 +98,16 @@ func runAction(c *cli.Context) error {
 		ShutdownGrace: c.Duration(flagGrace),
 		Logger:        log,
 	})
+	renewer := manager.NewRenewer(manager.RenewerConfig{
+		Manager:       mgr,
+		Logger:        log,
+		Interval:      c.Duration(flagRenewInterval),
+		RetryBase:     c.Duration(flagRenewRetry),
+		ShutdownGrace: c.Duration(flagGrace),
+	})
+	renewer.Start(ctx)
 	err = consumer.Run(ctx)
+	renewer.Shutdown()
 	log.Info("agent stopped")
 	return err
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sort"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
@@ -34,19 +36,44 @@ func openStore(c *cli.Context) (*store.Store, error) {
 func closeStore(st *store.Store) { _ = st.Client().Close() }
 
 func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger) (*manager.Manager, error) {
-	client, err := acmeclient.New(ctx, acmeclient.Config{
-		DirectoryURL: c.String(flagDirectory),
-		Email:        c.String(flagEmail),
-		KeyType:      c.String(flagKeyType),
-		CARootFiles:  c.StringSlice(flagCARoots),
-	}, st, acmeclient.NewHTTP01Provider(st, 0))
-	if err != nil {
-		return nil, err
+	directories := append([]string{c.String(flagDirectory)}, c.StringSlice(flagFallbacks)...)
+	var issuers []manager.Issuer
+	for i, dir := range directories {
+		dir = acmeclient.ResolveDirectory(strings.TrimSpace(dir))
+		if !strings.HasPrefix(dir, "https://") && !strings.HasPrefix(dir, "http://") {
+			return nil, cli.Exit(fmt.Sprintf("certagent: %q is neither an ACME directory URL nor a preset (%s)", dir, presetNames()), exitUsage)
+		}
+		cfg := acmeclient.Config{
+			DirectoryURL: dir,
+			Email:        c.String(flagEmail),
+			KeyType:      c.String(flagKeyType),
+			CARootFiles:  c.StringSlice(flagCARoots),
+			Profile:      c.String(flagProfile),
+		}
+		if i == 0 {
+			// The binding is issued by one CA for its own accounts.
+			cfg.EABKeyID, cfg.EABHMAC = c.String(flagEABKID), c.String(flagEABHMAC)
+		}
+		client, err := acmeclient.New(ctx, cfg, st, acmeclient.NewHTTP01Provider(st, 0))
+		if err != nil {
+			return nil, err
+		}
+		issuers = append(issuers, client)
 	}
 	return manager.New(manager.Config{
 		Store:        st,
-		Issuer:       client,
+		Issuer:       issuers[0],
+		Fallbacks:    issuers[1:],
 		Logger:       log,
 		OrderTimeout: c.Duration(flagTimeout),
 	}), nil
+}
+
+func presetNames() string {
+	names := make([]string, 0, len(acmeclient.Presets))
+	for name := range acmeclient.Presets {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
 }
