@@ -1,0 +1,319 @@
+//go:build imagetest
+
+// Package imagetest runs the certagent image the way operators do: on a
+// private Docker network with a Pebble container as the CA. scripts/test-image
+// builds the images and runs it (go test -tags imagetest); it needs a Docker
+// engine, so it is not part of the default go test ./... run.
+package imagetest
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/certagent/certagent/agent/internal/testenv"
+)
+
+// image is the certagent image under test; scripts/test-image builds it.
+var image = envOr("CERTAGENT_TEST_IMAGE", "certagent:test")
+
+// baseImage runs Pebble and its DNS stub from binaries built on the host.
+var baseImage = envOr("CERTAGENT_TEST_BASE_IMAGE", "debian:bookworm-slim")
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func docker(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("docker", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+type site struct {
+	t         *testing.T
+	prefix    string
+	network   string
+	container string // the certagent container
+	volume    string
+	env       []string
+	mounts    []string
+	https     string // 127.0.0.1:port published for 443
+	pebbleAPI string // https://127.0.0.1:port of Pebble's management API
+	caPool    *http.Client
+	roots     *x509.CertPool
+}
+
+func randomSuffix() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// startSite starts Pebble, its DNS stub and the certagent container on a new
+// private network and removes them all when the test ends.
+func startSite(t *testing.T) *site {
+	t.Helper()
+	s := &site{t: t, prefix: "certagent-test-" + randomSuffix()}
+	s.network = s.prefix
+	s.container = s.prefix + "-agent"
+	s.volume = s.prefix + "-data"
+	docker(t, "network", "create", s.network)
+	docker(t, "volume", "create", s.volume)
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := exec.Command("docker", "logs", "--tail", "80", s.container).CombinedOutput()
+			t.Logf("certagent container log:\n%s", out)
+			out, _ = exec.Command("docker", "logs", "--tail", "30", s.prefix+"-pebble").CombinedOutput()
+			t.Logf("pebble log:\n%s", out)
+		}
+		for _, c := range []string{s.container, s.prefix + "-pebble", s.prefix + "-dns"} {
+			_ = exec.Command("docker", "rm", "-f", "-v", c).Run()
+		}
+		_ = exec.Command("docker", "volume", "rm", "-f", s.volume).Run()
+		_ = exec.Command("docker", "network", "rm", s.network).Run()
+	})
+
+	// Pebble's HTTPS listener certificate, for its name on the network.
+	dir := t.TempDir()
+	ca := testenv.NewCert(t, testenv.CertSpec{CommonName: "certagent image test CA", IsCA: true})
+	listener := testenv.NewCert(t, testenv.CertSpec{CommonName: "pebble", DNSNames: []string{"pebble", "localhost"},
+		IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Parent: ca})
+	ca.Write(t, dir, "ca")
+	listener.Write(t, dir, "listener")
+	if err := os.WriteFile(filepath.Join(dir, "pebble.json"), []byte(`{"pebble": {
+		"listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",
+		"certificate": "/pebble/listener.pem", "privateKey": "/pebble/listener.key",
+		"httpPort": 80, "tlsPort": 443, "ocspResponderURL": "", "externalAccountBindingRequired": false,
+		"retryAfter": {"authz": 0, "order": 0}}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.mounts = []string{"-v", dir + ":/pebble:ro"}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.X509)
+	s.caPool = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+
+	s.env = []string{
+		"-e", "CERTAGENT_ACME_DIRECTORY=https://pebble:14000/dir",
+		"-e", "CERTAGENT_CA_ROOTS=/pebble/ca.pem",
+		"-e", "CERTAGENT_ALLOW=*.example.test",
+		"-e", "CERTAGENT_EMAIL=ops@example.test",
+	}
+	pebbleBin := testenv.BuildBinary(t, "github.com/letsencrypt/pebble/v2/cmd/pebble")
+	dnsBin := testenv.BuildBinary(t, "github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv")
+	docker(t, "run", "-d", "--name", s.prefix+"-dns", "--network", s.network, "--network-alias", "dns",
+		"-p", "127.0.0.1::8055", "-v", dnsBin+":/usr/local/bin/pebble-challtestsrv:ro", baseImage,
+		"pebble-challtestsrv", "-defaultIPv6", "", "-dnsserver", ":8053",
+		"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "", "-management", ":8055")
+	docker(t, "run", "-d", "--name", s.prefix+"-pebble", "--network", s.network, "--network-alias", "pebble",
+		"-p", "127.0.0.1::15000", "-e", "PEBBLE_VA_NOSLEEP=1", "-e", "PEBBLE_WFE_NONCEREJECT=0",
+		"-v", pebbleBin+":/usr/local/bin/pebble:ro", "-v", dir+":/pebble:ro", baseImage,
+		"pebble", "-config", "/pebble/pebble.json", "-dnsserver", "dns:8053")
+	s.pebbleAPI = "https://" + docker(t, "port", s.prefix+"-pebble", "15000/tcp")
+	s.waitPebble()
+
+	s.startAgent()
+	// Every name resolves to the certagent container, as DNS would in production.
+	agentIP := docker(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \""+s.network+"\").IPAddress}}", s.container)
+	dnsAPI := "http://" + docker(t, "port", s.prefix+"-dns", "8055/tcp")
+	resp, err := http.Post(dnsAPI+"/set-default-ipv4", "application/json", strings.NewReader(`{"ip":"`+agentIP+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("setting the DNS stub's address: %s", resp.Status)
+	}
+	return s
+}
+
+// startAgent (re)creates the certagent container on the same volume.
+func (s *site) startAgent() {
+	s.t.Helper()
+	args := append([]string{"run", "-d", "--name", s.container, "--network", s.network,
+		"-p", "127.0.0.1::443", "-p", "127.0.0.1::80", "-v", s.volume + ":/var/lib/certagent"}, s.env...)
+	args = append(args, s.mounts...)
+	args = append(args, image)
+	docker(s.t, args...)
+	s.https = docker(s.t, "port", s.container, "443/tcp")
+	s.waitHealthy()
+}
+
+func (s *site) waitHealthy() {
+	s.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		status := docker(s.t, "inspect", "-f", "{{.State.Health.Status}}", s.container)
+		if status == "healthy" {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("the certagent container is %s after 60 s", status)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func (s *site) waitPebble() {
+	s.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := s.caPool.Get(s.pebbleAPI + "/roots/0")
+		if err == nil {
+			body := new(bytes.Buffer)
+			_, _ = body.ReadFrom(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				s.roots = x509.NewCertPool()
+				if !s.roots.AppendCertsFromPEM(body.Bytes()) {
+					s.t.Fatal("Pebble's root is not PEM")
+				}
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("Pebble's management API did not answer within 30 s: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (s *site) handshake(name string) ([]*x509.Certificate, error) {
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", s.https,
+		&tls.Config{ServerName: name, InsecureSkipVerify: true})
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates, nil
+}
+
+// issued waits until the container serves name a certificate from Pebble.
+func (s *site) issued(name string, within time.Duration) *x509.Certificate {
+	s.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		chain, err := s.handshake(name)
+		if err == nil {
+			inter := x509.NewCertPool()
+			for _, c := range chain[1:] {
+				inter.AddCert(c)
+			}
+			if _, verr := chain[0].Verify(x509.VerifyOptions{DNSName: name, Roots: s.roots, Intermediates: inter}); verr == nil {
+				return chain[0]
+			}
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("%s not served a certificate that verifies against Pebble's root within %s (last error %v)", name, within, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+var ordersLine = regexp.MustCompile(`There are now (\d+) orders in the db`)
+
+func (s *site) orders() int {
+	s.t.Helper()
+	out, _ := exec.Command("docker", "logs", s.prefix+"-pebble").CombinedOutput()
+	n := 0
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if m := ordersLine.FindSubmatch(sc.Bytes()); m != nil {
+			n, _ = strconv.Atoi(string(m[1]))
+		}
+	}
+	return n
+}
+
+func (s *site) agentPID() string {
+	s.t.Helper()
+	out, _ := exec.Command("docker", "exec", s.container, "pgrep", "-x", "certagent").CombinedOutput()
+	return strings.TrimSpace(string(out))
+}
+
+func TestImage(t *testing.T) {
+	s := startSite(t)
+
+	// A new name: the fallback first, then a certificate from Pebble.
+	chain, err := s.handshake("new-1.example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if chain[0].Subject.CommonName != "certagent fallback" {
+		t.Fatalf("first handshake served %q, want the generated fallback", chain[0].Subject)
+	}
+	first := s.issued("new-1.example.test", 10*time.Second)
+	if n := s.orders(); n != 1 {
+		t.Errorf("Pebble counted %d orders, want 1", n)
+	}
+
+	// kill -9 of the agent: supervisord restarts it and the next name is issued.
+	before := s.agentPID()
+	docker(t, "exec", s.container, "pkill", "-9", "-x", "certagent")
+	deadline := time.Now().Add(30 * time.Second)
+	for after := s.agentPID(); after == "" || after == before; after = s.agentPID() {
+		if time.Now().After(deadline) {
+			t.Fatal("the agent was not restarted within 30 s of kill -9")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := s.handshake("new-2.example.test"); err != nil {
+		t.Fatal(err)
+	}
+	s.issued("new-2.example.test", 15*time.Second)
+
+	// A name recorded right before docker stop is not lost: the stream lives
+	// in the bundled Redis on the volume.
+	if _, err := s.handshake("new-3.example.test"); err != nil {
+		t.Fatal(err)
+	}
+	docker(t, "stop", "-t", "10", s.container)
+	var state struct {
+		ExitCode  int
+		OOMKilled bool
+	}
+	if err := json.Unmarshal([]byte(docker(t, "inspect", "-f", "{{json .State}}", s.container)), &state); err != nil {
+		t.Fatal(err)
+	}
+	if state.ExitCode != 0 {
+		t.Errorf("docker stop: the container exited with %d, want 0 (137 means it was killed after the grace period)", state.ExitCode)
+	}
+	ordersBeforeRestart := s.orders()
+
+	// The same volume in a new container: earlier certificates are served
+	// without a new order, and the pending name is issued.
+	docker(t, "rm", s.container)
+	s.startAgent()
+	again, err := s.handshake("new-1.example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again[0].Equal(first) {
+		t.Error("after the restart new-1.example.test is not served its earlier certificate")
+	}
+	s.issued("new-3.example.test", 20*time.Second)
+	// new-3 was ordered before the stop or after the restart, never twice.
+	if got := s.orders(); got != 3 {
+		t.Errorf("Pebble counted %d orders (%d before the restart), want 3: one per name, none for the restart", got, ordersBeforeRestart)
+	}
+}
