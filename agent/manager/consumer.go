@@ -15,7 +15,22 @@ import (
 type ConsumerConfig struct {
 	Store   *store.Store
 	Manager *Manager
-	Policy  *Policy
+	// Policy holds the static allow rules; used when Decider is nil.
+	Policy *Policy
+	// Decider decides which names may get a certificate. Default: Policy,
+	// the Redis allowlist and no ask URL.
+	Decider *Decider
+	// Preflight checks DNS before an order. Default: none.
+	Preflight *Preflight
+	// Budgets keeps orders within the CA's rate limits. Default: none (the
+	// CA's own limits apply).
+	Budgets *Budgets
+	// RetryFirst and RetryMost bound the pause after failures of a name:
+	// RetryFirst after the first, doubling up to RetryMost. Defaults: 1 min, 24 h.
+	RetryFirst, RetryMost time.Duration
+	// AskRetry is when a name refused because the ask URL could not answer
+	// is considered again. Default: 1 min.
+	AskRetry time.Duration
 	// Group is the consumer group shared by all agents. Default: "certagent".
 	Group string
 	// Name identifies this agent in the group; it must be stable across
@@ -58,6 +73,18 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Decider == nil {
+		cfg.Decider = NewDecider(DeciderConfig{Store: cfg.Store, Static: cfg.Policy})
+	}
+	if cfg.RetryFirst <= 0 {
+		cfg.RetryFirst = time.Minute
+	}
+	if cfg.RetryMost <= 0 {
+		cfg.RetryMost = 24 * time.Hour
+	}
+	if cfg.AskRetry <= 0 {
+		cfg.AskRetry = time.Minute
 	}
 	return &Consumer{cfg: cfg, inFlight: map[string]bool{}}
 }
@@ -156,12 +183,38 @@ func (c *Consumer) handle(ctx context.Context, req store.Request) {
 
 func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Request) (ack bool) {
 	name, err := names.Normalize(req.Name)
+	if err == nil {
+		err = names.CheckIDNA(name)
+	}
 	if err != nil {
 		log.Warn("ignoring invalid name", "error", err)
 		return true
 	}
-	if !c.cfg.Policy.Allows(name) {
-		log.Info("name not allowed by policy")
+	st, now := c.cfg.Store, c.cfg.Manager.cfg.Clock.Now()
+	// A name in backoff is left alone by every agent until its next attempt.
+	failure, err := st.GetFailure(ctx, name)
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCorrupt):
+	case err != nil:
+		log.Error("reading the failure record", "error", err)
+		return ctx.Err() == nil
+	case now.Before(failure.NextAttempt):
+		log.Debug("name waits for its next attempt", "next_attempt", failure.NextAttempt.Format(time.RFC3339),
+			"last_error", failure.LastError)
+		return true
+	}
+	verdict, err := c.cfg.Decider.Decide(ctx, name)
+	if err != nil {
+		log.Error("deciding about the name", "error", err)
+		return ctx.Err() == nil
+	}
+	if verdict.Unavailable {
+		log.Warn("name refused for now", "reason", verdict.Reason)
+		c.deferName(ctx, log, name, verdict.Reason, now.Add(c.cfg.AskRetry))
+		return true
+	}
+	if !verdict.Allowed {
+		log.Info("name not allowed by policy", "source", verdict.Source, "reason", verdict.Reason)
 		return true
 	}
 	if !c.claim(name) {
@@ -176,20 +229,60 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	if !need {
 		return true
 	}
-	if _, err := c.cfg.Manager.Issue(ctx, []string{name}); err != nil {
-		if errors.Is(err, store.ErrLockHeld) {
-			log.Info("another agent is ordering this name")
+	if c.cfg.Preflight != nil {
+		if err := c.cfg.Preflight.Check(ctx, name); err != nil {
+			if ctx.Err() != nil {
+				return false
+			}
+			c.fail(ctx, log, name, err)
 			return true
 		}
-		if ctx.Err() != nil {
-			log.Warn("order cut short by shutdown; left pending", "error", err)
-			return false
+	}
+	if c.cfg.Budgets != nil {
+		_, err = c.cfg.Budgets.Issue(ctx, []string{name}, PriorityNew)
+	} else {
+		_, err = c.cfg.Manager.Issue(ctx, []string{name})
+	}
+	var deferred *DeferredError
+	switch {
+	case err == nil:
+		if failure != nil {
+			if err := st.ClearFailure(ctx, name); err != nil {
+				log.Warn("clearing the failure record", "error", err)
+			}
 		}
-		// nginx records the name again on a later handshake once its
-		// request window has passed.
-		log.Error("issuing certificate", "error", err)
+	case errors.Is(err, store.ErrLockHeld):
+		log.Info("another agent is ordering this name")
+	case ctx.Err() != nil:
+		log.Warn("order cut short by shutdown; left pending", "error", err)
+		return false
+	case errors.As(err, &deferred):
+		log.Warn("order deferred", "reason", deferred.Reason, "until", deferred.Until.UTC().Format(time.RFC3339))
+		c.deferName(ctx, log, name, deferred.Reason, deferred.Until)
+	default:
+		// The failure record holds the name back from every agent until
+		// its next attempt; nginx records it again after its window.
+		c.fail(ctx, log, name, err)
 	}
 	return true
+}
+
+// fail counts one more failure of name and sets its next attempt.
+func (c *Consumer) fail(ctx context.Context, log *slog.Logger, name string, cause error) {
+	f, err := c.cfg.Store.RecordFailure(ctx, name, cause.Error(), c.cfg.Manager.cfg.Clock.Now(), func(n int) time.Duration {
+		return RetryDelay(n, c.cfg.RetryFirst, c.cfg.RetryMost, defaultRandom)
+	})
+	if err != nil {
+		log.Error("recording the failure", "failure", cause, "error", err)
+		return
+	}
+	log.Error("name failed", "error", cause, "attempts", f.Attempts, "next_attempt", f.NextAttempt.Format(time.RFC3339))
+}
+
+func (c *Consumer) deferName(ctx context.Context, log *slog.Logger, name, reason string, until time.Time) {
+	if _, err := c.cfg.Store.DeferName(ctx, name, reason, c.cfg.Manager.cfg.Clock.Now(), until); err != nil {
+		log.Error("recording the deferral", "error", err)
+	}
 }
 
 func (c *Consumer) claim(name string) bool {
