@@ -1,7 +1,9 @@
 package manager
 
 import (
+	"bufio"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/certagent/certagent/agent/names"
@@ -27,21 +29,64 @@ func ParsePolicy(rules []string) (*Policy, error) {
 		case rule == "":
 		case rule == "*":
 			p.all = true
-		case strings.HasPrefix(rule, "*."):
-			parent, err := names.Normalize(rule[2:])
-			if err != nil {
-				return nil, fmt.Errorf("allow rule %q: %w", rule, err)
-			}
-			p.suffixes = append(p.suffixes, "."+parent)
 		default:
-			name, err := names.Normalize(rule)
+			canonical, err := ParseRule(rule)
 			if err != nil {
-				return nil, fmt.Errorf("allow rule %q: %w", rule, err)
+				return nil, err
 			}
-			p.exact[name] = true
+			if parent, ok := strings.CutPrefix(canonical, "*."); ok {
+				p.suffixes = append(p.suffixes, "."+parent)
+			} else {
+				p.exact[canonical] = true
+			}
 		}
 	}
 	return p, nil
+}
+
+// ParseRule returns the canonical form of one exact or suffix rule
+// ("*.example.com"), converting Unicode names to their xn-- form. It refuses
+// "*" alone: allowing every name is a flag, not an allowlist entry.
+func ParseRule(rule string) (string, error) {
+	rule = strings.TrimSpace(rule)
+	if parent, ok := strings.CutPrefix(rule, "*."); ok {
+		name, err := names.FromOperator(parent)
+		if err != nil {
+			return "", fmt.Errorf("allow rule %q: %w", rule, err)
+		}
+		return "*." + name, nil
+	}
+	name, err := names.FromOperator(rule)
+	if err != nil {
+		return "", fmt.Errorf("allow rule %q: %w", rule, err)
+	}
+	return name, nil
+}
+
+// ReadRulesFile reads allow rules from a file: one a line, blank lines and
+// lines starting with # ignored.
+func ReadRulesFile(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading allow rules: %w", err)
+	}
+	defer f.Close()
+	var rules []string
+	sc := bufio.NewScanner(f)
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		if _, err := ParseRule(text); err != nil && text != "*" {
+			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+		}
+		rules = append(rules, text)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading allow rules from %s: %w", path, err)
+	}
+	return rules, nil
 }
 
 // Allows reports whether the normalized name may get a certificate.

@@ -1,0 +1,244 @@
+package manager
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/go-acme/lego/v4/acme"
+	"golang.org/x/net/publicsuffix"
+
+	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/store"
+)
+
+// Priority orders demands on a short rate budget.
+type Priority int
+
+const (
+	// PriorityNew is a name getting its first certificate.
+	PriorityNew Priority = iota
+	// PriorityRenewal is a certificate being replaced; it may use the share
+	// of every budget that new names leave free.
+	PriorityRenewal
+)
+
+// BudgetConfig mirrors the CA's rate limits, counted for the whole fleet in
+// Redis. Zero fields take Let's Encrypt's production limits.
+type BudgetConfig struct {
+	// Account identifies the ACME account (store.AccountID). Required.
+	Account string
+	// OrdersPerAccount new orders per OrdersWindow. Default: 300 per 3 h.
+	OrdersPerAccount int
+	OrdersWindow     time.Duration
+	// CertsPerDomain certificates per registered domain per CertsWindow.
+	// Default: 50 per 7 days.
+	CertsPerDomain int
+	CertsWindow    time.Duration
+	// FailedPerName failed validations per name per FailedWindow before the
+	// name waits. Default: 5 per hour.
+	FailedPerName int
+	FailedWindow  time.Duration
+	// RenewalShare is the fraction of each budget that new names leave to
+	// renewals. Default: 0.1.
+	RenewalShare float64
+}
+
+// Budgets runs orders within the fleet's rate budgets and parks a scope
+// when the CA answers rateLimited.
+type Budgets struct {
+	cfg BudgetConfig
+	m   *Manager
+}
+
+// RateLimitedIssuer is an Issuer that can tell a rateLimited answer and its
+// Retry-After. *acmeclient.Client implements it.
+type RateLimitedIssuer interface {
+	RateLimited(err error) (*acmeclient.RateLimit, bool)
+}
+
+// DeferredError says an order was not attempted, or was refused by the CA's
+// rate limits, and may be tried again at Until. The name is not at fault.
+type DeferredError struct {
+	Until  time.Time
+	Reason string
+}
+
+func (e *DeferredError) Error() string {
+	return fmt.Sprintf("%s; not before %s", e.Reason, e.Until.UTC().Format(time.RFC3339))
+}
+
+// NewBudgets returns budgets for the orders of m.
+func NewBudgets(m *Manager, cfg BudgetConfig) (*Budgets, error) {
+	if cfg.Account == "" {
+		return nil, errors.New("rate budgets: no account")
+	}
+	def := func(n *int, d *time.Duration, n0 int, d0 time.Duration) {
+		if *n <= 0 {
+			*n = n0
+		}
+		if *d <= 0 {
+			*d = d0
+		}
+	}
+	def(&cfg.OrdersPerAccount, &cfg.OrdersWindow, 300, 3*time.Hour)
+	def(&cfg.CertsPerDomain, &cfg.CertsWindow, 50, 7*24*time.Hour)
+	def(&cfg.FailedPerName, &cfg.FailedWindow, 5, time.Hour)
+	if cfg.RenewalShare <= 0 || cfg.RenewalShare >= 1 {
+		cfg.RenewalShare = 0.1
+	}
+	return &Budgets{cfg: cfg, m: m}, nil
+}
+
+// RegisteredDomain is the name's domain under its public suffix
+// ("a.b.example.co.uk" → "example.co.uk"); the name itself when it has none.
+func RegisteredDomain(name string) string {
+	d, err := publicsuffix.EffectiveTLDPlusOne(name)
+	if err != nil {
+		return name
+	}
+	return d
+}
+
+func (b *Budgets) reserved(limit int, prio Priority) int {
+	if prio == PriorityRenewal {
+		return 0
+	}
+	return int(math.Ceil(float64(limit) * b.cfg.RenewalShare))
+}
+
+// Issue orders a certificate for names through the Manager if every budget
+// has room at prio, counting the order and the certificate. It returns a
+// *DeferredError when a budget is spent or a scope is parked, and parks the
+// scope the CA names when it answers rateLimited.
+func (b *Budgets) Issue(ctx context.Context, names []string, prio Priority) (*store.CertRecord, error) {
+	if len(names) == 0 {
+		return nil, errors.New("issuing: no names")
+	}
+	st, now := b.m.cfg.Store, b.m.cfg.Clock.Now()
+	orders := store.Budget{Kind: "orders", Subject: b.cfg.Account, Limit: b.cfg.OrdersPerAccount, Window: b.cfg.OrdersWindow}
+	var certs []store.Budget
+	seen := map[string]bool{}
+	scopes := []store.Scope{{Kind: "orders", Subject: b.cfg.Account}}
+	for _, n := range names {
+		scopes = append(scopes, store.Scope{Kind: "failed", Subject: n})
+		if d := RegisteredDomain(n); !seen[d] {
+			seen[d] = true
+			certs = append(certs, store.Budget{Kind: "certs", Subject: d, Limit: b.cfg.CertsPerDomain, Window: b.cfg.CertsWindow})
+			scopes = append(scopes, store.Scope{Kind: "certs", Subject: d})
+		}
+	}
+	until, scope, err := st.ParkedUntil(ctx, now, scopes...)
+	if err != nil {
+		return nil, err
+	}
+	if !until.IsZero() {
+		return nil, &DeferredError{Until: until, Reason: fmt.Sprintf("the CA rate-limited %s %s", scope.Kind, scope.Subject)}
+	}
+	for _, n := range names {
+		failed := store.Budget{Kind: "failed", Subject: n, Limit: b.cfg.FailedPerName, Window: b.cfg.FailedWindow}
+		ok, free, err := st.TakeBudget(ctx, failed, now, 0, "", false)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, &DeferredError{Until: free, Reason: fmt.Sprintf("%d failed validations of %s within %s", failed.Limit, n, failed.Window)}
+		}
+	}
+
+	member := eventID()
+	var taken []store.Budget
+	giveBack := func() {
+		for _, bg := range taken {
+			if err := st.ReturnBudget(context.WithoutCancel(ctx), bg, member); err != nil {
+				b.m.cfg.Logger.Warn("returning a rate budget", "budget", bg.String(), "error", err)
+			}
+		}
+	}
+	for _, bg := range append([]store.Budget{orders}, certs...) {
+		ok, free, err := st.TakeBudget(ctx, bg, now, b.reserved(bg.Limit, prio), member, true)
+		if err != nil {
+			giveBack()
+			return nil, err
+		}
+		if !ok {
+			giveBack()
+			return nil, &DeferredError{Until: free, Reason: fmt.Sprintf("the %s budget (%d per %s) is spent", bg, bg.Limit, bg.Window)}
+		}
+		taken = append(taken, bg)
+	}
+
+	rec, err := b.m.Issue(ctx, names)
+	if err == nil {
+		return rec, nil
+	}
+	if errors.Is(err, store.ErrLockHeld) {
+		giveBack() // another agent holds the name: nothing was ordered
+		return nil, err
+	}
+	// The order was made and counts; no certificate came of it.
+	taken = taken[1:]
+	giveBack()
+	if rl, ok := b.rateLimited(err); ok {
+		kind, subject := "orders", b.cfg.Account
+		switch rl.Scope {
+		case acmeclient.ScopeDomain:
+			kind, subject = "certs", RegisteredDomain(names[0])
+		case acmeclient.ScopeName:
+			kind, subject = "failed", names[0]
+		}
+		if perr := st.Park(ctx, kind, subject, rl.Until); perr != nil {
+			return nil, errors.Join(err, perr)
+		}
+		b.m.cfg.Logger.Warn("the CA rate-limited us", "scope", kind, "subject", subject,
+			"until", rl.Until.UTC().Format(time.RFC3339), "detail", rl.Detail)
+		return nil, &DeferredError{Until: rl.Until, Reason: fmt.Sprintf("the CA rate-limited %s %s: %s", kind, subject, rl.Detail)}
+	}
+	if failedValidation(err) {
+		for _, n := range names {
+			bg := store.Budget{Kind: "failed", Subject: n, Limit: b.cfg.FailedPerName, Window: b.cfg.FailedWindow}
+			if nerr := st.NoteBudgetEvent(ctx, bg, b.m.cfg.Clock.Now(), eventID()); nerr != nil {
+				b.m.cfg.Logger.Warn("counting a failed validation", "name", n, "error", nerr)
+			}
+		}
+	}
+	return nil, err
+}
+
+func (b *Budgets) rateLimited(err error) (*acmeclient.RateLimit, bool) {
+	if rl, ok := b.m.cfg.Issuer.(RateLimitedIssuer); ok {
+		return rl.RateLimited(err)
+	}
+	var problem *acme.ProblemDetails
+	if errors.As(err, &problem) && problem.Type == acme.RateLimitedErr {
+		return &acmeclient.RateLimit{Until: b.m.cfg.Clock.Now().Add(acmeclient.DefaultRetryAfter),
+			Scope: acmeclient.ScopeAccount, Detail: problem.Detail}, true
+	}
+	return nil, false
+}
+
+// failedValidation tells a CA's refusal to validate a name (what its
+// failed-validation limit counts) from other failures.
+func failedValidation(err error) bool {
+	var problem *acme.ProblemDetails
+	if !errors.As(err, &problem) {
+		return false
+	}
+	switch problem.Type {
+	case "urn:ietf:params:acme:error:unauthorized", "urn:ietf:params:acme:error:connection",
+		"urn:ietf:params:acme:error:dns", "urn:ietf:params:acme:error:incorrectResponse",
+		"urn:ietf:params:acme:error:caa", "urn:ietf:params:acme:error:tls":
+		return true
+	}
+	return false
+}
+
+func eventID() string {
+	var raw [8]byte
+	_, _ = rand.Read(raw[:])
+	return hex.EncodeToString(raw[:])
+}
