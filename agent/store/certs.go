@@ -145,6 +145,7 @@ func (s *Store) PutCert(ctx context.Context, rec *CertRecord) error {
 		// A new certificate starts a new renewal: the schedulers look at it
 		// at once to learn the CA's renewal window and choose a time.
 		p.Del(ctx, s.keys.Renewal(rec.Primary()))
+		p.ZRem(ctx, s.keys.RenewalFailures(), rec.Primary())
 		p.ZAdd(ctx, s.keys.Renewals(), redis.Z{Score: float64(rec.IssuedAt.Unix()), Member: rec.Primary()})
 		s.noteChanges(ctx, p, "put", rec.Names)
 		return nil
@@ -190,6 +191,7 @@ func (s *Store) DeleteCert(ctx context.Context, name string) ([]string, error) {
 		p.ZRem(ctx, s.keys.Expiry(), names[0], name)
 		p.ZRem(ctx, s.keys.Renewals(), names[0], name)
 		p.Del(ctx, s.keys.Renewal(names[0]), s.keys.Renewal(name))
+		p.ZRem(ctx, s.keys.RenewalFailures(), names[0], name)
 		s.noteChanges(ctx, p, "delete", names)
 		return nil
 	})

@@ -47,6 +47,10 @@ func (k Keys) Renewals() string { return k.prefix() + "renewals" }
 // CA's window, the chosen time, failures.
 func (k Keys) Renewal(name string) string { return k.prefix() + "renewal:" + name }
 
+// RenewalFailures indexes the names whose last renewal failed, by the time
+// of that failure, so status shows them without walking the schedule.
+func (k Keys) RenewalFailures() string { return k.prefix() + "renewal-failures" }
+
 // Lock is the lease that makes one agent at a time order a certificate for name.
 func (k Keys) Lock(name string) string { return k.prefix() + "lock:" + name }
 

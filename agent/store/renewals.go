@@ -123,6 +123,11 @@ func (s *Store) SetRenewal(ctx context.Context, name, fingerprint string, state 
 			p.Del(ctx, s.keys.Renewal(name))
 			p.HSet(ctx, s.keys.Renewal(name), state.fields())
 			p.ZAdd(ctx, s.keys.Renewals(), redis.Z{Score: float64(next.Unix()), Member: name})
+			if state.Failures > 0 {
+				p.ZAdd(ctx, s.keys.RenewalFailures(), redis.Z{Score: float64(state.LastFailure.Unix()), Member: name})
+			} else {
+				p.ZRem(ctx, s.keys.RenewalFailures(), name)
+			}
 			return nil
 		})
 		return err
@@ -196,6 +201,7 @@ func (s *Store) Unschedule(ctx context.Context, name string) error {
 		}
 		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			p.ZRem(ctx, s.keys.Renewals(), name)
+			p.ZRem(ctx, s.keys.RenewalFailures(), name)
 			p.Del(ctx, s.keys.Renewal(name))
 			return nil
 		})
@@ -205,4 +211,23 @@ func (s *Store) Unschedule(ctx context.Context, name string) error {
 		return fmt.Errorf("unscheduling %s: %w", name, err)
 	}
 	return nil
+}
+
+// FailingRenewals returns the names whose last renewal failed, most recent
+// failure first, at most limit (0: all), with the failure time.
+func (s *Store) FailingRenewals(ctx context.Context, limit int64) ([]IndexEntry, error) {
+	stop := int64(-1)
+	if limit > 0 {
+		stop = limit - 1
+	}
+	zs, err := s.rdb.ZRevRangeWithScores(ctx, s.keys.RenewalFailures(), 0, stop).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reading the failing renewals: %w", err)
+	}
+	out := make([]IndexEntry, 0, len(zs))
+	for _, z := range zs {
+		name, _ := z.Member.(string)
+		out = append(out, IndexEntry{Name: name, NotAfter: time.Unix(int64(z.Score), 0).UTC()})
+	}
+	return out, nil
 }

@@ -53,6 +53,9 @@ func TestRenewalScheduleFollowsCertificateWrites(t *testing.T) {
 	if due, _ := st.RenewalDue(ctx, now, 0); len(due) != 0 {
 		t.Errorf("due after rescheduling: %v", due)
 	}
+	if failing, err := st.FailingRenewals(ctx, 0); err != nil || len(failing) != 1 || failing[0].Name != "a.example.com" {
+		t.Errorf("failing renewals %v, %v", failing, err)
+	}
 	next, err := st.NextRenewals(ctx, 1)
 	if err != nil || len(next) != 1 || next[0].Name != "a.example.com" || !next[0].NotAfter.Equal(now.Add(time.Hour)) {
 		t.Errorf("next renewals %v, %v", next, err)
@@ -69,6 +72,9 @@ func TestRenewalScheduleFollowsCertificateWrites(t *testing.T) {
 	}
 	if due, _ := st.RenewalDue(ctx, now, 0); len(due) != 1 {
 		t.Errorf("a new certificate is not due for a look: %v", due)
+	}
+	if failing, _ := st.FailingRenewals(ctx, 0); len(failing) != 0 {
+		t.Errorf("still failing after a new certificate: %v", failing)
 	}
 
 	// Deleting removes schedule and state.
@@ -90,7 +96,8 @@ func TestRenewalScheduleFollowsCertificateWrites(t *testing.T) {
 	if err := st.SetRenewal(ctx, "b.example.com", mustFingerprint(t, st, "b.example.com"), state, now); err != nil {
 		t.Fatal(err)
 	}
-	for id, key := range map[string]string{"renewals": st.Keys().Renewals(), "renewal": st.Keys().Renewal("b.example.com")} {
+	for id, key := range map[string]string{"renewals": st.Keys().Renewals(), "renewal": st.Keys().Renewal("b.example.com"),
+		"renewalfail": st.Keys().RenewalFailures()} {
 		typ := r.Client.Type(ctx, key).Val()
 		if want := doc[id].Type; typ != want {
 			t.Errorf("%s is a %s, the schema says %s", key, typ, want)
