@@ -1,0 +1,275 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-acme/lego/v4/acme"
+
+	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/certagent/certagent/agent/store"
+)
+
+// movableClock is a clock tests set by hand.
+type movableClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *movableClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *movableClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// askServer answers the ask URL: allowed names get 200, others 404.
+type askServer struct {
+	mu      sync.Mutex
+	allowed map[string]bool
+	asked   atomic.Int64
+}
+
+func (a *askServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.asked.Add(1)
+	a.mu.Lock()
+	ok := a.allowed[r.URL.Query().Get("domain")]
+	a.mu.Unlock()
+	if !ok {
+		http.Error(w, "no", http.StatusNotFound)
+		return
+	}
+	fmt.Fprintln(w, "yes")
+}
+
+func TestDeciderSources(t *testing.T) {
+	r := testenv.StartRedis(t)
+	st := store.New(r.Client, store.Keys{})
+	ctx := context.Background()
+	static, _ := ParsePolicy([]string{"*.static.example"})
+	asker := &askServer{allowed: map[string]bool{"asked.example.net": true}}
+	srv := httptest.NewServer(asker)
+	defer srv.Close()
+	clock := &movableClock{now: time.Now()}
+	ask, err := NewAsk(AskConfig{URL: srv.URL + "/check?token=x", Timeout: 2 * time.Second, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := NewDecider(DeciderConfig{Store: st, Static: static, Ask: ask})
+	decide := func(name string) Verdict {
+		t.Helper()
+		v, err := d.Decide(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if v := decide("a.static.example"); !v.Allowed || v.Source != "static" {
+		t.Errorf("static rule: %+v", v)
+	}
+	if v := decide("asked.example.net"); !v.Allowed || v.Source != "ask" {
+		t.Errorf("ask allows: %+v", v)
+	}
+	if v := decide("asked.example.net"); !v.Allowed || v.Source != "ask-cache" || asker.asked.Load() != 1 {
+		t.Errorf("second decision: %+v after %d questions; want the cached answer", v, asker.asked.Load())
+	}
+	// A refusal is cached for the fleet: the ask URL is not asked again.
+	if v := decide("nobody.example.org"); v.Allowed || v.Unavailable {
+		t.Errorf("unknown name: %+v", v)
+	}
+	before := asker.asked.Load()
+	if v := decide("nobody.example.org"); v.Allowed || v.Source != "negative-cache" || asker.asked.Load() != before {
+		t.Errorf("repeated unknown name: %+v, %d questions; want the negative cache", v, asker.asked.Load()-before)
+	}
+	// The allowlist overrides the cached refusal at once.
+	if _, err := st.AddAllowRules(ctx, "*.example.org"); err != nil {
+		t.Fatal(err)
+	}
+	if v := decide("nobody.example.org"); !v.Allowed || v.Source != "allowlist" {
+		t.Errorf("after allow add: %+v", v)
+	}
+
+	// Ask URL down: refused for now, not cached, and not asked again during
+	// the pause, so a flood cannot hammer it.
+	srv.Close()
+	if v := decide("down-1.example.com"); v.Allowed || !v.Unavailable {
+		t.Fatalf("ask down: %+v, want unavailable", v)
+	}
+	if v := decide("down-2.example.com"); !v.Unavailable {
+		t.Errorf("ask down, second name: %+v", v)
+	}
+	if dn, _ := st.Denied(ctx, "down-1.example.com"); dn != nil {
+		t.Errorf("an unavailable answer was cached as a refusal: %+v", dn)
+	}
+	// Back after the pause: asked again.
+	srv2 := httptest.NewServer(asker)
+	defer srv2.Close()
+	ask2, _ := NewAsk(AskConfig{URL: srv2.URL, Clock: clock})
+	ask2.pause, ask2.downUntil = ask.pause, ask.downUntil
+	d.cfg.Ask = ask2
+	asker.mu.Lock()
+	asker.allowed["down-1.example.com"] = true
+	asker.mu.Unlock()
+	if v := decide("down-1.example.com"); !v.Unavailable {
+		t.Errorf("within the pause: %+v, want unavailable without asking", v)
+	}
+	clock.Add(2 * time.Minute)
+	if v := decide("down-1.example.com"); !v.Allowed {
+		t.Errorf("after the pause: %+v, want allowed", v)
+	}
+}
+
+func TestNewAskRejectsBadURLs(t *testing.T) {
+	for _, u := range []string{"", "ftp://x/", "localhost:8080", "http://"} {
+		if _, err := NewAsk(AskConfig{URL: u}); err == nil {
+			t.Errorf("NewAsk(%q): want an error", u)
+		}
+	}
+}
+
+func TestRetryDelay(t *testing.T) {
+	prev := time.Duration(0)
+	for n := 1; n <= 15; n++ {
+		lo := RetryDelay(n, time.Minute, 24*time.Hour, func() float64 { return 0.999 })
+		hi := RetryDelay(n, time.Minute, 24*time.Hour, func() float64 { return 0 })
+		if hi > 24*time.Hour || lo < hi*3/4 {
+			t.Errorf("attempt %d: pause between %s and %s", n, lo, hi)
+		}
+		if n > 1 && lo < prev && hi < 24*time.Hour {
+			t.Errorf("attempt %d: shortest pause %s is shorter than the longest before it %s", n, lo, prev)
+		}
+		prev = hi
+	}
+	if got := RetryDelay(1, time.Minute, 24*time.Hour, func() float64 { return 0 }); got != time.Minute {
+		t.Errorf("first pause %s, want 1 min", got)
+	}
+	if got := RetryDelay(40, time.Minute, 24*time.Hour, func() float64 { return 0 }); got != 24*time.Hour {
+		t.Errorf("pause after many failures %s, want the 24 h cap", got)
+	}
+}
+
+// limitedIssuer answers rateLimited for every order while on.
+type limitedIssuer struct {
+	fakeIssuer
+	limited atomic.Bool
+	until   time.Time
+	scope   acmeclient.RateLimitScope
+}
+
+func (l *limitedIssuer) Obtain(ctx context.Context, names []string) (*acmeclient.Certificate, error) {
+	if l.limited.Load() {
+		l.orders.Add(1)
+		return nil, fmt.Errorf("creating the order: %w", &acme.ProblemDetails{Type: acme.RateLimitedErr, Detail: "too many new orders", HTTPStatus: 429})
+	}
+	return l.fakeIssuer.Obtain(ctx, names)
+}
+
+func (l *limitedIssuer) RateLimited(err error) (*acmeclient.RateLimit, bool) {
+	var p *acme.ProblemDetails
+	if !errors.As(err, &p) || p.Type != acme.RateLimitedErr {
+		return nil, false
+	}
+	return &acmeclient.RateLimit{Until: l.until, Scope: l.scope, Detail: p.Detail}, true
+}
+
+func TestBudgetsKeepAShareForRenewals(t *testing.T) {
+	issuer := &fakeIssuer{}
+	m, _, _ := newTestManager(t, issuer)
+	clock := &movableClock{now: time.Now()}
+	m.cfg.Clock = clock
+	b, err := NewBudgets(m, BudgetConfig{Account: "acct", OrdersPerAccount: 4, RenewalShare: 0.25, CertsPerDomain: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 3 {
+		if _, err := b.Issue(ctx, []string{fmt.Sprintf("n%d.example.com", i)}, PriorityNew); err != nil {
+			t.Fatalf("new name %d: %v", i, err)
+		}
+	}
+	_, err = b.Issue(ctx, []string{"n3.example.com"}, PriorityNew)
+	var deferred *DeferredError
+	if !errors.As(err, &deferred) || !deferred.Until.After(clock.Now()) {
+		t.Fatalf("fourth new name: %v, want deferred (the last slot is kept for renewals)", err)
+	}
+	if _, err := b.Issue(ctx, []string{"n0.example.com"}, PriorityRenewal); err != nil {
+		t.Errorf("renewal with one slot left: %v", err)
+	}
+	if _, err := b.Issue(ctx, []string{"n1.example.com"}, PriorityRenewal); !errors.As(err, &deferred) {
+		t.Errorf("renewal past the budget: %v, want deferred", err)
+	}
+	if got := issuer.orders.Load(); got != 4 {
+		t.Errorf("%d orders reached the CA, want 4", got)
+	}
+	// The window passes: room again.
+	clock.Add(3*time.Hour + time.Second)
+	if _, err := b.Issue(ctx, []string{"n3.example.com"}, PriorityNew); err != nil {
+		t.Errorf("after the window: %v", err)
+	}
+
+	// Certificates per registered domain, counted under the public suffix.
+	b2, _ := NewBudgets(m, BudgetConfig{Account: "acct2", CertsPerDomain: 2, RenewalShare: 0.01})
+	if _, err := b2.Issue(ctx, []string{"a.shop.example.co.uk"}, PriorityRenewal); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b2.Issue(ctx, []string{"b.example.co.uk"}, PriorityRenewal); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b2.Issue(ctx, []string{"c.example.co.uk"}, PriorityRenewal); !errors.As(err, &deferred) {
+		t.Errorf("third certificate for example.co.uk: %v, want deferred", err)
+	}
+	if _, err := b2.Issue(ctx, []string{"c.other.co.uk"}, PriorityRenewal); err != nil {
+		t.Errorf("another registered domain: %v", err)
+	}
+	if got := RegisteredDomain("a.b.example.co.uk"); got != "example.co.uk" {
+		t.Errorf("RegisteredDomain = %s", got)
+	}
+}
+
+func TestRateLimitedParksTheScope(t *testing.T) {
+	issuer := &limitedIssuer{scope: acmeclient.ScopeAccount}
+	m, st, _ := newTestManager(t, issuer)
+	clock := &movableClock{now: time.Now()}
+	m.cfg.Clock = clock
+	m.cfg.Issuer = issuer
+	b, _ := NewBudgets(m, BudgetConfig{Account: "acct"})
+	ctx := context.Background()
+	issuer.limited.Store(true)
+	issuer.until = time.Now().Add(time.Hour)
+	_, err := b.Issue(ctx, []string{"a.example.com"}, PriorityNew)
+	var deferred *DeferredError
+	if !errors.As(err, &deferred) || !deferred.Until.Equal(issuer.until) {
+		t.Fatalf("rateLimited answer: %v, want deferred until the Retry-After", err)
+	}
+	// Every name waits: the account is parked, the CA is not asked.
+	for _, name := range []string{"a.example.com", "b.example.org"} {
+		if _, err := b.Issue(ctx, []string{name}, PriorityRenewal); !errors.As(err, &deferred) {
+			t.Errorf("%s while parked: %v", name, err)
+		}
+	}
+	if got := issuer.orders.Load(); got != 1 {
+		t.Errorf("%d orders reached the CA while parked, want 1", got)
+	}
+	until, _, err := st.ParkedUntil(ctx, clock.Now(), store.Scope{Kind: "orders", Subject: "acct"})
+	if err != nil || until.UnixMilli() != issuer.until.UnixMilli() {
+		t.Errorf("parked until %s (%v), want %s", until, err, issuer.until)
+	}
+	clock.Add(time.Hour + time.Second)
+	issuer.limited.Store(false)
+	if _, err := b.Issue(ctx, []string{"b.example.org"}, PriorityNew); err != nil {
+		t.Errorf("after the Retry-After: %v", err)
+	}
+}
