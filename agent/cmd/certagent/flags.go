@@ -53,6 +53,41 @@ const (
 	flagGrace    = "shutdown-grace"
 	envGrace     = "CERTAGENT_SHUTDOWN_GRACE"
 
+	flagAllowFile      = "allow-file"
+	envAllowFile       = "CERTAGENT_ALLOW_FILE"
+	flagAskURL         = "ask-url"
+	envAskURL          = "CERTAGENT_ASK_URL"
+	flagAskTimeout     = "ask-timeout"
+	envAskTimeout      = "CERTAGENT_ASK_TIMEOUT"
+	flagAskTTL         = "ask-ttl"
+	envAskTTL          = "CERTAGENT_ASK_TTL"
+	flagDenyTTL        = "deny-ttl"
+	envDenyTTL         = "CERTAGENT_DENY_TTL"
+	flagPreflightAddrs = "preflight-addresses"
+	envPreflightAddrs  = "CERTAGENT_PREFLIGHT_ADDRESSES"
+	flagPreflightCAA   = "preflight-caa"
+	envPreflightCAA    = "CERTAGENT_PREFLIGHT_CAA"
+	flagDNSResolver    = "dns-resolver"
+	envDNSResolver     = "CERTAGENT_DNS_RESOLVER"
+	flagRetryFirst     = "retry-first"
+	envRetryFirst      = "CERTAGENT_RETRY_FIRST"
+	flagRetryMax       = "retry-max"
+	envRetryMax        = "CERTAGENT_RETRY_MAX"
+	flagLimitOrders    = "limit-orders"
+	envLimitOrders     = "CERTAGENT_LIMIT_ORDERS"
+	flagOrdersWindow   = "limit-orders-window"
+	envOrdersWindow    = "CERTAGENT_LIMIT_ORDERS_WINDOW"
+	flagLimitCerts     = "limit-certs"
+	envLimitCerts      = "CERTAGENT_LIMIT_CERTS"
+	flagCertsWindow    = "limit-certs-window"
+	envCertsWindow     = "CERTAGENT_LIMIT_CERTS_WINDOW"
+	flagLimitFailed    = "limit-failed"
+	envLimitFailed     = "CERTAGENT_LIMIT_FAILED"
+	flagFailedWindow   = "limit-failed-window"
+	envFailedWindow    = "CERTAGENT_LIMIT_FAILED_WINDOW"
+	flagRenewalShare   = "renewal-share"
+	envRenewalShare    = "CERTAGENT_RENEWAL_SHARE"
+
 	flagSAN  = "san"
 	flagJSON = "json"
 
@@ -100,6 +135,46 @@ func acmeFlags() []cli.Flag {
 			Usage: "certificate key type: ec256, ec384, rsa2048 or rsa4096"},
 		&cli.DurationFlag{Name: flagTimeout, EnvVars: []string{envTimeout}, Value: 2 * time.Minute,
 			Usage: "how long one order may take"},
+	}
+}
+
+// gateFlags configure which names run may order and how it spares the CA.
+func gateFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: flagAllowFile, EnvVars: []string{envAllowFile},
+			Usage: "file of allow rules, one a line (# comments), added to --" + flagAllow},
+		&cli.StringFlag{Name: flagAskURL, EnvVars: []string{envAskURL},
+			Usage: "URL asked GET ?domain=NAME about names no rule allows: 2xx allows, 5xx or no answer means try later"},
+		&cli.DurationFlag{Name: flagAskTimeout, EnvVars: []string{envAskTimeout}, Value: 5 * time.Second,
+			Usage: "how long one question to the ask URL may take"},
+		&cli.DurationFlag{Name: flagAskTTL, EnvVars: []string{envAskTTL}, Value: time.Hour,
+			Usage: "how long an allowing answer of the ask URL is cached in Redis"},
+		&cli.DurationFlag{Name: flagDenyTTL, EnvVars: []string{envDenyTTL}, Value: time.Hour,
+			Usage: "how long a refused name is cached in Redis (until the allowlist changes)"},
+		&cli.StringSliceFlag{Name: flagPreflightAddrs, EnvVars: []string{envPreflightAddrs},
+			Usage: "the fleet's public addresses: a name must have an A or AAAA record among them before an order; comma-separated"},
+		&cli.StringSliceFlag{Name: flagPreflightCAA, EnvVars: []string{envPreflightCAA},
+			Usage: "the CA's CAA identities (letsencrypt.org): a name whose CAA records name other CAs only is not ordered; comma-separated"},
+		&cli.StringFlag{Name: flagDNSResolver, EnvVars: []string{envDNSResolver},
+			Usage: "host:port of the DNS server the pre-flight checks ask (default: the first of /etc/resolv.conf)"},
+		&cli.DurationFlag{Name: flagRetryFirst, EnvVars: []string{envRetryFirst}, Value: time.Minute,
+			Usage: "pause after a name's first failure; it doubles with every further failure"},
+		&cli.DurationFlag{Name: flagRetryMax, EnvVars: []string{envRetryMax}, Value: 24 * time.Hour,
+			Usage: "longest pause between two attempts for a failing name"},
+		&cli.IntFlag{Name: flagLimitOrders, EnvVars: []string{envLimitOrders}, Value: 300,
+			Usage: "new orders per account per --" + flagOrdersWindow + ", fleet-wide"},
+		&cli.DurationFlag{Name: flagOrdersWindow, EnvVars: []string{envOrdersWindow}, Value: 3 * time.Hour,
+			Usage: "window of --" + flagLimitOrders},
+		&cli.IntFlag{Name: flagLimitCerts, EnvVars: []string{envLimitCerts}, Value: 50,
+			Usage: "certificates per registered domain per --" + flagCertsWindow},
+		&cli.DurationFlag{Name: flagCertsWindow, EnvVars: []string{envCertsWindow}, Value: 7 * 24 * time.Hour,
+			Usage: "window of --" + flagLimitCerts},
+		&cli.IntFlag{Name: flagLimitFailed, EnvVars: []string{envLimitFailed}, Value: 5,
+			Usage: "failed validations per name per --" + flagFailedWindow + " before the name waits"},
+		&cli.DurationFlag{Name: flagFailedWindow, EnvVars: []string{envFailedWindow}, Value: time.Hour,
+			Usage: "window of --" + flagLimitFailed},
+		&cli.Float64Flag{Name: flagRenewalShare, EnvVars: []string{envRenewalShare}, Value: 0.1,
+			Usage: "share of each budget new names leave to renewals (0 < share < 1)"},
 	}
 }
 

@@ -22,6 +22,7 @@ func main() {
 			issueCommand(),
 			listCommand(),
 			showCommand(),
+			allowCommand(),
 		},
 	}
 	if err := app.Run(os.Args); err != nil {

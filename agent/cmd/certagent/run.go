@@ -3,14 +3,17 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/certagent/certagent/agent/manager"
+	"github.com/certagent/certagent/agent/store"
 )
 
 func runCommand() *cli.Command {
@@ -48,12 +51,33 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	policy, err := manager.ParsePolicy(c.StringSlice(flagAllow))
+	rules := c.StringSlice(flagAllow)
+	if file := c.String(flagAllowFile); file != "" {
+		more, err := manager.ReadRulesFile(file)
+		if err != nil {
+			return fmt.Errorf("--%s: %w", flagAllowFile, err)
+		}
+		rules = append(rules, more...)
+	}
+	policy, err := manager.ParsePolicy(rules)
 	if err != nil {
 		return fmt.Errorf("--%s: %w", flagAllow, err)
 	}
-	if policy.Empty() {
-		log.Warn("no allow rules: every requested name will be refused (set --allow or " + envAllow + ")")
+	var ask *manager.Ask
+	if u := c.String(flagAskURL); u != "" {
+		if ask, err = manager.NewAsk(manager.AskConfig{URL: u, Timeout: c.Duration(flagAskTimeout)}); err != nil {
+			return fmt.Errorf("--%s: %w", flagAskURL, err)
+		}
+	}
+	if policy.Empty() && ask == nil {
+		log.Warn("no allow rules and no ask URL: only names added with `certagent allow add` will get a certificate")
+	}
+	preflight, err := newPreflight(c)
+	if err != nil {
+		return err
+	}
+	if share := c.Float64(flagRenewalShare); share <= 0 || share >= 1 {
+		return fmt.Errorf("--%s: %v is not between 0 and 1", flagRenewalShare, share)
 	}
 	consumerName := c.String(flagConsumer)
 	if consumerName == "" {
@@ -88,10 +112,30 @@ func runAction(c *cli.Context) error {
 
 	log.Info("agent running", "consumer", consumerName, "group", c.String(flagGroup),
 		"directory", c.String(flagDirectory), "workers", c.Int(flagWorkers))
+	budgets, err := manager.NewBudgets(mgr, manager.BudgetConfig{
+		Account:          store.AccountID(c.String(flagDirectory), c.String(flagEmail)),
+		OrdersPerAccount: c.Int(flagLimitOrders),
+		OrdersWindow:     c.Duration(flagOrdersWindow),
+		CertsPerDomain:   c.Int(flagLimitCerts),
+		CertsWindow:      c.Duration(flagCertsWindow),
+		FailedPerName:    c.Int(flagLimitFailed),
+		FailedWindow:     c.Duration(flagFailedWindow),
+		RenewalShare:     c.Float64(flagRenewalShare),
+	})
+	if err != nil {
+		return err
+	}
 	consumer := manager.NewConsumer(manager.ConsumerConfig{
-		Store:         st,
-		Manager:       mgr,
-		Policy:        policy,
+		Store:   st,
+		Manager: mgr,
+		Decider: manager.NewDecider(manager.DeciderConfig{
+			Store: st, Static: policy, Ask: ask,
+			AskTTL: c.Duration(flagAskTTL), DenyTTL: c.Duration(flagDenyTTL),
+		}),
+		Preflight:     preflight,
+		Budgets:       budgets,
+		RetryFirst:    c.Duration(flagRetryFirst),
+		RetryMost:     c.Duration(flagRetryMax),
 		Group:         c.String(flagGroup),
 		Name:          consumerName,
 		Workers:       c.Int(flagWorkers),
@@ -110,6 +154,26 @@ func runAction(c *cli.Context) error {
 	renewer.Shutdown()
 	log.Info("agent stopped")
 	return err
+}
+
+func newPreflight(c *cli.Context) (*manager.Preflight, error) {
+	var addrs []netip.Addr
+	for _, a := range c.StringSlice(flagPreflightAddrs) {
+		addr, err := netip.ParseAddr(strings.TrimSpace(a))
+		if err != nil {
+			return nil, fmt.Errorf("--%s: %w", flagPreflightAddrs, err)
+		}
+		addrs = append(addrs, addr)
+	}
+	p, err := manager.NewPreflight(manager.PreflightConfig{
+		Addresses:     addrs,
+		CAAIdentities: c.StringSlice(flagPreflightCAA),
+		Resolver:      c.String(flagDNSResolver),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", flagDNSResolver, err)
+	}
+	return p, nil
 }
 
 // withSignals is for commands that should stop on SIGINT/SIGTERM.

@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
+	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -21,11 +23,25 @@ func showCommand() *cli.Command {
 	}
 }
 
+// showView is a certificate (if any) with what the fleet remembers about the
+// name: its failures and a cached refusal.
+type showView struct {
+	Name string `json:"name"`
+	*certView
+	Failure *store.Failure `json:"failure,omitempty"`
+	Denied  *deniedView    `json:"denied,omitempty"`
+}
+
+type deniedView struct {
+	Reason string    `json:"reason"`
+	Until  time.Time `json:"until"`
+}
+
 func showAction(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return cli.Exit("certagent show: name exactly one NAME", 2)
 	}
-	name, err := names.Normalize(c.Args().First())
+	name, err := names.FromOperator(c.Args().First())
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("certagent show: %v", err), 2)
 	}
@@ -34,16 +50,59 @@ func showAction(c *cli.Context) error {
 		return err
 	}
 	defer closeStore(st)
+	v := showView{Name: name}
 	rec, err := st.GetCert(c.Context, name)
-	if errors.Is(err, store.ErrNotFound) {
-		return cli.Exit(fmt.Sprintf("certagent show: no certificate stored for %s", name), 1)
+	switch {
+	case err == nil:
+		cv := viewOf(name, rec)
+		v.certView = &cv
+	case !errors.Is(err, store.ErrNotFound):
+		return err
 	}
+	if v.Failure, err = st.GetFailure(c.Context, name); errors.Is(err, store.ErrNotFound) {
+		v.Failure = nil
+	} else if err != nil {
+		return err
+	}
+	denial, err := st.Denied(c.Context, name)
 	if err != nil {
 		return err
 	}
-	v := viewOf(name, rec)
-	if c.Bool(flagJSON) {
-		return writeJSON(c.App.Writer, v)
+	if denial != nil {
+		v.Denied = &deniedView{Reason: denial.Reason, Until: denial.Until.UTC()}
 	}
-	return writeDetails(c.App.Writer, v, time.Now())
+	if c.Bool(flagJSON) {
+		if err := writeJSON(c.App.Writer, v); err != nil {
+			return err
+		}
+	} else {
+		if v.certView != nil {
+			if err := writeDetails(c.App.Writer, *v.certView, time.Now()); err != nil {
+				return err
+			}
+		}
+		writeState(c.App.Writer, v, time.Now())
+	}
+	if v.certView == nil {
+		return cli.Exit(fmt.Sprintf("certagent show: no certificate stored for %s", name), 1)
+	}
+	return nil
+}
+
+// writeState prints the failure memory and cached refusal of a name.
+func writeState(w io.Writer, v showView, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if f := v.Failure; f != nil {
+		fmt.Fprintf(tw, "last error:\t%s\n", f.LastError)
+		fmt.Fprintf(tw, "failed attempts:\t%d (last %s)\n", f.Attempts, f.LastAttempt.Format(time.RFC3339))
+		next := "now"
+		if f.NextAttempt.After(now) {
+			next = "in " + left(f.NextAttempt.Sub(now))
+		}
+		fmt.Fprintf(tw, "next attempt:\t%s (%s)\n", f.NextAttempt.Format(time.RFC3339), next)
+	}
+	if d := v.Denied; d != nil {
+		fmt.Fprintf(tw, "refused:\t%s (cached until %s)\n", d.Reason, d.Until.Format(time.RFC3339))
+	}
+	_ = tw.Flush()
 }
