@@ -36,6 +36,9 @@ func (k Keys) Requests() string { return k.prefix() + "requests" }
 // nginx workers follow it to drop what they cached.
 func (k Keys) Changes() string { return k.prefix() + "changes" }
 
+// Events is the stream of what the agents did, for operators to follow.
+func (k Keys) Events() string { return k.prefix() + "events" }
+
 // Expiry is the sorted set of primary names scored by not-after.
 func (k Keys) Expiry() string { return k.prefix() + "expiry" }
 

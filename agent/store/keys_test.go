@@ -18,6 +18,7 @@ func TestKeys(t *testing.T) {
 		{Keys{Prefix: "{ca}:"}.Requests(), "{ca}:requests"},
 		{Keys{}.Expiry(), "certagent:expiry"},
 		{Keys{}.Changes(), "certagent:changes"},
+		{Keys{}.Events(), "certagent:events"},
 		{Keys{}.Lock("a.example.com"), "certagent:lock:a.example.com"},
 		{Keys{}.Renewals(), "certagent:renewals"},
 		{Keys{}.RenewalFailures(), "certagent:renewal-failures"},

@@ -1,0 +1,95 @@
+// Package telemetry makes what the agent does visible: every request,
+// issuance, renewal and failure is an Event, which becomes a structured log
+// line, an entry of the events stream in Redis, a Prometheus counter and,
+// when configured, a signed webhook call. Nothing here may slow issuance
+// down: sinks that do I/O work from a bounded queue and drop when it is full.
+package telemetry
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// Event types.
+const (
+	EventRequested = "requested" // nginx recorded a name without a certificate
+	EventDenied    = "denied"    // the policy or a pre-flight check refused a name
+	EventIssued    = "issued"    // a new certificate was stored
+	EventRenewed   = "renewed"   // a certificate was replaced before it expired
+	EventFailed    = "failed"    // an order failed
+	EventRevoked   = "revoked"   // a certificate was revoked at the CA
+	EventDeleted   = "deleted"   // a certificate was removed from the store
+	EventBusy      = "busy"      // another agent holds the name's lease
+)
+
+// Event is one thing that happened to a name.
+type Event struct {
+	Type        string    `json:"type"`
+	Kind        string    `json:"kind,omitempty"` // of an order: issue or renew
+	Name        string    `json:"name"`
+	Names       []string  `json:"names,omitempty"`
+	Node        string    `json:"node,omitempty"` // the nginx host, for requests
+	Reason      string    `json:"reason,omitempty"`
+	Error       string    `json:"error,omitempty"`
+	NotAfter    time.Time `json:"not_after,omitzero"`
+	Fingerprint string    `json:"fingerprint_sha256,omitempty"`
+	Took        float64   `json:"took_seconds,omitempty"` // how long the order ran
+	At          time.Time `json:"at"`
+}
+
+// Sink receives events. Emit must not block on I/O.
+type Sink interface {
+	Emit(ctx context.Context, e Event)
+}
+
+// Hub fans events out to its sinks and logs each one.
+type Hub struct {
+	log   *slog.Logger
+	sinks []Sink
+	now   func() time.Time
+}
+
+// NewHub returns a hub logging to log (default slog.Default()) and forwarding
+// to sinks.
+func NewHub(log *slog.Logger, sinks ...Sink) *Hub {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Hub{log: log, sinks: sinks, now: time.Now}
+}
+
+// Emit stamps, logs and forwards e. A nil hub does nothing, so components
+// work without telemetry in tests.
+func (h *Hub) Emit(ctx context.Context, e Event) {
+	if h == nil {
+		return
+	}
+	if e.At.IsZero() {
+		e.At = h.now()
+	}
+	level := slog.LevelInfo
+	if e.Type == EventFailed {
+		level = slog.LevelError
+	}
+	attrs := []slog.Attr{slog.String("event", e.Type), slog.String("name", e.Name)}
+	if e.Node != "" {
+		attrs = append(attrs, slog.String("node", e.Node))
+	}
+	if e.Reason != "" {
+		attrs = append(attrs, slog.String("reason", e.Reason))
+	}
+	if e.Error != "" {
+		attrs = append(attrs, slog.String("error", e.Error))
+	}
+	if !e.NotAfter.IsZero() {
+		attrs = append(attrs, slog.Time("not_after", e.NotAfter), slog.String("fingerprint", e.Fingerprint))
+	}
+	if e.Took > 0 {
+		attrs = append(attrs, slog.Float64("took_seconds", e.Took))
+	}
+	h.log.LogAttrs(ctx, level, "certagent event", attrs...)
+	for _, s := range h.sinks {
+		s.Emit(ctx, e)
+	}
+}

@@ -1,0 +1,45 @@
+package telemetry
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"time"
+
+	"github.com/certagent/certagent/agent/store"
+)
+
+// StreamSink appends events to the events stream in Redis.
+type StreamSink struct {
+	q *queue
+}
+
+// NewStreamSink starts the delivery goroutine; Shutdown stops it.
+func NewStreamSink(st *store.Store, metrics *Metrics, log *slog.Logger) *StreamSink {
+	if log == nil {
+		log = slog.Default()
+	}
+	deliver := func(ctx context.Context, e Event) {
+		data, err := json.Marshal(e)
+		if err != nil {
+			log.Error("encoding an event", "error", err)
+			return
+		}
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if err := st.AppendEvent(ctx, e.Type, e.Name, data); err != nil {
+			log.Warn("event not recorded in Redis", "error", err)
+		}
+	}
+	var dropped func(string)
+	if metrics != nil {
+		dropped = metrics.dropped
+	}
+	return &StreamSink{q: newQueue("stream", 10000, deliver, dropped)}
+}
+
+// Emit queues e.
+func (s *StreamSink) Emit(ctx context.Context, e Event) { s.q.Emit(ctx, e) }
+
+// Shutdown writes what is queued for up to grace.
+func (s *StreamSink) Shutdown(grace time.Duration) { s.q.Shutdown(grace) }
