@@ -1,7 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
 
 	"github.com/urfave/cli/v2"
 
@@ -12,12 +17,21 @@ func issueCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "issue",
 		Usage:     "obtain certificates now and wait for the result",
-		ArgsUsage: "NAME...",
+		ArgsUsage: "NAME... | --from-file FILE",
 		Description: "Orders one certificate per NAME (or one for all of them with --san), stores it where nginx " +
-			"serves it and prints it. The allow rules of `run` do not apply: the operator asks. Exits non-zero " +
-			"when any order fails.",
+			"serves it and prints it. The allow rules of `run` do not apply: the operator asks. --from-file reads " +
+			"one certificate per line: its names separated by spaces or commas, the first being the primary name " +
+			"(a SAN set); blank lines and lines starting with # are skipped; every line is checked before anything " +
+			"is ordered. On a terminal a progress bar shows how far a bulk run is; otherwise one line per " +
+			"certificate is printed as it completes. Exits 1 when any order fails, 2 on bad arguments or a bad " +
+			"file.\n\nExamples:\n" +
+			"  certagent issue shop.example.com\n" +
+			"  certagent issue --san example.com www.example.com\n" +
+			"  certagent issue --from-file names.txt --workers 4",
 		Flags: withFlags(redisFlags(), acmeFlags(), []cli.Flag{
 			&cli.BoolFlag{Name: flagSAN, Usage: "one certificate with every NAME, the first as its subject"},
+			&cli.StringFlag{Name: flagFromFile, Usage: "file with one certificate (its names) per line; - for standard input"},
+			&cli.IntFlag{Name: flagWorkers, Value: 4, Usage: "orders at once with --from-file"},
 			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"},
 		}),
 		Action: issueAction,
@@ -25,16 +39,9 @@ func issueCommand() *cli.Command {
 }
 
 func issueAction(c *cli.Context) error {
-	if c.NArg() == 0 {
-		return cli.Exit("certagent issue: name at least one NAME", 2)
-	}
-	var requested []string
-	for _, arg := range c.Args().Slice() {
-		name, err := names.Normalize(arg)
-		if err != nil {
-			return cli.Exit(fmt.Sprintf("certagent issue: %v", err), 2)
-		}
-		requested = append(requested, name)
+	orders, err := issueOrders(c)
+	if err != nil {
+		return err
 	}
 	log, err := newLogger(c)
 	if err != nil {
@@ -52,42 +59,184 @@ func issueAction(c *cli.Context) error {
 		return err
 	}
 
-	orders := [][]string{requested}
-	if !c.Bool(flagSAN) {
-		orders = orders[:0]
-		for _, name := range requested {
-			orders = append(orders, []string{name})
-		}
+	workers := 1
+	if c.String(flagFromFile) != "" {
+		workers = max(c.Int(flagWorkers), 1)
 	}
-	var views []certView
+	out, errOut := c.App.Writer, c.App.ErrWriter
+	var progress *progressBar
+	if !c.Bool(flagJSON) && c.String(flagFromFile) != "" && isTerminal(errOut) {
+		progress = &progressBar{w: errOut, total: len(orders)}
+	}
+	views := make([]certView, len(orders))
+	var mu sync.Mutex
 	failed := 0
-	for _, order := range orders {
-		rec, err := mgr.Issue(ctx, order)
-		if err != nil {
+	report := func(v certView) {
+		mu.Lock()
+		defer mu.Unlock()
+		if v.Error != "" {
 			failed++
-			views = append(views, certView{Name: order[0], Error: err.Error()})
-			continue
 		}
-		views = append(views, viewOf(order[0], rec))
-	}
-
-	out := c.App.Writer
-	if c.Bool(flagJSON) {
-		if err := writeJSON(out, views); err != nil {
-			return err
-		}
-	} else {
-		for _, v := range views {
-			if v.Error != "" {
-				fmt.Fprintf(c.App.ErrWriter, "failed  %s: %s\n", v.Name, v.Error)
-				continue
-			}
+		switch {
+		case c.Bool(flagJSON):
+		case progress != nil:
+			progress.step(v.Error != "")
+		case v.Error != "":
+			fmt.Fprintf(errOut, "failed  %s: %s\n", v.Name, v.Error)
+		default:
 			fmt.Fprintf(out, "issued  %s  names=%v  not_after=%s  sha256=%s\n",
 				v.Name, v.Names, v.NotAfter.Format("2006-01-02T15:04:05Z"), v.Fingerprint)
 		}
 	}
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				rec, err := mgr.Issue(ctx, orders[i])
+				if err != nil {
+					views[i] = certView{Name: orders[i][0], Error: err.Error()}
+				} else {
+					views[i] = viewOf(orders[i][0], rec)
+				}
+				report(views[i])
+			}
+		}()
+	}
+	for i := range orders {
+		if ctx.Err() != nil {
+			break
+		}
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+
+	if c.Bool(flagJSON) {
+		if err := writeJSON(out, views); err != nil {
+			return err
+		}
+	}
+	if progress != nil {
+		progress.done()
+		for _, v := range views {
+			if v.Error != "" {
+				fmt.Fprintf(errOut, "failed  %s: %s\n", v.Name, v.Error)
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return cli.Exit("certagent issue: interrupted", exitFailed)
+	}
 	if failed > 0 {
-		return cli.Exit(fmt.Sprintf("certagent issue: %d of %d orders failed", failed, len(orders)), 1)
+		return cli.Exit(fmt.Sprintf("certagent issue: %d of %d orders failed", failed, len(orders)), exitFailed)
 	}
 	return nil
 }
+
+// issueOrders returns the certificates to order, each as its names with the
+// primary first, from the arguments or --from-file. Nothing is ordered when
+// any name is invalid.
+func issueOrders(c *cli.Context) ([][]string, error) {
+	file := c.String(flagFromFile)
+	if (c.NArg() == 0) == (file == "") {
+		return nil, cli.Exit("certagent issue: name at least one NAME, or give --from-file", exitUsage)
+	}
+	if file == "" {
+		var requested []string
+		for _, arg := range c.Args().Slice() {
+			name, err := names.FromOperator(arg)
+			if err != nil {
+				return nil, cli.Exit(fmt.Sprintf("certagent issue: %v", err), exitUsage)
+			}
+			requested = append(requested, name)
+		}
+		if c.Bool(flagSAN) {
+			return [][]string{requested}, nil
+		}
+		orders := make([][]string, len(requested))
+		for i, name := range requested {
+			orders[i] = []string{name}
+		}
+		return orders, nil
+	}
+	var r io.Reader = os.Stdin
+	if file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, cli.Exit(fmt.Sprintf("certagent issue: %v", err), exitUsage)
+		}
+		defer f.Close()
+		r = f
+	}
+	orders, problems := parseNamesFile(r)
+	if len(problems) > 0 {
+		return nil, cli.Exit("certagent issue: nothing was ordered:\n  "+strings.Join(problems, "\n  "), exitUsage)
+	}
+	if len(orders) == 0 {
+		return nil, cli.Exit(fmt.Sprintf("certagent issue: %s names no certificate", file), exitUsage)
+	}
+	return orders, nil
+}
+
+// parseNamesFile reads one SAN set per line and reports every bad line.
+func parseNamesFile(r io.Reader) (orders [][]string, problems []string) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		var set []string
+		for _, field := range strings.FieldsFunc(text, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
+			name, err := names.FromOperator(field)
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("line %d: %v", line, err))
+				continue
+			}
+			if !contains(set, name) {
+				set = append(set, name)
+			}
+		}
+		if len(set) > 0 {
+			orders = append(orders, set)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		problems = append(problems, err.Error())
+	}
+	return orders, problems
+}
+
+// isTerminal reports whether w is a character device (a terminal), without a
+// dependency: redirected output gets plain lines instead of a bar.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	info, err := f.Stat()
+	return err == nil && info.Mode()&os.ModeCharDevice != 0
+}
+
+// progressBar redraws one line: [#####.....] done/total, failures.
+type progressBar struct {
+	w                      io.Writer
+	total, finished, fails int
+}
+
+func (p *progressBar) step(failed bool) {
+	p.finished++
+	if failed {
+		p.fails++
+	}
+	const width = 30
+	filled := width * p.finished / max(p.total, 1)
+	fmt.Fprintf(p.w, "\r[%s%s] %d/%d issued, %d failed", strings.Repeat("#", filled), strings.Repeat(".", width-filled),
+		p.finished-p.fails, p.total, p.fails)
+}
+
+func (p *progressBar) done() { fmt.Fprintln(p.w) }

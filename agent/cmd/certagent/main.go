@@ -20,8 +20,15 @@ func main() {
 		Commands: []*cli.Command{
 			runCommand(),
 			issueCommand(),
+			renewCommand(),
+			revokeCommand(),
+			deleteCommand(),
+			importCommand(),
+			exportCommand(),
 			listCommand(),
 			showCommand(),
+			statusCommand(),
+			accountCommand(),
 			allowCommand(),
 		},
 	}

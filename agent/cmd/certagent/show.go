@@ -18,8 +18,12 @@ func showCommand() *cli.Command {
 		Name:      "show",
 		Usage:     "show the certificate stored for a name (never its private key)",
 		ArgsUsage: "NAME",
-		Flags:     withFlags(redisFlags(), []cli.Flag{&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"}}),
-		Action:    showAction,
+		Description: "Prints the certificate stored under NAME (any of its names, or *.parent for a wildcard): names, " +
+			"dates, issuer, serial, fingerprint, CA, status and its renewal: the chosen time, the CA's ARI window, " +
+			"failures. Exits 1 when nothing is stored for NAME, 2 on a bad NAME.\n\nExamples:\n" +
+			"  certagent show shop.example.com\n  certagent show '*.example.com' --json",
+		Flags:  withFlags(redisFlags(), []cli.Flag{&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"}}),
+		Action: showAction,
 	}
 }
 
@@ -39,11 +43,11 @@ type deniedView struct {
 
 func showAction(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return cli.Exit("certagent show: name exactly one NAME", 2)
+		return cli.Exit("certagent show: name exactly one NAME", exitUsage)
 	}
 	name, err := names.FromOperator(c.Args().First())
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent show: %v", err), 2)
+		return cli.Exit(fmt.Sprintf("certagent show: %v", err), exitUsage)
 	}
 	st, err := openStore(c)
 	if err != nil {
@@ -84,7 +88,7 @@ func showAction(c *cli.Context) error {
 		writeState(c.App.Writer, v, time.Now())
 	}
 	if v.certView == nil {
-		return cli.Exit(fmt.Sprintf("certagent show: no certificate stored for %s", name), 1)
+		return cli.Exit(fmt.Sprintf("certagent show: no certificate stored for %s", name), exitFailed)
 	}
 	return nil
 }

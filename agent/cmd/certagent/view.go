@@ -13,17 +13,36 @@ import (
 
 // certView is what the CLI shows of a record: everything but the private key.
 type certView struct {
-	Name        string    `json:"name"`
-	Names       []string  `json:"names"`
-	NotBefore   time.Time `json:"not_before"`
-	NotAfter    time.Time `json:"not_after"`
-	Issuer      string    `json:"issuer"`
-	Serial      string    `json:"serial"`
-	Fingerprint string    `json:"fingerprint_sha256"`
-	KeyType     string    `json:"key_type,omitempty"`
-	CA          string    `json:"ca,omitempty"`
-	IssuedAt    time.Time `json:"issued_at"`
-	Error       string    `json:"error,omitempty"`
+	Name        string       `json:"name"`
+	Names       []string     `json:"names"`
+	NotBefore   time.Time    `json:"not_before"`
+	NotAfter    time.Time    `json:"not_after"`
+	Issuer      string       `json:"issuer"`
+	Serial      string       `json:"serial"`
+	Fingerprint string       `json:"fingerprint_sha256"`
+	KeyType     string       `json:"key_type,omitempty"`
+	CA          string       `json:"ca,omitempty"`
+	IssuedAt    time.Time    `json:"issued_at"`
+	Status      string       `json:"status,omitempty"`
+	Renewal     *renewalView `json:"renewal,omitempty"`
+	Error       string       `json:"error,omitempty"`
+}
+
+// renewalView is the renewal state show prints.
+type renewalView struct {
+	RenewAt     *time.Time `json:"renew_at,omitempty"`
+	WindowStart *time.Time `json:"ari_window_start,omitempty"`
+	WindowEnd   *time.Time `json:"ari_window_end,omitempty"`
+	Failures    int        `json:"failures"`
+	LastError   string     `json:"last_error,omitempty"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
 }
 
 func viewOf(name string, rec *store.CertRecord) certView {
@@ -50,14 +69,14 @@ func writeJSON(w io.Writer, v any) error {
 // writeTable prints one aligned line per certificate.
 func writeTable(w io.Writer, views []certView, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tNOT AFTER\tLEFT\tISSUER\tFINGERPRINT")
+	fmt.Fprintln(tw, "NAME\tNOT AFTER\tLEFT\tSTATUS\tISSUER\tFINGERPRINT")
 	for _, v := range views {
 		if v.Error != "" {
-			fmt.Fprintf(tw, "%s\t-\t-\t-\t%s\n", v.Name, v.Error)
+			fmt.Fprintf(tw, "%s\t-\t-\tcorrupt\t-\t%s\n", v.Name, v.Error)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.Name, v.NotAfter.Format(time.RFC3339),
-			left(v.NotAfter.Sub(now)), v.Issuer, shortFingerprint(v.Fingerprint))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.NotAfter.Format(time.RFC3339),
+			left(v.NotAfter.Sub(now)), v.Status, v.Issuer, shortFingerprint(v.Fingerprint))
 	}
 	return tw.Flush()
 }
@@ -74,6 +93,22 @@ func writeDetails(w io.Writer, v certView, now time.Time) error {
 	fmt.Fprintf(tw, "key type:\t%s\n", v.KeyType)
 	fmt.Fprintf(tw, "ca:\t%s\n", v.CA)
 	fmt.Fprintf(tw, "issued at:\t%s\n", v.IssuedAt.Format(time.RFC3339))
+	if v.Status != "" {
+		fmt.Fprintf(tw, "status:\t%s\n", v.Status)
+	}
+	if r := v.Renewal; r != nil {
+		if r.RenewAt != nil {
+			fmt.Fprintf(tw, "renewal:\t%s\n", r.RenewAt.Format(time.RFC3339))
+		} else {
+			fmt.Fprintf(tw, "renewal:\tnot yet scheduled\n")
+		}
+		if r.WindowStart != nil && r.WindowEnd != nil {
+			fmt.Fprintf(tw, "CA window (ARI):\t%s .. %s\n", r.WindowStart.Format(time.RFC3339), r.WindowEnd.Format(time.RFC3339))
+		}
+		if r.Failures > 0 {
+			fmt.Fprintf(tw, "failed renewals:\t%d, last: %s\n", r.Failures, oneLine(r.LastError))
+		}
+	}
 	return tw.Flush()
 }
 

@@ -1,0 +1,54 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/certagent/certagent/agent/store"
+)
+
+func deleteCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "delete",
+		Usage:     "remove the certificate stored for a name (and its copies under its other names)",
+		ArgsUsage: "NAME",
+		Description: "Deletes the certificate stored under NAME, its copies under the certificate's other names, its " +
+			"expiry and renewal entries, and tells nginx through the stream of changes: nginx stops serving it within " +
+			"its freshness bound. It is not revoked (see `revoke`). If the name is still requested and allowed, `run` " +
+			"orders a new one. Exits 1 when no certificate is stored, 2 on bad arguments.\n\nExamples:\n" +
+			"  certagent delete old-shop.example.com\n" +
+			"  certagent delete '*.example.com'",
+		Flags:  withFlags(redisFlags(), []cli.Flag{&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"}}),
+		Action: deleteAction,
+	}
+}
+
+func deleteAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return cli.Exit("certagent delete: name exactly one NAME", exitUsage)
+	}
+	args, err := nameArgs(c, "delete")
+	if err != nil {
+		return err
+	}
+	st, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st)
+	deleted, err := st.DeleteCert(c.Context, args[0])
+	if errors.Is(err, store.ErrNotFound) {
+		return cli.Exit(fmt.Sprintf("certagent delete: no certificate stored for %s", args[0]), exitFailed)
+	}
+	if err != nil {
+		return err
+	}
+	if c.Bool(flagJSON) {
+		return writeJSON(c.App.Writer, map[string]any{"deleted": deleted})
+	}
+	fmt.Fprintf(c.App.Writer, "deleted   %s\n", strings.Join(deleted, " "))
+	return nil
+}

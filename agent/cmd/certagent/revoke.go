@@ -1,0 +1,146 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/manager"
+	"github.com/certagent/certagent/agent/store"
+)
+
+func revokeCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "revoke",
+		Usage:     "revoke the certificate stored for a name at its CA, then delete it (or replace it with --reissue)",
+		ArgsUsage: "NAME",
+		Description: "Asks the CA that issued the certificate stored under NAME to revoke it (signed by the ACME " +
+			"account of --acme-directory/--fallback-directory and --email that ordered it), then removes it from " +
+			"Redis, so nginx stops serving it within its freshness bound and falls back (or, with --reissue, serves a " +
+			"new certificate ordered right away). Exits 1 when no certificate is stored or the CA refuses, 2 on bad " +
+			"arguments.\n\nReasons: " + reasonNames() + " (or their RFC 5280 numbers).\n\nExamples:\n" +
+			"  certagent revoke shop.example.com\n" +
+			"  certagent revoke --reason keyCompromise --reissue shop.example.com",
+		Flags: withFlags(redisFlags(), acmeFlags(), []cli.Flag{
+			&cli.StringFlag{Name: flagReason, Value: "unspecified", Usage: "revocation reason: " + reasonNames()},
+			&cli.BoolFlag{Name: flagReissue, Usage: "order a new certificate for the same names at once instead of deleting"},
+			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"},
+		}),
+		Action: revokeAction,
+	}
+}
+
+func reasonNames() string {
+	var out []string
+	for name := range acmeclient.RevocationReasons {
+		out = append(out, name)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
+}
+
+func parseReason(s string) (uint, error) {
+	if code, ok := acmeclient.RevocationReasons[s]; ok {
+		return code, nil
+	}
+	if n, err := strconv.ParseUint(s, 10, 8); err == nil {
+		for _, code := range acmeclient.RevocationReasons {
+			if uint(n) == code {
+				return code, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("unknown revocation reason %q (want %s)", s, reasonNames())
+}
+
+type revokeView struct {
+	Name     string    `json:"name"`
+	Serial   string    `json:"serial"`
+	Revoked  bool      `json:"revoked"`
+	Deleted  []string  `json:"deleted,omitempty"`
+	Reissued *certView `json:"reissued,omitempty"`
+}
+
+func revokeAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return cli.Exit("certagent revoke: name exactly one NAME", exitUsage)
+	}
+	args, err := nameArgs(c, "revoke")
+	if err != nil {
+		return err
+	}
+	reason, err := parseReason(c.String(flagReason))
+	if err != nil {
+		return cli.Exit("certagent revoke: "+err.Error(), exitUsage)
+	}
+	log, err := newLogger(c)
+	if err != nil {
+		return err
+	}
+	st, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st)
+	ctx, stop := withSignals(c.Context)
+	defer stop()
+	rec, err := st.GetCert(ctx, args[0])
+	if errors.Is(err, store.ErrNotFound) {
+		return cli.Exit(fmt.Sprintf("certagent revoke: no certificate stored for %s", args[0]), exitFailed)
+	}
+	if err != nil {
+		return err
+	}
+	mgr, err := newManager(ctx, c, st, log)
+	if err != nil {
+		return err
+	}
+	revoker, ok := mgr.IssuerFor(rec.CA).(manager.Revoker)
+	if !ok {
+		ca := rec.CA
+		if ca == "" {
+			ca = "an unknown CA (imported)"
+		}
+		return cli.Exit(fmt.Sprintf("certagent revoke: the certificate for %s was issued by %s, which is not among the configured directories (--%s, --%s)",
+			args[0], ca, flagDirectory, flagFallbacks), exitFailed)
+	}
+	if err := revoker.Revoke(ctx, []byte(rec.FullChain), reason); err != nil {
+		return cli.Exit(fmt.Sprintf("certagent revoke: revoking certificate for %s: %v", args[0], err), exitFailed)
+	}
+	view := revokeView{Name: args[0], Serial: rec.Serial, Revoked: true}
+	// A revoked certificate must not stay served: replace it or remove it.
+	if c.Bool(flagReissue) {
+		newRec, err := mgr.Issue(ctx, rec.Names)
+		if err != nil {
+			// Better the fallback certificate than a revoked one.
+			deleted, derr := st.DeleteCert(ctx, args[0])
+			return cli.Exit(fmt.Sprintf("certagent revoke: serial %s revoked, but ordering its replacement failed (%v); deleted %v (%v)",
+				rec.Serial, err, deleted, derr), exitFailed)
+		}
+		v := viewOf(rec.Primary(), newRec)
+		view.Reissued = &v
+	} else {
+		deleted, err := st.DeleteCert(ctx, args[0])
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return cli.Exit(fmt.Sprintf("certagent revoke: serial %s revoked, but deleting it failed: %v (run `certagent delete %s`)",
+				rec.Serial, err, args[0]), exitFailed)
+		}
+		view.Deleted = deleted
+	}
+	if c.Bool(flagJSON) {
+		return writeJSON(c.App.Writer, view)
+	}
+	fmt.Fprintf(c.App.Writer, "revoked   %s  serial=%s\n", view.Name, view.Serial)
+	if view.Reissued != nil {
+		fmt.Fprintf(c.App.Writer, "reissued  %s  serial=%s  not_after=%s\n", view.Name, view.Reissued.Serial,
+			view.Reissued.NotAfter.Format("2006-01-02T15:04:05Z"))
+	} else {
+		fmt.Fprintf(c.App.Writer, "deleted   %s\n", strings.Join(view.Deleted, " "))
+	}
+	return nil
+}

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "the fleet at a glance: streams, certificates, failing names, next renewals",
+		Description: "Reads Redis only (no CA): the length of the stream of requested names and how many entries " +
+			"agents hold unacknowledged, the stream of changes, how many certificates are stored, expired or " +
+			"expiring within a week, the names whose last renewal failed, the names whose last order failed (the " +
+			"failure memory of `run`), and the next scheduled renewals. Exits 1 when Redis cannot be read." +
+			"\n\nExamples:\n  certagent status\n  certagent status --next 20 --json",
+		Flags: withFlags(redisFlags(), []cli.Flag{
+			&cli.StringFlag{Name: flagGroup, EnvVars: []string{envGroup}, Value: "certagent", Usage: "consumer group of the agents"},
+			&cli.IntFlag{Name: flagNext, Value: 10, Usage: "how many failing names and next renewals to show"},
+			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"},
+		}),
+		Action: statusAction,
+	}
+}
+
+type statusEntry struct {
+	Name  string    `json:"name"`
+	At    time.Time `json:"at"`
+	Error string    `json:"error,omitempty"`
+	Count int       `json:"failures,omitempty"`
+}
+
+type statusView struct {
+	Requests         int64         `json:"requests"`
+	Pending          int64         `json:"pending"`
+	PendingConsumers int64         `json:"pending_consumers"`
+	Changes          int64         `json:"changes"`
+	Certificates     int64         `json:"certificates"`
+	Expired          int64         `json:"expired"`
+	ExpiringWeek     int64         `json:"expiring_within_7d"`
+	FailingRenewals  []statusEntry `json:"failing_renewals"`
+	FailingOrders    []statusEntry `json:"failing_orders"`
+	NextRenewals     []statusEntry `json:"next_renewals"`
+}
+
+func statusAction(c *cli.Context) error {
+	st, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st)
+	ctx := c.Context
+	limit := int64(max(c.Int(flagNext), 1))
+	now := time.Now()
+	v := statusView{FailingRenewals: []statusEntry{}, FailingOrders: []statusEntry{}, NextRenewals: []statusEntry{}}
+	streams, err := st.StreamStatus(ctx, c.String(flagGroup))
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+	}
+	v.Requests, v.Pending, v.PendingConsumers, v.Changes = streams.Length, streams.Pending, streams.Consumers, streams.Changes
+	var counts []int64
+	if v.Certificates, counts, err = st.CertCounts(ctx, now.Unix(), now.Add(7*24*time.Hour).Unix()); err != nil {
+		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+	}
+	v.Expired, v.ExpiringWeek = counts[0], counts[1]-counts[0]
+
+	failing, err := st.FailingRenewals(ctx, limit)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+	}
+	for _, f := range failing {
+		e := statusEntry{Name: f.Name, At: f.NotAfter}
+		if state, err := st.GetRenewal(ctx, f.Name); err == nil {
+			e.Error, e.Count = state.LastError, state.Failures
+		}
+		v.FailingRenewals = append(v.FailingRenewals, e)
+	}
+	orders, err := st.ListFailures(ctx, limit)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+	}
+	for _, f := range orders {
+		v.FailingOrders = append(v.FailingOrders, statusEntry{Name: f.Name, At: f.NextAttempt, Error: f.LastError, Count: f.Attempts})
+	}
+	next, err := st.NextRenewals(ctx, limit)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+	}
+	for _, e := range next {
+		v.NextRenewals = append(v.NextRenewals, statusEntry{Name: e.Name, At: e.NotAfter})
+	}
+
+	if c.Bool(flagJSON) {
+		return writeJSON(c.App.Writer, v)
+	}
+	w := c.App.Writer
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "requested names:\t%d in the stream, %d pending at %d agents\n", v.Requests, v.Pending, v.PendingConsumers)
+	fmt.Fprintf(tw, "changes stream:\t%d entries\n", v.Changes)
+	fmt.Fprintf(tw, "certificates:\t%d stored, %d expired, %d expiring within 7 days\n", v.Certificates, v.Expired, v.ExpiringWeek)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	section := func(title, atLabel string, entries []statusEntry) {
+		fmt.Fprintf(w, "\n%s:\n", title)
+		if len(entries) == 0 {
+			fmt.Fprintln(w, "  none")
+			return
+		}
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "  NAME\t%s\tFAILURES\tLAST ERROR\n", atLabel)
+		for _, e := range entries {
+			count := "-"
+			if e.Count > 0 {
+				count = fmt.Sprint(e.Count)
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", e.Name, e.At.UTC().Format(time.RFC3339), count, oneLine(e.Error))
+		}
+		_ = tw.Flush()
+	}
+	section("failing renewals", "FAILED AT", v.FailingRenewals)
+	section("failing orders", "NEXT ATTEMPT", v.FailingOrders)
+	section("next renewal checks", "AT", v.NextRenewals)
+	return nil
+}
+
+func oneLine(s string) string {
+	const max = 100
+	out := []rune{}
+	for _, r := range s {
+		if r == '\n' || r == '\t' {
+			r = ' '
+		}
+		out = append(out, r)
+	}
+	if len(out) > max {
+		return string(out[:max-1]) + "…"
+	}
+	return string(out)
+}
