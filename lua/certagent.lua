@@ -1,6 +1,7 @@
 -- certagent: serve certificates that the certagent agent stores in Redis.
 --
 --   init_by_lua_block      { require("certagent").init({ redis_url = "redis://127.0.0.1:6379/0" }) }
+--   init_worker_by_lua_block { require("certagent").init_worker() }
 --   ssl_certificate_by_lua_block { require("certagent").ssl_certificate() }
 --   location ^~ /.well-known/acme-challenge/ { content_by_lua_block { require("certagent").acme_challenge() } }
 --
@@ -20,7 +21,7 @@ local redis = require("certagent.redis")
 local _M = { _VERSION = "0.1.0" }
 
 local cfg
-local ssl, challenge -- loaded in init (ngx.ssl needs the http subsystem)
+local ssl, challenge, changes -- loaded in init (ngx.ssl needs the http subsystem)
 
 -- init validates the configuration table and prepares the modules. It raises
 -- an error on an invalid configuration, so nginx refuses to start with it.
@@ -44,8 +45,24 @@ function _M.init(user)
         error("certagent: " .. err, 2)
     end
     challenge.init(c, k)
+    changes = require("certagent.changes")
+    changes.init(c, k)
     cfg = c
     return true
+end
+
+-- init_worker is the body of init_worker_by_lua_block: it starts this
+-- worker's reading of the changes stream, which keeps its cache fresh.
+function _M.init_worker()
+    if not cfg then
+        log(ERR, "certagent: init_worker() called before init(); cached certificates will not be refreshed")
+        return
+    end
+    local ok, started, err = pcall(changes.init_worker)
+    if not ok or not started then
+        log(ERR, "certagent: ", tostring(ok and err or started),
+            "; cached certificates are refreshed only after cache_ttl")
+    end
 end
 
 -- config returns the active configuration (read-only use).

@@ -83,23 +83,58 @@ func newLeaf(t *testing.T, cn string, names []string, notAfter time.Time) leaf {
 	return leaf{cert: c.X509, chainPEM: string(c.ChainPEM()), keyPEM: string(c.KeyPEM), notAfter: notAfter}
 }
 
-// store writes l as the record of name, the fields nginx reads per the schema.
+// store writes l as the record of name, the fields nginx reads per the
+// schema, with its entry in the changes stream, as the agent does.
 func (e *env) store(name string, l leaf) {
 	e.t.Helper()
-	e.storeFields(name, map[string]any{
+	e.storeFields(name, leafFields(l))
+}
+
+func leafFields(l leaf) map[string]any {
+	return map[string]any{
 		"fullchain": l.chainPEM,
 		"key":       l.keyPEM,
 		"not_after": strconv.FormatInt(l.notAfter.Unix(), 10),
-	})
+	}
 }
 
 func (e *env) storeFields(name string, fields map[string]any) {
 	e.t.Helper()
+	e.write(name, fields, true)
+}
+
+// storeUnannounced writes the record without a changes entry: what nginx
+// can only learn when its cached answer expires.
+func (e *env) storeUnannounced(name string, l leaf) {
+	e.t.Helper()
+	e.write(name, leafFields(l), false)
+}
+
+// remove deletes the record of name with its changes entry, as the agent does.
+func (e *env) remove(name string) {
+	e.t.Helper()
+	e.write(name, nil, true)
+}
+
+// write replaces (fields) or deletes (nil) the record of name in one MULTI,
+// with the changes entry the schema document describes when announce is set.
+func (e *env) write(name string, fields map[string]any, announce bool) {
+	e.t.Helper()
 	k := e.key("cert", "name", name)
 	ctx := context.Background()
+	op := "put"
+	if fields == nil {
+		op = "delete"
+	}
 	_, err := e.redis.Client.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, k)
-		p.HSet(ctx, k, fields)
+		if fields != nil {
+			p.HSet(ctx, k, fields)
+		}
+		if announce {
+			p.XAdd(ctx, &redis.XAddArgs{Stream: e.key("changes"), MaxLen: 1000, Approx: true,
+				Values: []any{"name", name, "op", op}})
+		}
 		return nil
 	})
 	if err != nil {

@@ -2,6 +2,7 @@
 -- validation. docs/lua.md describes every field.
 local type = type
 local pairs = pairs
+local ipairs = ipairs
 local tonumber = tonumber
 local tostring = tostring
 local find = string.find
@@ -26,10 +27,14 @@ local defaults = {
     request_window = 60,        -- s: a missing name is appended to the stream at most once per window per node
     stream_maxlen = 10000,      -- approximate length cap of the requests stream (XADD MAXLEN ~)
     node = nil,                 -- this node's name in stream entries; default: the host name
-    lru_size = 1000,            -- parsed certificates cached per worker
-    cache_ttl = 30,             -- s a certificate found in Redis is served from the worker cache
+    request_rate = 50,          -- names appended to the requests stream per second per node, at most
+    lru_size = 10000,           -- parsed certificates cached per worker
+    cache_ttl = 3600,           -- s a cached certificate is served before Redis is asked again
+    negative_ttl = 5,           -- s a record found missing in Redis is remembered as missing
+    changes_interval = 1,       -- s between two reads of the changes stream by each worker
     error_ttl = 5,              -- s an unusable record (corrupt PEM) is remembered, to log it once
-    requests_dict = "certagent_requests", -- lua_shared_dict used to deduplicate stream entries
+    certs_dict = "certagent_certs",       -- lua_shared_dict: certificates shared by the workers
+    requests_dict = "certagent_requests", -- lua_shared_dict: stream dedup, rate counter, missing records
 }
 _M.defaults = defaults
 
@@ -159,14 +164,24 @@ function _M.new(user)
         return nil, "key_prefix must be a string without spaces"
     end
     for _, field in ipairs({ "connect_timeout", "read_timeout", "keepalive_pool_size", "keepalive_idle",
-                             "request_window", "stream_maxlen", "lru_size", "cache_ttl", "error_ttl" }) do
+                             "request_window", "stream_maxlen", "request_rate", "lru_size", "cache_ttl",
+                             "negative_ttl", "changes_interval", "error_ttl" }) do
         local e = positive_number(cfg, field)
         if e then
             return nil, e
         end
     end
-    if type(cfg.requests_dict) ~= "string" or cfg.requests_dict == "" then
-        return nil, "requests_dict must name a lua_shared_dict"
+    for _, field in ipairs({ "certs_dict", "requests_dict" }) do
+        if type(cfg[field]) ~= "string" or cfg[field] == "" then
+            return nil, field .. " must name a lua_shared_dict"
+        end
+    end
+    if cfg.certs_dict == cfg.requests_dict then
+        -- Flood names must not evict certificates: the two need their own memory.
+        return nil, "certs_dict and requests_dict must be different lua_shared_dicts"
+    end
+    if cfg.lru_size ~= math.floor(cfg.lru_size) then
+        return nil, "lru_size must be a whole number"
     end
     if cfg.node == nil or cfg.node == "" then
         cfg.node = hostname()

@@ -28,4 +28,9 @@ function _M.requests(self)
     return self.prefix .. "requests"
 end
 
+-- changes is the stream of names whose certificate the agent wrote or deleted.
+function _M.changes(self)
+    return self.prefix .. "changes"
+end
+
 return _M

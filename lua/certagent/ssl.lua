@@ -1,11 +1,16 @@
 -- ssl_certificate_by_lua: serve the certificate stored in Redis for the SNI
 -- name, or leave the server's own (fallback) certificate in place. A name
 -- without a certificate is appended to the requests stream, out of band.
+--
+-- Lookup order for a.b.example: the cache (certagent.cache: this worker's
+-- LRU, then the shared dict) for the records "a.b.example" and "*.b.example",
+-- then one pipelined Redis round trip for whichever of the two the cache does
+-- not know. The exact record wins over the wildcard.
 local ngx = ngx
 local ngx_ssl = require("ngx.ssl")
-local lrucache = require("resty.lrucache")
 local names = require("certagent.names")
 local redis = require("certagent.redis")
+local cache = require("certagent.cache")
 
 local log = ngx.log
 local ERR = ngx.ERR
@@ -16,65 +21,24 @@ local shared = ngx.shared
 local tonumber = tonumber
 local tostring = tostring
 local type = type
-local min = math.min
+local floor = math.floor
 
 local server_name = ngx_ssl.server_name
 local clear_certs = ngx_ssl.clear_certs
 local set_cert = ngx_ssl.set_cert
 local set_priv_key = ngx_ssl.set_priv_key
-local parse_pem_cert = ngx_ssl.parse_pem_cert
-local parse_pem_priv_key = ngx_ssl.parse_pem_priv_key
+
+local ABSENT = cache.ABSENT
 
 local _M = { _VERSION = "0.1.0" }
 
--- key_matches(cert, key) checks that the leaf of a parsed chain belongs to the
--- parsed key before clear_certs: once the fallback is cleared, a key that
--- does not fit would fail the handshake. Without OpenSSL's symbols (an
--- unexpected build) the check is skipped.
-local key_matches
-do
-    local ok, ffi = pcall(require, "ffi")
-    if ok then
-        ok = pcall(ffi.cdef, [[
-            int OPENSSL_sk_num(const void *sk);
-            void *OPENSSL_sk_value(const void *sk, int i);
-            int X509_check_private_key(const void *x509, const void *pkey);
-            void ERR_clear_error(void);
-        ]])
-        local C = ffi.C
-        if ok and pcall(function() return C.OPENSSL_sk_num and C.X509_check_private_key end) then
-            key_matches = function(cert, key)
-                if C.OPENSSL_sk_num(cert) < 1 then
-                    return false
-                end
-                local leaf = C.OPENSSL_sk_value(cert, 0)
-                if C.X509_check_private_key(leaf, key) == 1 then
-                    return true
-                end
-                C.ERR_clear_error()
-                return false
-            end
-        end
-    end
-    if not key_matches then
-        key_matches = function() return true end
-    end
-end
+local cfg, keys
 
-local cfg, keys, cache
-
--- init is called by certagent.init with the validated configuration. The
--- per-worker cache is created here: init_by_lua runs before the fork and
--- every worker gets its own copy.
+-- init is called by certagent.init with the validated configuration.
 function _M.init(config, key_builder)
     cfg = config
     keys = key_builder
-    local err
-    cache, err = lrucache.new(cfg.lru_size)
-    if not cache then
-        return nil, "creating the certificate cache: " .. tostring(err)
-    end
-    return true
+    return cache.init(config)
 end
 
 local function xadd(premature, name)
@@ -104,11 +68,22 @@ local function xadd(premature, name)
     log(ERR, "certagent: recording the request for ", name, " failed: ", err)
 end
 
--- request records name in the stream at most once per request_window.
+-- request records name in the stream at most once per request_window, and at
+-- most request_rate names per second for the whole node: a flood of random
+-- names must neither cost a Redis write per handshake nor push the names of
+-- real visitors out of the capped stream. A name over the rate is not
+-- marked, so a later handshake records it.
 local function request(name)
     local dict = shared[cfg.requests_dict]
     if not dict then
         log(ERR, "certagent: lua_shared_dict ", cfg.requests_dict, " is not defined")
+        return
+    end
+    if dict:get(name) then
+        return
+    end
+    local sent = dict:incr("rate:" .. floor(ngx.now()), 1, 0, 2)
+    if sent and sent > cfg.request_rate then
         return
     end
     local ok, err = dict:add(name, true, cfg.request_window)
@@ -125,28 +100,15 @@ local function request(name)
     end
 end
 
--- record returns the usable fields of an HMGET reply, or nil when there is no
--- record or it has expired.
-local function record(reply, t)
-    if type(reply) ~= "table" or reply[1] == null or reply[1] == nil then
-        return nil
-    end
-    local not_after = tonumber(reply[3])
-    if not_after and not_after <= t then
-        return nil -- expired: never serve it
-    end
-    return { fullchain = reply[1], key = reply[2], not_after = not_after }
-end
-
-local function fetch(name, parent)
+-- fetch reads the records named in recs (one or two) in one round trip.
+local function fetch(recs, n)
     local red, err = redis.connect(cfg)
     if not red then
         return nil, err
     end
-    red:init_pipeline(parent and 2 or 1)
-    red:hmget(keys:cert(name), "fullchain", "key", "not_after")
-    if parent then
-        red:hmget(keys:wildcard(parent), "fullchain", "key", "not_after")
+    red:init_pipeline(n)
+    for i = 1, n do
+        red:hmget(keys:cert(recs[i]), "fullchain", "key", "not_after")
     end
     local replies
     replies, err = red:commit_pipeline()
@@ -164,43 +126,49 @@ local function fetch(name, parent)
     return replies
 end
 
-local function serve(entry)
-    local ok, err = clear_certs()
-    if not ok then
-        return nil, "clear_certs: " .. tostring(err)
+-- learn turns the HMGET reply for rec into the cache's answer (an entry, a
+-- bad marker or ABSENT) and caches it.
+local function learn(rec, reply, t, started)
+    if type(reply) ~= "table" or reply[1] == null or reply[1] == nil then
+        cache.put_absent(rec, started)
+        return ABSENT
     end
-    ok, err = set_cert(entry.cert)
-    if not ok then
-        return nil, "set_cert: " .. tostring(err)
+    local not_after = tonumber(reply[3])
+    if not_after and not_after <= t then
+        cache.put_absent(rec, started) -- expired: never serve it
+        return ABSENT
     end
-    ok, err = set_priv_key(entry.key)
-    if not ok then
-        return nil, "set_priv_key: " .. tostring(err)
+    local fullchain = reply[1] ~= null and reply[1] or nil
+    local key_pem = reply[2] ~= null and reply[2] or nil
+    local entry, err = cache.parse(fullchain, key_pem, not_after, started)
+    if not entry then
+        cache.put_bad(rec)
+        log(ERR, "certagent: the certificate record ", keys:cert(rec), " is unusable (", err,
+            "); using the fallback certificate")
+        return { bad = true }
     end
-    return true
+    cache.put(rec, entry, fullchain, key_pem, started)
+    return entry
 end
 
--- parse turns a record into the cached entry, or nil and why it is unusable.
-local function parse(rec)
-    if type(rec.fullchain) ~= "string" or type(rec.key) ~= "string" then
-        return nil, "fields fullchain or key missing"
+local function serve(name, entry)
+    local ok, err = clear_certs()
+    if ok then
+        ok, err = set_cert(entry.cert)
+        if ok then
+            ok, err = set_priv_key(entry.key)
+            if not ok then
+                err = "set_priv_key: " .. tostring(err)
+            end
+        else
+            err = "set_cert: " .. tostring(err)
+        end
+    else
+        err = "clear_certs: " .. tostring(err)
     end
-    if not rec.not_after then
-        return nil, "field not_after missing or not a number"
+    if not ok then
+        log(ERR, "certagent: serving the certificate for ", name, ": ", err)
     end
-    local cert, err = parse_pem_cert(rec.fullchain)
-    if not cert then
-        return nil, "fullchain: " .. tostring(err)
-    end
-    local key
-    key, err = parse_pem_priv_key(rec.key)
-    if not key then
-        return nil, "key: " .. tostring(err)
-    end
-    if not key_matches(cert, key) then
-        return nil, "the key does not belong to the first certificate of fullchain"
-    end
-    return { cert = cert, key = key, not_after = rec.not_after }
 end
 
 -- handle is the body of ssl_certificate_by_lua. It returns nothing: on every
@@ -216,65 +184,80 @@ function _M.handle()
     end
 
     local t = now()
-    local entry, stale = cache:get(name)
-    if entry then
-        if entry.bad then
-            return -- unusable record, already logged
+    local exact = cache.get(name, t)
+    if exact and exact ~= ABSENT then
+        if not exact.bad then
+            serve(name, exact)
         end
-        if entry.not_after > t then
-            local ok, err = serve(entry)
-            if not ok then
-                log(ERR, "certagent: serving the cached certificate for ", name, ": ", err)
-            end
-            return
-        end
-        cache:delete(name)
+        return
     end
-
     local parent = names.parent(name)
-    local replies, err = fetch(name, parent)
-    if not replies then
-        if stale and not stale.bad and stale.not_after > t then
-            local ok = serve(stale)
-            log(ERR, "certagent: ", err, "; ", ok and "serving the cached certificate" or "using the fallback",
-                " for ", name)
-            return
+    local wild_rec = parent and "*." .. parent
+    local wild
+    if wild_rec then
+        wild = cache.get(wild_rec, t)
+    end
+    if exact == ABSENT and (not wild_rec or wild ~= nil) then
+        if wild == nil or wild == ABSENT then
+            return request(name)
         end
-        log(ERR, "certagent: ", err, "; using the fallback certificate for ", name)
+        if not wild.bad then
+            serve(name, wild)
+        end
         return
     end
 
-    local rec = record(replies[1], t)
-    local source = name
-    if not rec and parent then
-        rec = record(replies[2], t)
-        source = "*." .. parent
+    -- Ask Redis for what the cache does not know, in one round trip.
+    local recs, n = {}, 0
+    if exact == nil then
+        n = n + 1
+        recs[n] = name
     end
-    if not rec then
-        request(name)
+    if wild_rec and wild == nil then
+        n = n + 1
+        recs[n] = wild_rec
+    end
+    local started = cache.clock()
+    local replies, err = fetch(recs, n)
+    if not replies then
+        local stale = cache.stale(name, t)
+        if not stale and wild_rec then
+            stale = cache.stale(wild_rec, t)
+        end
+        log(ERR, "certagent: ", err, "; ", stale and "serving the cached certificate" or "using the fallback",
+            " for ", name)
+        if stale then
+            serve(name, stale)
+        end
         return
+    end
+    for i = 1, n do
+        local answer = learn(recs[i], replies[i], t, started)
+        if recs[i] == name then
+            exact = answer
+        else
+            wild = answer
+        end
     end
 
-    entry, err = parse(rec)
-    if not entry then
-        cache:set(name, { bad = true }, cfg.error_ttl)
-        log(ERR, "certagent: the certificate record ", keys:cert(source), " for ", name,
-            " is unusable (", err, "); using the fallback certificate")
+    if exact ~= ABSENT then
+        if not exact.bad then
+            serve(name, exact)
+        end
         return
     end
-    cache:set(name, entry, min(cfg.cache_ttl, entry.not_after - t))
-    local ok
-    ok, err = serve(entry)
-    if not ok then
-        log(ERR, "certagent: serving the certificate for ", name, ": ", err)
+    if wild and wild ~= ABSENT then
+        if not wild.bad then
+            serve(name, wild)
+        end
+        return
     end
+    request(name)
 end
 
--- flush empties this worker's certificate cache.
+-- flush empties this worker's certificate cache and the shared one.
 function _M.flush()
-    if cache then
-        cache:flush_all()
-    end
+    cache.flush()
 end
 
 return _M

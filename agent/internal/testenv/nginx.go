@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,6 +31,52 @@ type NginxOptions struct {
 	// HTTPServerExtra is inserted into the plain HTTP server block (tests add
 	// locations that call certagent modules directly).
 	HTTPServerExtra string
+	// LuaConfig replaces values in the configuration table of the shipped
+	// nginx/certagent-http.conf (field name to Lua expression), e.g.
+	// {"lru_size": "3"}. A field the snippet does not show fails the test.
+	LuaConfig map[string]string
+	// SharedDicts replaces the sizes of the snippet's lua_shared_dict lines
+	// (dict name to size, e.g. {"certagent_certs": "64k"}).
+	SharedDicts map[string]string
+	// LuaPathPrefix is put in front of lua_package_path (a directory holding
+	// ?.lua modules), e.g. to offer resty.redis next to Debian's nginx.redis.
+	LuaPathPrefix string
+	// WorkerProcesses defaults to 1.
+	WorkerProcesses int
+}
+
+// httpSnippet returns the path of the http-context snippet: the shipped one,
+// or a copy in dir with the values of opts.LuaConfig and opts.SharedDicts.
+func httpSnippet(t testing.TB, dir string, opts NginxOptions) string {
+	t.Helper()
+	shipped := filepath.Join(RepoRoot(), "nginx", "certagent-http.conf")
+	if len(opts.LuaConfig) == 0 && len(opts.SharedDicts) == 0 {
+		return shipped
+	}
+	data, err := os.ReadFile(shipped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := string(data)
+	for field, value := range opts.LuaConfig {
+		re := regexp.MustCompile(`(?m)^(\s*` + regexp.QuoteMeta(field) + ` = ).*?,(\s*--.*)?$`)
+		if !re.MatchString(conf) {
+			t.Fatalf("nginx/certagent-http.conf does not show the field %s", field)
+		}
+		conf = re.ReplaceAllLiteralString(conf, "        "+field+" = "+value+",")
+	}
+	for dict, size := range opts.SharedDicts {
+		re := regexp.MustCompile(`(?m)^lua_shared_dict ` + regexp.QuoteMeta(dict) + ` \S+;$`)
+		if !re.MatchString(conf) {
+			t.Fatalf("nginx/certagent-http.conf does not declare lua_shared_dict %s", dict)
+		}
+		conf = re.ReplaceAllLiteralString(conf, "lua_shared_dict "+dict+" "+size+";")
+	}
+	path := filepath.Join(dir, "certagent-http.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // Nginx is an nginx started for one test with the repository's own snippets
@@ -48,7 +95,7 @@ type Nginx struct {
 }
 
 // StartNginx writes a configuration into a temporary directory, starts nginx
-// (one worker, daemon off) and waits until both ports accept connections. It is
+// (one worker unless told otherwise, daemon off) and waits until both ports accept connections. It is
 // stopped when the test ends.
 func StartNginx(t testing.TB, opts NginxOptions) *Nginx {
 	t.Helper()
@@ -87,6 +134,14 @@ func StartNginx(t testing.TB, opts NginxOptions) *Nginx {
 
 	root := RepoRoot()
 	snippet := func(name string) string { return filepath.Join(root, "nginx", name) }
+	luaPath := root + "/lua/?.lua;/usr/share/lua/5.1/?.lua;;"
+	if opts.LuaPathPrefix != "" {
+		luaPath = opts.LuaPathPrefix + "/?.lua;" + luaPath
+	}
+	workers := opts.WorkerProcesses
+	if workers == 0 {
+		workers = 1
+	}
 	user := ""
 	if os.Geteuid() == 0 {
 		// Workers would otherwise switch to nobody and could not read the
@@ -99,7 +154,7 @@ load_module %[1]s/ngx_http_lua_module.so;
 %[2]s
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes %[15]d;
 pid %[3]s/nginx.pid;
 error_log %[4]s warn;
 include %[5]s;
@@ -116,7 +171,7 @@ http {
     uwsgi_temp_path %[3]s/tmp/uwsgi;
     scgi_temp_path %[3]s/tmp/scgi;
 
-    lua_package_path "%[6]s/lua/?.lua;/usr/share/lua/5.1/?.lua;;";
+    lua_package_path "%[6]s";
     include %[7]s;
 
     server {
@@ -142,9 +197,9 @@ http {
     }
 }
 `, NginxModulesDir, user, dir, n.ErrorLogPath, snippet("certagent-main.conf"),
-		root, snippet("certagent-http.conf"),
+		luaPath, httpSnippet(t, dir, opts),
 		httpPort, snippet("certagent-acme.conf"), opts.HTTPServerExtra,
-		httpsPort, certPath, keyPath, snippet("certagent-tls.conf"))
+		httpsPort, certPath, keyPath, snippet("certagent-tls.conf"), workers)
 	if err := os.WriteFile(n.ConfPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,336 @@
+package nginxtest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/certagent/certagent/agent/internal/schemadoc"
+	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/redis/go-redis/v9"
+)
+
+// statsLocation shows the cache of the worker that answers and the Redis
+// module the Lua chose.
+const statsLocation = `
+        location = /_test/stats {
+            content_by_lua_block {
+                local s = require("certagent.cache").stats()
+                ngx.print(s.lru_count, " ", s.lru_capacity, " ", s.shared_certs, " ",
+                          require("certagent.redis").client_name, " ",
+                          require("certagent.changes").position() or "none")
+            }
+        }
+`
+
+type cacheStats struct {
+	lruCount, lruCapacity, sharedCerts int
+	redisModule                        string
+	changesPosition                    string // "none" before the worker first read the stream
+}
+
+func (e *env) stats() cacheStats {
+	e.t.Helper()
+	resp, err := http.Get("http://" + e.nginx.HTTPAddr + "/_test/stats")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var s cacheStats
+	if _, err := fmt.Sscan(string(body), &s.lruCount, &s.lruCapacity, &s.sharedCerts, &s.redisModule, &s.changesPosition); err != nil {
+		e.t.Fatalf("stats %q: %v", body, err)
+	}
+	return s
+}
+
+// startWith is start with changes to the shipped http snippet.
+func startWith(t *testing.T, opts testenv.NginxOptions) *env {
+	t.Helper()
+	schema, err := schemadoc.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := testenv.StartRedis(t)
+	prefix := "cc" + strconv.Itoa(os.Getpid()%1000) + ":"
+	opts.RedisURL = r.URL
+	opts.KeyPrefix = prefix
+	opts.Env = map[string]string{"CERTAGENT_NODE": testNode}
+	opts.HTTPServerExtra = statsLocation
+	n := testenv.StartNginx(t, opts)
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("CERTAGENT_SHOW_NGINX_LOG") != "" {
+			t.Logf("nginx error log:\n%s", n.ErrorLog())
+		}
+	})
+	return &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
+}
+
+// storeMany stores a certificate for each of count names and returns them.
+func (e *env) storeMany(prefix string, count int) ([]string, map[string]leaf) {
+	names := make([]string, count)
+	leaves := map[string]leaf{}
+	for i := range names {
+		names[i] = fmt.Sprintf("%s%d.example.test", prefix, i)
+		l := newLeaf(e.t, names[i], []string{names[i]}, time.Now().Add(24*time.Hour))
+		e.store(names[i], l)
+		leaves[names[i]] = l
+	}
+	return names, leaves
+}
+
+func TestWorkerLRUBound(t *testing.T) {
+	e := startWith(t, testenv.NginxOptions{LuaConfig: map[string]string{"lru_size": "3"}})
+	names, leaves := e.storeMany("lru", 8)
+	for round := 0; round < 2; round++ {
+		for _, name := range names {
+			if got := e.mustHandshake(name); !got.Equal(leaves[name].cert) {
+				t.Fatalf("round %d, %s: served %q, want its stored certificate", round, name, got.Subject.CommonName)
+			}
+			if s := e.stats(); s.lruCount > 3 || s.lruCapacity != 3 {
+				t.Fatalf("after %s: the worker cache holds %d of capacity %d, want at most 3 of 3", name, s.lruCount, s.lruCapacity)
+			}
+		}
+	}
+	// What the LRU let go is still shared by the workers.
+	if s := e.stats(); s.sharedCerts != len(names) {
+		t.Errorf("the shared dict holds %d certificates, want %d", s.sharedCerts, len(names))
+	}
+}
+
+func TestSharedDictEvictionKeepsServing(t *testing.T) {
+	e := startWith(t, testenv.NginxOptions{
+		LuaConfig:   map[string]string{"lru_size": "2"},
+		SharedDicts: map[string]string{"certagent_certs": "32k"},
+	})
+	names, leaves := e.storeMany("evict", 30)
+	offset := e.nginx.ErrorLogSize()
+	for round := 0; round < 3; round++ {
+		for _, name := range names {
+			if got := e.mustHandshake(name); !got.Equal(leaves[name].cert) {
+				t.Fatalf("round %d, %s: served %q, want its stored certificate", round, name, got.Subject.CommonName)
+			}
+		}
+	}
+	s := e.stats()
+	if s.sharedCerts == 0 || s.sharedCerts >= len(names) {
+		t.Errorf("the 32k shared dict holds %d of %d certificates; the test needs it to evict", s.sharedCerts, len(names))
+	}
+	if lines := e.errorLines(offset); len(lines) != 0 {
+		t.Errorf("errors logged while the shared dict evicts:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+// servedLoop runs handshakes for name until done says the served
+// certificate is what the test waits for; every handshake must succeed and
+// serve one of the allowed certificates.
+func (e *env) servedLoop(name, what string, allowed func(served string) bool, done func(served string) bool) {
+	e.t.Helper()
+	waitFor(e.t, what, func() bool {
+		got, err := e.handshake(name)
+		if err != nil {
+			e.t.Fatalf("handshake for %s failed: %v", name, err)
+		}
+		served := got.Subject.CommonName
+		if !allowed(served) {
+			e.t.Fatalf("%s: served %q", name, served)
+		}
+		return done(served)
+	})
+}
+
+func TestRenewedCertificateReachesEveryWorker(t *testing.T) {
+	// Two workers, and a cache_ttl far beyond the test: only the changes
+	// stream can bring the renewed certificate.
+	e := startWith(t, testenv.NginxOptions{WorkerProcesses: 2, LuaConfig: map[string]string{"cache_ttl": "3600"}})
+	old := newLeaf(t, "first issue", []string{"renew.example.test"}, time.Now().Add(24*time.Hour))
+	e.store("renew.example.test", old)
+	for i := 0; i < 10; i++ {
+		if got := e.mustHandshake("renew.example.test"); !got.Equal(old.cert) {
+			t.Fatalf("served %q, want the first certificate", got.Subject.CommonName)
+		}
+	}
+	renewed := newLeaf(t, "renewal", []string{"renew.example.test"}, time.Now().Add(48*time.Hour))
+	e.store("renew.example.test", renewed)
+	either := func(cn string) bool { return cn == "first issue" || cn == "renewal" }
+	// Both workers: 20 handshakes in a row get the renewal.
+	inARow := 0
+	e.servedLoop("renew.example.test", "the renewed certificate from every worker", either, func(cn string) bool {
+		if cn != "renewal" {
+			inARow = 0
+			return false
+		}
+		inARow++
+		return inARow >= 20
+	})
+}
+
+func TestDeletedCertificateStopsBeingServed(t *testing.T) {
+	e := startWith(t, testenv.NginxOptions{WorkerProcesses: 2})
+	l := newLeaf(t, "to delete", []string{"gone.example.test"}, time.Now().Add(24*time.Hour))
+	e.store("gone.example.test", l)
+	for i := 0; i < 10; i++ {
+		if got := e.mustHandshake("gone.example.test"); !got.Equal(l.cert) {
+			t.Fatalf("served %q, want the stored certificate", got.Subject.CommonName)
+		}
+	}
+	e.remove("gone.example.test")
+	fallback := e.nginx.FallbackCert.Subject.CommonName
+	either := func(cn string) bool { return cn == "to delete" || cn == fallback }
+	inARow := 0
+	e.servedLoop("gone.example.test", "the deleted certificate to go from every worker", either, func(cn string) bool {
+		if cn != fallback {
+			inARow = 0
+			return false
+		}
+		inARow++
+		return inARow >= 20
+	})
+}
+
+func TestNegativeCache(t *testing.T) {
+	t.Run("one lookup covers the wildcard and is remembered", func(t *testing.T) {
+		e := startWith(t, testenv.NginxOptions{LuaConfig: map[string]string{"negative_ttl": "3600"}})
+		// A worker's first read of the stream drops the cache, and a lookup
+		// in flight then does not cache its answer: count after it.
+		waitFor(t, "the worker to follow the changes stream", func() bool { return e.stats().changesPosition != "none" })
+		before, err := e.redis.CommandCalls("hmget")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 20; i++ {
+			if got := e.mustHandshake("a.neg.example.test"); !e.isFallback(got) {
+				t.Fatalf("served %q, want the fallback", got.Subject.CommonName)
+			}
+		}
+		after, _ := e.redis.CommandCalls("hmget")
+		if after-before != 2 {
+			t.Errorf("HMGET ran %d times for 20 handshakes of one unknown name, want 2 (the name and its wildcard, once)", after-before)
+		}
+		// A write of the wildcard drops the missing wildcard at once, not after
+		// negative_ttl.
+		wild := newLeaf(t, "*.neg.example.test", []string{"*.neg.example.test"}, time.Now().Add(24*time.Hour))
+		e.store("*.neg.example.test", wild)
+		e.servedLoop("a.neg.example.test", "the new wildcard certificate",
+			func(string) bool { return true }, func(cn string) bool { return cn == "*.neg.example.test" })
+		// And a write of the exact name wins over it.
+		exact := newLeaf(t, "a.neg.example.test", []string{"a.neg.example.test"}, time.Now().Add(24*time.Hour))
+		e.store("a.neg.example.test", exact)
+		e.servedLoop("a.neg.example.test", "the new exact certificate",
+			func(string) bool { return true }, func(cn string) bool { return cn == "a.neg.example.test" })
+	})
+	t.Run("entries expire", func(t *testing.T) {
+		e := startWith(t, testenv.NginxOptions{LuaConfig: map[string]string{"negative_ttl": "1"}})
+		if got := e.mustHandshake("quiet.example.test"); !e.isFallback(got) {
+			t.Fatalf("served %q, want the fallback", got.Subject.CommonName)
+		}
+		// Written without a changes entry: only the expiry of the negative
+		// entry lets nginx see it.
+		l := newLeaf(t, "quiet", []string{"quiet.example.test"}, time.Now().Add(24*time.Hour))
+		e.storeUnannounced("quiet.example.test", l)
+		fallback := e.nginx.FallbackCert.Subject.CommonName
+		e.servedLoop("quiet.example.test", "the certificate once the negative entry expired",
+			func(cn string) bool { return cn == "quiet" || cn == fallback }, func(cn string) bool { return cn == "quiet" })
+	})
+}
+
+func TestTrimmedChangesDropTheCache(t *testing.T) {
+	e := startWith(t, testenv.NginxOptions{})
+	old := newLeaf(t, "before", []string{"trim.example.test"}, time.Now().Add(24*time.Hour))
+	e.store("trim.example.test", old)
+	if got := e.mustHandshake("trim.example.test"); !got.Equal(old.cert) {
+		t.Fatalf("served %q, want the stored certificate", got.Subject.CommonName)
+	}
+	// One transaction: a silent replacement, then more changes than the
+	// stream keeps, so the worker cannot read what it missed.
+	ctx := context.Background()
+	changed := newLeaf(t, "after", []string{"trim.example.test"}, time.Now().Add(24*time.Hour))
+	_, err := e.redis.Client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, e.key("cert", "name", "trim.example.test"), leafFields(changed))
+		for i := 0; i < 1500; i++ {
+			p.XAdd(ctx, &redis.XAddArgs{Stream: e.key("changes"), MaxLen: 1000, Approx: true,
+				Values: []any{"name", fmt.Sprintf("filler%d.example.test", i), "op", "put"}})
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.servedLoop("trim.example.test", "the cache to be dropped",
+		func(cn string) bool { return cn == "before" || cn == "after" }, func(cn string) bool { return cn == "after" })
+}
+
+func TestRedisDownServesCachedCertificates(t *testing.T) {
+	// cache_ttl 1 s: the handshakes below ask Redis, fail, and fall back to
+	// the cached copies.
+	e := startWith(t, testenv.NginxOptions{LuaConfig: map[string]string{"cache_ttl": "1"}})
+	lasting := newLeaf(t, "lasting", []string{"lasting.example.test"}, time.Now().Add(24*time.Hour))
+	e.store("lasting.example.test", lasting)
+	// The record says the certificate ends in 3 s; nginx must stop serving
+	// it then, although it keeps it and Redis is gone.
+	ending := newLeaf(t, "ending", []string{"ending.example.test"}, time.Now().Add(24*time.Hour))
+	fields := leafFields(ending)
+	fields["not_after"] = strconv.FormatInt(time.Now().Add(3*time.Second).Unix(), 10)
+	e.storeFields("ending.example.test", fields)
+	for _, name := range []string{"lasting.example.test", "ending.example.test", "wild.example.test"} {
+		if got := e.mustHandshake(name); e.isFallback(got) != (name == "wild.example.test") {
+			t.Fatalf("%s: served %q before Redis stopped", name, got.Subject.CommonName)
+		}
+	}
+
+	e.redis.Stop()
+	fallback := e.nginx.FallbackCert.Subject.CommonName
+	e.servedLoop("ending.example.test", "the ending certificate to stop being served",
+		func(cn string) bool { return cn == "ending" || cn == fallback },
+		func(cn string) bool {
+			if got := e.mustHandshake("lasting.example.test"); !got.Equal(lasting.cert) {
+				t.Fatalf("with Redis down, lasting.example.test was served %q", got.Subject.CommonName)
+			}
+			return cn == fallback
+		})
+	for i := 0; i < 5; i++ {
+		if got := e.mustHandshake("lasting.example.test"); !got.Equal(lasting.cert) {
+			t.Fatalf("with Redis down, lasting.example.test was served %q", got.Subject.CommonName)
+		}
+	}
+}
+
+// TestRedisModuleNames: the Lua works with Debian's nginx.redis and with
+// OpenResty's resty.redis, and says which one it uses. The resty.redis here
+// is the same lua-resty-redis file Debian installs as nginx.redis, offered
+// under the OpenResty name.
+func TestRedisModuleNames(t *testing.T) {
+	restyDir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(restyDir, "resty"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	shim := `return dofile("/usr/share/lua/5.1/nginx/redis.lua")` + "\n"
+	if err := os.WriteFile(filepath.Join(restyDir, "resty", "redis.lua"), []byte(shim), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for module, prefix := range map[string]string{"nginx.redis": "", "resty.redis": restyDir} {
+		t.Run(module, func(t *testing.T) {
+			e := startWith(t, testenv.NginxOptions{LuaPathPrefix: prefix})
+			if got := e.stats().redisModule; got != module {
+				t.Fatalf("the Lua uses %s, want %s", got, module)
+			}
+			l := newLeaf(t, "module", []string{"module.example.test"}, time.Now().Add(24*time.Hour))
+			e.store("module.example.test", l)
+			if got := e.mustHandshake("module.example.test"); !got.Equal(l.cert) {
+				t.Fatalf("served %q, want the stored certificate", got.Subject.CommonName)
+			}
+			e.mustHandshake("missing.example.test")
+			waitFor(t, "the request for the missing name", func() bool {
+				names := e.namesIn()
+				return len(names) == 1 && names[0] == "missing.example.test"
+			})
+		})
+	}
+}

@@ -1,0 +1,311 @@
+-- The certificate cache of the handshake path, keyed by record name (a host
+-- name, or "*.<parent>" for a wildcard record), in two layers:
+--
+--   1. a per-worker LRU of parsed certificates (cdata from ngx.ssl): a hit
+--      neither talks to Redis nor parses PEM, which is what makes a warm
+--      handshake cost what a static certificate costs;
+--   2. a shared dict of the PEM text, so that one worker's Redis lookup serves
+--      the others and a restarted worker starts warm.
+--
+-- Records found missing in Redis are remembered for negative_ttl in the
+-- requests dict (not in the certificate dict: a flood of unknown names must
+-- not evict certificates). The changes stream (certagent.changes) drops a
+-- name from every layer when the agent writes or deletes its record.
+local ngx = ngx
+local lrucache = require("resty.lrucache")
+
+local shared = ngx.shared
+local now = ngx.now
+local update_time = ngx.update_time
+local tostring = tostring
+local tonumber = tonumber
+local find = string.find
+local sub = string.sub
+local concat = table.concat
+local min = math.min
+local floor = math.floor
+
+local parse_pem_cert, parse_pem_priv_key
+do
+    -- ngx.ssl loads only in the http subsystem; init() is called there.
+    local ok, ngx_ssl = pcall(require, "ngx.ssl")
+    if ok then
+        parse_pem_cert = ngx_ssl.parse_pem_cert
+        parse_pem_priv_key = ngx_ssl.parse_pem_priv_key
+    end
+end
+
+local _M = { _VERSION = "0.1.0" }
+
+-- ABSENT stands for "Redis has no usable record under this name".
+local ABSENT = { absent = true }
+_M.ABSENT = ABSENT
+
+-- How long an invalidation is remembered, so that a Redis reply that was
+-- already on its way when the change arrived is not cached (read_timeout is
+-- far below this).
+local STAMP_TTL = 60
+
+local cfg, lru
+
+-- key_matches(cert, key) checks that the leaf of a parsed chain belongs to the
+-- parsed key before clear_certs: once the fallback is cleared, a key that
+-- does not fit would fail the handshake. Without OpenSSL's symbols (an
+-- unexpected build) the check is skipped.
+local key_matches
+do
+    local ok, ffi = pcall(require, "ffi")
+    if ok then
+        ok = pcall(ffi.cdef, [[
+            int OPENSSL_sk_num(const void *sk);
+            void *OPENSSL_sk_value(const void *sk, int i);
+            int X509_check_private_key(const void *x509, const void *pkey);
+            void ERR_clear_error(void);
+        ]])
+        local C = ffi.C
+        if ok and pcall(function() return C.OPENSSL_sk_num and C.X509_check_private_key end) then
+            key_matches = function(cert, key)
+                if C.OPENSSL_sk_num(cert) < 1 then
+                    return false
+                end
+                local leaf = C.OPENSSL_sk_value(cert, 0)
+                if C.X509_check_private_key(leaf, key) == 1 then
+                    return true
+                end
+                C.ERR_clear_error()
+                return false
+            end
+        end
+    end
+    if not key_matches then
+        key_matches = function() return true end
+    end
+end
+
+-- init creates the per-worker LRU. It runs in init_by_lua, before the fork:
+-- every worker gets its own copy.
+function _M.init(config)
+    cfg = config
+    local err
+    lru, err = lrucache.new(cfg.lru_size)
+    if not lru then
+        return nil, "creating the certificate cache: " .. tostring(err)
+    end
+    return true
+end
+
+-- parse turns the PEM fields of a record into a cache entry, or nil and why
+-- the record is unusable.
+function _M.parse(fullchain, key_pem, not_after, fetched_at)
+    if type(fullchain) ~= "string" or type(key_pem) ~= "string" then
+        return nil, "fields fullchain or key missing"
+    end
+    if not not_after then
+        return nil, "field not_after missing or not a number"
+    end
+    local cert, err = parse_pem_cert(fullchain)
+    if not cert then
+        return nil, "fullchain: " .. tostring(err)
+    end
+    local key
+    key, err = parse_pem_priv_key(key_pem)
+    if not key then
+        return nil, "key: " .. tostring(err)
+    end
+    if not key_matches(cert, key) then
+        return nil, "the key does not belong to the first certificate of fullchain"
+    end
+    return { cert = cert, key = key, not_after = not_after, fresh_until = fetched_at + cfg.cache_ttl }
+end
+
+-- The shared dict holds "<fetched_at> <not_after> <length of fullchain> " ..
+-- fullchain .. key: one string, one get.
+local function encode(fetched_at, not_after, fullchain, key_pem)
+    return concat({ floor(fetched_at), " ", not_after, " ", #fullchain, " ", fullchain, key_pem })
+end
+
+local function decode(value)
+    local a = find(value, " ", 1, true)
+    local b = a and find(value, " ", a + 1, true)
+    local c = b and find(value, " ", b + 1, true)
+    if not c then
+        return nil
+    end
+    local fetched_at = tonumber(sub(value, 1, a - 1))
+    local not_after = tonumber(sub(value, a + 1, b - 1))
+    local chain_len = tonumber(sub(value, b + 1, c - 1))
+    if not fetched_at or not not_after or not chain_len then
+        return nil
+    end
+    return fetched_at, not_after, sub(value, c + 1, c + chain_len), sub(value, c + chain_len + 1)
+end
+
+-- from_shared returns the entry the shared dict holds for rec (parsed and put
+-- into the LRU), or nil. With stale set it also returns entries whose
+-- cache_ttl has passed (the shared dict keeps them until their not_after).
+local function from_shared(rec, t, stale)
+    local dict = shared[cfg.certs_dict]
+    local value = dict:get("c:" .. rec)
+    if not value then
+        if not stale then
+            return nil
+        end
+        value = dict:get_stale("c:" .. rec)
+        if not value then
+            return nil
+        end
+    end
+    local fetched_at, not_after, fullchain, key_pem = decode(value)
+    if not fetched_at or not_after <= t then
+        return nil
+    end
+    local entry = _M.parse(fullchain, key_pem, not_after, fetched_at)
+    if not entry then
+        -- Only valid records are ever written there; treat it as not cached.
+        dict:delete("c:" .. rec)
+        return nil
+    end
+    if entry.fresh_until > t then
+        lru:set(rec, entry, min(entry.fresh_until, not_after) - t)
+    end
+    return entry
+end
+
+-- get returns what the cache knows about the record rec at time t: a fresh
+-- entry ({cert, key, not_after}), a { bad = true } marker, ABSENT, or nil
+-- when Redis must be asked.
+function _M.get(rec, t)
+    local entry = lru:get(rec)
+    if entry then
+        if entry.bad or entry.not_after > t then
+            return entry
+        end
+        lru:delete(rec)
+    end
+    entry = from_shared(rec, t, false)
+    if entry and entry.fresh_until > t then
+        return entry
+    end
+    if shared[cfg.requests_dict]:get("n:" .. rec) then
+        return ABSENT
+    end
+    return nil
+end
+
+-- stale returns a cached entry for rec whose cache_ttl has passed but whose
+-- certificate is still valid: what a handshake serves while Redis cannot be
+-- reached. An expired certificate is never returned.
+function _M.stale(rec, t)
+    local _, entry = lru:get(rec)
+    if entry and not entry.bad and entry.not_after > t then
+        return entry
+    end
+    entry = lru:get(rec)
+    if entry and not entry.bad and entry.not_after > t then
+        return entry
+    end
+    return from_shared(rec, t, true)
+end
+
+-- clock returns the current time for a lookup that is about to ask Redis.
+function _M.clock()
+    update_time()
+    return now()
+end
+
+-- invalidated_since reports whether rec (or everything) was invalidated at or
+-- after started: the reply of a lookup begun before is then not cached.
+local function invalidated_since(rec, started)
+    local dict = shared[cfg.certs_dict]
+    local stamp = dict:get("s:" .. rec)
+    if stamp and stamp >= started then
+        return true
+    end
+    stamp = dict:get("s:*")
+    return stamp ~= nil and stamp >= started
+end
+
+-- put caches a record read from Redis at started: the parsed entry in the
+-- LRU, the PEM text in the shared dict, both until min(cache_ttl, not_after).
+function _M.put(rec, entry, fullchain, key_pem, started)
+    if invalidated_since(rec, started) then
+        return
+    end
+    local t = now()
+    local ttl = min(entry.fresh_until, entry.not_after) - t
+    if ttl <= 0 then
+        return
+    end
+    lru:set(rec, entry, ttl)
+    -- The shared copy lives until the certificate expires, so that it can be
+    -- served stale while Redis is unreachable; freshness is checked on read.
+    local dict = shared[cfg.certs_dict]
+    local ok, err = dict:set("c:" .. rec, encode(started, entry.not_after, fullchain, key_pem),
+                             entry.not_after - t)
+    if not ok then
+        ngx.log(ngx.WARN, "certagent: lua_shared_dict ", cfg.certs_dict, ": caching ", rec, ": ", err)
+    end
+end
+
+-- put_absent remembers for negative_ttl that Redis has no usable record rec.
+function _M.put_absent(rec, started)
+    if invalidated_since(rec, started) then
+        return
+    end
+    shared[cfg.requests_dict]:set("n:" .. rec, true, cfg.negative_ttl)
+end
+
+-- put_bad remembers an unusable record in this worker for error_ttl, so that
+-- it is logged once, not on every handshake.
+function _M.put_bad(rec)
+    lru:set(rec, { bad = true }, cfg.error_ttl)
+end
+
+-- invalidate drops rec from every layer (this worker's LRU, the shared dict,
+-- the missing-record marker) and stamps it, so that a lookup already in
+-- flight does not cache what it read before the change.
+function _M.invalidate(rec)
+    local dict = shared[cfg.certs_dict]
+    dict:set("s:" .. rec, now(), STAMP_TTL)
+    dict:delete("c:" .. rec)
+    shared[cfg.requests_dict]:delete("n:" .. rec)
+    lru:delete(rec)
+end
+
+-- flush drops every certificate this worker and the shared dict hold (the
+-- changes stream lost entries this worker had not read). Missing-record
+-- markers expire on their own within negative_ttl.
+function _M.flush()
+    local dict = shared[cfg.certs_dict]
+    local last, pos = dict:get("changes:last"), dict:get("changes:pos")
+    dict:flush_all()
+    -- flush_all only marks items expired, and get_stale would still find
+    -- them: free them for real.
+    dict:flush_expired()
+    dict:set("s:*", now(), STAMP_TTL)
+    if last then
+        dict:set("changes:last", last)
+        dict:set("changes:pos", pos)
+    end
+    lru:flush_all()
+end
+
+-- stats describes the cache, for tests and operators.
+function _M.stats()
+    local dict = shared[cfg.certs_dict]
+    local keys = dict:get_keys(0)
+    local certs = 0
+    for i = 1, #keys do
+        if sub(keys[i], 1, 2) == "c:" then
+            certs = certs + 1
+        end
+    end
+    return {
+        lru_count = lru:count(),
+        lru_capacity = lru:capacity(),
+        shared_certs = certs,
+        shared_free_bytes = dict.free_space and dict:free_space() or nil,
+    }
+end
+
+return _M
