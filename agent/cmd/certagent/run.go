@@ -41,7 +41,7 @@ func runCommand() *cli.Command {
 				Usage: "longest pause between two looks at the renewal schedule (it wakes earlier when a renewal is due sooner)"},
 			&cli.DurationFlag{Name: flagRenewRetry, EnvVars: []string{envRenewRetry}, Value: time.Minute,
 				Usage: "pause after a failed renewal; doubles per failure up to 6h, shorter as expiry nears"},
-		}),
+		}, gateFlags()),
 		Action: runAction,
 	}
 }
