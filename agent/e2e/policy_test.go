@@ -1,0 +1,242 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/certagent/certagent/agent/internal/testenv"
+)
+
+// startAgent runs `certagent run args...` until the test ends.
+func (s *stack) startAgent(t *testing.T, args ...string) {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), "agent.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := exec.Command(s.agent, append([]string{"run"}, args...)...)
+	agent.Env = s.env
+	agent.Stdout, agent.Stderr = logFile, logFile
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = agent.Process.Kill()
+		_ = agent.Wait()
+		if t.Failed() {
+			out, _ := os.ReadFile(logPath)
+			if len(out) > 20000 {
+				out = out[len(out)-20000:]
+			}
+			t.Logf("agent log (tail):\n%s", out)
+		}
+	})
+}
+
+// waitHandled waits until the agents have read and acknowledged every entry
+// of the requests stream, and returns how many entries the stream holds.
+func (s *stack) waitHandled(t *testing.T, timeout time.Duration) int64 {
+	t.Helper()
+	ctx := context.Background()
+	key := "certagent:requests"
+	deadline := time.Now().Add(timeout)
+	for {
+		groups, err := s.redis.Client.XInfoGroups(ctx, key).Result()
+		if err == nil && len(groups) == 1 && groups[0].Lag == 0 && groups[0].Pending == 0 {
+			return s.redis.Client.XLen(ctx, key).Val()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent has not handled the stream after %s: groups %+v, %v", timeout, groups, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func handshakeAt(addr, name string) ([]*x509.Certificate, error) {
+	conn, err := tls.DialWithDialer(&netDialer, "tcp", addr, &tls.Config{ServerName: name, InsecureSkipVerify: true})
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates, nil
+}
+
+// randomName makes the kind of names a scanner sends: random labels under
+// random suffixes, some of them not even host names.
+func randomName(r *mrand.Rand) string {
+	var raw [6]byte
+	_, _ = rand.Read(raw[:])
+	label := hex.EncodeToString(raw[:])
+	switch r.IntN(10) {
+	case 0:
+		return label // one label
+	case 1:
+		return label + "_x.example.com" // underscore
+	case 2:
+		return fmt.Sprintf("%s.%s.example.test.evil", label, label) // under an allowed-looking name
+	default:
+		tlds := []string{"com", "net", "org", "io", "example", "co.uk"}
+		return label + "." + tlds[r.IntN(len(tlds))]
+	}
+}
+
+// agentCalls sums the Redis commands only the agent's work uses (not its
+// idle blocking read, not nginx's polling of the changes stream).
+func agentCalls(t *testing.T, r *testenv.Redis) int64 {
+	t.Helper()
+	var sum int64
+	for _, cmd := range []string{"xack", "hgetall", "smismember", "set", "hincrby", "evalsha", "zadd", "exists"} {
+		n, err := r.CommandCalls(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum += n
+	}
+	return sum
+}
+
+// TestRandomSNIFloodOrdersNothing sends 10,000 handshakes with random names
+// through nginx to a running agent that allows *.example.test only.
+func TestRandomSNIFloodOrdersNothing(t *testing.T) {
+	s := startStack(t)
+	s.startAgent(t, "--allow", "*.example.test", "--consumer", "flood")
+
+	const total, parallel = 10000, 16
+	var next, failed atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := mrand.New(mrand.NewPCG(uint64(w), uint64(start.UnixNano())))
+			for next.Add(1) <= total {
+				chain, err := handshakeAt(s.nginx.HTTPSAddr, randomName(r))
+				if err != nil || !chain[0].Equal(s.nginx.FallbackCert) {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprint(err))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d handshakes in %s", total, time.Since(start).Round(time.Millisecond))
+	if n := failed.Load(); n > 0 {
+		t.Errorf("%d handshakes failed or did not get the fallback certificate (first: %v)", n, firstErr.Load())
+	}
+
+	entries := s.waitHandled(t, 2*time.Minute)
+	t.Logf("stream: %d entries after the flood", entries)
+	if entries == 0 {
+		t.Fatal("no name reached the stream: the flood did not exercise the agent")
+	}
+	if entries > 10100 {
+		t.Errorf("the stream holds %d entries, want it bounded near 10000", entries)
+	}
+	if n := s.pebble.OrdersCreated(t); n != 0 {
+		t.Errorf("the flood caused %d ACME orders, want none", n)
+	}
+
+	// Idle afterwards: over two of its read blocks the agent does no work.
+	before := agentCalls(t, s.redis)
+	time.Sleep(4500 * time.Millisecond)
+	if after := agentCalls(t, s.redis); after != before {
+		t.Errorf("the agent ran %d Redis commands of work with nothing to do", after-before)
+	}
+	groups, _ := s.redis.Client.XInfoGroups(context.Background(), "certagent:requests").Result()
+	if len(groups) != 1 || groups[0].Lag != 0 || groups[0].Pending != 0 {
+		t.Errorf("consumer group after the flood: %+v", groups)
+	}
+
+	// An allowed name still gets its certificate after the flood.
+	const name = "after-flood.example.test"
+	s.handshake(t, name)
+	waitCert(t, s.nginx.HTTPSAddr, name, s.nginx.FallbackCert)
+	if n := s.pebble.OrdersCreated(t); n != 1 {
+		t.Errorf("%d orders, want 1", n)
+	}
+}
+
+// waitCert handshakes until nginx serves something else than fallback.
+func waitCert(t *testing.T, addr, name string, fallback *x509.Certificate) []*x509.Certificate {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		chain, err := handshakeAt(addr, name)
+		if err == nil && !chain[0].Equal(fallback) {
+			return chain
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still no certificate after 20 s (last error %v)", name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestAllowAddMakesTheNextMissIssue runs an agent with no allow rule: a name
+// is refused and remembered as refused; `certagent allow add` lets the next
+// miss (here at a second nginx of the fleet, whose request window is its own)
+// get a certificate.
+func TestAllowAddMakesTheNextMissIssue(t *testing.T) {
+	s := startStack(t)
+	s.startAgent(t, "--consumer", "gate")
+	const name = "late.example.test"
+
+	if chain := s.handshake(t, name); !isFallback(s, chain) {
+		t.Fatal("first handshake: want the fallback certificate")
+	}
+	s.waitHandled(t, 30*time.Second)
+	out, _, code := s.cli(t, "show", name)
+	if code == 0 || !strings.Contains(out, "refused:") {
+		t.Errorf("show of a refused name: exit %d\n%s", code, out)
+	}
+	if n := s.pebble.OrdersCreated(t); n != 0 {
+		t.Fatalf("a disallowed name reached the CA (%d orders)", n)
+	}
+
+	// Bad input changes nothing.
+	if _, errOut, code := s.cli(t, "allow", "add", "good.example.test", "bad_name.example.test"); code != 2 || !strings.Contains(errOut, "bad_name") {
+		t.Errorf("allow add with a bad rule: exit %d, %q", code, errOut)
+	}
+	if out, _, _ := s.cli(t, "allow", "ls"); strings.TrimSpace(out) != "" {
+		t.Errorf("allowlist after a refused add: %q, want empty", out)
+	}
+	if out, errOut, code := s.cli(t, "allow", "add", "LATE.example.test.", "*.Bücher.example"); code != 0 {
+		t.Fatalf("allow add: exit %d: %s", code, errOut)
+	} else if !strings.Contains(out, "added 2 of 2") {
+		t.Errorf("allow add said %q", out)
+	}
+	if out, _, _ := s.cli(t, "allow", "ls", "--json"); strings.Join(strings.Fields(out), "") != `["*.xn--bcher-kva.example","late.example.test"]` {
+		t.Errorf("allow ls --json = %s", out)
+	}
+
+	second := testenv.StartNginx(t, testenv.NginxOptions{RedisURL: s.redis.URL, Env: map[string]string{"CERTAGENT_NODE": "second"}})
+	chain := waitCert(t, second.HTTPSAddr, name, second.FallbackCert)
+	if err := s.verifies(t, chain, name); err != nil {
+		t.Errorf("served certificate: %v", err)
+	}
+	if n := s.pebble.OrdersCreated(t); n != 1 {
+		t.Errorf("%d orders, want 1", n)
+	}
+	if _, _, code := s.cli(t, "allow", "rm", "late.example.test"); code != 0 {
+		t.Errorf("allow rm: exit %d", code)
+	}
+	if out, _, _ := s.cli(t, "allow", "ls"); strings.TrimSpace(out) != "*.xn--bcher-kva.example" {
+		t.Errorf("allowlist after rm: %q", out)
+	}
+}
