@@ -27,12 +27,12 @@ func deleteCommand() *cli.Command {
 }
 
 func deleteAction(c *cli.Context) error {
-	if c.NArg() != 1 {
-		return cli.Exit("certagent delete: name exactly one NAME", exitUsage)
-	}
 	args, err := nameArgs(c, "delete")
 	if err != nil {
 		return err
+	}
+	if len(args) != 1 {
+		return cli.Exit("certagent delete: name exactly one NAME", exitUsage)
 	}
 	st, err := openStore(c)
 	if err != nil {

@@ -24,19 +24,19 @@ func exportCommand() *cli.Command {
 			"  certagent export shop.example.com --out /etc/ssl/shop\n" +
 			"  certagent export '*.example.com' --out ./wildcard",
 		Flags: withFlags(redisFlags(), []cli.Flag{
-			&cli.StringFlag{Name: flagOut, Required: true, Usage: "directory to write the files to"},
+			&cli.StringFlag{Name: flagOut, Usage: "directory to write the files to (required)"},
 		}),
 		Action: exportAction,
 	}
 }
 
 func exportAction(c *cli.Context) error {
-	if c.NArg() != 1 {
-		return cli.Exit("certagent export: name exactly one NAME", exitUsage)
-	}
 	args, err := nameArgs(c, "export")
 	if err != nil {
 		return err
+	}
+	if len(args) != 1 {
+		return cli.Exit("certagent export: name exactly one NAME", exitUsage)
 	}
 	st, err := openStore(c)
 	if err != nil {
@@ -65,6 +65,9 @@ func exportAction(c *cli.Context) error {
 		}
 	}
 	dir := c.String(flagOut)
+	if dir == "" {
+		return cli.Exit("certagent export: --out DIR is required", exitUsage)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return cli.Exit(fmt.Sprintf("certagent export: %v", err), exitFailed)
 	}

@@ -32,6 +32,13 @@ func main() {
 			allowCommand(),
 		},
 	}
+	for _, cmd := range app.Commands {
+		name := cmd.Name
+		// A flag that does not parse is bad usage: exit 2 like every other.
+		cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
+			return cli.Exit(fmt.Sprintf("certagent %s: %v", name, err), exitUsage)
+		}
+	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "certagent:", err)
 		os.Exit(1)

@@ -22,10 +22,15 @@ func storedName(raw string) (string, error) {
 	return names.FromOperator(raw)
 }
 
-// nameArgs normalizes every argument of c, or returns a usage error.
+// nameArgs normalizes every argument of c (flags among them are applied),
+// or returns a usage error.
 func nameArgs(c *cli.Context, command string) ([]string, error) {
+	args, err := interspersedFlags(c)
+	if err != nil {
+		return nil, err
+	}
 	var out []string
-	for _, arg := range c.Args().Slice() {
+	for _, arg := range args {
 		name, err := storedName(arg)
 		if err != nil {
 			return nil, cli.Exit(fmt.Sprintf("certagent %s: %v", command, err), exitUsage)
@@ -33,4 +38,47 @@ func nameArgs(c *cli.Context, command string) ([]string, error) {
 		out = append(out, name)
 	}
 	return out, nil
+}
+
+// interspersedFlags lets flags follow the arguments, as in `export NAME
+// --out DIR`: urfave/cli stops parsing flags at the first argument, so the
+// flags left among the arguments are set here and the rest returned.
+func interspersedFlags(c *cli.Context) ([]string, error) {
+	known := map[string]cli.Flag{}
+	for _, f := range c.Command.Flags {
+		for _, n := range f.Names() {
+			known[n] = f
+		}
+	}
+	var rest []string
+	args := c.Args().Slice()
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		if arg == "--" {
+			rest = append(rest, args[i+1:]...)
+			break
+		}
+		if !strings.HasPrefix(arg, "-") || arg == "-" {
+			rest = append(rest, arg)
+			continue
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+		f, ok := known[name]
+		if !ok {
+			return nil, cli.Exit(fmt.Sprintf("certagent %s: unknown flag %s", c.Command.Name, arg), exitUsage)
+		}
+		if _, isBool := f.(*cli.BoolFlag); isBool && !hasValue {
+			value = "true"
+		} else if !hasValue {
+			if i+1 == len(args) {
+				return nil, cli.Exit(fmt.Sprintf("certagent %s: flag %s needs a value", c.Command.Name, arg), exitUsage)
+			}
+			i++
+			value = args[i]
+		}
+		if err := c.Set(name, value); err != nil {
+			return nil, cli.Exit(fmt.Sprintf("certagent %s: %s: %v", c.Command.Name, arg, err), exitUsage)
+		}
+	}
+	return rest, nil
 }

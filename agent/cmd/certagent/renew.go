@@ -39,16 +39,16 @@ type renewView struct {
 }
 
 func renewAction(c *cli.Context) error {
+	requested, err := nameArgs(c, "renew")
+	if err != nil {
+		return err
+	}
 	due := c.Bool(flagDue)
-	if due == (c.NArg() > 0) {
+	if due == (len(requested) > 0) {
 		return cli.Exit("certagent renew: name the certificates to renew, or give --due", exitUsage)
 	}
 	if due && c.Bool(flagForce) {
 		return cli.Exit("certagent renew: --force applies to named certificates, not to --due", exitUsage)
-	}
-	requested, err := nameArgs(c, "renew")
-	if err != nil {
-		return err
 	}
 	log, err := newLogger(c)
 	if err != nil {

@@ -67,12 +67,12 @@ type revokeView struct {
 }
 
 func revokeAction(c *cli.Context) error {
-	if c.NArg() != 1 {
-		return cli.Exit("certagent revoke: name exactly one NAME", exitUsage)
-	}
 	args, err := nameArgs(c, "revoke")
 	if err != nil {
 		return err
+	}
+	if len(args) != 1 {
+		return cli.Exit("certagent revoke: name exactly one NAME", exitUsage)
 	}
 	reason, err := parseReason(c.String(flagReason))
 	if err != nil {
