@@ -56,6 +56,7 @@ func TestKeysMatchSchemaDocument(t *testing.T) {
 		"requests":    {keys.Requests()},
 		"expiry":      {keys.Expiry()},
 		"changes":     {keys.Changes()},
+		"events":      {keys.Events()},
 		"lock":        {keys.Lock("a.example.com"), "name", "a.example.com"},
 		"renewals":    {keys.Renewals()},
 		"renewalfail": {keys.RenewalFailures()},
