@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -361,4 +362,53 @@ func TestRenewerStartAndShutdown(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	r.Shutdown()
+}
+
+// TestRenewalPathsNeverScanKeys runs the scheduler's start (schedule fill),
+// passes that renew due certificates, and the reads of status and list, then
+// asks Redis whether KEYS or SCAN ever ran.
+func TestRenewalPathsNeverScanKeys(t *testing.T) {
+	issuer := &fakeIssuer{lifetime: time.Hour}
+	f := newRenewFixture(t, issuer)
+	ctx := context.Background()
+	for i := range 50 {
+		if _, err := f.m.Issue(ctx, []string{"n" + strconv.Itoa(i) + ".example.com"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rdb := f.st.Client()
+	if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.ScheduleMissing(ctx, f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	f.pass(t) // choose renewal times
+	f.clock.Set(f.clock.Now().Add(50 * time.Minute))
+	for f.pass(t) == int(f.r.cfg.Batch) {
+	}
+	if issuer.orders.Load() != 100 {
+		t.Fatalf("%d orders, want the 50 renewals too", issuer.orders.Load())
+	}
+	if _, err := f.st.NextRenewals(ctx, 10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.FailingRenewals(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.st.CertCounts(ctx, f.clock.Now().Unix()); err != nil {
+		t.Fatal(err)
+	}
+	stats, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stats, "cmdstat_zrange") {
+		t.Fatalf("commandstats shows no ZRANGE; is it counting?\n%s", stats)
+	}
+	for _, cmd := range []string{"cmdstat_keys:", "cmdstat_scan:"} {
+		if strings.Contains(stats, cmd) {
+			t.Errorf("%s ran on a renewal path:\n%s", strings.TrimSuffix(cmd, ":"), stats)
+		}
+	}
 }
