@@ -116,6 +116,16 @@ func (b *Budgets) reserved(limit int, prio Priority) int {
 // *DeferredError when a budget is spent or a scope is parked, and parks the
 // scope the CA names when it answers rateLimited.
 func (b *Budgets) Issue(ctx context.Context, names []string, prio Priority) (*store.CertRecord, error) {
+	return b.Run(ctx, names, prio, func(ctx context.Context) (*store.CertRecord, error) {
+		return b.m.Issue(ctx, names)
+	})
+}
+
+// Run is Issue for any order of names: order is called only when every
+// budget has room at prio (a renewal passes PriorityRenewal and an order
+// function that calls Manager.Renew), and its error is read for rateLimited
+// and failed validations the same way.
+func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order func(context.Context) (*store.CertRecord, error)) (*store.CertRecord, error) {
 	if len(names) == 0 {
 		return nil, errors.New("issuing: no names")
 	}
@@ -172,7 +182,7 @@ func (b *Budgets) Issue(ctx context.Context, names []string, prio Priority) (*st
 		taken = append(taken, bg)
 	}
 
-	rec, err := b.m.Issue(ctx, names)
+	rec, err := order(ctx)
 	if err == nil {
 		return rec, nil
 	}
