@@ -58,6 +58,16 @@ type Config struct {
 	// already (External Account Binding, RFC 8555 section 7.3.4), for CAs that
 	// require it. EABHMAC is base64url, as CAs hand it out. Default: none.
 	EABKeyID, EABHMAC string
+	// DNSProvider answers DNS-01 challenges (a lego DNS provider, see
+	// NewDNSProvider) for wildcard names and names matching DNSNames.
+	// Default: none; such names then fail with a clear error.
+	DNSProvider challenge.Provider
+	// DNSNames selects the names validated by DNS-01. Default: none (only
+	// wildcards).
+	DNSNames DNSRules
+	// DNSResolver ("host:port") is asked whether a published TXT record is
+	// visible before the CA validates it. Default: the system resolver.
+	DNSResolver string
 }
 
 // AccountStore keeps the ACME account shared by every agent of the fleet.

@@ -101,25 +101,40 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 		return nil
 	}
 	domain := authz.Identifier.Value
+	// Wildcards can only be validated through DNS; the rules pick DNS-01
+	// for other names too (names nginx does not answer HTTP for).
+	challType, solver := "http-01", c.solver
+	if authz.Wildcard || c.cfg.DNSNames.Match(domain) {
+		if c.cfg.DNSProvider == nil {
+			return fmt.Errorf("authorizing %s: it needs DNS-01 and no DNS provider is configured", domain)
+		}
+		challType, solver = "dns-01", c.cfg.DNSProvider
+	}
 	var chall *acme.Challenge
 	for i := range authz.Challenges {
-		if authz.Challenges[i].Type == "http-01" {
+		if authz.Challenges[i].Type == challType {
 			chall = &authz.Challenges[i]
 		}
 	}
 	if chall == nil {
-		return fmt.Errorf("authorizing %s: the CA offers no http-01 challenge", domain)
+		return fmt.Errorf("authorizing %s: the CA offers no %s challenge", domain, challType)
 	}
 	keyAuth, err := c.core.GetKeyAuthorization(chall.Token)
 	if err != nil {
 		return fmt.Errorf("authorizing %s: %w", domain, err)
 	}
-	if err := c.solver.Present(domain, chall.Token, keyAuth); err != nil {
-		return fmt.Errorf("authorizing %s: presenting the token: %w", domain, err)
+	if err := solver.Present(domain, chall.Token, keyAuth); err != nil {
+		return fmt.Errorf("authorizing %s: presenting the %s answer: %w", domain, challType, err)
 	}
-	// The token is no longer needed once the authorization is final; a
-	// failed clean-up only leaves a key that expires by itself.
-	defer func() { _ = c.solver.CleanUp(domain, chall.Token, keyAuth) }()
+	// The answer is no longer needed once the authorization is final; a
+	// failed clean-up only leaves a token that expires by itself or a TXT
+	// record that nothing trusts any more.
+	defer func() { _ = solver.CleanUp(domain, chall.Token, keyAuth) }()
+	if challType == "dns-01" {
+		if err := c.waitTXT(ctx, domain, keyAuth); err != nil {
+			return fmt.Errorf("authorizing %s: %w", domain, err)
+		}
+	}
 
 	started, err := c.core.Challenges.New(chall.URL)
 	if err != nil {
@@ -141,7 +156,7 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 			return false, nil
 		}
 		for _, ch := range authz.Challenges {
-			if ch.Type == "http-01" && ch.Error != nil {
+			if ch.Type == challType && ch.Error != nil {
 				return false, fmt.Errorf("authorizing %s: %w", domain, ch.Error)
 			}
 		}

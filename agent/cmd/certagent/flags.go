@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -36,6 +37,12 @@ const (
 	envEABHMAC    = "CERTAGENT_EAB_HMAC"
 	flagFallbacks = "fallback-directory"
 	envFallbacks  = "CERTAGENT_FALLBACK_DIRECTORIES"
+	flagDNS       = "dns-provider"
+	envDNS        = "CERTAGENT_DNS_PROVIDER"
+	flagDNSNames  = "dns-names"
+	envDNSNames   = "CERTAGENT_DNS_NAMES"
+	flagDNS01Res  = "dns01-resolver"
+	envDNS01Res   = "CERTAGENT_DNS01_RESOLVER"
 
 	flagRenewInterval = "renew-interval"
 	envRenewInterval  = "CERTAGENT_RENEW_INTERVAL"
@@ -128,6 +135,13 @@ func acmeFlags() []cli.Flag {
 			Usage: "External Account Binding key id, for CAs that require it (with --" + flagEABHMAC + ")"},
 		&cli.StringFlag{Name: flagEABHMAC, EnvVars: []string{envEABHMAC},
 			Usage: "External Account Binding HMAC key, base64url as the CA gives it"},
+		&cli.StringFlag{Name: flagDNS, EnvVars: []string{envDNS},
+			Usage: "lego DNS provider answering DNS-01 (wildcards, --dns-names), configured by lego's own environment variables: " +
+				strings.Join(acmeclient.DNSProviderNames(), ", ")},
+		&cli.StringSliceFlag{Name: flagDNSNames, EnvVars: []string{envDNSNames},
+			Usage: "names validated by DNS-01 instead of HTTP-01: example.com, *.example.com (every name below it), * (all); comma-separated"},
+		&cli.StringFlag{Name: flagDNS01Res, EnvVars: []string{envDNS01Res},
+			Usage: "host:port asked whether a DNS-01 TXT record is visible before the CA validates (default: the system resolver)"},
 		&cli.StringFlag{Name: flagEmail, EnvVars: []string{envEmail}, Usage: "contact e-mail of the ACME account"},
 		&cli.StringSliceFlag{Name: flagCARoots, EnvVars: []string{envCARoots},
 			Usage: "PEM files of extra roots trusted for the ACME server's HTTPS (private CAs); comma-separated"},

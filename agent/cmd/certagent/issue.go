@@ -9,8 +9,6 @@ import (
 	"sync"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/certagent/certagent/agent/names"
 )
 
 func issueCommand() *cli.Command {
@@ -27,6 +25,7 @@ func issueCommand() *cli.Command {
 			"file.\n\nExamples:\n" +
 			"  certagent issue shop.example.com\n" +
 			"  certagent issue --san example.com www.example.com\n" +
+			"  CLOUDFLARE_DNS_API_TOKEN=... certagent issue --dns-provider cloudflare '*.example.com'\n" +
 			"  certagent issue --from-file names.txt --workers 4",
 		Flags: withFlags(redisFlags(), acmeFlags(), []cli.Flag{
 			&cli.BoolFlag{Name: flagSAN, Usage: "one certificate with every NAME, the first as its subject"},
@@ -147,7 +146,7 @@ func issueOrders(c *cli.Context) ([][]string, error) {
 	if file == "" {
 		var requested []string
 		for _, arg := range c.Args().Slice() {
-			name, err := names.FromOperator(arg)
+			name, err := storedName(arg)
 			if err != nil {
 				return nil, cli.Exit(fmt.Sprintf("certagent issue: %v", err), exitUsage)
 			}
@@ -192,7 +191,7 @@ func parseNamesFile(r io.Reader) (orders [][]string, problems []string) {
 		}
 		var set []string
 		for _, field := range strings.FieldsFunc(text, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
-			name, err := names.FromOperator(field)
+			name, err := storedName(field)
 			if err != nil {
 				problems = append(problems, fmt.Sprintf("line %d: %v", line, err))
 				continue

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/go-acme/lego/v4/challenge"
 	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
 
@@ -37,6 +38,28 @@ func closeStore(st *store.Store) { _ = st.Client().Close() }
 
 func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger) (*manager.Manager, error) {
 	directories := append([]string{c.String(flagDirectory)}, c.StringSlice(flagFallbacks)...)
+	var dnsProvider challenge.Provider
+	var dnsRules acmeclient.DNSRules
+	if name := c.String(flagDNS); name != "" {
+		var err error
+		if dnsProvider, err = acmeclient.NewDNSProvider(name); err != nil {
+			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagDNS, err), exitUsage)
+		}
+	}
+	for _, rule := range c.StringSlice(flagDNSNames) {
+		rule = strings.TrimSpace(rule)
+		if rule != "*" {
+			name, err := storedName(rule)
+			if err != nil {
+				return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagDNSNames, err), exitUsage)
+			}
+			rule = name
+		}
+		dnsRules = append(dnsRules, rule)
+	}
+	if len(dnsRules) > 0 && dnsProvider == nil {
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs --%s", flagDNSNames, flagDNS), exitUsage)
+	}
 	var issuers []manager.Issuer
 	for i, dir := range directories {
 		dir = acmeclient.ResolveDirectory(strings.TrimSpace(dir))
@@ -49,6 +72,9 @@ func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.
 			KeyType:      c.String(flagKeyType),
 			CARootFiles:  c.StringSlice(flagCARoots),
 			Profile:      c.String(flagProfile),
+			DNSProvider:  dnsProvider,
+			DNSNames:     dnsRules,
+			DNSResolver:  c.String(flagDNS01Res),
 		}
 		if i == 0 {
 			// The binding is issued by one CA for its own accounts.
