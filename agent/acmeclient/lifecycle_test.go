@@ -110,3 +110,26 @@ func TestEABNeedsBothParts(t *testing.T) {
 		t.Error("unrelated error")
 	}
 }
+
+func TestDNSRules(t *testing.T) {
+	rules := DNSRules{"*.example.com", "exact.example.org"}
+	for name, want := range map[string]bool{
+		"a.example.com":       true,
+		"a.b.example.com":     true,
+		"*.example.com":       true,
+		"example.com":         false,
+		"badexample.com":      false,
+		"exact.example.org":   true,
+		"x.exact.example.org": false,
+	} {
+		if got := rules.Match(name); got != want {
+			t.Errorf("Match(%q) = %v, want %v", name, got, want)
+		}
+	}
+	if !(DNSRules{"*"}).Match("anything.example") || (DNSRules{}).Match("a.example.com") {
+		t.Error("* must match everything, no rules nothing")
+	}
+	if _, err := NewDNSProvider("no-such"); err == nil || !strings.Contains(err.Error(), "cloudflare") {
+		t.Errorf("unknown provider: %v (want the list of known ones)", err)
+	}
+}
