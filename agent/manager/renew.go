@@ -37,6 +37,10 @@ type RenewerConfig struct {
 	// renewal window is asked for again (its Retry-After, or ARIMaxRecheck
 	// when it sends none). Defaults: 1 minute and 24 hours.
 	ARIMinRecheck, ARIMaxRecheck time.Duration
+	// Budgets, when set, keeps renewals within the fleet's rate budgets at
+	// renewal priority; a renewal the budgets defer waits until then without
+	// counting as a failure. Default: none, renewals are not counted.
+	Budgets *Budgets
 	// ShutdownGrace is how long running renewals may finish once Shutdown is
 	// called before they are cancelled (their certificates stay due).
 	// Default: 20 s.
@@ -214,6 +218,8 @@ const (
 	// Failed: the renewal was attempted and failed; the current
 	// certificate stays.
 	Failed Outcome = "failed"
+	// Deferred: a rate budget has no room now; retried when it has.
+	Deferred Outcome = "deferred"
 )
 
 // RenewName looks at the certificate stored under name now, whatever its
@@ -269,12 +275,18 @@ func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.Cer
 		return rec, NotDue, r.record(ctx, rec, state, next)
 	}
 
-	renewed, err := r.cfg.Manager.Renew(ctx, rec)
+	renewed, err := r.renew(ctx, rec)
+	var deferred *DeferredError
 	switch {
 	case err == nil:
 		return renewed, Renewed, nil
 	case errors.Is(err, ErrAlreadyRenewed):
 		return renewed, RenewedElsewhere, nil
+	case errors.As(err, &deferred):
+		// A rate budget is spent or the CA parked the scope: not a failure
+		// of this certificate; come back when the budget allows.
+		r.cfg.Logger.Info("renewal deferred by a rate budget", "name", name, "until", deferred.Until.Format(time.RFC3339), "reason", deferred.Reason)
+		return rec, Deferred, r.record(ctx, rec, state, deferred.Until)
 	case errors.Is(err, store.ErrLockHeld):
 		// The holder stores a new certificate, which reschedules the name.
 		return rec, RenewedElsewhere, r.record(ctx, rec, state, now.Add(r.cfg.RetryBase))
@@ -287,6 +299,16 @@ func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.Cer
 	next := now.Add(r.retryPause(rec, state.Failures, now))
 	r.complain(rec, state, next, now)
 	return rec, Failed, errors.Join(fmt.Errorf("renewing certificate for %s: %w", name, err), r.record(ctx, rec, state, next))
+}
+
+// renew orders the successor of rec, through the rate budgets when set.
+func (r *Renewer) renew(ctx context.Context, rec *store.CertRecord) (*store.CertRecord, error) {
+	if r.cfg.Budgets == nil {
+		return r.cfg.Manager.Renew(ctx, rec)
+	}
+	return r.cfg.Budgets.Run(ctx, rec.Names, PriorityRenewal, func(ctx context.Context) (*store.CertRecord, error) {
+		return r.cfg.Manager.Renew(ctx, rec)
+	})
 }
 
 func (r *Renewer) record(ctx context.Context, rec *store.CertRecord, state *store.RenewalState, next time.Time) error {

@@ -412,3 +412,33 @@ func TestRenewalPathsNeverScanKeys(t *testing.T) {
 		}
 	}
 }
+
+func TestRenewalWaitsForTheRateBudgets(t *testing.T) {
+	issuer := &fakeIssuer{}
+	f := newRenewFixture(t, issuer)
+	ctx := context.Background()
+	budgets, err := NewBudgets(f.m, BudgetConfig{Account: "acct", OrdersPerAccount: 2, OrdersWindow: time.Hour, CertsPerDomain: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.r = NewRenewer(RenewerConfig{Manager: f.m, Budgets: budgets})
+	for _, name := range []string{"h1.example.com", "h2.example.com"} {
+		if _, err := budgets.Issue(ctx, []string{name}, PriorityRenewal); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec, out, err := f.r.RenewName(ctx, "h1.example.com", true)
+	if err != nil || out != Deferred {
+		t.Fatalf("renewal with the order budget spent: %s, %v", out, err)
+	}
+	st := f.state(t, "h1.example.com")
+	if st.Failures != 0 || issuer.orders.Load() != 2 {
+		t.Errorf("a deferral counted as a failure (%d) or ordered (%d orders)", st.Failures, issuer.orders.Load())
+	}
+	if next := f.scheduled(t, "h1.example.com"); !next.After(f.clock.Now()) {
+		t.Errorf("deferred renewal scheduled at %s, want after now", next)
+	}
+	if cur, _ := f.st.GetCert(ctx, "h1.example.com"); cur.Fingerprint != rec.Fingerprint {
+		t.Error("the certificate changed although the renewal was deferred")
+	}
+}

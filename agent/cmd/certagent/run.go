@@ -144,6 +144,7 @@ func runAction(c *cli.Context) error {
 	})
 	renewer := manager.NewRenewer(manager.RenewerConfig{
 		Manager:       mgr,
+		Budgets:       budgets,
 		Logger:        log,
 		Interval:      c.Duration(flagRenewInterval),
 		RetryBase:     c.Duration(flagRenewRetry),
