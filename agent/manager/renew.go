@@ -248,7 +248,12 @@ func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.Cer
 		return nil, "", err
 	}
 	if rec.Primary() != name {
-		// name is a secondary name of a certificate indexed under another.
+		// name is a secondary name of a certificate indexed under another
+		// (an operator's NAME, or a schedule entry left from when it was
+		// primary, which must not stay due forever).
+		if err := st.UnscheduleSecondary(ctx, name); err != nil {
+			return rec, "", err
+		}
 		return r.look(ctx, rec.Primary(), force)
 	}
 	state, err := st.GetRenewal(ctx, name)

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/testenv"
 	"github.com/certagent/certagent/agent/store"
@@ -24,7 +26,7 @@ type manualClock struct {
 	now time.Time
 }
 
-func (c *manualClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *manualClock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
 func (c *manualClock) Set(t time.Time) { c.mu.Lock(); c.now = t; c.mu.Unlock() }
 
 // ariIssuer is a fakeIssuer at another directory URL that offers renewal
@@ -101,7 +103,11 @@ type syncWriter struct {
 	w  *bytes.Buffer
 }
 
-func (s *syncWriter) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.w.Write(p) }
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
 
 func (f *renewFixture) pass(t *testing.T) int {
 	t.Helper()
@@ -440,5 +446,23 @@ func TestRenewalWaitsForTheRateBudgets(t *testing.T) {
 	}
 	if cur, _ := f.st.GetCert(ctx, "h1.example.com"); cur.Fingerprint != rec.Fingerprint {
 		t.Error("the certificate changed although the renewal was deferred")
+	}
+}
+
+func TestAStaleScheduleEntryOfASecondaryNameIsDropped(t *testing.T) {
+	issuer := &fakeIssuer{}
+	f := newRenewFixture(t, issuer)
+	ctx := context.Background()
+	if _, err := f.m.Issue(ctx, []string{"p.example.com", "s.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	// As if s.example.com had been the primary name of an earlier certificate.
+	f.st.Client().ZAdd(ctx, f.st.Keys().Renewals(), redis.Z{Score: 0, Member: "s.example.com"})
+	f.pass(t)
+	if n := f.pass(t); n != 0 {
+		t.Errorf("%d names still due after a pass; the secondary name's entry must go", n)
+	}
+	if got := f.scheduled(t, "p.example.com"); got.IsZero() {
+		t.Error("the primary name lost its place")
 	}
 }

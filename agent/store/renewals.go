@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -185,6 +186,30 @@ func (s *Store) Reschedule(ctx context.Context, name string, next time.Time) err
 	err := s.rdb.ZAddXX(ctx, s.keys.Renewals(), redis.Z{Score: float64(next.Unix()), Member: name}).Err()
 	if err != nil {
 		return fmt.Errorf("rescheduling %s: %w", name, err)
+	}
+	return nil
+}
+
+// UnscheduleSecondary removes name from the renewal schedule if the
+// certificate stored under it is indexed under another (primary) name: an
+// entry left behind when a certificate's primary name changed.
+func (s *Store) UnscheduleSecondary(ctx context.Context, name string) error {
+	certKey := s.keys.Cert(name)
+	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+		names, err := tx.HGet(ctx, certKey, "names").Result()
+		if err != nil || strings.SplitN(names, ",", 2)[0] == name {
+			return nil // gone (Unschedule's case) or primary after all
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.ZRem(ctx, s.keys.Renewals(), name)
+			p.ZRem(ctx, s.keys.RenewalFailures(), name)
+			p.Del(ctx, s.keys.Renewal(name))
+			return nil
+		})
+		return err
+	}, certKey)
+	if err != nil && !errors.Is(err, redis.TxFailedErr) {
+		return fmt.Errorf("unscheduling %s: %w", name, err)
 	}
 	return nil
 }
