@@ -118,7 +118,9 @@ func TestDaemonRenewsAShortLivedCertificateBeforeItExpires(t *testing.T) {
 	// Pebble's ARI window for it spans its whole life; the renewal comes
 	// within it, and nginx follows the stored record.
 	renewed := s.waitServed(t, name, time.Until(first[0].NotAfter)+45*time.Second, "renewal",
-		func(c []*x509.Certificate) bool { return !isFallback(s, c) && c[0].SerialNumber.Cmp(first[0].SerialNumber) != 0 })
+		func(c []*x509.Certificate) bool {
+			return !isFallback(s, c) && c[0].SerialNumber.Cmp(first[0].SerialNumber) != 0
+		})
 	if err := s.verifies(t, renewed, name); err != nil {
 		t.Fatalf("the renewed certificate does not verify: %v", err)
 	}
@@ -438,8 +440,6 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
-
-
 
 // A wildcard certificate through DNS-01, answered by lego's exec provider
 // (configured with lego's own variables) writing to the DNS stub Pebble's
