@@ -45,6 +45,10 @@ function _M.init(user)
         error("certagent: " .. err, 2)
     end
     challenge.init(c, k)
+    ok, err = require("certagent.index").init(c, k)
+    if not ok then
+        error("certagent: " .. err, 2)
+    end
     changes = require("certagent.changes")
     changes.init(c, k)
     cfg = c

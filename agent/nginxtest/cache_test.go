@@ -25,7 +25,8 @@ const statsLocation = `
                 local s = require("certagent.cache").stats()
                 ngx.print(s.lru_count, " ", s.lru_capacity, " ", s.shared_certs, " ",
                           require("certagent.redis").client_name, " ",
-                          require("certagent.changes").position() or "none")
+                          require("certagent.changes").position() or "none", " ",
+                          tostring(require("certagent.index").ready()))
             }
         }
 `
@@ -34,6 +35,7 @@ type cacheStats struct {
 	lruCount, lruCapacity, sharedCerts int
 	redisModule                        string
 	changesPosition                    string // "none" before the worker first read the stream
+	indexReady                         bool
 }
 
 func (e *env) stats() cacheStats {
@@ -45,7 +47,7 @@ func (e *env) stats() cacheStats {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	var s cacheStats
-	if _, err := fmt.Sscan(string(body), &s.lruCount, &s.lruCapacity, &s.sharedCerts, &s.redisModule, &s.changesPosition); err != nil {
+	if _, err := fmt.Sscan(string(body), &s.lruCount, &s.lruCapacity, &s.sharedCerts, &s.redisModule, &s.changesPosition, &s.indexReady); err != nil {
 		e.t.Fatalf("stats %q: %v", body, err)
 	}
 	return s
@@ -53,6 +55,12 @@ func (e *env) stats() cacheStats {
 
 // startWith is start with changes to the shipped http snippet.
 func startWith(t *testing.T, opts testenv.NginxOptions) *env {
+	t.Helper()
+	return startSeeded(t, opts, nil)
+}
+
+// startSeeded is startWith with seed writing to Redis before nginx starts.
+func startSeeded(t *testing.T, opts testenv.NginxOptions, seed func(e *env)) *env {
 	t.Helper()
 	schema, err := schemadoc.Load()
 	if err != nil {
@@ -64,13 +72,18 @@ func startWith(t *testing.T, opts testenv.NginxOptions) *env {
 	opts.KeyPrefix = prefix
 	opts.Env = map[string]string{"CERTAGENT_NODE": testNode}
 	opts.HTTPServerExtra = statsLocation
+	e := &env{t: t, redis: r, prefix: prefix, schema: schema}
+	if seed != nil {
+		seed(e)
+	}
 	n := testenv.StartNginx(t, opts)
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("CERTAGENT_SHOW_NGINX_LOG") != "" {
 			t.Logf("nginx error log:\n%s", n.ErrorLog())
 		}
 	})
-	return &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
+	e.nginx = n
+	return e
 }
 
 // storeMany stores a certificate for each of count names and returns them.
@@ -227,7 +240,10 @@ func TestNegativeCache(t *testing.T) {
 			func(string) bool { return true }, func(cn string) bool { return cn == "a.neg.example.test" })
 	})
 	t.Run("entries expire", func(t *testing.T) {
-		e := startWith(t, testenv.NginxOptions{LuaConfig: map[string]string{"negative_ttl": "1"}})
+		// Without the name index: the loop below is a flood of one name, and
+		// under a flood the index, not Redis, answers for a record written
+		// without a changes entry.
+		e := startWith(t, testenv.NginxOptions{LuaConfig: map[string]string{"negative_ttl": "1", "name_index": "false"}})
 		if got := e.mustHandshake("quiet.example.test"); !e.isFallback(got) {
 			t.Fatalf("served %q, want the fallback", got.Subject.CommonName)
 		}
@@ -332,5 +348,90 @@ func TestRedisModuleNames(t *testing.T) {
 				return len(names) == 1 && names[0] == "missing.example.test"
 			})
 		})
+	}
+}
+
+// flood runs count handshakes, each for a new random name under parent,
+// and fails unless each gets the fallback.
+func (e *env) flood(parent string, count int) {
+	e.t.Helper()
+	for i := 0; i < count; i++ {
+		name := fmt.Sprintf("%x-%d.%s", time.Now().UnixNano(), i, parent)
+		if got := e.mustHandshake(name); !e.isFallback(got) {
+			e.t.Fatalf("%s: served %q, want the fallback", name, got.Subject.CommonName)
+		}
+	}
+}
+
+func TestFloodAnsweredByTheNameIndex(t *testing.T) {
+	seeded := newLeaf(t, "seeded", []string{"seeded.example.test"}, time.Now().Add(24*time.Hour))
+	e := startSeeded(t, testenv.NginxOptions{LuaConfig: map[string]string{"index_threshold": "5"}}, func(e *env) {
+		// Before nginx starts, without a changes entry: only the index's
+		// SCAN can know it.
+		e.storeUnannounced("seeded.example.test", seeded)
+	})
+	waitFor(t, "the name index", func() bool { return e.stats().indexReady })
+	before, err := e.redis.CommandCalls("hmget")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.flood("flood.example.test", 200)
+	after, _ := e.redis.CommandCalls("hmget")
+	// Until the node counts 5 misses a second, names go to Redis; then the
+	// index answers. Without it every handshake would cost an HMGET.
+	if after-before > 40 {
+		t.Errorf("200 handshakes for random names ran HMGET %d times; the name index should answer most", after-before)
+	}
+	// Under the flood: the certificate found by the SCAN is served, and one
+	// stored now is served once the changes stream brought its name.
+	if got := e.mustHandshake("seeded.example.test"); !got.Equal(seeded.cert) {
+		t.Fatalf("during the flood seeded.example.test was served %q", got.Subject.CommonName)
+	}
+	fresh := newLeaf(t, "fresh", []string{"fresh.example.test"}, time.Now().Add(24*time.Hour))
+	e.store("fresh.example.test", fresh)
+	fallback := e.nginx.FallbackCert.Subject.CommonName
+	e.servedLoop("fresh.example.test", "a new certificate during the flood",
+		func(cn string) bool { return cn == "fresh" || cn == fallback },
+		func(cn string) bool {
+			e.flood("flood.example.test", 10)
+			return cn == "fresh"
+		})
+}
+
+func TestFullNameIndexKeepsServing(t *testing.T) {
+	var names []string
+	leaves := map[string]leaf{}
+	e := startSeeded(t, testenv.NginxOptions{
+		LuaConfig:   map[string]string{"index_threshold": "5"},
+		SharedDicts: map[string]string{"certagent_names": "32k"},
+	}, func(e *env) {
+		ctx := context.Background()
+		l := newLeaf(t, "one of many", []string{"many.example.test"}, time.Now().Add(24*time.Hour))
+		p := e.redis.Client.Pipeline()
+		for i := 0; i < 2000; i++ {
+			name := fmt.Sprintf("many%d.example.test", i)
+			p.HSet(ctx, e.key("cert", "name", name), leafFields(l))
+			if i%400 == 0 {
+				names = append(names, name)
+				leaves[name] = l
+			}
+		}
+		if _, err := p.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	waitFor(t, "the full dict to be reported", func() bool {
+		return strings.Contains(e.nginx.ErrorLog(), "certagent_names: no memory")
+	})
+	if e.stats().indexReady {
+		t.Fatal("the name index is in use although it could not hold every name")
+	}
+	// Without the index, names go to Redis: a flood costs lookups but every
+	// certificate is still served.
+	e.flood("flood.example.test", 50)
+	for _, name := range names {
+		if got := e.mustHandshake(name); !got.Equal(leaves[name].cert) {
+			t.Fatalf("%s: served %q, want its certificate", name, got.Subject.CommonName)
+		}
 	}
 }

@@ -7,6 +7,7 @@
 -- drops its whole cache.
 local ngx = ngx
 local cache = require("certagent.cache")
+local index = require("certagent.index")
 local redis = require("certagent.redis")
 
 local log = ngx.log
@@ -89,6 +90,7 @@ end
 local function flush(why, info)
     log(WARN, "certagent: ", why, "; dropping every cached certificate")
     cache.flush()
+    index.invalidate()
     remember(info and info.last or "0-0", info and info.added or 0)
 end
 
@@ -183,6 +185,7 @@ local function read(red)
         local fields = entry[2]
         for j = 1, #fields - 1, 2 do
             if fields[j] == "name" then
+                index.add(fields[j + 1])
                 cache.invalidate(fields[j + 1])
             end
         end
@@ -215,6 +218,10 @@ local function poll_once()
         else
             redis.discard(red)
         end
+    end
+    if ok then
+        -- Only now: this worker follows the stream from before the build.
+        index.maintain()
     end
     return ok, err
 end

@@ -33,6 +33,9 @@ local defaults = {
     negative_ttl = 5,           -- s a record found missing in Redis is remembered as missing
     changes_interval = 1,       -- s between two reads of the changes stream by each worker
     error_ttl = 5,              -- s an unusable record (corrupt PEM) is remembered, to log it once
+    name_index = true,          -- keep every record name in names_dict, for floods of unknown names
+    index_threshold = 20,       -- handshakes per second per node for names without a certificate from which the index answers
+    names_dict = "certagent_names",       -- lua_shared_dict: the names Redis has a certificate for
     certs_dict = "certagent_certs",       -- lua_shared_dict: certificates shared by the workers
     requests_dict = "certagent_requests", -- lua_shared_dict: stream dedup, rate counter, missing records
 }
@@ -164,21 +167,27 @@ function _M.new(user)
         return nil, "key_prefix must be a string without spaces"
     end
     for _, field in ipairs({ "connect_timeout", "read_timeout", "keepalive_pool_size", "keepalive_idle",
-                             "request_window", "stream_maxlen", "request_rate", "lru_size", "cache_ttl",
+                             "request_window", "stream_maxlen", "request_rate", "index_threshold",
+                             "lru_size", "cache_ttl",
                              "negative_ttl", "changes_interval", "error_ttl" }) do
         local e = positive_number(cfg, field)
         if e then
             return nil, e
         end
     end
-    for _, field in ipairs({ "certs_dict", "requests_dict" }) do
+    for _, field in ipairs({ "certs_dict", "requests_dict", "names_dict" }) do
         if type(cfg[field]) ~= "string" or cfg[field] == "" then
             return nil, field .. " must name a lua_shared_dict"
         end
     end
-    if cfg.certs_dict == cfg.requests_dict then
-        -- Flood names must not evict certificates: the two need their own memory.
-        return nil, "certs_dict and requests_dict must be different lua_shared_dicts"
+    -- Flood names must not evict certificates, nor anything evict the index:
+    -- each needs its own memory.
+    if cfg.certs_dict == cfg.requests_dict or cfg.names_dict == cfg.certs_dict
+        or cfg.names_dict == cfg.requests_dict then
+        return nil, "certs_dict, requests_dict and names_dict must be different lua_shared_dicts"
+    end
+    if type(cfg.name_index) ~= "boolean" then
+        return nil, "name_index must be true or false"
     end
     if cfg.lru_size ~= math.floor(cfg.lru_size) then
         return nil, "lru_size must be a whole number"

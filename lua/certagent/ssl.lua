@@ -4,13 +4,15 @@
 --
 -- Lookup order for a.b.example: the cache (certagent.cache: this worker's
 -- LRU, then the shared dict) for the records "a.b.example" and "*.b.example",
--- then one pipelined Redis round trip for whichever of the two the cache does
--- not know. The exact record wins over the wildcard.
+-- the name index (certagent.index) for records Redis does not have, then one
+-- pipelined Redis round trip for whichever of the two is still unknown. The
+-- exact record wins over the wildcard.
 local ngx = ngx
 local ngx_ssl = require("ngx.ssl")
 local names = require("certagent.names")
 local redis = require("certagent.redis")
 local cache = require("certagent.cache")
+local index = require("certagent.index")
 
 local log = ngx.log
 local ERR = ngx.ERR
@@ -68,6 +70,22 @@ local function xadd(premature, name)
     log(ERR, "certagent: recording the request for ", name, " failed: ", err)
 end
 
+-- Handshakes for names without a certificate, counted per second for the
+-- node: from index_threshold on (a flood of such names), the name index
+-- answers for names the cache does not know instead of Redis. Below it Redis
+-- is asked, so a certificate stored a moment ago is served on the very next
+-- handshake rather than after the next read of the changes stream.
+local function flooding()
+    local dict = shared[cfg.requests_dict]
+    local second = floor(ngx.now())
+    local misses = (dict:get("misses:" .. second) or 0) + (dict:get("misses:" .. (second - 1)) or 0)
+    return misses >= cfg.index_threshold
+end
+
+local function count_miss()
+    shared[cfg.requests_dict]:incr("misses:" .. floor(ngx.now()), 1, 0, 3)
+end
+
 -- request records name in the stream at most once per request_window, and at
 -- most request_rate names per second for the whole node: a flood of random
 -- names must neither cost a Redis write per handshake nor push the names of
@@ -79,6 +97,7 @@ local function request(name)
         log(ERR, "certagent: lua_shared_dict ", cfg.requests_dict, " is not defined")
         return
     end
+    count_miss()
     if dict:get(name) then
         return
     end
@@ -171,6 +190,16 @@ local function serve(name, entry)
     end
 end
 
+-- lookup is what the cache knows about rec, or ABSENT when under a flood the
+-- name index says Redis has no such record, or nil.
+local function lookup(rec, t)
+    local known = cache.get(rec, t)
+    if known == nil and flooding() and index.absent(rec) then
+        return ABSENT
+    end
+    return known
+end
+
 -- handle is the body of ssl_certificate_by_lua. It returns nothing: on every
 -- path where it does not set a certificate, nginx uses the fallback.
 function _M.handle()
@@ -184,7 +213,7 @@ function _M.handle()
     end
 
     local t = now()
-    local exact = cache.get(name, t)
+    local exact = lookup(name, t)
     if exact and exact ~= ABSENT then
         if not exact.bad then
             serve(name, exact)
@@ -195,7 +224,7 @@ function _M.handle()
     local wild_rec = parent and "*." .. parent
     local wild
     if wild_rec then
-        wild = cache.get(wild_rec, t)
+        wild = lookup(wild_rec, t)
     end
     if exact == ABSENT and (not wild_rec or wild ~= nil) then
         if wild == nil or wild == ABSENT then
