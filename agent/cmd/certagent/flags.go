@@ -18,6 +18,8 @@ const (
 	envKeyPrefix  = "CERTAGENT_KEY_PREFIX"
 	flagLogLevel  = "log-level"
 	envLogLevel   = "CERTAGENT_LOG_LEVEL"
+	flagLogFormat = "log-format"
+	envLogFormat  = "CERTAGENT_LOG_FORMAT"
 
 	flagDirectory = "acme-directory"
 	envDirectory  = "CERTAGENT_ACME_DIRECTORY"
@@ -120,6 +122,8 @@ func redisFlags() []cli.Flag {
 			Usage: "prefix of every Redis key; nginx must use the same"},
 		&cli.StringFlag{Name: flagLogLevel, EnvVars: []string{envLogLevel}, Value: "info",
 			Usage: "debug, info, warn or error"},
+		&cli.StringFlag{Name: flagLogFormat, EnvVars: []string{envLogFormat}, Value: "text",
+			Usage: "text (key=value lines) or json"},
 	}
 }
 

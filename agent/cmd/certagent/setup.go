@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/go-acme/lego/v4/challenge"
+	legolog "github.com/go-acme/lego/v4/log"
 	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
 
@@ -17,12 +18,25 @@ import (
 	"github.com/certagent/certagent/agent/store"
 )
 
+// newLogger writes structured logs to stderr and routes lego's own log lines
+// into them, so one format reaches the operator's log pipeline.
 func newLogger(c *cli.Context) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String(flagLogLevel))); err != nil {
 		return nil, fmt.Errorf("--%s: %w", flagLogLevel, err)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
+	opts := &slog.HandlerOptions{Level: level}
+	var handler slog.Handler
+	switch format := c.String(flagLogFormat); format {
+	case "text":
+		handler = slog.NewTextHandler(os.Stderr, opts)
+	case "json":
+		handler = slog.NewJSONHandler(os.Stderr, opts)
+	default:
+		return nil, fmt.Errorf("--%s: %q is neither text nor json", flagLogFormat, format)
+	}
+	legolog.Logger = slog.NewLogLogger(handler.WithAttrs([]slog.Attr{slog.String("component", "lego")}), slog.LevelInfo)
+	return slog.New(handler), nil
 }
 
 func openStore(c *cli.Context) (*store.Store, error) {
