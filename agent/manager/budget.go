@@ -252,3 +252,13 @@ func eventID() string {
 	_, _ = rand.Read(raw[:])
 	return hex.EncodeToString(raw[:])
 }
+
+// OrdersLeft is how many new orders the account's budget allows now.
+func (b *Budgets) OrdersLeft(ctx context.Context) (int, error) {
+	orders := store.Budget{Kind: "orders", Subject: b.cfg.Account, Limit: b.cfg.OrdersPerAccount, Window: b.cfg.OrdersWindow}
+	used, err := b.m.cfg.Store.BudgetUsed(ctx, orders, b.m.cfg.Clock.Now())
+	if err != nil {
+		return 0, err
+	}
+	return max(orders.Limit-int(used), 0), nil
+}

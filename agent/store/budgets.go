@@ -144,3 +144,13 @@ func (s *Store) ParkedUntil(ctx context.Context, now time.Time, scopes ...Scope)
 	}
 	return until, which, nil
 }
+
+// BudgetUsed counts the events of b within the window that ends at now.
+func (s *Store) BudgetUsed(ctx context.Context, b Budget, now time.Time) (int64, error) {
+	n, err := s.rdb.ZCount(ctx, s.keys.Budget(b.Kind, b.Subject),
+		"("+strconv.FormatInt(now.Add(-b.Window).UnixMilli(), 10), "+inf").Result()
+	if err != nil {
+		return 0, fmt.Errorf("reading the %s budget: %w", b, err)
+	}
+	return n, nil
+}
