@@ -1,0 +1,90 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/certagent/certagent/agent/internal/testenv"
+)
+
+func TestParseNamesFile(t *testing.T) {
+	orders, problems := parseNamesFile(strings.NewReader(
+		"# comment\n\nA.example.com\nb.example.com, www.b.example.com b.example.com\n*.wild.example.com\nbad_name\nBücher.example\n"))
+	if len(problems) != 1 || !strings.Contains(problems[0], "line 6") {
+		t.Errorf("problems %q: want one, on line 6", problems)
+	}
+	want := [][]string{{"a.example.com"}, {"b.example.com", "www.b.example.com"}, {"*.wild.example.com"}, {"xn--bcher-kva.example"}}
+	if len(orders) != len(want) {
+		t.Fatalf("orders %q, want %q", orders, want)
+	}
+	for i := range want {
+		if strings.Join(orders[i], ",") != strings.Join(want[i], ",") {
+			t.Errorf("line %d: %q, want %q", i, orders[i], want[i])
+		}
+	}
+}
+
+func TestParseReason(t *testing.T) {
+	for in, want := range map[string]uint{"keyCompromise": 1, "4": 4, "unspecified": 0} {
+		if got, err := parseReason(in); err != nil || got != want {
+			t.Errorf("parseReason(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"2", "cACompromise", "", "-1"} {
+		if _, err := parseReason(bad); err == nil {
+			t.Errorf("parseReason(%q): want an error (not a reason a subscriber gives)", bad)
+		}
+	}
+}
+
+// checkPair takes the key forms certbot and others write (SEC1 "EC PRIVATE
+// KEY" here) and stores PKCS #8; it refuses mismatched and expired pairs.
+func TestCheckPair(t *testing.T) {
+	dir := t.TempDir()
+	ca := testenv.NewCert(t, testenv.CertSpec{CommonName: "test CA", IsCA: true})
+	leaf := testenv.NewCert(t, testenv.CertSpec{CommonName: "www.shop.example", DNSNames: []string{"shop.example", "www.shop.example"}, Parent: ca})
+	sec1, err := x509.MarshalECPrivateKey(leaf.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	chain := write("chain.pem", append(append([]byte{}, leaf.CertPEM...), ca.CertPEM...))
+	key := write("key.pem", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1}))
+	rec, err := checkPair(&importPair{source: "x", chainPath: chain, keyPath: key}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Primary() != "www.shop.example" || len(rec.Names) != 2 || rec.KeyType != "ec256" {
+		t.Errorf("record: primary %q names %v key type %q (the subject's name is primary)", rec.Primary(), rec.Names, rec.KeyType)
+	}
+	if block, _ := pem.Decode([]byte(rec.Key)); block == nil || block.Type != "PRIVATE KEY" {
+		t.Error("the stored key is not PKCS #8")
+	}
+	if strings.Count(rec.FullChain, "BEGIN CERTIFICATE") != 2 {
+		t.Error("the intermediate was lost")
+	}
+
+	other := testenv.NewCert(t, testenv.CertSpec{CommonName: "other.example", DNSNames: []string{"other.example"}})
+	otherKey := write("other.key", other.KeyPEM)
+	if _, err := checkPair(&importPair{chainPath: chain, keyPath: otherKey}, time.Now()); err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Errorf("mismatched key: %v", err)
+	}
+	if _, err := checkPair(&importPair{chainPath: chain, keyPath: key}, time.Now().Add(48*time.Hour)); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("expired: %v", err)
+	}
+	garbage := write("garbage.pem", []byte("not a certificate"))
+	if _, err := checkPair(&importPair{chainPath: garbage, keyPath: key}, time.Now()); err == nil {
+		t.Error("garbage chain accepted")
+	}
+}
