@@ -171,6 +171,16 @@ local function from_shared(rec, t, stale)
     return entry
 end
 
+-- hot returns this worker's parsed certificate for rec when it is fresh, and
+-- nothing else: the handshake's first, cheapest look.
+function _M.hot(rec, t)
+    local entry = lru:get(rec)
+    if entry and not entry.bad and entry.not_after > t then
+        return entry
+    end
+    return nil
+end
+
 -- get returns what the cache knows about the record rec at time t: a fresh
 -- entry ({cert, key, not_after}), a { bad = true } marker, ABSENT, or nil
 -- when Redis must be asked.

@@ -24,6 +24,7 @@ local tonumber = tonumber
 local tostring = tostring
 local type = type
 local floor = math.floor
+local byte = string.byte
 
 local server_name = ngx_ssl.server_name
 local clear_certs = ngx_ssl.clear_certs
@@ -207,12 +208,22 @@ function _M.handle()
     if not raw then
         return -- no SNI
     end
+    local t = now()
+    -- Clients send the name as it is stored (lowercase, no trailing dot):
+    -- the worker cache is keyed by record name, so a hit on the raw SNI is
+    -- that name's exact record and needs no normalizing. A raw "*.parent"
+    -- must not find the wildcard record, though.
+    if byte(raw, 1) ~= 42 then
+        local entry = cache.hot(raw, t)
+        if entry then
+            return serve(raw, entry)
+        end
+    end
     local name = names.normalize(raw)
     if not name then
         return -- IP literal, garbage: fallback, nothing recorded
     end
 
-    local t = now()
     local exact = lookup(name, t)
     if exact and exact ~= ABSENT then
         if not exact.bad then
