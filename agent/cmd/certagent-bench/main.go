@@ -546,8 +546,8 @@ func report(args []string) error {
 		return sorted[len(sorted)/2]
 	}
 	base := median(runs[order[0]])
-	fmt.Println("| scenario | runs | hs/s (median run) | ratio to (a) | p50 ms | p99 ms | failed | served as expected | server CPU µs/hs | CPU ratio to (a) | Redis cmd/hs | stream entries added | unique names |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| scenario | runs | hs/s (median run) | ratio to (a) | ratio to (a) per round | p50 ms | p99 ms | failed | served as expected | server CPU µs/hs | CPU ratio to (a) | Redis cmd/hs | stream entries added | unique names |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, label := range order {
 		r := median(runs[label])
 		var failed int64
@@ -563,8 +563,20 @@ func report(args []string) error {
 		if base.ServerCPUus > 0 && r.ServerCPUus > 0 {
 			cpuRatio = fmt.Sprintf("%.2f", r.ServerCPUus/base.ServerCPUus)
 		}
-		fmt.Printf("| %s | %d | %.0f | %.2f | %.2f | %.2f | %d | %d of %d | %.0f | %s | %s | %s | %d |\n",
-			label, len(runs[label]), r.PerSecond, r.PerSecond/base.PerSecond, r.P50ms, r.P99ms, failed,
+		// The i-th run of a scenario against the i-th baseline run: the same
+		// round, the same state of the machine.
+		var perRound []string
+		if len(runs[label]) == len(runs[order[0]]) {
+			for i, x := range runs[label] {
+				perRound = append(perRound, fmt.Sprintf("%.2f", x.PerSecond/runs[order[0]][i].PerSecond))
+			}
+		}
+		rounds := strings.Join(perRound, ", ")
+		if rounds == "" {
+			rounds = "-"
+		}
+		fmt.Printf("| %s | %d | %.0f | %.2f | %s | %.2f | %.2f | %d | %d of %d | %.0f | %s | %s | %s | %d |\n",
+			label, len(runs[label]), r.PerSecond, r.PerSecond/base.PerSecond, rounds, r.P50ms, r.P99ms, failed,
 			r.Expected, r.Handshakes, r.ServerCPUus, cpuRatio, redisCmds, entries, r.UniqueNames)
 	}
 	return nil
