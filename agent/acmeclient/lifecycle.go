@@ -163,3 +163,12 @@ func ResolveDirectory(s string) string {
 	}
 	return s
 }
+
+// CheckKeyType returns an error unless keyType is one New accepts.
+func CheckKeyType(keyType string) error {
+	switch keyType {
+	case "", "ec256", "ec384", "rsa2048", "rsa4096":
+		return nil
+	}
+	return fmt.Errorf("unknown key type %q (want ec256, ec384, rsa2048 or rsa4096)", keyType)
+}

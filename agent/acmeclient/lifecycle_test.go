@@ -133,3 +133,35 @@ func TestDNSRules(t *testing.T) {
 		t.Errorf("unknown provider: %v (want the list of known ones)", err)
 	}
 }
+
+// A Lazy client of a CA that is down fails each use with a clear error and
+// connects once the CA answers.
+func TestLazyConnectsOnUse(t *testing.T) {
+	pebble, tokens := startCA(t)
+	ctx := context.Background()
+	down := NewLazy(Config{DirectoryURL: "https://127.0.0.1:1/dir"}, &memAccounts{}, NewHTTP01Provider(tokens, 0))
+	if down.DirectoryURL() != "https://127.0.0.1:1/dir" {
+		t.Error("directory URL")
+	}
+	if _, err := down.Obtain(ctx, []string{"lazy.example.test"}); err == nil || !strings.Contains(err.Error(), "connecting to the CA at https://127.0.0.1:1/dir") {
+		t.Errorf("down CA: %v", err)
+	}
+	accounts := &memAccounts{}
+	up := NewLazy(Config{DirectoryURL: pebble.DirectoryURL, CARootFiles: []string{pebble.CARootsFile}}, accounts, NewHTTP01Provider(tokens, 0))
+	if accounts.sets != 0 {
+		t.Error("NewLazy registered an account before any use")
+	}
+	cert, err := up.Obtain(ctx, []string{"lazy.example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := up.RenewalInfo(ctx, cert.FullChain); err != nil {
+		t.Errorf("renewal info through the lazy client: %v", err)
+	}
+	if err := up.Revoke(ctx, cert.FullChain, 0); err != nil {
+		t.Errorf("revoke through the lazy client: %v", err)
+	}
+	if accounts.sets != 1 {
+		t.Errorf("%d registrations, want 1", accounts.sets)
+	}
+}

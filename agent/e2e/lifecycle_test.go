@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -485,5 +486,29 @@ esac
 	}
 	if _, errOut, code := s.cli(t, "issue", "--dns-provider", "no-such-dns", "x.example.test"); code != 2 || !strings.Contains(errOut, "unknown DNS provider") {
 		t.Errorf("unknown provider: exit %d: %s", code, errOut)
+	}
+}
+
+// With the first CA down, the order goes to the next one in the list.
+func TestIssuersAreTriedInTurn(t *testing.T) {
+	s := startLifecycleStack(t, nil)
+	down := "https://127.0.0.1:" + fmt.Sprint(testenv.FreePort(t)) + "/dir"
+	out, errOut, code := s.cli(t, "issue", "--acme-directory", down, "--fallback-directory", s.pebble.DirectoryURL, "--json", "fallback.example.test")
+	if code != 0 {
+		t.Fatalf("issue with the first CA down exited %d: %s%s", code, out, errOut)
+	}
+	var issued []struct {
+		CA string `json:"ca"`
+	}
+	if err := json.Unmarshal([]byte(out), &issued); err != nil || len(issued) != 1 || issued[0].CA != s.pebble.DirectoryURL {
+		t.Errorf("issued by %+v (%v), want the fallback %s", issued, err, s.pebble.DirectoryURL)
+	}
+	if !strings.Contains(errOut, "CA failed, trying the next one") || !strings.Contains(errOut, down) {
+		t.Errorf("the failed first CA is not in the log:\n%s", errOut)
+	}
+	// Both down: the order fails with both errors.
+	_, errOut, code = s.cli(t, "issue", "--acme-directory", down, "--fallback-directory", down+"2", "second.example.test")
+	if code != 1 || strings.Count(errOut, "connecting to the CA at") < 2 {
+		t.Errorf("both CAs down: exit %d:\n%s", code, errOut)
 	}
 }

@@ -71,10 +71,6 @@ func accountShowAction(c *cli.Context) error {
 }
 
 func accountRegisterAction(c *cli.Context) error {
-	log, err := newLogger(c)
-	if err != nil {
-		return err
-	}
 	st, err := openStore(c)
 	if err != nil {
 		return err
@@ -82,8 +78,12 @@ func accountRegisterAction(c *cli.Context) error {
 	defer closeStore(st)
 	ctx, stop := withSignals(c.Context)
 	defer stop()
+	cfgs, err := acmeConfigs(c)
+	if err != nil {
+		return err
+	}
 	// Building the client registers the account when it has no URL yet.
-	if _, err := newManager(ctx, c, st, log); err != nil {
+	if _, err := acmeclient.New(ctx, cfgs[0], st, acmeclient.NewHTTP01Provider(st, 0)); err != nil {
 		return cli.Exit(fmt.Sprintf("certagent account: %v", err), exitFailed)
 	}
 	info, err := st.GetAccount(ctx, acmeclient.ResolveDirectory(c.String(flagDirectory)), c.String(flagEmail))

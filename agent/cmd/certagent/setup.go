@@ -50,8 +50,13 @@ func openStore(c *cli.Context) (*store.Store, error) {
 
 func closeStore(st *store.Store) { _ = st.Client().Close() }
 
-func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger) (*manager.Manager, error) {
+// acmeConfigs returns the client configuration of each CA, the primary
+// (--acme-directory) first, then the fallbacks in order.
+func acmeConfigs(c *cli.Context) ([]acmeclient.Config, error) {
 	directories := append([]string{c.String(flagDirectory)}, c.StringSlice(flagFallbacks)...)
+	if err := acmeclient.CheckKeyType(c.String(flagKeyType)); err != nil {
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagKeyType, err), exitUsage)
+	}
 	var dnsProvider challenge.Provider
 	var dnsRules acmeclient.DNSRules
 	if name := c.String(flagDNS); name != "" {
@@ -74,7 +79,7 @@ func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.
 	if len(dnsRules) > 0 && dnsProvider == nil {
 		return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs --%s", flagDNSNames, flagDNS), exitUsage)
 	}
-	var issuers []manager.Issuer
+	var cfgs []acmeclient.Config
 	for i, dir := range directories {
 		dir = acmeclient.ResolveDirectory(strings.TrimSpace(dir))
 		if !strings.HasPrefix(dir, "https://") && !strings.HasPrefix(dir, "http://") {
@@ -94,11 +99,31 @@ func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.
 			// The binding is issued by one CA for its own accounts.
 			cfg.EABKeyID, cfg.EABHMAC = c.String(flagEABKID), c.String(flagEABHMAC)
 		}
-		client, err := acmeclient.New(ctx, cfg, st, acmeclient.NewHTTP01Provider(st, 0))
+		cfgs = append(cfgs, cfg)
+	}
+	return cfgs, nil
+}
+
+func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger) (*manager.Manager, error) {
+	cfgs, err := acmeConfigs(c)
+	if err != nil {
+		return nil, err
+	}
+	var issuers []manager.Issuer
+	if len(cfgs) == 1 {
+		// One CA: connect now, so a wrong URL or a CA that is down shows at once.
+		client, err := acmeclient.New(ctx, cfgs[0], st, acmeclient.NewHTTP01Provider(st, 0))
 		if err != nil {
 			return nil, err
 		}
 		issuers = append(issuers, client)
+	} else {
+		// With fallbacks, a CA that is down must not keep the agent from
+		// starting or the next CA from being tried: each connects when it
+		// is first needed, and again after a failed attempt.
+		for _, cfg := range cfgs {
+			issuers = append(issuers, acmeclient.NewLazy(cfg, st, acmeclient.NewHTTP01Provider(st, 0)))
+		}
 	}
 	return manager.New(manager.Config{
 		Store:        st,
