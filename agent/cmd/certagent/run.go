@@ -151,8 +151,16 @@ func runAction(c *cli.Context) error {
 		ShutdownGrace: c.Duration(flagGrace),
 	})
 	renewer.Start(ctx)
+	// Both get their shutdown grace at the same time, not one after the other.
+	renewerDone := make(chan struct{})
+	go func() {
+		<-ctx.Done()
+		renewer.Shutdown()
+		close(renewerDone)
+	}()
 	err = consumer.Run(ctx)
-	renewer.Shutdown()
+	stop()
+	<-renewerDone
 	log.Info("agent stopped")
 	return err
 }
