@@ -88,3 +88,24 @@ func TestCheckPair(t *testing.T) {
 		t.Error("garbage chain accepted")
 	}
 }
+
+func TestProgressBarAndTerminalDetection(t *testing.T) {
+	var out strings.Builder
+	p := &progressBar{w: &out, total: 4}
+	p.step(false)
+	p.step(true)
+	p.done()
+	want := "\r[" + strings.Repeat("#", 7) + strings.Repeat(".", 23) + "] 1/4 issued, 0 failed" +
+		"\r[" + strings.Repeat("#", 15) + strings.Repeat(".", 15) + "] 1/4 issued, 1 failed\n"
+	if out.String() != want {
+		t.Errorf("progress output %q, want %q", out.String(), want)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if isTerminal(f) || isTerminal(&out) {
+		t.Error("a file or a buffer taken for a terminal: bulk output would be a progress bar instead of lines")
+	}
+}
