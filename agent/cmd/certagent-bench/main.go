@@ -507,7 +507,8 @@ func cpuSeconds(pids []int) (float64, error) {
 
 // report prints the JSON results of FILE (one run a line) as a Markdown
 // table: for each scenario (in the order of their labels) the run with the
-// median rate, and its rate and server CPU as ratios to the first label's.
+// median rate, and the median over rounds of its rate and server CPU as
+// ratios to the first label's run of the same round.
 // Rounds of the same scenarios interleaved with the baseline keep the ratios
 // honest on a machine whose speed drifts.
 func report(args []string) error {
@@ -546,7 +547,7 @@ func report(args []string) error {
 		return sorted[len(sorted)/2]
 	}
 	base := median(runs[order[0]])
-	fmt.Println("| scenario | runs | hs/s (median run) | ratio to (a) | ratio to (a) per round | p50 ms | p99 ms | failed | served as expected | server CPU µs/hs | CPU ratio to (a) | Redis cmd/hs | stream entries added | unique names |")
+	fmt.Println("| scenario | runs | hs/s (median run) | ratio to (a) (median of rounds) | ratio to (a) per round | p50 ms | p99 ms | failed | served as expected | server CPU µs/hs | CPU ratio to (a) (median of rounds) | Redis cmd/hs | stream entries added | unique names |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, label := range order {
 		r := median(runs[label])
@@ -559,10 +560,6 @@ func report(args []string) error {
 			redisCmds = fmt.Sprintf("%.4f", r.RedisCommands)
 			entries = strconv.FormatInt(r.StreamEntries, 10)
 		}
-		cpuRatio := "-"
-		if base.ServerCPUus > 0 && r.ServerCPUus > 0 {
-			cpuRatio = fmt.Sprintf("%.2f", r.ServerCPUus/base.ServerCPUus)
-		}
 		// The i-th run of a scenario against the i-th baseline run: the same
 		// round, the same state of the machine.
 		var perRound []string
@@ -572,12 +569,41 @@ func report(args []string) error {
 			}
 		}
 		rounds := strings.Join(perRound, ", ")
+		ratio := r.PerSecond / base.PerSecond
 		if rounds == "" {
 			rounds = "-"
+		} else {
+			ratio = medianOf(runs[label], runs[order[0]], func(x result) float64 { return x.PerSecond })
+		}
+		cpuRatio := "-"
+		if base.ServerCPUus > 0 && r.ServerCPUus > 0 {
+			cpuRatio = fmt.Sprintf("%.2f", r.ServerCPUus/base.ServerCPUus)
+			if len(runs[label]) == len(runs[order[0]]) {
+				cpuRatio = fmt.Sprintf("%.2f", medianOf(runs[label], runs[order[0]], func(x result) float64 { return x.ServerCPUus }))
+			}
 		}
 		fmt.Printf("| %s | %d | %.0f | %.2f | %s | %.2f | %.2f | %d | %d of %d | %.0f | %s | %s | %s | %d |\n",
-			label, len(runs[label]), r.PerSecond, r.PerSecond/base.PerSecond, rounds, r.P50ms, r.P99ms, failed,
+			label, len(runs[label]), r.PerSecond, ratio, rounds, r.P50ms, r.P99ms, failed,
 			r.Expected, r.Handshakes, r.ServerCPUus, cpuRatio, redisCmds, entries, r.UniqueNames)
 	}
 	return nil
+}
+
+// medianOf returns the median over rounds of value(run i) / value(baseline
+// run i).
+func medianOf(runs, baseline []result, value func(result) float64) float64 {
+	ratios := make([]float64, 0, len(runs))
+	for i := range runs {
+		if b := value(baseline[i]); b > 0 {
+			ratios = append(ratios, value(runs[i])/b)
+		}
+	}
+	if len(ratios) == 0 {
+		return 0
+	}
+	sort.Float64s(ratios)
+	if len(ratios)%2 == 1 {
+		return ratios[len(ratios)/2]
+	}
+	return (ratios[len(ratios)/2-1] + ratios[len(ratios)/2]) / 2
 }
