@@ -38,6 +38,9 @@ func exportAction(c *cli.Context) error {
 	if len(args) != 1 {
 		return cli.Exit("certagent export: name exactly one NAME", exitUsage)
 	}
+	if c.String(flagOut) == "" {
+		return cli.Exit("certagent export: --out DIR is required", exitUsage)
+	}
 	st, err := openStore(c)
 	if err != nil {
 		return err
@@ -65,9 +68,6 @@ func exportAction(c *cli.Context) error {
 		}
 	}
 	dir := c.String(flagOut)
-	if dir == "" {
-		return cli.Exit("certagent export: --out DIR is required", exitUsage)
-	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return cli.Exit(fmt.Sprintf("certagent export: %v", err), exitFailed)
 	}
