@@ -41,6 +41,10 @@ type RenewerConfig struct {
 	// renewal priority; a renewal the budgets defer waits until then without
 	// counting as a failure. Default: none, renewals are not counted.
 	Budgets *Budgets
+	// ClaimFor is how long a due entry this agent took stays away from the
+	// other agents while it looks at it; if the agent dies meanwhile, the
+	// entry is due again after it. Default: 10 minutes.
+	ClaimFor time.Duration
 	// ShutdownGrace is how long running renewals may finish once Shutdown is
 	// called before they are cancelled (their certificates stay due).
 	// Default: 20 s.
@@ -97,6 +101,9 @@ func NewRenewer(cfg RenewerConfig) *Renewer {
 	}
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = 20 * time.Second
+	}
+	if cfg.ClaimFor <= 0 {
+		cfg.ClaimFor = 10 * time.Minute
 	}
 	return &Renewer{cfg: cfg, inFlight: map[string]bool{}}
 }
@@ -190,6 +197,16 @@ func (r *Renewer) Pass(ctx context.Context) (int, error) {
 	var wg sync.WaitGroup
 	for _, e := range due {
 		if !r.claim(e.Name) {
+			continue
+		}
+		// Of the fleet's agents that read this entry, one looks at it.
+		ok, err := r.cfg.Manager.cfg.Store.ClaimDue(ctx, e, r.cfg.Clock.Now().Add(r.cfg.ClaimFor))
+		if !ok || err != nil {
+			r.unclaim(e.Name)
+			if err != nil {
+				wg.Wait()
+				return 0, err
+			}
 			continue
 		}
 		sem <- struct{}{}
@@ -296,7 +313,12 @@ func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.Cer
 		// The holder stores a new certificate, which reschedules the name.
 		return rec, RenewedElsewhere, r.record(ctx, rec, state, now.Add(r.cfg.RetryBase))
 	case ctx.Err() != nil:
-		return rec, Failed, fmt.Errorf("renewing certificate for %s: %w", name, err)
+		// Cut short by shutdown: not the certificate's failure. Due again
+		// at once for whichever agent runs next, not after the claim.
+		releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		return rec, Failed, errors.Join(fmt.Errorf("renewing certificate for %s: %w", name, err),
+			st.Reschedule(releaseCtx, name, now))
 	}
 	state.Failures++
 	state.LastError = err.Error()

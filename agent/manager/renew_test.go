@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,6 +39,9 @@ type ariIssuer struct {
 	mu2    sync.Mutex
 	opts   []acmeclient.OrderOptions
 	ca     *testenv.Cert
+
+	infoCalls atomic.Int64
+	windowFor func(chain []byte) *acmeclient.RenewalWindow // overrides window
 }
 
 func (a *ariIssuer) DirectoryURL() string { return a.url }
@@ -72,7 +76,11 @@ func (a *ariIssuer) ObtainWith(ctx context.Context, names []string, opts acmecli
 	return got, nil
 }
 
-func (a *ariIssuer) RenewalInfo(context.Context, []byte) (*acmeclient.RenewalWindow, error) {
+func (a *ariIssuer) RenewalInfo(_ context.Context, chain []byte) (*acmeclient.RenewalWindow, error) {
+	a.infoCalls.Add(1)
+	if a.windowFor != nil {
+		return a.windowFor(chain), nil
+	}
 	if a.window == nil {
 		return nil, acmeclient.ErrNoARI
 	}
@@ -464,5 +472,54 @@ func TestAStaleScheduleEntryOfASecondaryNameIsDropped(t *testing.T) {
 	}
 	if got := f.scheduled(t, "p.example.com"); got.IsZero() {
 		t.Error("the primary name lost its place")
+	}
+}
+
+// Two agents passing over the same schedule at the same time look at each
+// due certificate once between them: one question to the CA per certificate,
+// one renewal per certificate.
+func TestTwoAgentsShareTheDueCertificates(t *testing.T) {
+	issuer := &ariIssuer{url: "https://ari-ca/dir"}
+	f := newRenewFixture(t, issuer)
+	ctx := context.Background()
+	first := map[string]bool{}
+	for i := range 20 {
+		rec, err := f.m.Issue(ctx, []string{"share" + strconv.Itoa(i) + ".example.com"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		first[rec.FullChain] = true
+	}
+	now := f.clock.Now().Add(time.Minute)
+	f.clock.Set(now)
+	// The CA wants the first certificates replaced now, their successors later.
+	var firstAsked atomic.Int64
+	issuer.windowFor = func(chain []byte) *acmeclient.RenewalWindow {
+		if first[string(chain)] {
+			firstAsked.Add(1)
+			return &acmeclient.RenewalWindow{Start: now.Add(-2 * time.Hour), End: now.Add(-time.Hour)}
+		}
+		return &acmeclient.RenewalWindow{Start: now.Add(time.Hour), End: now.Add(2 * time.Hour)}
+	}
+	other := NewRenewer(RenewerConfig{Manager: f.m})
+	var wg sync.WaitGroup
+	for _, r := range []*Renewer{f.r, other} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := r.Pass(ctx); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	// Each first certificate is looked at (and the CA asked) once; without
+	// the claim both agents would look at most of them. (A successor stored
+	// during the pass may be looked at by the other agent: it is due too.)
+	if n := firstAsked.Load(); n != 20 {
+		t.Errorf("%d renewal information requests for the 20 first certificates, want one each", n)
+	}
+	if n := issuer.orders.Load(); n != 40 {
+		t.Errorf("%d orders, want 20 issuances and 20 renewals", n)
 	}
 }

@@ -256,3 +256,26 @@ func (s *Store) FailingRenewals(ctx context.Context, limit int64) ([]IndexEntry,
 	}
 	return out, nil
 }
+
+// Only the agent that still sees the score it read moves it: the compare
+// and the move are one step, so of several agents reading the same due
+// entry exactly one claims it.
+var claimScript = redis.NewScript(`
+local score = redis.call("ZSCORE", KEYS[1], ARGV[2])
+if score and tonumber(score) == tonumber(ARGV[1]) then
+  redis.call("ZADD", KEYS[1], "XX", ARGV[3], ARGV[2])
+  return 1
+end
+return 0`)
+
+// ClaimDue moves the schedule entry e (as RenewalDue returned it) to until,
+// if no other agent has moved it since, and reports whether this caller got
+// it. The claimant records the real next time when it is done; if it dies
+// first, the entry is due again at until.
+func (s *Store) ClaimDue(ctx context.Context, e IndexEntry, until time.Time) (bool, error) {
+	n, err := claimScript.Run(ctx, s.rdb, []string{s.keys.Renewals()}, e.NotAfter.Unix(), e.Name, until.Unix()).Int()
+	if err != nil {
+		return false, fmt.Errorf("claiming the renewal of %s: %w", e.Name, err)
+	}
+	return n == 1, nil
+}

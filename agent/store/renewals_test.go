@@ -133,3 +133,28 @@ func TestScheduleMissingFillsFromTheExpiryIndex(t *testing.T) {
 		t.Errorf("due %v", due)
 	}
 }
+
+func TestClaimDueGivesAnEntryToOneCaller(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	now := time.Now()
+	putTestCert(t, st, now.Add(-time.Minute), "claim.example.com")
+	due, err := st.RenewalDue(ctx, now, 0)
+	if err != nil || len(due) != 1 {
+		t.Fatalf("due %v, %v", due, err)
+	}
+	got, err := st.ClaimDue(ctx, due[0], now.Add(5*time.Minute))
+	if err != nil || !got {
+		t.Fatalf("first claim: %v, %v", got, err)
+	}
+	// A second agent that read the same entry does not get it.
+	if got, err := st.ClaimDue(ctx, due[0], now.Add(5*time.Minute)); err != nil || got {
+		t.Errorf("second claim: %v, %v", got, err)
+	}
+	if again, _ := st.RenewalDue(ctx, now, 0); len(again) != 0 {
+		t.Errorf("a claimed entry is still due: %v", again)
+	}
+	if later, _ := st.RenewalDue(ctx, now.Add(5*time.Minute), 0); len(later) != 1 {
+		t.Errorf("the claim does not run out: %v", later)
+	}
+}
