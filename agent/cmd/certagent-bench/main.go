@@ -507,8 +507,8 @@ func cpuSeconds(pids []int) (float64, error) {
 
 // report prints the JSON results of FILE (one run a line) as a Markdown
 // table: for each scenario (in the order of their labels) the run with the
-// median rate, and the median over rounds of its rate and server CPU as
-// ratios to the first label's run of the same round.
+// median rate, and the median over its runs of the rate and server CPU as
+// ratios to the baseline (the first label) run just before each.
 // Rounds of the same scenarios interleaved with the baseline keep the ratios
 // honest on a machine whose speed drifts.
 func report(args []string) error {
@@ -521,6 +521,7 @@ func report(args []string) error {
 	}
 	defer f.Close()
 	runs := map[string][]result{}
+	var all []*result
 	var order []string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -535,12 +536,27 @@ func report(args []string) error {
 			order = append(order, r.Scenario)
 		}
 		runs[r.Scenario] = append(runs[r.Scenario], r)
+		all = append(all, &r)
 	}
 	if len(order) == 0 {
 		return errors.New("no results")
 	}
 	// Labels start with the scenario's letter: (a), the baseline, first.
 	sort.Strings(order)
+	baseLabel := order[0]
+	// Each run's baseline is the baseline run just before it in the file:
+	// the same round, the same state of the machine.
+	perRun := map[string][][2]result{} // label: (run, its baseline) pairs
+	var last *result
+	for _, r := range all {
+		if r.Scenario == baseLabel {
+			last = r
+			continue
+		}
+		if last != nil {
+			perRun[r.Scenario] = append(perRun[r.Scenario], [2]result{*r, *last})
+		}
+	}
 	median := func(rs []result) result {
 		sorted := append([]result(nil), rs...)
 		sort.Slice(sorted, func(i, j int) bool { return sorted[i].PerSecond < sorted[j].PerSecond })
@@ -560,26 +576,26 @@ func report(args []string) error {
 			redisCmds = fmt.Sprintf("%.4f", r.RedisCommands)
 			entries = strconv.FormatInt(r.StreamEntries, 10)
 		}
-		// The i-th run of a scenario against the i-th baseline run: the same
-		// round, the same state of the machine.
+		pairs := perRun[label]
 		var perRound []string
-		if len(runs[label]) == len(runs[order[0]]) {
-			for i, x := range runs[label] {
-				perRound = append(perRound, fmt.Sprintf("%.2f", x.PerSecond/runs[order[0]][i].PerSecond))
-			}
+		for _, p := range pairs {
+			perRound = append(perRound, fmt.Sprintf("%.2f", p[0].PerSecond/p[1].PerSecond))
 		}
 		rounds := strings.Join(perRound, ", ")
 		ratio := r.PerSecond / base.PerSecond
-		if rounds == "" {
-			rounds = "-"
-		} else {
-			ratio = medianOf(runs[label], runs[order[0]], func(x result) float64 { return x.PerSecond })
-		}
 		cpuRatio := "-"
-		if base.ServerCPUus > 0 && r.ServerCPUus > 0 {
-			cpuRatio = fmt.Sprintf("%.2f", r.ServerCPUus/base.ServerCPUus)
-			if len(runs[label]) == len(runs[order[0]]) {
-				cpuRatio = fmt.Sprintf("%.2f", medianOf(runs[label], runs[order[0]], func(x result) float64 { return x.ServerCPUus }))
+		if label == baseLabel {
+			rounds, ratio = "-", 1
+			cpuRatio = "1.00"
+		} else if len(pairs) > 0 {
+			ratio = medianOf(pairs, func(x result) float64 { return x.PerSecond })
+			if c := medianOf(pairs, func(x result) float64 { return x.ServerCPUus }); c > 0 {
+				cpuRatio = fmt.Sprintf("%.2f", c)
+			}
+		} else {
+			rounds = "-"
+			if base.ServerCPUus > 0 && r.ServerCPUus > 0 {
+				cpuRatio = fmt.Sprintf("%.2f", r.ServerCPUus/base.ServerCPUus)
 			}
 		}
 		fmt.Printf("| %s | %d | %.0f | %.2f | %s | %.2f | %.2f | %d | %d of %d | %.0f | %s | %s | %s | %d |\n",
@@ -589,13 +605,13 @@ func report(args []string) error {
 	return nil
 }
 
-// medianOf returns the median over rounds of value(run i) / value(baseline
-// run i).
-func medianOf(runs, baseline []result, value func(result) float64) float64 {
-	ratios := make([]float64, 0, len(runs))
-	for i := range runs {
-		if b := value(baseline[i]); b > 0 {
-			ratios = append(ratios, value(runs[i])/b)
+// medianOf returns the median over (run, baseline) pairs of value(run) /
+// value(baseline).
+func medianOf(pairs [][2]result, value func(result) float64) float64 {
+	ratios := make([]float64, 0, len(pairs))
+	for _, p := range pairs {
+		if b := value(p[1]); b > 0 && value(p[0]) > 0 {
+			ratios = append(ratios, value(p[0])/b)
 		}
 	}
 	if len(ratios) == 0 {
