@@ -181,7 +181,9 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	rec.CA = issuer.DirectoryURL()
 	rec.CertURL = cert.CertURL
 	rec.IssuedAt = m.cfg.Clock.Now()
-	if err := m.cfg.Store.PutCert(ctx, rec); err != nil {
+	// Fenced: if the lease was lost and another agent took the name since,
+	// its newer result stays and this one is dropped (store.ErrFenced).
+	if err := lock.PutCert(ctx, rec); err != nil {
 		return nil, err
 	}
 	event := "certificate issued"

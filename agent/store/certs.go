@@ -130,13 +130,18 @@ func recordFromFields(f map[string]string) (*CertRecord, error) {
 
 // PutCert stores rec under the key of each of its names, indexes its primary
 // name by expiry and schedules it for a renewal check at rec.IssuedAt, in one
-// transaction.
+// transaction. It takes no lease: the agent's orders write through
+// Lock.PutCert, which refuses a stale fencing token.
 func (s *Store) PutCert(ctx context.Context, rec *CertRecord) error {
+	return s.putCert(ctx, rec, nil)
+}
+
+func (s *Store) putCert(ctx context.Context, rec *CertRecord, lock *Lock) error {
 	if len(rec.Names) == 0 {
 		return errors.New("storing a certificate: the record has no names")
 	}
 	fields := rec.fields()
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	write := func(p redis.Pipeliner) error {
 		for _, name := range rec.Names {
 			p.Del(ctx, s.keys.Cert(name))
 			p.HSet(ctx, s.keys.Cert(name), fields)
@@ -149,11 +154,42 @@ func (s *Store) PutCert(ctx context.Context, rec *CertRecord) error {
 		p.ZAdd(ctx, s.keys.Renewals(), redis.Z{Score: float64(rec.IssuedAt.Unix()), Member: rec.Primary()})
 		s.noteChanges(ctx, p, "put", rec.Names)
 		return nil
-	})
+	}
+	var err error
+	if lock == nil {
+		_, err = s.rdb.TxPipelined(ctx, write)
+	} else {
+		err = s.putFenced(ctx, rec, lock, write)
+	}
 	if err != nil {
 		return fmt.Errorf("storing the certificate for %s: %w", rec.Primary(), err)
 	}
 	return nil
+}
+
+// putFenced runs write in a MULTI that EXEC only applies while the name's
+// fence still holds the lock's token: WATCH makes Redis drop the transaction
+// if an acquire INCRs the fence between the check and the EXEC.
+func (s *Store) putFenced(ctx context.Context, rec *CertRecord, lock *Lock, write func(redis.Pipeliner) error) error {
+	if lock.name != rec.Primary() {
+		return fmt.Errorf("the lease is on %s, not on the primary name", lock.name)
+	}
+	fenceKey := s.keys.Fence(lock.name)
+	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+		current, err := tx.Get(ctx, fenceKey).Int64()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("reading the fence: %w", err)
+		}
+		if current != lock.fence {
+			return fmt.Errorf("token %d, current %d: %w", lock.fence, current, ErrFenced)
+		}
+		_, err = tx.TxPipelined(ctx, write)
+		return err
+	}, fenceKey)
+	if errors.Is(err, redis.TxFailedErr) {
+		return fmt.Errorf("token %d: the fence moved during the write: %w", lock.fence, ErrFenced)
+	}
+	return err
 }
 
 // ChangesMaxLen bounds the stream of changes; nginx workers that fall further

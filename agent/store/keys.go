@@ -57,6 +57,11 @@ func (k Keys) RenewalFailures() string { return k.prefix() + "renewal-failures" 
 // Lock is the lease that makes one agent at a time order a certificate for name.
 func (k Keys) Lock(name string) string { return k.prefix() + "lock:" + name }
 
+// Fence is the fencing counter of name: every lease taken on Lock(name)
+// draws the next value, and a certificate write carrying an older value is
+// refused.
+func (k Keys) Fence(name string) string { return k.prefix() + "fence:" + name }
+
 // Account is the hash holding the ACME account for a directory URL and e-mail.
 func (k Keys) Account(directoryURL, email string) string {
 	return k.prefix() + "account:" + AccountID(directoryURL, email)

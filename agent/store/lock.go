@@ -15,13 +15,32 @@ import (
 // order runs, so a crashed agent blocks a name for at most this long.
 const LockTTL = 120 * time.Second
 
+// FenceTTL bounds how long the fence counter of a name outlives its last
+// lease. A holder paused for longer than this could see the counter start
+// again from 1, so it is far longer than any order (order timeout × CAs).
+const FenceTTL = 30 * 24 * time.Hour
+
 // ErrLockHeld is returned when another owner holds the lock.
 var ErrLockHeld = errors.New("lock held by another agent")
 
 // ErrLockLost is returned when the caller's lease expired or was taken over.
 var ErrLockLost = errors.New("lock lost")
 
+// ErrFenced is returned when a write carries a fencing token older than the
+// name's current one: another agent took the lease since, and its result must
+// not be overwritten by this older one.
+var ErrFenced = errors.New("stale fencing token: another agent took the lease since")
+
 var (
+	// Taking the lease and drawing the next fencing token happen in one
+	// script, so every holder has a token greater than all earlier holders'.
+	acquireScript = redis.NewScript(`
+if not redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+  return 0
+end
+local fence = redis.call("INCR", KEYS[2])
+redis.call("PEXPIRE", KEYS[2], ARGV[3])
+return fence`)
 	// Only the owner may extend or release: compare the owner id, then act.
 	extendScript = redis.NewScript(`
 if redis.call("GET", KEYS[1]) == ARGV[1] then
@@ -40,25 +59,31 @@ type Lock struct {
 	store *Store
 	name  string
 	owner string
+	fence int64
 	ttl   time.Duration
 }
 
-// AcquireLock takes the lease on name for ttl, or returns ErrLockHeld.
+// AcquireLock takes the lease on name for ttl, or returns ErrLockHeld. The
+// lease carries a fencing token (Fence) that PutCertFenced checks.
 func (s *Store) AcquireLock(ctx context.Context, name string, ttl time.Duration) (*Lock, error) {
 	var raw [16]byte
 	if _, err := rand.Read(raw[:]); err != nil {
 		return nil, fmt.Errorf("locking %s: %w", name, err)
 	}
 	owner := hex.EncodeToString(raw[:])
-	ok, err := s.rdb.SetNX(ctx, s.keys.Lock(name), owner, ttl).Result()
+	fence, err := acquireScript.Run(ctx, s.rdb, []string{s.keys.Lock(name), s.keys.Fence(name)},
+		owner, ttl.Milliseconds(), FenceTTL.Milliseconds()).Int64()
 	if err != nil {
 		return nil, fmt.Errorf("locking %s: %w", name, err)
 	}
-	if !ok {
+	if fence == 0 {
 		return nil, fmt.Errorf("locking %s: %w", name, ErrLockHeld)
 	}
-	return &Lock{store: s, name: name, owner: owner, ttl: ttl}, nil
+	return &Lock{store: s, name: name, owner: owner, fence: fence, ttl: ttl}, nil
 }
+
+// Fence returns the fencing token drawn when the lease was taken.
+func (l *Lock) Fence() int64 { return l.fence }
 
 // Extend renews the lease for another ttl, or returns ErrLockLost.
 func (l *Lock) Extend(ctx context.Context) error {
@@ -78,6 +103,14 @@ func (l *Lock) Release(ctx context.Context) error {
 		return fmt.Errorf("releasing the lock on %s: %w", l.name, err)
 	}
 	return nil
+}
+
+// PutCert stores rec like Store.PutCert, but only while no later lease has
+// been taken on the lock's name; otherwise it writes nothing and returns an
+// error wrapping ErrFenced. The lease itself may have expired: what counts is
+// that nobody drew a newer token, so no newer result can be overwritten.
+func (l *Lock) PutCert(ctx context.Context, rec *CertRecord) error {
+	return l.store.putCert(ctx, rec, l)
 }
 
 // KeepAlive extends the lease every ttl/3 until ctx ends. It calls lost once if

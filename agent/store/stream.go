@@ -72,3 +72,33 @@ func (s *Store) Ack(ctx context.Context, group string, ids ...string) error {
 	}
 	return nil
 }
+
+// ReclaimRequests takes over up to count entries that were delivered to any
+// consumer of group (this one included) and not acknowledged for at least
+// minIdle, and returns them as delivered to consumer. This is how the entries
+// of an agent that died, or of a name whose lease was held elsewhere, are
+// handled after all. Entries trimmed from the stream meanwhile are dropped
+// from the pending list by Redis and not returned.
+func (s *Store) ReclaimRequests(ctx context.Context, group, consumer string, minIdle time.Duration, count int64) ([]Request, error) {
+	var out []Request
+	start := "0-0"
+	for {
+		msgs, next, err := s.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+			Stream: s.keys.Requests(), Group: group, Consumer: consumer,
+			MinIdle: minIdle, Start: start, Count: count - int64(len(out)),
+		}).Result()
+		if err != nil {
+			return out, fmt.Errorf("reclaiming idle requested names: %w", err)
+		}
+		for _, m := range msgs {
+			name, _ := m.Values["name"].(string)
+			node, _ := m.Values["node"].(string)
+			out = append(out, Request{ID: m.ID, Name: name, Node: node})
+		}
+		// "0-0" means the whole pending list was scanned.
+		if next == "0-0" || next == "" || int64(len(out)) >= count {
+			return out, nil
+		}
+		start = next
+	}
+}

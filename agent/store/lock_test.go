@@ -1,0 +1,161 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/certagent/certagent/agent/internal/testenv"
+)
+
+// modes runs fn against a standalone Redis, a three-node Cluster and a
+// Sentinel setup, each started from Debian's binaries. The Cluster keys carry
+// a hash tag, as the agent requires there.
+func modes(t *testing.T, fn func(t *testing.T, st *Store, rdb redis.UniversalClient)) {
+	t.Run("standalone", func(t *testing.T) {
+		r := testenv.StartRedis(t)
+		fn(t, New(r.Client, Keys{Prefix: "t:"}), r.Client)
+	})
+	t.Run("cluster", func(t *testing.T) {
+		c := testenv.StartCluster(t)
+		fn(t, New(c.Client, Keys{Prefix: "{t}:"}), c.Client)
+	})
+	t.Run("sentinel", func(t *testing.T) {
+		s := testenv.StartSentinel(t)
+		fn(t, New(s.Client, Keys{Prefix: "t:"}), s.Client)
+	})
+}
+
+func fencedRecord(t *testing.T, name string) *CertRecord {
+	t.Helper()
+	chain, key := leafPEM(t, time.Now().Add(90*24*time.Hour), name)
+	rec, err := NewCertRecord(chain, key, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.KeyType, rec.CA, rec.IssuedAt = "ec256", "https://ca/dir", time.Now()
+	return rec
+}
+
+func TestFencingRefusesAStaleHolder(t *testing.T) {
+	modes(t, func(t *testing.T, st *Store, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		const name = "a.example.com"
+		old, err := st.AcquireLock(ctx, name, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The old holder pauses; its lease runs out (deleted here) and
+		// another agent takes the name and stores its certificate.
+		rdb.Del(ctx, st.keys.Lock(name))
+		newer, err := st.AcquireLock(ctx, name, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if newer.Fence() <= old.Fence() {
+			t.Fatalf("fence %d after %d: want it to grow", newer.Fence(), old.Fence())
+		}
+		if ttl := rdb.PTTL(ctx, st.keys.Fence(name)).Val(); ttl <= 0 || ttl > FenceTTL {
+			t.Errorf("fence TTL %s, want (0, %s]", ttl, FenceTTL)
+		}
+		want := fencedRecord(t, name)
+		if err := newer.PutCert(ctx, want); err != nil {
+			t.Fatal(err)
+		}
+		changes := rdb.XLen(ctx, st.keys.Changes()).Val()
+
+		// The old holder wakes up with its own result: refused, nothing written.
+		if err := old.PutCert(ctx, fencedRecord(t, name)); !errors.Is(err, ErrFenced) {
+			t.Fatalf("stale write: %v, want ErrFenced", err)
+		}
+		got, err := st.GetCert(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Fingerprint != want.Fingerprint {
+			t.Error("the stale holder overwrote the newer certificate")
+		}
+		if n := rdb.XLen(ctx, st.keys.Changes()).Val(); n != changes {
+			t.Errorf("changes grew from %d to %d on a refused write", changes, n)
+		}
+
+		// A lease that ran out with nobody taking it since still writes:
+		// there is no newer result to protect.
+		rdb.Del(ctx, st.keys.Lock(name))
+		if err := newer.PutCert(ctx, fencedRecord(t, name)); err != nil {
+			t.Errorf("write after an expired lease nobody took: %v", err)
+		}
+
+		// A lease taken while the write is being queued: WATCH drops the
+		// EXEC, so the check and the write cannot be split by an acquire.
+		rdb.Del(ctx, st.keys.Lock(name))
+		racer, err := st.AcquireLock(ctx, "b.example.com", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before, _ := st.GetCert(ctx, name)
+		err = st.putFenced(ctx, fencedRecord(t, "b.example.com"), racer, func(p redis.Pipeliner) error {
+			if _, err := st.AcquireLock(ctx, "b.example.com", time.Minute); !errors.Is(err, ErrLockHeld) {
+				t.Errorf("acquire while held: %v", err)
+			}
+			rdb.Del(ctx, st.keys.Lock("b.example.com"))
+			if _, err := st.AcquireLock(ctx, "b.example.com", time.Minute); err != nil {
+				t.Errorf("acquire during the write: %v", err)
+			}
+			p.HSet(ctx, st.keys.Cert("b.example.com"), "fullchain", "x")
+			return nil
+		})
+		if !errors.Is(err, ErrFenced) {
+			t.Errorf("write raced by an acquire: %v, want ErrFenced", err)
+		}
+		if n := rdb.Exists(ctx, st.keys.Cert("b.example.com")).Val(); n != 0 {
+			t.Error("the raced write reached Redis")
+		}
+		if after, _ := st.GetCert(ctx, name); after.Fingerprint != before.Fingerprint {
+			t.Error("an unrelated record changed")
+		}
+	})
+}
+
+func TestReclaimTakesOverIdleEntries(t *testing.T) {
+	modes(t, func(t *testing.T, st *Store, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		if err := st.EnsureGroup(ctx, "g"); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []string{"a.example", "b.example", "c.example"} {
+			rdb.XAdd(ctx, &redis.XAddArgs{Stream: st.keys.Requests(), Values: []any{"name", n, "node", "n1"}})
+		}
+		// The dead agent took all three and acknowledged one.
+		got, err := st.ReadRequests(ctx, "g", "dead", 10, time.Second, false)
+		if err != nil || len(got) != 3 {
+			t.Fatalf("read %d entries, %v", len(got), err)
+		}
+		if err := st.Ack(ctx, "g", got[0].ID); err != nil {
+			t.Fatal(err)
+		}
+		// Not idle long enough: nothing to take.
+		if re, err := st.ReclaimRequests(ctx, "g", "alive", time.Hour, 10); err != nil || len(re) != 0 {
+			t.Fatalf("reclaim with a long bound: %d entries, %v", len(re), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		re, err := st.ReclaimRequests(ctx, "g", "alive", 10*time.Millisecond, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(re) != 2 || re[0].Name != "b.example" || re[1].Name != "c.example" {
+			t.Fatalf("reclaimed %+v, want b.example and c.example", re)
+		}
+		// They now belong to "alive": its own pending read returns them.
+		mine, err := st.ReadRequests(ctx, "g", "alive", 10, 0, true)
+		if err != nil || len(mine) != 2 {
+			t.Errorf("pending of the new owner: %d entries, %v", len(mine), err)
+		}
+		if dead, _ := st.ReadRequests(ctx, "g", "dead", 10, 0, true); len(dead) != 0 {
+			t.Errorf("the dead consumer still has %d entries", len(dead))
+		}
+	})
+}
