@@ -44,6 +44,11 @@ type ConsumerConfig struct {
 	// begins before they are cancelled (and left pending in the stream for the
 	// next start). Default: 20 s.
 	ShutdownGrace time.Duration
+	// ReclaimIdle is how long an entry may stay delivered and unacknowledged
+	// before any agent takes it over: the entries of an agent that died, and
+	// those left pending because another agent held the name's lease.
+	// Default: 1 min.
+	ReclaimIdle time.Duration
 	// Logger receives events. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -55,6 +60,9 @@ type Consumer struct {
 
 	mu       sync.Mutex
 	inFlight map[string]bool
+	// entries holds the IDs of stream entries taken by this agent and not
+	// yet handled, so reclaiming does not hand an entry out twice.
+	entries map[string]bool
 }
 
 // NewConsumer returns a Consumer for cfg.
@@ -86,7 +94,10 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 	if cfg.AskRetry <= 0 {
 		cfg.AskRetry = time.Minute
 	}
-	return &Consumer{cfg: cfg, inFlight: map[string]bool{}}
+	if cfg.ReclaimIdle <= 0 {
+		cfg.ReclaimIdle = time.Minute
+	}
+	return &Consumer{cfg: cfg, inFlight: map[string]bool{}, entries: map[string]bool{}}
 }
 
 // Run consumes until ctx ends, then lets in-flight orders finish within the
@@ -104,6 +115,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			defer workers.Done()
 			for req := range jobs {
 				c.handle(workCtx, req)
+				c.entryDone(req.ID)
 			}
 		}()
 	}
@@ -123,11 +135,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return nil
 }
 
+// read hands entries to the workers: first those delivered to this agent
+// before a restart, then new ones, and every ReclaimIdle/2 those that stayed
+// pending on any consumer for ReclaimIdle (an agent killed with SIGKILL
+// leaves its entries there; so does a name whose lease another agent held).
 func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 	backoff := newBackoff(500*time.Millisecond, 30*time.Second)
 	groupReady := false
-	// Entries delivered to this agent before a restart come first.
-	pending := true
+	// Entries delivered to this agent before a restart come first; the
+	// cursor walks the pending list once, as some entries stay pending.
+	pending, pendingAfter := true, "0"
+	var lastReclaim time.Time
 	for ctx.Err() == nil {
 		if !groupReady {
 			if err := c.cfg.Store.EnsureGroup(ctx, c.cfg.Group); err != nil {
@@ -136,7 +154,22 @@ func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 			}
 			groupReady = true
 		}
-		reqs, err := c.cfg.Store.ReadRequests(ctx, c.cfg.Group, c.cfg.Name, int64(c.cfg.Workers), c.cfg.Block, pending)
+		var reqs []store.Request
+		var err error
+		switch {
+		case pending:
+			reqs, err = c.cfg.Store.ReadPending(ctx, c.cfg.Group, c.cfg.Name, int64(c.cfg.Workers), pendingAfter)
+		case time.Since(lastReclaim) >= c.cfg.ReclaimIdle/2:
+			reqs, err = c.cfg.Store.ReclaimRequests(ctx, c.cfg.Group, c.cfg.Name, c.cfg.ReclaimIdle, int64(c.cfg.Workers)*4)
+			if err == nil {
+				lastReclaim = time.Now()
+				if len(reqs) > 0 {
+					c.cfg.Logger.Info("took over idle entries", "entries", len(reqs), "idle", c.cfg.ReclaimIdle)
+				}
+			}
+		default:
+			reqs, err = c.cfg.Store.ReadRequests(ctx, c.cfg.Group, c.cfg.Name, int64(c.cfg.Workers), c.cfg.Block, false)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -147,18 +180,42 @@ func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 			continue
 		}
 		backoff.reset()
-		if pending && len(reqs) == 0 {
-			pending = false
-			continue
+		if pending {
+			if len(reqs) == 0 {
+				pending = false
+				continue
+			}
+			pendingAfter = reqs[len(reqs)-1].ID
 		}
 		for _, req := range reqs {
+			if !c.entryTaken(req.ID) {
+				continue // already with a worker of this agent
+			}
 			select {
 			case jobs <- req:
 			case <-ctx.Done():
+				c.entryDone(req.ID)
 				return
 			}
 		}
 	}
+}
+
+// entryTaken marks id as being handled by this agent; false if it already is.
+func (c *Consumer) entryTaken(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries[id] {
+		return false
+	}
+	c.entries[id] = true
+	return true
+}
+
+func (c *Consumer) entryDone(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.entries, id)
 }
 
 func (c *Consumer) pause(ctx context.Context, b *backoff, what string, err error) {
@@ -252,7 +309,12 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 			}
 		}
 	case errors.Is(err, store.ErrLockHeld):
+		// Left pending: if the holder dies, its lease runs out and the
+		// entry, reclaimed after ReclaimIdle, gets the name ordered.
 		log.Info("another agent is ordering this name")
+		return false
+	case errors.Is(err, store.ErrFenced):
+		log.Warn("lease lost during the order; the newer holder's certificate stays", "error", err)
 	case ctx.Err() != nil:
 		log.Warn("order cut short by shutdown; left pending", "error", err)
 		return false

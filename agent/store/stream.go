@@ -36,17 +36,33 @@ func (s *Store) ReadRequests(ctx context.Context, group, consumer string, count 
 	if !pending && block <= 0 {
 		return nil, errors.New("reading requests: block must be positive")
 	}
-	args := &redis.XReadGroupArgs{
+	if pending {
+		return s.ReadPending(ctx, group, consumer, count, "0")
+	}
+	return s.readGroup(ctx, &redis.XReadGroupArgs{
 		Group:    group,
 		Consumer: consumer,
 		Streams:  []string{s.keys.Requests(), ">"},
 		Count:    count,
 		Block:    block,
-	}
-	if pending {
-		args.Streams[1] = "0"
-		args.Block = -1 // no BLOCK argument
-	}
+	})
+}
+
+// ReadPending returns up to count entries delivered to consumer and not yet
+// acknowledged whose IDs come after after ("0": from the start), without
+// waiting. Walking the list by ID lets a caller go through its pending
+// entries once even while some of them stay pending.
+func (s *Store) ReadPending(ctx context.Context, group, consumer string, count int64, after string) ([]Request, error) {
+	return s.readGroup(ctx, &redis.XReadGroupArgs{
+		Group:    group,
+		Consumer: consumer,
+		Streams:  []string{s.keys.Requests(), after},
+		Count:    count,
+		Block:    -1, // no BLOCK argument
+	})
+}
+
+func (s *Store) readGroup(ctx context.Context, args *redis.XReadGroupArgs) ([]Request, error) {
 	streams, err := s.rdb.XReadGroup(ctx, args).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil

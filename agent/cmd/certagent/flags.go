@@ -12,14 +12,24 @@ import (
 
 // Flag names and the environment variables that set them.
 const (
-	flagRedisURL  = "redis-url"
-	envRedisURL   = "CERTAGENT_REDIS_URL"
-	flagKeyPrefix = "key-prefix"
-	envKeyPrefix  = "CERTAGENT_KEY_PREFIX"
-	flagLogLevel  = "log-level"
-	envLogLevel   = "CERTAGENT_LOG_LEVEL"
-	flagLogFormat = "log-format"
-	envLogFormat  = "CERTAGENT_LOG_FORMAT"
+	flagRedisURL       = "redis-url"
+	envRedisURL        = "CERTAGENT_REDIS_URL"
+	flagKeyPrefix      = "key-prefix"
+	envKeyPrefix       = "CERTAGENT_KEY_PREFIX"
+	flagSentinelMaster = "redis-sentinel-master"
+	envSentinelMaster  = "CERTAGENT_REDIS_SENTINEL_MASTER"
+	flagSentinels      = "redis-sentinels"
+	envSentinels       = "CERTAGENT_REDIS_SENTINELS"
+	flagSentinelPass   = "redis-sentinel-password"
+	envSentinelPass    = "CERTAGENT_REDIS_SENTINEL_PASSWORD"
+	flagCluster        = "redis-cluster"
+	envCluster         = "CERTAGENT_REDIS_CLUSTER"
+	flagRedisCA        = "redis-ca"
+	envRedisCA         = "CERTAGENT_REDIS_CA"
+	flagLogLevel       = "log-level"
+	envLogLevel        = "CERTAGENT_LOG_LEVEL"
+	flagLogFormat      = "log-format"
+	envLogFormat       = "CERTAGENT_LOG_FORMAT"
 
 	flagDirectory = "acme-directory"
 	envDirectory  = "CERTAGENT_ACME_DIRECTORY"
@@ -61,6 +71,10 @@ const (
 	envWorkers   = "CERTAGENT_WORKERS"
 	flagGrace    = "shutdown-grace"
 	envGrace     = "CERTAGENT_SHUTDOWN_GRACE"
+	flagReclaim  = "reclaim-idle"
+	envReclaim   = "CERTAGENT_RECLAIM_IDLE"
+	flagLockTTL  = "lock-ttl"
+	envLockTTL   = "CERTAGENT_LOCK_TTL"
 
 	flagAllowFile      = "allow-file"
 	envAllowFile       = "CERTAGENT_ALLOW_FILE"
@@ -115,7 +129,7 @@ const (
 )
 
 func redisFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: flagRedisURL, EnvVars: []string{envRedisURL}, Value: "redis://127.0.0.1:6379/0",
 			Usage: "Redis URL (redis://[user:password@]host:port/db or rediss:// for TLS)"},
 		&cli.StringFlag{Name: flagKeyPrefix, EnvVars: []string{envKeyPrefix}, Value: store.DefaultPrefix,
@@ -124,7 +138,7 @@ func redisFlags() []cli.Flag {
 			Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: flagLogFormat, EnvVars: []string{envLogFormat}, Value: "text",
 			Usage: "text (key=value lines) or json"},
-	}
+	}, redisModeFlags()...)
 }
 
 func acmeFlags() []cli.Flag {

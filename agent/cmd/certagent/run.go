@@ -37,6 +37,10 @@ func runCommand() *cli.Command {
 				Usage: "orders run at once"},
 			&cli.DurationFlag{Name: flagGrace, EnvVars: []string{envGrace}, Value: 20 * time.Second,
 				Usage: "on SIGTERM, how long running orders may finish before they are left for the next start"},
+			&cli.DurationFlag{Name: flagReclaim, EnvVars: []string{envReclaim}, Value: time.Minute,
+				Usage: "stream entries unacknowledged this long (their agent died, or another held the name's lease) are taken over"},
+			&cli.DurationFlag{Name: flagLockTTL, EnvVars: []string{envLockTTL}, Value: store.LockTTL,
+				Usage: "lease on a name while its order runs, extended every third of it; a killed agent blocks its names this long"},
 			&cli.DurationFlag{Name: flagRenewInterval, EnvVars: []string{envRenewInterval}, Value: time.Minute,
 				Usage: "longest pause between two looks at the renewal schedule (it wakes earlier when a renewal is due sooner)"},
 			&cli.DurationFlag{Name: flagRenewRetry, EnvVars: []string{envRenewRetry}, Value: time.Minute,
@@ -78,6 +82,9 @@ func runAction(c *cli.Context) error {
 	}
 	if share := c.Float64(flagRenewalShare); share <= 0 || share >= 1 {
 		return fmt.Errorf("--%s: %v is not between 0 and 1", flagRenewalShare, share)
+	}
+	if ttl := c.Duration(flagLockTTL); ttl < 3*time.Second {
+		return cli.Exit(fmt.Sprintf("certagent: --%s: %s is below 3s (it is extended every third of it)", flagLockTTL, ttl), exitUsage)
 	}
 	consumerName := c.String(flagConsumer)
 	if consumerName == "" {
@@ -140,6 +147,7 @@ func runAction(c *cli.Context) error {
 		Name:          consumerName,
 		Workers:       c.Int(flagWorkers),
 		ShutdownGrace: c.Duration(flagGrace),
+		ReclaimIdle:   c.Duration(flagReclaim),
 		Logger:        log,
 	})
 	renewer := manager.NewRenewer(manager.RenewerConfig{

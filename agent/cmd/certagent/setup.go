@@ -10,7 +10,6 @@ import (
 
 	"github.com/go-acme/lego/v4/challenge"
 	legolog "github.com/go-acme/lego/v4/log"
-	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
 
 	"github.com/certagent/certagent/agent/acmeclient"
@@ -40,12 +39,11 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 }
 
 func openStore(c *cli.Context) (*store.Store, error) {
-	opts, err := redis.ParseURL(c.String(flagRedisURL))
+	rdb, err := newRedisClient(c)
 	if err != nil {
-		return nil, fmt.Errorf("--%s: %w", flagRedisURL, err)
+		return nil, err
 	}
-	opts.ContextTimeoutEnabled = true
-	return store.New(redis.NewClient(opts), store.Keys{Prefix: c.String(flagKeyPrefix)}), nil
+	return store.New(rdb, store.Keys{Prefix: c.String(flagKeyPrefix)}), nil
 }
 
 func closeStore(st *store.Store) { _ = st.Client().Close() }
@@ -131,6 +129,8 @@ func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.
 		Fallbacks:    issuers[1:],
 		Logger:       log,
 		OrderTimeout: c.Duration(flagTimeout),
+		// Only run has --lock-ttl; elsewhere zero means the default.
+		LockTTL: c.Duration(flagLockTTL),
 	}), nil
 }
 
