@@ -18,6 +18,7 @@ local shared = ngx.shared
 local timer_at = ngx.timer.at
 local tostring = tostring
 local sub = string.sub
+local gsub = string.gsub
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -111,7 +112,8 @@ local function build(premature, generation)
         log(WARN, "certagent: building the name index: ", err)
         return
     end
-    local pattern = keys:cert("*")
+    -- The prefix is the operator's: its glob characters must match literally.
+    local pattern = gsub(keys:cert(""), "[%*%?%[%]\\]", "\\%0") .. "*"
     local strip = #keys:cert("") + 1
     local cursor = "0"
     local names = 0
