@@ -148,7 +148,8 @@ func TestRenewalHonoursTheCAWindow(t *testing.T) {
 	start, end := time.Now().Add(3*time.Second), time.Now().Add(6*time.Second)
 	s.pebble.SetRenewalInfo(t, chain, start, end)
 
-	logPath := s.runDaemon(t)
+	// At debug level the agent logs the certificate the CA recorded the order as replacing.
+	logPath := s.runDaemon(t, "--log-level", "debug")
 	var now shown
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		now, _ = s.show(t, name)
