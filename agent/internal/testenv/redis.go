@@ -20,17 +20,25 @@ type Redis struct {
 	URL    string // redis://127.0.0.1:port/0
 	Client *redis.Client
 
-	t    testing.TB
-	bin  string
-	dir  string
-	port int
-	cmd  *exec.Cmd
+	t     testing.TB
+	bin   string
+	dir   string
+	port  int
+	extra []string
+	cmd   *exec.Cmd
 }
 
 // StartRedis starts a redis-server with no persistence on a free port.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
-	r := &Redis{t: t, bin: Require(t, "redis-server"), dir: t.TempDir(), port: FreePort(t)}
+	return StartRedisArgs(t)
+}
+
+// StartRedisArgs is StartRedis with further redis-server arguments, kept
+// across Stop and Start (e.g. "--appendonly", "yes" to survive a restart).
+func StartRedisArgs(t testing.TB, extra ...string) *Redis {
+	t.Helper()
+	r := &Redis{t: t, bin: Require(t, "redis-server"), dir: t.TempDir(), port: FreePort(t), extra: extra}
 	r.Addr = "127.0.0.1:" + strconv.Itoa(r.port)
 	r.URL = "redis://" + r.Addr + "/0"
 	r.Start()
@@ -52,10 +60,11 @@ func (r *Redis) Start() {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	cmd := exec.Command(r.bin,
+	// Later arguments win, so extra can override the defaults.
+	cmd := exec.Command(r.bin, append([]string{
 		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", r.dir,
-		"--daemonize", "no", "--protected-mode", "no")
+		"--daemonize", "no", "--protected-mode", "no"}, r.extra...)...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		r.t.Fatalf("starting redis-server: %v", err)

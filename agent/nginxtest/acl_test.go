@@ -1,0 +1,116 @@
+package nginxtest
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/certagent/certagent/agent/internal/schemadoc"
+	"github.com/certagent/certagent/agent/internal/testenv"
+)
+
+// TestNginxRunsAsTheLeastPrivilegeUser runs nginx as the user of
+// docs/redis-acl.md (the documented line itself): it serves certificates,
+// answers challenges, records names, follows the changes stream and lists the
+// record names, and the same user can write neither a certificate, nor a
+// token, nor anything else.
+func TestNginxRunsAsTheLeastPrivilegeUser(t *testing.T) {
+	schema, err := schemadoc.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := testenv.StartRedis(t)
+	ctx := context.Background()
+	const prefix = "certagent:"
+	testenv.SetACL(t, "certagent-nginx", prefix, "ng1nx pw", r.Client)
+	// The default user keeps full rights: the test writes as the agent would.
+	n := testenv.StartNginx(t, testenv.NginxOptions{
+		RedisURL:  "redis://certagent-nginx:ng1nx%20pw@" + r.Addr + "/0",
+		Env:       map[string]string{"CERTAGENT_NODE": testNode},
+		LuaConfig: map[string]string{"changes_interval": "1"},
+	})
+	e := &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("nginx error log:\n%s", n.ErrorLog())
+		}
+	})
+	logStart := n.ErrorLogSize()
+
+	// HMGET of a certificate.
+	first := newLeaf(t, "acl.example.test", []string{"acl.example.test"}, time.Now().Add(24*time.Hour))
+	e.store("acl.example.test", first)
+	if got := e.mustHandshake("acl.example.test"); !got.Equal(first.cert) {
+		t.Fatalf("served %q, want the stored certificate", got.Subject.CommonName)
+	}
+	// XADD of a requested name.
+	e.mustHandshake("missing.example.test")
+	waitFor(t, "the missing name in the requests stream", func() bool {
+		for _, m := range e.streamEntries() {
+			if m.Values["name"] == "missing.example.test" {
+				return true
+			}
+		}
+		return false
+	})
+	// XREAD/XINFO of the changes stream: a replaced certificate is served
+	// once nginx has read its changes entry.
+	second := newLeaf(t, "acl.example.test", []string{"acl.example.test"}, time.Now().Add(48*time.Hour))
+	e.store("acl.example.test", second)
+	waitFor(t, "the replaced certificate, through the changes stream", func() bool {
+		c, err := e.handshake("acl.example.test")
+		return err == nil && c.Equal(second.cert)
+	})
+	// GET of a token.
+	const host, token, keyAuth = "acl.example.test", "aclToken-123", "aclToken-123.thumb"
+	if err := r.Client.Set(ctx, e.key("token", "name", host, "token", token), keyAuth, time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if status, _, body := e.request("GET", host, "/.well-known/acme-challenge/"+token); status != 200 || body != keyAuth {
+		t.Errorf("challenge as the nginx user: %d %q, want 200 %q", status, body, keyAuth)
+	}
+	// No command of nginx was refused (SCAN of the name index included).
+	for _, line := range n.ErrorLogSince(logStart) {
+		if strings.Contains(line, "NOPERM") || strings.Contains(line, "permission") {
+			t.Errorf("nginx was refused a command: %s", line)
+		}
+	}
+
+	// The same user, from a client of its own: every write but XADD to the
+	// requests stream is refused, and so is reading the agents' keys.
+	as := redis.NewClient(&redis.Options{Addr: r.Addr, Username: "certagent-nginx", Password: "ng1nx pw", ContextTimeoutEnabled: true})
+	defer as.Close()
+	if err := as.XAdd(ctx, &redis.XAddArgs{Stream: e.key("requests"), MaxLen: 10000, Approx: true,
+		Values: []any{"name", "x.example.test", "node", "n"}}).Err(); err != nil {
+		t.Errorf("XADD to the requests stream: %v", err)
+	}
+	certKey := e.key("cert", "name", "acl.example.test")
+	tokenKey := e.key("token", "name", host, "token", token)
+	for what, cmd := range map[string]redis.Cmder{
+		"HSET of a certificate":       as.HSet(ctx, certKey, "fullchain", "forged"),
+		"DEL of a certificate":        as.Del(ctx, certKey),
+		"HSET of a new certificate":   as.HSet(ctx, e.key("cert", "name", "evil.example.test"), "fullchain", "x"),
+		"SET of a token":              as.Set(ctx, tokenKey, "forged", time.Minute),
+		"SET of a new token":          as.Set(ctx, e.key("token", "name", "evil.example.test", "token", "t"), "x", time.Minute),
+		"XADD to the changes stream":  as.XAdd(ctx, &redis.XAddArgs{Stream: e.key("changes"), Values: []any{"name", "a", "op", "delete"}}),
+		"XADD to a certificate key":   as.XAdd(ctx, &redis.XAddArgs{Stream: e.key("cert", "name", "evil2.example.test"), Values: []any{"a", "b"}}),
+		"reading the requests stream": as.XRange(ctx, e.key("requests"), "-", "+"),
+		"reading a lock":              as.Get(ctx, e.key("lock", "name", "acl.example.test")),
+		"reading the allowlist":       as.SMembers(ctx, e.key("allow")),
+		"EVAL":                        as.Eval(ctx, "return 1", nil),
+		"FLUSHALL":                    as.FlushAll(ctx),
+	} {
+		if err := cmd.Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+			t.Errorf("%s as the nginx user: %v, want NOPERM", what, err)
+		}
+	}
+	if got, _ := r.Client.HGet(ctx, certKey, "fullchain").Result(); got != second.chainPEM {
+		t.Error("the certificate record changed")
+	}
+	if got, _ := r.Client.Get(ctx, tokenKey).Result(); got != keyAuth {
+		t.Error("the token changed")
+	}
+}
