@@ -9,6 +9,7 @@ import (
 
 	"github.com/certagent/certagent/agent/names"
 	"github.com/certagent/certagent/agent/store"
+	"github.com/certagent/certagent/agent/telemetry"
 )
 
 // ConsumerConfig configures a Consumer.
@@ -231,6 +232,7 @@ func (c *Consumer) pause(ctx context.Context, b *backoff, what string, err error
 // short by shutdown, in which case it stays pending for the next start.
 func (c *Consumer) handle(ctx context.Context, req store.Request) {
 	log := c.cfg.Logger.With("name", req.Name, "node", req.Node, "entry", req.ID)
+	c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventRequested, Name: req.Name, Node: req.Node})
 	if c.decide(ctx, log, req) {
 		if err := c.cfg.Store.Ack(ctx, c.cfg.Group, req.ID); err != nil {
 			log.Error("acknowledging entry", "error", err)
@@ -271,7 +273,8 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 		return true
 	}
 	if !verdict.Allowed {
-		log.Info("name not allowed by policy", "source", verdict.Source, "reason", verdict.Reason)
+		c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
+			Reason: verdict.Source + ": " + verdict.Reason})
 		return true
 	}
 	if !c.claim(name) {
@@ -291,6 +294,8 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 			if ctx.Err() != nil {
 				return false
 			}
+			c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
+				Reason: "pre-flight: " + err.Error()})
 			c.fail(ctx, log, name, err)
 			return true
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/store"
+	"github.com/certagent/certagent/agent/telemetry"
 )
 
 // Issuer obtains certificates from a CA. *acmeclient.Client implements it.
@@ -63,6 +64,9 @@ type Config struct {
 	OrderTimeout time.Duration
 	// LockTTL is the lease on a name while its order runs. Default: store.LockTTL.
 	LockTTL time.Duration
+	// Events receives an event for every order's outcome. Default: a hub
+	// that only logs them to Logger.
+	Events *telemetry.Hub
 }
 
 // Manager orders certificates and stores them.
@@ -84,6 +88,9 @@ func New(cfg Config) *Manager {
 	if cfg.LockTTL <= 0 {
 		cfg.LockTTL = store.LockTTL
 	}
+	if cfg.Events == nil {
+		cfg.Events = telemetry.NewHub(cfg.Logger)
+	}
 	return &Manager{cfg: cfg}
 }
 
@@ -91,7 +98,10 @@ func New(cfg Config) *Manager {
 // primary name), under the lease of the primary name, and stores it. It
 // returns an error wrapping store.ErrLockHeld when another agent is ordering it.
 func (m *Manager) Issue(ctx context.Context, names []string) (*store.CertRecord, error) {
-	return m.issue(ctx, names, nil)
+	started := m.cfg.Clock.Now()
+	rec, err := m.issue(ctx, names, nil)
+	m.report(ctx, "issue", names, rec, err, started)
+	return rec, err
 }
 
 // ErrAlreadyRenewed is returned by Renew when, by the time it held the lease,
@@ -106,7 +116,33 @@ func (m *Manager) Renew(ctx context.Context, rec *store.CertRecord) (*store.Cert
 	if len(rec.Names) == 0 {
 		return nil, errors.New("renewing: the record has no names")
 	}
-	return m.issue(ctx, rec.Names, rec)
+	started := m.cfg.Clock.Now()
+	renewed, err := m.issue(ctx, rec.Names, rec)
+	m.report(ctx, "renew", rec.Names, renewed, err, started)
+	return renewed, err
+}
+
+// report turns the outcome of an order into an event. A lease held elsewhere
+// and a renewal another agent already did are not failures; neither is an
+// order cut short by shutdown, which is taken up again.
+func (m *Manager) report(ctx context.Context, kind string, names []string, rec *store.CertRecord, err error, started time.Time) {
+	e := telemetry.Event{Kind: kind, Name: names[0], Names: names}
+	switch {
+	case err == nil:
+		e.Type = telemetry.EventIssued
+		if kind == "renew" {
+			e.Type = telemetry.EventRenewed
+		}
+		e.Names, e.NotAfter, e.Fingerprint = rec.Names, rec.NotAfter, rec.Fingerprint
+		e.Took = m.cfg.Clock.Now().Sub(started).Seconds()
+	case errors.Is(err, store.ErrLockHeld):
+		e.Type = telemetry.EventBusy
+	case errors.Is(err, ErrAlreadyRenewed), ctx.Err() != nil:
+		return
+	default:
+		e.Type, e.Error = telemetry.EventFailed, err.Error()
+	}
+	m.cfg.Events.Emit(ctx, e)
 }
 
 func (m *Manager) issue(ctx context.Context, names []string, renewing *store.CertRecord) (*store.CertRecord, error) {
@@ -145,7 +181,6 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 		replaces, _ = acmeclient.CertID([]byte(renewing.FullChain))
 	}
 
-	started := m.cfg.Clock.Now()
 	var cert *acmeclient.Certificate
 	var issuer Issuer
 	var errs []error
@@ -186,13 +221,9 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	if err := lock.PutCert(ctx, rec); err != nil {
 		return nil, err
 	}
-	event := "certificate issued"
-	if renewing != nil {
-		event = "certificate renewed"
+	if cert.Replaces != "" {
+		m.cfg.Logger.Debug("the CA was told which certificate this one replaces", "name", primary, "replaces", cert.Replaces)
 	}
-	m.cfg.Logger.Info(event, "name", primary, "names", strings.Join(rec.Names, ","),
-		"not_after", rec.NotAfter.Format(time.RFC3339), "fingerprint", rec.Fingerprint, "ca", rec.CA,
-		"replaces", cert.Replaces, "took", m.cfg.Clock.Now().Sub(started).Round(time.Millisecond))
 	return rec, nil
 }
 

@@ -8,6 +8,7 @@ package telemetry
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"time"
 )
 
@@ -36,6 +37,18 @@ type Event struct {
 	Fingerprint string    `json:"fingerprint_sha256,omitempty"`
 	Took        float64   `json:"took_seconds,omitempty"` // how long the order ran
 	At          time.Time `json:"at"`
+}
+
+// messages are the log messages of the event types.
+var messages = map[string]string{
+	EventRequested: "name requested",
+	EventDenied:    "name not allowed by policy",
+	EventIssued:    "certificate issued",
+	EventRenewed:   "certificate renewed",
+	EventFailed:    "order failed",
+	EventRevoked:   "certificate revoked",
+	EventDeleted:   "certificate deleted",
+	EventBusy:      "another agent holds the lease",
 }
 
 // Sink receives events. Emit must not block on I/O.
@@ -69,10 +82,20 @@ func (h *Hub) Emit(ctx context.Context, e Event) {
 		e.At = h.now()
 	}
 	level := slog.LevelInfo
-	if e.Type == EventFailed {
+	switch e.Type {
+	case EventFailed:
 		level = slog.LevelError
+	case EventBusy:
+		level = slog.LevelDebug
+	}
+	msg, ok := messages[e.Type]
+	if !ok {
+		msg = e.Type
 	}
 	attrs := []slog.Attr{slog.String("event", e.Type), slog.String("name", e.Name)}
+	if len(e.Names) > 1 {
+		attrs = append(attrs, slog.String("names", strings.Join(e.Names, ",")))
+	}
 	if e.Node != "" {
 		attrs = append(attrs, slog.String("node", e.Node))
 	}
@@ -88,7 +111,7 @@ func (h *Hub) Emit(ctx context.Context, e Event) {
 	if e.Took > 0 {
 		attrs = append(attrs, slog.Float64("took_seconds", e.Took))
 	}
-	h.log.LogAttrs(ctx, level, "certagent event", attrs...)
+	h.log.LogAttrs(ctx, level, msg, attrs...)
 	for _, s := range h.sinks {
 		s.Emit(ctx, e)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/certagent/certagent/agent/store"
+	"github.com/certagent/certagent/agent/telemetry"
 )
 
 func deleteCommand() *cli.Command {
@@ -39,6 +40,15 @@ func deleteAction(c *cli.Context) error {
 		return err
 	}
 	defer closeStore(st)
+	log, err := newLogger(c)
+	if err != nil {
+		return err
+	}
+	events, _, stopEvents, err := newTelemetry(c, st, log)
+	if err != nil {
+		return err
+	}
+	defer stopEvents()
 	deleted, err := st.DeleteCert(c.Context, args[0])
 	if errors.Is(err, store.ErrNotFound) {
 		return cli.Exit(fmt.Sprintf("certagent delete: no certificate stored for %s", args[0]), exitFailed)
@@ -46,6 +56,7 @@ func deleteAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	events.Emit(c.Context, telemetry.Event{Type: telemetry.EventDeleted, Name: args[0], Names: deleted})
 	if c.Bool(flagJSON) {
 		return writeJSON(c.App.Writer, map[string]any{"deleted": deleted})
 	}

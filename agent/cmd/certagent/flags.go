@@ -31,6 +31,13 @@ const (
 	flagLogFormat      = "log-format"
 	envLogFormat       = "CERTAGENT_LOG_FORMAT"
 
+	flagHTTPListen    = "http-listen"
+	envHTTPListen     = "CERTAGENT_HTTP_LISTEN"
+	flagWebhookURL    = "webhook-url"
+	envWebhookURL     = "CERTAGENT_WEBHOOK_URL"
+	flagWebhookSecret = "webhook-secret"
+	envWebhookSecret  = "CERTAGENT_WEBHOOK_SECRET"
+
 	flagDirectory = "acme-directory"
 	envDirectory  = "CERTAGENT_ACME_DIRECTORY"
 	flagEmail     = "email"

@@ -61,7 +61,12 @@ func renewAction(c *cli.Context) error {
 	defer closeStore(st)
 	ctx, stop := withSignals(c.Context)
 	defer stop()
-	mgr, err := newManager(ctx, c, st, log)
+	events, _, stopEvents, err := newTelemetry(c, st, log)
+	if err != nil {
+		return err
+	}
+	defer stopEvents()
+	mgr, err := newManager(ctx, c, st, log, events)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/manager"
 	"github.com/certagent/certagent/agent/store"
+	"github.com/certagent/certagent/agent/telemetry"
 )
 
 func revokeCommand() *cli.Command {
@@ -96,7 +97,12 @@ func revokeAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	mgr, err := newManager(ctx, c, st, log)
+	events, _, stopEvents, err := newTelemetry(c, st, log)
+	if err != nil {
+		return err
+	}
+	defer stopEvents()
+	mgr, err := newManager(ctx, c, st, log, events)
 	if err != nil {
 		return err
 	}
@@ -112,6 +118,8 @@ func revokeAction(c *cli.Context) error {
 	if err := revoker.Revoke(ctx, []byte(rec.FullChain), reason); err != nil {
 		return cli.Exit(fmt.Sprintf("certagent revoke: revoking certificate for %s: %v", args[0], err), exitFailed)
 	}
+	events.Emit(ctx, telemetry.Event{Type: telemetry.EventRevoked, Name: args[0], Names: rec.Names,
+		NotAfter: rec.NotAfter, Fingerprint: rec.Fingerprint, Reason: c.String(flagReason)})
 	view := revokeView{Name: args[0], Serial: rec.Serial, Revoked: true}
 	// A revoked certificate must not stay served: replace it or remove it.
 	if c.Bool(flagReissue) {

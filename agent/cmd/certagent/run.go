@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 
 	"github.com/certagent/certagent/agent/manager"
 	"github.com/certagent/certagent/agent/store"
+	"github.com/certagent/certagent/agent/telemetry"
 )
 
 func runCommand() *cli.Command {
@@ -27,6 +30,12 @@ func runCommand() *cli.Command {
 			"  CERTAGENT_ALLOW='*' CERTAGENT_ACME_DIRECTORY=letsencrypt-staging certagent run\n" +
 			"  certagent run --allow shop.example --profile shortlived --fallback-directory https://acme.other-ca.example/dir",
 		Flags: withFlags(redisFlags(), acmeFlags(), []cli.Flag{
+			&cli.StringFlag{Name: flagHTTPListen, EnvVars: []string{envHTTPListen},
+				Usage: "address for /metrics (Prometheus), /healthz and /readyz, e.g. 127.0.0.1:9464 (default: none)"},
+			&cli.StringFlag{Name: flagWebhookURL, EnvVars: []string{envWebhookURL},
+				Usage: "URL that receives every event as a signed JSON POST (default: none)"},
+			&cli.StringFlag{Name: flagWebhookSecret, EnvVars: []string{envWebhookSecret},
+				Usage: "HMAC-SHA256 key of the webhook's X-Certagent-Signature header; required with --" + flagWebhookURL},
 			&cli.StringSliceFlag{Name: flagAllow, EnvVars: []string{envAllow},
 				Usage: "names that may get a certificate: exact names, *.example.com for every name below it, * for all; comma-separated. Nothing else is issued"},
 			&cli.StringFlag{Name: flagGroup, EnvVars: []string{envGroup}, Value: "certagent",
@@ -101,11 +110,35 @@ func runAction(c *cli.Context) error {
 	ctx, stop := withSignals(c.Context)
 	defer stop()
 
+	events, metrics, stopEvents, err := newTelemetry(c, st, log)
+	if err != nil {
+		return err
+	}
+	defer stopEvents()
+	var ready atomic.Bool
+	if addr := c.String(flagHTTPListen); addr != "" {
+		srv, err := telemetry.NewServer(addr, metrics, func(ctx context.Context) error {
+			if !ready.Load() {
+				return errors.New("not connected to the CA yet")
+			}
+			return st.Client().Ping(ctx).Err()
+		}, log)
+		if err != nil {
+			return fmt.Errorf("--%s: %w", flagHTTPListen, err)
+		}
+		srv.Start()
+		defer func() {
+			shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(shutdownCtx)
+		}()
+	}
+
 	// Redis or the CA may be down at start; keep trying instead of exiting,
 	// with a pause that grows so neither is hammered.
 	var mgr *manager.Manager
 	for wait := time.Second; ; wait = min(wait*2, time.Minute) {
-		mgr, err = newManager(ctx, c, st, log)
+		mgr, err = newManager(ctx, c, st, log, events)
 		if err == nil {
 			break
 		}
@@ -132,6 +165,12 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := metrics.Register(telemetry.NewStateCollector(telemetry.StateConfig{
+		Store: st, Group: c.String(flagGroup), OrdersLeft: budgets.OrdersLeft, Logger: log,
+	})); err != nil {
+		return err
+	}
+	ready.Store(true)
 	consumer := manager.NewConsumer(manager.ConsumerConfig{
 		Store:   st,
 		Manager: mgr,

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/go-acme/lego/v4/challenge"
 	legolog "github.com/go-acme/lego/v4/log"
@@ -15,6 +16,7 @@ import (
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/manager"
 	"github.com/certagent/certagent/agent/store"
+	"github.com/certagent/certagent/agent/telemetry"
 )
 
 // newLogger writes structured logs to stderr and routes lego's own log lines
@@ -102,7 +104,34 @@ func acmeConfigs(c *cli.Context) ([]acmeclient.Config, error) {
 	return cfgs, nil
 }
 
-func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger) (*manager.Manager, error) {
+// newTelemetry builds the hub every order reports through: the log, the
+// events stream in Redis, Prometheus counters and, when --webhook-url is set,
+// the webhook. The returned function delivers what is queued and stops.
+func newTelemetry(c *cli.Context, st *store.Store, log *slog.Logger) (*telemetry.Hub, *telemetry.Metrics, func(), error) {
+	metrics := telemetry.NewMetrics()
+	stream := telemetry.NewStreamSink(st, metrics, log)
+	sinks := []telemetry.Sink{metrics, stream}
+	stops := []func(){func() { stream.Shutdown(2 * time.Second) }}
+	if url := c.String(flagWebhookURL); url != "" {
+		webhook, err := telemetry.NewWebhook(telemetry.WebhookConfig{
+			URL: url, Secret: c.String(flagWebhookSecret), Logger: log,
+		}, metrics)
+		if err != nil {
+			stream.Shutdown(0)
+			return nil, nil, nil, fmt.Errorf("--%s: %w (set --%s)", flagWebhookURL, err, flagWebhookSecret)
+		}
+		sinks = append(sinks, webhook)
+		stops = append(stops, func() { webhook.Shutdown(5 * time.Second) })
+	}
+	stop := func() {
+		for _, s := range stops {
+			s()
+		}
+	}
+	return telemetry.NewHub(log, sinks...), metrics, stop, nil
+}
+
+func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger, events *telemetry.Hub) (*manager.Manager, error) {
 	cfgs, err := acmeConfigs(c)
 	if err != nil {
 		return nil, err
@@ -128,6 +157,7 @@ func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.
 		Issuer:       issuers[0],
 		Fallbacks:    issuers[1:],
 		Logger:       log,
+		Events:       events,
 		OrderTimeout: c.Duration(flagTimeout),
 		// Only run has --lock-ttl; elsewhere zero means the default.
 		LockTTL: c.Duration(flagLockTTL),
