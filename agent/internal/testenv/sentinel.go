@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,8 +38,10 @@ func StartSentinel(t testing.TB) *Sentinel {
 	sentinelBin := Require(t, "redis-sentinel")
 	base := t.TempDir()
 	s := &Sentinel{MasterName: SentinelMaster, t: t, bin: bin}
-	master := startRedisNode(t, bin, filepath.Join(base, "master"), FreePort(t))
-	replica := startRedisNode(t, bin, filepath.Join(base, "replica"), FreePort(t),
+	// No 5 s wait before the first full sync (the default for diskless
+	// sync), on either node: each may be the master after a failover.
+	master := startRedisNode(t, bin, filepath.Join(base, "master"), FreePort(t), "--repl-diskless-sync-delay", "0")
+	replica := startRedisNode(t, bin, filepath.Join(base, "replica"), FreePort(t), "--repl-diskless-sync-delay", "0",
 		"--replicaof", "127.0.0.1", strconv.Itoa(master.port))
 	s.nodes = []*redisNode{master, replica}
 	for i := range 3 {
@@ -63,6 +66,9 @@ func StartSentinel(t testing.TB) *Sentinel {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if err := waitReplicaLinked(ctx, replica.Addr); err != nil {
+		t.Fatalf("replica %s: %v (logs under %s)", replica.Addr, err, base)
+	}
 	for _, addr := range s.Addrs {
 		if err := waitSentinelReplicas(ctx, addr, s.MasterName); err != nil {
 			t.Fatalf("sentinel %s: %v (logs under %s)", addr, err, base)
@@ -91,6 +97,24 @@ func waitSentinelReplicas(ctx context.Context, addr, master string) error {
 		case <-ctx.Done():
 			return fmt.Errorf("no healthy replica known (last error %v)", last)
 		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// waitReplicaLinked waits until the replica has finished its first sync:
+// before that it answers reads with an empty data set.
+func waitReplicaLinked(ctx context.Context, addr string) error {
+	c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	defer c.Close()
+	for {
+		info, err := c.Info(ctx, "replication").Result()
+		if err == nil && strings.Contains(info, "master_link_status:up") {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("not in sync with its master: %v %s", err, info)
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
