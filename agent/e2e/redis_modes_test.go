@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -164,4 +168,41 @@ func TestRedisSentinel(t *testing.T) {
 	}
 	t.Logf("Sentinel: %d names issued in %s on %s; failover to %s; %d more in %s (%d entries pending); %s",
 		len(before), took.Round(100*time.Millisecond), master, newMaster, len(after), took2.Round(100*time.Millisecond), pending.Count, m.orderReport())
+}
+
+// The agent over TLS (rediss://) with --redis-ca naming the private CA of
+// Redis's certificate, as its ACL user.
+func TestRedisTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca := testenv.NewCert(t, testenv.CertSpec{CommonName: "redis test CA", IsCA: true})
+	leaf := testenv.NewCert(t, testenv.CertSpec{CommonName: "127.0.0.1", DNSNames: []string{"localhost"},
+		IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Parent: ca})
+	caFile, _ := ca.Write(t, dir, "ca")
+	certFile, keyFile := leaf.Write(t, dir, "redis")
+	port := testenv.FreePort(t)
+	// The plain port stays open too (testenv waits on it); the agent and
+	// the test's own client use the TLS port.
+	testenv.StartRedisArgs(t, "--tls-port", strconv.Itoa(port),
+		"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-ca-cert-file", caFile, "--tls-auth-clients", "no")
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.X509)
+	admin := redis.NewClient(&redis.Options{Addr: addr, TLSConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}, ContextTimeoutEnabled: true})
+	defer admin.Close()
+	testenv.SetACL(t, "certagent-agent", "certagent:", agentPassword, admin)
+
+	s := &stack{agent: testenv.BuildBinary(t, "./agent/cmd/certagent")}
+	s.env = append(os.Environ(), "CERTAGENT_REDIS_URL=rediss://certagent-agent:"+agentPassword+"@"+addr+"/0",
+		"CERTAGENT_REDIS_CA="+caFile)
+	if _, stderr, code := s.cli(t, "allow", "add", "tls.example.test"); code != 0 {
+		t.Fatalf("allow add over TLS: exit %d: %s", code, stderr)
+	}
+	if ok, err := admin.SIsMember(context.Background(), "certagent:allow", "tls.example.test").Result(); err != nil || !ok {
+		t.Errorf("the rule is not in Redis: %v %v", ok, err)
+	}
+	// Without the CA the server's certificate is not trusted.
+	s.env = append(os.Environ(), "CERTAGENT_REDIS_URL=rediss://certagent-agent:"+agentPassword+"@"+addr+"/0")
+	if _, stderr, code := s.cli(t, "allow", "add", "other.example.test"); code == 0 || !strings.Contains(stderr, "certificate") {
+		t.Errorf("allow add without --redis-ca: exit %d, %q; want a certificate error", code, stderr)
+	}
 }
