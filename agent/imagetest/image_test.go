@@ -168,7 +168,8 @@ func (s *site) waitHealthy() {
 			return
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("the certagent container is %s after 60 s", status)
+			s.t.Fatalf("the certagent container is %s after 60 s; health checks:\n%s", status,
+				docker(s.t, "inspect", "-f", "{{range .State.Health.Log}}{{.ExitCode}}: {{.Output}}\n{{end}}", s.container))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
