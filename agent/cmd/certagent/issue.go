@@ -42,26 +42,12 @@ func issueAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(c)
+	s, err := openSession(c)
 	if err != nil {
 		return err
 	}
-	st, err := openStore(c)
-	if err != nil {
-		return err
-	}
-	defer closeStore(st)
-	ctx, stop := withSignals(c.Context)
-	defer stop()
-	events, _, stopEvents, err := newTelemetry(c, st, log)
-	if err != nil {
-		return err
-	}
-	defer stopEvents()
-	mgr, err := newManager(ctx, c, st, log, events)
-	if err != nil {
-		return err
-	}
+	defer s.Close()
+	ctx, mgr := s.ctx, s.mgr
 
 	workers := 1
 	if c.String(flagFromFile) != "" {

@@ -50,26 +50,12 @@ func renewAction(c *cli.Context) error {
 	if due && c.Bool(flagForce) {
 		return cli.Exit("certagent renew: --force applies to named certificates, not to --due", exitUsage)
 	}
-	log, err := newLogger(c)
+	s, err := openSession(c)
 	if err != nil {
 		return err
 	}
-	st, err := openStore(c)
-	if err != nil {
-		return err
-	}
-	defer closeStore(st)
-	ctx, stop := withSignals(c.Context)
-	defer stop()
-	events, _, stopEvents, err := newTelemetry(c, st, log)
-	if err != nil {
-		return err
-	}
-	defer stopEvents()
-	mgr, err := newManager(ctx, c, st, log, events)
-	if err != nil {
-		return err
-	}
+	defer s.Close()
+	ctx, st, mgr, log := s.ctx, s.store, s.mgr, s.log
 	renewer := manager.NewRenewer(manager.RenewerConfig{Manager: mgr, Logger: log})
 	if due {
 		entries, err := st.RenewalDue(ctx, time.Now(), 0)

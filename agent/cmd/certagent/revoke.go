@@ -79,30 +79,16 @@ func revokeAction(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit("certagent revoke: "+err.Error(), exitUsage)
 	}
-	log, err := newLogger(c)
+	s, err := openSession(c)
 	if err != nil {
 		return err
 	}
-	st, err := openStore(c)
-	if err != nil {
-		return err
-	}
-	defer closeStore(st)
-	ctx, stop := withSignals(c.Context)
-	defer stop()
+	defer s.Close()
+	ctx, st, mgr, events := s.ctx, s.store, s.mgr, s.events
 	rec, err := st.GetCert(ctx, args[0])
 	if errors.Is(err, store.ErrNotFound) {
 		return cli.Exit(fmt.Sprintf("certagent revoke: no certificate stored for %s", args[0]), exitFailed)
 	}
-	if err != nil {
-		return err
-	}
-	events, _, stopEvents, err := newTelemetry(c, st, log)
-	if err != nil {
-		return err
-	}
-	defer stopEvents()
-	mgr, err := newManager(ctx, c, st, log, events)
 	if err != nil {
 		return err
 	}

@@ -172,3 +172,50 @@ func presetNames() string {
 	sort.Strings(names)
 	return strings.Join(names, ", ")
 }
+
+// session is what a command that orders certificates works with: Redis, the
+// event hub and the manager, stopping on SIGINT/SIGTERM.
+type session struct {
+	ctx    context.Context
+	log    *slog.Logger
+	store  *store.Store
+	events *telemetry.Hub
+	mgr    *manager.Manager
+	closes []func()
+}
+
+// openSession connects to Redis and the CA. Close releases what it opened,
+// last first, delivering the queued events before Redis is closed.
+func openSession(c *cli.Context) (*session, error) {
+	s := &session{}
+	var err error
+	if s.log, err = newLogger(c); err != nil {
+		return nil, err
+	}
+	if s.store, err = openStore(c); err != nil {
+		return nil, err
+	}
+	s.closes = append(s.closes, func() { closeStore(s.store) })
+	ctx, stop := withSignals(c.Context)
+	s.ctx = ctx
+	s.closes = append(s.closes, stop)
+	events, _, stopEvents, err := newTelemetry(c, s.store, s.log)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.events = events
+	s.closes = append(s.closes, stopEvents)
+	if s.mgr, err = newManager(ctx, c, s.store, s.log, events); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close releases the session.
+func (s *session) Close() {
+	for i := len(s.closes) - 1; i >= 0; i-- {
+		s.closes[i]()
+	}
+}
