@@ -454,3 +454,20 @@ func TestFullNameIndexKeepsServing(t *testing.T) {
 		}
 	}
 }
+
+func TestRequestBurstThenRate(t *testing.T) {
+	// A rate so low that no token comes back during the test: exactly the
+	// burst is recorded.
+	e := startWith(t, testenv.NginxOptions{LuaConfig: map[string]string{"request_burst": "5", "request_rate": "0.0001"}})
+	for i := 0; i < 20; i++ {
+		name := fmt.Sprintf("burst%d.example.test", i)
+		if got := e.mustHandshake(name); !e.isFallback(got) {
+			t.Fatalf("%s: served %q, want the fallback", name, got.Subject.CommonName)
+		}
+	}
+	waitFor(t, "the burst in the requests stream", func() bool { return len(e.namesIn()) >= 5 })
+	e.stats() // one more round trip through the worker, after its XADD timers
+	if names := e.namesIn(); len(names) != 5 {
+		t.Fatalf("%d names recorded for 20 new names with a burst of 5: %v", len(names), names)
+	}
+}

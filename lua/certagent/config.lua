@@ -27,7 +27,8 @@ local defaults = {
     request_window = 60,        -- s: a missing name is appended to the stream at most once per window per node
     stream_maxlen = 10000,      -- approximate length cap of the requests stream (XADD MAXLEN ~)
     node = nil,                 -- this node's name in stream entries; default: the host name
-    request_rate = 50,          -- names appended to the requests stream per second per node, at most
+    request_rate = 50,          -- names appended to the requests stream per second per node, sustained
+    request_burst = 500,        -- names appended at once before request_rate applies
     lru_size = 2000,            -- parsed certificates cached per worker (about 13 KB each)
     cache_ttl = 3600,           -- s a cached certificate is served before Redis is asked again
     negative_ttl = 5,           -- s a record found missing in Redis is remembered as missing
@@ -167,7 +168,7 @@ function _M.new(user)
         return nil, "key_prefix must be a string without spaces"
     end
     for _, field in ipairs({ "connect_timeout", "read_timeout", "keepalive_pool_size", "keepalive_idle",
-                             "request_window", "stream_maxlen", "request_rate", "index_threshold",
+                             "request_window", "stream_maxlen", "request_rate", "request_burst", "index_threshold",
                              "lru_size", "cache_ttl",
                              "negative_ttl", "changes_interval", "error_ttl" }) do
         local e = positive_number(cfg, field)

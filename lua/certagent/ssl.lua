@@ -24,6 +24,7 @@ local tonumber = tonumber
 local tostring = tostring
 local type = type
 local floor = math.floor
+local min = math.min
 local byte = string.byte
 
 local server_name = ngx_ssl.server_name
@@ -87,11 +88,32 @@ local function count_miss()
     shared[cfg.requests_dict]:incr("misses:" .. floor(ngx.now()), 1, 0, 3)
 end
 
--- request records name in the stream at most once per request_window, and at
--- most request_rate names per second for the whole node: a flood of random
--- names must neither cost a Redis write per handshake nor push the names of
--- real visitors out of the capped stream. A name over the rate is not
--- marked, so a later handshake records it.
+-- take_token takes one of the node's request tokens: a bucket of
+-- request_burst tokens refilled at request_rate a second, so a burst of new
+-- names (a batch of new sites) is recorded at once and a sustained flood at
+-- request_rate. Workers update the bucket without a lock; a race between two
+-- of them can let a token more through, never block one.
+local function take_token(dict)
+    local t = ngx.now()
+    local level = dict:get("bucket:level")
+    local last = dict:get("bucket:time")
+    if not level or not last then
+        level, last = cfg.request_burst, t
+    end
+    level = min(cfg.request_burst, level + (t - last) * cfg.request_rate)
+    if level < 1 then
+        return false
+    end
+    dict:set("bucket:level", level - 1)
+    dict:set("bucket:time", t)
+    return true
+end
+
+-- request records name in the stream at most once per request_window, and
+-- only with a token of the node's bucket: a flood of random names must
+-- neither cost a Redis write per handshake nor push the names of real
+-- visitors out of the capped stream. A name without a token is not marked,
+-- so a later handshake records it.
 local function request(name)
     local dict = shared[cfg.requests_dict]
     if not dict then
@@ -102,8 +124,7 @@ local function request(name)
     if dict:get(name) then
         return
     end
-    local sent = dict:incr("rate:" .. floor(ngx.now()), 1, 0, 2)
-    if sent and sent > cfg.request_rate then
+    if not take_token(dict) then
         return
     end
     local ok, err = dict:add(name, true, cfg.request_window)
