@@ -131,8 +131,8 @@ func (s *faultStack) newAgent(t *testing.T, name string, args ...string) *agentP
 		a.kill(t)
 		if t.Failed() {
 			out, _ := os.ReadFile(a.logPath)
-			if len(out) > 6000 {
-				out = out[len(out)-6000:]
+			if len(out) > 40000 {
+				out = out[len(out)-40000:]
 			}
 			t.Logf("%s log (tail):\n%s", name, out)
 		}

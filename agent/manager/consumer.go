@@ -318,6 +318,11 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 		// entry, reclaimed after ReclaimIdle, gets the name ordered.
 		log.Info("another agent is ordering this name")
 		return false
+	case errors.Is(err, ErrInterrupted):
+		// Redis went away under the order (or the lease was lost): not the
+		// name's failure. Left pending, the entry is taken up again.
+		log.Warn("order interrupted; left pending", "error", err)
+		return false
 	case errors.Is(err, store.ErrFenced):
 		log.Warn("lease lost during the order; the newer holder's certificate stays", "error", err)
 	case ctx.Err() != nil:

@@ -104,6 +104,12 @@ func (m *Manager) Issue(ctx context.Context, names []string) (*store.CertRecord,
 	return rec, err
 }
 
+// ErrInterrupted marks an order cut short by the agent's side, not by the CA
+// or the name: the name's lease could not be kept, or the certificate could
+// not be written to Redis. The name deserves another try soon rather than a
+// failure record.
+var ErrInterrupted = errors.New("order interrupted")
+
 // ErrAlreadyRenewed is returned by Renew when, by the time it held the lease,
 // the stored certificate was no longer the one it was asked to renew: another
 // agent renewed it.
@@ -156,7 +162,9 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	}
 	keepCtx, stopKeeping := context.WithCancelCause(ctx)
 	defer stopKeeping(nil)
-	go lock.KeepAlive(keepCtx, func(err error) { stopKeeping(err) })
+	go lock.KeepAlive(keepCtx, func(err error) {
+		stopKeeping(fmt.Errorf("%w: the lease on %s could not be kept: %w", ErrInterrupted, primary, err))
+	})
 	defer func() {
 		// The release must happen even when ctx is already over.
 		releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -203,6 +211,9 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 		}
 	}
 	if cert == nil {
+		if cause := context.Cause(keepCtx); errors.Is(cause, ErrInterrupted) {
+			errs = append(errs, cause)
+		}
 		return nil, errors.Join(errs...)
 	}
 	if cause := context.Cause(keepCtx); cause != nil {
@@ -219,6 +230,9 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	// Fenced: if the lease was lost and another agent took the name since,
 	// its newer result stays and this one is dropped (store.ErrFenced).
 	if err := lock.PutCert(ctx, rec); err != nil {
+		if !errors.Is(err, store.ErrFenced) {
+			err = fmt.Errorf("%w: %w", ErrInterrupted, err)
+		}
 		return nil, err
 	}
 	if cert.Replaces != "" {

@@ -130,3 +130,17 @@ func TestIssueWithALostLeaseKeepsTheNewerCertificate(t *testing.T) {
 		t.Error("the stored certificate is not the newer holder's")
 	}
 }
+
+// An order whose certificate cannot be written because Redis went away is
+// ErrInterrupted, not a failure of the name: the consumer leaves its entry
+// pending for another try.
+func TestIssueWithRedisGoneIsInterrupted(t *testing.T) {
+	issuer := &pausingIssuer{}
+	m, _, r := newTestManager(t, issuer)
+	issuer.during = r.Stop
+	_, err := m.Issue(context.Background(), []string{"gone.example.com"})
+	if !errors.Is(err, ErrInterrupted) {
+		t.Fatalf("write with Redis down: %v, want ErrInterrupted", err)
+	}
+	r.Start()
+}
