@@ -187,7 +187,10 @@ func TestNonceRejectionStillIssuesEverything(t *testing.T) {
 	want := makeNames("n", "nonce.test", 30)
 	var agents []*agentProc
 	for i := range 2 {
-		agents = append(agents, s.newAgent(t, fmt.Sprintf("agent-%d", i), "--allow", "*.nonce.test", "--retry-first", "2s"))
+		// The traffic brings names back while their order runs; those entries
+		// wait for --reclaim-idle (and are then acknowledged as issued).
+		agents = append(agents, s.newAgent(t, fmt.Sprintf("agent-%d", i), "--allow", "*.nonce.test", "--retry-first", "2s",
+			"--reclaim-idle", "3s"))
 	}
 	s.request(t, want)
 	took := s.waitAllStored(t, st, want, 60*time.Second)
