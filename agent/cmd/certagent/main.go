@@ -32,15 +32,30 @@ func main() {
 			allowCommand(),
 		},
 	}
-	for _, cmd := range app.Commands {
-		name := cmd.Name
-		// A flag that does not parse is bad usage: exit 2 like every other.
-		cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
-			return cli.Exit(fmt.Sprintf("certagent %s: %v", name, err), exitUsage)
-		}
+	// A flag that does not parse is bad usage: exit 2 like every other, for
+	// the global flags, the commands and their subcommands (account, allow).
+	app.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
+		return cli.Exit(fmt.Sprintf("certagent: %v", err), exitUsage)
+	}
+	setUsageErrors(app.Commands, "certagent")
+	// So is an unknown command or subcommand (urfave/cli would exit 3).
+	app.CommandNotFound = func(_ *cli.Context, command string) {
+		cli.HandleExitCoder(cli.Exit(fmt.Sprintf("certagent: no command %q (see certagent --help)", command), exitUsage))
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "certagent:", err)
 		os.Exit(1)
+	}
+}
+
+// setUsageErrors makes a flag parse error of every command in cmds, and of
+// their subcommands, exit 2 with the command's full name.
+func setUsageErrors(cmds []*cli.Command, parent string) {
+	for _, cmd := range cmds {
+		name := parent + " " + cmd.Name
+		cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
+			return cli.Exit(fmt.Sprintf("%s: %v", name, err), exitUsage)
+		}
+		setUsageErrors(cmd.Subcommands, name)
 	}
 }
