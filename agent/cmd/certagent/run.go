@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/manager"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
@@ -153,7 +154,9 @@ func runAction(c *cli.Context) error {
 	log.Info("agent running", "consumer", consumerName, "group", c.String(flagGroup),
 		"directory", c.String(flagDirectory), "workers", c.Int(flagWorkers))
 	budgets, err := manager.NewBudgets(mgr, manager.BudgetConfig{
-		Account:          store.AccountID(c.String(flagDirectory), c.String(flagEmail)),
+		// The id of the account key in Redis: over the directory URL, so that
+		// agents given a preset and agents given its URL share one budget.
+		Account:          store.AccountID(acmeclient.ResolveDirectory(strings.TrimSpace(c.String(flagDirectory))), c.String(flagEmail)),
 		OrdersPerAccount: c.Int(flagLimitOrders),
 		OrdersWindow:     c.Duration(flagOrdersWindow),
 		CertsPerDomain:   c.Int(flagLimitCerts),
