@@ -211,6 +211,15 @@ http {
 	for k, v := range opts.Env {
 		env[k] = v
 	}
+	n.launch(bin, env, n.HTTPAddr, n.HTTPSAddr)
+	return n
+}
+
+// launch starts nginx on n.ConfPath with env added to the environment and
+// waits until every addr accepts connections.
+func (n *Nginx) launch(bin string, env map[string]string, addrs ...string) {
+	t, dir := n.t, n.dir
+	t.Helper()
 	cmd := exec.Command(bin, "-p", dir, "-c", n.ConfPath, "-e", n.ErrorLogPath)
 	cmd.Env = os.Environ()
 	keys := make([]string, 0, len(env))
@@ -239,7 +248,7 @@ http {
 	t.Cleanup(n.Stop)
 
 	deadline := time.Now().Add(15 * time.Second)
-	for _, addr := range []string{n.HTTPAddr, n.HTTPSAddr} {
+	for _, addr := range addrs {
 		for {
 			select {
 			case <-n.done:
@@ -256,6 +265,37 @@ http {
 			}
 		}
 	}
+}
+
+// StartNginxConf starts nginx on a configuration the test wrote itself (conf,
+// the text of nginx.conf, written to dir) rather than StartNginx's, with env
+// added to the environment, and waits until every addr accepts connections.
+// dir is the prefix (-p) and holds logs/error.log; the snippets and Lua
+// modules are the repository's (RepoRoot). It is stopped when the test ends.
+func StartNginxConf(t testing.TB, dir, conf string, env map[string]string, addrs ...string) *Nginx {
+	t.Helper()
+	bin := Require(t, "nginx", "/usr/sbin")
+	for _, mod := range []string{"ndk_http_module.so", "ngx_http_lua_module.so"} {
+		if _, err := os.Stat(filepath.Join(NginxModulesDir, mod)); err != nil {
+			t.Fatalf("nginx module %s is required (libnginx-mod-http-lua): %v", mod, err)
+		}
+	}
+	for _, sub := range []string{"tmp", "logs"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := &Nginx{
+		ErrorLogPath: filepath.Join(dir, "logs", "error.log"),
+		ConfPath:     filepath.Join(dir, "nginx.conf"),
+		t:            t,
+		dir:          dir,
+		done:         make(chan struct{}),
+	}
+	if err := os.WriteFile(n.ConfPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n.launch(bin, env, addrs...)
 	return n
 }
 
