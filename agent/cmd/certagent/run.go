@@ -69,18 +69,18 @@ func runAction(c *cli.Context) error {
 	if file := c.String(flagAllowFile); file != "" {
 		more, err := manager.ReadRulesFile(file)
 		if err != nil {
-			return fmt.Errorf("--%s: %w", flagAllowFile, err)
+			return cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAllowFile, err), exitUsage)
 		}
 		rules = append(rules, more...)
 	}
 	policy, err := manager.ParsePolicy(rules)
 	if err != nil {
-		return fmt.Errorf("--%s: %w", flagAllow, err)
+		return cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAllow, err), exitUsage)
 	}
 	var ask *manager.Ask
 	if u := c.String(flagAskURL); u != "" {
 		if ask, err = manager.NewAsk(manager.AskConfig{URL: u, Timeout: c.Duration(flagAskTimeout)}); err != nil {
-			return fmt.Errorf("--%s: %w", flagAskURL, err)
+			return cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAskURL, err), exitUsage)
 		}
 	}
 	if policy.Empty() && ask == nil {
@@ -91,7 +91,7 @@ func runAction(c *cli.Context) error {
 		return err
 	}
 	if share := c.Float64(flagRenewalShare); share <= 0 || share >= 1 {
-		return fmt.Errorf("--%s: %v is not between 0 and 1", flagRenewalShare, share)
+		return cli.Exit(fmt.Sprintf("certagent: --%s: %v is not between 0 and 1", flagRenewalShare, share), exitUsage)
 	}
 	if ttl := c.Duration(flagLockTTL); ttl < 3*time.Second {
 		return cli.Exit(fmt.Sprintf("certagent: --%s: %s is below 3s (it is extended every third of it)", flagLockTTL, ttl), exitUsage)
@@ -142,6 +142,12 @@ func runAction(c *cli.Context) error {
 		mgr, err = newManager(ctx, c, st, log, events)
 		if err == nil {
 			break
+		}
+		// A configuration error (directory, key type, DNS provider) is bad
+		// usage: exit 2 at once instead of retrying what waiting cannot fix.
+		var usage cli.ExitCoder
+		if errors.As(err, &usage) {
+			return err
 		}
 		log.Error("starting", "error", err, "retry_in", wait)
 		select {
@@ -220,7 +226,7 @@ func newPreflight(c *cli.Context) (*manager.Preflight, error) {
 	for _, a := range c.StringSlice(flagPreflightAddrs) {
 		addr, err := netip.ParseAddr(strings.TrimSpace(a))
 		if err != nil {
-			return nil, fmt.Errorf("--%s: %w", flagPreflightAddrs, err)
+			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPreflightAddrs, err), exitUsage)
 		}
 		addrs = append(addrs, addr)
 	}
@@ -230,7 +236,7 @@ func newPreflight(c *cli.Context) (*manager.Preflight, error) {
 		Resolver:      c.String(flagDNSResolver),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("--%s: %w", flagDNSResolver, err)
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagDNSResolver, err), exitUsage)
 	}
 	return p, nil
 }
