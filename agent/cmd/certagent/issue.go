@@ -130,13 +130,18 @@ func issueAction(c *cli.Context) error {
 // primary first, from the arguments or --from-file. Nothing is ordered when
 // any name is invalid.
 func issueOrders(c *cli.Context) ([][]string, error) {
+	// Flags may follow the names (issue a.example b.example --san).
+	args, err := interspersedFlags(c)
+	if err != nil {
+		return nil, err
+	}
 	file := c.String(flagFromFile)
-	if (c.NArg() == 0) == (file == "") {
+	if (len(args) == 0) == (file == "") {
 		return nil, cli.Exit("certagent issue: name at least one NAME, or give --from-file", exitUsage)
 	}
 	if file == "" {
 		var requested []string
-		for _, arg := range c.Args().Slice() {
+		for _, arg := range args {
 			name, err := storedName(arg)
 			if err != nil {
 				return nil, cli.Exit(fmt.Sprintf("certagent issue: %v", err), exitUsage)

@@ -5,9 +5,12 @@ import (
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/certagent/certagent/agent/internal/testenv"
 )
@@ -107,5 +110,22 @@ func TestProgressBarAndTerminalDetection(t *testing.T) {
 	defer f.Close()
 	if isTerminal(f) || isTerminal(&out) {
 		t.Error("a file or a buffer taken for a terminal: bulk output would be a progress bar instead of lines")
+	}
+}
+
+func TestIssueFlagsAfterNames(t *testing.T) {
+	var got [][]string
+	cmd := issueCommand()
+	cmd.Action = func(c *cli.Context) error {
+		var err error
+		got, err = issueOrders(c)
+		return err
+	}
+	app := &cli.App{Commands: []*cli.Command{cmd}}
+	if err := app.Run([]string{"certagent", "issue", "a.example.com", "B.example.com", "--san"}); err != nil {
+		t.Fatal(err)
+	}
+	if want := [][]string{{"a.example.com", "b.example.com"}}; !reflect.DeepEqual(got, want) {
+		t.Errorf("issue a b --san: orders %v, want %v", got, want)
 	}
 }
