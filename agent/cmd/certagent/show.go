@@ -9,7 +9,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/certagent/certagent/agent/names"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -42,13 +41,14 @@ type deniedView struct {
 }
 
 func showAction(c *cli.Context) error {
-	if c.NArg() != 1 {
+	args, err := nameArgs(c, "show")
+	if err != nil {
+		return err
+	}
+	if len(args) != 1 {
 		return cli.Exit("certagent show: name exactly one NAME", exitUsage)
 	}
-	name, err := names.FromOperator(c.Args().First())
-	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent show: %v", err), exitUsage)
-	}
+	name := args[0]
 	st, err := openStore(c)
 	if err != nil {
 		return err
