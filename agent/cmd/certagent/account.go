@@ -53,6 +53,9 @@ type accountView struct {
 }
 
 func accountShowAction(c *cli.Context) error {
+	if err := noArgs(c, "account show"); err != nil {
+		return err
+	}
 	st, err := openStore(c)
 	if err != nil {
 		return err
@@ -71,6 +74,9 @@ func accountShowAction(c *cli.Context) error {
 }
 
 func accountRegisterAction(c *cli.Context) error {
+	if err := noArgs(c, "account register"); err != nil {
+		return err
+	}
 	st, err := openStore(c)
 	if err != nil {
 		return err

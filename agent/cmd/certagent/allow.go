@@ -44,15 +44,19 @@ func allowCommand() *cli.Command {
 func allowChange(add bool) cli.ActionFunc {
 	return func(c *cli.Context) error {
 		verb := map[bool]string{true: "add", false: "rm"}[add]
-		if c.NArg() == 0 {
-			return cli.Exit("certagent allow "+verb+": name at least one RULE", 2)
+		args, err := interspersedFlags(c)
+		if err != nil {
+			return err
+		}
+		if len(args) == 0 {
+			return cli.Exit("certagent allow "+verb+": name at least one RULE", exitUsage)
 		}
 		// Every rule is checked before anything is written: one typo changes nothing.
-		rules := make([]string, 0, c.NArg())
-		for _, raw := range c.Args().Slice() {
+		rules := make([]string, 0, len(args))
+		for _, raw := range args {
 			rule, err := manager.ParseRule(raw)
 			if err != nil {
-				return cli.Exit(fmt.Sprintf("certagent allow %s: %v", verb, err), 2)
+				return cli.Exit(fmt.Sprintf("certagent allow %s: %v", verb, err), exitUsage)
 			}
 			rules = append(rules, rule)
 		}
@@ -77,6 +81,9 @@ func allowChange(add bool) cli.ActionFunc {
 }
 
 func allowList(c *cli.Context) error {
+	if err := noArgs(c, "allow ls"); err != nil {
+		return err
+	}
 	st, err := openStore(c)
 	if err != nil {
 		return err

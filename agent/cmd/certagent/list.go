@@ -35,6 +35,9 @@ func listCommand() *cli.Command {
 }
 
 func listAction(c *cli.Context) error {
+	if err := noArgs(c, "list"); err != nil {
+		return err
+	}
 	want := c.String(flagStatus)
 	switch want {
 	case "", statusValid, statusFailing, statusExpired:

@@ -82,3 +82,17 @@ func interspersedFlags(c *cli.Context) ([]string, error) {
 	}
 	return rest, nil
 }
+
+// noArgs applies the flags among the arguments of a command that takes no
+// arguments, and refuses anything else, so that `list foo --json` is an
+// error rather than a table that ignored both.
+func noArgs(c *cli.Context, command string) error {
+	args, err := interspersedFlags(c)
+	if err != nil {
+		return err
+	}
+	if len(args) > 0 {
+		return cli.Exit(fmt.Sprintf("certagent %s: takes no arguments, got %q", command, strings.Join(args, " ")), exitUsage)
+	}
+	return nil
+}

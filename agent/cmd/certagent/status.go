@@ -47,6 +47,9 @@ type statusView struct {
 }
 
 func statusAction(c *cli.Context) error {
+	if err := noArgs(c, "status"); err != nil {
+		return err
+	}
 	st, err := openStore(c)
 	if err != nil {
 		return err
