@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/go-acme/lego/v4/acme"
@@ -197,6 +198,11 @@ func httpClient(rootFiles []string) (*http.Client, error) {
 		pool = x509.NewCertPool()
 	}
 	for _, file := range rootFiles {
+		if strings.TrimSpace(file) == "" {
+			// An empty CERTAGENT_CA_ROOTS (docker/compose.yml passes one
+			// without the pebble profile) names no file: system roots only.
+			continue
+		}
 		data, err := os.ReadFile(file)
 		if err != nil {
 			return nil, fmt.Errorf("reading CA roots: %w", err)

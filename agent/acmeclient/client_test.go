@@ -235,3 +235,13 @@ func parseChain(t *testing.T, chainPEM []byte) (*x509.Certificate, *x509.CertPoo
 	}
 	return certs[0], pool
 }
+
+func TestHTTPClientSkipsEmptyRootFiles(t *testing.T) {
+	// CERTAGENT_CA_ROOTS set but empty gives [""]: system roots only, no error.
+	if _, err := httpClient([]string{""}); err != nil {
+		t.Errorf("httpClient([\"\"]): %v", err)
+	}
+	if _, err := httpClient([]string{"/nonexistent/roots.pem"}); err == nil {
+		t.Error("httpClient of a missing file: no error")
+	}
+}
