@@ -4,6 +4,7 @@
 --   init_worker_by_lua_block { require("certagent").init_worker() }
 --   ssl_certificate_by_lua_block { require("certagent").ssl_certificate() }
 --   location ^~ /.well-known/acme-challenge/ { content_by_lua_block { require("certagent").acme_challenge() } }
+--   location = /certagent-status { content_by_lua_block { require("certagent").status() } }
 --
 -- docs/lua.md describes the configuration table. Every entry point runs under
 -- pcall: an error in certagent never fails a handshake, the server's own
@@ -17,6 +18,7 @@ local ERR = ngx.ERR
 local config = require("certagent.config")
 local keys = require("certagent.keys")
 local redis = require("certagent.redis")
+local stats = require("certagent.stats")
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -45,6 +47,7 @@ function _M.init(user)
         error("certagent: " .. err, 2)
     end
     challenge.init(c, k)
+    stats.init(c)
     ok, err = require("certagent.index").init(c, k)
     if not ok then
         error("certagent: " .. err, 2)
@@ -87,6 +90,7 @@ function _M.ssl_certificate()
     end
     local ok, err = pcall(ssl.handle)
     if not ok then
+        stats.incr("fallback")
         log(ERR, "certagent: ssl_certificate failed: ", tostring(err), "; using the fallback certificate")
     end
 end
@@ -102,6 +106,23 @@ function _M.acme_challenge()
         log(ERR, "certagent: acme_challenge failed: ", tostring(err))
         return ngx.exit(500)
     end
+end
+
+-- status is the content handler of the status location: the counters in the
+-- Prometheus text format.
+function _M.status()
+    if not cfg then
+        log(ERR, "certagent: status() called before init()")
+        return ngx.exit(503)
+    end
+    local ok, text, err = pcall(stats.text)
+    if not ok or not text then
+        log(ERR, "certagent: status failed: ", tostring(ok and err or text))
+        return ngx.exit(503)
+    end
+    ngx.header["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+    ngx.header["Cache-Control"] = "no-store"
+    ngx.print(text)
 end
 
 return _M

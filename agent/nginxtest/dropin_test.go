@@ -259,7 +259,7 @@ func TestDictsSnippetMatches(t *testing.T) {
 		return out
 	}
 	dicts, all := directives("certagent-http-dicts.conf"), directives("certagent-http.conf")
-	if len(dicts) != 4 || strings.Join(dicts, "\n") != strings.Join(all, "\n") {
+	if len(dicts) != 5 || strings.Join(dicts, "\n") != strings.Join(all, "\n") {
 		t.Fatalf("certagent-http-dicts.conf has\n%s\ncertagent-http.conf has\n%s",
 			strings.Join(dicts, "\n"), strings.Join(all, "\n"))
 	}

@@ -183,18 +183,19 @@ end
 
 -- get returns what the cache knows about the record rec at time t: a fresh
 -- entry ({cert, key, not_after}), a { bad = true } marker, ABSENT, or nil
--- when Redis must be asked.
+-- when Redis must be asked. An entry comes with the layer that held it
+-- ("lru" or "shared"), for the status counters.
 function _M.get(rec, t)
     local entry = lru:get(rec)
     if entry then
         if entry.bad or entry.not_after > t then
-            return entry
+            return entry, "lru"
         end
         lru:delete(rec)
     end
     entry = from_shared(rec, t, false)
     if entry and entry.fresh_until > t then
-        return entry
+        return entry, "shared"
     end
     if shared[cfg.requests_dict]:get("n:" .. rec) then
         return ABSENT

@@ -4,6 +4,7 @@
 local ngx = ngx
 local names = require("certagent.names")
 local redis = require("certagent.redis")
+local stats = require("certagent.stats")
 
 local log = ngx.log
 local ERR = ngx.ERR
@@ -73,6 +74,7 @@ function _M.handle()
 
     local red, err = redis.connect(cfg)
     if not red then
+        stats.incr("redis_errors")
         log(ERR, "certagent: challenge for ", name, ": ", err)
         return reply(503, "storage unavailable\n")
     end
@@ -80,13 +82,16 @@ function _M.handle()
     value, err = red:get(keys:token(name, token))
     if value == nil then
         redis.discard(red)
+        stats.incr("redis_errors")
         log(ERR, "certagent: challenge for ", name, ": Redis at ", redis.describe(cfg.redis), ": ", tostring(err))
         return reply(503, "storage unavailable\n")
     end
     redis.release(cfg, red)
     if value == null then
+        stats.incr("challenge_miss")
         return reply(404, "not found\n")
     end
+    stats.incr("challenge_hit")
     return reply(200, value)
 end
 

@@ -9,6 +9,7 @@ local ngx = ngx
 local cache = require("certagent.cache")
 local index = require("certagent.index")
 local redis = require("certagent.redis")
+local stats = require("certagent.stats")
 
 local log = ngx.log
 local ERR = ngx.ERR
@@ -244,6 +245,7 @@ local function poll(premature)
         end
         return
     end
+    stats.incr("redis_errors")
     -- Once per outage: a Redis that is down already logs on every handshake.
     if not failing then
         failing = true

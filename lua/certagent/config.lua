@@ -39,6 +39,7 @@ local defaults = {
     names_dict = "certagent_names",       -- lua_shared_dict: the names Redis has a certificate for
     certs_dict = "certagent_certs",       -- lua_shared_dict: certificates shared by the workers
     requests_dict = "certagent_requests", -- lua_shared_dict: stream dedup, rate counter, missing records
+    stats_dict = "certagent_stats",       -- lua_shared_dict: the counters of the status location
 }
 _M.defaults = defaults
 
@@ -176,7 +177,7 @@ function _M.new(user)
             return nil, e
         end
     end
-    for _, field in ipairs({ "certs_dict", "requests_dict", "names_dict" }) do
+    for _, field in ipairs({ "certs_dict", "requests_dict", "names_dict", "stats_dict" }) do
         if type(cfg[field]) ~= "string" or cfg[field] == "" then
             return nil, field .. " must name a lua_shared_dict"
         end
@@ -186,6 +187,12 @@ function _M.new(user)
     if cfg.certs_dict == cfg.requests_dict or cfg.names_dict == cfg.certs_dict
         or cfg.names_dict == cfg.requests_dict then
         return nil, "certs_dict, requests_dict and names_dict must be different lua_shared_dicts"
+    end
+    -- A full dict evicts: the counters must not share one with data that
+    -- grows with traffic.
+    if cfg.stats_dict == cfg.certs_dict or cfg.stats_dict == cfg.requests_dict
+        or cfg.stats_dict == cfg.names_dict then
+        return nil, "stats_dict must differ from certs_dict, requests_dict and names_dict"
     end
     if type(cfg.name_index) ~= "boolean" then
         return nil, "name_index must be true or false"

@@ -13,6 +13,7 @@ local names = require("certagent.names")
 local redis = require("certagent.redis")
 local cache = require("certagent.cache")
 local index = require("certagent.index")
+local stats = require("certagent.stats")
 
 local log = ngx.log
 local ERR = ngx.ERR
@@ -61,10 +62,12 @@ local function xadd(premature, name)
                             "name", name, "node", cfg.node)
         if res then
             redis.release(cfg, red)
+            stats.incr("recorded")
             return
         end
         redis.discard(red)
     end
+    stats.incr("redis_errors")
     -- Forget the name so a later handshake records it again.
     if dict then
         dict:delete(name)
@@ -121,6 +124,7 @@ local function request(name)
         return
     end
     count_miss()
+    stats.incr("misses")
     if dict:get(name) then
         return
     end
@@ -192,7 +196,9 @@ local function learn(rec, reply, t, started)
     return entry
 end
 
-local function serve(name, entry)
+-- serve sets entry's certificate and key for this handshake and counts it
+-- under source (a key of certagent.stats). It returns true when they are set.
+local function serve(name, entry, source)
     local ok, err = clear_certs()
     if ok then
         ok, err = set_cert(entry.cert)
@@ -209,22 +215,28 @@ local function serve(name, entry)
     end
     if not ok then
         log(ERR, "certagent: serving the certificate for ", name, ": ", err)
+        return false
     end
+    stats.incr(source)
+    return true
 end
 
+local SOURCE = { lru = "served_lru", shared = "served_shared" }
+
 -- lookup is what the cache knows about rec, or ABSENT when under a flood the
--- name index says Redis has no such record, or nil.
+-- name index says Redis has no such record, or nil; with an entry, the
+-- status counter of the layer that held it.
 local function lookup(rec, t)
-    local known = cache.get(rec, t)
+    local known, layer = cache.get(rec, t)
     if known == nil and flooding() and index.absent(rec) then
         return ABSENT
     end
-    return known
+    return known, SOURCE[layer]
 end
 
--- handle is the body of ssl_certificate_by_lua. It returns nothing: on every
--- path where it does not set a certificate, nginx uses the fallback.
-function _M.handle()
+-- handle returns true when it set a certificate; on every other path nginx
+-- uses the fallback.
+local function handle()
     local raw = server_name()
     if not raw then
         return -- no SNI
@@ -237,7 +249,7 @@ function _M.handle()
     if byte(raw, 1) ~= 42 then
         local entry = cache.hot(raw, t)
         if entry then
-            return serve(raw, entry)
+            return serve(raw, entry, "served_lru")
         end
     end
     local name = names.normalize(raw)
@@ -245,27 +257,21 @@ function _M.handle()
         return -- IP literal, garbage: fallback, nothing recorded
     end
 
-    local exact = lookup(name, t)
+    local exact, exact_source = lookup(name, t)
     if exact and exact ~= ABSENT then
-        if not exact.bad then
-            serve(name, exact)
-        end
-        return
+        return not exact.bad and serve(name, exact, exact_source)
     end
     local parent = names.parent(name)
     local wild_rec = parent and "*." .. parent
-    local wild
+    local wild, wild_source
     if wild_rec then
-        wild = lookup(wild_rec, t)
+        wild, wild_source = lookup(wild_rec, t)
     end
     if exact == ABSENT and (not wild_rec or wild ~= nil) then
         if wild == nil or wild == ABSENT then
             return request(name)
         end
-        if not wild.bad then
-            serve(name, wild)
-        end
-        return
+        return not wild.bad and serve(name, wild, wild_source)
     end
 
     -- Ask Redis for what the cache does not know, in one round trip.
@@ -287,10 +293,8 @@ function _M.handle()
         end
         log(ERR, "certagent: ", err, "; ", stale and "serving the cached certificate" or "using the fallback",
             " for ", name)
-        if stale then
-            serve(name, stale)
-        end
-        return
+        stats.incr("redis_errors")
+        return stale and serve(name, stale, "served_stale")
     end
     for i = 1, n do
         local answer = learn(recs[i], replies[i], t, started)
@@ -301,19 +305,23 @@ function _M.handle()
         end
     end
 
+    -- What the cache held is counted under its layer; what Redis answered
+    -- just now, under redis.
     if exact ~= ABSENT then
-        if not exact.bad then
-            serve(name, exact)
-        end
-        return
+        return not exact.bad and serve(name, exact, exact_source or "served_redis")
     end
     if wild and wild ~= ABSENT then
-        if not wild.bad then
-            serve(name, wild)
-        end
-        return
+        return not wild.bad and serve(name, wild, wild_source or "served_redis")
     end
     request(name)
+end
+
+-- handle is the body of ssl_certificate_by_lua. A handshake it does not set
+-- a certificate for gets the fallback, and is counted as such.
+function _M.handle()
+    if not handle() then
+        stats.incr("fallback")
+    end
 end
 
 -- flush empties this worker's certificate cache and the shared one.
