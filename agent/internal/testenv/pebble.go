@@ -506,21 +506,7 @@ func lastLines(path string, n int) string {
 // moment ago (the DNS stub listens on both).
 func freeTCPAndUDPPort(t testing.TB) int {
 	t.Helper()
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("finding a free port: %v", err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("finding a port free for both TCP and UDP: none after 50 tries")
-	return 0
+	return freePort(t, true)
 }
 
 // writePebbleListenerCert writes a small CA (listener-ca.pem) and a leaf for

@@ -7,11 +7,13 @@ package testenv
 import (
 	"crypto/x509"
 	"fmt"
+	mathrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -44,26 +46,53 @@ var (
 	portsGiven = map[int]bool{}
 )
 
+// Ports are chosen below Linux's ephemeral range (32768 and up), at random:
+// a port the kernel hands out for listen(":0") is also what it hands out to
+// the next outgoing connection of any process, which then holds it when the
+// test's server starts. Chosen at random, two test processes running at once
+// rarely pick the same one, and one process never hands a port out twice.
+const (
+	portsFrom = 10000
+	portsTo   = 32768
+)
+
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago and
-// that this process has not handed out before: the kernel readily returns a
-// just-closed port again, and two listeners of one test must not get the same.
+// that this process has not handed out before.
 func FreePort(t testing.TB) int {
+	t.Helper()
+	return freePort(t, false)
+}
+
+// freePort is FreePort; with udpToo the port is also free for UDP.
+func freePort(t testing.TB, udpToo bool) int {
 	t.Helper()
 	portsMu.Lock()
 	defer portsMu.Unlock()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("finding a free port: %v", err)
+	for range 1000 {
+		port := portsFrom + mathrand.IntN(portsTo-portsFrom)
+		if portsGiven[port] {
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue
+		}
+		free := true
+		if udpToo {
+			u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
+			if err != nil {
+				free = false
+			} else {
+				u.Close()
+			}
+		}
 		l.Close()
-		if !portsGiven[port] {
+		if free {
 			portsGiven[port] = true
 			return port
 		}
 	}
-	t.Fatal("finding a free port: the kernel keeps returning ports already handed out")
+	t.Fatal("finding a free port: none of 1000 tried was free")
 	return 0
 }
 
