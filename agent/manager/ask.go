@@ -23,7 +23,9 @@ type AskConfig struct {
 	URL string
 	// Timeout bounds one question. Default: 5 s.
 	Timeout time.Duration
-	// Client makes the requests. Default: a plain http.Client.
+	// Client makes the requests. Default: an http.Client that does not
+	// follow redirects, so a 3xx is the answer (a refusal), not whatever
+	// page it leads to.
 	Client *http.Client
 	// Clock. Default: the system clock.
 	Clock Clock
@@ -51,7 +53,9 @@ func NewAsk(cfg AskConfig) (*Ask, error) {
 		cfg.Timeout = 5 * time.Second
 	}
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{}
+		cfg.Client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		}}
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = systemClock{}

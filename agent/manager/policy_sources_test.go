@@ -273,3 +273,23 @@ func TestRateLimitedParksTheScope(t *testing.T) {
 		t.Errorf("after the Retry-After: %v", err)
 	}
 }
+
+func TestAskRedirectRefuses(t *testing.T) {
+	// A redirect (to a login page, say) is a 3xx answer: it refuses, it
+	// does not allow by the 200 of the page it leads to.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/login" {
+			fmt.Fprintln(w, "please log in")
+			return
+		}
+		http.Redirect(w, r, "/login", http.StatusFound)
+	}))
+	defer srv.Close()
+	ask, err := NewAsk(AskConfig{URL: srv.URL + "/check"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if allowed, err := ask.Allows(context.Background(), "shop.example.com"); allowed || err != nil {
+		t.Errorf("redirected ask: allowed %v, error %v; want a refusal", allowed, err)
+	}
+}
