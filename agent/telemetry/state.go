@@ -25,7 +25,7 @@ var (
 	descPending  = prometheus.NewDesc("certagent_requests_pending", "Requested names delivered to an agent and not yet handled.", nil, nil)
 	descCerts    = prometheus.NewDesc("certagent_certificates", "Stored certificates (primary names).", nil, nil)
 	descExpired  = prometheus.NewDesc("certagent_certificates_expired", "Stored certificates past their not-after.", nil, nil)
-	descExpiring = prometheus.NewDesc("certagent_certificates_expiring_7d", "Stored certificates expiring within 7 days.", nil, nil)
+	descExpiring = prometheus.NewDesc("certagent_certificates_expiring_7d", "Stored certificates not expired yet that expire within 7 days.", nil, nil)
 	descEarliest = prometheus.NewDesc("certagent_certificate_earliest_expiry_timestamp_seconds", "The not-after of the certificate that expires first.", nil, nil)
 	descBudget   = prometheus.NewDesc("certagent_order_budget_left", "New orders the fleet's budget for the ACME account allows now.", nil, nil)
 )
@@ -65,7 +65,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if total, upTo, err := c.cfg.Store.CertCounts(ctx, now.Unix(), now.Add(7*24*time.Hour).Unix()); err == nil {
 		gauge(descCerts, float64(total))
 		gauge(descExpired, float64(upTo[0]))
-		gauge(descExpiring, float64(upTo[1]))
+		// Not yet expired, as `certagent status` counts them: an expired
+		// certificate is in certagent_certificates_expired only.
+		gauge(descExpiring, float64(upTo[1]-upTo[0]))
 	} else {
 		c.cfg.Logger.Warn("metrics: counting certificates", "error", err)
 	}

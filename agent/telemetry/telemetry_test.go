@@ -18,6 +18,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/certagent/certagent/agent/internal/testenv"
 	"github.com/certagent/certagent/agent/store"
@@ -233,5 +234,40 @@ func TestStreamSinkWritesTheEventsStream(t *testing.T) {
 	}
 	if strings.Contains(v["data"].(string), "PRIVATE") {
 		t.Error("an event carries key material")
+	}
+}
+
+func TestStateCountsExpiringApartFromExpired(t *testing.T) {
+	r := testenv.StartRedis(t)
+	st := store.New(r.Client, store.Keys{})
+	now := time.Now()
+	for name, notAfter := range map[string]time.Time{
+		"expired.example.com": now.Add(-time.Hour),
+		"soon.example.com":    now.Add(72 * time.Hour),
+		"later.example.com":   now.Add(30 * 24 * time.Hour),
+	} {
+		if err := r.Client.ZAdd(context.Background(), st.Keys().Expiry(),
+			redis.Z{Score: float64(notAfter.Unix()), Member: name}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := NewMetrics()
+	if err := m.Register(NewStateCollector(StateConfig{Store: st, Group: "certagent", Logger: quiet()})); err != nil {
+		t.Fatal(err)
+	}
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range fams {
+		if len(f.Metric) == 1 && f.Metric[0].Gauge != nil {
+			got[f.GetName()] = f.Metric[0].Gauge.GetValue()
+		}
+	}
+	if got["certagent_certificates"] != 3 || got["certagent_certificates_expired"] != 1 ||
+		got["certagent_certificates_expiring_7d"] != 1 {
+		t.Errorf("certificates %v, expired %v, expiring within 7 days %v; want 3, 1, 1",
+			got["certagent_certificates"], got["certagent_certificates_expired"], got["certagent_certificates_expiring_7d"])
 	}
 }
