@@ -71,7 +71,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	} else {
 		c.cfg.Logger.Warn("metrics: counting certificates", "error", err)
 	}
-	if first, err := c.cfg.Store.ListExpiring(ctx, time.Unix(math.MaxInt32, 0), 1); err == nil && len(first) == 1 {
+	if first, err := c.cfg.Store.ListExpiring(ctx, time.Unix(math.MaxInt64/2, 0), 1); err == nil && len(first) == 1 {
 		gauge(descEarliest, float64(first[0].NotAfter.Unix()))
 	}
 	if c.cfg.OrdersLeft != nil {

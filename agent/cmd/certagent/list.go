@@ -53,7 +53,8 @@ func listAction(c *cli.Context) error {
 	}
 	defer closeStore(st)
 	now := time.Now()
-	until := time.Unix(math.MaxInt32, 0)
+	// No bound: an imported certificate may well expire after 2038.
+	until := time.Unix(math.MaxInt64/2, 0)
 	if d := c.Duration(flagExpiring); d > 0 {
 		until = now.Add(d)
 	}
