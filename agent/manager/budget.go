@@ -186,9 +186,11 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 	if err == nil {
 		return rec, nil
 	}
-	if errors.Is(err, store.ErrLockHeld) {
-		giveBack() // another agent holds the name: nothing was ordered
-		return nil, err
+	if errors.Is(err, store.ErrLockHeld) || errors.Is(err, ErrAlreadyRenewed) {
+		// Another agent holds the name, or renewed it already: nothing was
+		// ordered. The record another agent stored goes back with the error.
+		giveBack()
+		return rec, err
 	}
 	// The order was made and counts; no certificate came of it.
 	taken = taken[1:]
