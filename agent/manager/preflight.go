@@ -47,8 +47,11 @@ func NewPreflight(cfg PreflightConfig) (*Preflight, error) {
 	}
 	if cfg.Resolver == "" {
 		conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
-		if err != nil || len(conf.Servers) == 0 {
-			return nil, fmt.Errorf("pre-flight checks: no DNS resolver configured and none in /etc/resolv.conf: %v", err)
+		if err != nil {
+			return nil, fmt.Errorf("pre-flight checks: no DNS resolver configured, and reading /etc/resolv.conf: %w", err)
+		}
+		if len(conf.Servers) == 0 {
+			return nil, errors.New("pre-flight checks: no DNS resolver configured and no nameserver in /etc/resolv.conf")
 		}
 		cfg.Resolver = net.JoinHostPort(conf.Servers[0], conf.Port)
 	}
