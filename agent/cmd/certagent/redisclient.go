@@ -3,7 +3,9 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 
@@ -34,6 +36,11 @@ func redisModeFlags() []cli.Flag {
 func newRedisClient(c *cli.Context) (redis.UniversalClient, error) {
 	opts, err := redis.ParseURL(c.String(flagRedisURL))
 	if err != nil {
+		// url.Error quotes the whole URL, password included: keep only why.
+		var urlErr *url.Error
+		if errors.As(err, &urlErr) {
+			err = urlErr.Err
+		}
 		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagRedisURL, err), exitUsage)
 	}
 	if file := c.String(flagRedisCA); file != "" {
