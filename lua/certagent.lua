@@ -5,6 +5,7 @@
 --   ssl_certificate_by_lua_block { require("certagent").ssl_certificate() }
 --   location ^~ /.well-known/acme-challenge/ { content_by_lua_block { require("certagent").acme_challenge() } }
 --   location = /certagent-status { content_by_lua_block { require("certagent").status() } }
+--   rewrite_by_lua_block { require("certagent").http_on_demand() }   (port-80 server)
 --
 -- docs/lua.md describes the configuration table. Every entry point runs under
 -- pcall: an error in certagent never fails a handshake, the server's own
@@ -23,7 +24,7 @@ local stats = require("certagent.stats")
 local _M = { _VERSION = "0.1.0" }
 
 local cfg
-local ssl, challenge, changes -- loaded in init (ngx.ssl needs the http subsystem)
+local ssl, challenge, changes, ondemand -- loaded in init (ngx.ssl needs the http subsystem)
 
 -- init validates the configuration table and prepares the modules. It raises
 -- an error on an invalid configuration, so nginx refuses to start with it.
@@ -48,6 +49,8 @@ function _M.init(user)
     end
     challenge.init(c, k)
     stats.init(c)
+    ondemand = require("certagent.ondemand")
+    ondemand.init(c)
     ok, err = require("certagent.index").init(c, k)
     if not ok then
         error("certagent: " .. err, 2)
@@ -105,6 +108,18 @@ function _M.acme_challenge()
     if not ok then
         log(ERR, "certagent: acme_challenge failed: ", tostring(err))
         return ngx.exit(500)
+    end
+end
+
+-- http_on_demand is the body of the port-80 server's rewrite_by_lua_block.
+-- On any error the request goes on to the server's own handling.
+function _M.http_on_demand()
+    if not cfg then
+        return
+    end
+    local ok, err = pcall(ondemand.handle)
+    if not ok then
+        log(ERR, "certagent: http_on_demand failed: ", tostring(err))
     end
 end
 

@@ -53,6 +53,9 @@ local function host()
     return names.normalize(h)
 end
 
+_M.host = host
+_M.PREFIX = PREFIX
+
 function _M.handle()
     local method = ngx.req.get_method()
     if method ~= "GET" and method ~= "HEAD" then

@@ -40,6 +40,9 @@ local defaults = {
     certs_dict = "certagent_certs",       -- lua_shared_dict: certificates shared by the workers
     requests_dict = "certagent_requests", -- lua_shared_dict: stream dedup, rate counter, missing records
     stats_dict = "certagent_stats",       -- lua_shared_dict: the counters of the status location
+    http_missing = "pass",      -- port 80, name without a certificate: "pass" (your own handling) or "503"
+    http_retry_after = 30,      -- s: the Retry-After of http_missing = "503"
+    http_redirect = false,      -- port 80, name with a certificate: 308 to https:// when true
 }
 _M.defaults = defaults
 
@@ -171,7 +174,7 @@ function _M.new(user)
     for _, field in ipairs({ "connect_timeout", "read_timeout", "keepalive_pool_size", "keepalive_idle",
                              "request_window", "stream_maxlen", "request_rate", "request_burst", "index_threshold",
                              "lru_size", "cache_ttl",
-                             "negative_ttl", "changes_interval", "error_ttl" }) do
+                             "negative_ttl", "changes_interval", "error_ttl", "http_retry_after" }) do
         local e = positive_number(cfg, field)
         if e then
             return nil, e
@@ -193,6 +196,12 @@ function _M.new(user)
     if cfg.stats_dict == cfg.certs_dict or cfg.stats_dict == cfg.requests_dict
         or cfg.stats_dict == cfg.names_dict then
         return nil, "stats_dict must differ from certs_dict, requests_dict and names_dict"
+    end
+    if cfg.http_missing ~= "pass" and cfg.http_missing ~= "503" then
+        return nil, "http_missing must be \"pass\" or \"503\""
+    end
+    if type(cfg.http_redirect) ~= "boolean" then
+        return nil, "http_redirect must be true or false"
     end
     if type(cfg.name_index) ~= "boolean" then
         return nil, "name_index must be true or false"

@@ -316,6 +316,60 @@ local function handle()
     request(name)
 end
 
+-- state returns what is stored for name, the way a handshake would look it
+-- up (same caches, same single Redis round trip, the exact record before the
+-- wildcard): "yes" (a usable certificate), "no" (none), "bad" (an unusable
+-- record), or nil and an error when Redis cannot be asked.
+function _M.state(name)
+    local t = now()
+    local exact = lookup(name, t)
+    if exact and exact ~= ABSENT then
+        return exact.bad and "bad" or "yes"
+    end
+    local parent = names.parent(name)
+    local wild_rec = parent and "*." .. parent
+    local wild
+    if wild_rec then
+        wild = lookup(wild_rec, t)
+    end
+    local recs, n = {}, 0
+    if exact == nil then
+        n = n + 1
+        recs[n] = name
+    end
+    if wild_rec and wild == nil then
+        n = n + 1
+        recs[n] = wild_rec
+    end
+    if n > 0 then
+        local started = cache.clock()
+        local replies, err = fetch(recs, n)
+        if not replies then
+            stats.incr("redis_errors")
+            return nil, err
+        end
+        for i = 1, n do
+            local answer = learn(recs[i], replies[i], t, started)
+            if recs[i] == name then
+                exact = answer
+            else
+                wild = answer
+            end
+        end
+    end
+    if exact ~= ABSENT then
+        return exact.bad and "bad" or "yes"
+    end
+    if wild and wild ~= ABSENT then
+        return wild.bad and "bad" or "yes"
+    end
+    return "no"
+end
+
+-- request records name in the requests stream (once per request_window, with
+-- a token of the rate limit), as a handshake for it would.
+_M.request = request
+
 -- handle is the body of ssl_certificate_by_lua. A handshake it does not set
 -- a certificate for gets the fallback, and is counted as such.
 function _M.handle()
