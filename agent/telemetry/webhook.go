@@ -7,10 +7,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 )
@@ -122,6 +124,11 @@ func (w *Webhook) post(ctx context.Context, body []byte) error {
 	req.Header.Set(SignatureHeader, Sign(w.cfg.Secret, ts, body))
 	resp, err := w.cfg.Client.Do(req)
 	if err != nil {
+		// url.Error quotes the URL, which may carry a token: keep it out of the log.
+		var urlErr *url.Error
+		if errors.As(err, &urlErr) {
+			err = urlErr.Err
+		}
 		return err
 	}
 	// Drain a little so the connection is reused for the next event.
