@@ -101,6 +101,12 @@ func (a *Ask) ask(ctx context.Context, name string) (bool, error) {
 	}
 	resp, err := a.cfg.Client.Do(req)
 	if err != nil {
+		// url.Error quotes the URL, whose query may hold the operator's
+		// token; the error goes to logs and the failure record in Redis.
+		var urlErr *url.Error
+		if errors.As(err, &urlErr) {
+			err = urlErr.Err
+		}
 		return false, err
 	}
 	defer resp.Body.Close()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -291,5 +292,19 @@ func TestAskRedirectRefuses(t *testing.T) {
 	}
 	if allowed, err := ask.Allows(context.Background(), "shop.example.com"); allowed || err != nil {
 		t.Errorf("redirected ask: allowed %v, error %v; want a refusal", allowed, err)
+	}
+}
+
+func TestAskErrorKeepsTheURLOut(t *testing.T) {
+	// The error is logged and stored in the failure record: the URL's token must not be in it.
+	srv := httptest.NewServer(http.NotFoundHandler())
+	srv.Close()
+	ask, err := NewAsk(AskConfig{URL: srv.URL + "/check?token=s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ask.Allows(context.Background(), "shop.example.com")
+	if !errors.Is(err, ErrAskUnavailable) || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("ask down: %v; want ErrAskUnavailable without the URL's token", err)
 	}
 }
