@@ -20,6 +20,15 @@ type Lazy struct {
 
 	mu     sync.Mutex
 	client *Client
+	// connecting is set while one caller connects; the others wait for it
+	// (or for their own context) and share its result.
+	connecting *attempt
+}
+
+// attempt is one connection attempt; done is closed when err is set.
+type attempt struct {
+	done chan struct{}
+	err  error
 }
 
 // NewLazy returns a Lazy client for cfg.
@@ -30,18 +39,48 @@ func NewLazy(cfg Config, accounts AccountStore, solver challenge.Provider) *Lazy
 	return &Lazy{cfg: cfg, accounts: accounts, solver: solver}
 }
 
+// get returns the client, connecting first if needed. One caller connects at
+// a time; callers arriving meanwhile wait for that attempt within their own
+// context and share its result, so a CA that does not answer costs each order
+// one attempt's time, not one per order queued before it.
 func (l *Lazy) get(ctx context.Context) (*Client, error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.client != nil {
+		c := l.client
+		l.mu.Unlock()
+		return c, nil
+	}
+	if a := l.connecting; a != nil {
+		l.mu.Unlock()
+		select {
+		case <-a.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connecting to the CA at %s: %w", l.cfg.DirectoryURL, context.Cause(ctx))
+		}
+		if a.err != nil {
+			return nil, a.err
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
 		return l.client, nil
 	}
+	a := &attempt{done: make(chan struct{})}
+	l.connecting = a
+	l.mu.Unlock()
+
 	c, err := New(ctx, l.cfg, l.accounts, l.solver)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to the CA at %s: %w", l.cfg.DirectoryURL, err)
+		err = fmt.Errorf("connecting to the CA at %s: %w", l.cfg.DirectoryURL, err)
 	}
-	l.client = c
-	return c, nil
+	l.mu.Lock()
+	l.connecting = nil
+	if err == nil {
+		l.client = c
+	}
+	a.err = err
+	l.mu.Unlock()
+	close(a.done)
+	return c, err
 }
 
 // DirectoryURL returns the CA's directory URL (known without connecting).

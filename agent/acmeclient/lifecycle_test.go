@@ -3,7 +3,11 @@ package acmeclient
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -163,5 +167,41 @@ func TestLazyConnectsOnUse(t *testing.T) {
 	}
 	if accounts.sets != 1 {
 		t.Errorf("%d registrations, want 1", accounts.sets)
+	}
+}
+
+func TestLazyConnectsOnceForConcurrentOrders(t *testing.T) {
+	// A CA that answers slowly and then fails: orders waiting for the same
+	// connection share its result instead of each trying after the other.
+	var asked atomic.Int64
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		asked.Add(1)
+		time.Sleep(300 * time.Millisecond)
+		http.Error(w, "down", http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	lazy := NewLazy(Config{DirectoryURL: srv.URL + "/dir", HTTPClient: srv.Client()}, &memAccounts{}, NewHTTP01Provider(&memTokens{tokens: map[string]string{}}, 0))
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = lazy.Obtain(context.Background(), []string{"lazy.example.test"})
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err == nil || !strings.Contains(err.Error(), "connecting to the CA at") {
+			t.Errorf("order with the CA down: %v", err)
+		}
+	}
+	if took := time.Since(start); took > 900*time.Millisecond || asked.Load() != 1 {
+		t.Errorf("4 orders took %s and asked the CA %d times; want one attempt shared", took, asked.Load())
+	}
+	// The next use tries again.
+	if _, err := lazy.Obtain(context.Background(), []string{"lazy.example.test"}); err == nil || asked.Load() != 2 {
+		t.Errorf("next use: %v after %d questions; want a new attempt", err, asked.Load())
 	}
 }
