@@ -197,8 +197,14 @@ func (s *Store) UnscheduleSecondary(ctx context.Context, name string) error {
 	certKey := s.keys.Cert(name)
 	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
 		names, err := tx.HGet(ctx, certKey, "names").Result()
-		if err != nil || strings.SplitN(names, ",", 2)[0] == name {
-			return nil // gone (Unschedule's case) or primary after all
+		if errors.Is(err, redis.Nil) {
+			return nil // gone: Unschedule's case
+		}
+		if err != nil {
+			return err
+		}
+		if strings.SplitN(names, ",", 2)[0] == name {
+			return nil // primary after all
 		}
 		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			p.ZRem(ctx, s.keys.Renewals(), name)
