@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/certagent/certagent/agent/internal/schemadoc"
 	"github.com/certagent/certagent/agent/internal/testenv"
 )
 
@@ -56,10 +59,30 @@ func (e *env) scrape() map[string]float64 {
 }
 
 // TestStatusLocation: the counters of nginx/certagent-status.conf move with a
-// miss, a hit from Redis, a hit from the worker's cache, challenges and a
-// Redis outage, and the text is valid Prometheus exposition.
+// miss, hits from Redis, the worker's cache and the shared dict, challenges
+// and a Redis outage, and the text is valid Prometheus exposition. The
+// worker's cache holds one certificate, so a second name evicts the first
+// from it but not from the shared dict.
 func TestStatusLocation(t *testing.T) {
-	e := start(t, "include "+filepath.Join(testenv.RepoRoot(), "nginx", "certagent-status.conf")+";")
+	schema, err := schemadoc.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := testenv.StartRedis(t)
+	prefix := "st" + strconv.Itoa(os.Getpid()%1000) + ":"
+	n := testenv.StartNginx(t, testenv.NginxOptions{
+		RedisURL:        r.URL,
+		KeyPrefix:       prefix,
+		Env:             map[string]string{"CERTAGENT_NODE": testNode},
+		LuaConfig:       map[string]string{"lru_size": "1"},
+		HTTPServerExtra: "include " + filepath.Join(testenv.RepoRoot(), "nginx", "certagent-status.conf") + ";",
+	})
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("CERTAGENT_SHOW_NGINX_LOG") != "" {
+			t.Logf("nginx error log:\n%s", n.ErrorLog())
+		}
+	})
+	e := &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
 	const (
 		served   = "certagent_nginx_certificates_served_total"
 		lru      = served + `{source="worker_lru"}`
@@ -100,8 +123,11 @@ func TestStatusLocation(t *testing.T) {
 	want("after a miss", map[string]float64{misses: 1, fallback: 1, recorded: 1, fromRed: 0, lru: 0})
 
 	// A stored certificate: first from Redis, then from the worker's cache.
+	// The records are written without a changes entry: reading one would
+	// drop the name from the caches between two handshakes, whenever the
+	// worker's poll happens to run.
 	l := newLeaf(t, "status", []string{"hit.status.test"}, time.Now().Add(24*time.Hour))
-	e.store("hit.status.test", l)
+	e.storeUnannounced("hit.status.test", l)
 	if c := e.mustHandshake("hit.status.test"); !c.Equal(l.cert) {
 		t.Fatalf("hit.status.test: served %q, want the stored certificate", c.Subject.CommonName)
 	}
@@ -110,6 +136,18 @@ func TestStatusLocation(t *testing.T) {
 		t.Fatalf("hit.status.test again: served %q, want the stored certificate", c.Subject.CommonName)
 	}
 	want("after a second hit", map[string]float64{fromRed: 1, lru: 1, misses: 1, fallback: 1})
+
+	// Another name takes the worker cache's only place; the first one is then
+	// found in the shared dict.
+	other := newLeaf(t, "status other", []string{"other.status.test"}, time.Now().Add(24*time.Hour))
+	e.storeUnannounced("other.status.test", other)
+	if c := e.mustHandshake("other.status.test"); !c.Equal(other.cert) {
+		t.Fatalf("other.status.test: served %q, want the stored certificate", c.Subject.CommonName)
+	}
+	if c := e.mustHandshake("hit.status.test"); !c.Equal(l.cert) {
+		t.Fatalf("hit.status.test after an eviction: served %q, want the stored certificate", c.Subject.CommonName)
+	}
+	want("after a hit in the shared dict", map[string]float64{fromRed: 2, lru: 1, shared: 1, misses: 1, fallback: 1})
 
 	// Challenges.
 	if err := e.redis.Client.Set(context.Background(),
