@@ -166,7 +166,9 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 		stopKeeping(fmt.Errorf("%w: the lease on %s could not be kept: %w", ErrInterrupted, primary, err))
 	})
 	defer func() {
-		// The release must happen even when ctx is already over.
+		// Stop extending first: an extension after the release would report
+		// the lease lost. The release must happen even when ctx is over.
+		stopKeeping(nil)
 		releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := lock.Release(releaseCtx); err != nil {

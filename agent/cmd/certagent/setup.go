@@ -24,7 +24,7 @@ import (
 func newLogger(c *cli.Context) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String(flagLogLevel))); err != nil {
-		return nil, fmt.Errorf("--%s: %w", flagLogLevel, err)
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagLogLevel, err), exitUsage)
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	var handler slog.Handler
@@ -34,7 +34,7 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 	case "json":
 		handler = slog.NewJSONHandler(os.Stderr, opts)
 	default:
-		return nil, fmt.Errorf("--%s: %q is neither text nor json", flagLogFormat, format)
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %q is neither text nor json", flagLogFormat, format), exitUsage)
 	}
 	legolog.Logger = slog.NewLogLogger(handler.WithAttrs([]slog.Attr{slog.String("component", "lego")}), slog.LevelInfo)
 	return slog.New(handler), nil
@@ -118,7 +118,7 @@ func newTelemetry(c *cli.Context, st *store.Store, log *slog.Logger) (*telemetry
 		}, metrics)
 		if err != nil {
 			stream.Shutdown(0)
-			return nil, nil, nil, fmt.Errorf("--%s: %w (set --%s)", flagWebhookURL, err, flagWebhookSecret)
+			return nil, nil, nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v (set --%s)", flagWebhookURL, err, flagWebhookSecret), exitUsage)
 		}
 		sinks = append(sinks, webhook)
 		stops = append(stops, func() { webhook.Shutdown(5 * time.Second) })
