@@ -40,6 +40,9 @@ type Config struct {
 	Email string
 	// KeyType of certificate keys: ec256 (default), ec384, rsa2048 or rsa4096.
 	KeyType string
+	// ObserveRequest, when set, is told the duration of every HTTP request
+	// to the CA (for latency metrics). Default: none.
+	ObserveRequest func(method string, took time.Duration, err error)
 	// HTTPClient talks to the CA. Default: one trusting the system roots and
 	// CARootFiles, with a 30 s timeout.
 	HTTPClient *http.Client
@@ -134,6 +137,9 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 	}
 	// Rate-limit answers carry their Retry-After only in a header.
 	var rateLimits *rateLimitTracker
+	if cfg.ObserveRequest != nil {
+		cfg.HTTPClient = observeRequests(cfg.HTTPClient, cfg.ObserveRequest)
+	}
 	cfg.HTTPClient, rateLimits = trackRateLimits(cfg.HTTPClient)
 
 	accountKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

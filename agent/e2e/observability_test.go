@@ -90,6 +90,10 @@ func TestMetricsEventsAndWebhook(t *testing.T) {
 	if got := metricValue(fams, "certagent_orders_total", map[string]string{"kind": "issue", "result": "success"}); got < 1 {
 		t.Errorf("certagent_orders_total{issue,success} = %v after an issuance", got)
 	}
+	if fam, ok := fams["certagent_acme_request_duration_seconds"]; !ok || len(fam.Metric) == 0 ||
+		fam.Metric[0].GetHistogram().GetSampleCount() == 0 {
+		t.Error("no ACME request latency recorded after an issuance")
+	}
 	if got := metricValue(fams, "certagent_requests_total", nil); got < 1 {
 		t.Errorf("certagent_requests_total = %v after a recorded miss", got)
 	}

@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -19,6 +20,7 @@ type Metrics struct {
 	busy          prometheus.Counter
 	revoked       prometheus.Counter
 	deleted       prometheus.Counter
+	acmeRequests  *prometheus.HistogramVec
 	dropped       func(sink string)
 }
 
@@ -36,6 +38,11 @@ func NewMetrics() *Metrics {
 			Help:    "How long successful orders took, from the lease to the stored certificate.",
 			Buckets: []float64{.025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
 		}, []string{"kind"}),
+		acmeRequests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "certagent_acme_request_duration_seconds",
+			Help:    "HTTP requests to the ACME CA, by method and result (ok: an HTTP answer came, error: none did).",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"method", "result"}),
 		requests: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "certagent_requests_total",
 			Help: "Names read from the stream of requests.",
@@ -62,7 +69,7 @@ func NewMetrics() *Metrics {
 		Help: "Events a sink dropped because its queue was full.",
 	}, []string{"sink"})
 	m.dropped = func(sink string) { droppedVec.WithLabelValues(sink).Inc() }
-	reg.MustRegister(m.orders, m.orderDuration, m.requests, m.denied, m.busy, m.revoked, m.deleted, droppedVec,
+	reg.MustRegister(m.acmeRequests, m.orders, m.orderDuration, m.requests, m.denied, m.busy, m.revoked, m.deleted, droppedVec,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, kind := range []string{"issue", "renew"} {
 		for _, result := range []string{"success", "failure"} {
@@ -98,6 +105,16 @@ func (m *Metrics) Emit(_ context.Context, e Event) {
 	case EventDeleted:
 		m.deleted.Inc()
 	}
+}
+
+// ObserveACMERequest records one HTTP request to the CA; it fits
+// acmeclient.Config.ObserveRequest.
+func (m *Metrics) ObserveACMERequest(method string, took time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.acmeRequests.WithLabelValues(method, result).Observe(took.Seconds())
 }
 
 // Register adds c, e.g. a collector of state read from Redis at scrape time.

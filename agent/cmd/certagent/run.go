@@ -139,7 +139,7 @@ func runAction(c *cli.Context) error {
 	// with a pause that grows so neither is hammered.
 	var mgr *manager.Manager
 	for wait := time.Second; ; wait = min(wait*2, time.Minute) {
-		mgr, err = newManager(ctx, c, st, log, events)
+		mgr, err = newManager(ctx, c, st, log, events, metrics)
 		if err == nil {
 			break
 		}

@@ -131,10 +131,13 @@ func newTelemetry(c *cli.Context, st *store.Store, log *slog.Logger) (*telemetry
 	return telemetry.NewHub(log, sinks...), metrics, stop, nil
 }
 
-func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger, events *telemetry.Hub) (*manager.Manager, error) {
+func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger, events *telemetry.Hub, metrics *telemetry.Metrics) (*manager.Manager, error) {
 	cfgs, err := acmeConfigs(c)
 	if err != nil {
 		return nil, err
+	}
+	for i := range cfgs {
+		cfgs[i].ObserveRequest = metrics.ObserveACMERequest
 	}
 	var issuers []manager.Issuer
 	if len(cfgs) == 1 {
@@ -199,14 +202,14 @@ func openSession(c *cli.Context) (*session, error) {
 	ctx, stop := withSignals(c.Context)
 	s.ctx = ctx
 	s.closes = append(s.closes, stop)
-	events, _, stopEvents, err := newTelemetry(c, s.store, s.log)
+	events, metrics, stopEvents, err := newTelemetry(c, s.store, s.log)
 	if err != nil {
 		s.Close()
 		return nil, err
 	}
 	s.events = events
 	s.closes = append(s.closes, stopEvents)
-	if s.mgr, err = newManager(ctx, c, s.store, s.log, events); err != nil {
+	if s.mgr, err = newManager(ctx, c, s.store, s.log, events, metrics); err != nil {
 		s.Close()
 		return nil, err
 	}
