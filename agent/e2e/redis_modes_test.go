@@ -135,6 +135,8 @@ func TestRedisSentinel(t *testing.T) {
 		"CERTAGENT_REDIS_URL=redis://certagent-agent:"+agentPassword+"@ignored:1/0",
 		"CERTAGENT_REDIS_SENTINEL_MASTER="+s.MasterName,
 		"CERTAGENT_REDIS_SENTINELS="+strings.Join(s.Addrs, ","),
+		// The replica's nginx answers the CA: tokens must be there first.
+		"CERTAGENT_REDIS_WAIT_REPLICAS=1",
 	)
 	for _, name := range []string{"agent-0", "agent-1"} {
 		m.newAgent(t, name)

@@ -17,6 +17,8 @@ var ErrCorrupt = errors.New("corrupt record")
 type Store struct {
 	rdb  redis.UniversalClient
 	keys Keys
+	// tokenReplicas is how many replicas a token write waits for.
+	tokenReplicas int
 }
 
 // New returns a Store that uses rdb and names keys with keys.
@@ -26,6 +28,13 @@ func New(rdb redis.UniversalClient, keys Keys) *Store {
 
 // Keys returns the key builder of the store.
 func (s *Store) Keys() Keys { return s.keys }
+
+// WaitForReplicas makes every HTTP-01 token write wait (Redis WAIT, at most
+// TokenReplicationWait) until n replicas have it, for fleets whose nginx
+// reads from replicas: the CA must not ask one that has not seen the token
+// yet. When fewer replicas answer in time (after a failover left none, say),
+// the order goes on rather than waiting for them. Default: 0, no waiting.
+func (s *Store) WaitForReplicas(n int) { s.tokenReplicas = n }
 
 // Client returns the Redis client of the store.
 func (s *Store) Client() redis.UniversalClient { return s.rdb }

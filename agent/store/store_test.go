@@ -320,3 +320,37 @@ func TestChangesAndDelete(t *testing.T) {
 		t.Errorf("deleting twice: %v, want ErrNotFound", err)
 	}
 }
+
+// TestTokenWaitsForReplicas: with WaitForReplicas the token write returns
+// once a replica has it; a replica reading right after sees it.
+func TestTokenWaitsForReplicas(t *testing.T) {
+	primary := testenv.StartRedis(t)
+	replica := testenv.StartRedis(t)
+	ctx := context.Background()
+	if err := replica.Client.ReplicaOf(ctx, "127.0.0.1", strings.TrimPrefix(primary.Addr, "127.0.0.1:")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(replica.Client.Info(ctx, "replication").Val(), "master_link_status:up") {
+		if time.Now().After(deadline) {
+			t.Fatal("the replica did not connect")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	st := New(primary.Client, Keys{})
+	st.WaitForReplicas(1)
+	for i := range 50 {
+		token := "tok" + strconv.Itoa(i)
+		if err := st.PutToken(ctx, "a.example.com", token, token+".thumb"); err != nil {
+			t.Fatal(err)
+		}
+		if v := replica.Client.Get(ctx, st.Keys().Token("a.example.com", token)).Val(); v != token+".thumb" {
+			t.Fatalf("token %d not on the replica right after PutToken returned (got %q)", i, v)
+		}
+	}
+	// With no replica left the write still succeeds, after the bounded wait.
+	replica.Stop()
+	if err := st.PutToken(ctx, "a.example.com", "alone", "alone.thumb"); err != nil {
+		t.Errorf("PutToken without a replica: %v", err)
+	}
+}

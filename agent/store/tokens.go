@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // TokenTTL is how long an HTTP-01 key authorization stays answerable.
@@ -12,11 +14,23 @@ const TokenTTL = 600 * time.Second
 // PutToken makes nginx answer the HTTP-01 challenge token for name with keyAuth
 // for TokenTTL.
 func (s *Store) PutToken(ctx context.Context, name, token, keyAuth string) error {
-	if err := s.rdb.Set(ctx, s.keys.Token(name, token), keyAuth, TokenTTL).Err(); err != nil {
+	// WAIT counts the writes of its own connection: a pipeline keeps the SET
+	// and the WAIT on one.
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, s.keys.Token(name, token), keyAuth, TokenTTL)
+		if s.tokenReplicas > 0 {
+			p.Do(ctx, "WAIT", s.tokenReplicas, TokenReplicationWait.Milliseconds())
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("storing the HTTP-01 token for %s: %w", name, err)
 	}
 	return nil
 }
+
+// TokenReplicationWait bounds how long a token write waits for replicas.
+const TokenReplicationWait = time.Second
 
 // DeleteToken removes the token once its authorization is final.
 func (s *Store) DeleteToken(ctx context.Context, name, token string) error {

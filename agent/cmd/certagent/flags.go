@@ -26,6 +26,8 @@ const (
 	envCluster         = "CERTAGENT_REDIS_CLUSTER"
 	flagRedisCA        = "redis-ca"
 	envRedisCA         = "CERTAGENT_REDIS_CA"
+	flagWaitReplicas   = "redis-wait-replicas"
+	envWaitReplicas    = "CERTAGENT_REDIS_WAIT_REPLICAS"
 	flagLogLevel       = "log-level"
 	envLogLevel        = "CERTAGENT_LOG_LEVEL"
 	flagLogFormat      = "log-format"

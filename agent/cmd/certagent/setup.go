@@ -45,7 +45,12 @@ func openStore(c *cli.Context) (*store.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return store.New(rdb, store.Keys{Prefix: c.String(flagKeyPrefix)}), nil
+	if n := c.Int(flagWaitReplicas); n < 0 {
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %d is negative", flagWaitReplicas, n), exitUsage)
+	}
+	st := store.New(rdb, store.Keys{Prefix: c.String(flagKeyPrefix)})
+	st.WaitForReplicas(c.Int(flagWaitReplicas))
+	return st, nil
 }
 
 func closeStore(st *store.Store) { _ = st.Client().Close() }
