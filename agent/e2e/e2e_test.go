@@ -15,7 +15,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -97,26 +96,8 @@ func isFallback(s *stack, chain []*x509.Certificate) bool {
 
 func TestFirstHandshakeGetsFallbackThenTheIssuedCertificate(t *testing.T) {
 	s := startStack(t)
-	logPath := filepath.Join(t.TempDir(), "agent.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent := exec.Command(s.agent, "run", "--allow", "*.example.test", "--consumer", "e2e")
-	agent.Env = s.env
-	agent.Stdout, agent.Stderr = logFile, logFile
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- agent.Wait() }()
-	t.Cleanup(func() {
-		_ = agent.Process.Kill()
-		if t.Failed() {
-			out, _ := os.ReadFile(logPath)
-			t.Logf("agent log:\n%s", out)
-		}
-	})
+	agent := s.startAgent(t, "--allow", "*.example.test", "--consumer", "e2e")
+	logPath := agent.logPath
 
 	const name = "new-1.example.test"
 	first := s.handshake(t, name)
@@ -159,11 +140,11 @@ func TestFirstHandshakeGetsFallbackThenTheIssuedCertificate(t *testing.T) {
 	})
 
 	// SIGTERM stops the agent cleanly.
-	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-exited:
+	case err := <-agent.exited:
 		if err != nil {
 			t.Errorf("agent exited with %v after SIGTERM, want 0", err)
 		}

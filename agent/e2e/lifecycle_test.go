@@ -42,27 +42,7 @@ func startLifecycleStack(t *testing.T, profiles map[string]time.Duration) *stack
 // and returns the path of its log.
 func (s *stack) runDaemon(t *testing.T, args ...string) string {
 	t.Helper()
-	logPath := filepath.Join(t.TempDir(), "agent.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent := exec.Command(s.agent, append([]string{"run", "--consumer", "e2e", "--renew-interval", "1s"}, args...)...)
-	agent.Env = s.env
-	agent.Stdout, agent.Stderr = logFile, logFile
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = agent.Process.Kill()
-		_ = agent.Wait()
-		logFile.Close()
-		if t.Failed() {
-			out, _ := os.ReadFile(logPath)
-			t.Logf("agent log:\n%s", out)
-		}
-	})
-	return logPath
+	return s.startAgent(t, append([]string{"--consumer", "e2e", "--renew-interval", "1s"}, args...)...).logPath
 }
 
 // waitServed polls handshakes for name until accept returns true for the

@@ -6,9 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -49,26 +46,8 @@ func TestMetricsEventsAndWebhook(t *testing.T) {
 	defer receiver.Close()
 
 	listen := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
-	logPath := filepath.Join(t.TempDir(), "agent.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent := exec.Command(s.agent, "run", "--allow", "*.example.test", "--consumer", "obs",
+	s.startAgent(t, "--allow", "*.example.test", "--consumer", "obs",
 		"--http-listen", listen, "--webhook-url", receiver.URL, "--webhook-secret", secret, "--log-format", "json")
-	agent.Env = s.env
-	agent.Stdout, agent.Stderr = logFile, logFile
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = agent.Process.Kill()
-		_ = agent.Wait()
-		if t.Failed() {
-			out, _ := os.ReadFile(logPath)
-			t.Logf("agent log:\n%s", out)
-		}
-	})
 	if err := testenv.WaitTCP(listen, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}

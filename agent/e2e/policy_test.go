@@ -20,31 +20,44 @@ import (
 	"github.com/certagent/certagent/agent/internal/testenv"
 )
 
-// startAgent runs `certagent run args...` until the test ends.
-func (s *stack) startAgent(t *testing.T, args ...string) {
+// agentProcess is a `certagent run` started by a test.
+type agentProcess struct {
+	cmd     *exec.Cmd
+	logPath string
+	exited  chan error // receives Wait's result once the process ends
+}
+
+// startAgent runs `certagent run args...` with the stack's environment until
+// the test ends; its output goes to a log whose tail is printed when the test
+// fails.
+func (s *stack) startAgent(t *testing.T, args ...string) *agentProcess {
 	t.Helper()
-	logPath := filepath.Join(t.TempDir(), "agent.log")
-	logFile, err := os.Create(logPath)
+	p := &agentProcess{logPath: filepath.Join(t.TempDir(), "agent.log"), exited: make(chan error, 1)}
+	logFile, err := os.Create(p.logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent := exec.Command(s.agent, append([]string{"run"}, args...)...)
-	agent.Env = s.env
-	agent.Stdout, agent.Stderr = logFile, logFile
-	if err := agent.Start(); err != nil {
+	p.cmd = exec.Command(s.agent, append([]string{"run"}, args...)...)
+	p.cmd.Env = s.env
+	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	go func() {
+		p.exited <- p.cmd.Wait()
+		logFile.Close()
+	}()
 	t.Cleanup(func() {
-		_ = agent.Process.Kill()
-		_ = agent.Wait()
+		_ = p.cmd.Process.Kill()
 		if t.Failed() {
-			out, _ := os.ReadFile(logPath)
+			out, _ := os.ReadFile(p.logPath)
 			if len(out) > 20000 {
 				out = out[len(out)-20000:]
 			}
 			t.Logf("agent log (tail):\n%s", out)
 		}
 	})
+	return p
 }
 
 // waitHandled waits until the agents have read and acknowledged every entry
