@@ -256,15 +256,21 @@ type IndexEntry struct {
 // ListExpiring returns the indexed primary names whose not-after is at or
 // before until, soonest first, at most limit of them (0: no limit).
 func (s *Store) ListExpiring(ctx context.Context, until time.Time, limit int64) ([]IndexEntry, error) {
-	zs, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
-		Key:     s.keys.Expiry(),
-		Start:   "-inf",
-		Stop:    strconv.FormatInt(until.Unix(), 10),
-		ByScore: true,
-		Count:   limit,
-	}).Result()
+	out, err := s.rangeByTime(ctx, s.keys.Expiry(), "-inf", strconv.FormatInt(until.Unix(), 10), limit)
 	if err != nil {
 		return nil, fmt.Errorf("reading the expiry index: %w", err)
+	}
+	return out, nil
+}
+
+// rangeByTime reads the members of a sorted set scored by Unix seconds
+// between from and to, soonest first, at most limit of them (0: no limit).
+func (s *Store) rangeByTime(ctx context.Context, key, from, to string, limit int64) ([]IndexEntry, error) {
+	zs, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+		Key: key, Start: from, Stop: to, ByScore: true, Count: limit,
+	}).Result()
+	if err != nil {
+		return nil, err
 	}
 	out := make([]IndexEntry, 0, len(zs))
 	for _, z := range zs {

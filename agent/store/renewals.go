@@ -69,16 +69,9 @@ func (s *Store) NextRenewals(ctx context.Context, limit int64) ([]IndexEntry, er
 }
 
 func (s *Store) rangeSchedule(ctx context.Context, from, to string, limit int64) ([]IndexEntry, error) {
-	zs, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
-		Key: s.keys.Renewals(), Start: from, Stop: to, ByScore: true, Count: limit,
-	}).Result()
+	out, err := s.rangeByTime(ctx, s.keys.Renewals(), from, to, limit)
 	if err != nil {
 		return nil, fmt.Errorf("reading the renewal schedule: %w", err)
-	}
-	out := make([]IndexEntry, 0, len(zs))
-	for _, z := range zs {
-		name, _ := z.Member.(string)
-		out = append(out, IndexEntry{Name: name, NotAfter: time.Unix(int64(z.Score), 0).UTC()})
 	}
 	return out, nil
 }
@@ -207,9 +200,7 @@ func (s *Store) UnscheduleSecondary(ctx context.Context, name string) error {
 			return nil // primary after all
 		}
 		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			p.ZRem(ctx, s.keys.Renewals(), name)
-			p.ZRem(ctx, s.keys.RenewalFailures(), name)
-			p.Del(ctx, s.keys.Renewal(name))
+			s.dropSchedule(ctx, p, name)
 			return nil
 		})
 		return err
@@ -218,6 +209,14 @@ func (s *Store) UnscheduleSecondary(ctx context.Context, name string) error {
 		return fmt.Errorf("unscheduling %s: %w", name, err)
 	}
 	return nil
+}
+
+// dropSchedule removes name's schedule entry, failure index entry and
+// renewal state.
+func (s *Store) dropSchedule(ctx context.Context, p redis.Pipeliner, name string) {
+	p.ZRem(ctx, s.keys.Renewals(), name)
+	p.ZRem(ctx, s.keys.RenewalFailures(), name)
+	p.Del(ctx, s.keys.Renewal(name))
 }
 
 // Unschedule removes name from the renewal schedule if no certificate is
@@ -231,9 +230,7 @@ func (s *Store) Unschedule(ctx context.Context, name string) error {
 			return err
 		}
 		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			p.ZRem(ctx, s.keys.Renewals(), name)
-			p.ZRem(ctx, s.keys.RenewalFailures(), name)
-			p.Del(ctx, s.keys.Renewal(name))
+			s.dropSchedule(ctx, p, name)
 			return nil
 		})
 		return err
