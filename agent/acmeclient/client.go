@@ -199,6 +199,18 @@ func (c *Client) AccountURI() string { return c.accountURI }
 func (c *Client) DirectoryURL() string { return c.cfg.DirectoryURL }
 
 func httpClient(rootFiles []string) (*http.Client, error) {
+	pool, err := LoadCARoots(rootFiles)
+	if err != nil {
+		return nil, err
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: transport, Timeout: 30 * time.Second}, nil
+}
+
+// LoadCARoots returns the system roots plus the certificates of the given PEM
+// files, or why a file is unusable.
+func LoadCARoots(rootFiles []string) (*x509.CertPool, error) {
 	pool, err := x509.SystemCertPool()
 	if err != nil || pool == nil {
 		pool = x509.NewCertPool()
@@ -217,9 +229,7 @@ func httpClient(rootFiles []string) (*http.Client, error) {
 			return nil, fmt.Errorf("reading CA roots: no PEM certificate in %s", file)
 		}
 	}
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	return &http.Client{Transport: transport, Timeout: 30 * time.Second}, nil
+	return pool, nil
 }
 
 func generateKey(keyType string) (crypto.Signer, error) {

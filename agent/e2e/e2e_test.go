@@ -226,6 +226,8 @@ func TestIssueCommand(t *testing.T) {
 		{"show", "missing.example.test"},
 		{"show"},
 		{"issue", "--key-type", "dsa", "x.example.test"},
+		{"issue", "--ca-roots", "/nonexistent/roots.pem", "x.example.test"},
+		{"issue", "--eab-kid", "kid-only", "x.example.test"},
 	} {
 		_, errOut, code := s.cli(t, args...)
 		if code == 0 || strings.TrimSpace(errOut) == "" {

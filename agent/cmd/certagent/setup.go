@@ -84,6 +84,14 @@ func acmeConfigs(c *cli.Context) ([]acmeclient.Config, error) {
 	if len(dnsRules) > 0 && dnsProvider == nil {
 		return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs --%s", flagDNSNames, flagDNS), exitUsage)
 	}
+	// Mistakes in these would otherwise look like a CA that is down, which
+	// run retries for ever.
+	if _, err := acmeclient.LoadCARoots(c.StringSlice(flagCARoots)); err != nil {
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagCARoots, err), exitUsage)
+	}
+	if (c.String(flagEABKID) == "") != (c.String(flagEABHMAC) == "") {
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s and --%s go together", flagEABKID, flagEABHMAC), exitUsage)
+	}
 	var cfgs []acmeclient.Config
 	for i, dir := range directories {
 		dir = acmeclient.ResolveDirectory(strings.TrimSpace(dir))
