@@ -294,6 +294,11 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 			if ctx.Err() != nil {
 				return false
 			}
+			if errors.Is(err, ErrPreflightUnavailable) {
+				log.Warn("pre-flight check not possible now; the name waits", "error", err)
+				c.deferName(ctx, log, name, err.Error(), c.cfg.Manager.cfg.Clock.Now().Add(c.cfg.AskRetry))
+				return true
+			}
 			c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
 				Reason: "pre-flight: " + err.Error()})
 			c.fail(ctx, log, name, err)

@@ -16,6 +16,11 @@ import (
 // would only burn a failed validation at the CA.
 var ErrPreflight = errors.New("pre-flight check failed")
 
+// ErrPreflightUnavailable marks a pre-flight check that could not be made:
+// the resolver did not answer or failed (SERVFAIL). The name is not at fault
+// and is looked at again later.
+var ErrPreflightUnavailable = errors.New("pre-flight check not possible now")
+
 // PreflightConfig configures the checks made before any order. Each check is
 // off when its setting is empty.
 type PreflightConfig struct {
@@ -88,7 +93,7 @@ func (p *Preflight) checkAddresses(ctx context.Context, name string) error {
 	for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
 		answer, err := p.query(ctx, name, qtype)
 		if err != nil {
-			return fmt.Errorf("%w: %s: %w", ErrPreflight, name, err)
+			return fmt.Errorf("%w: %s: %w", ErrPreflightUnavailable, name, err)
 		}
 		for _, rr := range answer {
 			var ip net.IP
@@ -127,7 +132,7 @@ func (p *Preflight) checkCAA(ctx context.Context, name string) error {
 		node := strings.Join(labels[i:], ".")
 		answer, err := p.query(ctx, node, dns.TypeCAA)
 		if err != nil {
-			return fmt.Errorf("%w: CAA of %s: %w", ErrPreflight, node, err)
+			return fmt.Errorf("%w: CAA of %s: %w", ErrPreflightUnavailable, node, err)
 		}
 		var issuers []string
 		sawCAA := false
