@@ -41,23 +41,27 @@ func Require(t testing.TB, program string, extraDirs ...string) string {
 	return path
 }
 
-var (
-	portsMu    sync.Mutex
-	portsGiven = map[int]bool{}
+var portsMu sync.Mutex
+
+// Ports are chosen at random from a range below Linux's ephemeral ports
+// (32768 and up), which the kernel also hands to outgoing connections of any
+// process. A port is claimed for the whole machine by creating a file named
+// after it in portsDir (O_EXCL), so test binaries running at once never pick
+// the same one, nor one that another's stopped server is about to take back.
+// Claims are not released: the range is large, and a claim older than
+// portClaimLife, longer than scripts/test lets a test binary run, is stale. Every port also keeps port+10000 free,
+// which Redis Cluster uses for its bus.
+const (
+	portsFrom     = 10000
+	portsTo       = 20000
+	busOffset     = 10000
+	portClaimLife = 20 * time.Minute
 )
 
-// Ports are chosen below Linux's ephemeral range (32768 and up), at random:
-// a port the kernel hands out for listen(":0") is also what it hands out to
-// the next outgoing connection of any process, which then holds it when the
-// test's server starts. Chosen at random, two test processes running at once
-// rarely pick the same one, and one process never hands a port out twice.
-const (
-	portsFrom = 10000
-	portsTo   = 32768
-)
+var portsDir = filepath.Join(os.TempDir(), "certagent-test-ports")
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago and
-// that this process has not handed out before.
+// that no other test process on this machine has been handed recently.
 func FreePort(t testing.TB) int {
 	t.Helper()
 	return freePort(t, false)
@@ -68,32 +72,54 @@ func freePort(t testing.TB, udpToo bool) int {
 	t.Helper()
 	portsMu.Lock()
 	defer portsMu.Unlock()
+	if err := os.MkdirAll(portsDir, 0o777); err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
 	for range 1000 {
 		port := portsFrom + mathrand.IntN(portsTo-portsFrom)
-		if portsGiven[port] {
+		if !claimPort(port) {
 			continue
 		}
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err != nil {
-			continue
-		}
-		free := true
-		if udpToo {
-			u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
-			if err != nil {
-				free = false
-			} else {
-				u.Close()
-			}
-		}
-		l.Close()
-		if free {
-			portsGiven[port] = true
+		if bindable(port, udpToo) && bindable(port+busOffset, false) {
 			return port
 		}
 	}
 	t.Fatal("finding a free port: none of 1000 tried was free")
 	return 0
+}
+
+// claimPort records port as taken, unless a recent claim exists.
+func claimPort(port int) bool {
+	path := filepath.Join(portsDir, strconv.Itoa(port))
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o666)
+	if err == nil {
+		f.Close()
+		return true
+	}
+	info, statErr := os.Stat(path)
+	if statErr != nil || time.Since(info.ModTime()) < portClaimLife {
+		return false
+	}
+	// Stale: take it over by touching it; a race here only costs a retry.
+	now := time.Now()
+	return os.Chtimes(path, now, now) == nil
+}
+
+func bindable(port int, udpToo bool) bool {
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	l.Close()
+	if udpToo {
+		u, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return false
+		}
+		u.Close()
+	}
+	return true
 }
 
 // WaitTCP waits until addr accepts connections or the timeout passes.
