@@ -234,6 +234,39 @@ local function lookup(rec, t)
     return known, SOURCE[layer]
 end
 
+-- ask fetches, in one round trip, the records of name and of its wildcard
+-- that the caches could not answer (nil from lookup), and caches the
+-- answers. It returns the answers for both records (as given when not
+-- asked), or an error as third value when Redis cannot be asked.
+local function ask(name, exact, wild_rec, wild, t)
+    local recs, n = {}, 0
+    if exact == nil then
+        n = n + 1
+        recs[n] = name
+    end
+    if wild_rec and wild == nil then
+        n = n + 1
+        recs[n] = wild_rec
+    end
+    if n == 0 then
+        return exact, wild
+    end
+    local started = cache.clock()
+    local replies, err = fetch(recs, n)
+    if not replies then
+        return exact, wild, err
+    end
+    for i = 1, n do
+        local answer = learn(recs[i], replies[i], t, started)
+        if recs[i] == name then
+            exact = answer
+        else
+            wild = answer
+        end
+    end
+    return exact, wild
+end
+
 -- handle returns true when it set a certificate; on every other path nginx
 -- uses the fallback.
 local function handle()
@@ -275,18 +308,9 @@ local function handle()
     end
 
     -- Ask Redis for what the cache does not know, in one round trip.
-    local recs, n = {}, 0
-    if exact == nil then
-        n = n + 1
-        recs[n] = name
-    end
-    if wild_rec and wild == nil then
-        n = n + 1
-        recs[n] = wild_rec
-    end
-    local started = cache.clock()
-    local replies, err = fetch(recs, n)
-    if not replies then
+    local err
+    exact, wild, err = ask(name, exact, wild_rec, wild, t)
+    if err then
         local stale = cache.stale(name, t)
         if not stale and wild_rec then
             stale = cache.stale(wild_rec, t)
@@ -295,14 +319,6 @@ local function handle()
             " for ", name)
         stats.incr("redis_errors")
         return stale and serve(name, stale, "served_stale")
-    end
-    for i = 1, n do
-        local answer = learn(recs[i], replies[i], t, started)
-        if recs[i] == name then
-            exact = answer
-        else
-            wild = answer
-        end
     end
 
     -- What the cache held is counted under its layer; what Redis answered
@@ -332,30 +348,11 @@ function _M.state(name)
     if wild_rec then
         wild = lookup(wild_rec, t)
     end
-    local recs, n = {}, 0
-    if exact == nil then
-        n = n + 1
-        recs[n] = name
-    end
-    if wild_rec and wild == nil then
-        n = n + 1
-        recs[n] = wild_rec
-    end
-    if n > 0 then
-        local started = cache.clock()
-        local replies, err = fetch(recs, n)
-        if not replies then
-            stats.incr("redis_errors")
-            return nil, err
-        end
-        for i = 1, n do
-            local answer = learn(recs[i], replies[i], t, started)
-            if recs[i] == name then
-                exact = answer
-            else
-                wild = answer
-            end
-        end
+    local err
+    exact, wild, err = ask(name, exact, wild_rec, wild, t)
+    if err then
+        stats.incr("redis_errors")
+        return nil, err
     end
     if exact ~= ABSENT then
         return exact.bad and "bad" or "yes"
