@@ -2,7 +2,10 @@ package acmeclient
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -10,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/go-acme/lego/v4/acme"
 
 	"github.com/certagent/certagent/agent/internal/testenv"
 )
@@ -29,11 +34,9 @@ func TestProfilesARIReplacesAndRevocation(t *testing.T) {
 	if client.AccountURI() == "" {
 		t.Error("no account URL after registration")
 	}
-	first, err := client.Obtain(ctx, []string{"life.example.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := parseChain(t, first.FullChain)
+	// Pebble finds the replaced certificate only when its serial's first
+	// byte is below 0x80 (see TestRenewalGoesAheadWhenTheCARefusesTheHint).
+	first, leaf := obtainUntil(t, client, "life.example.test", func(serial []byte) bool { return serial[0] < 0x80 })
 	if life := leaf.NotAfter.Sub(leaf.NotBefore); life > 5*time.Minute || life < 4*time.Minute {
 		t.Errorf("lifetime %s under the fiveminutes profile", life)
 	}
@@ -88,6 +91,74 @@ func TestProfilesARIReplacesAndRevocation(t *testing.T) {
 	if err := client.Revoke(ctx, second.FullChain, 0); err == nil || !strings.Contains(err.Error(), "revoking serial") {
 		t.Errorf("second revocation: %v", err)
 	}
+}
+
+// TestRenewalGoesAheadWhenTheCARefusesTheHint: Pebble looks the replaced
+// certificate up by the hex of its serial without the DER sign byte, so the
+// ARI id of a serial whose first byte is 0x80 or more (correct per RFC 9773:
+// the DER integer starts with 0x00) makes it refuse the order. Its serials are
+// random below 2^63, so about one in 256 is such; the test builds that id from
+// an ordinary one. The renewal must still happen, without the hint.
+func TestRenewalGoesAheadWhenTheCARefusesTheHint(t *testing.T) {
+	pebble, tokens := startCA(t)
+	ctx := context.Background()
+	client, err := New(ctx, Config{DirectoryURL: pebble.DirectoryURL, CARootFiles: []string{pebble.CARootsFile}},
+		&memAccounts{}, NewHTTP01Provider(tokens, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := client.Obtain(ctx, []string{"hint.example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := parseChain(t, first.FullChain)
+	signed := append([]byte{0}, leaf.SerialNumber.Bytes()...)
+	id := base64.RawURLEncoding.EncodeToString(leaf.AuthorityKeyId) + "." + base64.RawURLEncoding.EncodeToString(signed)
+
+	second, err := client.ObtainWith(ctx, []string{"hint.example.test"}, OrderOptions{Replaces: id})
+	if err != nil {
+		t.Fatalf("renewal with a hint the CA cannot match: %v", err)
+	}
+	if second.Replaces != "" {
+		t.Errorf("the CA recorded replaces %q for an order sent without it", second.Replaces)
+	}
+}
+
+func TestReplacesRejectedKeepsLimitsAndOutages(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&acme.ProblemDetails{Type: "urn:ietf:params:acme:error:serverInternal", HTTPStatus: 500}, true},
+		{&acme.ProblemDetails{Type: "urn:ietf:params:acme:error:malformed", HTTPStatus: 400}, true},
+		{&acme.AlreadyReplacedError{ProblemDetails: &acme.ProblemDetails{Type: acme.AlreadyReplacedErr, HTTPStatus: 409}}, true},
+		{&acme.RateLimitedError{ProblemDetails: &acme.ProblemDetails{Type: acme.RateLimitedErr, HTTPStatus: 429}}, false},
+		{&acme.ProblemDetails{Type: acme.BadNonceErr, HTTPStatus: 400}, false},
+		{&acme.ProblemDetails{Type: "urn:ietf:params:acme:error:serverInternal", HTTPStatus: 503}, false},
+		{errors.New("dial tcp: connection refused"), false},
+	} {
+		if got := replacesRejected(fmt.Errorf("wrapped: %w", tc.err)); got != tc.want {
+			t.Errorf("replacesRejected(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+// obtainUntil orders certificates for name until one's serial (its
+// unsigned bytes) satisfies want.
+func obtainUntil(t *testing.T, client *Client, name string, want func(serial []byte) bool) (*Certificate, *x509.Certificate) {
+	t.Helper()
+	for range 5 {
+		cert, err := client.Obtain(context.Background(), []string{name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, _ := parseChain(t, cert.FullChain)
+		if want(leaf.SerialNumber.Bytes()) {
+			return cert, leaf
+		}
+	}
+	t.Fatalf("5 certificates for %s and none with the serial the test needs", name)
+	return nil, nil
 }
 
 func TestCertIDRefusesWhatItCannotIdentify(t *testing.T) {

@@ -43,6 +43,13 @@ func (c *Client) obtain(ctx context.Context, names []string, opts OrderOptions) 
 	// lego drops replaces when the CA has no ARI, and retries without it when
 	// the CA says the certificate was already replaced.
 	order, err := c.core.Orders.NewWithOptions(names, &api.OrderOptions{Profile: profile, ReplacesCertID: opts.Replaces})
+	if err != nil && opts.Replaces != "" && replacesRejected(err) {
+		// A CA that cannot match the replaced certificate (some encode
+		// serials with a leading zero byte differently) refuses the whole
+		// order. Renewing without the ARI hint beats not renewing; the
+		// returned Certificate's empty Replaces tells the caller.
+		order, err = c.core.Orders.NewWithOptions(names, &api.OrderOptions{Profile: profile})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("creating the order: %w", err)
 	}
@@ -204,3 +211,19 @@ func poll(ctx context.Context, wait, maxWait time.Duration, check func() (bool, 
 }
 
 func rsaKey(bits int) (*rsa.PrivateKey, error) { return rsa.GenerateKey(rand.Reader, bits) }
+
+// replacesRejected tells whether a new-order error is the CA refusing the
+// order as a whole rather than a limit or an outage: rate limits must stand
+// (ARI renewals are exempt from them only with the hint), and transport errors
+// are retried by the caller.
+func replacesRejected(err error) bool {
+	var problem *acme.ProblemDetails
+	if !errors.As(err, &problem) {
+		return false
+	}
+	switch problem.Type {
+	case acme.RateLimitedErr, "urn:ietf:params:acme:error:badNonce":
+		return false
+	}
+	return problem.HTTPStatus != 0 && problem.HTTPStatus != 429 && problem.HTTPStatus < 503
+}

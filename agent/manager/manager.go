@@ -237,8 +237,11 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 		}
 		return nil, err
 	}
-	if cert.Replaces != "" {
+	switch {
+	case cert.Replaces != "":
 		m.cfg.Logger.Debug("the CA was told which certificate this one replaces", "name", primary, "replaces", cert.Replaces)
+	case replaces != "" && issuer.DirectoryURL() == renewing.CA:
+		m.cfg.Logger.Info("renewed without the ARI hint: the CA has no ARI or refused it", "name", primary, "replaces", replaces)
 	}
 	return rec, nil
 }
