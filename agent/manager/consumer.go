@@ -260,6 +260,7 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	case now.Before(failure.NextAttempt):
 		log.Debug("name waits for its next attempt", "next_attempt", failure.NextAttempt.Format(time.RFC3339),
 			"last_error", failure.LastError)
+		c.markRefused(ctx, log, name, "waiting until "+failure.NextAttempt.UTC().Format(time.RFC3339)+": "+failure.LastError)
 		return true
 	}
 	verdict, err := c.cfg.Decider.Decide(ctx, name)
@@ -270,11 +271,13 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	if verdict.Unavailable {
 		log.Warn("name refused for now", "reason", verdict.Reason)
 		c.deferName(ctx, log, name, verdict.Reason, now.Add(c.cfg.AskRetry))
+		c.markRefused(ctx, log, name, verdict.Reason)
 		return true
 	}
 	if !verdict.Allowed {
 		c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
 			Reason: verdict.Source + ": " + verdict.Reason})
+		c.markRefused(ctx, log, name, verdict.Source+": "+verdict.Reason)
 		return true
 	}
 	if !c.claim(name) {
@@ -289,6 +292,11 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	if !need {
 		return true
 	}
+	// From here an order runs unless a check below says otherwise: nginx may
+	// hold the name's first handshake for it.
+	if err := st.MarkIssuing(ctx, name); err != nil {
+		log.Warn("marking the name as being issued", "error", err)
+	}
 	if c.cfg.Preflight != nil {
 		if err := c.cfg.Preflight.Check(ctx, name); err != nil {
 			if ctx.Err() != nil {
@@ -297,11 +305,13 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 			if errors.Is(err, ErrPreflightUnavailable) {
 				log.Warn("pre-flight check not possible now; the name waits", "error", err)
 				c.deferName(ctx, log, name, err.Error(), c.cfg.Manager.cfg.Clock.Now().Add(c.cfg.AskRetry))
+				c.markRefused(ctx, log, name, err.Error())
 				return true
 			}
 			c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
 				Reason: "pre-flight: " + err.Error()})
 			c.fail(ctx, log, name, err)
+			c.markRefused(ctx, log, name, "pre-flight: "+err.Error())
 			return true
 		}
 	}
@@ -318,6 +328,9 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 				log.Warn("clearing the failure record", "error", err)
 			}
 		}
+		if err := st.ClearIssuing(ctx, name); err != nil {
+			log.Warn("clearing the issuing mark", "error", err)
+		}
 	case errors.Is(err, store.ErrLockHeld):
 		// Left pending: if the holder dies, its lease runs out and the
 		// entry, reclaimed after ReclaimIdle, gets the name ordered.
@@ -329,6 +342,7 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 		log.Warn("order interrupted; left pending", "error", err)
 		return false
 	case errors.Is(err, store.ErrFenced):
+		// The newer holder marks the name; its mark is not ours to clear.
 		log.Warn("lease lost during the order; the newer holder's certificate stays", "error", err)
 	case ctx.Err() != nil:
 		log.Warn("order cut short by shutdown; left pending", "error", err)
@@ -336,10 +350,12 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	case errors.As(err, &deferred):
 		log.Warn("order deferred", "reason", deferred.Reason, "until", deferred.Until.UTC().Format(time.RFC3339))
 		c.deferName(ctx, log, name, deferred.Reason, deferred.Until)
+		c.markRefused(ctx, log, name, "deferred: "+deferred.Reason)
 	default:
 		// The failure record holds the name back from every agent until
 		// its next attempt; nginx records it again after its window.
 		c.fail(ctx, log, name, err)
+		c.markRefused(ctx, log, name, err.Error())
 	}
 	return true
 }
@@ -354,6 +370,14 @@ func (c *Consumer) fail(ctx context.Context, log *slog.Logger, name string, caus
 		return
 	}
 	log.Error("name failed", "error", cause, "attempts", f.Attempts, "next_attempt", f.NextAttempt.Format(time.RFC3339))
+}
+
+// markRefused tells nginx to stop holding handshakes for name. Best effort:
+// without the mark a waiting handshake still ends at its deadline.
+func (c *Consumer) markRefused(ctx context.Context, log *slog.Logger, name, reason string) {
+	if err := c.cfg.Store.MarkRefused(ctx, name, reason); err != nil {
+		log.Warn("marking the name as refused", "error", err)
+	}
 }
 
 func (c *Consumer) deferName(ctx context.Context, log *slog.Logger, name, reason string, until time.Time) {

@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -154,5 +155,43 @@ func TestConsumerShutdownLeavesCutOrdersPending(t *testing.T) {
 	waitFor(t, "the resumed order", func() bool {
 		_, err := st.GetCert(context.Background(), "slow.example.com")
 		return err == nil
+	})
+}
+
+// TestConsumerMarksWhatNginxMayWaitFor: the issuing mark is "issuing" while
+// the order runs, gone once the certificate is stored, and "refused" for a
+// name the policy refuses or whose order failed.
+func TestConsumerMarksWhatNginxMayWaitFor(t *testing.T) {
+	issuer := &fakeIssuer{delay: 500 * time.Millisecond}
+	m, st, r := newTestManager(t, issuer)
+	ctx := context.Background()
+	stop := startConsumer(t, m, st, "*.example.com")
+	defer stop()
+
+	request(t, r.Client, st, "wait.example.com")
+	waitFor(t, "the issuing mark during the order", func() bool {
+		state, _, _ := st.IssuingMark(ctx, "wait.example.com")
+		return state == store.Issuing
+	})
+	if _, err := st.GetCert(ctx, "wait.example.com"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the mark came after the certificate: %v", err)
+	}
+	waitFor(t, "the mark cleared after issuance", func() bool {
+		state, _, _ := st.IssuingMark(ctx, "wait.example.com")
+		_, err := st.GetCert(ctx, "wait.example.com")
+		return state == "" && err == nil
+	})
+
+	request(t, r.Client, st, "other.example.net")
+	waitFor(t, "a refused mark for a name outside the policy", func() bool {
+		state, reason, _ := st.IssuingMark(ctx, "other.example.net")
+		return state == store.Refused && reason != ""
+	})
+
+	issuer.fail = errors.New("the CA said no")
+	request(t, r.Client, st, "fails.example.com")
+	waitFor(t, "a refused mark after a failed order", func() bool {
+		state, reason, _ := st.IssuingMark(ctx, "fails.example.com")
+		return state == store.Refused && strings.Contains(reason, "the CA said no")
 	})
 }

@@ -29,6 +29,10 @@ func (k Keys) Cert(name string) string { return k.prefix() + "cert:" + name }
 // Token is the string holding the HTTP-01 key authorization for token under name.
 func (k Keys) Token(name, token string) string { return k.prefix() + "token:" + name + ":" + token }
 
+// Issuing tells nginx whether an order for name runs ("issuing") or will not
+// run now ("refused <reason>"), so a first handshake waits only for the former.
+func (k Keys) Issuing(name string) string { return k.prefix() + "issuing:" + name }
+
 // Requests is the stream of names that nginx saw without a certificate.
 func (k Keys) Requests() string { return k.prefix() + "requests" }
 
