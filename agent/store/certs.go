@@ -152,7 +152,7 @@ func (s *Store) putCert(ctx context.Context, rec *CertRecord, lock *Lock) error 
 		p.Del(ctx, s.keys.Renewal(rec.Primary()))
 		p.ZRem(ctx, s.keys.RenewalFailures(), rec.Primary())
 		p.ZAdd(ctx, s.keys.Renewals(), redis.Z{Score: float64(rec.IssuedAt.Unix()), Member: rec.Primary()})
-		s.noteChanges(ctx, p, "put", rec.Names)
+		s.noteChanges(ctx, p, "put", rec.Names, rec.Fingerprint)
 		return nil
 	}
 	var err error
@@ -196,11 +196,11 @@ func (s *Store) putFenced(ctx context.Context, rec *CertRecord, lock *Lock, writ
 // behind than this drop their whole cache.
 const ChangesMaxLen = 1000
 
-func (s *Store) noteChanges(ctx context.Context, p redis.Pipeliner, op string, names []string) {
+func (s *Store) noteChanges(ctx context.Context, p redis.Pipeliner, op string, names []string, fingerprint string) {
 	for _, name := range names {
 		p.XAdd(ctx, &redis.XAddArgs{
 			Stream: s.keys.Changes(), MaxLen: ChangesMaxLen, Approx: true,
-			Values: []any{"name", name, "op", op},
+			Values: []any{"name", name, "op", op, "fingerprint", fingerprint},
 		})
 	}
 }
@@ -211,10 +211,10 @@ func (s *Store) noteChanges(ctx context.Context, p redis.Pipeliner, op string, n
 // the names it removed, or an error wrapping ErrNotFound.
 func (s *Store) DeleteCert(ctx context.Context, name string) ([]string, error) {
 	rec, err := s.GetCert(ctx, name)
-	names := []string{name}
+	names, fingerprint := []string{name}, ""
 	switch {
 	case err == nil:
-		names = rec.Names
+		names, fingerprint = rec.Names, rec.Fingerprint
 	case errors.Is(err, ErrCorrupt):
 		// Remove what is there under this name; its other copies are unknown.
 	default:
@@ -228,7 +228,7 @@ func (s *Store) DeleteCert(ctx context.Context, name string) ([]string, error) {
 		p.ZRem(ctx, s.keys.Renewals(), names[0], name)
 		p.Del(ctx, s.keys.Renewal(names[0]), s.keys.Renewal(name))
 		p.ZRem(ctx, s.keys.RenewalFailures(), names[0], name)
-		s.noteChanges(ctx, p, "delete", names)
+		s.noteChanges(ctx, p, "delete", names, fingerprint)
 		return nil
 	})
 	if err != nil {

@@ -33,6 +33,17 @@ func (k Keys) Token(name, token string) string { return k.prefix() + "token:" + 
 // run now ("refused <reason>"), so a first handshake waits only for the former.
 func (k Keys) Issuing(name string) string { return k.prefix() + "issuing:" + name }
 
+// PeerNonce remembers a nonce a peer site signed a request with, so the same
+// request cannot be replayed while its timestamp is still accepted.
+func (k Keys) PeerNonce(site, nonce string) string { return k.prefix() + "peer-nonce:" + site + ":" + nonce }
+
+// Tombstones lists the certificates deleted or revoked here, so neither peer
+// pushes nor anti-entropy bring them back.
+func (k Keys) Tombstones() string { return k.prefix() + "tombstones" }
+
+// Peers holds each agent's view of the peer sites, for `certagent peers`.
+func (k Keys) Peers() string { return k.prefix() + "peers" }
+
 // Requests is the stream of names that nginx saw without a certificate.
 func (k Keys) Requests() string { return k.prefix() + "requests" }
 
