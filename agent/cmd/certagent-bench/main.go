@@ -6,8 +6,12 @@
 //
 //	certagent-bench seed -redis 127.0.0.1:6379 -names 10000 -static-dir /tmp/b
 //	certagent-bench run -addr 127.0.0.1:8443 -c 8 -d 10s -sni bench.example.test
+//	certagent-bench first -addr 127.0.0.1:8443 -pattern 'n%d.first.test' -names 50 -p 20 -roots root.pem
 //
-// scripts/bench-handshake runs the scenarios of docs/benchmarks.md with it.
+// first measures new names instead: for each, the time from its first
+// ClientHello until nginx serves a certificate that verifies for it.
+// scripts/bench-handshake and scripts/bench-first-handshake run the
+// scenarios of docs/benchmarks.md with it.
 package main
 
 import (
@@ -51,6 +55,10 @@ func main() {
 		err = run(os.Args[2:])
 	case "report":
 		err = report(os.Args[2:])
+	case "first":
+		err = first(os.Args[2:])
+	case "first-report":
+		err = firstReport(os.Args[2:])
 	default:
 		usage()
 	}
@@ -65,6 +73,9 @@ func usage() {
   certagent-bench seed [flags]   make a CA and certificates: files for a static server, records in Redis
   certagent-bench run [flags]    open full TLS handshakes against nginx and report
   certagent-bench report FILE    a table of the JSON results in FILE (one a line), ratios to the first
+  certagent-bench first [flags]  for each of M new names, the time from its first ClientHello to a served
+                                 certificate that verifies for it (retrying after the fallback)
+  certagent-bench first-report FILE   a table of first's JSON results in FILE (one a line)
 Run either with -h for its flags.`)
 	os.Exit(2)
 }
