@@ -67,6 +67,30 @@ type Config struct {
 	// Events receives an event for every order's outcome. Default: a hub
 	// that only logs them to Logger.
 	Events *telemetry.Hub
+	// Peers are the other sites of the fleet (docs/peers.md): a certificate
+	// one of them holds is taken instead of ordering, and an order runs only
+	// under a lease a quorum of sites granted. Default: none, one site.
+	Peers Peers
+}
+
+// Peers is what ordering needs of the fleet's other sites.
+type Peers interface {
+	// Existing stores here and returns a certificate a peer holds for names
+	// that is not due for renewal and newer than have (nil when nothing is
+	// held here). It returns nil, nil when no reachable peer has one.
+	Existing(ctx context.Context, names []string, have *store.CertRecord) (*store.CertRecord, error)
+	// Lease takes the lease on name at enough sites that no other site can
+	// order it at the same time, or returns an error saying who holds it.
+	Lease(ctx context.Context, name string) (PeerLease, error)
+}
+
+// PeerLease is a lease on a name held at a quorum of sites.
+type PeerLease interface {
+	// KeepAlive extends the lease until ctx ends and calls lost once when
+	// it can no longer be kept.
+	KeepAlive(ctx context.Context, lost func(error))
+	// Release gives the lease up at every site that granted it.
+	Release(ctx context.Context) error
 }
 
 // Manager orders certificates and stores them.
@@ -101,8 +125,15 @@ func (m *Manager) Issue(ctx context.Context, names []string) (*store.CertRecord,
 	started := m.cfg.Clock.Now()
 	rec, err := m.issue(ctx, names, nil)
 	m.report(ctx, "issue", names, rec, err, started)
+	if errors.Is(err, errFromPeer) {
+		err = nil
+	}
 	return rec, err
 }
+
+// errFromPeer tells report that issue stored a peer site's certificate
+// instead of ordering one; Issue and Renew return no error for it.
+var errFromPeer = errors.New("certificate taken from a peer site")
 
 // ErrInterrupted marks an order cut short by the agent's side, not by the CA
 // or the name: the name's lease could not be kept, or the certificate could
@@ -125,6 +156,9 @@ func (m *Manager) Renew(ctx context.Context, rec *store.CertRecord) (*store.Cert
 	started := m.cfg.Clock.Now()
 	renewed, err := m.issue(ctx, rec.Names, rec)
 	m.report(ctx, "renew", rec.Names, renewed, err, started)
+	if errors.Is(err, errFromPeer) {
+		err = nil
+	}
 	return renewed, err
 }
 
@@ -141,6 +175,9 @@ func (m *Manager) report(ctx context.Context, kind string, names []string, rec *
 		}
 		e.Names, e.NotAfter, e.Fingerprint = rec.Names, rec.NotAfter, rec.Fingerprint
 		e.Took = m.cfg.Clock.Now().Sub(started).Seconds()
+	case errors.Is(err, errFromPeer):
+		e.Type = telemetry.EventFromPeer
+		e.Names, e.NotAfter, e.Fingerprint = rec.Names, rec.NotAfter, rec.Fingerprint
 	case errors.Is(err, store.ErrLockHeld):
 		e.Type = telemetry.EventBusy
 	case errors.Is(err, ErrAlreadyRenewed), ctx.Err() != nil:
@@ -189,6 +226,16 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 		// Without an ARI id (imported from a CA without AKI) the order is a
 		// plain new order.
 		replaces, _ = acmeclient.CertID([]byte(renewing.FullChain))
+	}
+	if m.cfg.Peers != nil {
+		rec, release, err := m.fromPeers(keepCtx, names, renewing, stopKeeping)
+		if rec != nil {
+			return rec, errFromPeer
+		}
+		if err != nil {
+			return nil, err
+		}
+		defer release()
 	}
 
 	var cert *acmeclient.Certificate
@@ -244,6 +291,42 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 		m.cfg.Logger.Info("renewed without the ARI hint: the CA has no ARI or refused it", "name", primary, "replaces", replaces)
 	}
 	return rec, nil
+}
+
+// fromPeers asks the other sites for the certificate first; when none has
+// it, it takes the fleet-wide lease, kept alive until ctx ends, and returns
+// its release. An error wraps store.ErrLockHeld when the lease is held
+// elsewhere: like a local lease, the name is looked at again later.
+func (m *Manager) fromPeers(ctx context.Context, names []string, renewing *store.CertRecord,
+	interrupt context.CancelCauseFunc) (*store.CertRecord, func(), error) {
+	primary := names[0]
+	rec, err := m.cfg.Peers.Existing(ctx, names, renewing)
+	if err != nil {
+		// Unreachable peers must not stop issuance; the lease below still
+		// keeps two sites from ordering at once.
+		m.cfg.Logger.Warn("asking the peer sites for an existing certificate", "name", primary, "error", err)
+	}
+	if rec != nil {
+		m.cfg.Logger.Info("certificate taken from a peer site, no order placed", "name", primary,
+			"fingerprint", rec.Fingerprint, "not_after", rec.NotAfter.UTC().Format(time.RFC3339))
+		return rec, nil, nil
+	}
+	lease, err := m.cfg.Peers.Lease(ctx, primary)
+	if err != nil {
+		return nil, nil, fmt.Errorf("locking %s across sites: %w: %w", primary, store.ErrLockHeld, err)
+	}
+	leaseCtx, stop := context.WithCancel(ctx)
+	go lease.KeepAlive(leaseCtx, func(err error) {
+		interrupt(fmt.Errorf("%w: the lease on %s across sites could not be kept: %w", ErrInterrupted, primary, err))
+	})
+	return nil, func() {
+		stop()
+		releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := lease.Release(releaseCtx); err != nil {
+			m.cfg.Logger.Warn("releasing the lease across sites", "name", primary, "error", err)
+		}
+	}, nil
 }
 
 // obtain runs one order against one CA within the order timeout.

@@ -35,7 +35,9 @@ func (k Keys) Issuing(name string) string { return k.prefix() + "issuing:" + nam
 
 // PeerNonce remembers a nonce a peer site signed a request with, so the same
 // request cannot be replayed while its timestamp is still accepted.
-func (k Keys) PeerNonce(site, nonce string) string { return k.prefix() + "peer-nonce:" + site + ":" + nonce }
+func (k Keys) PeerNonce(site, nonce string) string {
+	return k.prefix() + "peer-nonce:" + site + ":" + nonce
+}
 
 // Tombstones lists the certificates deleted or revoked here, so neither peer
 // pushes nor anti-entropy bring them back.

@@ -22,6 +22,7 @@ const (
 	EventRevoked   = "revoked"   // a certificate was revoked at the CA
 	EventDeleted   = "deleted"   // a certificate was removed from the store
 	EventBusy      = "busy"      // another agent holds the name's lease
+	EventFromPeer  = "from_peer" // a peer site's certificate was stored instead of an order
 )
 
 // Event is one thing that happened to a name.
@@ -49,6 +50,7 @@ var messages = map[string]string{
 	EventRevoked:   "certificate revoked",
 	EventDeleted:   "certificate deleted",
 	EventBusy:      "another agent holds the lease",
+	EventFromPeer:  "certificate taken from a peer site",
 }
 
 // Sink receives events. Emit must not block on I/O.

@@ -1,0 +1,133 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/certagent/certagent/agent/store"
+	"github.com/certagent/certagent/agent/telemetry"
+)
+
+// fakePeers plays the other sites: it may hold a certificate, refuse the
+// lease, or lose it during the order.
+type fakePeers struct {
+	mu       sync.Mutex
+	existing *store.CertRecord
+	refuse   error
+	lose     error
+	leases   int
+	released int
+}
+
+func (f *fakePeers) Existing(ctx context.Context, names []string, have *store.CertRecord) (*store.CertRecord, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.existing, nil
+}
+
+func (f *fakePeers) Lease(ctx context.Context, name string) (PeerLease, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.refuse != nil {
+		return nil, f.refuse
+	}
+	f.leases++
+	return &fakeLease{peers: f}, nil
+}
+
+type fakeLease struct{ peers *fakePeers }
+
+func (l *fakeLease) KeepAlive(ctx context.Context, lost func(error)) {
+	if l.peers.lose != nil {
+		lost(l.peers.lose)
+	}
+	<-ctx.Done()
+}
+
+func (l *fakeLease) Release(ctx context.Context) error {
+	l.peers.mu.Lock()
+	defer l.peers.mu.Unlock()
+	l.peers.released++
+	return nil
+}
+
+type recordingSink struct {
+	mu     sync.Mutex
+	events []telemetry.Event
+}
+
+func (s *recordingSink) Emit(_ context.Context, e telemetry.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events = append(s.events, e)
+}
+
+func TestIssueTakesAPeerCertificateInsteadOfOrdering(t *testing.T) {
+	issuer := &fakeIssuer{}
+	m, st, _ := newTestManager(t, issuer)
+	ctx := context.Background()
+	// The peer's certificate, as the fleet would store it here.
+	held, err := m.Issue(ctx, []string{"peer.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orders := issuer.orders.Load()
+	sink := &recordingSink{}
+	m.cfg.Events = telemetry.NewHub(quietLogger(), sink)
+	m.cfg.Peers = &fakePeers{existing: held}
+
+	rec, err := m.Issue(ctx, []string{"peer.example.com"})
+	if err != nil || rec.Fingerprint != held.Fingerprint {
+		t.Fatalf("Issue = %v, %v; want the peer's certificate", rec, err)
+	}
+	if n := issuer.orders.Load(); n != orders {
+		t.Errorf("%d orders placed although a peer had the certificate", n-orders)
+	}
+	if len(sink.events) != 1 || sink.events[0].Type != telemetry.EventFromPeer {
+		t.Errorf("events %+v, want one %s", sink.events, telemetry.EventFromPeer)
+	}
+	if _, err := st.GetCert(ctx, "peer.example.com"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestIssueOrdersOnlyUnderTheLeaseOfAQuorum(t *testing.T) {
+	issuer := &fakeIssuer{}
+	m, st, r := newTestManager(t, issuer)
+	ctx := context.Background()
+
+	peers := &fakePeers{refuse: errors.New("site b holds it")}
+	m.cfg.Peers = peers
+	_, err := m.Issue(ctx, []string{"q.example.com"})
+	if !errors.Is(err, store.ErrLockHeld) {
+		t.Fatalf("lease refused by the other sites: %v, want ErrLockHeld", err)
+	}
+	if issuer.orders.Load() != 0 {
+		t.Error("ordered without the quorum's lease")
+	}
+	if r.Client.Exists(ctx, st.Keys().Lock("q.example.com")).Val() != 0 {
+		t.Error("the local lease is still held after the refusal")
+	}
+
+	peers.refuse = nil
+	if _, err := m.Issue(ctx, []string{"q.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if peers.leases != 1 || peers.released != 1 || issuer.orders.Load() != 1 {
+		t.Errorf("leases %d, released %d, orders %d: want 1 each", peers.leases, peers.released, issuer.orders.Load())
+	}
+
+	// A lease lost during the order interrupts it: nothing is stored.
+	issuer.delay = 5 * time.Second
+	peers.lose = errors.New("only this site still holds it")
+	_, err = m.Issue(ctx, []string{"lost.example.com"})
+	if !errors.Is(err, ErrInterrupted) {
+		t.Errorf("lease lost: %v, want ErrInterrupted", err)
+	}
+	if _, err := st.GetCert(ctx, "lost.example.com"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("stored after the lease was lost: %v", err)
+	}
+}
