@@ -140,19 +140,8 @@ func (s *Store) putCert(ctx context.Context, rec *CertRecord, lock *Lock) error 
 	if len(rec.Names) == 0 {
 		return errors.New("storing a certificate: the record has no names")
 	}
-	fields := rec.fields()
 	write := func(p redis.Pipeliner) error {
-		for _, name := range rec.Names {
-			p.Del(ctx, s.keys.Cert(name))
-			p.HSet(ctx, s.keys.Cert(name), fields)
-		}
-		p.ZAdd(ctx, s.keys.Expiry(), redis.Z{Score: float64(rec.NotAfter.Unix()), Member: rec.Primary()})
-		// A new certificate starts a new renewal: the schedulers look at it
-		// at once to learn the CA's renewal window and choose a time.
-		p.Del(ctx, s.keys.Renewal(rec.Primary()))
-		p.ZRem(ctx, s.keys.RenewalFailures(), rec.Primary())
-		p.ZAdd(ctx, s.keys.Renewals(), redis.Z{Score: float64(rec.IssuedAt.Unix()), Member: rec.Primary()})
-		s.noteChanges(ctx, p, "put", rec.Names, rec.Fingerprint)
+		s.queueCertWrite(ctx, p, rec)
 		return nil
 	}
 	var err error
@@ -165,6 +154,24 @@ func (s *Store) putCert(ctx context.Context, rec *CertRecord, lock *Lock) error 
 		return fmt.Errorf("storing the certificate for %s: %w", rec.Primary(), err)
 	}
 	return nil
+}
+
+// queueCertWrite queues every command of a certificate write (the copies,
+// the indexes, the changes entries) for one MULTI, so each way of storing a
+// record writes the same keys.
+func (s *Store) queueCertWrite(ctx context.Context, p redis.Pipeliner, rec *CertRecord) {
+	fields := rec.fields()
+	for _, name := range rec.Names {
+		p.Del(ctx, s.keys.Cert(name))
+		p.HSet(ctx, s.keys.Cert(name), fields)
+	}
+	p.ZAdd(ctx, s.keys.Expiry(), redis.Z{Score: float64(rec.NotAfter.Unix()), Member: rec.Primary()})
+	// A new certificate starts a new renewal: the schedulers look at it
+	// at once to learn the CA's renewal window and choose a time.
+	p.Del(ctx, s.keys.Renewal(rec.Primary()))
+	p.ZRem(ctx, s.keys.RenewalFailures(), rec.Primary())
+	p.ZAdd(ctx, s.keys.Renewals(), redis.Z{Score: float64(rec.IssuedAt.Unix()), Member: rec.Primary()})
+	s.noteChanges(ctx, p, "put", rec.Names, rec.Fingerprint)
 }
 
 // putFenced runs write in a MULTI that EXEC only applies while the name's
@@ -207,34 +214,57 @@ func (s *Store) noteChanges(ctx context.Context, p redis.Pipeliner, op string, n
 
 // DeleteCert removes the record stored for name and every copy under the
 // other names of the same certificate, its expiry index entry and its
-// renewal schedule and state. It returns
+// renewal schedule and state, and tombstones its fingerprint until its
+// not-after so that no peer site brings it back. It returns
 // the names it removed, or an error wrapping ErrNotFound.
 func (s *Store) DeleteCert(ctx context.Context, name string) ([]string, error) {
 	rec, err := s.GetCert(ctx, name)
-	names, fingerprint := []string{name}, ""
 	switch {
 	case err == nil:
-		names, fingerprint = rec.Names, rec.Fingerprint
 	case errors.Is(err, ErrCorrupt):
-		// Remove what is there under this name; its other copies are unknown.
+		// Remove what is there under this name; its other copies are
+		// unknown, and so is its fingerprint: there is nothing to tombstone.
+		rec = nil
 	default:
 		return nil, err
 	}
+	now := time.Now()
 	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		for _, n := range names {
-			p.Del(ctx, s.keys.Cert(n))
+		s.queueCertDelete(ctx, p, name, rec)
+		if rec != nil && rec.Fingerprint != "" {
+			primary := rec.Primary()
+			if primary == "" {
+				primary = name
+			}
+			s.queueTombstone(ctx, p, rec.Fingerprint, primary, rec.NotAfter, now, false)
 		}
-		p.ZRem(ctx, s.keys.Expiry(), names[0], name)
-		p.ZRem(ctx, s.keys.Renewals(), names[0], name)
-		p.Del(ctx, s.keys.Renewal(names[0]), s.keys.Renewal(name))
-		p.ZRem(ctx, s.keys.RenewalFailures(), names[0], name)
-		s.noteChanges(ctx, p, "delete", names, fingerprint)
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("deleting the certificate for %s: %w", name, err)
 	}
-	return names, nil
+	if rec == nil {
+		return []string{name}, nil
+	}
+	return rec.Names, nil
+}
+
+// queueCertDelete queues the removal of the record held under name (rec, or
+// nil when it is corrupt), its copies under its other names, its indexes and
+// its renewal state, and the changes entries, for one MULTI.
+func (s *Store) queueCertDelete(ctx context.Context, p redis.Pipeliner, name string, rec *CertRecord) {
+	names, fingerprint := []string{name}, ""
+	if rec != nil && len(rec.Names) > 0 {
+		names, fingerprint = rec.Names, rec.Fingerprint
+	}
+	for _, n := range names {
+		p.Del(ctx, s.keys.Cert(n))
+	}
+	p.ZRem(ctx, s.keys.Expiry(), names[0], name)
+	p.ZRem(ctx, s.keys.Renewals(), names[0], name)
+	p.Del(ctx, s.keys.Renewal(names[0]), s.keys.Renewal(name))
+	p.ZRem(ctx, s.keys.RenewalFailures(), names[0], name)
+	s.noteChanges(ctx, p, "delete", names, fingerprint)
 }
 
 // GetCert returns the record stored for name, or an error wrapping

@@ -1,0 +1,133 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Why PutCertIfNewer did not store a record.
+const (
+	// ReasonSame: the record held for the primary name has the same
+	// fingerprint.
+	ReasonSame = "same"
+	// ReasonOlder: the record held for the primary name is not older (its
+	// not-before is the same or later).
+	ReasonOlder = "older"
+	// ReasonTombstoned: the certificate was deleted here under one of its
+	// names.
+	ReasonTombstoned = "tombstoned"
+)
+
+// watchAttempts bounds how often a conditional write is tried again when a
+// concurrent write to a watched key made Redis drop its transaction.
+const watchAttempts = 5
+
+// PutCertIfNewer stores rec like PutCert (every copy, the indexes, the
+// changes entries), but only when its fingerprint is not tombstoned under
+// any of its names and the record held for its primary name is missing,
+// corrupt or has an earlier not-before. Otherwise it stores nothing and
+// says why (ReasonSame, ReasonOlder, ReasonTombstoned). The check and the
+// write are one transaction: a record or a tombstone written in between
+// makes it look again.
+func (s *Store) PutCertIfNewer(ctx context.Context, rec *CertRecord) (stored bool, reason string, err error) {
+	if len(rec.Names) == 0 {
+		return false, "", errors.New("storing a certificate: the record has no names")
+	}
+	certKey := s.keys.Cert(rec.Primary())
+	err = s.watchRetry(ctx, func(tx *redis.Tx) error {
+		stored, reason = false, ""
+		dead, err := s.tombstoned(ctx, tx, rec.Fingerprint, rec.Names)
+		if err != nil {
+			return fmt.Errorf("reading the tombstones: %w", err)
+		}
+		if dead {
+			reason = ReasonTombstoned
+			return nil
+		}
+		f, err := tx.HGetAll(ctx, certKey).Result()
+		if err != nil {
+			return fmt.Errorf("reading the record held: %w", err)
+		}
+		if len(f) > 0 {
+			// A corrupt record is replaced: nothing about it can be newer.
+			if held, err := recordFromFields(f); err == nil {
+				switch {
+				case held.Fingerprint == rec.Fingerprint:
+					reason = ReasonSame
+					return nil
+				case !held.NotBefore.Before(rec.NotBefore):
+					reason = ReasonOlder
+					return nil
+				}
+			}
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			s.queueCertWrite(ctx, p, rec)
+			return nil
+		})
+		stored = err == nil
+		return err
+	}, certKey, s.keys.Tombstones())
+	if err != nil {
+		return false, "", fmt.Errorf("storing the certificate for %s: %w", rec.Primary(), err)
+	}
+	return stored, reason, nil
+}
+
+// DeleteCertIfFingerprint deletes the record held for name (every copy,
+// like DeleteCert) only if it has fingerprint, and tombstones fingerprint
+// either way, so that the certificate cannot come back here from another
+// site. The tombstone is kept under the held record's primary name until its
+// not-after; when this site does not hold the certificate, under name for
+// UnknownTombstoneLife (an existing tombstone of it keeps its time).
+func (s *Store) DeleteCertIfFingerprint(ctx context.Context, name, fingerprint string) (deleted bool, err error) {
+	certKey := s.keys.Cert(name)
+	err = s.watchRetry(ctx, func(tx *redis.Tx) error {
+		deleted = false
+		f, err := tx.HGetAll(ctx, certKey).Result()
+		if err != nil {
+			return fmt.Errorf("reading the record held: %w", err)
+		}
+		var held *CertRecord
+		if len(f) > 0 {
+			// A corrupt record cannot be shown to have the fingerprint.
+			if rec, err := recordFromFields(f); err == nil && rec.Fingerprint == fingerprint && len(rec.Names) > 0 {
+				held = rec
+			}
+		}
+		now := time.Now()
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			if held != nil {
+				s.queueCertDelete(ctx, p, name, held)
+				s.queueTombstone(ctx, p, fingerprint, held.Primary(), held.NotAfter, now, false)
+			} else {
+				s.queueTombstone(ctx, p, fingerprint, name, now.Add(UnknownTombstoneLife), now, true)
+			}
+			return nil
+		})
+		deleted = err == nil && held != nil
+		return err
+	}, certKey)
+	if err != nil {
+		return false, fmt.Errorf("deleting the certificate for %s: %w", name, err)
+	}
+	return deleted, nil
+}
+
+// watchRetry runs fn in a transaction that WATCHes keys, and runs it again
+// (up to watchAttempts times) when a write to one of them made Redis drop
+// the EXEC.
+func (s *Store) watchRetry(ctx context.Context, fn func(*redis.Tx) error, keys ...string) error {
+	var err error
+	for range watchAttempts {
+		err = s.rdb.Watch(ctx, fn, keys...)
+		if !errors.Is(err, redis.TxFailedErr) {
+			return err
+		}
+	}
+	return fmt.Errorf("the keys kept changing during %d attempts: %w", watchAttempts, err)
+}
