@@ -12,7 +12,9 @@ import (
 	"github.com/certagent/certagent/agent/internal/testenv"
 )
 
-func redisZ(score int64, member string) redis.Z { return redis.Z{Score: float64(score), Member: member} }
+func redisZ(score int64, member string) redis.Z {
+	return redis.Z{Score: float64(score), Member: member}
+}
 
 // recordFrom makes a record whose leaf starts at notBefore, for names.
 func recordFrom(t *testing.T, notBefore time.Time, names ...string) *CertRecord {
