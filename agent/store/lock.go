@@ -71,15 +71,46 @@ func (s *Store) AcquireLock(ctx context.Context, name string, ttl time.Duration)
 		return nil, fmt.Errorf("locking %s: %w", name, err)
 	}
 	owner := hex.EncodeToString(raw[:])
+	fence, err := s.acquire(ctx, name, owner, ttl)
+	if err != nil {
+		return nil, err
+	}
+	return &Lock{store: s, name: name, owner: owner, fence: fence, ttl: ttl}, nil
+}
+
+// acquire takes the lease on name for owner and draws the next fencing
+// token, or returns an error wrapping ErrLockHeld.
+func (s *Store) acquire(ctx context.Context, name, owner string, ttl time.Duration) (int64, error) {
 	fence, err := acquireScript.Run(ctx, s.rdb, []string{s.keys.Lock(name), s.keys.Fence(name)},
 		owner, ttl.Milliseconds(), FenceTTL.Milliseconds()).Int64()
 	if err != nil {
-		return nil, fmt.Errorf("locking %s: %w", name, err)
+		return 0, fmt.Errorf("locking %s: %w", name, err)
 	}
 	if fence == 0 {
-		return nil, fmt.Errorf("locking %s: %w", name, ErrLockHeld)
+		return 0, fmt.Errorf("locking %s: %w", name, ErrLockHeld)
 	}
-	return &Lock{store: s, name: name, owner: owner, fence: fence, ttl: ttl}, nil
+	return fence, nil
+}
+
+// extend renews owner's lease on name for ttl, or returns an error wrapping
+// ErrLockLost.
+func (s *Store) extend(ctx context.Context, name, owner string, ttl time.Duration) error {
+	n, err := extendScript.Run(ctx, s.rdb, []string{s.keys.Lock(name)}, owner, ttl.Milliseconds()).Int()
+	if err != nil {
+		return fmt.Errorf("extending the lock on %s: %w", name, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("extending the lock on %s: %w", name, ErrLockLost)
+	}
+	return nil
+}
+
+// release deletes the lease on name if owner holds it.
+func (s *Store) release(ctx context.Context, name, owner string) error {
+	if err := releaseScript.Run(ctx, s.rdb, []string{s.keys.Lock(name)}, owner).Err(); err != nil {
+		return fmt.Errorf("releasing the lock on %s: %w", name, err)
+	}
+	return nil
 }
 
 // Fence returns the fencing token drawn when the lease was taken.
@@ -87,22 +118,12 @@ func (l *Lock) Fence() int64 { return l.fence }
 
 // Extend renews the lease for another ttl, or returns ErrLockLost.
 func (l *Lock) Extend(ctx context.Context) error {
-	n, err := extendScript.Run(ctx, l.store.rdb, []string{l.store.keys.Lock(l.name)}, l.owner, l.ttl.Milliseconds()).Int()
-	if err != nil {
-		return fmt.Errorf("extending the lock on %s: %w", l.name, err)
-	}
-	if n == 0 {
-		return fmt.Errorf("extending the lock on %s: %w", l.name, ErrLockLost)
-	}
-	return nil
+	return l.store.extend(ctx, l.name, l.owner, l.ttl)
 }
 
 // Release gives the lease up if the caller still holds it.
 func (l *Lock) Release(ctx context.Context) error {
-	if err := releaseScript.Run(ctx, l.store.rdb, []string{l.store.keys.Lock(l.name)}, l.owner).Err(); err != nil {
-		return fmt.Errorf("releasing the lock on %s: %w", l.name, err)
-	}
-	return nil
+	return l.store.release(ctx, l.name, l.owner)
 }
 
 // PutCert stores rec like Store.PutCert, but only while no later lease has

@@ -14,10 +14,16 @@ const TokenTTL = 600 * time.Second
 // PutToken makes nginx answer the HTTP-01 challenge token for name with keyAuth
 // for TokenTTL.
 func (s *Store) PutToken(ctx context.Context, name, token, keyAuth string) error {
+	return s.PutTokenFor(ctx, name, token, keyAuth, TokenTTL)
+}
+
+// PutTokenFor is PutToken for ttl: a token pushed by a peer site expires
+// when it does there.
+func (s *Store) PutTokenFor(ctx context.Context, name, token, keyAuth string, ttl time.Duration) error {
 	// WAIT counts the writes of its own connection: a pipeline keeps the SET
 	// and the WAIT on one.
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, s.keys.Token(name, token), keyAuth, TokenTTL)
+		p.Set(ctx, s.keys.Token(name, token), keyAuth, ttl)
 		if s.tokenReplicas > 0 {
 			p.Do(ctx, "WAIT", s.tokenReplicas, TokenReplicationWait.Milliseconds())
 		}
