@@ -43,6 +43,9 @@ type NginxOptions struct {
 	LuaPathPrefix string
 	// WorkerProcesses defaults to 1.
 	WorkerProcesses int
+	// WorkerConnections defaults to 256. Every client connection, Redis
+	// connection and running timer of a worker takes one.
+	WorkerConnections int
 }
 
 // httpSnippet returns the path of the http-context snippet: the shipped one,
@@ -142,6 +145,10 @@ func StartNginx(t testing.TB, opts NginxOptions) *Nginx {
 	if workers == 0 {
 		workers = 1
 	}
+	connections := opts.WorkerConnections
+	if connections == 0 {
+		connections = 256
+	}
 	user := ""
 	if os.Geteuid() == 0 {
 		// Workers would otherwise switch to nobody and could not read the
@@ -160,7 +167,7 @@ error_log %[4]s warn;
 include %[5]s;
 
 events {
-    worker_connections 256;
+    worker_connections %[16]d;
 }
 
 http {
@@ -199,7 +206,7 @@ http {
 `, NginxModulesDir, user, dir, n.ErrorLogPath, snippet("certagent-main.conf"),
 		luaPath, httpSnippet(t, dir, opts),
 		httpPort, snippet("certagent-acme.conf"), opts.HTTPServerExtra,
-		httpsPort, certPath, keyPath, snippet("certagent-tls.conf"), workers)
+		httpsPort, certPath, keyPath, snippet("certagent-tls.conf"), workers, connections)
 	if err := os.WriteFile(n.ConfPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
