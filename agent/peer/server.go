@@ -1,0 +1,551 @@
+package peer
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/certagent/certagent/agent/store"
+)
+
+// MaxLeaseTTL caps the TTL of a lease a peer site takes or extends, so a
+// holder that dies blocks the name for a bounded time whatever it asked for.
+const MaxLeaseTTL = 300 * time.Second
+
+// Timeouts and limits of the peer API's HTTPS server. An inventory answer
+// lists every certificate of the site; everything else is one record at most.
+const (
+	serverReadHeaderTimeout = 10 * time.Second
+	serverReadTimeout       = 30 * time.Second
+	serverWriteTimeout      = 60 * time.Second
+	serverIdleTimeout       = 120 * time.Second
+	serverMaxHeaderBytes    = 16 << 10
+)
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	// Site is this site's id, as the peers know it. Required.
+	Site string
+	// Secret is the fleet's shared secret, at least MinSecretLen bytes.
+	// Required.
+	Secret []byte
+	// Peers are the ids of the peer sites allowed to call. Required: a
+	// request signed by any other site is refused.
+	Peers []string
+	// Store is this site's Redis. Required.
+	Store *store.Store
+	// Logger receives refused requests (Warn) and the writes peers made
+	// (Info). Default: slog.Default().
+	Logger *slog.Logger
+	// Clock checks the requests' timestamps and the records' validity.
+	// Default: the system clock.
+	Clock Clock
+}
+
+// Server answers the peer API of docs/peers.md for one site: every request
+// is read up to MaxBody, verified, checked against replays, then routed.
+// It is an http.Handler; Start runs it on its own HTTPS listener.
+type Server struct {
+	cfg   ServerConfig
+	peers map[string]bool
+
+	mu  sync.Mutex
+	srv *http.Server
+	ln  net.Listener
+}
+
+// NewServer checks cfg and returns a server for it.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if err := CheckSiteID(cfg.Site); err != nil {
+		return nil, fmt.Errorf("the peer API's site: %w", err)
+	}
+	if len(cfg.Secret) < MinSecretLen {
+		return nil, fmt.Errorf("the peer secret has %d bytes; at least %d are needed", len(cfg.Secret), MinSecretLen)
+	}
+	if len(cfg.Peers) == 0 {
+		return nil, errors.New("the peer API needs at least one peer site")
+	}
+	if cfg.Store == nil {
+		return nil, errors.New("the peer API needs a store")
+	}
+	peers := make(map[string]bool, len(cfg.Peers))
+	for _, p := range cfg.Peers {
+		if err := CheckSiteID(p); err != nil {
+			return nil, fmt.Errorf("peer %q: %w", p, err)
+		}
+		if p == cfg.Site {
+			return nil, fmt.Errorf("peer %s is this site", p)
+		}
+		peers[p] = true
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = systemClock{}
+	}
+	return &Server{cfg: cfg, peers: peers}, nil
+}
+
+// Start serves the API over HTTPS (TLS 1.2 and later) on addr with the
+// certificate and key in certFile and keyFile. It returns once the listener
+// is open (Addr tells where) and serves until Shutdown.
+func (s *Server) Start(addr, certFile, keyFile string) error {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return fmt.Errorf("loading the peer API's certificate: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv != nil {
+		return errors.New("the peer API is already started")
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening for peer sites on %s: %w", addr, err)
+	}
+	srv := &http.Server{
+		Handler:           s,
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
+		ReadHeaderTimeout: serverReadHeaderTimeout,
+		ReadTimeout:       serverReadTimeout,
+		WriteTimeout:      serverWriteTimeout,
+		IdleTimeout:       serverIdleTimeout,
+		MaxHeaderBytes:    serverMaxHeaderBytes,
+		// Failed handshakes are mostly scanners; a peer that cannot connect
+		// reports it on its side.
+		ErrorLog: slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelDebug),
+	}
+	s.srv, s.ln = srv, ln
+	go func() {
+		if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.cfg.Logger.Error("the peer API stopped", "addr", ln.Addr().String(), "error", err)
+		}
+	}()
+	return nil
+}
+
+// Addr returns the address Start listens on, or "" before Start.
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// Shutdown stops accepting requests and waits for those in flight until ctx
+// ends. It does nothing before Start.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	srv := s.srv
+	s.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	return srv.Shutdown(ctx)
+}
+
+// exchange is one request being answered.
+type exchange struct {
+	s    *Server
+	w    http.ResponseWriter
+	r    *http.Request
+	site string // as claimed until verified
+	now  time.Time
+}
+
+// ServeHTTP answers one request of the peer API. Nothing is written to the
+// store before the request is verified and its nonce found fresh.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Records carry private keys: no cache may keep an answer.
+	w.Header().Set("Cache-Control", "no-store")
+	x := &exchange{s: s, w: w, r: r, site: r.Header.Get(HeaderSite), now: s.cfg.Clock.Now()}
+	if r.ContentLength > MaxBody {
+		x.refuse(http.StatusRequestEntityTooLarge, "the body is too large", nil)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			x.refuse(http.StatusRequestEntityTooLarge, "the body is too large", nil)
+		} else {
+			x.refuse(http.StatusBadRequest, "the body could not be read", err)
+		}
+		return
+	}
+	signed, err := Verify(r, body, s.cfg.Secret, s.peers, x.now)
+	if err != nil {
+		x.refuse(http.StatusUnauthorized, authReason(err), err)
+		return
+	}
+	x.site = signed.Site
+	fresh, err := s.cfg.Store.SeenNonce(r.Context(), signed.Site, signed.Nonce)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	if !fresh {
+		x.refuse(http.StatusUnauthorized, "replayed", ErrReplayed)
+		return
+	}
+	x.route(body)
+}
+
+// authReason is the short reason a refused signature is answered with: enough
+// for an operator to fix a configuration, nothing about the expected values.
+func authReason(err error) string {
+	switch {
+	case errors.Is(err, ErrUnknownSite):
+		return "unknown site"
+	case errors.Is(err, ErrBadSignature):
+		return "bad signature"
+	case errors.Is(err, ErrStale):
+		return "stale timestamp"
+	default:
+		return "not signed"
+	}
+}
+
+// route checks the path and the method and calls the handler. Paths are
+// split before their segments are unescaped, so an escaped '/' cannot
+// change the route; names must then be in normal form, tokens valid.
+func (x *exchange) route(body []byte) {
+	rest, ok := strings.CutPrefix(x.r.URL.EscapedPath(), PathPrefix)
+	if !ok {
+		x.refuse(http.StatusNotFound, "no such path", nil)
+		return
+	}
+	segs := strings.Split(rest, "/")
+	for i, seg := range segs {
+		v, err := url.PathUnescape(seg)
+		if err != nil {
+			x.refuse(http.StatusBadRequest, "malformed path", err)
+			return
+		}
+		segs[i] = v
+	}
+	var allowed []string
+	switch {
+	case len(segs) == 1 && segs[0] == "health":
+		allowed = []string{http.MethodGet}
+	case len(segs) == 1 && segs[0] == "inventory":
+		allowed = []string{http.MethodGet}
+	case len(segs) == 3 && segs[0] == "tokens":
+		allowed = []string{http.MethodPut, http.MethodDelete}
+	case len(segs) == 2 && segs[0] == "certs":
+		allowed = []string{http.MethodGet, http.MethodPut, http.MethodDelete}
+	case len(segs) == 2 && segs[0] == "leases":
+		allowed = []string{http.MethodPost, http.MethodPut, http.MethodDelete}
+	default:
+		x.refuse(http.StatusNotFound, "no such path", nil)
+		return
+	}
+	if !contains(allowed, x.r.Method) {
+		x.w.Header().Set("Allow", strings.Join(allowed, ", "))
+		x.refuse(http.StatusMethodNotAllowed, "method not allowed", nil)
+		return
+	}
+	if len(segs) > 1 {
+		if err := checkName(segs[1], segs[0] != "tokens"); err != nil {
+			x.refuse(http.StatusBadRequest, "the name is not in normal form", err)
+			return
+		}
+	}
+	switch segs[0] {
+	case "health":
+		x.health()
+	case "inventory":
+		x.inventory()
+	case "tokens":
+		if err := checkToken(segs[2]); err != nil {
+			x.refuse(http.StatusBadRequest, "malformed token", err)
+			return
+		}
+		x.token(segs[1], segs[2], body)
+	case "certs":
+		x.cert(segs[1], body)
+	case "leases":
+		x.lease(segs[1], body)
+	}
+}
+
+func (x *exchange) health() {
+	total, _, err := x.s.cfg.Store.CertCounts(x.r.Context())
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	x.answer(http.StatusOK, Health{Site: x.s.cfg.Site, Time: x.now.Unix(), Certificates: total})
+}
+
+func (x *exchange) inventory() {
+	ctx := x.r.Context()
+	certs, err := x.s.cfg.Store.Inventory(ctx)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	tombs, err := x.s.cfg.Store.Tombstones(ctx, x.now)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	inv := Inventory{Site: x.s.cfg.Site,
+		Certificates: make([]InventoryEntry, 0, len(certs)), Tombstones: make([]Tombstone, 0, len(tombs))}
+	for _, c := range certs {
+		inv.Certificates = append(inv.Certificates, InventoryEntry{Name: c.Name, Names: c.Names,
+			Fingerprint: c.Fingerprint, NotBefore: c.NotBefore.Unix(), NotAfter: c.NotAfter.Unix()})
+	}
+	for _, t := range tombs {
+		inv.Tombstones = append(inv.Tombstones, Tombstone{Name: t.Name, Fingerprint: t.Fingerprint, Until: t.Until.Unix()})
+	}
+	x.answer(http.StatusOK, inv)
+}
+
+func (x *exchange) token(name, token string, body []byte) {
+	ctx := x.r.Context()
+	if x.r.Method == http.MethodDelete {
+		if err := x.s.cfg.Store.DeleteToken(ctx, name, token); err != nil {
+			x.fail(err)
+			return
+		}
+		x.answer(http.StatusNoContent, nil)
+		return
+	}
+	var push TokenPush
+	if !x.decode(body, &push) {
+		return
+	}
+	if err := checkKeyAuthorization(token, push.KeyAuthorization); err != nil {
+		x.refuse(http.StatusBadRequest, "malformed key authorization", err)
+		return
+	}
+	if push.TTLSeconds < 1 {
+		x.refuse(http.StatusBadRequest, "ttl_seconds must be positive", nil)
+		return
+	}
+	ttl := min(time.Duration(push.TTLSeconds)*time.Second, MaxTokenTTL)
+	if err := x.s.cfg.Store.PutTokenFor(ctx, name, token, push.KeyAuthorization, ttl); err != nil {
+		x.fail(err)
+		return
+	}
+	x.s.cfg.Logger.Debug("stored an HTTP-01 token from a peer site", "site", x.site, "name", name, "ttl", ttl)
+	x.answer(http.StatusNoContent, nil)
+}
+
+func (x *exchange) cert(name string, body []byte) {
+	ctx := x.r.Context()
+	switch x.r.Method {
+	case http.MethodGet:
+		rec, err := x.s.cfg.Store.GetCert(ctx, name)
+		switch {
+		case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCorrupt):
+			// Not a refusal: the peer asks whether this site holds one.
+			x.answer(http.StatusNotFound, ErrorBody{Error: "no certificate for " + name})
+		case err != nil:
+			x.fail(err)
+		default:
+			x.answer(http.StatusOK, RecordOf(rec))
+		}
+	case http.MethodPut:
+		var r Record
+		if !x.decode(body, &r) {
+			return
+		}
+		res, err := Accept(ctx, x.s.cfg.Store, name, r, x.now)
+		switch {
+		case errors.Is(err, ErrInvalidRecord):
+			x.refuse(http.StatusUnprocessableEntity, err.Error(), nil)
+			return
+		case err != nil:
+			x.fail(err)
+			return
+		}
+		if res.Stored {
+			x.s.cfg.Logger.Info("stored a certificate from a peer site", "site", x.site, "name", name)
+		}
+		x.answer(http.StatusOK, res)
+	case http.MethodDelete:
+		fingerprint, ok := x.queryValue("fingerprint")
+		if !ok {
+			return
+		}
+		if len(fingerprint) != 64 || strings.Trim(fingerprint, "0123456789abcdef") != "" {
+			x.refuse(http.StatusBadRequest, "the fingerprint is not 64 lowercase hex digits", nil)
+			return
+		}
+		deleted, err := x.s.cfg.Store.DeleteCertIfFingerprint(ctx, name, fingerprint)
+		if err != nil {
+			x.fail(err)
+			return
+		}
+		x.s.cfg.Logger.Info("a peer site deleted a certificate", "site", x.site, "name", name,
+			"fingerprint", fingerprint, "held", deleted)
+		x.answer(http.StatusOK, DeleteResult{Deleted: deleted})
+	}
+}
+
+func (x *exchange) lease(name string, body []byte) {
+	ctx := x.r.Context()
+	if x.r.Method == http.MethodDelete {
+		holder, ok := x.queryValue("holder")
+		if !ok || !x.checkHolder(holder) {
+			return
+		}
+		if err := x.s.cfg.Store.ReleaseLease(ctx, name, holder); err != nil {
+			x.fail(err)
+			return
+		}
+		x.answer(http.StatusNoContent, nil)
+		return
+	}
+	var req LeaseRequest
+	if !x.decode(body, &req) || !x.checkHolder(req.Holder) {
+		return
+	}
+	if req.TTLSeconds < 1 {
+		x.refuse(http.StatusBadRequest, "ttl_seconds must be positive", nil)
+		return
+	}
+	ttl := min(time.Duration(req.TTLSeconds)*time.Second, MaxLeaseTTL)
+	var err error
+	if x.r.Method == http.MethodPost {
+		err = x.s.cfg.Store.TakeLease(ctx, name, req.Holder, ttl)
+	} else {
+		err = x.s.cfg.Store.ExtendLease(ctx, name, req.Holder, ttl)
+	}
+	switch {
+	case errors.Is(err, store.ErrLockHeld), errors.Is(err, store.ErrLockLost):
+		// Not a refusal of the request: the name is someone else's now.
+		x.answer(http.StatusConflict, LeaseResult{Error: "the name is leased to another holder"})
+	case err != nil:
+		x.fail(err)
+	default:
+		x.answer(http.StatusOK, LeaseResult{Granted: true})
+	}
+}
+
+// checkHolder accepts "<signing site>/<1 to 64 base64url characters>": a
+// site takes leases for itself only.
+func (x *exchange) checkHolder(holder string) bool {
+	random, ok := strings.CutPrefix(holder, x.site+"/")
+	if !ok || len(random) == 0 || len(random) > 64 || !isBase64URL(random) {
+		x.refuse(http.StatusBadRequest, "the holder must be the signing site, '/' and 1 to 64 base64url characters", nil)
+		return false
+	}
+	return true
+}
+
+// queryValue returns the one value of a query parameter, refusing the
+// request when it is missing or repeated.
+func (x *exchange) queryValue(key string) (string, bool) {
+	vals := x.r.URL.Query()[key]
+	if len(vals) != 1 {
+		x.refuse(http.StatusBadRequest, "the query needs one "+key, nil)
+		return "", false
+	}
+	return vals[0], true
+}
+
+func (x *exchange) decode(body []byte, v any) bool {
+	if err := json.Unmarshal(body, v); err != nil {
+		x.refuse(http.StatusBadRequest, "the body is not the expected JSON", err)
+		return false
+	}
+	return true
+}
+
+// refuse answers status with reason and logs the refusal, with the cause
+// when there is one. The log never holds a body or a token.
+func (x *exchange) refuse(status int, reason string, cause error) {
+	args := []any{"remote", x.r.RemoteAddr, "site", truncate(x.site, 64), "method", x.r.Method,
+		"path", logPath(x.r.URL), "status", status, "reason", reason}
+	if cause != nil {
+		args = append(args, "error", cause)
+	}
+	x.s.cfg.Logger.Warn("refused a peer request", args...)
+	x.answer(status, ErrorBody{Error: reason})
+}
+
+// fail answers a store failure with 503: the request may succeed later.
+func (x *exchange) fail(err error) {
+	x.s.cfg.Logger.Error("answering a peer request", "remote", x.r.RemoteAddr, "site", x.site,
+		"method", x.r.Method, "path", logPath(x.r.URL), "error", err)
+	x.answer(http.StatusServiceUnavailable, ErrorBody{Error: "this site's store is unavailable"})
+}
+
+// answer writes v as JSON with status (nil: no body).
+func (x *exchange) answer(status int, v any) {
+	if v == nil {
+		x.w.WriteHeader(status)
+		return
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		x.s.cfg.Logger.Error("encoding a peer answer", "error", err)
+		x.w.WriteHeader(http.StatusInternalServerError)
+		return
+	}
+	x.w.Header().Set("Content-Type", "application/json")
+	x.w.WriteHeader(status)
+	_, _ = x.w.Write(append(data, '\n'))
+}
+
+// logPath is the request's path for a log line: tokens are left out, and a
+// long path is cut.
+func logPath(u *url.URL) string {
+	p := u.EscapedPath()
+	if rest, ok := strings.CutPrefix(p, PathPrefix+"tokens/"); ok {
+		name, _, _ := strings.Cut(rest, "/")
+		p = PathPrefix + "tokens/" + name + "/…"
+	}
+	return truncate(p, 300)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// checkToken accepts an ACME token: 1 to 128 base64url characters.
+func checkToken(token string) error {
+	if len(token) == 0 || len(token) > 128 || !isBase64URL(token) {
+		return errors.New("a token is 1 to 128 base64url characters")
+	}
+	return nil
+}
+
+// checkKeyAuthorization accepts "<token>.<account key thumbprint>" (RFC 8555,
+// 8.1), what nginx answers the CA with.
+func checkKeyAuthorization(token, keyAuth string) error {
+	thumb, ok := strings.CutPrefix(keyAuth, token+".")
+	if !ok || len(thumb) == 0 || len(thumb) > 128 || !isBase64URL(thumb) {
+		return errors.New("the key authorization is not the token, '.' and a base64url thumbprint")
+	}
+	return nil
+}
+
+func isBase64URL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
