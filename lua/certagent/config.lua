@@ -43,6 +43,9 @@ local defaults = {
     http_missing = "pass",      -- port 80, name without a certificate: "pass" (your own handling) or "503"
     http_retry_after = 30,      -- s: the Retry-After of http_missing = "503"
     http_redirect = false,      -- port 80, name with a certificate: 308 to https:// when true
+    first_handshake_wait = 5,   -- s a first handshake may be held while the agent issues its certificate; 0: never
+    first_handshake_grace = 0.25, -- s it is held for the agent's issuing mark to appear
+    first_handshake_max_waiting = 64, -- handshakes (and port-80 requests) held at once per worker
 }
 _M.defaults = defaults
 
@@ -174,7 +177,8 @@ function _M.new(user)
     for _, field in ipairs({ "connect_timeout", "read_timeout", "keepalive_pool_size", "keepalive_idle",
                              "request_window", "stream_maxlen", "request_rate", "request_burst", "index_threshold",
                              "lru_size", "cache_ttl",
-                             "negative_ttl", "changes_interval", "error_ttl", "http_retry_after" }) do
+                             "negative_ttl", "changes_interval", "error_ttl", "http_retry_after",
+                             "first_handshake_grace", "first_handshake_max_waiting" }) do
         local e = positive_number(cfg, field)
         if e then
             return nil, e
@@ -208,6 +212,15 @@ function _M.new(user)
     end
     if cfg.lru_size ~= math.floor(cfg.lru_size) then
         return nil, "lru_size must be a whole number"
+    end
+    -- The agent's issuing mark lives 60 s: a longer hold could outlast it.
+    local wait = cfg.first_handshake_wait
+    if type(wait) ~= "number" or wait < 0 or wait > 60 then
+        return nil, format("first_handshake_wait must be a number of seconds from 0 (off) to 60, got %s",
+                           tostring(wait))
+    end
+    if cfg.first_handshake_max_waiting ~= math.floor(cfg.first_handshake_max_waiting) then
+        return nil, "first_handshake_max_waiting must be a whole number"
     end
     if cfg.node == nil or cfg.node == "" then
         cfg.node = hostname()

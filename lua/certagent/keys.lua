@@ -23,6 +23,12 @@ function _M.token(self, host, token)
     return self.prefix .. "token:" .. host .. ":" .. token
 end
 
+-- issuing is the string in which the agent says whether an order for name
+-- runs ("issuing") or will not run now ("refused <reason>").
+function _M.issuing(self, name)
+    return self.prefix .. "issuing:" .. name
+end
+
 -- requests is the stream of names nginx saw without a certificate.
 function _M.requests(self)
     return self.prefix .. "requests"
