@@ -14,9 +14,10 @@ import (
 
 // TestNginxRunsAsTheLeastPrivilegeUser runs nginx as the user of
 // docs/redis-acl.md (the documented line itself): it serves certificates,
-// answers challenges, records names, follows the changes stream and lists the
-// record names, and the same user can write neither a certificate, nor a
-// token, nor anything else.
+// answers challenges, records names, reads issuing marks (the first
+// handshake's wait), follows the changes stream and lists the record names,
+// and the same user can write neither a certificate, nor a token, nor an
+// issuing mark, nor anything else.
 func TestNginxRunsAsTheLeastPrivilegeUser(t *testing.T) {
 	schema, err := schemadoc.Load()
 	if err != nil {
@@ -56,6 +57,17 @@ func TestNginxRunsAsTheLeastPrivilegeUser(t *testing.T) {
 		}
 		return false
 	})
+	// GET of an issuing mark: a handshake for a name being issued is held
+	// until its certificate is stored, which it can only know from the mark.
+	const held = "held.example.test"
+	heldLeaf := newLeaf(t, held, []string{held}, time.Now().Add(24*time.Hour))
+	e.mark(held, "issuing")
+	stored := e.storeAfter(300*time.Millisecond, held, heldLeaf)
+	if got := e.mustHandshake(held); !got.Equal(heldLeaf.cert) {
+		t.Errorf("a name marked issuing got %q on its first handshake, want the certificate stored meanwhile",
+			got.Subject.CommonName)
+	}
+	stored()
 	// XREAD/XINFO of the changes stream: a replaced certificate is served
 	// once nginx has read its changes entry.
 	second := newLeaf(t, "acl.example.test", []string{"acl.example.test"}, time.Now().Add(48*time.Hour))
@@ -95,6 +107,7 @@ func TestNginxRunsAsTheLeastPrivilegeUser(t *testing.T) {
 		"HSET of a new certificate":   as.HSet(ctx, e.key("cert", "name", "evil.example.test"), "fullchain", "x"),
 		"SET of a token":              as.Set(ctx, tokenKey, "forged", time.Minute),
 		"SET of a new token":          as.Set(ctx, e.key("token", "name", "evil.example.test", "token", "t"), "x", time.Minute),
+		"SET of an issuing mark":      as.Set(ctx, e.key("issuing", "name", "evil.example.test"), "issuing", time.Minute),
 		"XADD to the changes stream":  as.XAdd(ctx, &redis.XAddArgs{Stream: e.key("changes"), Values: []any{"name", "a", "op", "delete"}}),
 		"XADD to a certificate key":   as.XAdd(ctx, &redis.XAddArgs{Stream: e.key("cert", "name", "evil2.example.test"), Values: []any{"a", "b"}}),
 		"reading the requests stream": as.XRange(ctx, e.key("requests"), "-", "+"),

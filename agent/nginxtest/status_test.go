@@ -44,19 +44,28 @@ func (e *env) scrape() map[string]float64 {
 	}
 	out := map[string]float64{}
 	for name, f := range families {
-		if f.GetType() != dto.MetricType_COUNTER {
-			e.t.Errorf("%s is a %s, want a counter", name, f.GetType())
+		gauge := gauges[name]
+		if want := map[bool]dto.MetricType{false: dto.MetricType_COUNTER, true: dto.MetricType_GAUGE}[gauge]; f.GetType() != want {
+			e.t.Errorf("%s is a %s, want a %s", name, f.GetType(), want)
 		}
 		for _, m := range f.GetMetric() {
 			key := name
 			for _, l := range m.GetLabel() {
 				key += fmt.Sprintf("{%s=%q}", l.GetName(), l.GetValue())
 			}
-			out[key] = m.GetCounter().GetValue()
+			if gauge {
+				out[key] = m.GetGauge().GetValue()
+			} else {
+				out[key] = m.GetCounter().GetValue()
+			}
 		}
 	}
 	return out
 }
+
+// gauges are the status series that are not counters: the handshakes held
+// per worker by the first handshake's wait, now and at most.
+var gauges = map[string]bool{"certagent_nginx_waiting": true, "certagent_nginx_waiting_highest": true}
 
 // TestStatusLocation: the counters of nginx/certagent-status.conf move with a
 // miss, hits from Redis, the worker's cache and the shared dict, challenges

@@ -237,11 +237,14 @@ local function invalidated_since(rec, started)
 end
 
 -- put caches a record read from Redis at started: the parsed entry in the
--- LRU, the PEM text in the shared dict, both until min(cache_ttl, not_after).
+-- LRU, the PEM text in the shared dict, both until min(cache_ttl, not_after),
+-- and drops the record's missing marker (a held handshake found the record
+-- before the changes stream said it was written).
 function _M.put(rec, entry, fullchain, key_pem, started)
     if invalidated_since(rec, started) then
         return
     end
+    shared[cfg.requests_dict]:delete("n:" .. rec)
     local t = now()
     local ttl = min(entry.fresh_until, entry.not_after) - t
     if ttl <= 0 then

@@ -5,6 +5,10 @@
 --   http_missing = "pass"  the server's own handling (nothing is changed)
 --   http_missing = "503"   503 with Retry-After: http_retry_after
 --   http_redirect = true   once the certificate exists, 308 to https://
+-- With either of the last two, a request for a name the agent is issuing is
+-- held the way a first handshake is (certagent.wait: the same per-name wait
+-- and the same bound), so it is redirected or passed on when the
+-- certificate is stored during the wait, and gets the 503 otherwise.
 -- Challenge requests are left alone: the CA must reach them over HTTP.
 local ngx = ngx
 local sub = string.sub
@@ -34,7 +38,15 @@ function _M.handle()
     if not name then
         return -- no Host, an IP literal, garbage: nothing to issue for
     end
-    local state, err = ssl.state(name)
+    -- Holding the request only changes its answer with a 503 or a redirect.
+    local hold = cfg.http_missing == "503" or cfg.http_redirect
+    local state, err, mark = ssl.state(name, hold and cfg.first_handshake_wait > 0)
+    if state == "no" then
+        local recorded = ssl.request(name)
+        if hold and ssl.await(name, mark, recorded) then
+            state = "yes"
+        end
+    end
     if state == "yes" then
         if cfg.http_redirect then
             -- The normalized name, not the raw Host: it is what the
@@ -44,7 +56,6 @@ function _M.handle()
         return
     end
     if state == "no" then
-        ssl.request(name)
         if cfg.http_missing == "503" then
             ngx.header["Retry-After"] = tostring(floor(cfg.http_retry_after))
             ngx.header["Cache-Control"] = "no-store"

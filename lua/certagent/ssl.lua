@@ -7,6 +7,9 @@
 -- the name index (certagent.index) for records Redis does not have, then one
 -- pipelined Redis round trip for whichever of the two is still unknown. The
 -- exact record wins over the wildcard.
+--
+-- A name without a certificate may then be held (certagent.wait) while the
+-- agent issues it: the same round trip reads the agent's issuing mark.
 local ngx = ngx
 local ngx_ssl = require("ngx.ssl")
 local names = require("certagent.names")
@@ -14,6 +17,7 @@ local redis = require("certagent.redis")
 local cache = require("certagent.cache")
 local index = require("certagent.index")
 local stats = require("certagent.stats")
+local wait = require("certagent.wait")
 
 local log = ngx.log
 local ERR = ngx.ERR
@@ -39,10 +43,13 @@ local _M = { _VERSION = "0.1.0" }
 
 local cfg, keys
 
+local poll
+
 -- init is called by certagent.init with the validated configuration.
 function _M.init(config, key_builder)
     cfg = config
     keys = key_builder
+    wait.init(config, poll)
     return cache.init(config)
 end
 
@@ -116,7 +123,8 @@ end
 -- only with a token of the node's bucket: a flood of random names must
 -- neither cost a Redis write per handshake nor push the names of real
 -- visitors out of the capped stream. A name without a token is not marked,
--- so a later handshake records it.
+-- so a later handshake records it. It returns true when the name is in the
+-- stream or on its way there (this window), so an agent may take it.
 local function request(name)
     local dict = shared[cfg.requests_dict]
     if not dict then
@@ -126,34 +134,43 @@ local function request(name)
     count_miss()
     stats.incr("misses")
     if dict:get(name) then
-        return
+        return true
     end
     if not take_token(dict) then
-        return
+        return false
     end
     local ok, err = dict:add(name, true, cfg.request_window)
     if not ok then
         if err ~= "exists" then
             log(ERR, "certagent: shared dict ", cfg.requests_dict, ": ", err)
+            return false
         end
-        return
+        return true
     end
     ok, err = timer_at(0, xadd, name)
     if not ok then
         dict:delete(name)
         log(ERR, "certagent: cannot schedule the request for ", name, ": ", err)
+        return false
     end
+    return true
 end
 
--- fetch reads the records named in recs (one or two) in one round trip.
-local function fetch(recs, n)
+-- fetch reads the records named in recs (one or two) in one round trip,
+-- and with mark_name the issuing mark of that name in the same one. It
+-- returns the records' replies and the mark (certagent.wait's names). A
+-- refused GET of the mark (an ACL without it) does not fail the lookup.
+local function fetch(recs, n, mark_name)
     local red, err = redis.connect(cfg)
     if not red then
         return nil, err
     end
-    red:init_pipeline(n)
+    red:init_pipeline(mark_name and n + 1 or n)
     for i = 1, n do
         red:hmget(keys:cert(recs[i]), "fullchain", "key", "not_after")
+    end
+    if mark_name then
+        red:get(keys:issuing(mark_name))
     end
     local replies
     replies, err = red:commit_pipeline()
@@ -162,13 +179,17 @@ local function fetch(recs, n)
         return nil, "Redis at " .. redis.describe(cfg.redis) .. ": " .. tostring(err)
     end
     redis.release(cfg, red)
-    for i = 1, #replies do
+    for i = 1, n do
         local reply = replies[i]
         if type(reply) == "table" and reply[1] == false then
             return nil, "Redis at " .. redis.describe(cfg.redis) .. ": " .. tostring(reply[2])
         end
     end
-    return replies
+    local mark
+    if mark_name then
+        mark = wait.parse_mark(replies[n + 1], keys:issuing(mark_name))
+    end
+    return replies, nil, mark
 end
 
 -- learn turns the HMGET reply for rec into the cache's answer (an entry, a
@@ -236,9 +257,10 @@ end
 
 -- ask fetches, in one round trip, the records of name and of its wildcard
 -- that the caches could not answer (nil from lookup), and caches the
--- answers. It returns the answers for both records (as given when not
--- asked), or an error as third value when Redis cannot be asked.
-local function ask(name, exact, wild_rec, wild, t)
+-- answers; with_mark adds name's issuing mark to the round trip. It returns
+-- the answers for both records (as given when not asked), an error as third
+-- value when Redis cannot be asked, and the mark (nil when not read).
+local function ask(name, exact, wild_rec, wild, t, with_mark)
     local recs, n = {}, 0
     if exact == nil then
         n = n + 1
@@ -252,7 +274,7 @@ local function ask(name, exact, wild_rec, wild, t)
         return exact, wild
     end
     local started = cache.clock()
-    local replies, err = fetch(recs, n)
+    local replies, err, mark = fetch(recs, n, with_mark and name or nil)
     if not replies then
         return exact, wild, err
     end
@@ -264,7 +286,50 @@ local function ask(name, exact, wild_rec, wild, t)
             wild = answer
         end
     end
-    return exact, wild
+    return exact, wild, nil, mark
+end
+
+-- poll is certagent.wait's look at Redis for a held name: its record, its
+-- wildcard's and its issuing mark, in one round trip, the records' answers
+-- cached as a lookup's are (a certificate goes into the worker's LRU and the
+-- shared dict). It returns a usable entry or nil, the mark, and an error
+-- when Redis cannot be asked or the record found is unusable.
+function poll(name)
+    local parent = names.parent(name)
+    local wild_rec = parent and "*." .. parent
+    local recs = { name, wild_rec }
+    local n = wild_rec and 2 or 1
+    local started = cache.clock()
+    local replies, err, mark = fetch(recs, n, name)
+    if not replies then
+        stats.incr("redis_errors")
+        log(ERR, "certagent: ", err, "; using the fallback for ", name, " (held for its certificate)")
+        return nil, nil, err
+    end
+    local t = now()
+    local found = learn(name, replies[1], t, started)
+    if found == ABSENT and n == 2 then
+        found = learn(wild_rec, replies[2], t, started)
+    end
+    if found == ABSENT then
+        return nil, mark
+    end
+    if found.bad then
+        return nil, nil, "unusable record" -- learn logged it
+    end
+    return found, mark
+end
+
+-- missing records name (a handshake found no certificate for it) and may
+-- hold the handshake while the agent issues one (certagent.wait); mark is
+-- what the lookup read of the issuing mark (nil: not read). It returns true
+-- when it served the certificate.
+local function missing(name, mark)
+    local recorded = request(name)
+    local entry = wait.await(name, mark, recorded)
+    if entry then
+        return serve(name, entry, "served_redis")
+    end
 end
 
 -- handle returns true when it set a certificate; on every other path nginx
@@ -302,14 +367,15 @@ local function handle()
     end
     if exact == ABSENT and (not wild_rec or wild ~= nil) then
         if wild == nil or wild == ABSENT then
-            return request(name)
+            return missing(name, nil)
         end
         return not wild.bad and serve(name, wild, wild_source)
     end
 
-    -- Ask Redis for what the cache does not know, in one round trip.
-    local err
-    exact, wild, err = ask(name, exact, wild_rec, wild, t)
+    -- Ask Redis for what the cache does not know, in one round trip (and
+    -- for the issuing mark, in case the name has no certificate).
+    local err, mark
+    exact, wild, err, mark = ask(name, exact, wild_rec, wild, t, wait.enabled())
     if err then
         local stale = cache.stale(name, t)
         if not stale and wild_rec then
@@ -329,14 +395,16 @@ local function handle()
     if wild and wild ~= ABSENT then
         return not wild.bad and serve(name, wild, wild_source or "served_redis")
     end
-    request(name)
+    return missing(name, mark)
 end
 
 -- state returns what is stored for name, the way a handshake would look it
 -- up (same caches, same single Redis round trip, the exact record before the
 -- wildcard): "yes" (a usable certificate), "no" (none), "bad" (an unusable
--- record), or nil and an error when Redis cannot be asked.
-function _M.state(name)
+-- record), or nil and an error when Redis cannot be asked. With with_mark
+-- the round trip also reads name's issuing mark, returned third (nil when
+-- Redis was not asked).
+function _M.state(name, with_mark)
     local t = now()
     local exact = lookup(name, t)
     if exact and exact ~= ABSENT then
@@ -348,8 +416,8 @@ function _M.state(name)
     if wild_rec then
         wild = lookup(wild_rec, t)
     end
-    local err
-    exact, wild, err = ask(name, exact, wild_rec, wild, t)
+    local err, mark
+    exact, wild, err, mark = ask(name, exact, wild_rec, wild, t, with_mark)
     if err then
         stats.incr("redis_errors")
         return nil, err
@@ -360,12 +428,18 @@ function _M.state(name)
     if wild and wild ~= ABSENT then
         return wild.bad and "bad" or "yes"
     end
-    return "no"
+    return "no", nil, mark
 end
 
 -- request records name in the requests stream (once per request_window, with
--- a token of the rate limit), as a handshake for it would.
+-- a token of the rate limit), as a handshake for it would; true when an
+-- agent may take it.
 _M.request = request
+
+-- await holds the caller while the agent issues name's certificate, as a
+-- handshake is held (certagent.wait, the same per-name wait and bound); it
+-- returns the certificate entry once stored, or nil.
+_M.await = wait.await
 
 -- handle is the body of ssl_certificate_by_lua. A handshake it does not set
 -- a certificate for gets the fallback, and is counted as such.

@@ -1,5 +1,6 @@
 -- Counters of certagent's nginx side, kept in a lua_shared_dict (stats_dict)
--- so that every worker adds to the same numbers, and
+-- so that every worker adds to the same numbers (and two gauges per worker:
+-- the handshakes held by the first-handshake wait), and
 -- written out in the Prometheus text format by status(). Counting is one
 -- shared dict incr on the handshake path: no lock, no allocation beyond the
 -- key, which is a constant string.
@@ -25,6 +26,22 @@ local series = {
     { "redis_errors", "certagent_nginx_redis_errors_total", "" },
     { "challenge_hit", "certagent_nginx_challenges_total", '{result="hit"}' },
     { "challenge_miss", "certagent_nginx_challenges_total", '{result="miss"}' },
+    { "waits", "certagent_nginx_waits_total", "" },
+    { "wait_certificate", "certagent_nginx_wait_results_total", '{result="certificate"}' },
+    { "wait_refused", "certagent_nginx_wait_results_total", '{result="refused"}' },
+    { "wait_grace", "certagent_nginx_wait_results_total", '{result="grace"}' },
+    { "wait_deadline", "certagent_nginx_wait_results_total", '{result="deadline"}' },
+    { "wait_error", "certagent_nginx_wait_results_total", '{result="error"}' },
+    { "wait_turned_away", "certagent_nginx_waits_turned_away_total", "" },
+    { "wait_pollers", "certagent_nginx_wait_pollers_total", "" },
+    { "wait_polls", "certagent_nginx_wait_polls_total", "" },
+}
+
+-- Gauges kept per worker (key prefix in the dict, then ":<worker id>"):
+-- metric name, key prefix.
+local gauges = {
+    { "certagent_nginx_waiting", "waiting" },
+    { "certagent_nginx_waiting_highest", "waiting_highest" },
 }
 
 local help = {
@@ -36,6 +53,17 @@ local help = {
     certagent_nginx_redis_errors_total =
         "Failed Redis round trips: certificate lookups, stream appends, challenge lookups, changes stream reads.",
     certagent_nginx_challenges_total = "HTTP-01 challenge requests, by whether Redis held the token.",
+    certagent_nginx_waits_total =
+        "TLS handshakes (and port-80 requests) held while the agent issues their name's certificate.",
+    certagent_nginx_wait_results_total =
+        "Held handshakes and requests by how the wait ended: certificate, refused, grace (no issuing mark), deadline, error.",
+    certagent_nginx_waits_turned_away_total =
+        "Handshakes and requests not held because first_handshake_max_waiting were already held in their worker.",
+    certagent_nginx_wait_pollers_total =
+        "Waits that polled Redis: one per name per worker, however many handshakes share it.",
+    certagent_nginx_wait_polls_total = "Redis round trips of waiting handshakes (issuing mark and certificate records).",
+    certagent_nginx_waiting = "Handshakes and requests held right now, per worker.",
+    certagent_nginx_waiting_highest = "The most handshakes and requests held at once, per worker, since nginx started.",
 }
 
 -- The dict is looked up by name on each call, as the other modules do: the
@@ -61,6 +89,22 @@ function _M.incr(key)
     end
 end
 
+-- set sets the gauge key (a key prefix of the gauges table) of worker id to
+-- value; raise sets it only when value is higher.
+function _M.set(key, id, value)
+    local dict = dict_name and shared[dict_name]
+    if dict then
+        dict:set(key .. ":" .. id, value)
+    end
+end
+
+function _M.raise(key, id, value)
+    local dict = dict_name and shared[dict_name]
+    if dict and value > (dict:get(key .. ":" .. id) or 0) then
+        dict:set(key .. ":" .. id, value)
+    end
+end
+
 -- text returns every counter in the Prometheus text format (version 0.0.4),
 -- or nil and an error when the dict is not defined.
 function _M.text()
@@ -79,6 +123,16 @@ function _M.text()
         end
         n = n + 1
         out[n] = metric .. s[3] .. " " .. tostring(dict:get(s[1]) or 0) .. "\n"
+    end
+    local workers = ngx.worker.count()
+    for i = 1, #gauges do
+        local metric, key = gauges[i][1], gauges[i][2]
+        n = n + 1
+        out[n] = "# HELP " .. metric .. " " .. help[metric] .. "\n# TYPE " .. metric .. " gauge\n"
+        for id = 0, workers - 1 do
+            n = n + 1
+            out[n] = metric .. '{worker="' .. id .. '"} ' .. tostring(dict:get(key .. ":" .. id) or 0) .. "\n"
+        end
     end
     return concat(out)
 end
