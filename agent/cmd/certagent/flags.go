@@ -120,6 +120,31 @@ const (
 	flagRenewalShare   = "renewal-share"
 	envRenewalShare    = "CERTAGENT_RENEWAL_SHARE"
 
+	flagSite             = "site"
+	envSite              = "CERTAGENT_SITE"
+	flagPeer             = "peer"
+	envPeers             = "CERTAGENT_PEERS"
+	flagPeersFile        = "peers-file"
+	envPeersFile         = "CERTAGENT_PEERS_FILE"
+	flagPeerSecretFile   = "peer-secret-file"
+	envPeerSecretFile    = "CERTAGENT_PEER_SECRET_FILE"
+	flagPeerCA           = "peer-ca"
+	envPeerCA            = "CERTAGENT_PEER_CA"
+	flagPeerTokenRule    = "peer-token-rule"
+	envPeerTokenRule     = "CERTAGENT_PEER_TOKEN_RULE"
+	flagPeerQuorum       = "peer-quorum"
+	envPeerQuorum        = "CERTAGENT_PEER_QUORUM"
+	flagPeerTimeout      = "peer-timeout"
+	envPeerTimeout       = "CERTAGENT_PEER_TIMEOUT"
+	flagPeerListen       = "peer-listen"
+	envPeerListen        = "CERTAGENT_PEER_LISTEN"
+	flagPeerTLSCert      = "peer-tls-cert"
+	envPeerTLSCert       = "CERTAGENT_PEER_TLS_CERT"
+	flagPeerTLSKey       = "peer-tls-key"
+	envPeerTLSKey        = "CERTAGENT_PEER_TLS_KEY"
+	flagPeerSyncInterval = "peer-sync-interval"
+	envPeerSyncInterval  = "CERTAGENT_PEER_SYNC_INTERVAL"
+
 	flagSAN  = "san"
 	flagJSON = "json"
 
@@ -216,6 +241,44 @@ func gateFlags() []cli.Flag {
 			Usage: "window of --" + flagLimitFailed},
 		&cli.Float64Flag{Name: flagRenewalShare, EnvVars: []string{envRenewalShare}, Value: 0.1,
 			Usage: "share of each budget new names leave to renewals (0 < share < 1)"},
+	}
+}
+
+// peerFlags configure the other sites of the fleet (docs/peers.md), for
+// every command that orders.
+func peerFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: flagSite, EnvVars: []string{envSite},
+			Usage: "this site's id, the same for every agent of the site; empty: no peer sites"},
+		&cli.StringSliceFlag{Name: flagPeer, EnvVars: []string{envPeers},
+			Usage: "a peer site as id=https://host:port, repeatable (comma-separated in the environment)"},
+		&cli.StringFlag{Name: flagPeersFile, EnvVars: []string{envPeersFile},
+			Usage: "file of id=https://host:port lines, one peer site each"},
+		&cli.StringFlag{Name: flagPeerSecretFile, EnvVars: []string{envPeerSecretFile},
+			Usage: "file holding the fleet's shared peer secret (at least 32 bytes), the same at every site"},
+		&cli.StringSliceFlag{Name: flagPeerCA, EnvVars: []string{envPeerCA},
+			Usage: "PEM files of roots trusted for the peers' certificates (default: the system roots)"},
+		&cli.StringFlag{Name: flagPeerTokenRule, EnvVars: []string{envPeerTokenRule}, Value: "majority",
+			Usage: "sites that must hold an HTTP-01 token before validation: majority or all"},
+		&cli.IntFlag{Name: flagPeerQuorum, EnvVars: []string{envPeerQuorum},
+			Usage: "sites, this one included, whose lease an order needs (default: a majority)"},
+		&cli.DurationFlag{Name: flagPeerTimeout, EnvVars: []string{envPeerTimeout}, Value: 5 * time.Second,
+			Usage: "bound on each call to a peer site"},
+	}
+}
+
+// peerServerFlags configure the peer API and the sync loops that only the
+// long-running agent has.
+func peerServerFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: flagPeerListen, EnvVars: []string{envPeerListen},
+			Usage: "address of the peer API (HTTPS); empty: this agent does not answer peers"},
+		&cli.StringFlag{Name: flagPeerTLSCert, EnvVars: []string{envPeerTLSCert},
+			Usage: "PEM certificate of the peer API"},
+		&cli.StringFlag{Name: flagPeerTLSKey, EnvVars: []string{envPeerTLSKey},
+			Usage: "PEM private key of the peer API"},
+		&cli.DurationFlag{Name: flagPeerSyncInterval, EnvVars: []string{envPeerSyncInterval}, Value: time.Minute,
+			Usage: "period of the inventory exchange with the peer sites"},
 	}
 }
 

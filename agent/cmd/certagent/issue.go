@@ -27,7 +27,7 @@ func issueCommand() *cli.Command {
 			"  certagent issue --san example.com www.example.com\n" +
 			"  CLOUDFLARE_DNS_API_TOKEN=... certagent issue --dns-provider cloudflare '*.example.com'\n" +
 			"  certagent issue --from-file names.txt --workers 4",
-		Flags: withFlags(redisFlags(), acmeFlags(), []cli.Flag{
+		Flags: withFlags(redisFlags(), acmeFlags(), peerFlags(), []cli.Flag{
 			&cli.BoolFlag{Name: flagSAN, Usage: "one certificate with every NAME, the first as its subject"},
 			&cli.StringFlag{Name: flagFromFile, Usage: "file with one certificate (its names) per line; - for standard input"},
 			&cli.IntFlag{Name: flagWorkers, Value: 4, Usage: "orders at once with --from-file"},

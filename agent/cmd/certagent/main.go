@@ -30,6 +30,7 @@ func main() {
 			statusCommand(),
 			accountCommand(),
 			allowCommand(),
+			peersCommand(),
 		},
 	}
 	// A flag that does not parse is bad usage: exit 2 like every other, for

@@ -23,7 +23,7 @@ func renewCommand() *cli.Command {
 			"  certagent renew shop.example.com\n" +
 			"  certagent renew --force shop.example.com '*.example.com'\n" +
 			"  certagent renew --due --json",
-		Flags: withFlags(redisFlags(), acmeFlags(), []cli.Flag{
+		Flags: withFlags(redisFlags(), acmeFlags(), peerFlags(), []cli.Flag{
 			&cli.BoolFlag{Name: flagDue, Usage: "renew every certificate that is due"},
 			&cli.BoolFlag{Name: flagForce, Usage: "renew the named certificates even if they are not due"},
 			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"},

@@ -27,7 +27,7 @@ func revokeCommand() *cli.Command {
 			"arguments.\n\nReasons: " + reasonNames() + " (or their RFC 5280 numbers).\n\nExamples:\n" +
 			"  certagent revoke shop.example.com\n" +
 			"  certagent revoke --reason keyCompromise --reissue shop.example.com",
-		Flags: withFlags(redisFlags(), acmeFlags(), []cli.Flag{
+		Flags: withFlags(redisFlags(), acmeFlags(), peerFlags(), []cli.Flag{
 			&cli.StringFlag{Name: flagReason, Value: "unspecified", Usage: "revocation reason: " + reasonNames()},
 			&cli.BoolFlag{Name: flagReissue, Usage: "order a new certificate for the same names at once instead of deleting"},
 			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"},

@@ -30,7 +30,7 @@ func runCommand() *cli.Command {
 			"  certagent run --allow '*.example.com' --email ops@example.com\n" +
 			"  CERTAGENT_ALLOW='*' CERTAGENT_ACME_DIRECTORY=letsencrypt-staging certagent run\n" +
 			"  certagent run --allow shop.example --profile shortlived --fallback-directory https://acme.other-ca.example/dir",
-		Flags: withFlags(redisFlags(), acmeFlags(), []cli.Flag{
+		Flags: withFlags(redisFlags(), acmeFlags(), peerFlags(), peerServerFlags(), []cli.Flag{
 			&cli.StringFlag{Name: flagHTTPListen, EnvVars: []string{envHTTPListen},
 				Usage: "address for /metrics (Prometheus), /healthz and /readyz, e.g. 127.0.0.1:9464 (default: none)"},
 			&cli.StringFlag{Name: flagWebhookURL, EnvVars: []string{envWebhookURL},
@@ -135,11 +135,23 @@ func runAction(c *cli.Context) error {
 		}()
 	}
 
+	fleet, err := newFleet(c, st, log)
+	if err != nil {
+		return err
+	}
+	if fleet != nil {
+		stopPeers, err := startPeers(ctx, c, fleet, st, log)
+		if err != nil {
+			return err
+		}
+		defer stopPeers()
+	}
+
 	// Redis or the CA may be down at start; keep trying instead of exiting,
 	// with a pause that grows so neither is hammered.
 	var mgr *manager.Manager
 	for wait := time.Second; ; wait = min(wait*2, time.Minute) {
-		mgr, err = newManager(ctx, c, st, log, events, metrics)
+		mgr, err = newManager(ctx, c, st, log, events, metrics, fleet)
 		if err == nil {
 			break
 		}

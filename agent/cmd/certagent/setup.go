@@ -15,6 +15,7 @@ import (
 
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/manager"
+	"github.com/certagent/certagent/agent/peer"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
 )
@@ -144,10 +145,17 @@ func newTelemetry(c *cli.Context, st *store.Store, log *slog.Logger) (*telemetry
 	return telemetry.NewHub(log, sinks...), metrics, stop, nil
 }
 
-func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger, events *telemetry.Hub, metrics *telemetry.Metrics) (*manager.Manager, error) {
+func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger, events *telemetry.Hub,
+	metrics *telemetry.Metrics, fleet *peer.Fleet) (*manager.Manager, error) {
 	cfgs, err := acmeConfigs(c)
 	if err != nil {
 		return nil, err
+	}
+	// With peer sites, tokens go to them too before the CA validates.
+	var tokens acmeclient.TokenStore = st
+	var peers manager.Peers
+	if fleet != nil {
+		tokens, peers = fleet.Tokens(st), fleetPeers{fleet}
 	}
 	for i := range cfgs {
 		cfgs[i].ObserveRequest = metrics.ObserveACMERequest
@@ -155,7 +163,7 @@ func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.
 	var issuers []manager.Issuer
 	if len(cfgs) == 1 {
 		// One CA: connect now, so a wrong URL or a CA that is down shows at once.
-		client, err := acmeclient.New(ctx, cfgs[0], st, acmeclient.NewHTTP01Provider(st, 0))
+		client, err := acmeclient.New(ctx, cfgs[0], st, acmeclient.NewHTTP01Provider(tokens, 0))
 		if err != nil {
 			return nil, err
 		}
@@ -165,7 +173,7 @@ func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.
 		// starting or the next CA from being tried: each connects when it
 		// is first needed, and again after a failed attempt.
 		for _, cfg := range cfgs {
-			issuers = append(issuers, acmeclient.NewLazy(cfg, st, acmeclient.NewHTTP01Provider(st, 0)))
+			issuers = append(issuers, acmeclient.NewLazy(cfg, st, acmeclient.NewHTTP01Provider(tokens, 0)))
 		}
 	}
 	return manager.New(manager.Config{
@@ -177,6 +185,7 @@ func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.
 		OrderTimeout: c.Duration(flagTimeout),
 		// Only run has --lock-ttl; elsewhere zero means the default.
 		LockTTL: c.Duration(flagLockTTL),
+		Peers:   peers,
 	}), nil
 }
 
@@ -222,7 +231,12 @@ func openSession(c *cli.Context) (*session, error) {
 	}
 	s.events = events
 	s.closes = append(s.closes, stopEvents)
-	if s.mgr, err = newManager(ctx, c, s.store, s.log, events, metrics); err != nil {
+	fleet, err := newFleet(c, s.store, s.log)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	if s.mgr, err = newManager(ctx, c, s.store, s.log, events, metrics, fleet); err != nil {
 		s.Close()
 		return nil, err
 	}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/certagent/certagent/agent/peer"
+	"github.com/certagent/certagent/agent/store"
+)
+
+func peersCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "peers",
+		Usage: "the peer sites: reachable now, and what this site's agents saw of them",
+		Description: "For each configured peer site (--site, --peer, --peers-file, --peer-secret-file, --peer-ca), " +
+			"calls its health endpoint now, signed like an agent's request, and prints the answer and its delay, " +
+			"next to the view the running agents of this site recorded in Redis: up or down, the last success and " +
+			"error, the last inventory exchange and how many certificates it brought or took. Exits 1 when a peer " +
+			"does not answer." +
+			"\n\nExamples:\n  certagent peers\n  certagent peers --json",
+		Flags:  withFlags(redisFlags(), peerFlags(), []cli.Flag{&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"}}),
+		Action: peersAction,
+	}
+}
+
+type peerView struct {
+	ID          string    `json:"id"`
+	URL         string    `json:"url"`
+	Up          bool      `json:"up"` // answered the probe just now
+	ProbeMillis int64     `json:"probe_ms"`
+	ProbeError  string    `json:"probe_error,omitempty"`
+	Certs       int64     `json:"certificates"` // as the peer reported
+	SeenUp      bool      `json:"agent_saw_up"`
+	LastOK      time.Time `json:"last_ok,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	LastSync    time.Time `json:"last_sync,omitzero"`
+	Pulled      int64     `json:"pulled"`
+	Pushed      int64     `json:"pushed"`
+	Agent       string    `json:"agent,omitempty"`
+}
+
+func peersAction(c *cli.Context) error {
+	if err := noArgs(c, "peers"); err != nil {
+		return err
+	}
+	st, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st)
+	log, err := newLogger(c)
+	if err != nil {
+		return err
+	}
+	cfg, err := peerConfig(c, st, log)
+	if err != nil {
+		return err
+	}
+	if cfg == nil {
+		return cli.Exit(fmt.Sprintf("certagent peers: no peer sites configured (--%s, --%s)", flagSite, flagPeer), exitUsage)
+	}
+	signer, err := peer.NewSigner(cfg.Site, cfg.Secret)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("certagent peers: %v", err), exitUsage)
+	}
+	recorded, err := st.PeerStates(c.Context)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("certagent peers: %v", err), exitFailed)
+	}
+	seen := map[string]store.PeerState{}
+	for _, s := range recorded {
+		seen[s.ID] = s
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}}}
+	views := make([]peerView, len(cfg.Peers))
+	var wg sync.WaitGroup
+	for i, p := range cfg.Peers {
+		s := seen[p.ID]
+		views[i] = peerView{ID: p.ID, URL: p.URL, SeenUp: s.Up, LastOK: s.LastOK, LastError: s.LastError,
+			LastErrorAt: s.LastErrorAt, LastSync: s.LastSync, Pulled: s.Pulled, Pushed: s.Pushed, Agent: s.Agent}
+		client, err := peer.NewClient(peer.ClientConfig{ID: p.ID, URL: p.URL, Signer: signer, HTTPClient: hc, Timeout: cfg.Timeout})
+		if err != nil {
+			return cli.Exit(fmt.Sprintf("certagent peers: %v", err), exitUsage)
+		}
+		wg.Add(1)
+		go func(v *peerView) {
+			defer wg.Done()
+			start := time.Now()
+			health, err := client.Health(c.Context)
+			v.ProbeMillis = time.Since(start).Milliseconds()
+			if err != nil {
+				v.ProbeError = err.Error()
+				return
+			}
+			v.Up, v.Certs = true, health.Certificates
+		}(&views[i])
+	}
+	wg.Wait()
+
+	if c.Bool(flagJSON) {
+		if err := writeJSON(c.App.Writer, views); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "PEER\tURL\tNOW\tCERTIFICATES\tAGENTS SAW\tLAST SYNC\tPULLED\tPUSHED\tLAST ERROR")
+		for _, v := range views {
+			now := fmt.Sprintf("up %dms", v.ProbeMillis)
+			if !v.Up {
+				now = "down: " + oneLine(v.ProbeError)
+			}
+			saw := "down"
+			if v.SeenUp {
+				saw = "up"
+			}
+			if v.Agent == "" {
+				saw = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\t%s\n", v.ID, v.URL, now, v.Certs, saw,
+				stamp(v.LastSync), v.Pulled, v.Pushed, oneLine(v.LastError))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	for _, v := range views {
+		if !v.Up {
+			return cli.Exit("", exitFailed)
+		}
+	}
+	return nil
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return t.UTC().Format(time.RFC3339)
+}

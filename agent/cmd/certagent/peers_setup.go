@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/manager"
+	"github.com/certagent/certagent/agent/peer"
+	"github.com/certagent/certagent/agent/store"
+)
+
+// newFleet builds the view of the other sites from the peer flags, or
+// returns nil when --site is not set (one site, no peers).
+func newFleet(c *cli.Context, st *store.Store, log *slog.Logger) (*peer.Fleet, error) {
+	cfg, err := peerConfig(c, st, log)
+	if cfg == nil || err != nil {
+		return nil, err
+	}
+	fleet, err := peer.NewFleet(*cfg)
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("certagent: peer sites: %v", err), exitUsage)
+	}
+	return fleet, nil
+}
+
+// peerConfig reads the peer flags; nil without --site.
+func peerConfig(c *cli.Context, st *store.Store, log *slog.Logger) (*peer.Config, error) {
+	site := strings.TrimSpace(c.String(flagSite))
+	peers, err := peer.ParsePeers(c.StringSlice(flagPeer))
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeer, err), exitUsage)
+	}
+	if file := c.String(flagPeersFile); file != "" {
+		more, err := peer.ReadPeersFile(file)
+		if err != nil {
+			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeersFile, err), exitUsage)
+		}
+		peers = append(peers, more...)
+	}
+	if site == "" {
+		if len(peers) > 0 {
+			return nil, cli.Exit(fmt.Sprintf("certagent: peer sites need --%s, this site's id", flagSite), exitUsage)
+		}
+		return nil, nil
+	}
+	secretFile := c.String(flagPeerSecretFile)
+	if secretFile == "" {
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs --%s", flagSite, flagPeerSecretFile), exitUsage)
+	}
+	secret, err := os.ReadFile(secretFile)
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeerSecretFile, err), exitUsage)
+	}
+	// The system roots and the given files, as for the CA.
+	roots, err := acmeclient.LoadCARoots(c.StringSlice(flagPeerCA))
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeerCA, err), exitUsage)
+	}
+	return &peer.Config{
+		Site:         site,
+		Secret:       []byte(strings.TrimSpace(string(secret))),
+		Peers:        peers,
+		RootCAs:      roots,
+		Timeout:      c.Duration(flagPeerTimeout),
+		TokenRule:    c.String(flagPeerTokenRule),
+		Quorum:       c.Int(flagPeerQuorum),
+		SyncInterval: c.Duration(flagPeerSyncInterval),
+		Store:        st,
+		Logger:       log,
+	}, nil
+}
+
+// startPeers runs, for `certagent run --peer-listen`, the peer API and the
+// loops that push this site's changes and pull what the peers hold.
+func startPeers(ctx context.Context, c *cli.Context, fleet *peer.Fleet, st *store.Store, log *slog.Logger) (stop func(), err error) {
+	addr := c.String(flagPeerListen)
+	if addr == "" {
+		return func() {}, nil
+	}
+	certFile, keyFile := c.String(flagPeerTLSCert), c.String(flagPeerTLSKey)
+	if certFile == "" || keyFile == "" {
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs --%s and --%s (the peer API is HTTPS only)",
+			flagPeerListen, flagPeerTLSCert, flagPeerTLSKey), exitUsage)
+	}
+	cfg, err := peerConfig(c, st, log)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(cfg.Peers))
+	for _, p := range cfg.Peers {
+		ids = append(ids, p.ID)
+	}
+	server, err := peer.NewServer(peer.ServerConfig{Site: cfg.Site, Secret: cfg.Secret, Peers: ids, Store: st, Logger: log})
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeerListen, err), exitUsage)
+	}
+	if err := server.Start(addr, certFile, keyFile); err != nil {
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeerListen, err), exitUsage)
+	}
+	syncer := peer.NewSyncer(fleet)
+	syncer.Start(ctx)
+	log.Info("peer API listening", "site", cfg.Site, "address", server.Addr(), "peers", strings.Join(ids, ","))
+	return func() {
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = syncer.Shutdown(shutdownCtx)
+		_ = server.Shutdown(shutdownCtx)
+	}, nil
+}
+
+// fleetPeers lets the manager use the fleet.
+type fleetPeers struct{ fleet *peer.Fleet }
+
+func (p fleetPeers) Existing(ctx context.Context, names []string, have *store.CertRecord) (*store.CertRecord, error) {
+	return p.fleet.Existing(ctx, names, have)
+}
+
+func (p fleetPeers) Lease(ctx context.Context, name string) (manager.PeerLease, error) {
+	lease, err := p.fleet.Lease(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return lease, nil
+}
