@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -215,56 +216,96 @@ func (s *Store) noteChanges(ctx context.Context, p redis.Pipeliner, op string, n
 // DeleteCert removes the record stored for name and every copy under the
 // other names of the same certificate, its expiry index entry and its
 // renewal schedule and state, and tombstones its fingerprint until its
-// not-after so that no peer site brings it back. It returns
-// the names it removed, or an error wrapping ErrNotFound.
+// not-after so that no peer site brings it back. A name that a later
+// certificate took over keeps that certificate. It returns the names it
+// removed, or an error wrapping ErrNotFound.
 func (s *Store) DeleteCert(ctx context.Context, name string) ([]string, error) {
-	rec, err := s.GetCert(ctx, name)
-	switch {
-	case err == nil:
-	case errors.Is(err, ErrCorrupt):
-		// Remove what is there under this name; its other copies are
-		// unknown, and so is its fingerprint: there is nothing to tombstone.
-		rec = nil
-	default:
-		return nil, err
-	}
-	now := time.Now()
-	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		s.queueCertDelete(ctx, p, name, rec)
-		if rec != nil && rec.Fingerprint != "" {
-			primary := rec.Primary()
-			if primary == "" {
-				primary = name
-			}
-			s.queueTombstone(ctx, p, rec.Fingerprint, primary, rec.NotAfter, now, false)
+	var removed []string
+	err := s.watchRetry(ctx, func(tx *redis.Tx) error {
+		f, err := tx.HGetAll(ctx, s.keys.Cert(name)).Result()
+		if err != nil {
+			return err
 		}
-		return nil
-	})
+		if len(f) == 0 {
+			return fmt.Errorf("%s: %w", name, ErrNotFound)
+		}
+		// A corrupt record is removed under this name only: its other
+		// copies are unknown, and so is its fingerprint.
+		rec, err := recordFromFields(f)
+		var copies []string
+		if err != nil || len(rec.Names) == 0 {
+			rec, copies = nil, []string{name}
+		} else if copies, err = s.matchingCopies(ctx, tx, rec, name); err != nil {
+			return err
+		}
+		now := time.Now()
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			s.queueCertDelete(ctx, p, rec, copies)
+			if rec != nil && rec.Fingerprint != "" {
+				s.queueTombstone(ctx, p, rec.Fingerprint, rec.Primary(), rec.NotAfter, now, false)
+			}
+			return nil
+		})
+		removed = copies
+		return err
+	}, s.keys.Cert(name))
 	if err != nil {
 		return nil, fmt.Errorf("deleting the certificate for %s: %w", name, err)
 	}
-	if rec == nil {
-		return []string{name}, nil
-	}
-	return rec.Names, nil
+	return removed, nil
 }
 
-// queueCertDelete queues the removal of the record held under name (rec, or
-// nil when it is corrupt), its copies under its other names, its indexes and
-// its renewal state, and the changes entries, for one MULTI.
-func (s *Store) queueCertDelete(ctx context.Context, p redis.Pipeliner, name string, rec *CertRecord) {
-	names, fingerprint := []string{name}, ""
-	if rec != nil && len(rec.Names) > 0 {
-		names, fingerprint = rec.Names, rec.Fingerprint
+// matchingCopies returns the names of rec that still hold a copy of it
+// (held under name, already read): another certificate may have been stored
+// under some of them since. It watches those keys for the transaction.
+func (s *Store) matchingCopies(ctx context.Context, tx *redis.Tx, rec *CertRecord, name string) ([]string, error) {
+	keys := make([]string, len(rec.Names))
+	for i, n := range rec.Names {
+		keys[i] = s.keys.Cert(n)
 	}
-	for _, n := range names {
+	if err := tx.Watch(ctx, keys...).Err(); err != nil {
+		return nil, err
+	}
+	cmds, err := tx.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, key := range keys {
+			p.HGet(ctx, key, "fingerprint")
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	copies := []string{}
+	for i, cmd := range cmds {
+		if rec.Names[i] == name || cmd.(*redis.StringCmd).Val() == rec.Fingerprint {
+			copies = append(copies, rec.Names[i])
+		}
+	}
+	return copies, nil
+}
+
+// queueCertDelete queues, for one MULTI, the removal of copies (names that
+// hold rec, or the one name of a corrupt record when rec is nil), and when
+// the primary name is among them, of its indexes and renewal state, with the
+// changes entries.
+func (s *Store) queueCertDelete(ctx context.Context, p redis.Pipeliner, rec *CertRecord, copies []string) {
+	fingerprint := ""
+	primary := copies[0]
+	if rec != nil {
+		fingerprint, primary = rec.Fingerprint, rec.Primary()
+	}
+	for _, n := range copies {
 		p.Del(ctx, s.keys.Cert(n))
 	}
-	p.ZRem(ctx, s.keys.Expiry(), names[0], name)
-	p.ZRem(ctx, s.keys.Renewals(), names[0], name)
-	p.Del(ctx, s.keys.Renewal(names[0]), s.keys.Renewal(name))
-	p.ZRem(ctx, s.keys.RenewalFailures(), names[0], name)
-	s.noteChanges(ctx, p, "delete", names, fingerprint)
+	// The primary's index entries belong to whatever certificate holds the
+	// primary name now; they go only with the copy under it.
+	if slices.Contains(copies, primary) {
+		p.ZRem(ctx, s.keys.Expiry(), primary)
+		p.ZRem(ctx, s.keys.Renewals(), primary)
+		p.Del(ctx, s.keys.Renewal(primary))
+		p.ZRem(ctx, s.keys.RenewalFailures(), primary)
+	}
+	s.noteChanges(ctx, p, "delete", copies, fingerprint)
 }
 
 // GetCert returns the record stored for name, or an error wrapping

@@ -93,16 +93,20 @@ func (s *Store) DeleteCertIfFingerprint(ctx context.Context, name, fingerprint s
 			return fmt.Errorf("reading the record held: %w", err)
 		}
 		var held *CertRecord
+		var copies []string
 		if len(f) > 0 {
 			// A corrupt record cannot be shown to have the fingerprint.
 			if rec, err := recordFromFields(f); err == nil && rec.Fingerprint == fingerprint && len(rec.Names) > 0 {
 				held = rec
+				if copies, err = s.matchingCopies(ctx, tx, rec, name); err != nil {
+					return err
+				}
 			}
 		}
 		now := time.Now()
 		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			if held != nil {
-				s.queueCertDelete(ctx, p, name, held)
+				s.queueCertDelete(ctx, p, held, copies)
 				s.queueTombstone(ctx, p, fingerprint, held.Primary(), held.NotAfter, now, false)
 			} else {
 				s.queueTombstone(ctx, p, fingerprint, name, now.Add(UnknownTombstoneLife), now, true)

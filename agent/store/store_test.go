@@ -354,3 +354,46 @@ func TestTokenWaitsForReplicas(t *testing.T) {
 		t.Errorf("PutToken without a replica: %v", err)
 	}
 }
+
+// TestDeleteCertKeepsNamesTakenOverByALaterCertificate: a name that moved to
+// another certificate keeps it when the first certificate is deleted.
+func TestDeleteCertKeepsNamesTakenOverByALaterCertificate(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	now := time.Now()
+	old := putTestCert(t, st, now, "old.example.com", "moved.example.com")
+	newer := putTestCert(t, st, now, "new.example.com", "moved.example.com")
+
+	removed, err := st.DeleteCert(ctx, "old.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 1 || removed[0] != "old.example.com" {
+		t.Errorf("removed %v, want only old.example.com", removed)
+	}
+	got, err := st.GetCert(ctx, "moved.example.com")
+	if err != nil || got.Fingerprint != newer.Fingerprint {
+		t.Fatalf("moved.example.com after deleting the old certificate: %v, %v", got, err)
+	}
+	if _, err := st.GetCert(ctx, "old.example.com"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("old.example.com: %v, want ErrNotFound", err)
+	}
+	// The later certificate's index entries stay; the old one's are gone.
+	if r.Client.ZScore(ctx, st.Keys().Expiry(), "new.example.com").Err() != nil {
+		t.Error("the later certificate left the expiry index")
+	}
+	if r.Client.ZScore(ctx, st.Keys().Expiry(), "old.example.com").Err() == nil {
+		t.Error("the deleted certificate is still in the expiry index")
+	}
+	// Only the deleted name is announced to nginx.
+	entries := r.Client.XRange(ctx, st.Keys().Changes(), "-", "+").Val()
+	last := entries[len(entries)-1].Values
+	if last["op"] != "delete" || last["name"] != "old.example.com" || last["fingerprint"] != old.Fingerprint {
+		t.Errorf("last change %v", last)
+	}
+	for _, e := range entries {
+		if e.Values["op"] == "delete" && e.Values["name"] == "moved.example.com" {
+			t.Error("a delete of moved.example.com was announced")
+		}
+	}
+}
