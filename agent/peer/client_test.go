@@ -15,10 +15,10 @@ import (
 	"github.com/certagent/certagent/agent/store"
 )
 
-var testSecret = []byte("0123456789abcdef0123456789abcdef")
+var fleetSecret = []byte("0123456789abcdef0123456789abcdef")
 
-// seen is one request a fake peer received, after its signature checked out.
-type seen struct {
+// signedRequest is one request a fake peer received, after its signature checked out.
+type signedRequest struct {
 	method, target, site string
 	body                 []byte
 }
@@ -26,20 +26,20 @@ type seen struct {
 // fakePeer is an HTTPS server that verifies every request's signature and
 // answers with the handler of its route ("METHOD path", path below
 // PathPrefix without the query).
-func fakePeer(t *testing.T, routes map[string]http.HandlerFunc) (*httptest.Server, func() []seen) {
+func fakePeer(t *testing.T, routes map[string]http.HandlerFunc) (*httptest.Server, func() []signedRequest) {
 	t.Helper()
 	var mu sync.Mutex
-	var got []seen
+	var got []signedRequest
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(io.LimitReader(r.Body, MaxBody))
-		signed, err := Verify(r, body, testSecret, map[string]bool{"a": true}, time.Now())
+		signed, err := Verify(r, body, fleetSecret, map[string]bool{"a": true}, time.Now())
 		if err != nil {
 			w.WriteHeader(http.StatusUnauthorized)
 			json.NewEncoder(w).Encode(ErrorBody{Error: err.Error()})
 			return
 		}
 		mu.Lock()
-		got = append(got, seen{method: r.Method, target: r.URL.RequestURI(), site: signed.Site, body: body})
+		got = append(got, signedRequest{method: r.Method, target: r.URL.RequestURI(), site: signed.Site, body: body})
 		mu.Unlock()
 		h, ok := routes[r.Method+" "+strings.TrimPrefix(r.URL.Path, PathPrefix)]
 		if !ok {
@@ -50,14 +50,14 @@ func fakePeer(t *testing.T, routes map[string]http.HandlerFunc) (*httptest.Serve
 		h(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	return srv, func() []seen {
+	return srv, func() []signedRequest {
 		mu.Lock()
 		defer mu.Unlock()
-		return append([]seen(nil), got...)
+		return append([]signedRequest(nil), got...)
 	}
 }
 
-func answer(status int, v any) http.HandlerFunc {
+func reply(status int, v any) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
@@ -69,7 +69,7 @@ func answer(status int, v any) http.HandlerFunc {
 
 func testClient(t *testing.T, srv *httptest.Server, timeout time.Duration) *Client {
 	t.Helper()
-	signer, err := NewSigner("a", testSecret)
+	signer, err := NewSigner("a", fleetSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func testClient(t *testing.T, srv *httptest.Server, timeout time.Duration) *Clie
 }
 
 func TestNewClientRefusesPlainHTTPAndBadIDs(t *testing.T) {
-	signer, _ := NewSigner("a", testSecret)
+	signer, _ := NewSigner("a", fleetSecret)
 	for _, cfg := range []ClientConfig{
 		{ID: "b", URL: "http://b.example:8443", Signer: signer},
 		{ID: "b", URL: "b.example:8443", Signer: signer},
@@ -104,17 +104,17 @@ func TestNewClientRefusesPlainHTTPAndBadIDs(t *testing.T) {
 func TestClientSpeaksEveryRoute(t *testing.T) {
 	rec := Record{FullChain: "chain", Key: "key", Primary: "a.example.com", KeyType: "ec256", IssuedAt: 7}
 	srv, requests := fakePeer(t, map[string]http.HandlerFunc{
-		"GET health":                      answer(200, Health{Site: "b", Time: 42, Certificates: 3}),
-		"PUT tokens/a.example.com/T0k":    answer(204, nil),
-		"DELETE tokens/a.example.com/T0k": answer(204, nil),
-		"GET inventory":                   answer(200, Inventory{Site: "b", Certificates: []InventoryEntry{{Name: "a.example.com", Fingerprint: "ff"}}}),
-		"GET certs/a.example.com":         answer(200, rec),
-		"GET certs/*.example.com":         answer(200, rec),
-		"PUT certs/a.example.com":         answer(200, PushResult{Stored: false, Reason: "same"}),
-		"DELETE certs/a.example.com":      answer(200, DeleteResult{Deleted: true}),
-		"POST leases/a.example.com":       answer(200, LeaseResult{Granted: true}),
-		"PUT leases/a.example.com":        answer(409, LeaseResult{Error: "held by b/1"}),
-		"DELETE leases/a.example.com":     answer(204, nil),
+		"GET health":                      reply(200, Health{Site: "b", Time: 42, Certificates: 3}),
+		"PUT tokens/a.example.com/T0k":    reply(204, nil),
+		"DELETE tokens/a.example.com/T0k": reply(204, nil),
+		"GET inventory":                   reply(200, Inventory{Site: "b", Certificates: []InventoryEntry{{Name: "a.example.com", Fingerprint: "ff"}}}),
+		"GET certs/a.example.com":         reply(200, rec),
+		"GET certs/*.example.com":         reply(200, rec),
+		"PUT certs/a.example.com":         reply(200, PushResult{Stored: false, Reason: "same"}),
+		"DELETE certs/a.example.com":      reply(200, DeleteResult{Deleted: true}),
+		"POST leases/a.example.com":       reply(200, LeaseResult{Granted: true}),
+		"PUT leases/a.example.com":        reply(409, LeaseResult{Error: "held by b/1"}),
+		"DELETE leases/a.example.com":     reply(204, nil),
 	})
 	c := testClient(t, srv, 0)
 	ctx := context.Background()
@@ -194,8 +194,8 @@ func mustJSON(t *testing.T, v any) []byte {
 // answer in time are errors too.
 func TestClientTurnsRefusalsIntoErrors(t *testing.T) {
 	srv, _ := fakePeer(t, map[string]http.HandlerFunc{
-		"PUT certs/a.example.com": answer(422, ErrorBody{Error: "the leaf does not cover a.example.com"}),
-		"GET inventory":           answer(500, ErrorBody{Error: "redis down"}),
+		"PUT certs/a.example.com": reply(422, ErrorBody{Error: "the leaf does not cover a.example.com"}),
+		"GET inventory":           reply(500, ErrorBody{Error: "redis down"}),
 		"GET certs/big.example.com": func(w http.ResponseWriter, r *http.Request) {
 			w.Write([]byte(`{"fullchain":"` + strings.Repeat("x", MaxBody) + `"}`))
 		},
@@ -234,7 +234,7 @@ func TestClientTurnsRefusalsIntoErrors(t *testing.T) {
 	}
 
 	// A peer that does not know this site answers 401.
-	other, _ := NewSigner("z", testSecret)
+	other, _ := NewSigner("z", fleetSecret)
 	c.signer = other
 	if _, err := c.Inventory(ctx); !errors.As(err, &se) || se.Status != 401 {
 		t.Errorf("unknown site: %v, want 401", err)
