@@ -235,9 +235,13 @@ func answered(err error) bool {
 	return err == nil
 }
 
-// note records the outcome of a call to p, and logs when p goes down or
-// comes back.
-func (f *Fleet) note(p *peerConn, err error) {
+// note records the outcome of a call to p made with ctx, and logs when p
+// goes down or comes back. A call the caller gave up on says nothing about
+// the peer.
+func (f *Fleet) note(ctx context.Context, p *peerConn, err error) {
+	if err != nil && ctx.Err() != nil {
+		return
+	}
 	now := f.cfg.Clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -269,10 +273,7 @@ func (p *peerConn) knownDown() bool {
 func (f *Fleet) each(ctx context.Context, peers []*peerConn, fn func(ctx context.Context, i int, p *peerConn) error) []error {
 	return parallel(ctx, peers, func(ctx context.Context, i int, p *peerConn) error {
 		err := fn(ctx, i, p)
-		// A call the caller gave up on says nothing about the peer.
-		if err == nil || ctx.Err() == nil {
-			f.note(p, err)
-		}
+		f.note(ctx, p, err)
 		return err
 	})
 }
