@@ -67,8 +67,9 @@ type Config struct {
 	SyncInterval time.Duration
 	// ProbeInterval is the period of the health probes. Default: 10 s.
 	ProbeInterval time.Duration
-	// LeaseTTL is the lease asked of the peers; it is extended every third
-	// of it while the order runs. Default: store.LockTTL (120 s).
+	// LeaseTTL is the lease asked of the peers, 3 s to MaxLeaseTTL; it is
+	// extended every third of it while the order runs. Default:
+	// store.LockTTL (120 s).
 	LeaseTTL time.Duration
 	// Store is this site's Redis. Required.
 	Store *store.Store
@@ -134,6 +135,11 @@ func NewFleet(cfg Config) (*Fleet, error) {
 	}
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	// Peers count leases in whole seconds and cap them at MaxLeaseTTL: a
+	// longer one would expire there between two extensions.
+	if cfg.LeaseTTL < 3*time.Second || cfg.LeaseTTL > MaxLeaseTTL {
+		return nil, fmt.Errorf("peer sites: lease TTL %s: want 3s to %s", cfg.LeaseTTL, MaxLeaseTTL)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

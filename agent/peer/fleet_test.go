@@ -53,6 +53,8 @@ func TestNewFleetChecksItsConfiguration(t *testing.T) {
 		{"quorum too large", func(c *Config) { c.Quorum = 4 }},
 		{"negative quorum", func(c *Config) { c.Quorum = -1 }},
 		{"unknown token rule", func(c *Config) { c.TokenRule = "most" }},
+		{"lease TTL under 3 s", func(c *Config) { c.LeaseTTL = time.Second }},
+		{"lease TTL over the peers' cap", func(c *Config) { c.LeaseTTL = MaxLeaseTTL + time.Second }},
 	} {
 		cfg := good()
 		tc.change(&cfg)
