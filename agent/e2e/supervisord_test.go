@@ -109,9 +109,12 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 	}
 	s := &stack{pebble: pebble, nginx: &testenv.Nginx{HTTPSAddr: httpsAddr}}
 	const name = "supervised.example.test"
+	// The shipped configuration holds the first handshake while the name
+	// is issued, unless the agent, just started, has not marked it within
+	// the grace: either the issued certificate or the generated fallback.
 	var chain = s.handshake(t, name)
-	if chain[0].Subject.CommonName != "certagent fallback" {
-		t.Fatalf("first handshake served %q, want the fallback generated at start", chain[0].Subject)
+	if s.verifies(t, chain, name) != nil && chain[0].Subject.CommonName != "certagent fallback" {
+		t.Fatalf("first handshake served %q, want the issued certificate or the fallback generated at start", chain[0].Subject)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for s.verifies(t, chain, name) != nil {

@@ -200,7 +200,8 @@ func (s *site) waitPebble() {
 }
 
 func (s *site) handshake(name string) ([]*x509.Certificate, error) {
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", s.https,
+	// Longer than first_handshake_wait: nginx may hold a first handshake.
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", s.https,
 		&tls.Config{ServerName: name, InsecureSkipVerify: true})
 	if err != nil {
 		return nil, err
@@ -255,13 +256,15 @@ func (s *site) agentPID() string {
 func TestImage(t *testing.T) {
 	s := startSite(t)
 
-	// A new name: the fallback first, then a certificate from Pebble.
+	// A new name: nginx holds the first handshake while Pebble issues, or,
+	// when the agent has not marked the name within the grace, serves the
+	// generated fallback; then the certificate from Pebble.
 	chain, err := s.handshake("new-1.example.test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if chain[0].Subject.CommonName != "certagent fallback" {
-		t.Fatalf("first handshake served %q, want the generated fallback", chain[0].Subject)
+	if issuer := chain[0].Issuer.CommonName; chain[0].Subject.CommonName != "certagent fallback" && !strings.HasPrefix(issuer, "Pebble") {
+		t.Fatalf("first handshake served %q from %q, want the generated fallback or Pebble's certificate", chain[0].Subject, issuer)
 	}
 	first := s.issued("new-1.example.test", 10*time.Second)
 	if n := s.orders(); n != 1 {

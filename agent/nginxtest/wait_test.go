@@ -609,7 +609,7 @@ func TestWaitConfiguration(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(body), "\n")
 	want := []string{
-		"ok 5 0.25 64",
+		"ok 4 0.25 64",
 		"ok 0 0.25 64",
 		"ok 60 1 3",
 		"first_handshake_wait must be",

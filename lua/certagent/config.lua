@@ -43,7 +43,7 @@ local defaults = {
     http_missing = "pass",      -- port 80, name without a certificate: "pass" (your own handling) or "503"
     http_retry_after = 30,      -- s: the Retry-After of http_missing = "503"
     http_redirect = false,      -- port 80, name with a certificate: 308 to https:// when true
-    first_handshake_wait = 5,   -- s a first handshake may be held while the agent issues its certificate; 0: never
+    first_handshake_wait = 4,   -- s a first handshake may be held while the agent issues its certificate; 0: never
     first_handshake_grace = 0.25, -- s it is held for the agent's issuing mark to appear
     first_handshake_max_waiting = 64, -- handshakes (and port-80 requests) held at once per worker
 }
