@@ -499,6 +499,9 @@ type Lease struct {
 	name    string
 	holder  string
 	granted []*peerConn
+	// unsure are the peers that did not answer in time: they may have
+	// granted it, so Release goes to them too, best effort.
+	unsure []*peerConn
 
 	mu      sync.Mutex
 	holding []*peerConn // those of granted that confirmed the last extension
@@ -534,11 +537,13 @@ func (f *Fleet) Lease(ctx context.Context, name string) (*Lease, error) {
 			refused = append(refused, p)
 		}
 	}
+	// A peer that did not answer in time may have granted it all the same:
+	// it does not count, but it is released with the others.
 	if len(got)+1 >= f.quorum {
-		return &Lease{f: f, name: name, holder: holder, granted: got, holding: got, done: make(chan struct{})}, nil
+		return &Lease{f: f, name: name, holder: holder, granted: got, unsure: failed, holding: got,
+			done: make(chan struct{})}, nil
 	}
-	// A peer that did not answer in time may have granted it all the same.
-	l := &Lease{f: f, name: name, holder: holder, granted: append(got, failed...), done: make(chan struct{})}
+	l := &Lease{f: f, name: name, holder: holder, granted: got, unsure: failed, done: make(chan struct{})}
 	cctx, cancel := f.cleanupContext(ctx)
 	defer cancel()
 	if err := l.Release(cctx); err != nil {
@@ -617,12 +622,13 @@ func (l *Lease) isHeld() bool {
 	}
 }
 
-// Release gives the lease up at every peer that granted it and stops
-// KeepAlive.
+// Release gives the lease up at every peer that granted it, and at those
+// that may have (their errors are not returned: most never got the request),
+// and stops KeepAlive.
 func (l *Lease) Release(ctx context.Context) error {
 	l.once.Do(func() { close(l.done) })
-	errs := l.f.each(ctx, l.granted, func(ctx context.Context, _ int, p *peerConn) error {
+	errs := l.f.each(ctx, slices.Concat(l.granted, l.unsure), func(ctx context.Context, _ int, p *peerConn) error {
 		return p.client.ReleaseLease(ctx, l.name, l.holder)
 	})
-	return errors.Join(errs...)
+	return errors.Join(errs[:len(l.granted)]...)
 }

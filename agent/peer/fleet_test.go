@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -537,5 +538,43 @@ func TestExistingAsksAPeerSeenDownBefore(t *testing.T) {
 	}
 	if !a.holds("back.example.com", held.Fingerprint) {
 		t.Error("b's certificate is not stored at a")
+	}
+}
+
+// TestLeaseReleasedWhereTheAnswerWasLate: a peer that granted the lease but
+// answered after the timeout is not counted toward the quorum, and is still
+// released: otherwise its site could not order the name, nor grant it to
+// anyone else, until the lease expires.
+func TestLeaseReleasedWhereTheAnswerWasLate(t *testing.T) {
+	watchdog(t, time.Minute)
+	ctx := context.Background()
+	sites := startSites(t, func(c *Config) { c.Timeout = 300 * time.Millisecond }, "a", "b", "c")
+	a, c := sites["a"], sites["c"]
+	c.api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.srv.ServeHTTP(w, r)
+		if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, PathPrefix+"leases/") {
+			time.Sleep(time.Second) // granted, but the answer comes too late
+		}
+	})
+	const name = "late.example.com"
+	local, err := a.st.AcquireLock(ctx, name, store.LockTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Release(ctx)
+	lease, err := a.fleet.Lease(ctx, name)
+	if err != nil {
+		t.Fatalf("a and b are a majority: %v", err)
+	}
+	if got := c.rdb.Get(ctx, c.st.Keys().Lock(name)).Val(); got != lease.Holder() {
+		t.Fatalf("c holds %q, want %s (it granted the lease)", got, lease.Holder())
+	}
+	if err := lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sites {
+		if got := s.rdb.Get(ctx, s.st.Keys().Lock(name)).Val(); got == lease.Holder() {
+			t.Errorf("after Release, %s still holds the lease", s.id)
+		}
 	}
 }
