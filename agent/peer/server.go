@@ -337,7 +337,7 @@ func (x *exchange) token(name, token string, body []byte) {
 		x.refuse(http.StatusBadRequest, "ttl_seconds must be positive", nil)
 		return
 	}
-	ttl := min(time.Duration(push.TTLSeconds)*time.Second, MaxTokenTTL)
+	ttl := capSeconds(push.TTLSeconds, MaxTokenTTL)
 	if err := x.s.cfg.Store.PutTokenFor(ctx, name, token, push.KeyAuthorization, ttl); err != nil {
 		x.fail(err)
 		return
@@ -420,7 +420,7 @@ func (x *exchange) lease(name string, body []byte) {
 		x.refuse(http.StatusBadRequest, "ttl_seconds must be positive", nil)
 		return
 	}
-	ttl := min(time.Duration(req.TTLSeconds)*time.Second, MaxLeaseTTL)
+	ttl := capSeconds(req.TTLSeconds, MaxLeaseTTL)
 	var err error
 	if x.r.Method == http.MethodPost {
 		err = x.s.cfg.Store.TakeLease(ctx, name, req.Holder, ttl)
@@ -436,6 +436,16 @@ func (x *exchange) lease(name string, body []byte) {
 	default:
 		x.answer(http.StatusOK, LeaseResult{Granted: true})
 	}
+}
+
+// capSeconds is seconds as a duration, at most limit. It compares before it
+// multiplies: a count past the range of time.Duration would wrap to a
+// negative TTL, which Redis takes for no expiry (a SET) or a deletion.
+func capSeconds(seconds int, limit time.Duration) time.Duration {
+	if seconds >= int(limit/time.Second) {
+		return limit
+	}
+	return time.Duration(seconds) * time.Second
 }
 
 // checkHolder accepts "<signing site>/<1 to 64 base64url characters>": a

@@ -700,3 +700,30 @@ func TestServerStartServesHTTPSOnly(t *testing.T) {
 		t.Error("still listening after Shutdown")
 	}
 }
+
+// TestServerCapsHugeTTLs: a TTL too large to count in nanoseconds is capped
+// like any other, never taken for "no expiry" (a token kept for ever) or for
+// an expiry in the past.
+func TestServerCapsHugeTTLs(t *testing.T) {
+	h := newAPIHarness(t)
+	ctx := context.Background()
+	const huge = 9_223_372_037 // seconds: past the range of time.Duration
+	push := TokenPush{KeyAuthorization: "tok.thumb", TTLSeconds: huge}
+	if status := h.call(http.MethodPut, "tokens/t.example.com/tok", push, nil); status != http.StatusNoContent {
+		t.Fatalf("PUT token: %d", status)
+	}
+	if ttl := h.rdb.TTL(ctx, h.st.Keys().Token("t.example.com", "tok")).Val(); ttl <= 0 || ttl > MaxTokenTTL {
+		t.Errorf("the token's TTL is %s, want at most %s", ttl, MaxTokenTTL)
+	}
+	var lease LeaseResult
+	req := LeaseRequest{Holder: "b/1", TTLSeconds: huge}
+	if status := h.call(http.MethodPost, "leases/l.example.com", req, &lease); status != http.StatusOK || !lease.Granted {
+		t.Fatalf("POST lease: %d %+v", status, lease)
+	}
+	if status := h.call(http.MethodPut, "leases/l.example.com", req, &lease); status != http.StatusOK || !lease.Granted {
+		t.Fatalf("PUT lease: %d %+v", status, lease)
+	}
+	if ttl := h.rdb.PTTL(ctx, h.st.Keys().Lock("l.example.com")).Val(); ttl <= 0 || ttl > MaxLeaseTTL {
+		t.Errorf("the lease's TTL is %s, want at most %s", ttl, MaxLeaseTTL)
+	}
+}
