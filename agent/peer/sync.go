@@ -271,14 +271,14 @@ func (f *Fleet) syncWith(ctx context.Context, p *peerConn, deadHere map[string]b
 	for i, e := range want {
 		names[i] = e.Name
 	}
-	held, _, err := st.GetCerts(ctx, names)
+	held, err := st.HeldVersions(ctx, names)
 	if err != nil {
 		return fmt.Errorf("exchanging inventories with %s: %w", id, err)
 	}
 	var pulled int64
 	for i, e := range want {
 		// A missing or corrupt record is replaced by any valid one.
-		if h := held[i]; h != nil && (h.Fingerprint == e.Fingerprint || !h.NotBefore.Before(time.Unix(e.NotBefore, 0))) {
+		if h := held[i]; h.OK && (h.Fingerprint == e.Fingerprint || !h.NotBefore.Before(time.Unix(e.NotBefore, 0))) {
 			continue
 		}
 		r, err := p.client.GetCert(ctx, e.Name)

@@ -2,7 +2,9 @@ package peer
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -217,6 +219,54 @@ func TestTombstonesWinOverInventories(t *testing.T) {
 	for _, s := range sites {
 		if s.holds("z.example.com", "") {
 			t.Errorf("site %s got the deleted certificate back", s.id)
+		}
+	}
+}
+
+// TestSyncNowDoesNotReadTheRecordsItHolds: to tell which of a peer's
+// certificates to pull, an exchange compares fingerprints and dates; it
+// does not read every chain and private key held here (a site with many
+// names would load them all, for each peer, every interval).
+func TestSyncNowDoesNotReadTheRecordsItHolds(t *testing.T) {
+	watchdog(t, time.Minute)
+	ctx := context.Background()
+	sites := startSites(t, func(c *Config) { c.SyncInterval = time.Hour }, "a", "b", "c")
+	a, b := sites["a"], sites["b"]
+	var size int64
+	for i := range 200 {
+		r := issued(t, time.Now().Add(-time.Hour), fmt.Sprintf("n%03d.example.com", i))
+		a.store(t, r)
+		b.store(t, r)
+		size += int64(len(r.FullChain) + len(r.Key))
+	}
+	outputBytes := func() int64 {
+		stats, err := a.rdb.Info(ctx, "stats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(stats, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "total_net_output_bytes:"); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+		}
+		t.Fatal("no total_net_output_bytes in INFO stats")
+		return 0
+	}
+	before := outputBytes()
+	if err := a.fleet.SyncNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	read := outputBytes() - before
+	if read >= size {
+		t.Errorf("the exchange read %d bytes from Redis, as much as the %d bytes of the records held", read, size)
+	}
+	for _, st := range a.fleet.States() {
+		if st.Pulled != 0 || st.LastSync.IsZero() {
+			t.Errorf("a's view of %s: %+v, want an exchange that pulled nothing", st.ID, st)
 		}
 	}
 }

@@ -56,3 +56,52 @@ func TestInventoryListsEveryCertificateOnce(t *testing.T) {
 		delete(want, e.Name)
 	}
 }
+
+func TestHeldVersionsReadsFingerprintsAndDates(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	proto := recordFrom(t, base, "x.example.com")
+	// More than a page; the names asked for include a second name, one
+	// with no record and a corrupt one.
+	var names []string
+	for i := range inventoryPage + 3 {
+		rec := *proto
+		rec.Names = []string{"n" + strconv.Itoa(i) + ".example.com"}
+		if i == 1 {
+			rec.Names = append(rec.Names, "alias.example.com")
+		}
+		rec.Fingerprint = strconv.Itoa(i)
+		rec.NotBefore = base.Add(time.Duration(i) * time.Second)
+		if err := st.PutCert(ctx, &rec); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, rec.Names[0])
+	}
+	r.Client.HSet(ctx, st.Keys().Cert("bad.example.com"), "fingerprint", "f", "not_before", "soon", "not_after", "1", "issued_at", "1")
+	names = append(names, "alias.example.com", "none.example.com", "bad.example.com")
+
+	got, err := st.HeldVersions(ctx, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(names) {
+		t.Fatalf("%d versions for %d names", len(got), len(names))
+	}
+	for i := range inventoryPage + 3 {
+		want := HeldVersion{Fingerprint: strconv.Itoa(i), NotBefore: base.Add(time.Duration(i) * time.Second).UTC(), OK: true}
+		if got[i] != want {
+			t.Errorf("%s: %+v, want %+v", names[i], got[i], want)
+		}
+	}
+	n := inventoryPage + 3
+	if got[n].Fingerprint != "1" || !got[n].OK {
+		t.Errorf("the second name: %+v, want the copy of n1's record", got[n])
+	}
+	if got[n+1].OK || got[n+2].OK {
+		t.Errorf("no record and a corrupt one: %+v, %+v; want neither OK", got[n+1], got[n+2])
+	}
+	if got, err := st.HeldVersions(ctx, nil); err != nil || len(got) != 0 {
+		t.Errorf("no names: %v, %v", got, err)
+	}
+}
