@@ -407,21 +407,18 @@ func (t *fleetTokens) DeleteToken(ctx context.Context, name, token string) error
 	return err
 }
 
-// Existing asks every peer for a certificate for names (under the first,
-// the primary name) and stores here the newest one that is valid for all of
-// them, not due for renewal (more than a third of its lifetime left) and,
-// when have is not nil, a different certificate issued after have. It
+// Existing asks the reachable peers for a certificate for names (under the
+// first, the primary name) and stores here the newest one that is valid for
+// all of them, not due for renewal (more than a third of its lifetime left)
+// and, when have is not nil, a different certificate issued after have. It
 // returns the stored record, or nil when no peer has one, with an error
-// naming the peers that could not be asked. Peers known down are asked too:
-// one that answers again before the next probe may hold the certificate,
-// and skipping it would order a second one (the lease that follows waits
-// for them just as long).
+// naming the peers that could not be asked (peers known down are not).
 func (f *Fleet) Existing(ctx context.Context, names []string, have *store.CertRecord) (*store.CertRecord, error) {
 	if len(names) == 0 {
 		return nil, errors.New("asking the peer sites for a certificate: no names")
 	}
 	primary := names[0]
-	asked := f.peers
+	asked := f.reachable()
 	got := make([]*Record, len(asked))
 	errs := f.each(ctx, asked, func(ctx context.Context, i int, p *peerConn) error {
 		var err error
