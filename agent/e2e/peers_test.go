@@ -9,10 +9,12 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -436,4 +438,30 @@ func assertNoKeysInLogs(t *testing.T, f *siteFleet) {
 func sumOf(der []byte) []byte {
 	sum := sha256.Sum256(der)
 	return sum[:]
+}
+
+// TestPeerListenNeedsASite: an agent told to answer peer sites but given no
+// site id refuses to start, instead of running as a single site whose peers
+// never reach it.
+func TestPeerListenNeedsASite(t *testing.T) {
+	s := startStack(t)
+	dir := t.TempDir()
+	ca := testenv.NewCert(t, testenv.CertSpec{CommonName: "peer test CA", IsCA: true})
+	server := testenv.NewCert(t, testenv.CertSpec{CommonName: "peer", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Parent: ca})
+	certFile, keyFile := server.Write(t, dir, "peer")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.agent, "run", "--allow", "*.example.test",
+		"--peer-listen", "127.0.0.1:"+strconv.Itoa(testenv.FreePort(t)), "--peer-tls-cert", certFile, "--peer-tls-key", keyFile)
+	cmd.Env = s.env
+	var errOut bytes.Buffer
+	cmd.Stderr = &errOut
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatal("the agent ran with --peer-listen and no --site")
+	}
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(errOut.String(), "--site") {
+		t.Errorf("run --peer-listen without --site: %v, %s; want exit 2 naming --site", err, errOut.String())
+	}
 }

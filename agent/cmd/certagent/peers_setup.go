@@ -48,6 +48,12 @@ func peerConfig(c *cli.Context, st *store.Store, log *slog.Logger) (*peer.Config
 		if len(peers) > 0 {
 			return nil, cli.Exit(fmt.Sprintf("certagent: peer sites need --%s, this site's id", flagSite), exitUsage)
 		}
+		// Answering peers without being one would run a single site that
+		// the other sites never reach, and say nothing.
+		if c.String(flagPeerListen) != "" {
+			return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs --%s, this site's id, and the peer sites",
+				flagPeerListen, flagSite), exitUsage)
+		}
 		return nil, nil
 	}
 	secretFile := c.String(flagPeerSecretFile)
