@@ -53,6 +53,18 @@ func TestChangesFanOutToEveryPeer(t *testing.T) {
 		pushes[s.id] = s.countPushes()
 		s.startSyncer(t)
 	}
+	// Each Syncer exchanges inventories once as it starts: a certificate
+	// stored before that ends would reach b and c by a pull, not a push.
+	eventually(t, 10*time.Second, "the first inventory exchanges", func() bool {
+		for _, s := range sites {
+			for _, st := range s.fleet.States() {
+				if st.LastSync.IsZero() {
+					return false
+				}
+			}
+		}
+		return true
+	})
 
 	rec := a.store(t, issued(t, time.Now().Add(-time.Hour), "p.example.com", "q.example.com", "r.example.com"))
 	eventually(t, 10*time.Second, "the certificate reaches b and c", func() bool {
