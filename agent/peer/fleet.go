@@ -535,8 +535,12 @@ func (f *Fleet) Lease(ctx context.Context, name string) (*Lease, error) {
 		}
 	}
 	// A peer that did not answer in time may have granted it all the same:
-	// it does not count, but it is released with the others.
-	if len(got)+1 >= f.quorum {
+	// it does not count, but it is released with the others. Below a
+	// majority, a refusal is respected: two sites could each reach such a
+	// quorum without the other, and the refusing site holds the name for
+	// one of them.
+	short := len(got)+1 < f.quorum
+	if !short && !(f.belowMajority() && len(refused) > 0) {
 		return &Lease{f: f, name: name, holder: holder, granted: got, unsure: failed, holding: got,
 			done: make(chan struct{})}, nil
 	}
@@ -546,10 +550,18 @@ func (f *Fleet) Lease(ctx context.Context, name string) (*Lease, error) {
 	if err := l.Release(cctx); err != nil {
 		f.cfg.Logger.Warn("releasing a lease short of the quorum", "name", name, "error", err)
 	}
-	return nil, fmt.Errorf("leasing %s across sites: %d of %d sites granted it, %d needed%s: %w",
-		name, len(got)+1, len(f.peers)+1, f.quorum, naming("refused by", refused, "not reached", failed),
+	why := "needed"
+	if !short {
+		why = "needed, and a site that answers is not overruled below a majority"
+	}
+	return nil, fmt.Errorf("leasing %s across sites: %d of %d sites granted it, %d %s%s: %w",
+		name, len(got)+1, len(f.peers)+1, f.quorum, why, naming("refused by", refused, "not reached", failed),
 		errors.Join(append(errs, ErrNoQuorum)...))
 }
+
+// belowMajority reports whether the quorum is half the sites or fewer: two
+// sites' quorums then need not share a site.
+func (f *Fleet) belowMajority() bool { return 2*f.quorum <= len(f.peers)+1 }
 
 // Holder returns the holder id the lease was taken for, "<site>/<random>".
 func (l *Lease) Holder() string { return l.holder }
@@ -598,7 +610,9 @@ func (l *Lease) KeepAlive(ctx context.Context, lost func(error)) {
 		l.mu.Lock()
 		l.holding = still
 		l.mu.Unlock()
-		if confirmed < f.quorum {
+		// Below a majority, a peer that lost it to another holder ends the
+		// lease as a refusal would have refused it.
+		if confirmed < f.quorum || (f.belowMajority() && len(gone) > 0) {
 			if ctx.Err() == nil && l.isHeld() {
 				lost(fmt.Errorf("extending the lease on %s across sites: %d of %d sites confirm it, %d needed%s: %w",
 					l.name, confirmed, len(f.peers)+1, f.quorum, naming("lost at", gone, "not reached", unsure),

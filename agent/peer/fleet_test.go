@@ -555,3 +555,59 @@ func TestLeaseReleasedWhereTheAnswerWasLate(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseBelowAMajorityRespectsARefusal: with a quorum below a majority
+// (two sites, --peer-quorum 1), a site orders alone when the other cannot be
+// reached, but not when the other answers that the name is leased there:
+// that site, or one it granted, is ordering it.
+func TestLeaseBelowAMajorityRespectsARefusal(t *testing.T) {
+	watchdog(t, time.Minute)
+	ctx := context.Background()
+	sites := startSites(t, func(c *Config) { c.Quorum, c.LeaseTTL = 1, 3*time.Second }, "a", "b")
+	a, b := sites["a"], sites["b"]
+	const name = "two.example.com"
+
+	held, err := b.st.AcquireLock(ctx, name, store.LockTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lease, err := a.fleet.Lease(ctx, name); !errors.Is(err, ErrNoQuorum) || !strings.Contains(err.Error(), "refused by: b") {
+		t.Errorf("b holds the name: %v, %v; want ErrNoQuorum naming b", lease != nil, err)
+	}
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Granted by b: a orders, and b's own agents are kept out.
+	lease, err := a.fleet.Lease(ctx, name)
+	if err != nil {
+		t.Fatalf("b grants it: %v", err)
+	}
+	if _, err := b.st.AcquireLock(ctx, name, store.LockTTL); !errors.Is(err, store.ErrLockHeld) {
+		t.Errorf("b's agent took the name a holds: %v", err)
+	}
+	// b loses it to another holder (an expiry, say): the lease is lost.
+	b.rdb.Set(ctx, b.st.Keys().Lock(name), "z/other", time.Minute)
+	lost := make(chan error, 1)
+	lease.KeepAlive(ctx, func(err error) { lost <- err })
+	select {
+	case err := <-lost:
+		if !errors.Is(err, ErrNoQuorum) {
+			t.Errorf("lost with %v, want ErrNoQuorum", err)
+		}
+	default:
+		t.Error("KeepAlive returned without calling lost")
+	}
+	if err := lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.rdb.Del(ctx, b.st.Keys().Lock(name))
+
+	// b unreachable: a orders alone, as the quorum of 1 allows.
+	b.down()
+	lease, err = a.fleet.Lease(ctx, name)
+	if err != nil {
+		t.Fatalf("b down: %v", err)
+	}
+	_ = lease.Release(ctx)
+}
