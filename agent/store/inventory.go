@@ -117,13 +117,13 @@ func (s *Store) HeldVersions(ctx context.Context, names []string) ([]HeldVersion
 }
 
 // heldVersion decodes the HMGET of fingerprint, not_before, not_after and
-// issued_at; a record missing one, or with a date that does not parse, is
-// corrupt as GetCert sees it.
+// issued_at; a record missing a date, or with one that does not parse, is
+// corrupt as GetCert sees it (a missing fingerprint is not).
 func heldVersion(vals []any) HeldVersion {
 	str := make([]string, len(vals))
 	for i, v := range vals {
 		s, ok := v.(string)
-		if !ok || s == "" {
+		if i > 0 && (!ok || s == "") {
 			return HeldVersion{}
 		}
 		str[i] = s

@@ -101,6 +101,12 @@ func TestHeldVersionsReadsFingerprintsAndDates(t *testing.T) {
 	if got[n+1].OK || got[n+2].OK {
 		t.Errorf("no record and a corrupt one: %+v, %+v; want neither OK", got[n+1], got[n+2])
 	}
+	// A record without a fingerprint is no corrupt one for GetCert either.
+	r.Client.HSet(ctx, st.Keys().Cert("nofp.example.com"), "not_before", "5", "not_after", "10", "issued_at", "1")
+	if got, err := st.HeldVersions(ctx, []string{"nofp.example.com"}); err != nil || len(got) != 1 ||
+		got[0] != (HeldVersion{NotBefore: time.Unix(5, 0).UTC(), OK: true}) {
+		t.Errorf("a record without a fingerprint: %+v, %v", got, err)
+	}
 	if got, err := st.HeldVersions(ctx, nil); err != nil || len(got) != 0 {
 		t.Errorf("no names: %v, %v", got, err)
 	}
