@@ -412,13 +412,21 @@ func (t *fleetTokens) DeleteToken(ctx context.Context, name, token string) error
 // all of them, not due for renewal (more than a third of its lifetime left)
 // and, when have is not nil, a different certificate issued after have. It
 // returns the stored record, or nil when no peer has one, with an error
-// naming the peers that could not be asked (peers known down are not).
+// naming the peers that could not be asked (peers known down are not,
+// unless all are).
 func (f *Fleet) Existing(ctx context.Context, names []string, have *store.CertRecord) (*store.CertRecord, error) {
 	if len(names) == 0 {
 		return nil, errors.New("asking the peer sites for a certificate: no names")
 	}
 	primary := names[0]
 	asked := f.reachable()
+	if len(asked) == 0 {
+		// Every peer failed its last call: often this site's own outage,
+		// over before the next probe. A certificate issued elsewhere
+		// meanwhile is only at the peers, which would grant the lease for
+		// a second order: ask them all.
+		asked = f.peers
+	}
 	got := make([]*Record, len(asked))
 	errs := f.each(ctx, asked, func(ctx context.Context, i int, p *peerConn) error {
 		var err error

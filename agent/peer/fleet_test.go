@@ -611,3 +611,28 @@ func TestLeaseBelowAMajorityRespectsARefusal(t *testing.T) {
 	}
 	_ = lease.Release(ctx)
 }
+
+// TestExistingAsksThePeersWhenAllWereSeenDown: when every peer failed its
+// last call (this site's own network was down, say), the peers are asked
+// all the same before an order: a certificate issued elsewhere meanwhile is
+// only there, and the lease that follows would be granted by them.
+func TestExistingAsksThePeersWhenAllWereSeenDown(t *testing.T) {
+	watchdog(t, time.Minute)
+	ctx := context.Background()
+	sites := startSites(t, func(c *Config) { c.ProbeInterval = time.Hour }, "a", "b", "c")
+	a, b, c := sites["a"], sites["b"], sites["c"]
+
+	b.down()
+	c.down()
+	a.fleet.probe(ctx)
+	b.up(t)
+	c.up(t)
+	held := b.store(t, issued(t, time.Now().Add(-time.Hour), "back.example.com"))
+	rec, err := a.fleet.Existing(ctx, []string{"back.example.com"}, nil)
+	if err != nil || rec == nil || rec.Fingerprint != held.Fingerprint {
+		t.Fatalf("Existing = %v, %v; want b's certificate", rec != nil, err)
+	}
+	if !a.holds("back.example.com", held.Fingerprint) {
+		t.Error("b's certificate is not stored at a")
+	}
+}
