@@ -335,6 +335,23 @@ func (f *Fleet) cleanupContext(ctx context.Context) (context.Context, context.Ca
 	return context.WithTimeout(context.WithoutCancel(ctx), f.cfg.Timeout)
 }
 
+// pushContext is ctx without its deadline: the CA client bounds a token's
+// publication more tightly than the peer timeout that bounds each push
+// (--peer-timeout), which would otherwise be cut short. It is still
+// cancelled when ctx is, by the caller giving up.
+func pushContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	pctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	stopAfter := context.AfterFunc(ctx, func() {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			cancel(context.Cause(ctx))
+		}
+	})
+	return pctx, func() {
+		stopAfter()
+		cancel(nil)
+	}
+}
+
 // Tokens returns a token store that writes to local and to every peer
 // before the CA validates, by the token rule.
 func (f *Fleet) Tokens(local acmeclient.TokenStore) acmeclient.TokenStore {
@@ -354,9 +371,11 @@ func (t *fleetTokens) PutToken(ctx context.Context, name, token, keyAuth string)
 	if err := t.local.PutToken(ctx, name, token, keyAuth); err != nil {
 		return err
 	}
-	errs := f.each(ctx, f.peers, func(ctx context.Context, _ int, p *peerConn) error {
+	pctx, stop := pushContext(ctx)
+	errs := f.each(pctx, f.peers, func(ctx context.Context, _ int, p *peerConn) error {
 		return p.client.PutToken(ctx, name, token, keyAuth, store.TokenTTL)
 	})
+	stop()
 	var held, missed []*peerConn
 	for i, p := range f.peers {
 		if errs[i] == nil {

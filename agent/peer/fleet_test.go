@@ -636,3 +636,33 @@ func TestExistingAsksThePeersWhenAllWereSeenDown(t *testing.T) {
 		t.Error("b's certificate is not stored at a")
 	}
 }
+
+// TestTokenPushesTakeThePeerTimeout: the CA client bounds a token's
+// publication more tightly than --peer-timeout; a peer that answers within
+// the peer timeout still counts toward the token rule.
+func TestTokenPushesTakeThePeerTimeout(t *testing.T) {
+	watchdog(t, time.Minute)
+	sites := startSites(t, func(c *Config) { c.Timeout, c.TokenRule = 5*time.Second, TokenRuleAll }, "a", "b")
+	a, b := sites["a"], sites["b"]
+	b.api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, PathPrefix+"tokens/") {
+			time.Sleep(500 * time.Millisecond) // a slow link
+		}
+		b.srv.ServeHTTP(w, r)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := a.fleet.Tokens(a.st).PutToken(ctx, "slow.example.com", "tok", "tok.thumb"); err != nil {
+		t.Fatalf("b answers within the peer timeout: %v", err)
+	}
+	if v := b.rdb.Get(context.Background(), b.st.Keys().Token("slow.example.com", "tok")).Val(); v != "tok.thumb" {
+		t.Errorf("b holds %q", v)
+	}
+
+	// A caller that gives up (the order is cancelled) stops the pushes.
+	ctx, cancel = context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	if err := a.fleet.Tokens(a.st).PutToken(ctx, "slow.example.com", "tok2", "tok2.thumb"); err == nil {
+		t.Error("a cancelled push succeeded")
+	}
+}
