@@ -525,12 +525,12 @@ func TestExistingTakesAValidPeerCertificate(t *testing.T) {
 func TestLeaseReleasedWhereTheAnswerWasLate(t *testing.T) {
 	watchdog(t, time.Minute)
 	ctx := context.Background()
-	sites := startSites(t, func(c *Config) { c.Timeout = 300 * time.Millisecond }, "a", "b", "c")
+	sites := startSites(t, func(c *Config) { c.Timeout = time.Second }, "a", "b", "c")
 	a, c := sites["a"], sites["c"]
 	c.api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c.srv.ServeHTTP(w, r)
 		if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, PathPrefix+"leases/") {
-			time.Sleep(time.Second) // granted, but the answer comes too late
+			time.Sleep(2 * time.Second) // granted, but the answer comes too late
 		}
 	})
 	const name = "late.example.com"
