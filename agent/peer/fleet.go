@@ -412,11 +412,12 @@ func (t *fleetTokens) PutToken(ctx context.Context, name, token, keyAuth string)
 		name, holding, sites, f.cfg.TokenRule, need, ids(missed), errors.Join(errs...))
 }
 
-// DeleteToken removes the token here and at every peer, best effort at the
-// peers: tokens expire after store.TokenTTL anyway.
+// DeleteToken removes the token here and at every peer not known down, best
+// effort at the peers: tokens expire after store.TokenTTL anyway, and the
+// order waits for this after every authorization.
 func (t *fleetTokens) DeleteToken(ctx context.Context, name, token string) error {
 	err := t.local.DeleteToken(ctx, name, token)
-	t.f.each(ctx, t.f.peers, func(ctx context.Context, _ int, p *peerConn) error {
+	t.f.each(ctx, t.f.reachable(), func(ctx context.Context, _ int, p *peerConn) error {
 		err := p.client.DeleteToken(ctx, name, token)
 		if err != nil {
 			t.f.cfg.Logger.Debug("removing the HTTP-01 token at a peer site", "name", name, "peer", p.client.ID(), "error", err)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -664,5 +665,41 @@ func TestTokenPushesTakeThePeerTimeout(t *testing.T) {
 	time.AfterFunc(100*time.Millisecond, cancel)
 	if err := a.fleet.Tokens(a.st).PutToken(ctx, "slow.example.com", "tok2", "tok2.thumb"); err == nil {
 		t.Error("a cancelled push succeeded")
+	}
+}
+
+// TestTokenCleanupSkipsPeersKnownDown: removing a token after validation is
+// best effort at the peers (it expires there anyway), so a peer known down
+// is not waited for: the order would wait for its timeout after every
+// authorization.
+func TestTokenCleanupSkipsPeersKnownDown(t *testing.T) {
+	watchdog(t, time.Minute)
+	ctx := context.Background()
+	sites := startSites(t, func(c *Config) { c.ProbeInterval = time.Hour }, "a", "b", "c")
+	a, b, c := sites["a"], sites["b"], sites["c"]
+	tokens := a.fleet.Tokens(a.st)
+	if err := tokens.PutToken(ctx, "t.example.com", "tok", "tok.thumb"); err != nil {
+		t.Fatal(err)
+	}
+	c.down()
+	a.fleet.probe(ctx)
+	c.up(t)
+	var deletes atomic.Int64
+	c.api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodDelete {
+			deletes.Add(1)
+		}
+		c.srv.ServeHTTP(w, r)
+	})
+	if err := tokens.DeleteToken(ctx, "t.example.com", "tok"); err != nil {
+		t.Fatal(err)
+	}
+	if n := deletes.Load(); n != 0 {
+		t.Errorf("c, known down, was asked %d times to remove the token", n)
+	}
+	for _, s := range []*testSite{a, b} {
+		if s.rdb.Exists(ctx, s.st.Keys().Token("t.example.com", "tok")).Val() != 0 {
+			t.Errorf("site %s still holds the token", s.id)
+		}
 	}
 }
