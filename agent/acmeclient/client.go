@@ -160,7 +160,9 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		return nil, fmt.Errorf("the stored ACME account key is unusable: %w", err)
 	}
 
-	core, err := api.New(cfg.HTTPClient, cfg.UserAgent, cfg.DirectoryURL, uri, key)
+	core, err := withContext(ctx, func() (*api.Core, error) {
+		return api.New(cfg.HTTPClient, cfg.UserAgent, cfg.DirectoryURL, uri, key)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("reading the ACME directory %s: %w", cfg.DirectoryURL, err)
 	}
@@ -172,15 +174,15 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		// Registering an existing key returns the existing account, so two
 		// agents racing here end up with the same account URL.
 		req := acme.Account{TermsOfServiceAgreed: true, Contact: contact}
-		var account acme.ExtendedAccount
-		if cfg.EABKeyID != "" || cfg.EABHMAC != "" {
-			if cfg.EABKeyID == "" || cfg.EABHMAC == "" {
-				return nil, errors.New("external account binding needs both the key id and the HMAC key")
-			}
-			account, err = core.Accounts.NewEAB(req, cfg.EABKeyID, cfg.EABHMAC)
-		} else {
-			account, err = core.Accounts.New(req)
+		if (cfg.EABKeyID == "") != (cfg.EABHMAC == "") {
+			return nil, errors.New("external account binding needs both the key id and the HMAC key")
 		}
+		account, err := withContext(ctx, func() (acme.ExtendedAccount, error) {
+			if cfg.EABKeyID != "" {
+				return core.Accounts.NewEAB(req, cfg.EABKeyID, cfg.EABHMAC)
+			}
+			return core.Accounts.New(req)
+		})
 		if err != nil {
 			return nil, fmt.Errorf("registering the ACME account at %s: %w", cfg.DirectoryURL, err)
 		}

@@ -129,12 +129,11 @@ func (c *Client) Revoke(ctx context.Context, chainPEM []byte, reason uint) error
 	if err != nil {
 		return fmt.Errorf("revoking: %w", err)
 	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("revoking: %w", err)
-	}
-	err = c.core.Certificates.Revoke(acme.RevokeCertMessage{
-		Certificate: base64.RawURLEncoding.EncodeToString(leaf.Raw),
-		Reason:      &reason,
+	_, err = withContext(ctx, func() (struct{}, error) {
+		return struct{}{}, c.core.Certificates.Revoke(acme.RevokeCertMessage{
+			Certificate: base64.RawURLEncoding.EncodeToString(leaf.Raw),
+			Reason:      &reason,
+		})
 	})
 	if err != nil {
 		return fmt.Errorf("revoking serial %s: %w", leaf.SerialNumber.Text(16), err)

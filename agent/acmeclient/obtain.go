@@ -42,13 +42,17 @@ func (c *Client) obtain(ctx context.Context, names []string, opts OrderOptions) 
 	}
 	// lego drops replaces when the CA has no ARI, and retries without it when
 	// the CA says the certificate was already replaced.
-	order, err := c.core.Orders.NewWithOptions(names, &api.OrderOptions{Profile: profile, ReplacesCertID: opts.Replaces})
+	order, err := withContext(ctx, func() (acme.ExtendedOrder, error) {
+		return c.core.Orders.NewWithOptions(names, &api.OrderOptions{Profile: profile, ReplacesCertID: opts.Replaces})
+	})
 	if err != nil && opts.Replaces != "" && replacesRejected(err) {
 		// A CA that cannot match the replaced certificate (some encode
 		// serials with a leading zero byte differently) refuses the whole
 		// order. Renewing without the ARI hint beats not renewing; the
 		// returned Certificate's empty Replaces tells the caller.
-		order, err = c.core.Orders.NewWithOptions(names, &api.OrderOptions{Profile: profile})
+		order, err = withContext(ctx, func() (acme.ExtendedOrder, error) {
+			return c.core.Orders.NewWithOptions(names, &api.OrderOptions{Profile: profile})
+		})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("creating the order: %w", err)
@@ -70,7 +74,9 @@ func (c *Client) obtain(ctx context.Context, names []string, opts OrderOptions) 
 	if err != nil {
 		return nil, fmt.Errorf("creating the CSR: %w", err)
 	}
-	finalized, err := c.core.Orders.UpdateForCSR(order.Finalize, csr)
+	finalized, err := withContext(ctx, func() (acme.ExtendedOrder, error) {
+		return c.core.Orders.UpdateForCSR(order.Finalize, csr)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("finalizing the order: %w", err)
 	}
@@ -80,7 +86,10 @@ func (c *Client) obtain(ctx context.Context, names []string, opts OrderOptions) 
 			return nil, err
 		}
 	}
-	chain, _, err := c.core.Certificates.Get(finalized.Certificate, true)
+	chain, err := withContext(ctx, func() ([]byte, error) {
+		chain, _, err := c.core.Certificates.Get(finalized.Certificate, true)
+		return chain, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("downloading the certificate: %w", err)
 	}
@@ -100,7 +109,7 @@ func (c *Client) obtain(ctx context.Context, names []string, opts OrderOptions) 
 
 // authorize completes one authorization by HTTP-01 unless it is valid already.
 func (c *Client) authorize(ctx context.Context, authzURL string) error {
-	authz, err := c.core.Authorizations.Get(authzURL)
+	authz, err := withContext(ctx, func() (acme.Authorization, error) { return c.core.Authorizations.Get(authzURL) })
 	if err != nil {
 		return fmt.Errorf("reading authorization: %w", err)
 	}
@@ -143,7 +152,7 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 		}
 	}
 
-	started, err := c.core.Challenges.New(chall.URL)
+	started, err := withContext(ctx, func() (acme.ExtendedChallenge, error) { return c.core.Challenges.New(chall.URL) })
 	if err != nil {
 		return fmt.Errorf("authorizing %s: starting validation: %w", domain, err)
 	}
@@ -152,7 +161,7 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 		first = min(d, 30*time.Second)
 	}
 	return poll(ctx, first, c.cfg.MaxPoll, func() (bool, error) {
-		authz, err := c.core.Authorizations.Get(authzURL)
+		authz, err := withContext(ctx, func() (acme.Authorization, error) { return c.core.Authorizations.Get(authzURL) })
 		if err != nil {
 			return false, fmt.Errorf("authorizing %s: polling: %w", domain, err)
 		}
@@ -174,7 +183,7 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 func (c *Client) waitOrder(ctx context.Context, orderURL string) (acme.ExtendedOrder, error) {
 	var final acme.ExtendedOrder
 	err := poll(ctx, c.cfg.FirstPoll, c.cfg.MaxPoll, func() (bool, error) {
-		order, err := c.core.Orders.Get(orderURL)
+		order, err := withContext(ctx, func() (acme.ExtendedOrder, error) { return c.core.Orders.Get(orderURL) })
 		if err != nil {
 			return false, fmt.Errorf("polling the order: %w", err)
 		}
