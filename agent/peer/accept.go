@@ -16,8 +16,8 @@ import (
 
 // ErrInvalidRecord marks a certificate record that is not valid for the name
 // it came for: the chain or the key does not parse, the key is not the
-// leaf's, the leaf does not cover the name, or it has expired. The server
-// answers such a push with 422.
+// leaf's, the leaf does not cover the name, or it has expired or is not
+// valid yet. The server answers such a push with 422.
 var ErrInvalidRecord = errors.New("the certificate record is not valid")
 
 // Accept stores a record received from a peer site for name (pushed to this
@@ -84,6 +84,12 @@ func checkRecord(name string, r Record, now time.Time) (*store.CertRecord, error
 	}
 	if !now.Before(leaf.NotAfter) {
 		return nil, invalid("the certificate expired on %s", leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	// Not valid yet (beyond the clock skew tolerated between sites), it
+	// would be served to clients that refuse it, and its later not-before
+	// would make it win over every certificate issued until then.
+	if leaf.NotBefore.After(now.Add(MaxSkew)) {
+		return nil, invalid("the certificate is not valid before %s", leaf.NotBefore.UTC().Format(time.RFC3339))
 	}
 	leafNames, err := storedNames(leaf.DNSNames)
 	if err != nil {

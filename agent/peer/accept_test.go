@@ -115,6 +115,11 @@ func TestAcceptRefusesInvalidRecords(t *testing.T) {
 		{"an expired certificate", "a.example.com", func(Record) Record {
 			return issued(t, now.Add(-91*24*time.Hour), "a.example.com")
 		}},
+		// nginx would serve it to clients that refuse it, and its later
+		// not-before would make it win over every certificate issued until then.
+		{"a certificate not valid yet", "a.example.com", func(Record) Record {
+			return issued(t, now.Add(24*time.Hour), "a.example.com")
+		}},
 	} {
 		r := good
 		if tc.r != nil {
