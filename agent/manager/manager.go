@@ -293,24 +293,16 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	return rec, nil
 }
 
-// fromPeers asks the other sites for the certificate first; when none has
-// it, it takes the fleet-wide lease, kept alive until ctx ends, and returns
-// its release. An error wraps store.ErrLockHeld when the lease is held
-// elsewhere: like a local lease, the name is looked at again later.
+// fromPeers takes the fleet-wide lease on the name, kept alive until ctx
+// ends, then asks the other sites for a certificate they already hold: taken
+// under the lease, the answer cannot miss one another site stored just before
+// releasing its own lease. It returns that certificate (the lease released),
+// or the release of the lease for the order to run under. An error wraps
+// store.ErrLockHeld when the lease is held elsewhere: like a local lease, the
+// name is looked at again later.
 func (m *Manager) fromPeers(ctx context.Context, names []string, renewing *store.CertRecord,
 	interrupt context.CancelCauseFunc) (*store.CertRecord, func(), error) {
 	primary := names[0]
-	rec, err := m.cfg.Peers.Existing(ctx, names, renewing)
-	if err != nil {
-		// Unreachable peers must not stop issuance; the lease below still
-		// keeps two sites from ordering at once.
-		m.cfg.Logger.Warn("asking the peer sites for an existing certificate", "name", primary, "error", err)
-	}
-	if rec != nil {
-		m.cfg.Logger.Info("certificate taken from a peer site, no order placed", "name", primary,
-			"fingerprint", rec.Fingerprint, "not_after", rec.NotAfter.UTC().Format(time.RFC3339))
-		return rec, nil, nil
-	}
 	lease, err := m.cfg.Peers.Lease(ctx, primary)
 	if err != nil {
 		return nil, nil, fmt.Errorf("locking %s across sites: %w: %w", primary, store.ErrLockHeld, err)
@@ -319,14 +311,27 @@ func (m *Manager) fromPeers(ctx context.Context, names []string, renewing *store
 	go lease.KeepAlive(leaseCtx, func(err error) {
 		interrupt(fmt.Errorf("%w: the lease on %s across sites could not be kept: %w", ErrInterrupted, primary, err))
 	})
-	return nil, func() {
+	release := func() {
 		stop()
 		releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := lease.Release(releaseCtx); err != nil {
 			m.cfg.Logger.Warn("releasing the lease across sites", "name", primary, "error", err)
 		}
-	}, nil
+	}
+	rec, err := m.cfg.Peers.Existing(leaseCtx, names, renewing)
+	if err != nil {
+		// Unreachable peers must not stop issuance: the lease keeps two
+		// sites from ordering at once.
+		m.cfg.Logger.Warn("asking the peer sites for an existing certificate", "name", primary, "error", err)
+	}
+	if rec != nil {
+		release()
+		m.cfg.Logger.Info("certificate taken from a peer site, no order placed", "name", primary,
+			"fingerprint", rec.Fingerprint, "not_after", rec.NotAfter.UTC().Format(time.RFC3339))
+		return rec, nil, nil
+	}
+	return nil, release, nil
 }
 
 // obtain runs one order against one CA within the order timeout.

@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,17 +21,20 @@ type fakePeers struct {
 	lose     error
 	leases   int
 	released int
+	calls    []string
 }
 
 func (f *fakePeers) Existing(ctx context.Context, names []string, have *store.CertRecord) (*store.CertRecord, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.calls = append(f.calls, "existing")
 	return f.existing, nil
 }
 
 func (f *fakePeers) Lease(ctx context.Context, name string) (PeerLease, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.calls = append(f.calls, "lease")
 	if f.refuse != nil {
 		return nil, f.refuse
 	}
@@ -77,7 +81,8 @@ func TestIssueTakesAPeerCertificateInsteadOfOrdering(t *testing.T) {
 	orders := issuer.orders.Load()
 	sink := &recordingSink{}
 	m.cfg.Events = telemetry.NewHub(quietLogger(), sink)
-	m.cfg.Peers = &fakePeers{existing: held}
+	peers := &fakePeers{existing: held}
+	m.cfg.Peers = peers
 
 	rec, err := m.Issue(ctx, []string{"peer.example.com"})
 	if err != nil || rec.Fingerprint != held.Fingerprint {
@@ -91,6 +96,11 @@ func TestIssueTakesAPeerCertificateInsteadOfOrdering(t *testing.T) {
 	}
 	if _, err := st.GetCert(ctx, "peer.example.com"); err != nil {
 		t.Error(err)
+	}
+	// The peers are asked under the lease: another site that stored the
+	// certificate just before releasing its lease is not missed.
+	if strings.Join(peers.calls, ",") != "lease,existing" || peers.released != 1 {
+		t.Errorf("calls %v, released %d: want the lease, then the question, then the release", peers.calls, peers.released)
 	}
 }
 
