@@ -257,7 +257,7 @@ func peerFlags() []cli.Flag {
 		&cli.StringFlag{Name: flagPeerSecretFile, EnvVars: []string{envPeerSecretFile},
 			Usage: "file holding the fleet's shared peer secret (at least 32 bytes), the same at every site"},
 		&cli.StringSliceFlag{Name: flagPeerCA, EnvVars: []string{envPeerCA},
-			Usage: "PEM files of roots trusted for the peers' certificates (default: the system roots)"},
+			Usage: "PEM files of the only roots trusted for the peers' certificates, e.g. the fleet's private CA (default: the system roots)"},
 		&cli.StringFlag{Name: flagPeerTokenRule, EnvVars: []string{envPeerTokenRule}, Value: "majority",
 			Usage: "sites that must hold an HTTP-01 token before validation: majority or all"},
 		&cli.IntFlag{Name: flagPeerQuorum, EnvVars: []string{envPeerQuorum},

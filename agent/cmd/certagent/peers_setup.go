@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,7 +11,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/manager"
 	"github.com/certagent/certagent/agent/peer"
 	"github.com/certagent/certagent/agent/store"
@@ -64,8 +64,7 @@ func peerConfig(c *cli.Context, st *store.Store, log *slog.Logger) (*peer.Config
 	if err != nil {
 		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeerSecretFile, err), exitUsage)
 	}
-	// The system roots and the given files, as for the CA.
-	roots, err := acmeclient.LoadCARoots(c.StringSlice(flagPeerCA))
+	roots, err := peerRoots(c.StringSlice(flagPeerCA))
 	if err != nil {
 		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeerCA, err), exitUsage)
 	}
@@ -134,4 +133,30 @@ func (p fleetPeers) Lease(ctx context.Context, name string) (manager.PeerLease, 
 		return nil, err
 	}
 	return lease, nil
+}
+
+// peerRoots are the roots trusted for the peer sites' certificates: only the
+// given files when there are any (a fleet's private CA, so that no public CA
+// can vouch for a peer), else the system roots.
+func peerRoots(files []string) (*x509.CertPool, error) {
+	var pool *x509.CertPool
+	for _, file := range files {
+		if strings.TrimSpace(file) == "" {
+			continue
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, err
+		}
+		if pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(data) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", file)
+		}
+	}
+	if pool == nil {
+		return x509.SystemCertPool()
+	}
+	return pool, nil
 }
