@@ -77,15 +77,9 @@ func first(args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := &tls.Config{InsecureSkipVerify: true, SessionTicketsDisabled: true}
-	switch *maxTLS {
-	case "1.2":
-		cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
-	case "1.3":
-		cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
-	case "":
-	default:
-		return fmt.Errorf("-tls %q: want 1.2 or 1.3", *maxTLS)
+	cfg, err := clientTLS(*maxTLS)
+	if err != nil {
+		return err
 	}
 
 	names := make(chan string)
