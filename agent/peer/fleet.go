@@ -98,6 +98,15 @@ type peerConn struct {
 	state PeerState
 }
 
+// Clients returns the clients of the peer sites, in the configured order.
+func (f *Fleet) Clients() []*Client {
+	clients := make([]*Client, len(f.peers))
+	for i, p := range f.peers {
+		clients[i] = p.client
+	}
+	return clients
+}
+
 // NewFleet checks cfg and returns the fleet it describes.
 func NewFleet(cfg Config) (*Fleet, error) {
 	if cfg.Store == nil {

@@ -1,16 +1,13 @@
 package main
 
 import (
-	"crypto/tls"
 	"fmt"
-	"net/http"
 	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/certagent/certagent/agent/peer"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -59,16 +56,12 @@ func peersAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := peerConfig(c, st, log)
+	fleet, _, err := newFleet(c, st, log)
 	if err != nil {
 		return err
 	}
-	if cfg == nil {
+	if fleet == nil {
 		return cli.Exit(fmt.Sprintf("certagent peers: no peer sites configured (--%s, --%s)", flagSite, flagPeer), exitUsage)
-	}
-	signer, err := peer.NewSigner(cfg.Site, cfg.Secret)
-	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent peers: %v", err), exitUsage)
 	}
 	recorded, err := st.PeerStates(c.Context)
 	if err != nil {
@@ -78,17 +71,13 @@ func peersAction(c *cli.Context) error {
 	for _, s := range recorded {
 		seen[s.ID] = s
 	}
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}}}
-	views := make([]peerView, len(cfg.Peers))
+	clients := fleet.Clients()
+	views := make([]peerView, len(clients))
 	var wg sync.WaitGroup
-	for i, p := range cfg.Peers {
-		s := seen[p.ID]
-		views[i] = peerView{ID: p.ID, URL: p.URL, SeenUp: s.Up, LastOK: s.LastOK, LastError: s.LastError,
+	for i, client := range clients {
+		s := seen[client.ID()]
+		views[i] = peerView{ID: client.ID(), URL: client.URL(), SeenUp: s.Up, LastOK: s.LastOK, LastError: s.LastError,
 			LastErrorAt: s.LastErrorAt, LastSync: s.LastSync, Pulled: s.Pulled, Pushed: s.Pushed, Agent: s.Agent}
-		client, err := peer.NewClient(peer.ClientConfig{ID: p.ID, URL: p.URL, Signer: signer, HTTPClient: hc, Timeout: cfg.Timeout})
-		if err != nil {
-			return cli.Exit(fmt.Sprintf("certagent peers: %v", err), exitUsage)
-		}
 		wg.Add(1)
 		go func(v *peerView) {
 			defer wg.Done()

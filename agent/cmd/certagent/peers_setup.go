@@ -16,18 +16,19 @@ import (
 	"github.com/certagent/certagent/agent/store"
 )
 
-// newFleet builds the view of the other sites from the peer flags, or
-// returns nil when --site is not set (one site, no peers).
-func newFleet(c *cli.Context, st *store.Store, log *slog.Logger) (*peer.Fleet, error) {
+// newFleet builds the view of the other sites from the peer flags, with
+// the configuration it was built from, or returns nils when --site is not
+// set (one site, no peers).
+func newFleet(c *cli.Context, st *store.Store, log *slog.Logger) (*peer.Fleet, *peer.Config, error) {
 	cfg, err := peerConfig(c, st, log)
 	if cfg == nil || err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	fleet, err := peer.NewFleet(*cfg)
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: peer sites: %v", err), exitUsage)
+		return nil, nil, cli.Exit(fmt.Sprintf("certagent: peer sites: %v", err), exitUsage)
 	}
-	return fleet, nil
+	return fleet, cfg, nil
 }
 
 // peerConfig reads the peer flags; nil without --site.
@@ -84,7 +85,7 @@ func peerConfig(c *cli.Context, st *store.Store, log *slog.Logger) (*peer.Config
 
 // startPeers runs, for `certagent run --peer-listen`, the peer API and the
 // loops that push this site's changes and pull what the peers hold.
-func startPeers(ctx context.Context, c *cli.Context, fleet *peer.Fleet, st *store.Store, log *slog.Logger) (stop func(), err error) {
+func startPeers(ctx context.Context, c *cli.Context, fleet *peer.Fleet, cfg *peer.Config, st *store.Store, log *slog.Logger) (stop func(), err error) {
 	addr := c.String(flagPeerListen)
 	if addr == "" {
 		return func() {}, nil
@@ -93,10 +94,6 @@ func startPeers(ctx context.Context, c *cli.Context, fleet *peer.Fleet, st *stor
 	if certFile == "" || keyFile == "" {
 		return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs --%s and --%s (the peer API is HTTPS only)",
 			flagPeerListen, flagPeerTLSCert, flagPeerTLSKey), exitUsage)
-	}
-	cfg, err := peerConfig(c, st, log)
-	if err != nil {
-		return nil, err
 	}
 	ids := make([]string, 0, len(cfg.Peers))
 	for _, p := range cfg.Peers {

@@ -135,12 +135,12 @@ func runAction(c *cli.Context) error {
 		}()
 	}
 
-	fleet, err := newFleet(c, st, log)
+	fleet, peerCfg, err := newFleet(c, st, log)
 	if err != nil {
 		return err
 	}
 	if fleet != nil {
-		stopPeers, err := startPeers(ctx, c, fleet, st, log)
+		stopPeers, err := startPeers(ctx, c, fleet, peerCfg, st, log)
 		if err != nil {
 			return err
 		}

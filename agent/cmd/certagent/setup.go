@@ -231,7 +231,7 @@ func openSession(c *cli.Context) (*session, error) {
 	}
 	s.events = events
 	s.closes = append(s.closes, stopEvents)
-	fleet, err := newFleet(c, s.store, s.log)
+	fleet, _, err := newFleet(c, s.store, s.log)
 	if err != nil {
 		s.Close()
 		return nil, err
