@@ -271,7 +271,6 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	if verdict.Unavailable {
 		log.Warn("name refused for now", "reason", verdict.Reason)
 		c.deferName(ctx, log, name, verdict.Reason, now.Add(c.cfg.AskRetry))
-		c.markRefused(ctx, log, name, verdict.Reason)
 		return true
 	}
 	if !verdict.Allowed {
@@ -305,13 +304,11 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 			if errors.Is(err, ErrPreflightUnavailable) {
 				log.Warn("pre-flight check not possible now; the name waits", "error", err)
 				c.deferName(ctx, log, name, err.Error(), c.cfg.Manager.cfg.Clock.Now().Add(c.cfg.AskRetry))
-				c.markRefused(ctx, log, name, err.Error())
 				return true
 			}
 			c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
 				Reason: "pre-flight: " + err.Error()})
 			c.fail(ctx, log, name, err)
-			c.markRefused(ctx, log, name, "pre-flight: "+err.Error())
 			return true
 		}
 	}
@@ -350,18 +347,18 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	case errors.As(err, &deferred):
 		log.Warn("order deferred", "reason", deferred.Reason, "until", deferred.Until.UTC().Format(time.RFC3339))
 		c.deferName(ctx, log, name, deferred.Reason, deferred.Until)
-		c.markRefused(ctx, log, name, "deferred: "+deferred.Reason)
 	default:
 		// The failure record holds the name back from every agent until
 		// its next attempt; nginx records it again after its window.
 		c.fail(ctx, log, name, err)
-		c.markRefused(ctx, log, name, err.Error())
 	}
 	return true
 }
 
-// fail counts one more failure of name and sets its next attempt.
+// fail counts one more failure of name and sets its next attempt; nginx
+// stops holding handshakes for it.
 func (c *Consumer) fail(ctx context.Context, log *slog.Logger, name string, cause error) {
+	c.markRefused(ctx, log, name, cause.Error())
 	f, err := c.cfg.Store.RecordFailure(ctx, name, cause.Error(), c.cfg.Manager.cfg.Clock.Now(), func(n int) time.Duration {
 		return RetryDelay(n, c.cfg.RetryFirst, c.cfg.RetryMost, defaultRandom)
 	})
@@ -380,7 +377,10 @@ func (c *Consumer) markRefused(ctx context.Context, log *slog.Logger, name, reas
 	}
 }
 
+// deferName holds name back until until without counting a failure; nginx
+// stops holding handshakes for it.
 func (c *Consumer) deferName(ctx context.Context, log *slog.Logger, name, reason string, until time.Time) {
+	c.markRefused(ctx, log, name, "deferred: "+reason)
 	if _, err := c.cfg.Store.DeferName(ctx, name, reason, c.cfg.Manager.cfg.Clock.Now(), until); err != nil {
 		log.Error("recording the deferral", "error", err)
 	}
