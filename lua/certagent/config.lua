@@ -1,5 +1,6 @@
--- The configuration table of certagent's nginx side, its defaults and its
--- validation. docs/lua.md describes every field.
+-- The configuration of certagent's nginx side: its fields, their defaults and
+-- CERTAGENT_* environment variables, and its validation. docs/lua.md
+-- describes every field.
 local type = type
 local pairs = pairs
 local ipairs = ipairs
