@@ -17,8 +17,8 @@ func TestRetryAt(t *testing.T) {
 		"":     now.Add(DefaultRetryAfter),
 		"soon": now.Add(DefaultRetryAfter),
 		"-5":   now.Add(DefaultRetryAfter),
-		now.Add(time.Hour).UTC().Format(http.TimeFormat):      now.Add(time.Hour),
-		now.Add(-time.Hour).UTC().Format(http.TimeFormat):     now.Add(DefaultRetryAfter), // in the past
+		now.Add(time.Hour).UTC().Format(http.TimeFormat):     now.Add(time.Hour),
+		now.Add(-time.Hour).UTC().Format(http.TimeFormat):    now.Add(DefaultRetryAfter), // in the past
 		now.Add(3 * time.Hour).UTC().Format(http.TimeFormat): now.Add(3 * time.Hour),
 	} {
 		// An HTTP date has whole seconds and lego reads it against the
