@@ -254,14 +254,7 @@ func TestAskURLDownMeansDenyAndALaterRetry(t *testing.T) {
 
 func TestRateLimitedAnswerParksIssuanceUntilRetryAfter(t *testing.T) {
 	s := startCAStack(t)
-	proxy := testenv.StartCAProxy(t, s.pebble)
-	m := s.manager(t, proxy.DirectoryURL, proxy.CARootsFile)
-	budgets, err := NewBudgets(m, BudgetConfig{Account: store.AccountID(proxy.DirectoryURL, "ops@example.test")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	policy, _ := ParsePolicy([]string{"*.example.test"})
-	s.consume(t, ConsumerConfig{Manager: m, Policy: policy, Budgets: budgets})
+	proxy := s.consumeThroughProxy(t)
 
 	proxy.Inject(testenv.Fault{Kind: testenv.FaultRateLimited, Path: testenv.PathNewOrder, RetryAfter: time.Hour,
 		Detail: "too many new orders (300) from this account recently"})

@@ -15,14 +15,7 @@ import (
 // its own, and a name requested with them is issued.
 func TestRateLimitedDefersEachNameUntilItsOwnRetryAfter(t *testing.T) {
 	s := startCAStack(t)
-	proxy := testenv.StartCAProxy(t, s.pebble)
-	m := s.manager(t, proxy.DirectoryURL, proxy.CARootsFile)
-	budgets, err := NewBudgets(m, BudgetConfig{Account: store.AccountID(proxy.DirectoryURL, "ops@example.test")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	policy, _ := ParsePolicy([]string{"*.example.test"})
-	s.consume(t, ConsumerConfig{Manager: m, Policy: policy, Budgets: budgets})
+	proxy := s.consumeThroughProxy(t)
 
 	waits := map[string]time.Duration{"soon.example.test": 10 * time.Minute, "later.example.test": 2 * time.Hour}
 	for name, wait := range waits {
@@ -49,4 +42,20 @@ func TestRateLimitedDefersEachNameUntilItsOwnRetryAfter(t *testing.T) {
 	if n := proxy.Faulted(testenv.FaultRateLimited); n != 2 {
 		t.Errorf("%d rateLimited answers given, want 2", n)
 	}
+}
+
+// consumeThroughProxy runs a consumer with budgets for *.example.test whose
+// orders go through the CA proxy in front of the stack's Pebble, and returns
+// the proxy.
+func (s *caStack) consumeThroughProxy(t *testing.T) *testenv.CAProxy {
+	t.Helper()
+	proxy := testenv.StartCAProxy(t, s.pebble)
+	m := s.manager(t, proxy.DirectoryURL, proxy.CARootsFile)
+	budgets, err := NewBudgets(m, BudgetConfig{Account: store.AccountID(proxy.DirectoryURL, "ops@example.test")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy, _ := ParsePolicy([]string{"*.example.test"})
+	s.consume(t, ConsumerConfig{Manager: m, Policy: policy, Budgets: budgets})
+	return proxy
 }

@@ -115,7 +115,9 @@ func TestProgressBarAndTerminalDetection(t *testing.T) {
 	}
 }
 
-func TestIssueFlagsAfterNames(t *testing.T) {
+// issueOrdersOf returns what `certagent issue args...` would order, or its
+// usage error, without ordering anything.
+func issueOrdersOf(args ...string) ([][]string, error) {
 	var got [][]string
 	cmd := issueCommand()
 	cmd.Action = func(c *cli.Context) error {
@@ -123,8 +125,14 @@ func TestIssueFlagsAfterNames(t *testing.T) {
 		got, err = issueOrders(c)
 		return err
 	}
-	app := &cli.App{Commands: []*cli.Command{cmd}}
-	if err := app.Run([]string{"certagent", "issue", "a.example.com", "B.example.com", "--san"}); err != nil {
+	app := &cli.App{Commands: []*cli.Command{cmd}, ExitErrHandler: func(*cli.Context, error) {}}
+	err := app.Run(append([]string{"certagent", "issue"}, args...))
+	return got, err
+}
+
+func TestIssueFlagsAfterNames(t *testing.T) {
+	got, err := issueOrdersOf("a.example.com", "B.example.com", "--san")
+	if err != nil {
 		t.Fatal(err)
 	}
 	if want := [][]string{{"a.example.com", "b.example.com"}}; !reflect.DeepEqual(got, want) {
@@ -143,23 +151,11 @@ func TestIssueRefusesMoreNamesThanAnOrderTakes(t *testing.T) {
 		}
 		return out
 	}
-	run := func(args ...string) ([][]string, error) {
-		var got [][]string
-		cmd := issueCommand()
-		cmd.Action = func(c *cli.Context) error {
-			var err error
-			got, err = issueOrders(c)
-			return err
-		}
-		app := &cli.App{Commands: []*cli.Command{cmd}, ExitErrHandler: func(*cli.Context, error) {}}
-		err := app.Run(append([]string{"certagent", "issue", "--san"}, args...))
-		return got, err
-	}
-	got, err := run(append(names(100), "n0.example.com")...)
+	got, err := issueOrdersOf(append([]string{"--san"}, append(names(100), "n0.example.com")...)...)
 	if err != nil || len(got) != 1 || len(got[0]) != 101 {
 		t.Fatalf("--san with 100 names (one repeated): %v, %d orders", err, len(got))
 	}
-	_, err = run(names(101)...)
+	_, err = issueOrdersOf(append([]string{"--san"}, names(101)...)...)
 	var exit cli.ExitCoder
 	if !errors.As(err, &exit) || exit.ExitCode() != exitUsage || !strings.Contains(err.Error(), "101 names") ||
 		!strings.Contains(err.Error(), "at most 100 names") {
