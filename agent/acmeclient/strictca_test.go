@@ -232,6 +232,18 @@ func TestServerInternalSurfacesAsACAError(t *testing.T) {
 	if _, err := s.client.Obtain(context.Background(), []string{"internal.example.test"}); err != nil {
 		t.Errorf("the next order: %v", err)
 	}
+
+	// A CA answering nothing but 500, its directory too.
+	s.proxy.Inject(testenv.Fault{Kind: testenv.FaultServerInternal, Path: testenv.AllRequests})
+	_, err = New(context.Background(), Config{DirectoryURL: s.proxy.DirectoryURL, CARootFiles: []string{s.proxy.CARootsFile}},
+		&memAccounts{}, NewHTTP01Provider(s.tokens, 0))
+	if err == nil || !strings.Contains(err.Error(), "reading the ACME directory") || !strings.Contains(err.Error(), "500") {
+		t.Errorf("a client of a CA answering only 500: %v; want the directory's 500", err)
+	}
+	s.proxy.ClearFaults()
+	if _, err := s.client.Obtain(context.Background(), []string{"cleared.example.test"}); err != nil {
+		t.Errorf("an order once the CA answers again: %v", err)
+	}
 }
 
 // TestHungRequestWaitsUntilReleased: a request the CA accepts but does not

@@ -28,6 +28,12 @@ const (
 	FaultHang FaultKind = "hang"
 )
 
+// AllRequests is a Fault.Path that matches every request, the directory and
+// nonces too: Fault{Kind: FaultHang, Path: AllRequests} is a CA that accepts
+// connections and never answers, FaultServerInternal one that answers only
+// 500, until ClearFaults.
+const AllRequests = "/"
+
 // Paths of Pebble's ACME endpoints, for Fault.Path.
 const (
 	PathNewAccount = "/sign-me-up"
