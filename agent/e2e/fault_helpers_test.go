@@ -43,6 +43,10 @@ type faultOptions struct {
 	// 2 s: traffic that goes on, for names whose order failed (a failed
 	// name waits for nginx to record it again).
 	retraffic bool
+	// holdFirstHandshakes keeps nginx's first_handshake_wait as shipped
+	// (a first handshake may be held while its name is issued); by default
+	// handshakes here only record names.
+	holdFirstHandshakes bool
 }
 
 func startFaultStack(t *testing.T, opts faultOptions) *faultStack {
@@ -51,9 +55,10 @@ func startFaultStack(t *testing.T, opts faultOptions) *faultStack {
 	httpPort := testenv.FreePort(t)
 	s.pebble = testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort, Env: opts.pebbleEnv})
 	s.proxy = testenv.StartCAProxy(t, s.pebble)
-	// Handshakes here only record names: none is held for its certificate.
-	nginxOpts := testenv.NginxOptions{RedisURL: s.redis.URL, HTTPPort: httpPort,
-		LuaConfig: map[string]string{"first_handshake_wait": "0"}}
+	nginxOpts := testenv.NginxOptions{RedisURL: s.redis.URL, HTTPPort: httpPort, LuaConfig: map[string]string{}}
+	if !opts.holdFirstHandshakes {
+		nginxOpts.LuaConfig["first_handshake_wait"] = "0"
+	}
 	if opts.retraffic {
 		nginxOpts.LuaConfig["request_window"] = "2"
 		s.retraffic = true
