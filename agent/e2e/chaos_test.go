@@ -48,7 +48,7 @@ func TestChaosKill300(t *testing.T) {
 // answers again with its accounts and orders kept, as a CA behind a
 // restarted load balancer does.
 func TestChaosCARefusing(t *testing.T) {
-	caOutageScenario(t, caFault{
+	caFaultScenario(t, caFault{
 		what: "refusing connections",
 		down: func(t *testing.T, s *faultStack) { s.proxy.SetDown(true) },
 		up:   func(t *testing.T, s *faultStack) { s.proxy.SetDown(false) },
@@ -58,7 +58,7 @@ func TestChaosCARefusing(t *testing.T) {
 // The CA accepts connections and never answers any request, the directory
 // and nonces included; when it comes back the held requests go on to it.
 func TestChaosCAHanging(t *testing.T) {
-	caOutageScenario(t, caFault{
+	caFaultScenario(t, caFault{
 		what: "hanging (accepting, never answering)",
 		down: func(t *testing.T, s *faultStack) {
 			s.proxy.Inject(testenv.Fault{Kind: testenv.FaultHang, Path: testenv.AllRequests})
@@ -72,7 +72,7 @@ func TestChaosCAHanging(t *testing.T) {
 // accountDoesNotExist (the proxy plays the lost accounts in front of the
 // same Pebble).
 func TestChaosCARestart(t *testing.T) {
-	caOutageScenario(t, caFault{
+	caFaultScenario(t, caFault{
 		what: "restarted with no accounts",
 		down: func(t *testing.T, s *faultStack) { s.proxy.SetDown(true) },
 		up: func(t *testing.T, s *faultStack) {
@@ -88,7 +88,7 @@ type caFault struct {
 	down, up func(t *testing.T, s *faultStack)
 }
 
-// caOutageScenario runs two agents with the shipped settings and nginx
+// caFaultScenario runs two agents with the shipped settings and nginx
 // holding first handshakes as shipped; once two names are issued (the
 // account is registered), the CA goes away for CHAOS_OUTAGE while
 // CHAOS_NAMES new names are requested through handshakes, and comes back.
@@ -96,7 +96,7 @@ type caFault struct {
 // Figures: how long after the CA answered again each name was issued, how
 // long the handshakes during the outage took (held or not), the agents' CPU
 // and their requests to the CA during the outage.
-func caOutageScenario(t *testing.T, fault caFault) {
+func caFaultScenario(t *testing.T, fault caFault) {
 	outage := chaosDuration(t, "CHAOS_OUTAGE", 60*time.Second)
 	count := chaosCount(t, "CHAOS_NAMES", 50)
 	wait := chaosDuration(t, "CHAOS_WAIT", 150*time.Second)

@@ -36,17 +36,17 @@ type faultStack struct {
 }
 
 type faultOptions struct {
-	pebbleEnv  map[string]string
-	redisExtra []string // e.g. persistence for restart tests
+	// holdFirstHandshakes keeps nginx's first_handshake_wait as shipped
+	// (a first handshake may be held while its name is issued); by default
+	// handshakes here only record names.
+	holdFirstHandshakes bool
+	pebbleEnv           map[string]string
+	redisExtra          []string // e.g. persistence for restart tests
 	// retraffic makes waitAllStored send handshakes for the names still
 	// missing every few seconds, with nginx recording a name again after
 	// 2 s: traffic that goes on, for names whose order failed (a failed
 	// name waits for nginx to record it again).
 	retraffic bool
-	// holdFirstHandshakes keeps nginx's first_handshake_wait as shipped
-	// (a first handshake may be held while its name is issued); by default
-	// handshakes here only record names.
-	holdFirstHandshakes bool
 }
 
 func startFaultStack(t *testing.T, opts faultOptions) *faultStack {
