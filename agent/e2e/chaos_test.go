@@ -162,15 +162,18 @@ func TestChaosRedisKill(t *testing.T) {
 	want := makeNames("r", "rediskill.test", count)
 	s.request(t, want)
 	inFlight := s.waitOrdersStarted(t, count, 60*time.Second)
-	issuedAtKill := count - len(s.checkStored(t, st, want))
+	var unissued []string
+	for _, m := range s.checkStored(t, st, want) {
+		unissued = append(unissued, strings.Fields(m)[0])
+	}
 
 	s.redis.Stop()
 	time.Sleep(down)
 	s.redis.Start()
 
-	issued, missing := s.waitIssued(t, st, want, wait)
-	t.Logf("Redis killed (SIGKILL) with %d orders in flight and %d of %d names issued, down %s: %d of %d issued within %s of Redis being back (%s); %d failed orders logged; %s",
-		inFlight, issuedAtKill, count, down, len(issued), count, wait, spreadOf(issued),
+	issued, missing := s.waitIssued(t, st, unissued, wait)
+	t.Logf("Redis killed (SIGKILL) with %d orders in flight and %d of %d names issued, down %s: of the other %d, %d issued within %s of Redis being back (%s); %d failed orders logged; %s",
+		inFlight, count-len(unissued), count, down, len(unissued), len(issued), wait, spreadOf(issued),
 		logCount(agents, "name failed"), s.orderReport())
 	s.checkOutcome(t, st, want, missing)
 }
@@ -181,10 +184,7 @@ func TestChaosRedisKill(t *testing.T) {
 func (s *faultStack) checkOutcome(t *testing.T, st *store.Store, want, missing []string) {
 	t.Helper()
 	if len(missing) > 0 {
-		if len(missing) > 10 {
-			missing = append(missing[:10], fmt.Sprintf("and %d more", len(missing)-10))
-		}
-		t.Errorf("names without a certificate: %s", strings.Join(missing, ", "))
+		t.Errorf("%d names without a certificate: %s", len(missing), firstNames(missing))
 	}
 	var failed []string
 	for _, n := range want {
@@ -193,7 +193,7 @@ func (s *faultStack) checkOutcome(t *testing.T, st *store.Store, want, missing [
 		}
 	}
 	if len(failed) > 0 {
-		t.Errorf("%d names have a failure record for a fault that was not theirs: %s", len(failed), strings.Join(failed, ", "))
+		t.Errorf("%d names have a failure record for a fault that was not theirs: %s", len(failed), firstNames(failed))
 	}
 	for _, o := range s.proxy.Overlaps() {
 		t.Errorf("two orders in flight at once: %s", o)
@@ -201,6 +201,14 @@ func (s *faultStack) checkOutcome(t *testing.T, st *store.Store, want, missing [
 	if len(missing) == 0 {
 		waitDrained(t, s.redis.Client, st.Keys().Requests(), 30*time.Second)
 	}
+}
+
+// firstNames lists the first ten names and how many more there are.
+func firstNames(names []string) string {
+	if len(names) > 10 {
+		return strings.Join(names[:10], ", ") + fmt.Sprintf(" and %d more", len(names)-10)
+	}
+	return strings.Join(names, ", ")
 }
 
 // requestOver makes nginx see each name in a handshake, the names spread
