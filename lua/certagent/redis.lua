@@ -2,15 +2,17 @@
 -- Debian: nginx.redis), with timeouts, AUTH/SELECT on new connections only and
 -- the cosocket keepalive pool. Never holds a connection at module level.
 --
--- While Redis cannot be reached, a worker tries it at most once per retry
--- delay (RETRY_FIRST, doubling to RETRY_MAX while it keeps failing), whoever
--- asks: handshakes, the changes poll, the other timers. Everyone else gets
--- an error at once, without a socket, so an outage costs neither a connect
--- timeout per handshake nor a socket error line per attempt (nginx logs one
--- for every failed cosocket, unless lua_socket_log_errors is off, which is
--- the installation's to choose). certagent logs one line when Redis becomes
--- unreachable and one when it answers again; callers log their own Redis
--- errors only when down() is false.
+-- While Redis cannot be reached, a worker tries it at most once a second
+-- for handshakes and requests (REQUEST_RETRY: a Redis that is back is
+-- noticed within it), and for its timers (the changes poll, the requests
+-- stream, the name index) at intervals from RETRY_FIRST doubling to
+-- RETRY_MAX. Every other caller gets an error at once, without a socket, so
+-- an outage costs neither a connect timeout per handshake nor a socket
+-- error line per attempt (nginx logs one for every failed cosocket unless
+-- lua_socket_log_errors is off, which is the installation's to choose).
+-- certagent logs one line when Redis becomes unreachable and one when it
+-- answers again; callers log their own Redis errors only when down() is
+-- false.
 local pcall = pcall
 local ipairs = ipairs
 local rawget = rawget
@@ -19,6 +21,7 @@ local tostring = tostring
 local floor = math.floor
 local min = math.min
 local md5 = ngx.md5
+local get_phase = ngx.get_phase
 local now = ngx.now
 local log = ngx.log
 local ERR = ngx.ERR
@@ -26,11 +29,13 @@ local WARN = ngx.WARN
 
 local _M = { _VERSION = "0.1.0" }
 
-local RETRY_FIRST = 1 -- s from the first failure to the next try
-local RETRY_MAX = 30  -- s between tries at most
+local REQUEST_RETRY = 1 -- s between two tries of handshakes and requests
+local RETRY_FIRST = 1   -- s from the first failure to the timers' next try
+local RETRY_MAX = 30    -- s between two tries of the timers at most
 
--- This worker's outage: nil while Redis answers, else { since, delay,
--- retry_at, skipped }.
+-- This worker's outage: nil while Redis answers, else { since, skipped,
+-- request_at, timer_at, delay }: when a handshake or request may try next,
+-- when a timer may, and the timers' current delay.
 local outage
 
 -- OpenResty ships lua-resty-redis as resty.redis, Debian as nginx.redis (the
@@ -76,19 +81,22 @@ function _M.down()
 end
 
 -- failed notes a try that got no answer (no connection, a socket error or
--- timeout): the first one starts an outage and logs it, later ones double
--- the delay to the next try.
+-- timeout): the first one starts an outage and logs it; later ones put off
+-- the next try of their kind, a timer's for twice as long as before.
 local function failed(cfg, err)
     local t = now()
     if not outage then
-        outage = { since = t, delay = RETRY_FIRST, skipped = 0 }
+        outage = { since = t, skipped = 0, request_at = t + REQUEST_RETRY, timer_at = t + RETRY_FIRST,
+                   delay = RETRY_FIRST }
         log(ERR, "certagent: Redis at ", describe(cfg.redis), " cannot be reached (", tostring(err),
-            "); serving cached certificates and the fallback, trying it again after ", RETRY_FIRST,
-            " s, then at intervals growing to ", RETRY_MAX, " s")
-    else
+            "); serving cached certificates and the fallback, trying it again at most every ", REQUEST_RETRY,
+            " s (the timers at intervals growing to ", RETRY_MAX, " s)")
+    elseif get_phase() == "timer" then
         outage.delay = min(outage.delay * 2, RETRY_MAX)
+        outage.timer_at = t + outage.delay
+    else
+        outage.request_at = t + REQUEST_RETRY
     end
-    outage.retry_at = t + outage.delay
 end
 
 -- answered ends the outage: a command got its reply.
@@ -101,19 +109,26 @@ local function answered(cfg)
     end
 end
 
--- gate returns an error while this worker waits for its next try; otherwise
--- the caller makes the try, and the others keep waiting until it is done.
+-- gate returns an error while the caller's kind (a timer, or a handshake
+-- or request) waits for its next try; otherwise the caller makes the try,
+-- and the others of its kind keep waiting until it is done.
 local function gate(cfg)
     if not outage then
         return nil
     end
     local t = now()
-    if t < outage.retry_at then
+    local timer = get_phase() == "timer"
+    local at = timer and outage.timer_at or outage.request_at
+    if t < at then
         outage.skipped = outage.skipped + 1
         return "Redis at " .. describe(cfg.redis) .. " is unreachable (for " .. floor(t - outage.since)
-            .. " s; next try in " .. (floor((outage.retry_at - t) * 10 + 0.5) / 10) .. " s)"
+            .. " s; next try in " .. (floor((at - t) * 10 + 0.5) / 10) .. " s)"
     end
-    outage.retry_at = t + outage.delay
+    if timer then
+        outage.timer_at = t + outage.delay
+    else
+        outage.request_at = t + REQUEST_RETRY
+    end
     return nil
 end
 
