@@ -1,6 +1,7 @@
 package nginxtest
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -167,6 +168,8 @@ func TestRedisOutageLogIsBounded(t *testing.T) {
 	}
 	down := time.Since(stopped)
 	r.Start()
+	// It listens before it has loaded its data, and answers LOADING until then.
+	waitFor(t, "Redis to load its data", func() bool { return r.Client.Ping(context.Background()).Err() == nil })
 
 	renewed := newLeaf(t, "renewal", []string{name}, time.Now().Add(48*time.Hour))
 	e.store(name, renewed)
@@ -209,5 +212,56 @@ func TestRedisOutageLogIsBounded(t *testing.T) {
 	if len(tries) > bound || handshakes < 5*bound {
 		t.Errorf("%d handshakes gave %d other log lines, want at most %d (%d workers trying Redis on their schedule for %s):\n%s",
 			handshakes, len(tries), bound, workers, elapsed, strings.Join(tries, "\n"))
+	}
+}
+
+// TestHungRedisIsTriedOnceASecond: a Redis that accepts connections but
+// does not answer (CLIENT PAUSE) costs a handshake its read_timeout only on
+// the worker's tries, at most one a second; the others get the fallback at
+// once, and the log gains one line per try and certagent's two.
+func TestHungRedisIsTriedOnceASecond(t *testing.T) {
+	e := start(t, "")
+	e.mustHandshake("warm.hung.test") // a connection in the keepalive pool, reused below
+	waitFor(t, "the request for warm.hung.test", func() bool { return len(e.namesIn()) == 1 })
+	offset := e.nginx.ErrorLogSize()
+	if err := e.redis.Client.Do(context.Background(), "CLIENT", "PAUSE", "5000", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	handshakes := 0
+	var slow int
+	for time.Since(paused) < 4*time.Second || handshakes < 200 {
+		began := time.Now()
+		if got := e.mustHandshake("hung-" + strconv.Itoa(handshakes) + ".hung.test"); !e.isFallback(got) {
+			t.Fatalf("with Redis paused, a new name was served %q, want the fallback", got.Subject.CommonName)
+		}
+		if time.Since(began) >= 200*time.Millisecond { // read_timeout: reported, not asserted
+			slow++
+		}
+		handshakes++
+	}
+	waitFor(t, "Redis to be found answering again", func() bool {
+		e.mustHandshake("after.hung.test")
+		return strings.Contains(e.nginx.ErrorLog()[offset:], "answers again")
+	})
+	elapsed := time.Since(paused)
+	var certagent, tries []string
+	for _, line := range e.nginx.ErrorLogSince(offset) {
+		if strings.Contains(line, "certagent:") {
+			certagent = append(certagent, line)
+		} else {
+			tries = append(tries, line)
+		}
+	}
+	bound := triesWithin(elapsed) + 1
+	t.Logf("Redis paused for 5 s: %d handshakes, %d of them waited for read_timeout; %d lines of tries (bound %d)",
+		handshakes, slow, len(tries), bound)
+	if len(certagent) != 2 || !strings.Contains(certagent[0], "cannot be reached (timeout)") ||
+		!strings.Contains(certagent[1], "answers again") {
+		t.Errorf("want certagent's line for the outage and the one for its end, got:\n%s", strings.Join(certagent, "\n"))
+	}
+	if len(tries) > bound || handshakes < 5*bound {
+		t.Errorf("%d handshakes (%d waited for read_timeout) gave %d log lines of tries, want at most %d:\n%s",
+			handshakes, slow, len(tries), bound, strings.Join(tries, "\n"))
 	}
 }
