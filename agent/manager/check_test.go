@@ -25,7 +25,7 @@ func TestCorruptRecordsAreFoundAndReplaced(t *testing.T) {
 
 	var corrupted []string
 	for i, c := range testenv.Corruptions(t) {
-		name := []string{"a", "b", "c", "d", "e", "f", "g", "h"}[i] + ".example.com"
+		name := string(rune('a'+i)) + ".example.com"
 		if _, err := f.m.Issue(ctx, []string{name, "www." + name}); err != nil {
 			t.Fatal(err)
 		}
