@@ -2,9 +2,9 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"

@@ -140,7 +140,10 @@ func TestCheckerRunStopsWithItsContext(t *testing.T) {
 	r.Client.ZAdd(ctx, st.Keys().Renewals(), redis.Z{Score: 1, Member: "a.example.com"})
 	r.Client.Set(ctx, st.Keys().Cert("a.example.com"), "x", 0)
 	done := make(chan struct{})
-	go func() { NewChecker(CheckerConfig{Store: st, Logger: quietLogger(), Interval: time.Hour}).Run(ctx); close(done) }()
+	go func() {
+		NewChecker(CheckerConfig{Store: st, Logger: quietLogger(), Interval: time.Hour}).Run(ctx)
+		close(done)
+	}()
 	waitFor(t, "the first walk", func() bool {
 		s := r.Client.ZScore(ctx, st.Keys().Renewals(), "a.example.com").Val()
 		return s > 1e9
