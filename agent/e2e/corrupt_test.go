@@ -87,6 +87,7 @@ func TestCorruptRecordsInListShowAndStatus(t *testing.T) {
 		t.Errorf("the key of the wrong type is not named: %q", v.Reason)
 	}
 	table, _, code := s.cli(t, "list")
+	t.Logf("certagent list:\n%s", table)
 	if code != 0 || strings.Count(table, " corrupt ") != len(corruptions) || !strings.Contains(table, "PROBLEM") {
 		t.Errorf("list exited %d:\n%s", code, table)
 	}
@@ -126,6 +127,7 @@ func TestCorruptRecordsInListShowAndStatus(t *testing.T) {
 		t.Errorf("status --json: exit %d, %v: %s", code, err, out)
 	}
 	text, _, code := s.cli(t, "status")
+	t.Logf("certagent status:\n%s", text)
 	if code != 0 || !strings.Contains(text, fmt.Sprintf("%d corrupt", len(corruptions))) || !strings.Contains(text, "corrupt records") {
 		t.Errorf("status exited %d:\n%s", code, text)
 	}

@@ -131,7 +131,7 @@ func statusAction(c *cli.Context) error {
 	}
 	if len(v.CorruptRecords) > 0 {
 		// Only when there are: the agents order them again within minutes.
-		fmt.Fprintf(w, "\ncorrupt records (nginx serves the fallback; the agents order them again):\n")
+		fmt.Fprintf(w, "\ncorrupt records (the agents order them again):\n")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(tw, "  NAME\tPROBLEM\n")
 		for _, e := range v.CorruptRecords {
