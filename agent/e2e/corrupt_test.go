@@ -134,6 +134,17 @@ func TestCorruptRecordsInListShowAndStatus(t *testing.T) {
 	if strings.Contains(table+out+text, "PRIVATE KEY") {
 		t.Error("the CLI shows a private key")
 	}
+
+	// An index of the wrong type is named and left out; the list goes on.
+	failures := store.Keys{}.RenewalFailures()
+	if err := s.redis.Client.Set(context.Background(), failures, "a string", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = s.cli(t, "list", "--json")
+	if err := json.Unmarshal([]byte(out), &views); err != nil || code != 0 || len(views) != len(corruptions)+1 ||
+		!strings.Contains(errOut, failures) {
+		t.Errorf("list with %s of the wrong type: exit %d, %d entries (%v), stderr %q", failures, code, len(views), err, errOut)
+	}
 }
 
 // A corrupt record that nginx meets is recorded in the requests stream and
