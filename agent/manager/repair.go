@@ -50,7 +50,9 @@ func (r *Renewer) repair(ctx context.Context, name string, corrupt *store.Corrup
 	case err != nil:
 		return nil, "", err
 	case now.Before(failure.NextAttempt):
-		return nil, Deferred, errors.Join(corrupt, st.Reschedule(ctx, name, failure.NextAttempt))
+		waiting := fmt.Errorf("%w; its replacement waits until %s after %d failed attempts (last: %s)", corrupt,
+			failure.NextAttempt.UTC().Format(time.RFC3339), failure.Attempts, failure.LastError)
+		return nil, Deferred, errors.Join(waiting, st.Reschedule(ctx, name, failure.NextAttempt))
 	}
 	order := repairNames(name, corrupt)
 	r.cfg.Logger.Warn("stored certificate is corrupt; ordering its replacement (the fallback is served meanwhile)",
