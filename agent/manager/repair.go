@@ -74,7 +74,11 @@ func (r *Renewer) repair(ctx context.Context, name string, corrupt *store.Corrup
 	case errors.Is(err, ErrAlreadyRenewed):
 		return rec, RenewedElsewhere, nil
 	case errors.As(err, &deferred):
-		return nil, Deferred, errors.Join(err, st.Reschedule(ctx, name, deferred.Until))
+		// A rate budget is spent or the CA parked the scope: not the
+		// record's failure; come back when the budget allows.
+		r.cfg.Logger.Info("replacement of a corrupt record deferred by a rate budget", "name", name,
+			"until", deferred.Until.Format(time.RFC3339), "reason", deferred.Reason)
+		return nil, Deferred, st.Reschedule(ctx, name, deferred.Until)
 	case errors.Is(err, store.ErrLockHeld):
 		return nil, RenewedElsewhere, st.Reschedule(ctx, name, now.Add(r.cfg.RetryBase))
 	case ctx.Err() != nil:
