@@ -155,3 +155,32 @@ func TestCheckerRunStopsWithItsContext(t *testing.T) {
 		t.Fatal("Run did not return once its context ended")
 	}
 }
+
+// A replacement the rate budgets defer waits for them without counting a
+// failure; the corrupt record is replaced once they allow.
+func TestCorruptRecordReplacementWaitsForTheRateBudgets(t *testing.T) {
+	issuer := &fakeIssuer{}
+	f := newRenewFixture(t, issuer)
+	ctx := context.Background()
+	budgets, err := NewBudgets(f.m, BudgetConfig{Account: "acct", OrdersPerAccount: 1, OrdersWindow: time.Hour, CertsPerDomain: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.r = NewRenewer(RenewerConfig{Manager: f.m, Budgets: budgets, Clock: f.clock})
+	if _, err := budgets.Issue(ctx, []string{"a.example.com"}, PriorityRenewal); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.st.Client().HDel(ctx, f.st.Keys().Cert("a.example.com"), "key").Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, out, err := f.r.RenewName(ctx, "a.example.com", false)
+	if err != nil || out != Deferred || issuer.orders.Load() != 1 {
+		t.Fatalf("replacement with the order budget spent: %s, %v, %d orders", out, err, issuer.orders.Load())
+	}
+	if _, err := f.st.GetFailure(ctx, "a.example.com"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a deferral counted as a failure: %v", err)
+	}
+	if next := f.scheduled(t, "a.example.com"); !next.After(f.clock.Now()) {
+		t.Errorf("deferred replacement scheduled at %s, want after now", next)
+	}
+}
