@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -44,4 +45,17 @@ func (s *Store) DeleteToken(ctx context.Context, name, token string) error {
 		return fmt.Errorf("removing the HTTP-01 token for %s: %w", name, err)
 	}
 	return nil
+}
+
+// Token returns the key authorization nginx answers for token under name,
+// or "" when none is stored (it expired, was removed, or Redis lost it).
+func (s *Store) Token(ctx context.Context, name, token string) (string, error) {
+	keyAuth, err := s.rdb.Get(ctx, s.keys.Token(name, token)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading the HTTP-01 token for %s: %w", name, err)
+	}
+	return keyAuth, nil
 }
