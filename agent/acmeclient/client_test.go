@@ -28,6 +28,17 @@ type memTokens struct {
 	// Redis restart that missed the last writes does; lost counts them.
 	loseNext bool
 	lost     int
+	// restartedAt is when the store last "restarted" (zero: never).
+	restartedAt time.Time
+	// unavailable answers the next requests 503, as nginx does while it
+	// cannot reach Redis.
+	unavailable int
+}
+
+func (m *memTokens) RestartedSince(_ context.Context, since time.Time) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.restartedAt.After(since), nil
 }
 
 func (m *memTokens) PutToken(_ context.Context, name, token, keyAuth string) error {
@@ -66,7 +77,15 @@ func (m *memTokens) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.mu.Lock()
 	keyAuth, ok := m.tokens[host+"/"+token]
 	broken := m.broken
+	unavailable := m.unavailable > 0
+	if unavailable {
+		m.unavailable--
+	}
 	m.mu.Unlock()
+	if unavailable {
+		http.Error(w, "token store unavailable", http.StatusServiceUnavailable)
+		return
+	}
 	if !ok || broken {
 		http.NotFound(w, r)
 		return

@@ -15,19 +15,25 @@ type TokenStore interface {
 	// Token returns the key authorization stored for token under name, or
 	// "" when none is (an error only when the store cannot be read).
 	Token(ctx context.Context, name, token string) (string, error)
+	// RestartedSince tells whether the store restarted after since, so
+	// that nginx may have been unable to answer from it meanwhile.
+	RestartedSince(ctx context.Context, since time.Time) (bool, error)
 	// DeleteToken removes it.
 	DeleteToken(ctx context.Context, name, token string) error
 }
 
 // ErrAnswerLost says that a challenge answer published before the CA
-// validated was gone when the validation failed: the store lost it (a Redis
-// restart without the last writes), so the failure is not the name's.
-var ErrAnswerLost = errors.New("the challenge answer was lost from the token store")
+// validated may not have been there for the CA: when the validation failed
+// it was gone from the store, the store could not be read, or it had
+// restarted since (nginx cannot answer while Redis is down). The failure is
+// the store's, not the name's.
+var ErrAnswerLost = errors.New("the challenge answer was lost or unreadable in the token store")
 
-// answerChecker is a solver that can tell whether an answer it presented is
-// still published: the obtain flow asks it when a validation fails.
+// answerChecker is a solver that can tell whether an answer it presented at
+// since may have been missing for the CA: the obtain flow asks it when a
+// validation fails.
 type answerChecker interface {
-	Published(domain, token, keyAuth string) (bool, error)
+	AnswerLost(domain, token, keyAuth string, since time.Time) bool
 }
 
 // HTTP01Provider is a lego challenge.Provider that publishes HTTP-01 tokens
@@ -72,15 +78,18 @@ func (p *HTTP01Provider) Present(domain, token, keyAuth string) error {
 	return fmt.Errorf("confirming the HTTP-01 token for %s: written %d times, never read back", domain, presentAttempts)
 }
 
-// Published tells whether the key authorization is still stored.
-func (p *HTTP01Provider) Published(domain, token, keyAuth string) (bool, error) {
+// AnswerLost tells whether the key authorization presented at since may
+// have been missing when the CA looked: it is no longer stored, the store
+// cannot be read, or the store restarted since.
+func (p *HTTP01Provider) AnswerLost(domain, token, keyAuth string, since time.Time) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
 	stored, err := p.tokens.Token(ctx, domain, token)
-	if err != nil {
-		return false, err
+	if err != nil || stored != keyAuth {
+		return true
 	}
-	return stored == keyAuth, nil
+	restarted, err := p.tokens.RestartedSince(ctx, since)
+	return err != nil || restarted
 }
 
 // CleanUp removes the key authorization once the authorization is final.

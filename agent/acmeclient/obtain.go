@@ -14,7 +14,6 @@ import (
 
 	"github.com/go-acme/lego/v4/acme"
 	"github.com/go-acme/lego/v4/acme/api"
-	"github.com/go-acme/lego/v4/challenge"
 )
 
 // Obtain orders one certificate for names (the first is the subject) with a
@@ -208,6 +207,7 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 	if err != nil {
 		return fmt.Errorf("authorizing %s: %w", domain, err)
 	}
+	presented := time.Now()
 	if err := solver.Present(domain, chall.Token, keyAuth); err != nil {
 		return fmt.Errorf("authorizing %s: presenting the %s answer: %w", domain, challType, err)
 	}
@@ -254,21 +254,9 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 		return false, fmt.Errorf("authorizing %s: authorization is %s", domain, authz.Status)
 	})
 	if failed {
-		return answerLost(solver, domain, chall.Token, keyAuth, err)
-	}
-	return err
-}
-
-// answerLost marks err, a failed validation, with ErrAnswerLost when the
-// answer published for it is no longer in the store, or the store cannot
-// be read: what the CA found missing was lost by the store, not by the name.
-func answerLost(solver challenge.Provider, domain, token, keyAuth string, err error) error {
-	checker, ok := solver.(answerChecker)
-	if !ok {
-		return err
-	}
-	if published, checkErr := checker.Published(domain, token, keyAuth); checkErr != nil || !published {
-		return fmt.Errorf("%w: %w", ErrAnswerLost, err)
+		if checker, ok := solver.(answerChecker); ok && checker.AnswerLost(domain, chall.Token, keyAuth, presented) {
+			return fmt.Errorf("%w: %w", ErrAnswerLost, err)
+		}
 	}
 	return err
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/certagent/certagent/agent/internal/testenv"
 )
@@ -252,6 +253,23 @@ func TestObtainOrdersAgainAtOnceWhenTheAnswerWasLost(t *testing.T) {
 	s.tokens.mu.Unlock()
 	if lost != 1 {
 		t.Errorf("%d tokens lost, want the first one", lost)
+	}
+}
+
+// A validation that failed while the store was restarting (the token kept,
+// but nginx could not read it: 503) is ordered again at once too.
+func TestObtainOrdersAgainAtOnceWhenTheStoreRestarted(t *testing.T) {
+	s := startResumeSetup(t)
+	names := []string{"store-restarted.example.test"}
+	s.tokens.mu.Lock()
+	s.tokens.unavailable = 1
+	s.tokens.restartedAt = time.Now().Add(time.Hour) // after any presentation
+	s.tokens.mu.Unlock()
+	if _, err := s.first.ObtainWith(context.Background(), names, OrderOptions{Journal: &memJournal{}}); err != nil {
+		t.Fatalf("the order after the store restarted: %v", err)
+	}
+	if got := s.newOrders(names[0]); got != 2 {
+		t.Errorf("%d orders at the CA, want 2 (the failed one and one at once)", got)
 	}
 }
 
