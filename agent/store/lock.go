@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -79,6 +80,12 @@ type Lock struct {
 	fence int64
 	ttl   time.Duration
 	taken time.Time // when the request that took the lease was sent
+
+	// mu is held by an extension and by Release: an extension still in
+	// flight when the holder lets go would otherwise take the released
+	// lease back for another ttl.
+	mu       sync.Mutex
+	released bool
 }
 
 // AcquireLock takes the lease on name for ttl, or returns ErrLockHeld. The
@@ -141,11 +148,20 @@ func (l *Lock) Fence() int64 { return l.fence }
 // that ran out or that Redis lost is taken back when no other agent took the
 // name since.
 func (l *Lock) Extend(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.released {
+		return fmt.Errorf("extending the lock on %s: released: %w", l.name, ErrLockLost)
+	}
 	return l.store.extend(ctx, l.name, l.owner, l.fence, l.ttl)
 }
 
-// Release gives the lease up if the caller still holds it.
+// Release gives the lease up if the caller still holds it. It waits for an
+// extension in flight, and no extension follows it.
 func (l *Lock) Release(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.released = true
 	return l.store.release(ctx, l.name, l.owner)
 }
 

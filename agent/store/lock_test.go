@@ -299,3 +299,24 @@ func TestKeepAliveStopsWhenAnotherAgentTookTheName(t *testing.T) {
 		t.Error("the old holder took the lease back")
 	}
 }
+
+// A released lease stays released: an extension after the release (one that
+// was about to be sent) does not take it back, although the fence is still
+// the holder's.
+func TestExtendAfterReleaseDoesNotTakeTheLeaseBack(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	lock, err := st.AcquireLock(ctx, "a.example.com", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lock.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := lock.Extend(ctx); !errors.Is(err, ErrLockLost) {
+		t.Errorf("extending a released lease: %v, want ErrLockLost", err)
+	}
+	if n := r.Client.Exists(ctx, st.keys.Lock("a.example.com")).Val(); n != 0 {
+		t.Error("the released lease was taken back")
+	}
+}
