@@ -24,7 +24,8 @@ func (c *Client) Obtain(ctx context.Context, names []string) (*Certificate, erro
 }
 
 // ObtainWith is Obtain with per-order options: the certificate it replaces
-// (ARI) and a profile other than the configured one.
+// (ARI), a profile other than the configured one, and the journal that lets
+// the next attempt resume the order.
 func (c *Client) ObtainWith(ctx context.Context, names []string, opts OrderOptions) (*Certificate, error) {
 	if len(names) == 0 {
 		return nil, errors.New("obtaining a certificate: no names")
@@ -38,8 +39,9 @@ func (c *Client) ObtainWith(ctx context.Context, names []string, opts OrderOptio
 
 // obtain runs the order for names, resuming the one opts.Journal recorded
 // when there is one. An order whose validation failed because the token
-// store lost the answer is followed at once by a new one: the name is not at
-// fault, and the failed order is invalid now.
+// store lost the answer or could not serve it (ErrAnswerLost) is followed at
+// once by a new one: the name is not at fault, and the failed order is
+// invalid now. A second such failure is returned, wrapping ErrAnswerLost.
 func (c *Client) obtain(ctx context.Context, names []string, opts OrderOptions) (*Certificate, error) {
 	cert, err := c.runOrder(ctx, names, opts)
 	if errors.Is(err, ErrAnswerLost) && ctx.Err() == nil {
