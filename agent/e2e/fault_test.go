@@ -108,9 +108,10 @@ func TestKilledAgentsLoseNothing(t *testing.T) {
 // that were pending survive in Redis and are all handled, and nginx serves the
 // certificates it had cached while Redis is away. An order whose lease or
 // write Redis cut is left pending and taken up again; one whose challenge the
-// CA checked while nginx could not read the token (nginx answers 503) failed
-// at the CA, and its name is ordered again when traffic brings it back, which
-// goes on here as it does in production.
+// CA checked while nginx could not read the token (nginx answers 503), or
+// whose token the restart lost, is ordered again at once by its agent (Redis
+// started after the token was written). Traffic goes on here as it does in
+// production, for a name whose second order fails too.
 func TestRedisRestartMidRunLosesNothing(t *testing.T) {
 	s := startFaultStack(t, faultOptions{
 		pebbleEnv:  map[string]string{"PEBBLE_VA_NOSLEEP": "0", "PEBBLE_VA_SLEEPTIME": "2"},
