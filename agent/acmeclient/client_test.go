@@ -23,17 +23,42 @@ type memTokens struct {
 	mu     sync.Mutex
 	tokens map[string]string
 	puts   int
-	broken bool // publish nothing
+	broken bool // answer nothing over HTTP, as an nginx that cannot read them
+	// loseNext drops the next token once it has been read back, as a
+	// Redis restart that missed the last writes does; lost counts them.
+	loseNext bool
+	lost     int
+	// restartedAt is when the store last "restarted" (zero: never).
+	restartedAt time.Time
+	// unavailable answers the next requests 503, as nginx does while it
+	// cannot reach Redis.
+	unavailable int
+}
+
+func (m *memTokens) RestartedSince(_ context.Context, since time.Time) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.restartedAt.After(since), nil
 }
 
 func (m *memTokens) PutToken(_ context.Context, name, token, keyAuth string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.puts++
-	if !m.broken {
-		m.tokens[name+"/"+token] = keyAuth
-	}
+	m.tokens[name+"/"+token] = keyAuth
 	return nil
+}
+
+func (m *memTokens) Token(_ context.Context, name, token string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	keyAuth := m.tokens[name+"/"+token]
+	if m.loseNext && keyAuth != "" {
+		m.loseNext = false
+		m.lost++
+		delete(m.tokens, name+"/"+token)
+	}
+	return keyAuth, nil
 }
 
 func (m *memTokens) DeleteToken(_ context.Context, name, token string) error {
@@ -51,8 +76,17 @@ func (m *memTokens) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	token := strings.TrimPrefix(r.URL.Path, "/.well-known/acme-challenge/")
 	m.mu.Lock()
 	keyAuth, ok := m.tokens[host+"/"+token]
+	broken := m.broken
+	unavailable := m.unavailable > 0
+	if unavailable {
+		m.unavailable--
+	}
 	m.mu.Unlock()
-	if !ok {
+	if unavailable {
+		http.Error(w, "token store unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	if !ok || broken {
 		http.NotFound(w, r)
 		return
 	}

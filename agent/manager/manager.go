@@ -242,7 +242,7 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	var issuer Issuer
 	var errs []error
 	for _, candidate := range m.issuers() {
-		opts := acmeclient.OrderOptions{}
+		opts := acmeclient.OrderOptions{Journal: leaseJournal{lock: lock, log: m.cfg.Logger, name: primary}}
 		if renewing != nil && renewing.CA == candidate.DirectoryURL() {
 			opts.Replaces = replaces
 		}

@@ -143,6 +143,10 @@ func (s *Store) putCert(ctx context.Context, rec *CertRecord, lock *Lock) error 
 	}
 	write := func(p redis.Pipeliner) error {
 		s.queueCertWrite(ctx, p, rec)
+		if lock != nil {
+			// The order that produced rec under the lease is done.
+			p.Del(ctx, s.keys.Order(lock.name))
+		}
 		return nil
 	}
 	var err error

@@ -74,6 +74,10 @@ func (k Keys) RenewalFailures() string { return k.prefix() + "renewal-failures" 
 // Lock is the lease that makes one agent at a time order a certificate for name.
 func (k Keys) Lock(name string) string { return k.prefix() + "lock:" + name }
 
+// Order is the ACME order running for name under its lease, so that the
+// agent taking the name over after a crash resumes it.
+func (k Keys) Order(name string) string { return k.prefix() + "order:" + name }
+
 // Fence is the fencing counter of name: every lease taken on Lock(name)
 // draws the next value, and a certificate write carrying an older value is
 // refused.
