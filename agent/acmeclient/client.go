@@ -21,7 +21,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-acme/lego/v4/acme"
 	"github.com/go-acme/lego/v4/acme/api"
 	"github.com/go-acme/lego/v4/challenge"
 )
@@ -72,6 +71,9 @@ type Config struct {
 	// DNSResolver ("host:port") is asked whether a published TXT record is
 	// visible before the CA validates it. Default: the system resolver.
 	DNSResolver string
+	// AccountChanged, when set, is told when a Lazy client has replaced an
+	// account the CA lost (see AccountChange). Default: none.
+	AccountChanged func(AccountChange)
 }
 
 // AccountStore keeps the ACME account shared by every agent of the fleet.
@@ -81,6 +83,15 @@ type AccountStore interface {
 	ClaimAccountKey(ctx context.Context, directory, email, keyPEM string) (keyPEMStored, uri string, err error)
 	// SetAccountURI records the account URL after registration.
 	SetAccountURI(ctx context.Context, directory, email, uri string) error
+	// LoadAccount returns the stored key and URL (empty when none).
+	LoadAccount(ctx context.Context, directory, email string) (keyPEM, uri string, err error)
+	// ReplaceAccount stores the key and URL of the account registered again
+	// after the CA lost the stored one, in one write.
+	ReplaceAccount(ctx context.Context, directory, email, keyPEM, uri string) error
+	// LockAccount takes the fleet-wide lock on registering the account
+	// again, waiting while another agent holds it, until ctx ends. It
+	// expires after ttl if its holder dies.
+	LockAccount(ctx context.Context, directory, email string, ttl time.Duration) (unlock func(), err error)
 }
 
 // Client orders certificates from one CA with one account.
@@ -90,6 +101,9 @@ type Client struct {
 	solver challenge.Provider
 
 	accountURI string
+	// keyPEM is the account key as stored, to tell whether the stored
+	// account is still the one this client uses. Never logged.
+	keyPEM string
 	// rateLimits remembers the Retry-After of the CA's latest 429 answer.
 	rateLimits *rateLimitTracker
 }
@@ -110,38 +124,10 @@ type Certificate struct {
 // New loads or registers the account for cfg and returns a client that
 // answers HTTP-01 challenges with solver.
 func New(ctx context.Context, cfg Config, accounts AccountStore, solver challenge.Provider) (*Client, error) {
-	if cfg.DirectoryURL == "" {
-		cfg.DirectoryURL = LetsEncryptProduction
-	}
-	if cfg.KeyType == "" {
-		cfg.KeyType = "ec256"
-	}
-	if _, err := generateKey(cfg.KeyType); err != nil {
+	cfg, rateLimits, err := cfg.withDefaults()
+	if err != nil {
 		return nil, err
 	}
-	if cfg.UserAgent == "" {
-		cfg.UserAgent = "certagent"
-	}
-	if cfg.FirstPoll <= 0 {
-		cfg.FirstPoll = 25 * time.Millisecond
-	}
-	if cfg.MaxPoll <= 0 {
-		cfg.MaxPoll = time.Second
-	}
-	if cfg.HTTPClient == nil {
-		client, err := httpClient(cfg.CARootFiles)
-		if err != nil {
-			return nil, err
-		}
-		cfg.HTTPClient = client
-	}
-	// Rate-limit answers carry their Retry-After only in a header.
-	var rateLimits *rateLimitTracker
-	if cfg.ObserveRequest != nil {
-		cfg.HTTPClient = observeRequests(cfg.HTTPClient, cfg.ObserveRequest)
-	}
-	cfg.HTTPClient, rateLimits = trackRateLimits(cfg.HTTPClient)
-
 	accountKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generating an ACME account key: %w", err)
@@ -160,38 +146,75 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		return nil, fmt.Errorf("the stored ACME account key is unusable: %w", err)
 	}
 
-	core, err := withContext(ctx, func() (*api.Core, error) {
-		return api.New(cfg.HTTPClient, cfg.UserAgent, cfg.DirectoryURL, uri, key)
-	})
+	core, err := newCore(ctx, cfg, uri, key)
 	if err != nil {
-		return nil, fmt.Errorf("reading the ACME directory %s: %w", cfg.DirectoryURL, err)
+		return nil, err
 	}
 	if uri == "" {
-		var contact []string
-		if cfg.Email != "" {
-			contact = []string{"mailto:" + cfg.Email}
-		}
 		// Registering an existing key returns the existing account, so two
 		// agents racing here end up with the same account URL.
-		req := acme.Account{TermsOfServiceAgreed: true, Contact: contact}
-		if (cfg.EABKeyID == "") != (cfg.EABHMAC == "") {
-			return nil, errors.New("external account binding needs both the key id and the HMAC key")
-		}
-		account, err := withContext(ctx, func() (acme.ExtendedAccount, error) {
-			if cfg.EABKeyID != "" {
-				return core.Accounts.NewEAB(req, cfg.EABKeyID, cfg.EABHMAC)
-			}
-			return core.Accounts.New(req)
-		})
+		account, err := registerAccount(ctx, core, cfg)
 		if err != nil {
-			return nil, fmt.Errorf("registering the ACME account at %s: %w", cfg.DirectoryURL, err)
+			return nil, err
 		}
 		if err := accounts.SetAccountURI(ctx, cfg.DirectoryURL, cfg.Email, account.Location); err != nil {
 			return nil, err
 		}
 		uri = account.Location
 	}
-	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, rateLimits: rateLimits}, nil
+	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, keyPEM: storedPEM, rateLimits: rateLimits}, nil
+}
+
+// withDefaults fills in cfg's defaults and wraps its HTTP client with the
+// request observer and the tracker of rate-limit answers.
+func (cfg Config) withDefaults() (Config, *rateLimitTracker, error) {
+	if cfg.DirectoryURL == "" {
+		cfg.DirectoryURL = LetsEncryptProduction
+	}
+	if cfg.KeyType == "" {
+		cfg.KeyType = "ec256"
+	}
+	if _, err := generateKey(cfg.KeyType); err != nil {
+		return cfg, nil, err
+	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "certagent"
+	}
+	if cfg.FirstPoll <= 0 {
+		cfg.FirstPoll = 25 * time.Millisecond
+	}
+	if cfg.MaxPoll <= 0 {
+		cfg.MaxPoll = time.Second
+	}
+	if (cfg.EABKeyID == "") != (cfg.EABHMAC == "") {
+		return cfg, nil, errors.New("external account binding needs both the key id and the HMAC key")
+	}
+	if cfg.HTTPClient == nil {
+		client, err := httpClient(cfg.CARootFiles)
+		if err != nil {
+			return cfg, nil, err
+		}
+		cfg.HTTPClient = client
+	}
+	// Rate-limit answers carry their Retry-After only in a header.
+	var rateLimits *rateLimitTracker
+	if cfg.ObserveRequest != nil {
+		cfg.HTTPClient = observeRequests(cfg.HTTPClient, cfg.ObserveRequest)
+	}
+	cfg.HTTPClient, rateLimits = trackRateLimits(cfg.HTTPClient)
+	return cfg, rateLimits, nil
+}
+
+// newCore reads the CA's directory and returns lego's protocol layer signing
+// with key as the account uri (empty before registration).
+func newCore(ctx context.Context, cfg Config, uri string, key crypto.Signer) (*api.Core, error) {
+	core, err := withContext(ctx, func() (*api.Core, error) {
+		return api.New(cfg.HTTPClient, cfg.UserAgent, cfg.DirectoryURL, uri, key)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the ACME directory %s: %w", cfg.DirectoryURL, err)
+	}
+	return core, nil
 }
 
 // AccountURI returns the URL of the ACME account this client uses.

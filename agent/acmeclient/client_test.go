@@ -61,11 +61,14 @@ func (m *memTokens) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // memAccounts is an AccountStore in memory.
 type memAccounts struct {
+	mu       sync.Mutex
 	key, uri string
 	sets     int
 }
 
 func (m *memAccounts) ClaimAccountKey(_ context.Context, _, _, keyPEM string) (string, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.key == "" {
 		m.key = keyPEM
 	}
@@ -73,9 +76,30 @@ func (m *memAccounts) ClaimAccountKey(_ context.Context, _, _, keyPEM string) (s
 }
 
 func (m *memAccounts) SetAccountURI(_ context.Context, _, _, uri string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.uri = uri
 	m.sets++
 	return nil
+}
+
+func (m *memAccounts) LoadAccount(context.Context, string, string) (string, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.key, m.uri, nil
+}
+
+func (m *memAccounts) ReplaceAccount(_ context.Context, _, _, keyPEM, uri string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.key, m.uri = keyPEM, uri
+	m.sets++
+	return nil
+}
+
+// LockAccount needs no lock: the tests that use memAccounts run one client.
+func (m *memAccounts) LockAccount(context.Context, string, string, time.Duration) (func(), error) {
+	return func() {}, nil
 }
 
 func startCA(t *testing.T) (*testenv.Pebble, *memTokens) {
