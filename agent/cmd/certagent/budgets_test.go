@@ -29,7 +29,7 @@ func budgetConfigOf(t *testing.T, args ...string) (manager.BudgetConfig, error) 
 
 func TestBudgetsFollowTheCA(t *testing.T) {
 	for _, c := range []struct {
-		args                   []string
+		args                  []string
 		orders, certs, failed int
 	}{
 		// Let's Encrypt's limits at its directories, by preset or URL.
