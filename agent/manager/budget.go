@@ -310,7 +310,8 @@ func (b *Budgets) rateLimited(err error) (*acmeclient.RateLimit, bool) {
 // failed-validation limit counts) from other failures.
 func failedValidation(err error) bool {
 	var problem *acme.ProblemDetails
-	if !errors.As(err, &problem) {
+	if !errors.As(err, &problem) || acmeclient.AccountLost(err) {
+		// An account the CA refuses is unauthorized too, and no name's fault.
 		return false
 	}
 	switch problem.Type {
