@@ -106,14 +106,9 @@ func TestLazyRegistersAgainAfterTheCARestarts(t *testing.T) {
 // An account the CA holds but no longer takes (deactivated) is replaced by
 // one under a new key; LookupAccount tells a key the CA does not know.
 func TestRegisterAgainReplacesAKeyTheCARefuses(t *testing.T) {
-	pebble, tokens := startCA(t)
+	p := startPebbleClient(t)
+	pebble, accounts, cfg, client := p.pebble, p.accounts, p.cfg, p.client
 	ctx := context.Background()
-	accounts := &memAccounts{}
-	cfg := Config{DirectoryURL: pebble.DirectoryURL, Email: "ops@example.test", CARootFiles: []string{pebble.CARootsFile}}
-	client, err := New(ctx, cfg, accounts, NewHTTP01Provider(tokens, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
 	status, err := LookupAccount(ctx, cfg, accounts.key)
 	if err != nil || status.URI != client.AccountURI() || status.Status != acme.StatusValid {
 		t.Fatalf("LookupAccount of the registered key: %+v %v", status, err)

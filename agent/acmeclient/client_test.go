@@ -122,15 +122,32 @@ func startCAWith(t *testing.T, opts testenv.PebbleOptions) (*testenv.Pebble, *me
 	return testenv.StartPebble(t, opts), tokens
 }
 
-func TestObtainAgainstPebble(t *testing.T) {
+// pebbleClient is a Client of a Pebble started for the test, with its
+// account in memory.
+type pebbleClient struct {
+	pebble   *testenv.Pebble
+	tokens   *memTokens
+	accounts *memAccounts
+	cfg      Config
+	client   *Client
+}
+
+func startPebbleClient(t *testing.T) pebbleClient {
+	t.Helper()
 	pebble, tokens := startCA(t)
-	ctx := context.Background()
-	accounts := &memAccounts{}
-	cfg := Config{DirectoryURL: pebble.DirectoryURL, Email: "ops@example.test", CARootFiles: []string{pebble.CARootsFile}}
-	client, err := New(ctx, cfg, accounts, NewHTTP01Provider(tokens, 0))
-	if err != nil {
+	p := pebbleClient{pebble: pebble, tokens: tokens, accounts: &memAccounts{},
+		cfg: Config{DirectoryURL: pebble.DirectoryURL, Email: "ops@example.test", CARootFiles: []string{pebble.CARootsFile}}}
+	var err error
+	if p.client, err = New(context.Background(), p.cfg, p.accounts, NewHTTP01Provider(tokens, 0)); err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+func TestObtainAgainstPebble(t *testing.T) {
+	p := startPebbleClient(t)
+	pebble, tokens, accounts, cfg, client := p.pebble, p.tokens, p.accounts, p.cfg, p.client
+	ctx := context.Background()
 	if accounts.uri == "" || accounts.sets != 1 {
 		t.Fatalf("account not registered: %+v", accounts)
 	}
