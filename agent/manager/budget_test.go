@@ -115,3 +115,32 @@ func TestBudgetsGiveBackTheSlotOfAnOrderWithoutACertificate(t *testing.T) {
 	close(cut)
 	<-done
 }
+
+// Against Pebble: an order whose validation fails gives its certificate slot
+// back, so the next name under the domain is issued within a budget of one.
+func TestFailedOrderGivesItsSlotBackAtPebble(t *testing.T) {
+	s := startCAStack(t)
+	m := s.manager(t, s.pebble.DirectoryURL, s.pebble.CARootsFile)
+	b, err := NewBudgets(m, BudgetConfig{Account: "acct", CertsPerDomain: 1, RenewalShare: 0.01})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Nothing answers HTTP-01 on 127.0.0.2: the validation fails.
+	const broken = "broken.slot.test"
+	s.pebble.SetDNS(t, "/add-a", map[string]any{"host": broken + ".", "addresses": []string{"127.0.0.2"}})
+	ctx := context.Background()
+	_, err = b.Issue(ctx, []string{broken}, PriorityRenewal)
+	var deferred *DeferredError
+	if err == nil || errors.As(err, &deferred) {
+		t.Fatalf("order with a failing validation: %v, want the CA's refusal", err)
+	}
+	if _, err := b.Issue(ctx, []string{"good.slot.test"}, PriorityRenewal); err != nil {
+		t.Fatalf("the failed order kept the only slot of slot.test: %v", err)
+	}
+	if _, err := b.Issue(ctx, []string{"other.slot.test"}, PriorityRenewal); !errors.As(err, &deferred) {
+		t.Errorf("a second certificate within a budget of one: %v, want deferred", err)
+	}
+	if n := s.pebble.OrdersCreated(t); n != 2 {
+		t.Errorf("%d orders at Pebble, want 2", n)
+	}
+}

@@ -55,12 +55,18 @@ if n < usable then
   end
   return {1}
 end
+local free = now + window
 local idx = n - usable
 local oldest = redis.call("ZRANGE", KEYS[1], idx, idx, "WITHSCORES")
 if oldest[2] then
-  return {0, tonumber(oldest[2]) + window}
+  free = tonumber(oldest[2]) + window
 end
-return {0, now + window}
+-- A held slot may come back sooner: its order runs out of time.
+local held = redis.call("ZRANGE", KEYS[2], 0, 0, "WITHSCORES")
+if held[2] and tonumber(held[2]) < free then
+  free = tonumber(held[2])
+end
+return {0, free}
 `)
 
 // TakeBudget counts one event (member, unique per event) against b at now

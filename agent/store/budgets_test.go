@@ -28,8 +28,12 @@ func TestHeldBudgetSlotsComeBack(t *testing.T) {
 	if err := st.ConfirmBudget(ctx, b, "confirmed", now); err != nil {
 		t.Fatal(err)
 	}
-	if take(now.Add(time.Minute), "third") {
-		t.Fatal("a third slot within the hold: the killed order's slot came back too early")
+	ok, free, err := st.TakeBudget(ctx, b, now.Add(time.Minute), 0, "third", true)
+	if err != nil || ok {
+		t.Fatalf("a third slot within the hold (%v): the killed order's slot came back too early", err)
+	}
+	if !free.Equal(time.UnixMilli(now.Add(b.Hold).UnixMilli())) {
+		t.Errorf("a slot frees at %s, want when the killed order's hold ends (%s), not after the window", free, now.Add(b.Hold))
 	}
 	// Past the hold, the killed order's slot is free; the confirmed one is not.
 	later := now.Add(11 * time.Minute)
