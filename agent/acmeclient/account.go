@@ -118,7 +118,7 @@ func findAccount(ctx context.Context, core *api.Core, directory string) (acme.Ex
 // keyPEM, creating nothing. It returns an error wrapping ErrNoAccount when the
 // CA knows none.
 func LookupAccount(ctx context.Context, cfg Config, keyPEM string) (*AccountStatus, error) {
-	cfg, _, err := cfg.withDefaults()
+	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}

@@ -104,8 +104,6 @@ type Client struct {
 	// keyPEM is the account key as stored, to tell whether the stored
 	// account is still the one this client uses. Never logged.
 	keyPEM string
-	// rateLimits remembers the Retry-After of the CA's latest 429 answer.
-	rateLimits *rateLimitTracker
 }
 
 // Certificate is an issued certificate with its new private key.
@@ -124,7 +122,7 @@ type Certificate struct {
 // New loads or registers the account for cfg and returns a client that
 // answers HTTP-01 challenges with solver.
 func New(ctx context.Context, cfg Config, accounts AccountStore, solver challenge.Provider) (*Client, error) {
-	cfg, rateLimits, err := cfg.withDefaults()
+	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
@@ -162,12 +160,12 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		}
 		uri = account.Location
 	}
-	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, keyPEM: storedPEM, rateLimits: rateLimits}, nil
+	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, keyPEM: storedPEM}, nil
 }
 
 // withDefaults fills in cfg's defaults and wraps its HTTP client with the
-// request observer and the tracker of rate-limit answers.
-func (cfg Config) withDefaults() (Config, *rateLimitTracker, error) {
+// request observer.
+func (cfg Config) withDefaults() (Config, error) {
 	if cfg.DirectoryURL == "" {
 		cfg.DirectoryURL = LetsEncryptProduction
 	}
@@ -175,7 +173,7 @@ func (cfg Config) withDefaults() (Config, *rateLimitTracker, error) {
 		cfg.KeyType = "ec256"
 	}
 	if _, err := generateKey(cfg.KeyType); err != nil {
-		return cfg, nil, err
+		return cfg, err
 	}
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "certagent"
@@ -187,29 +185,30 @@ func (cfg Config) withDefaults() (Config, *rateLimitTracker, error) {
 		cfg.MaxPoll = time.Second
 	}
 	if (cfg.EABKeyID == "") != (cfg.EABHMAC == "") {
-		return cfg, nil, errors.New("external account binding needs both the key id and the HMAC key")
+		return cfg, errors.New("external account binding needs both the key id and the HMAC key")
 	}
 	if cfg.HTTPClient == nil {
 		client, err := httpClient(cfg.CARootFiles)
 		if err != nil {
-			return cfg, nil, err
+			return cfg, err
 		}
 		cfg.HTTPClient = client
 	}
-	// Rate-limit answers carry their Retry-After only in a header.
-	var rateLimits *rateLimitTracker
 	if cfg.ObserveRequest != nil {
 		cfg.HTTPClient = observeRequests(cfg.HTTPClient, cfg.ObserveRequest)
 	}
-	cfg.HTTPClient, rateLimits = trackRateLimits(cfg.HTTPClient)
-	return cfg, rateLimits, nil
+	return cfg, nil
 }
 
 // newCore reads the CA's directory and returns lego's protocol layer signing
 // with key as the account uri (empty before registration).
 func newCore(ctx context.Context, cfg Config, uri string, key crypto.Signer) (*api.Core, error) {
+	// lego wraps the transport of the client it is given: a copy keeps the
+	// caller's client (a Lazy's retries, the other cores of one account)
+	// from being wrapped again, or changed under requests in flight.
+	own := *cfg.HTTPClient
 	core, err := withContext(ctx, func() (*api.Core, error) {
-		return api.New(cfg.HTTPClient, cfg.UserAgent, cfg.DirectoryURL, uri, key)
+		return api.New(&own, cfg.UserAgent, cfg.DirectoryURL, uri, key)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("reading the ACME directory %s: %w", cfg.DirectoryURL, err)

@@ -221,16 +221,8 @@ func (l *Lazy) recoverAccount(ctx context.Context, lost *Client, cause error) er
 	return nil
 }
 
-// RateLimited is Client.RateLimited (a CA never reached sent no Retry-After).
-func (l *Lazy) RateLimited(err error) (*RateLimit, bool) {
-	l.mu.Lock()
-	c := l.client
-	l.mu.Unlock()
-	if c == nil {
-		c = &Client{}
-	}
-	return c.RateLimited(err)
-}
+// RateLimited is RateLimitOf, as Client.RateLimited.
+func (l *Lazy) RateLimited(err error) (*RateLimit, bool) { return RateLimitOf(err) }
 
 func first(names []string) string {
 	if len(names) == 0 {

@@ -31,9 +31,10 @@ type NginxOptions struct {
 	// HTTPServerExtra is inserted into the plain HTTP server block (tests add
 	// locations that call certagent modules directly).
 	HTTPServerExtra string
-	// LuaConfig replaces values in the configuration table of the shipped
-	// nginx/certagent-http.conf (field name to Lua expression), e.g.
-	// {"lru_size": "3"}. A field the snippet does not show fails the test.
+	// LuaConfig gives the init() call of the shipped
+	// nginx/certagent-http.conf a configuration table (field name to Lua
+	// expression), e.g. {"lru_size": "3"}; its fields win over the
+	// CERTAGENT_* variables. An unknown field makes nginx refuse to start.
 	LuaConfig map[string]string
 	// SharedDicts replaces the sizes of the snippet's lua_shared_dict lines
 	// (dict name to size, e.g. {"certagent_certs": "64k"}).
@@ -61,12 +62,17 @@ func httpSnippet(t testing.TB, dir string, opts NginxOptions) string {
 		t.Fatal(err)
 	}
 	conf := string(data)
-	for field, value := range opts.LuaConfig {
-		re := regexp.MustCompile(`(?m)^(\s*` + regexp.QuoteMeta(field) + ` = ).*?,(\s*--.*)?$`)
-		if !re.MatchString(conf) {
-			t.Fatalf("nginx/certagent-http.conf does not show the field %s", field)
+	if len(opts.LuaConfig) > 0 {
+		const call = `require("certagent").init()`
+		if strings.Count(conf, call) != 1 {
+			t.Fatalf("nginx/certagent-http.conf does not call %s once", call)
 		}
-		conf = re.ReplaceAllLiteralString(conf, "        "+field+" = "+value+",")
+		fields := make([]string, 0, len(opts.LuaConfig))
+		for field, value := range opts.LuaConfig {
+			fields = append(fields, field+" = "+value)
+		}
+		sort.Strings(fields)
+		conf = strings.Replace(conf, call, `require("certagent").init({ `+strings.Join(fields, ", ")+` })`, 1)
 	}
 	for dict, size := range opts.SharedDicts {
 		re := regexp.MustCompile(`(?m)^lua_shared_dict ` + regexp.QuoteMeta(dict) + ` \S+;$`)
@@ -179,6 +185,9 @@ http {
     scgi_temp_path %[3]s/tmp/scgi;
 
     lua_package_path "%[6]s";
+    # Debian's nginx 1.22 offers TLS 1.3 only when it is named; the snippets
+    # leave the protocols to the installation.
+    ssl_protocols TLSv1.2 TLSv1.3;
     include %[7]s;
 
     server {
