@@ -136,3 +136,58 @@ func TestRegisterAgainReplacesAKeyTheCARefuses(t *testing.T) {
 		t.Errorf("LookupAccount created %d accounts", n)
 	}
 }
+
+// Two agents sharing one stored account, at a CA that lost its accounts but
+// gives the key its old URL again when it is registered again (the CA
+// proxy's reset): one registration for both, and both agents' orders go
+// through.
+func TestTwoAgentsRegisterAgainOnceWhenTheCAKeepsTheURL(t *testing.T) {
+	s := startStrictCA(t)
+	ctx := context.Background()
+	if _, err := s.client.Obtain(ctx, []string{"before.example.test"}); err != nil {
+		t.Fatal(err)
+	}
+	oldURI := s.accounts.uri
+	var mu sync.Mutex
+	var changes []AccountChange
+	cfg := Config{DirectoryURL: s.proxy.DirectoryURL, CARootFiles: []string{s.proxy.CARootsFile},
+		AccountChanged: func(ch AccountChange) { mu.Lock(); changes = append(changes, ch); mu.Unlock() }}
+	agents := []*Lazy{NewLazy(cfg, s.accounts, NewHTTP01Provider(s.tokens, 0)), NewLazy(cfg, s.accounts, NewHTTP01Provider(s.tokens, 0))}
+	for _, a := range agents {
+		if err := a.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	s.proxy.ResetAccounts()
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = agents[i%2].Obtain(ctx, []string{fmt.Sprintf("after%d.example.test", i)})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("order %d after the reset: %v", i, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	registered := 0
+	for _, ch := range changes {
+		if ch.Registered {
+			registered++
+		}
+	}
+	if registered != 1 || len(changes) != 2 || s.accounts.generation != 1 {
+		t.Errorf("%d registrations, %d account changes, generation %d: want 1 registration, seen by both agents, generation 1: %+v",
+			registered, len(changes), s.accounts.generation, changes)
+	}
+	if s.accounts.uri != oldURI {
+		t.Errorf("stored URL %s, want the CA's old one %s", s.accounts.uri, oldURI)
+	}
+}

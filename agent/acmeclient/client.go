@@ -83,10 +83,12 @@ type AccountStore interface {
 	ClaimAccountKey(ctx context.Context, directory, email, keyPEM string) (keyPEMStored, uri string, err error)
 	// SetAccountURI records the account URL after registration.
 	SetAccountURI(ctx context.Context, directory, email, uri string) error
-	// LoadAccount returns the stored key and URL (empty when none).
-	LoadAccount(ctx context.Context, directory, email string) (keyPEM, uri string, err error)
+	// LoadAccount returns the stored key and URL (empty when none) and the
+	// account's generation, in one read.
+	LoadAccount(ctx context.Context, directory, email string) (keyPEM, uri string, generation int64, err error)
 	// ReplaceAccount stores the key and URL of the account registered again
-	// after the CA lost the stored one, in one write.
+	// after the CA lost the stored one, and counts one more generation, in
+	// one write.
 	ReplaceAccount(ctx context.Context, directory, email, keyPEM, uri string) error
 	// LockAccount takes the fleet-wide lock on registering the account
 	// again, waiting while another agent holds it, until ctx ends. It
@@ -101,9 +103,11 @@ type Client struct {
 	solver challenge.Provider
 
 	accountURI string
-	// keyPEM is the account key as stored, to tell whether the stored
-	// account is still the one this client uses. Never logged.
+	// keyPEM is the account key as stored. Never logged.
 	keyPEM string
+	// generation is the stored account's generation when this client was
+	// made: a greater one means another agent registered the account again.
+	generation int64
 }
 
 // Certificate is an issued certificate with its new private key.
@@ -134,8 +138,13 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 	if err != nil {
 		return nil, fmt.Errorf("encoding the ACME account key: %w", err)
 	}
-	storedPEM, uri, err := accounts.ClaimAccountKey(ctx, cfg.DirectoryURL, cfg.Email,
-		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})))
+	if _, _, err := accounts.ClaimAccountKey(ctx, cfg.DirectoryURL, cfg.Email,
+		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))); err != nil {
+		return nil, err
+	}
+	// Key, URL and generation in one read: an account registered again
+	// meanwhile is read whole.
+	storedPEM, uri, generation, err := accounts.LoadAccount(ctx, cfg.DirectoryURL, cfg.Email)
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +169,7 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		}
 		uri = account.Location
 	}
-	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, keyPEM: storedPEM}, nil
+	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, keyPEM: storedPEM, generation: generation}, nil
 }
 
 // withDefaults fills in cfg's defaults and wraps its HTTP client with the

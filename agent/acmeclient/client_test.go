@@ -61,9 +61,11 @@ func (m *memTokens) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // memAccounts is an AccountStore in memory.
 type memAccounts struct {
-	mu       sync.Mutex
-	key, uri string
-	sets     int
+	mu         sync.Mutex
+	key, uri   string
+	sets       int
+	generation int64
+	lock       chan struct{}
 }
 
 func (m *memAccounts) ClaimAccountKey(_ context.Context, _, _, keyPEM string) (string, string, error) {
@@ -83,10 +85,10 @@ func (m *memAccounts) SetAccountURI(_ context.Context, _, _, uri string) error {
 	return nil
 }
 
-func (m *memAccounts) LoadAccount(context.Context, string, string) (string, string, error) {
+func (m *memAccounts) LoadAccount(context.Context, string, string) (string, string, int64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.key, m.uri, nil
+	return m.key, m.uri, m.generation, nil
 }
 
 func (m *memAccounts) ReplaceAccount(_ context.Context, _, _, keyPEM, uri string) error {
@@ -94,12 +96,24 @@ func (m *memAccounts) ReplaceAccount(_ context.Context, _, _, keyPEM, uri string
 	defer m.mu.Unlock()
 	m.key, m.uri = keyPEM, uri
 	m.sets++
+	m.generation++
 	return nil
 }
 
-// LockAccount needs no lock: the tests that use memAccounts run one client.
-func (m *memAccounts) LockAccount(context.Context, string, string, time.Duration) (func(), error) {
-	return func() {}, nil
+// LockAccount is a lock in memory: the agents of a test share memAccounts.
+func (m *memAccounts) LockAccount(ctx context.Context, _, _ string, _ time.Duration) (func(), error) {
+	m.mu.Lock()
+	if m.lock == nil {
+		m.lock = make(chan struct{}, 1)
+	}
+	lock := m.lock
+	m.mu.Unlock()
+	select {
+	case lock <- struct{}{}:
+		return func() { <-lock }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func startCA(t *testing.T) (*testenv.Pebble, *memTokens) {

@@ -192,12 +192,14 @@ func (l *Lazy) recoverAccount(ctx context.Context, lost *Client, cause error) er
 		return err
 	}
 	defer unlock()
-	keyPEM, uri, err := l.accounts.LoadAccount(ctx, dir, email)
+	_, _, generation, err := l.accounts.LoadAccount(ctx, dir, email)
 	if err != nil {
 		return err
 	}
 	change := AccountChange{Directory: dir, OldURI: lost.accountURI, Cause: cause}
-	if uri == lost.accountURI && keyPEM == lost.keyPEM {
+	// A CA may give the account registered again its old URL: the stored
+	// generation, not the URL, tells whether another agent did it already.
+	if generation == lost.generation {
 		reg, err := lost.registerAgain(ctx)
 		if err != nil {
 			return err

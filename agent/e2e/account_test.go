@@ -44,7 +44,7 @@ func TestCARestartIsFollowedByNewIssuance(t *testing.T) {
 	before := makeNames("b", "reset.test", 4)
 	s.request(t, before)
 	s.waitAllStored(t, st, before, 60*time.Second)
-	_, oldURI, err := st.LoadAccount(ctx, s.proxy.DirectoryURL, "ops@example.test")
+	_, oldURI, _, err := st.LoadAccount(ctx, s.proxy.DirectoryURL, "ops@example.test")
 	if err != nil || oldURI == "" {
 		t.Fatalf("stored account before the restart: %q %v", oldURI, err)
 	}
@@ -62,7 +62,7 @@ func TestCARestartIsFollowedByNewIssuance(t *testing.T) {
 	if n := accountEvents(t, s); n != 1 {
 		t.Errorf("%d account_registered events, want 1", n)
 	}
-	_, newURI, err := st.LoadAccount(ctx, s.proxy.DirectoryURL, "ops@example.test")
+	_, newURI, _, err := st.LoadAccount(ctx, s.proxy.DirectoryURL, "ops@example.test")
 	if err != nil || newURI == "" || newURI == oldURI {
 		t.Errorf("stored account after the restart: %q (before %q) %v", newURI, oldURI, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -41,24 +42,35 @@ func (s *Store) SetAccountURI(ctx context.Context, directory, email, uri string)
 }
 
 // LoadAccount returns the stored key and URL of the account for (directory,
-// email); empty strings when none is stored.
-func (s *Store) LoadAccount(ctx context.Context, directory, email string) (keyPEM, uri string, err error) {
-	vals, err := s.rdb.HMGet(ctx, s.keys.Account(directory, email), "key", "uri").Result()
+// email), empty strings when none is stored, and its generation: how often
+// it was registered again (ReplaceAccount), read in the same command.
+func (s *Store) LoadAccount(ctx context.Context, directory, email string) (keyPEM, uri string, generation int64, err error) {
+	vals, err := s.rdb.HMGet(ctx, s.keys.Account(directory, email), "key", "uri", "generation").Result()
 	if err != nil {
-		return "", "", fmt.Errorf("reading the ACME account: %w", err)
+		return "", "", 0, fmt.Errorf("reading the ACME account: %w", err)
 	}
 	keyPEM, _ = vals[0].(string)
 	uri, _ = vals[1].(string)
-	return keyPEM, uri, nil
+	if g, ok := vals[2].(string); ok {
+		if generation, err = strconv.ParseInt(g, 10, 64); err != nil {
+			return "", "", 0, fmt.Errorf("reading the ACME account: generation %q: %w", g, ErrCorrupt)
+		}
+	}
+	return keyPEM, uri, generation, nil
 }
 
 // ReplaceAccount stores the account registered again after the CA no longer
 // knew the stored one: its key (the old one, or a new one when the CA refused
-// it) and its URL, in one write, so no agent reads the new URL with the old
-// key.
+// it) and its URL, and counts a generation, in one transaction, so no agent
+// reads the new URL with the old key, and every agent can tell the account
+// was registered again even when the CA kept its URL.
 func (s *Store) ReplaceAccount(ctx context.Context, directory, email, keyPEM, uri string) error {
-	err := s.rdb.HSet(ctx, s.keys.Account(directory, email),
-		"key", keyPEM, "uri", uri, "email", email, "directory", directory).Err()
+	key := s.keys.Account(directory, email)
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, key, "key", keyPEM, "uri", uri, "email", email, "directory", directory)
+		p.HIncrBy(ctx, key, "generation", 1)
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("storing the ACME account registered again: %w", err)
 	}

@@ -14,8 +14,8 @@ func TestReplaceAccountAndLoadAccount(t *testing.T) {
 	st, r := newStore(t)
 	ctx := context.Background()
 	const dir, email = "https://ca/dir", "ops@example.com"
-	if key, uri, err := st.LoadAccount(ctx, dir, email); err != nil || key != "" || uri != "" {
-		t.Fatalf("nothing stored: key %q uri %q err %v", key, uri, err)
+	if key, uri, gen, err := st.LoadAccount(ctx, dir, email); err != nil || key != "" || uri != "" || gen != 0 {
+		t.Fatalf("nothing stored: key %q uri %q generation %d err %v", key, uri, gen, err)
 	}
 	if _, _, err := st.ClaimAccountKey(ctx, dir, email, "old-key"); err != nil {
 		t.Fatal(err)
@@ -23,12 +23,22 @@ func TestReplaceAccountAndLoadAccount(t *testing.T) {
 	if err := st.SetAccountURI(ctx, dir, email, "https://ca/acct/1"); err != nil {
 		t.Fatal(err)
 	}
+	if _, _, gen, err := st.LoadAccount(ctx, dir, email); err != nil || gen != 0 {
+		t.Fatalf("generation %d (%v) before any registration again", gen, err)
+	}
 	if err := st.ReplaceAccount(ctx, dir, email, "new-key", "https://ca/acct/2"); err != nil {
 		t.Fatal(err)
 	}
-	key, uri, err := st.LoadAccount(ctx, dir, email)
-	if err != nil || key != "new-key" || uri != "https://ca/acct/2" {
-		t.Errorf("after ReplaceAccount: key %q uri %q err %v", key, uri, err)
+	key, uri, gen, err := st.LoadAccount(ctx, dir, email)
+	if err != nil || key != "new-key" || uri != "https://ca/acct/2" || gen != 1 {
+		t.Errorf("after ReplaceAccount: key %q uri %q generation %d err %v", key, uri, gen, err)
+	}
+	// The CA may keep the URL: the generation still tells.
+	if err := st.ReplaceAccount(ctx, dir, email, "new-key", "https://ca/acct/2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, gen, _ := st.LoadAccount(ctx, dir, email); gen != 2 {
+		t.Errorf("generation %d after a second registration with the same URL, want 2", gen)
 	}
 	info, err := st.GetAccount(ctx, dir, email)
 	if err != nil || info.Email != email || info.Directory != dir {
