@@ -50,7 +50,14 @@ func (p *Pebble) start() error {
 	}
 }
 
-// Restart kills Pebble and starts it again on the same addresses, the way a
+// Stop kills Pebble (the DNS stub keeps running): its ports refuse
+// connections until Restart.
+func (p *Pebble) Stop(t testing.TB) {
+	t.Helper()
+	p.pebble.stop()
+}
+
+// Restart kills Pebble, unless Stop did, and starts it again on the same addresses, the way a
 // CA comes back after `docker compose down` and `up`: the same directory URL
 // and the same HTTPS certificate (CARootsFile stays valid, as Pebble's own
 // listener certificate does), but new issuing roots and intermediates, and
