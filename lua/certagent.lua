@@ -148,7 +148,10 @@ function _M.has_certificate()
     end
     local ok, state, err = pcall(host_state)
     if not ok or not state then
-        log(ERR, "certagent: has_certificate failed: ", tostring(ok and err or state), "; answering false")
+        -- An unreachable Redis is logged once per outage (certagent.redis).
+        if not ok or not redis.down() then
+            log(ERR, "certagent: has_certificate failed: ", tostring(ok and err or state), "; answering false")
+        end
         return false
     end
     return state == "yes"

@@ -69,6 +69,8 @@ const (
 	envRenewInterval  = "CERTAGENT_RENEW_INTERVAL"
 	flagRenewRetry    = "renew-retry"
 	envRenewRetry     = "CERTAGENT_RENEW_RETRY"
+	flagCheckInterval = "check-interval"
+	envCheckInterval  = "CERTAGENT_CHECK_INTERVAL"
 
 	flagAllow    = "allow"
 	envAllow     = "CERTAGENT_ALLOW"

@@ -54,6 +54,8 @@ func runCommand() *cli.Command {
 				Usage: "longest pause between two looks at the renewal schedule (it wakes earlier when a renewal is due sooner)"},
 			&cli.DurationFlag{Name: flagRenewRetry, EnvVars: []string{envRenewRetry}, Value: time.Minute,
 				Usage: "pause after a failed renewal; doubles per failure up to 6h, shorter as expiry nears"},
+			&cli.DurationFlag{Name: flagCheckInterval, EnvVars: []string{envCheckInterval}, Value: 10 * time.Minute,
+				Usage: "pause between two checks of every stored certificate; a corrupt one is ordered again"},
 		}, gateFlags()),
 		Action: runAction,
 	}
@@ -222,9 +224,16 @@ func runAction(c *cli.Context) error {
 		renewer.Shutdown()
 		close(renewerDone)
 	}()
+	checker := manager.NewChecker(manager.CheckerConfig{Store: st, Logger: log, Interval: c.Duration(flagCheckInterval)})
+	checkerDone := make(chan struct{})
+	go func() {
+		checker.Run(ctx)
+		close(checkerDone)
+	}()
 	err = consumer.Run(ctx)
 	stop()
 	<-renewerDone
+	<-checkerDone
 	log.Info("agent stopped")
 	return err
 }

@@ -31,6 +31,9 @@ type NginxOptions struct {
 	// HTTPServerExtra is inserted into the plain HTTP server block (tests add
 	// locations that call certagent modules directly).
 	HTTPServerExtra string
+	// HTTPSServerExtra is inserted into the TLS server block, the one that
+	// includes certagent-tls.conf.
+	HTTPSServerExtra string
 	// LuaConfig gives the init() call of the shipped
 	// nginx/certagent-http.conf a configuration table (field name to Lua
 	// expression), e.g. {"lru_size": "3"}; its fields win over the
@@ -206,7 +209,7 @@ http {
         ssl_certificate %[12]s;
         ssl_certificate_key %[13]s;
         include %[14]s;
-
+%[17]s
         location / {
             return 200 "ok\n";
         }
@@ -215,7 +218,8 @@ http {
 `, NginxModulesDir, user, dir, n.ErrorLogPath, snippet("certagent-main.conf"),
 		luaPath, httpSnippet(t, dir, opts),
 		httpPort, snippet("certagent-acme.conf"), opts.HTTPServerExtra,
-		httpsPort, certPath, keyPath, snippet("certagent-tls.conf"), workers, connections)
+		httpsPort, certPath, keyPath, snippet("certagent-tls.conf"), workers, connections,
+		opts.HTTPSServerExtra)
 	if err := os.WriteFile(n.ConfPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
