@@ -95,11 +95,16 @@ func (m *memTokens) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // memAccounts is an AccountStore in memory.
 type memAccounts struct {
-	key, uri string
-	sets     int
+	mu         sync.Mutex
+	key, uri   string
+	sets       int
+	generation int64
+	lock       chan struct{}
 }
 
 func (m *memAccounts) ClaimAccountKey(_ context.Context, _, _, keyPEM string) (string, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.key == "" {
 		m.key = keyPEM
 	}
@@ -107,9 +112,42 @@ func (m *memAccounts) ClaimAccountKey(_ context.Context, _, _, keyPEM string) (s
 }
 
 func (m *memAccounts) SetAccountURI(_ context.Context, _, _, uri string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.uri = uri
 	m.sets++
 	return nil
+}
+
+func (m *memAccounts) LoadAccount(context.Context, string, string) (string, string, int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.key, m.uri, m.generation, nil
+}
+
+func (m *memAccounts) ReplaceAccount(_ context.Context, _, _, keyPEM, uri string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.key, m.uri = keyPEM, uri
+	m.sets++
+	m.generation++
+	return nil
+}
+
+// LockAccount is a lock in memory: the agents of a test share memAccounts.
+func (m *memAccounts) LockAccount(ctx context.Context, _, _ string, _ time.Duration) (func(), error) {
+	m.mu.Lock()
+	if m.lock == nil {
+		m.lock = make(chan struct{}, 1)
+	}
+	lock := m.lock
+	m.mu.Unlock()
+	select {
+	case lock <- struct{}{}:
+		return func() { <-lock }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func startCA(t *testing.T) (*testenv.Pebble, *memTokens) {
@@ -132,15 +170,32 @@ func startCAWith(t *testing.T, opts testenv.PebbleOptions) (*testenv.Pebble, *me
 	return testenv.StartPebble(t, opts), tokens
 }
 
-func TestObtainAgainstPebble(t *testing.T) {
+// pebbleClient is a Client of a Pebble started for the test, with its
+// account in memory.
+type pebbleClient struct {
+	pebble   *testenv.Pebble
+	tokens   *memTokens
+	accounts *memAccounts
+	cfg      Config
+	client   *Client
+}
+
+func startPebbleClient(t *testing.T) pebbleClient {
+	t.Helper()
 	pebble, tokens := startCA(t)
-	ctx := context.Background()
-	accounts := &memAccounts{}
-	cfg := Config{DirectoryURL: pebble.DirectoryURL, Email: "ops@example.test", CARootFiles: []string{pebble.CARootsFile}}
-	client, err := New(ctx, cfg, accounts, NewHTTP01Provider(tokens, 0))
-	if err != nil {
+	p := pebbleClient{pebble: pebble, tokens: tokens, accounts: &memAccounts{},
+		cfg: Config{DirectoryURL: pebble.DirectoryURL, Email: "ops@example.test", CARootFiles: []string{pebble.CARootsFile}}}
+	var err error
+	if p.client, err = New(context.Background(), p.cfg, p.accounts, NewHTTP01Provider(tokens, 0)); err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+func TestObtainAgainstPebble(t *testing.T) {
+	p := startPebbleClient(t)
+	pebble, tokens, accounts, cfg, client := p.pebble, p.tokens, p.accounts, p.cfg, p.client
+	ctx := context.Background()
 	if accounts.uri == "" || accounts.sets != 1 {
 		t.Fatalf("account not registered: %+v", accounts)
 	}

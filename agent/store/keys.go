@@ -88,6 +88,12 @@ func (k Keys) Account(directoryURL, email string) string {
 	return k.prefix() + "account:" + AccountID(directoryURL, email)
 }
 
+// AccountLock is held by the agent that registers the account of (directory
+// URL, e-mail) again after the CA lost it, so the fleet registers once.
+func (k Keys) AccountLock(directoryURL, email string) string {
+	return k.prefix() + "account-lock:" + AccountID(directoryURL, email)
+}
+
 // AccountID names an ACME account by the CA and the e-mail it was registered with.
 func AccountID(directoryURL, email string) string {
 	sum := sha256.Sum256([]byte(directoryURL + "\n" + email))
@@ -120,6 +126,12 @@ func (k Keys) Failures() string { return k.prefix() + "failures" }
 // "failed" (name).
 func (k Keys) Budget(kind, subject string) string {
 	return k.prefix() + "budget:" + kind + ":" + subject
+}
+
+// BudgetHeld holds the events of Budget(kind, subject) whose order still runs:
+// member as in Budget, score: when it is given back unless confirmed.
+func (k Keys) BudgetHeld(kind, subject string) string {
+	return k.prefix() + "budget-held:" + kind + ":" + subject
 }
 
 // Park marks a budget scope the CA refused with rateLimited, until its Retry-After.

@@ -37,6 +37,8 @@ func TestKeys(t *testing.T) {
 		{Keys{}.Failures(), "certagent:failures"},
 		{Keys{}.Budget("certs", "example.com"), "certagent:budget:certs:example.com"},
 		{Keys{}.Park("orders", "0123"), "certagent:park:orders:0123"},
+		{Keys{}.BudgetHeld("certs", "example.com"), "certagent:budget-held:certs:example.com"},
+		{Keys{}.AccountLock("https://ca/dir", "e@x"), "certagent:account-lock:" + AccountID("https://ca/dir", "e@x")},
 		{Keys{}.Account("https://ca.example/dir", "ops@example.com"), "certagent:account:" + AccountID("https://ca.example/dir", "ops@example.com")},
 	} {
 		if tc.got != tc.want {
@@ -82,6 +84,8 @@ func TestKeysMatchSchemaDocument(t *testing.T) {
 		"failures":    {keys.Failures()},
 		"budget":      {keys.Budget("certs", "example.com"), "kind", "certs", "subject", "example.com"},
 		"park":        {keys.Park("orders", "0123"), "kind", "orders", "subject", "0123"},
+		"budgetheld":  {keys.BudgetHeld("certs", "example.com"), "kind", "certs", "subject", "example.com"},
+		"accountlock": {keys.AccountLock("https://ca/dir", "e@x"), "account", AccountID("https://ca/dir", "e@x")},
 	}
 	for id, b := range built {
 		entry, ok := doc[id]
