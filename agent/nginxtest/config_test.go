@@ -11,10 +11,11 @@ import (
 )
 
 // TestExampleConfig checks that nginx/nginx.conf, with its install paths moved
-// into this checkout and a temporary directory, passes nginx -t. (nginx -t
-// does not run init_by_lua; the other tests start nginx with the snippets.)
+// into this checkout and a temporary directory (and adapted to the stack
+// under test), passes nginx -t. (nginx -t does not run init_by_lua; the
+// other tests start nginx with the snippets.)
 func TestExampleConfig(t *testing.T) {
-	bin := testenv.Require(t, "nginx", "/usr/sbin")
+	stack := testenv.Stack(t)
 	root := testenv.RepoRoot()
 	dir := t.TempDir()
 	_, certPath, keyPath := testenv.SelfSigned(t, dir, "fallback", "certagent fallback", nil, nil)
@@ -36,10 +37,10 @@ func TestExampleConfig(t *testing.T) {
 		}
 	}
 	confPath := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+	if err := os.WriteFile(confPath, []byte(stack.Adapt(conf)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(bin, "-t", "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "error.log")).CombinedOutput()
+	out, err := exec.Command(stack.Binary, "-t", "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "error.log")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("nginx -t on the example configuration: %v\n%s", err, out)
 	}
@@ -50,7 +51,7 @@ func TestExampleConfig(t *testing.T) {
 func TestInvalidConfigurationRefusesToStart(t *testing.T) {
 	r := testenv.StartRedis(t)
 	n := testenv.StartNginx(t, testenv.NginxOptions{RedisURL: r.URL})
-	bin := testenv.Require(t, "nginx", "/usr/sbin")
+	bin := testenv.Stack(t).Binary
 	for url, want := range map[string]string{
 		"http://127.0.0.1:6379": "must start with redis:// or unix:",
 		"redis://h:70000":       "bad port",
