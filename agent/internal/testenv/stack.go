@@ -67,15 +67,25 @@ func Stack(t testing.TB) NginxStack {
 	return StackOf(t, bin, os.Getenv(EnvLuaLib))
 }
 
-// NoYieldStack returns the nginx of EnvNginxNoYield with its Lua libraries,
-// and false when the variable is unset.
-func NoYieldStack(t testing.TB) (NginxStack, bool) {
+// NoYieldStack returns an nginx built without OpenResty's ssl_cert_cb_yield
+// core change, with its Lua libraries: EnvNginxNoYield, or else the build of
+// scripts/openresty-stack --no-yield (cached per source hash; a cold build
+// takes a minute or more, and fails the test when the sources or the C
+// toolchain are missing).
+func NoYieldStack(t testing.TB) NginxStack {
 	t.Helper()
 	bin := os.Getenv(EnvNginxNoYield)
 	if bin == "" {
-		return NginxStack{}, false
+		cmd := exec.Command(filepath.Join(RepoRoot(), "scripts", "openresty-stack"), "--no-yield")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s is unset and scripts/openresty-stack --no-yield failed: %v\n%s", EnvNginxNoYield, err, stderr.String())
+		}
+		bin = filepath.Join(strings.TrimSpace(string(out)), "sbin", "nginx")
 	}
-	return StackOf(t, bin, ""), true
+	return StackOf(t, bin, "")
 }
 
 // StackOf describes the nginx at bin, whose Lua libraries are in luaLib
