@@ -139,7 +139,9 @@ local function client_hello(name)
     return "\22\3\1" .. u16(#handshake) .. handshake              -- a handshake record
 end
 
-local function check(dict, target, label)
+-- attempt sends preamble and the ClientHello to target and tells what the
+-- handler saw of it.
+local function attempt(dict, target, label, preamble)
     dict:delete(REACHED)
     dict:delete(RESUMED)
     local sock = tcp()
@@ -148,7 +150,7 @@ local function check(dict, target, label)
     if not ok then
         return "inconclusive", "connecting to " .. label .. ": " .. tostring(err)
     end
-    ok, err = sock:send(client_hello(_M.NAME))
+    ok, err = sock:send(preamble .. client_hello(_M.NAME))
     if ok then
         -- The server's first record: its hello once the certificate
         -- callback returned, or an alert, or nothing (closed).
@@ -157,7 +159,7 @@ local function check(dict, target, label)
     sock:close()
     if not dict:get(REACHED) then
         -- Another server answered (the listener's default server does not
-        -- include certagent-tls.conf), or the listener wants a PROXY header.
+        -- include certagent-tls.conf), or the PROXY header was wrong.
         return "unreached", "the handshake to " .. label .. " did not reach certagent's handler"
     end
     if dict:get(RESUMED) then
@@ -167,6 +169,24 @@ local function check(dict, target, label)
         return "inconclusive", "the handshake to " .. label .. " timed out"
     end
     return "cannot yield"
+end
+
+-- The listener may expect a PROXY protocol header (behind a load balancer),
+-- which nothing in the handshake phase tells. Sent to one that does not, the
+-- header fails the handshake with an info line ("wrong version number");
+-- missing where one is expected, it is an error ("broken header"). So the
+-- header first, then without it.
+local PREAMBLES = { "PROXY UNKNOWN\r\n", "" }
+
+local function check(dict, target, label)
+    local verdict, why
+    for i = 1, #PREAMBLES do
+        verdict, why = attempt(dict, target, label, PREAMBLES[i])
+        if verdict ~= "unreached" then
+            break
+        end
+    end
+    return verdict, why
 end
 
 local function run(premature, dict_name, target, label)
