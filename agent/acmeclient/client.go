@@ -90,8 +90,6 @@ type Client struct {
 	solver challenge.Provider
 
 	accountURI string
-	// rateLimits remembers the Retry-After of the CA's latest 429 answer.
-	rateLimits *rateLimitTracker
 }
 
 // Certificate is an issued certificate with its new private key.
@@ -135,12 +133,13 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		}
 		cfg.HTTPClient = client
 	}
-	// Rate-limit answers carry their Retry-After only in a header.
-	var rateLimits *rateLimitTracker
 	if cfg.ObserveRequest != nil {
 		cfg.HTTPClient = observeRequests(cfg.HTTPClient, cfg.ObserveRequest)
 	}
-	cfg.HTTPClient, rateLimits = trackRateLimits(cfg.HTTPClient)
+	// lego wraps the transport of the client it is given: a copy keeps the
+	// caller's client (and a Lazy's retries) from being wrapped again.
+	own := *cfg.HTTPClient
+	cfg.HTTPClient = &own
 
 	accountKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -191,7 +190,7 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		}
 		uri = account.Location
 	}
-	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, rateLimits: rateLimits}, nil
+	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri}, nil
 }
 
 // AccountURI returns the URL of the ACME account this client uses.

@@ -118,16 +118,8 @@ func (l *Lazy) Revoke(ctx context.Context, chainPEM []byte, reason uint) error {
 	return c.Revoke(ctx, chainPEM, reason)
 }
 
-// RateLimited is Client.RateLimited (a CA never reached sent no Retry-After).
-func (l *Lazy) RateLimited(err error) (*RateLimit, bool) {
-	l.mu.Lock()
-	c := l.client
-	l.mu.Unlock()
-	if c == nil {
-		c = &Client{}
-	}
-	return c.RateLimited(err)
-}
+// RateLimited is RateLimitOf, as Client.RateLimited.
+func (l *Lazy) RateLimited(err error) (*RateLimit, bool) { return RateLimitOf(err) }
 
 func first(names []string) string {
 	if len(names) == 0 {

@@ -2,6 +2,7 @@ package acmeclient
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -27,6 +28,9 @@ func (c *Client) Obtain(ctx context.Context, names []string) (*Certificate, erro
 func (c *Client) ObtainWith(ctx context.Context, names []string, opts OrderOptions) (*Certificate, error) {
 	if len(names) == 0 {
 		return nil, errors.New("obtaining a certificate: no names")
+	}
+	if len(names) > MaxNamesPerOrder {
+		return nil, fmt.Errorf("obtaining certificate for %s: %w (%d asked for)", names[0], ErrTooManyNames, len(names))
 	}
 	cert, err := c.obtain(ctx, names, opts)
 	if err != nil {
@@ -67,12 +71,9 @@ func (c *Client) obtain(ctx context.Context, names []string, opts OrderOptions) 
 	if err != nil {
 		return nil, err
 	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-		Subject:  pkix.Name{CommonName: names[0]},
-		DNSNames: names,
-	}, key)
+	csr, err := newCSR(names, key)
 	if err != nil {
-		return nil, fmt.Errorf("creating the CSR: %w", err)
+		return nil, err
 	}
 	finalized, err := withContext(ctx, func() (acme.ExtendedOrder, error) {
 		return c.core.Orders.UpdateForCSR(order.Finalize, csr)
@@ -217,6 +218,35 @@ func poll(ctx context.Context, wait, maxWait time.Duration, check func() (bool, 
 		wait = min(wait*2, maxWait)
 		timer.Reset(wait)
 	}
+}
+
+// MaxNamesPerOrder is the most names one certificate may carry: Let's
+// Encrypt refuses an order for more ("Order cannot contain more than 100 DNS
+// names"), and so do most public CAs.
+const MaxNamesPerOrder = 100
+
+// ErrTooManyNames is returned, before anything is sent to the CA, for an
+// order of more than MaxNamesPerOrder names.
+var ErrTooManyNames = fmt.Errorf("a certificate can carry at most %d names", MaxNamesPerOrder)
+
+// maxCommonNameBytes is the upper bound of a subject's commonName (RFC 5280,
+// ub-common-name). Let's Encrypt refuses a CSR whose CN is longer.
+const maxCommonNameBytes = 64
+
+// newCSR returns the DER certificate request for names, signed by key. The
+// names go in the subjectAltName, which is what CAs and clients read; the
+// first is also the commonName when it fits in 64 bytes, and otherwise there
+// is no commonName at all, as lego does.
+func newCSR(names []string, key crypto.Signer) ([]byte, error) {
+	var subject pkix.Name
+	if len(names[0]) <= maxCommonNameBytes {
+		subject.CommonName = names[0]
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: subject, DNSNames: names}, key)
+	if err != nil {
+		return nil, fmt.Errorf("creating the CSR: %w", err)
+	}
+	return csr, nil
 }
 
 func rsaKey(bits int) (*rsa.PrivateKey, error) { return rsa.GenerateKey(rand.Reader, bits) }

@@ -28,7 +28,7 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 	dir := t.TempDir()
 	data, run := filepath.Join(dir, "data"), filepath.Join(dir, "run")
 	httpPort, httpsPort, redisPort := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
-	pebble := testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort})
+	pebble, ca := startCA(t, testenv.PebbleOptions{HTTPPort: httpPort})
 
 	me, err := user.Current()
 	if err != nil {
@@ -78,8 +78,8 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 		"CERTAGENT_REDIS_SERVER="+redisBin,
 		"CERTAGENT_REDIS_USER="+me.Username,
 		"CERTAGENT_BUNDLED_REDIS_PORT="+strconv.Itoa(redisPort),
-		"CERTAGENT_ACME_DIRECTORY="+pebble.DirectoryURL,
-		"CERTAGENT_CA_ROOTS="+pebble.CARootsFile,
+		"CERTAGENT_ACME_DIRECTORY="+ca.DirectoryURL,
+		"CERTAGENT_CA_ROOTS="+ca.CARootsFile,
 		"CERTAGENT_ALLOW=*.example.test",
 		"PATH=/usr/sbin:/usr/bin:/sbin:/bin:"+filepath.Dir(supervisord),
 	)
@@ -107,7 +107,7 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 	if err := testenv.WaitTCP(httpsAddr, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	s := &stack{pebble: pebble, nginx: &testenv.Nginx{HTTPSAddr: httpsAddr}}
+	s := &stack{pebble: pebble, ca: ca, nginx: &testenv.Nginx{HTTPSAddr: httpsAddr}}
 	const name = "supervised.example.test"
 	// The shipped configuration holds the first handshake while the name
 	// is issued, unless the agent, just started, has not marked it within

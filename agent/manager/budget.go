@@ -225,12 +225,7 @@ func (b *Budgets) rateLimited(err error) (*acmeclient.RateLimit, bool) {
 	if rl, ok := b.m.cfg.Issuer.(RateLimitedIssuer); ok {
 		return rl.RateLimited(err)
 	}
-	var problem *acme.ProblemDetails
-	if errors.As(err, &problem) && problem.Type == acme.RateLimitedErr {
-		return &acmeclient.RateLimit{Until: b.m.cfg.Clock.Now().Add(acmeclient.DefaultRetryAfter),
-			Scope: acmeclient.ScopeAccount, Detail: problem.Detail}, true
-	}
-	return nil, false
+	return acmeclient.RateLimitOf(err)
 }
 
 // failedValidation tells a CA's refusal to validate a name (what its

@@ -80,7 +80,9 @@ local function xadd(premature, name)
     if dict then
         dict:delete(name)
     end
-    log(ERR, "certagent: recording the request for ", name, " failed: ", err)
+    if not redis.down() then -- an outage is logged once, by certagent.redis
+        log(ERR, "certagent: recording the request for ", name, " failed: ", err)
+    end
 end
 
 -- Handshakes for names without a certificate, counted per second for the
@@ -176,7 +178,7 @@ local function fetch(recs, n, mark_name)
     local replies
     replies, err = red:commit_pipeline()
     if not replies then
-        redis.discard(red)
+        redis.drop(cfg, red, replies, err)
         return nil, "Redis at " .. redis.describe(cfg.redis) .. ": " .. tostring(err)
     end
     redis.release(cfg, red)
@@ -304,7 +306,9 @@ function poll(name)
     local replies, err, mark = fetch(recs, n, name)
     if not replies then
         stats.incr("redis_errors")
-        log(ERR, "certagent: ", err, "; using the fallback for ", name, " (held for its certificate)")
+        if not redis.down() then
+            log(ERR, "certagent: ", err, "; using the fallback for ", name, " (held for its certificate)")
+        end
         return nil, nil, err
     end
     local t = now()
@@ -388,8 +392,12 @@ local function handle()
         if not stale and wild_rec then
             stale = cache.stale(wild_rec, t)
         end
-        log(ERR, "certagent: ", err, "; ", stale and "serving the cached certificate" or "using the fallback",
-            " for ", name)
+        -- An unreachable Redis is logged once per outage (certagent.redis),
+        -- not once per handshake.
+        if not redis.down() then
+            log(ERR, "certagent: ", err, "; ", stale and "serving the cached certificate" or "using the fallback",
+                " for ", name)
+        end
         stats.incr("redis_errors")
         return stale and serve(name, stale, "served_stale")
     end

@@ -28,9 +28,13 @@ type NginxOptions struct {
 	// HTTPServerExtra is inserted into the plain HTTP server block (tests add
 	// locations that call certagent modules directly).
 	HTTPServerExtra string
-	// LuaConfig replaces values in the configuration table of the shipped
-	// nginx/certagent-http.conf (field name to Lua expression), e.g.
-	// {"lru_size": "3"}. A field the snippet does not show fails the test.
+	// HTTPSServerExtra is inserted into the TLS server block, the one that
+	// includes certagent-tls.conf.
+	HTTPSServerExtra string
+	// LuaConfig gives the init() call of the shipped
+	// nginx/certagent-http.conf a configuration table (field name to Lua
+	// expression), e.g. {"lru_size": "3"}; its fields win over the
+	// CERTAGENT_* variables. An unknown field makes nginx refuse to start.
 	LuaConfig map[string]string
 	// SharedDicts replaces the sizes of the snippet's lua_shared_dict lines
 	// (dict name to size, e.g. {"certagent_certs": "64k"}).
@@ -62,12 +66,17 @@ func httpSnippet(t testing.TB, dir string, opts NginxOptions) string {
 		t.Fatal(err)
 	}
 	conf := string(data)
-	for field, value := range opts.LuaConfig {
-		re := regexp.MustCompile(`(?m)^(\s*` + regexp.QuoteMeta(field) + ` = ).*?,(\s*--.*)?$`)
-		if !re.MatchString(conf) {
-			t.Fatalf("nginx/certagent-http.conf does not show the field %s", field)
+	if len(opts.LuaConfig) > 0 {
+		const call = `require("certagent").init()`
+		if strings.Count(conf, call) != 1 {
+			t.Fatalf("nginx/certagent-http.conf does not call %s once", call)
 		}
-		conf = re.ReplaceAllLiteralString(conf, "        "+field+" = "+value+",")
+		fields := make([]string, 0, len(opts.LuaConfig))
+		for field, value := range opts.LuaConfig {
+			fields = append(fields, field+" = "+value)
+		}
+		sort.Strings(fields)
+		conf = strings.Replace(conf, call, `require("certagent").init({ `+strings.Join(fields, ", ")+` })`, 1)
 	}
 	for dict, size := range opts.SharedDicts {
 		re := regexp.MustCompile(`(?m)^lua_shared_dict ` + regexp.QuoteMeta(dict) + ` \S+;$`)
@@ -165,7 +174,7 @@ daemon off;
 master_process on;
 worker_processes %[15]d;
 pid %[3]s/nginx.pid;
-error_log %[4]s %[17]s;
+error_log %[4]s %[18]s;
 include %[5]s;
 
 events {
@@ -181,6 +190,9 @@ http {
     scgi_temp_path %[3]s/tmp/scgi;
 
     lua_package_path "%[6]s";
+    # Debian's nginx 1.22 offers TLS 1.3 only when it is named; the snippets
+    # leave the protocols to the installation.
+    ssl_protocols TLSv1.2 TLSv1.3;
     include %[7]s;
 
     server {
@@ -199,7 +211,7 @@ http {
         ssl_certificate %[12]s;
         ssl_certificate_key %[13]s;
         include %[14]s;
-
+%[17]s
         location / {
             return 200 "ok\n";
         }
@@ -208,7 +220,8 @@ http {
 `, stack.LoadModules(), user, dir, n.ErrorLogPath, snippet("certagent-main.conf"),
 		luaPath, httpSnippet(t, dir, opts),
 		httpPort, snippet("certagent-acme.conf"), opts.HTTPServerExtra,
-		httpsPort, certPath, keyPath, snippet("certagent-tls.conf"), workers, connections, logLevel)
+		httpsPort, certPath, keyPath, snippet("certagent-tls.conf"), workers, connections,
+		opts.HTTPSServerExtra, logLevel)
 	if err := os.WriteFile(n.ConfPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
