@@ -160,12 +160,6 @@ func isDir(path string) bool {
 	return err == nil && info.IsDir()
 }
 
-// IsDebian tells whether this is Debian's nginx (dynamic Lua module,
-// Debian's Lua libraries).
-func (s NginxStack) IsDebian() bool {
-	return s.ModulesDir != "" && s.LuaLib == debianLuaLib
-}
-
 // String names the stack in test messages.
 func (s NginxStack) String() string {
 	return s.Binary + " (Lua libraries in " + s.LuaLib + ")"
@@ -188,9 +182,7 @@ func (s NginxStack) LuaPackagePath() string {
 	return filepath.Join(RepoRoot(), "lua") + "/?.lua;" + s.LuaLib + "/?.lua;;"
 }
 
-var (
-	debianLoadModule = regexp.MustCompile(`(?m)^[ \t]*load_module[ \t]+\S*/(ndk_http_module|ngx_http_lua_module)\.so;[ \t]*\n`)
-)
+var debianLoadModule = regexp.MustCompile(`(?m)^[ \t]*load_module[ \t]+\S*/(ndk_http_module|ngx_http_lua_module)\.so;[ \t]*\n`)
 
 // Adapt rewrites a configuration written for Debian's nginx (the shipped
 // nginx/nginx.conf and docker/nginx.conf, a test's own) for this stack: its
