@@ -18,18 +18,19 @@ const (
 	cannotYieldLine = "certagent: this nginx cannot yield in ssl_certificate_by_lua"
 )
 
-// startSelfTested starts stack (nil: the stack under test) with two workers
-// and the error log at info, where the self-test says that it ran, and
-// returns it after some handshakes, whatever their outcome: the first one of
-// a worker starts the self-test.
-func startSelfTested(t *testing.T, stack *testenv.NginxStack) *env {
+// startSelfTested starts stack (nil: the stack under test) with two workers,
+// tlsServer in the TLS server and the error log at info, where the self-test
+// says that it ran, and returns it after some handshakes, whatever their
+// outcome: the first one of a worker starts the self-test.
+func startSelfTested(t *testing.T, stack *testenv.NginxStack, tlsServer string) *env {
 	t.Helper()
 	r := testenv.StartRedis(t)
 	n := testenv.StartNginx(t, testenv.NginxOptions{
-		RedisURL:        r.URL,
-		Stack:           stack,
-		ErrorLogLevel:   "info",
-		WorkerProcesses: 2,
+		RedisURL:         r.URL,
+		Stack:            stack,
+		ErrorLogLevel:    "info",
+		WorkerProcesses:  2,
+		HTTPSServerExtra: tlsServer,
 	})
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("CERTAGENT_SHOW_NGINX_LOG") != "" {
@@ -60,8 +61,10 @@ func (e *env) linesWith(text string) []string {
 // without OpenResty's ssl_cert_cb_yield core change it cannot: exactly one
 // error, naming the fix, however many handshakes follow.
 func TestYieldSelfTest(t *testing.T) {
-	t.Run("stack under test", func(t *testing.T) {
-		e := startSelfTested(t, nil)
+	// can checks that the self-test finds that the stack under test can
+	// yield, with tlsServer in the TLS server, and says so once, at info.
+	can := func(t *testing.T, tlsServer string) {
+		e := startSelfTested(t, nil, tlsServer)
 		waitFor(t, "the self-test's line", func() bool { return len(e.linesWith(yieldsLine)) > 0 })
 		if got := e.linesWith(cannotYieldLine); len(got) > 0 {
 			t.Fatalf("the self-test says %s cannot yield:\n%s", testenv.Stack(t), strings.Join(got, "\n"))
@@ -80,7 +83,12 @@ func TestYieldSelfTest(t *testing.T) {
 		if got := len(e.linesWith(yieldsLine)); got != 1 {
 			t.Fatalf("the self-test ran %d times, want once", got)
 		}
-	})
+	}
+	t.Run("stack under test", func(t *testing.T) { can(t, "") })
+	// The fleet's protocols stand: a ClientHello offering TLS 1.3 and 1.2
+	// reaches the handler of a listener that allows only one of them.
+	t.Run("TLS 1.2 only", func(t *testing.T) { can(t, "ssl_protocols TLSv1.2;") })
+	t.Run("TLS 1.3 only", func(t *testing.T) { can(t, "ssl_protocols TLSv1.3;") })
 
 	t.Run("behind a PROXY protocol listener", func(t *testing.T) {
 		n := startProxyProtocol(t)
@@ -98,7 +106,7 @@ func TestYieldSelfTest(t *testing.T) {
 
 	t.Run("without the core change", func(t *testing.T) {
 		stack := testenv.NoYieldStack(t)
-		e := startSelfTested(t, &stack)
+		e := startSelfTested(t, &stack, "")
 		waitFor(t, "the self-test's error", func() bool { return len(e.linesWith(cannotYieldLine)) > 0 })
 		// The failure it reports: a handshake that must ask Redis is aborted.
 		if _, err := e.handshake("needs-redis.example.test"); err == nil {
