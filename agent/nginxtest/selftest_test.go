@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -133,57 +132,20 @@ func TestYieldSelfTest(t *testing.T) {
 	})
 }
 
-// proxyProtocolConf is a TLS listener behind a load balancer that sends the
-// PROXY protocol header, with certagent in its default server.
-const proxyProtocolConf = `load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-{{user}}
-daemon off;
-pid {{dir}}/nginx.pid;
-error_log {{dir}}/logs/error.log info;
-include {{root}}/nginx/certagent-main.conf;
-events {
-    worker_connections 64;
-}
-http {
-    access_log off;
-    client_body_temp_path {{dir}}/tmp/client_body;
-    proxy_temp_path {{dir}}/tmp/proxy;
-    fastcgi_temp_path {{dir}}/tmp/fastcgi;
-    uwsgi_temp_path {{dir}}/tmp/uwsgi;
-    scgi_temp_path {{dir}}/tmp/scgi;
-    lua_package_path "{{root}}/lua/?.lua;/usr/share/lua/5.1/?.lua;;";
-    include {{root}}/nginx/certagent-http.conf;
-    server {
-        listen {{addr}} ssl proxy_protocol default_server;
-        ssl_certificate {{cert}};
-        ssl_certificate_key {{key}};
-        include {{root}}/nginx/certagent-tls.conf;
-    }
-}
-`
-
-// startProxyProtocol starts proxyProtocolConf and makes a first handshake
-// through it as a load balancer would.
+// startProxyProtocol starts nginx with its TLS listener behind a load
+// balancer that sends the PROXY protocol header, and makes a first
+// handshake through it as the load balancer would.
 func startProxyProtocol(t *testing.T) *testenv.Nginx {
 	t.Helper()
 	r := testenv.StartRedis(t)
-	dir := t.TempDir()
-	_, cert, key := testenv.SelfSigned(t, dir, "fallback", "certagent fallback", nil, nil)
-	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
-	user := ""
-	if os.Geteuid() == 0 {
-		user = "user root;"
-	}
-	conf := strings.NewReplacer("{{user}}", user, "{{dir}}", dir, "{{root}}", testenv.RepoRoot(),
-		"{{addr}}", addr, "{{cert}}", cert, "{{key}}", key).Replace(proxyProtocolConf)
-	n := testenv.StartNginxConf(t, dir, conf, map[string]string{"CERTAGENT_REDIS_URL": r.URL}, addr)
+	n := testenv.StartNginx(t, testenv.NginxOptions{RedisURL: r.URL, ErrorLogLevel: "info",
+		HTTPSListen: "proxy_protocol"})
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("CERTAGENT_SHOW_NGINX_LOG") != "" {
 			t.Logf("nginx error log:\n%s", n.ErrorLog())
 		}
 	})
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	conn, err := net.DialTimeout("tcp", n.HTTPSAddr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,6 +51,9 @@ type NginxOptions struct {
 	Stack *NginxStack
 	// ErrorLogLevel is the error_log level; empty: warn.
 	ErrorLogLevel string
+	// HTTPSListen adds parameters to the TLS server's listen directive
+	// (e.g. proxy_protocol).
+	HTTPSListen string
 }
 
 // httpSnippet returns the path of the http-context snippet: the shipped one,
@@ -162,6 +165,10 @@ func StartNginx(t testing.TB, opts NginxOptions) *Nginx {
 	if logLevel == "" {
 		logLevel = "warn"
 	}
+	listenParams := ""
+	if opts.HTTPSListen != "" {
+		listenParams = " " + opts.HTTPSListen
+	}
 	user := ""
 	if os.Geteuid() == 0 {
 		// Workers would otherwise switch to nobody and could not read the
@@ -206,7 +213,7 @@ http {
     }
 
     server {
-        listen 127.0.0.1:%[11]d ssl default_server;
+        listen 127.0.0.1:%[11]d ssl default_server%[19]s;
         server_name _;
         ssl_certificate %[12]s;
         ssl_certificate_key %[13]s;
@@ -221,7 +228,7 @@ http {
 		luaPath, httpSnippet(t, dir, opts),
 		httpPort, snippet("certagent-acme.conf"), opts.HTTPServerExtra,
 		httpsPort, certPath, keyPath, snippet("certagent-tls.conf"), workers, connections,
-		opts.HTTPSServerExtra, logLevel)
+		opts.HTTPSServerExtra, logLevel, listenParams)
 	if err := os.WriteFile(n.ConfPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
