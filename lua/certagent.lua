@@ -71,6 +71,7 @@ function _M.init_worker()
         log(ERR, "certagent: init_worker() called before init(); cached certificates will not be refreshed")
         return
     end
+    require("certagent.selftest").init_worker(cfg)
     local ok, started, err = pcall(changes.init_worker)
     if not ok or not started then
         log(ERR, "certagent: ", tostring(ok and err or started),

@@ -18,6 +18,7 @@ local cache = require("certagent.cache")
 local index = require("certagent.index")
 local stats = require("certagent.stats")
 local wait = require("certagent.wait")
+local selftest = require("certagent.selftest")
 
 local log = ngx.log
 local ERR = ngx.ERR
@@ -360,9 +361,12 @@ local function missing(name, mark)
     end
 end
 
--- handle returns true when it set a certificate; on every other path nginx
--- uses the fallback.
+-- handle returns true when it set a certificate (or the handshake is
+-- nginx's own self-test); on every other path nginx uses the fallback.
 local function handle()
+    if selftest.pending then
+        selftest.start(cfg) -- this worker's first handshake: check that it can yield
+    end
     local raw = server_name()
     if not raw then
         return -- no SNI
@@ -380,6 +384,9 @@ local function handle()
     end
     local name = names.normalize(raw)
     if not name then
+        if raw == selftest.NAME then
+            return selftest.answer(cfg)
+        end
         return -- IP literal, garbage: fallback, nothing recorded
     end
 
