@@ -71,6 +71,7 @@ function _M.init_worker()
         log(ERR, "certagent: init_worker() called before init(); cached certificates will not be refreshed")
         return
     end
+    require("certagent.selftest").init_worker(cfg)
     local ok, started, err = pcall(changes.init_worker)
     if not ok or not started then
         log(ERR, "certagent: ", tostring(ok and err or started),
@@ -148,7 +149,10 @@ function _M.has_certificate()
     end
     local ok, state, err = pcall(host_state)
     if not ok or not state then
-        log(ERR, "certagent: has_certificate failed: ", tostring(ok and err or state), "; answering false")
+        -- An unreachable Redis is logged once per outage (certagent.redis).
+        if not ok or not redis.down() then
+            log(ERR, "certagent: has_certificate failed: ", tostring(ok and err or state), "; answering false")
+        end
         return false
     end
     return state == "yes"

@@ -67,17 +67,25 @@ func TestChaosCAHanging(t *testing.T) {
 	})
 }
 
-// The CA's port refuses connections while it restarts, and it comes back
-// knowing no account: the agents' stored account URL is answered
-// accountDoesNotExist (the proxy plays the lost accounts in front of the
-// same Pebble).
+// The CA goes away (its port refuses connections) and comes back as a new
+// CA: Pebble is stopped and started again on the same address, with a new
+// root and no accounts, as after `docker compose down` and `up`. The
+// agents' stored account URL is then answered accountDoesNotExist.
 func TestChaosCARestart(t *testing.T) {
 	caFaultScenario(t, caFault{
-		what: "restarted with no accounts",
-		down: func(t *testing.T, s *faultStack) { s.proxy.SetDown(true) },
+		what: "restarted (new root, no accounts)",
+		down: func(t *testing.T, s *faultStack) {
+			s.proxy.SetDown(true)
+			s.dog.away.Store(true)
+			s.pebble.Stop(t)
+		},
 		up: func(t *testing.T, s *faultStack) {
-			s.proxy.ResetAccounts()
+			s.pebble.Restart(t)
+			s.dog.away.Store(false)
 			s.proxy.SetDown(false)
+		},
+		figures: func(t *testing.T, s *faultStack) string {
+			return fmt.Sprintf("%d account(s) registered at the new CA", s.pebble.AccountsCreated(t))
 		},
 	})
 }
@@ -86,6 +94,8 @@ func TestChaosCARestart(t *testing.T) {
 type caFault struct {
 	what     string
 	down, up func(t *testing.T, s *faultStack)
+	// figures, if set, adds what only this fault shows to the report.
+	figures func(t *testing.T, s *faultStack) string
 }
 
 // caFaultScenario runs two agents with the shipped settings and nginx
@@ -125,16 +135,20 @@ func caFaultScenario(t *testing.T, fault caFault) {
 	fault.up(t, s)
 
 	issued, missing := s.waitIssued(t, st, want, wait)
+	figures := ""
+	if fault.figures != nil {
+		figures = "; " + fault.figures(t, s)
+	}
 	held := 0
 	for _, d := range handshakes {
 		if d > time.Second {
 			held++
 		}
 	}
-	t.Logf("CA %s for %s, %d names requested meanwhile, 2 agents: %d of %d issued within %s of the CA answering again (%s); handshakes during the outage %s, %d held over 1 s; agents' CPU during the outage %s (%.1f%% of one core); %.1f requests or connections a second to the CA while it was away (%d); %d failed orders logged; %s",
+	t.Logf("CA %s for %s, %d names requested meanwhile, 2 agents: %d of %d issued within %s of the CA answering again (%s); handshakes during the outage %s, %d held over 1 s; agents' CPU during the outage %s (%.1f%% of one core); %.1f requests or connections a second to the CA while it was away (%d); %d failed orders logged; %s%s",
 		fault.what, downFor.Round(100*time.Millisecond), count, len(issued), count, wait, spreadOf(issued),
 		spreadOf(handshakes), held, cpu, 100*cpu.Seconds()/downFor.Seconds(), float64(calls)/downFor.Seconds(), calls,
-		logCount(agents, "name failed"), s.orderReport())
+		logCount(agents, "name failed"), s.orderReport(), figures)
 	s.checkOutcome(t, st, want, missing)
 }
 

@@ -36,13 +36,18 @@ type stack struct {
 
 func startStack(t *testing.T) *stack {
 	t.Helper()
+	return startStackLua(t, map[string]string{"first_handshake_wait": "0"})
+}
+
+// startStackLua is startStack with nginx's Lua configuration lua.
+func startStackLua(t *testing.T, lua map[string]string) *stack {
+	t.Helper()
 	s := &stack{redis: testenv.StartRedis(t), agent: testenv.BuildBinary(t, "./agent/cmd/certagent")}
 	httpPort := testenv.FreePort(t)
 	s.pebble, s.ca = startCA(t, testenv.PebbleOptions{HTTPPort: httpPort})
 	// The first handshake's wait is off: these tests follow a name from
 	// the fallback to its certificate (first_handshake_test.go holds it).
-	s.nginx = testenv.StartNginx(t, testenv.NginxOptions{RedisURL: s.redis.URL, HTTPPort: httpPort,
-		LuaConfig: map[string]string{"first_handshake_wait": "0"}})
+	s.nginx = testenv.StartNginx(t, testenv.NginxOptions{RedisURL: s.redis.URL, HTTPPort: httpPort, LuaConfig: lua})
 	s.env = append(os.Environ(),
 		"CERTAGENT_REDIS_URL="+s.redis.URL,
 		"CERTAGENT_ACME_DIRECTORY="+s.ca.DirectoryURL,

@@ -87,18 +87,23 @@ func startSeeded(t *testing.T, opts testenv.NginxOptions, seed func(e *env)) *en
 }
 
 // waitChangesRead waits until the worker answering the stats has applied
-// every entry of the changes stream. A lookup that was in flight when its
-// name's entry (or the worker's first read, which empties the cache) was
-// applied is served but not cached; tests that need a certificate cached
-// store it, wait for this, and only then make the handshake that caches it.
+// every entry of the changes stream, or, when there is no stream yet, has
+// made its first read (which sets its position to "0-0"). A lookup that was
+// in flight when its name's entry (or the worker's first read, which empties
+// the cache) was applied is served but not cached; tests that need a
+// certificate or a missing record cached store it, wait for this, and only
+// then make the handshake that caches it.
 func (e *env) waitChangesRead() {
 	e.t.Helper()
 	waitFor(e.t, "the worker to read the changes stream to its end", func() bool {
+		last := "0-0"
 		info, err := e.redis.Client.XInfoStream(context.Background(), e.key("changes")).Result()
-		if err != nil {
+		if err == nil {
+			last = info.LastGeneratedID
+		} else if !strings.Contains(err.Error(), "no such key") {
 			return false
 		}
-		return e.stats().changesPosition == info.LastGeneratedID
+		return e.stats().changesPosition == last
 	})
 }
 
@@ -340,20 +345,35 @@ func TestRedisDownServesCachedCertificates(t *testing.T) {
 	}
 }
 
-// TestRedisModuleNames: the Lua works with Debian's nginx.redis and with
-// OpenResty's resty.redis, and says which one it uses. The resty.redis here
-// is the same lua-resty-redis file Debian installs as nginx.redis, offered
-// under the OpenResty name.
+// TestRedisModuleNames: the Lua works with OpenResty's resty.redis and with
+// Debian's nginx.redis, and says which one it uses. The stack under test
+// installs one of them; the other name is offered in a directory of the
+// test's, as the same lua-resty-redis file. certagent prefers resty.redis,
+// so for nginx.redis on OpenResty that directory also hides resty.redis: its
+// require fails, as it does where it is not installed.
 func TestRedisModuleNames(t *testing.T) {
-	restyDir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(restyDir, "resty"), 0o755); err != nil {
-		t.Fatal(err)
+	stack := testenv.Stack(t)
+	installed := filepath.Join(stack.LuaLib, strings.ReplaceAll(stack.RedisModule, ".", "/")+".lua")
+	offered := map[string]string{"resty/redis.lua": fmt.Sprintf("return dofile(%q)\n", installed)}
+	other := "resty.redis"
+	if stack.RedisModule == "resty.redis" {
+		other = "nginx.redis"
+		offered = map[string]string{
+			"nginx/redis.lua": fmt.Sprintf("return dofile(%q)\n", installed),
+			"resty/redis.lua": `error("resty.redis is hidden by TestRedisModuleNames")` + "\n",
+		}
 	}
-	shim := `return dofile("/usr/share/lua/5.1/nginx/redis.lua")` + "\n"
-	if err := os.WriteFile(filepath.Join(restyDir, "resty", "redis.lua"), []byte(shim), 0o644); err != nil {
-		t.Fatal(err)
+	otherDir := t.TempDir()
+	for file, text := range offered {
+		path := filepath.Join(otherDir, file)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	for module, prefix := range map[string]string{"nginx.redis": "", "resty.redis": restyDir} {
+	for module, prefix := range map[string]string{stack.RedisModule: "", other: otherDir} {
 		t.Run(module, func(t *testing.T) {
 			e := startWith(t, testenv.NginxOptions{LuaPathPrefix: prefix})
 			if got := e.stats().redisModule; got != module {

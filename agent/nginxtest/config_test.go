@@ -19,10 +19,11 @@ import (
 )
 
 // TestExampleConfig checks that nginx/nginx.conf, with its install paths moved
-// into this checkout and a temporary directory, passes nginx -t. (nginx -t
-// does not run init_by_lua; the other tests start nginx with the snippets.)
+// into this checkout and a temporary directory (and adapted to the stack
+// under test), passes nginx -t. (nginx -t does not run init_by_lua; the
+// other tests start nginx with the snippets.)
 func TestExampleConfig(t *testing.T) {
-	bin := testenv.Require(t, "nginx", "/usr/sbin")
+	stack := testenv.Stack(t)
 	root := testenv.RepoRoot()
 	dir := t.TempDir()
 	_, certPath, keyPath := testenv.SelfSigned(t, dir, "fallback", "certagent fallback", nil, nil)
@@ -44,10 +45,10 @@ func TestExampleConfig(t *testing.T) {
 		}
 	}
 	confPath := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+	if err := os.WriteFile(confPath, []byte(stack.Adapt(conf)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(bin, "-t", "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "error.log")).CombinedOutput()
+	out, err := exec.Command(stack.Binary, "-t", "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "error.log")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("nginx -t on the example configuration: %v\n%s", err, out)
 	}
@@ -59,7 +60,7 @@ func TestExampleConfig(t *testing.T) {
 func TestInvalidConfigurationRefusesToStart(t *testing.T) {
 	r := testenv.StartRedis(t)
 	n := testenv.StartNginx(t, testenv.NginxOptions{RedisURL: r.URL})
-	bin := testenv.Require(t, "nginx", "/usr/sbin")
+	bin := testenv.Stack(t).Binary
 	for _, c := range []struct{ variable, value, want string }{
 		{"CERTAGENT_REDIS_URL", "http://127.0.0.1:6379", "CERTAGENT_REDIS_URL: redis_url http://127.0.0.1:6379: must start with redis:// or unix:"},
 		{"CERTAGENT_REDIS_URL", "redis://h:70000", "bad port"},
@@ -282,7 +283,7 @@ func TestEveryFieldHasItsVariable(t *testing.T) {
 // trims. A binary upgrade (USR2) starts the new master with the env-named
 // variables only: certagent-main.conf is what keeps them.
 func TestInitReadsEnvironment(t *testing.T) {
-	bin := testenv.Require(t, "nginx", "/usr/sbin")
+	bin := testenv.Stack(t).Binary
 	startIt := func() *env {
 		r := testenv.StartRedis(t)
 		n := testenv.StartNginx(t, testenv.NginxOptions{

@@ -122,7 +122,7 @@ local function build(premature, generation)
         local reply
         reply, err = red:scan(cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)
         if not reply then
-            redis.discard(red)
+            redis.drop(cfg, red, reply, err)
             d:delete(BUILDING)
             log(WARN, "certagent: building the name index: ", tostring(err))
             return
