@@ -1,6 +1,10 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -16,9 +20,13 @@ import (
 
 // TestSupervisordOnAPlainHost runs the root supervisord.conf through
 // docker/certagent-supervise on this host, as an operator without Docker
-// would: the bundled Redis, nginx with the image's nginx.conf and the agent,
-// with every path moved by environment variables. A new name gets the
-// generated fallback certificate, then its own.
+// would, with the variables docs/docker.md documents: the CA, the allow
+// rule, and (because this is a test) ports, directories and users moved out
+// of the way. The programs are found on PATH and nginx.conf is rendered from
+// docker/nginx.conf. A new name is issued; then supervisord stops within
+// Docker's 10 s although a client holds an unfinished request, another an
+// idle TLS connection, and the agent an order whose validation never
+// answers, and Redis saves on the way out.
 func TestSupervisordOnAPlainHost(t *testing.T) {
 	supervisord := testenv.Require(t, "supervisord")
 	nginxBin := testenv.Require(t, "nginx", "/usr/sbin")
@@ -26,7 +34,6 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 	agent := testenv.BuildBinary(t, "./agent/cmd/certagent")
 	root := testenv.RepoRoot()
 	dir := t.TempDir()
-	data, run := filepath.Join(dir, "data"), filepath.Join(dir, "run")
 	httpPort, httpsPort, redisPort := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	pebble := testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort})
 
@@ -34,55 +41,27 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The image's nginx.conf, moved onto free loopback ports and this checkout.
-	conf, err := os.ReadFile(filepath.Join(root, "docker", "nginx.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	workerUser := "user " + me.Username + ";"
-	if me.Uid != "0" {
-		workerUser = ""
-	}
-	nginxConf := strings.NewReplacer(
-		"user www-data;", workerUser,
-		"listen 80 default_server;", "listen 127.0.0.1:"+strconv.Itoa(httpPort)+" default_server;",
-		"listen 443 ssl default_server;", "listen 127.0.0.1:"+strconv.Itoa(httpsPort)+" ssl default_server;",
-		"listen [::]:80 default_server;", "",
-		"listen [::]:443 ssl default_server;", "",
-		"/run/certagent/", run+"/",
-		"/var/lib/certagent/", data+"/",
-		"/etc/certagent/nginx/", filepath.Join(root, "nginx")+"/",
-		"/etc/certagent/conf.d/", filepath.Join(dir, "conf.d")+"/",
-		"/usr/share/certagent/lua/", filepath.Join(root, "lua")+"/",
-	).Replace(string(conf))
-	if strings.Contains(nginxConf, "/etc/certagent") || strings.Contains(nginxConf, "/var/lib/certagent") {
-		t.Fatal("docker/nginx.conf refers to a path this test does not move")
-	}
-	if err := os.MkdirAll(filepath.Join(dir, "conf.d"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	nginxConfPath := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(nginxConfPath, []byte(nginxConf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-
+	path := strings.Join([]string{filepath.Dir(agent), filepath.Dir(nginxBin), filepath.Dir(redisBin),
+		filepath.Dir(supervisord), "/usr/bin", "/bin"}, ":")
 	cmd := exec.Command(filepath.Join(root, "docker", "certagent-supervise"))
-	cmd.Env = append(os.Environ(),
-		"CERTAGENT_SUPERVISORD_CONF="+filepath.Join(root, "supervisord.conf"),
-		"CERTAGENT_DATA_DIR="+data,
-		"CERTAGENT_RUN_DIR="+run,
-		"CERTAGENT_NGINX_CONF="+nginxConfPath,
-		"CERTAGENT_NGINX="+nginxBin+" -p "+dir,
-		"CERTAGENT_AGENT="+agent,
-		"CERTAGENT_AGENT_USER="+me.Username,
-		"CERTAGENT_REDIS_SERVER="+redisBin,
-		"CERTAGENT_REDIS_USER="+me.Username,
-		"CERTAGENT_BUNDLED_REDIS_PORT="+strconv.Itoa(redisPort),
-		"CERTAGENT_ACME_DIRECTORY="+pebble.DirectoryURL,
-		"CERTAGENT_CA_ROOTS="+pebble.CARootsFile,
+	cmd.Env = []string{
+		"PATH=" + path,
+		"CERTAGENT_ACME_DIRECTORY=" + pebble.DirectoryURL,
+		"CERTAGENT_CA_ROOTS=" + pebble.CARootsFile,
 		"CERTAGENT_ALLOW=*.example.test",
-		"PATH=/usr/sbin:/usr/bin:/sbin:/bin:"+filepath.Dir(supervisord),
-	)
+		"CERTAGENT_EMAIL=ops@example.test",
+		"CERTAGENT_DATA_DIR=" + filepath.Join(dir, "data"),
+		"CERTAGENT_RUN_DIR=" + filepath.Join(dir, "run"),
+		"CERTAGENT_CONF_DIR=" + dir,
+		"CERTAGENT_NGINX_HTTP_LISTEN=127.0.0.1:" + strconv.Itoa(httpPort),
+		"CERTAGENT_NGINX_HTTPS_LISTEN=127.0.0.1:" + strconv.Itoa(httpsPort),
+		"CERTAGENT_BUNDLED_REDIS_PORT=" + strconv.Itoa(redisPort),
+		"CERTAGENT_HTTP_LISTEN=127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)),
+		// The test's files are in directories only their owner may enter.
+		"CERTAGENT_AGENT_USER=" + me.Username,
+		"CERTAGENT_REDIS_USER=" + me.Username,
+		"CERTAGENT_NGINX_USER=" + me.Username,
+	}
 	logPath := filepath.Join(dir, "supervisord.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -124,20 +103,101 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 		chain = s.handshake(t, name)
 	}
+	// supervisorctl as docs/docker.md says, with the same variables.
+	ctl := exec.Command(filepath.Join(root, "docker", "certagent-supervise"), "ctl", "status")
+	ctl.Env = cmd.Env
+	if out, err := ctl.CombinedOutput(); err != nil || strings.Count(string(out), "RUNNING") != 3 {
+		t.Errorf("certagent-supervise ctl status: %v\n%s", err, out)
+	}
+
+	// An order in flight: the name resolves to an address where a server
+	// accepts Pebble's validation and never answers.
+	const pending = "pending.example.test"
+	hold, err := net.Listen("tcp", "127.0.0.2:"+strconv.Itoa(httpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+	go func() {
+		for {
+			c, err := hold.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	pebble.SetDNS(t, "/add-a", map[string]any{"host": pending + ".", "addresses": []string{"127.0.0.2"}})
+	go func() { _, _ = tls.Dial("tcp", httpsAddr, &tls.Config{ServerName: pending, InsecureSkipVerify: true}) }()
+	waitIssuingMark(t, redisPort, pending)
+
+	slow, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(httpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	if _, err := slow.Write([]byte("GET / HTTP/1.1\r\nHost: slow.example.test\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	idle, err := tls.Dial("tcp", httpsAddr, &tls.Config{ServerName: name, InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
 
 	// SIGTERM to supervisord stops every process it runs, then itself.
+	start := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case err := <-exited:
+		t.Logf("supervisord stopped in %s with a slow client, an idle TLS connection and an order in flight",
+			time.Since(start).Round(10*time.Millisecond))
 		if err != nil {
 			t.Errorf("supervisord exited with %v after SIGTERM", err)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("supervisord still running 30 s after SIGTERM")
 	}
+	out, _ := os.ReadFile(logPath)
+	for _, bad := range []string{"CRIT", "with SIGKILL"} {
+		if bytes.Contains(out, []byte(bad)) {
+			t.Errorf("supervisord logged %q: %s", bad, lineWith(out, bad))
+		}
+	}
+	if !bytes.Contains(out, []byte("DB saved on disk")) {
+		t.Error("Redis did not save before supervisord exited")
+	}
 	if err := testenv.WaitTCP(httpsAddr, 200*time.Millisecond); err == nil {
 		t.Error("nginx still answers after supervisord stopped")
 	}
+}
+
+// waitIssuingMark waits until an agent has taken name: its issuing mark
+// (docs/redis-schema.md) is set.
+func waitIssuingMark(t *testing.T, redisPort int, name string) {
+	t.Helper()
+	redisCLI := testenv.Require(t, "redis-cli")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, _ := exec.Command(redisCLI, "-p", strconv.Itoa(redisPort), "get", "certagent:issuing:"+name).Output()
+		if strings.TrimSpace(string(out)) == "issuing" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no agent took %s within 15 s (issuing mark %q)", name, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func lineWith(out []byte, text string) string {
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), text) {
+			return sc.Text()
+		}
+	}
+	return ""
 }
