@@ -232,6 +232,21 @@ func (s *site) issued(name string, within time.Duration) *x509.Certificate {
 	}
 }
 
+// linesWith returns the lines of out that contain one of texts.
+func linesWith(out []byte, texts ...string) string {
+	var b strings.Builder
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		for _, text := range texts {
+			if strings.Contains(sc.Text(), text) {
+				b.WriteString(sc.Text() + "\n")
+				break
+			}
+		}
+	}
+	return b.String()
+}
+
 var ordersLine = regexp.MustCompile(`There are now (\d+) orders in the db`)
 
 func (s *site) orders() int {
@@ -468,8 +483,10 @@ func (s *site) stopUnderLoad() {
 	if s.logCount("DB saved on disk") == 0 {
 		t.Error("Redis did not save before the container stopped")
 	}
+	out, _ := exec.Command("docker", "logs", "--tail", "60", s.container).CombinedOutput()
 	if t.Failed() {
-		out, _ := exec.Command("docker", "logs", "--tail", "40", s.container).CombinedOutput()
 		t.Logf("the stopped container's log:\n%s", out)
+	} else {
+		t.Logf("supervisord's stop:\n%s", linesWith(out, "SIGTERM", "stopped", "waiting for"))
 	}
 }
