@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -57,6 +58,10 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 		"CERTAGENT_NGINX_HTTPS_LISTEN=127.0.0.1:" + strconv.Itoa(httpsPort),
 		"CERTAGENT_BUNDLED_REDIS_PORT=" + strconv.Itoa(redisPort),
 		"CERTAGENT_HTTP_LISTEN=127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)),
+		// Port 80 on demand, and two fields of the Lua configuration.
+		"CERTAGENT_HTTP_ON_DEMAND=true",
+		"CERTAGENT_HTTP_MISSING=503",
+		"CERTAGENT_FIRST_HANDSHAKE_WAIT=0",
 		// The test's files are in directories only their owner may enter.
 		"CERTAGENT_AGENT_USER=" + me.Username,
 		"CERTAGENT_REDIS_USER=" + me.Username,
@@ -123,6 +128,35 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 		}
 		if time.Since(start) > 15*time.Second {
 			t.Fatalf("certagent-supervise ctl status: %v\n%s", err, out)
+		}
+	}
+
+	// Port 80 on demand: a plain-HTTP request for a new name gets 503 (no
+	// wait: CERTAGENT_FIRST_HANDSHAKE_WAIT=0) and records the name, which is
+	// issued without any handshake; then the request goes on to the redirect.
+	plain := &http.Client{Timeout: 5 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func() *http.Response {
+		req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(httpPort)+"/page", nil)
+		req.Host = "ondemand.example.test"
+		resp, err := plain.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if resp := get(); resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a plain-HTTP request for a new name got %s (Retry-After %q), want 503 with Retry-After",
+			resp.Status, resp.Header.Get("Retry-After"))
+	}
+	for start := time.Now(); ; time.Sleep(200 * time.Millisecond) {
+		resp := get()
+		if resp.StatusCode == http.StatusPermanentRedirect && resp.Header.Get("Location") == "https://ondemand.example.test/page" {
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("a name recorded over plain HTTP still gets %s after 20 s, want 308 once issued", resp.Status)
 		}
 	}
 
