@@ -30,25 +30,27 @@ import (
 // answers, and Redis saves on the way out.
 func TestSupervisordOnAPlainHost(t *testing.T) {
 	supervisord := testenv.Require(t, "supervisord")
-	nginxBin := testenv.Require(t, "nginx", "/usr/sbin")
+	nginxStack := testenv.Stack(t)
 	redisBin := testenv.Require(t, "redis-server")
 	agent := testenv.BuildBinary(t, "./agent/cmd/certagent")
 	root := testenv.RepoRoot()
 	dir := t.TempDir()
 	httpPort, httpsPort, redisPort := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
-	pebble := testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort})
+	pebble, ca := startCA(t, testenv.PebbleOptions{HTTPPort: httpPort})
 
 	me, err := user.Current()
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := strings.Join([]string{filepath.Dir(agent), filepath.Dir(nginxBin), filepath.Dir(redisBin),
+	// nginx is the stack under test (Debian's or the OpenResty build):
+	// certagent-supervise loads the Lua module or not, as the binary needs.
+	path := strings.Join([]string{filepath.Dir(agent), filepath.Dir(nginxStack.Binary), filepath.Dir(redisBin),
 		filepath.Dir(supervisord), "/usr/bin", "/bin"}, ":")
 	cmd := exec.Command(filepath.Join(root, "docker", "certagent-supervise"))
 	cmd.Env = []string{
 		"PATH=" + path,
-		"CERTAGENT_ACME_DIRECTORY=" + pebble.DirectoryURL,
-		"CERTAGENT_CA_ROOTS=" + pebble.CARootsFile,
+		"CERTAGENT_ACME_DIRECTORY=" + ca.DirectoryURL,
+		"CERTAGENT_CA_ROOTS=" + ca.CARootsFile,
 		"CERTAGENT_ALLOW=*.example.test",
 		"CERTAGENT_EMAIL=ops@example.test",
 		"CERTAGENT_DATA_DIR=" + filepath.Join(dir, "data"),
@@ -100,7 +102,7 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 			t.Fatalf("nginx completed no handshake within 30 s: %v", err)
 		}
 	}
-	s := &stack{pebble: pebble, nginx: &testenv.Nginx{HTTPSAddr: httpsAddr}}
+	s := &stack{pebble: pebble, ca: ca, nginx: &testenv.Nginx{HTTPSAddr: httpsAddr}}
 	const name = "supervised.example.test"
 	// The shipped configuration holds the first handshake while the name
 	// is issued, unless the agent, just started, has not marked it within
