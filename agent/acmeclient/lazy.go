@@ -95,9 +95,19 @@ func (l *Lazy) Obtain(ctx context.Context, names []string) (*Certificate, error)
 func (l *Lazy) ObtainWith(ctx context.Context, names []string, opts OrderOptions) (*Certificate, error) {
 	c, err := l.get(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("obtaining certificate for %s: %w", first(names), err)
+		return nil, outageError(fmt.Errorf("obtaining certificate for %s: %w", first(names), err), l.cfg.DirectoryURL)
 	}
 	return c.ObtainWith(ctx, names, opts)
+}
+
+// Probe is Client.Probe; it connects first (reading the directory and
+// loading the account) when no attempt has succeeded yet.
+func (l *Lazy) Probe(ctx context.Context) error {
+	c, err := l.get(ctx)
+	if err != nil {
+		return outageError(err, l.cfg.DirectoryURL)
+	}
+	return c.Probe(ctx)
 }
 
 // RenewalInfo is Client.RenewalInfo.
