@@ -91,7 +91,9 @@ func TestTransportFailuresAreOutagesNamedByTheirCause(t *testing.T) {
 }
 
 func TestServerErrorsAreOutagesAndRefusalsAreNot(t *testing.T) {
-	wrap := func(err error) error { return fmt.Errorf("obtaining certificate for a.test: finalizing the order: %w", err) }
+	wrap := func(err error) error {
+		return fmt.Errorf("obtaining certificate for a.test: finalizing the order: %w", err)
+	}
 	internal := wrap(&acme.ProblemDetails{HTTPStatus: 503, Type: "urn:ietf:params:acme:error:serverInternal",
 		URL: "https://ca.example/finalize/1"})
 	if o := AsOutage(internal, "https://ca.example/dir"); o == nil ||

@@ -80,6 +80,8 @@ func TestKeysMatchSchemaDocument(t *testing.T) {
 		"failures":    {keys.Failures()},
 		"budget":      {keys.Budget("certs", "example.com"), "kind", "certs", "subject", "example.com"},
 		"park":        {keys.Park("orders", "0123"), "kind", "orders", "subject", "0123"},
+		"cadown":      {keys.CADown("https://ca/dir"), "ca", CAID("https://ca/dir")},
+		"cawaiting":   {keys.CAWaiting()},
 	}
 	for id, b := range built {
 		entry, ok := doc[id]
