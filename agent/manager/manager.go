@@ -242,11 +242,17 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	var issuer Issuer
 	var errs []error
 	for _, candidate := range m.issuers() {
+		// A CA the fleet knows to be down is not asked (castate.go).
+		if outage := m.caDown(keepCtx, candidate); outage != nil {
+			errs = append(errs, outage)
+			continue
+		}
 		opts := acmeclient.OrderOptions{}
 		if renewing != nil && renewing.CA == candidate.DirectoryURL() {
 			opts.Replaces = replaces
 		}
 		cert, err = m.obtain(keepCtx, candidate, names, opts)
+		m.noteCA(keepCtx, candidate, err)
 		if err == nil {
 			issuer = candidate
 			break

@@ -219,10 +219,12 @@ func runAction(c *cli.Context) error {
 		ShutdownGrace: c.Duration(flagGrace),
 	})
 	renewer.Start(ctx)
-	// Both get their shutdown grace at the same time, not one after the other.
+	// Both get their shutdown grace at the same time, not one after the
+	// other, and both count it from the signal.
 	renewerDone := make(chan struct{})
 	go func() {
 		<-ctx.Done()
+		log.Info("shutting down: running orders and renewals may finish", "grace", c.Duration(flagGrace))
 		renewer.Shutdown()
 		close(renewerDone)
 	}()
