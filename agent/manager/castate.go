@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/store"
 )
 
 // A CA that is down (refusing connections, not answering, answering 5xx) is
@@ -35,10 +36,18 @@ const (
 // when it is up (or Redis cannot tell: the order then finds out itself).
 func (m *Manager) caDown(ctx context.Context, issuer Issuer) *acmeclient.OutageError {
 	state, err := m.cfg.Store.CADown(ctx, issuer.DirectoryURL())
-	if err != nil || state == nil {
+	if err != nil || !watched(state) {
 		return nil
 	}
 	return &acmeclient.OutageError{Reason: state.Reason}
+}
+
+// watched reports whether state is an outage some agent is probing: its next
+// probe is not long overdue. A record nobody probes (no agent runs
+// WatchCAs for this CA: a `certagent issue` with another CA's agents) does
+// not keep an order from trying the CA itself.
+func watched(state *store.CAState) bool {
+	return state != nil && time.Now().Before(state.NextProbe.Add(CAProbeMost))
 }
 
 // noteCA records what an order at issuer's CA showed of the CA: down after
@@ -73,7 +82,7 @@ func (m *Manager) CAsDown(ctx context.Context) (*acmeclient.OutageError, error) 
 		if err != nil {
 			return nil, err
 		}
-		if state == nil {
+		if !watched(state) {
 			return nil, nil
 		}
 		outage = &acmeclient.OutageError{Reason: state.Reason}
