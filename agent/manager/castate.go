@@ -43,11 +43,11 @@ func (m *Manager) caDown(ctx context.Context, issuer Issuer) *acmeclient.OutageE
 }
 
 // watched reports whether state is an outage some agent is probing: its next
-// probe is not long overdue. A record nobody probes (no agent runs
-// WatchCAs for this CA: a `certagent issue` with another CA's agents) does
-// not keep an order from trying the CA itself.
+// probe is not overdue by more than a probe can take. A record nobody probes
+// (no agent runs WatchCAs for this CA: a `certagent issue` with another CA's
+// agents) does not keep an order from trying the CA itself.
 func watched(state *store.CAState) bool {
-	return state != nil && time.Now().Before(state.NextProbe.Add(CAProbeMost))
+	return state != nil && time.Now().Before(state.NextProbe.Add(acmeclient.RequestTimeout+CAProbeMost))
 }
 
 // noteCA records what an order at issuer's CA showed of the CA: down after
@@ -71,6 +71,15 @@ func (m *Manager) noteCA(ctx context.Context, issuer Issuer, err error) {
 	case first:
 		m.cfg.Logger.Error("CA down: orders wait for it, the agents probe it", "ca", dir, "error", outage.Reason)
 	}
+	m.wakeCAWatch()
+}
+
+// wakeCAWatch tells WatchCAs that there is an outage to watch.
+func (m *Manager) wakeCAWatch() {
+	select {
+	case m.caWake <- struct{}{}:
+	default:
+	}
 }
 
 // CAsDown returns the outage of the last CA when every configured CA is
@@ -86,6 +95,7 @@ func (m *Manager) CAsDown(ctx context.Context) (*acmeclient.OutageError, error) 
 			return nil, nil
 		}
 		outage = &acmeclient.OutageError{Reason: state.Reason}
+		m.wakeCAWatch()
 	}
 	return outage, nil
 }
@@ -93,73 +103,93 @@ func (m *Manager) CAsDown(ctx context.Context) (*acmeclient.OutageError, error) 
 // WatchCAs probes every CA the fleet recorded as down, one agent at a time
 // with a growing pause, and clears the record when the CA answers. While no
 // CA is down it puts the names that waited for one back into the requests
-// stream. It returns when ctx ends.
+// stream. It looks every interval while there is something to watch (a CA
+// down, names waiting), at start, and when wake says an outage was seen;
+// otherwise it costs nothing. It returns when ctx ends.
 func (m *Manager) WatchCAs(ctx context.Context, every time.Duration) {
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
 	var lastErr string
+	active := true // names may wait from before this agent started
 	for {
-		if err := m.watchOnce(ctx); err != nil && ctx.Err() == nil && err.Error() != lastErr {
-			// One line per kind of trouble, not one per tick.
-			m.cfg.Logger.Warn("watching the CAs", "error", err)
-			lastErr = err.Error()
-		} else if err == nil {
-			lastErr = ""
+		if active {
+			busy, err := m.watchOnce(ctx)
+			switch {
+			case err != nil && ctx.Err() == nil && err.Error() != lastErr:
+				// One line per kind of trouble, not one per tick.
+				m.cfg.Logger.Warn("watching the CAs", "error", err)
+				lastErr = err.Error()
+			case err == nil:
+				lastErr = ""
+			}
+			active = busy || err != nil
+		}
+		if active {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+			}
+			continue
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-ticker.C:
+		case <-m.caWake:
+			active = true
 		}
 	}
 }
 
-func (m *Manager) watchOnce(ctx context.Context) error {
+// watchOnce probes the CAs whose probe is due and resumes the waiting names
+// when a CA answers. busy says whether there is still something to watch.
+func (m *Manager) watchOnce(ctx context.Context) (busy bool, err error) {
 	st := m.cfg.Store
 	allDown := true
 	for _, issuer := range m.issuers() {
 		dir := issuer.DirectoryURL()
 		state, err := st.CADown(ctx, dir)
 		if err != nil {
-			return err
+			return true, err
 		}
 		if state == nil {
 			allDown = false
 			continue
 		}
+		busy = true
 		claimed, err := st.ClaimCAProbe(ctx, dir, time.Now(), CAProbeFirst, CAProbeMost)
 		if err != nil {
-			return err
+			return true, err
 		}
 		if !claimed {
 			continue
 		}
 		if perr := m.probe(ctx, issuer); perr != nil {
 			if ctx.Err() != nil {
-				return nil
+				return true, nil
 			}
 			m.cfg.Logger.Debug("CA still down", "ca", dir, "probes", state.Probes+1, "error", perr)
 			if _, err := st.MarkCADown(ctx, dir, perr.Error(), time.Now(), CAProbeFirst); err != nil {
-				return err
+				return true, err
 			}
 			if err := m.remarkWaiting(ctx, perr.Error()); err != nil {
-				return err
+				return true, err
 			}
 			continue
 		}
 		if err := st.ClearCADown(ctx, dir); err != nil {
-			return err
+			return true, err
 		}
 		m.cfg.Logger.Info("CA answers again: resuming the names that waited for it", "ca", dir,
 			"down_for", time.Now().Sub(state.Since).Round(time.Second).String())
 		allDown = false
 	}
 	if allDown {
-		return nil
+		return true, nil
 	}
 	names, err := st.ResumeWaiting(ctx)
 	if err != nil {
-		return err
+		return true, err
 	}
 	if len(names) > 0 {
 		// The refusals said "wait for the CA"; an agent marks each name
@@ -169,7 +199,7 @@ func (m *Manager) watchOnce(ctx context.Context) error {
 		}
 		m.cfg.Logger.Info("names that waited for the CA are queued again", "names", len(names))
 	}
-	return nil
+	return busy, nil
 }
 
 // probe asks issuer's CA whether it answers. An Issuer that cannot be

@@ -207,6 +207,7 @@ func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 			reqs, err = c.cfg.Store.ReclaimRequests(ctx, c.cfg.Group, c.cfg.Name, c.cfg.ReclaimIdle, int64(c.cfg.Workers)*4)
 			if err == nil {
 				lastReclaim = time.Now()
+				c.adoptWaitingNames(ctx)
 				if len(reqs) > 0 {
 					c.cfg.Logger.Info("took over idle entries", "entries", len(reqs), "idle", c.cfg.ReclaimIdle)
 				}
@@ -453,6 +454,15 @@ func (c *Consumer) waitForCA(ctx context.Context, log *slog.Logger, req store.Re
 	c.markRefused(ctx, log, name, waitingReason(outage.Error()))
 	log.Info("name waits for the CA", "outage", outage.Error())
 	return true
+}
+
+// adoptWaitingNames wakes this agent's CA watch when names wait for a CA:
+// the agents that were watching may all have stopped since.
+func (c *Consumer) adoptWaitingNames(ctx context.Context) {
+	n, err := c.cfg.Store.CountWaitingForCA(ctx)
+	if err == nil && n > 0 {
+		c.cfg.Manager.wakeCAWatch()
+	}
 }
 
 // fail counts one more failure of name and sets its next attempt; nginx

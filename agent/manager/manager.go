@@ -96,6 +96,8 @@ type PeerLease interface {
 // Manager orders certificates and stores them.
 type Manager struct {
 	cfg Config
+	// caWake wakes WatchCAs when an order sees a CA down (castate.go).
+	caWake chan struct{}
 }
 
 // New returns a Manager for cfg.
@@ -115,7 +117,7 @@ func New(cfg Config) *Manager {
 	if cfg.Events == nil {
 		cfg.Events = telemetry.NewHub(cfg.Logger)
 	}
-	return &Manager{cfg: cfg}
+	return &Manager{cfg: cfg, caWake: make(chan struct{}, 1)}
 }
 
 // Issue orders one certificate for names (normalized; the first is the

@@ -158,6 +158,15 @@ func (s *Store) WaitingForCA(ctx context.Context, limit int64) ([]string, error)
 	}
 }
 
+// CountWaitingForCA returns how many names wait for a CA.
+func (s *Store) CountWaitingForCA(ctx context.Context) (int64, error) {
+	n, err := s.rdb.HLen(ctx, s.keys.CAWaiting()).Result()
+	if err != nil {
+		return 0, fmt.Errorf("counting the names waiting for the CA: %w", err)
+	}
+	return n, nil
+}
+
 // ResumeWaiting puts every name waiting for a CA back into the requests
 // stream, where the agents take them up as if nginx had recorded them, and
 // returns them.
