@@ -25,6 +25,27 @@ func get(t *testing.T, client *http.Client, url string) error {
 	return fmt.Errorf("obtaining certificate for a.test: creating the order: %w", err)
 }
 
+// listen accepts connections on a free loopback port, hands each to handle
+// in its own goroutine, and returns the port's address.
+func listen(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
+	return ln.Addr().String()
+}
+
 func TestTransportFailuresAreOutagesNamedByTheirCause(t *testing.T) {
 	client, err := httpClient(nil)
 	if err != nil {
@@ -44,23 +65,12 @@ func TestTransportFailuresAreOutagesNamedByTheirCause(t *testing.T) {
 	}
 
 	// Accepts and never answers: bounded by the TLS handshake timeout.
-	hang, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hang.Close()
-	go func() {
-		for {
-			c, err := hang.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	held := make(chan struct{})
+	defer close(held)
+	hang := listen(t, func(c net.Conn) { <-held; c.Close() })
 	short := client.Transport.(*http.Transport).Clone()
 	short.TLSHandshakeTimeout = 200 * time.Millisecond
-	hangURL := "https://" + hang.Addr().String() + "/dir"
+	hangURL := "https://" + hang + "/dir"
 	outage = AsOutage(get(t, &http.Client{Transport: short}, hangURL), "")
 	if outage == nil || outage.Error() != "CA not answering: TLS handshake timed out at "+hangURL {
 		t.Errorf("hanging: %v", outage)
@@ -70,21 +80,8 @@ func TestTransportFailuresAreOutagesNamedByTheirCause(t *testing.T) {
 	}
 
 	// Accepts and closes at once.
-	closing, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closing.Close()
-	go func() {
-		for {
-			c, err := closing.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	outage = AsOutage(get(t, client, "https://"+closing.Addr().String()+"/dir"), "")
+	closing := listen(t, func(c net.Conn) { c.Close() })
+	outage = AsOutage(get(t, client, "https://"+closing+"/dir"), "")
 	if outage == nil || !strings.HasPrefix(outage.Error(), "CA unreachable: ") {
 		t.Errorf("closing: %v", outage)
 	}
