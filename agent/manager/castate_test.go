@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/testenv"
 	"github.com/certagent/certagent/agent/store"
 )
@@ -152,4 +153,51 @@ func TestRedisFailureTakingTheLeaseLeavesTheNameQueued(t *testing.T) {
 		p, err := rdb.XPending(ctx, s.st.Keys().Requests(), "certagent").Result()
 		return err == nil && p.Count == 0
 	})
+}
+
+// With the first CA down, orders go to the fallback CA without failing
+// names; once the probe finds the first CA back, it takes the orders again.
+func TestFallbackCATakesOverWhileTheFirstIsDown(t *testing.T) {
+	s := startCAStack(t)
+	proxy := testenv.StartCAProxy(t, s.pebble)
+	lazy := func(dir, roots string) *acmeclient.Lazy {
+		return acmeclient.NewLazy(acmeclient.Config{DirectoryURL: dir, Email: "ops@example.test", CARootFiles: []string{roots}},
+			s.st, acmeclient.NewHTTP01Provider(s.st, 0))
+	}
+	m := New(Config{Store: s.st, Issuer: lazy(proxy.DirectoryURL, proxy.CARootsFile),
+		Fallbacks: []Issuer{lazy(s.pebble.DirectoryURL, s.pebble.CARootsFile)}, Logger: quietLogger(), Clock: s.clock})
+	policy, _ := ParsePolicy([]string{"*.example.test"})
+	s.consume(t, ConsumerConfig{Manager: m, Policy: policy, CAWatch: 100 * time.Millisecond})
+	ctx := context.Background()
+	issuedBy := func(name string) string {
+		rec, err := s.st.GetCert(ctx, name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return rec.CA
+	}
+
+	proxy.SetDown(true)
+	for _, n := range []string{"fb-1.example.test", "fb-2.example.test", "fb-3.example.test"} {
+		s.request(t, n)
+		if ca := issuedBy(n); ca != s.pebble.DirectoryURL {
+			t.Errorf("%s issued by %s, want the fallback %s", n, ca, s.pebble.DirectoryURL)
+		}
+	}
+	if down, err := s.st.CADown(ctx, proxy.DirectoryURL); err != nil || down == nil {
+		t.Errorf("the first CA is not recorded down: %v", err)
+	}
+	if failures, _ := s.st.ListFailures(ctx, 0); len(failures) != 0 {
+		t.Errorf("failure records: %+v", failures)
+	}
+
+	proxy.SetDown(false)
+	waitFor(t, "the probe to find the first CA back", func() bool {
+		down, err := s.st.CADown(ctx, proxy.DirectoryURL)
+		return err == nil && down == nil
+	})
+	s.request(t, "back.example.test")
+	if ca := issuedBy("back.example.test"); ca != proxy.DirectoryURL {
+		t.Errorf("after the first CA returned, issued by %s, want %s", ca, proxy.DirectoryURL)
+	}
 }
