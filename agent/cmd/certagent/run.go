@@ -148,9 +148,11 @@ func runAction(c *cli.Context) error {
 	}
 
 	// Redis or the CA may be down at start; keep trying instead of exiting,
-	// with a pause that grows so neither is hammered.
+	// with a pause that grows so neither is hammered, up to the pause of the
+	// running agents' probes, so the names queued meanwhile follow the CA's
+	// return within seconds.
 	var mgr *manager.Manager
-	for wait := time.Second; ; wait = min(wait*2, time.Minute) {
+	for wait := time.Second; ; wait = min(wait*2, manager.CAProbeMost) {
 		mgr, err = newManager(ctx, c, st, log, events, metrics, fleet)
 		if err == nil {
 			break
