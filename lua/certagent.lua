@@ -1,11 +1,12 @@
 -- certagent: serve certificates that the certagent agent stores in Redis.
 --
---   init_by_lua_block      { require("certagent").init({ redis_url = "redis://127.0.0.1:6379/0" }) }
+--   init_by_lua_block      { require("certagent").init() }     (configured by CERTAGENT_* variables)
 --   init_worker_by_lua_block { require("certagent").init_worker() }
 --   ssl_certificate_by_lua_block { require("certagent").ssl_certificate() }
 --   location ^~ /.well-known/acme-challenge/ { content_by_lua_block { require("certagent").acme_challenge() } }
 --   location = /certagent-status { content_by_lua_block { require("certagent").status() } }
 --   rewrite_by_lua_block { require("certagent").http_on_demand() }   (port-80 server)
+--   access_by_lua_block { if not require("certagent").has_certificate() then return ngx.exit(444) end }
 --
 -- docs/lua.md describes the configuration table. Every entry point runs under
 -- pcall: an error in certagent never fails a handshake, the server's own
@@ -26,7 +27,9 @@ local _M = { _VERSION = "0.1.0" }
 local cfg
 local ssl, challenge, changes, ondemand -- loaded in init (ngx.ssl needs the http subsystem)
 
--- init validates the configuration table and prepares the modules. It raises
+-- init validates the configuration and prepares the modules. Every field
+-- comes from the table user when it has it, else from its CERTAGENT_<FIELD>
+-- environment variable, else from the defaults (certagent.config). It raises
 -- an error on an invalid configuration, so nginx refuses to start with it.
 function _M.init(user)
     local c, err = config.new(user)
@@ -68,6 +71,7 @@ function _M.init_worker()
         log(ERR, "certagent: init_worker() called before init(); cached certificates will not be refreshed")
         return
     end
+    require("certagent.selftest").init_worker(cfg)
     local ok, started, err = pcall(changes.init_worker)
     if not ok or not started then
         log(ERR, "certagent: ", tostring(ok and err or started),
@@ -121,6 +125,37 @@ function _M.http_on_demand()
     if not ok then
         log(ERR, "certagent: http_on_demand failed: ", tostring(err))
     end
+end
+
+-- host_state is what ssl.state says for the request's Host; a request
+-- without a valid Host has nothing.
+local function host_state()
+    local name = challenge.host()
+    if not name then
+        return "no"
+    end
+    return ssl.state(name, false)
+end
+
+-- has_certificate reports whether the request's Host has a usable stored
+-- certificate (its own or a wildcard's), looked up as a handshake would. It
+-- lets a catch-all server that closes unknown names (return 444) serve the
+-- names certagent issued: access_by_lua_block { if not
+-- require("certagent").has_certificate() then return ngx.exit(444) end }.
+-- No valid Host, no certificate and a Redis error (logged) are all false.
+function _M.has_certificate()
+    if not cfg then
+        return false
+    end
+    local ok, state, err = pcall(host_state)
+    if not ok or not state then
+        -- An unreachable Redis is logged once per outage (certagent.redis).
+        if not ok or not redis.down() then
+            log(ERR, "certagent: has_certificate failed: ", tostring(ok and err or state), "; answering false")
+        end
+        return false
+    end
+    return state == "yes"
 end
 
 -- status is the content handler of the status location: the counters in the

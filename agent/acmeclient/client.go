@@ -22,7 +22,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-acme/lego/v4/acme"
 	"github.com/go-acme/lego/v4/acme/api"
 	"github.com/go-acme/lego/v4/challenge"
 )
@@ -74,6 +73,9 @@ type Config struct {
 	// DNSResolver ("host:port") is asked whether a published TXT record is
 	// visible before the CA validates it. Default: the system resolver.
 	DNSResolver string
+	// AccountChanged, when set, is told when a Lazy client has replaced an
+	// account the CA lost (see AccountChange). Default: none.
+	AccountChanged func(AccountChange)
 }
 
 // AccountStore keeps the ACME account shared by every agent of the fleet.
@@ -83,6 +85,17 @@ type AccountStore interface {
 	ClaimAccountKey(ctx context.Context, directory, email, keyPEM string) (keyPEMStored, uri string, err error)
 	// SetAccountURI records the account URL after registration.
 	SetAccountURI(ctx context.Context, directory, email, uri string) error
+	// LoadAccount returns the stored key and URL (empty when none) and the
+	// account's generation, in one read.
+	LoadAccount(ctx context.Context, directory, email string) (keyPEM, uri string, generation int64, err error)
+	// ReplaceAccount stores the key and URL of the account registered again
+	// after the CA lost the stored one, and counts one more generation, in
+	// one write.
+	ReplaceAccount(ctx context.Context, directory, email, keyPEM, uri string) error
+	// LockAccount takes the fleet-wide lock on registering the account
+	// again, waiting while another agent holds it, until ctx ends. It
+	// expires after ttl if its holder dies.
+	LockAccount(ctx context.Context, directory, email string, ttl time.Duration) (unlock func(), err error)
 }
 
 // Client orders certificates from one CA with one account.
@@ -92,8 +105,11 @@ type Client struct {
 	solver challenge.Provider
 
 	accountURI string
-	// rateLimits remembers the Retry-After of the CA's latest 429 answer.
-	rateLimits *rateLimitTracker
+	// keyPEM is the account key as stored. Never logged.
+	keyPEM string
+	// generation is the stored account's generation when this client was
+	// made: a greater one means another agent registered the account again.
+	generation int64
 }
 
 // Certificate is an issued certificate with its new private key.
@@ -112,6 +128,55 @@ type Certificate struct {
 // New loads or registers the account for cfg and returns a client that
 // answers HTTP-01 challenges with solver.
 func New(ctx context.Context, cfg Config, accounts AccountStore, solver challenge.Provider) (*Client, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	accountKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generating an ACME account key: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(accountKey)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the ACME account key: %w", err)
+	}
+	if _, _, err := accounts.ClaimAccountKey(ctx, cfg.DirectoryURL, cfg.Email,
+		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))); err != nil {
+		return nil, err
+	}
+	// Key, URL and generation in one read: an account registered again
+	// meanwhile is read whole.
+	storedPEM, uri, generation, err := accounts.LoadAccount(ctx, cfg.DirectoryURL, cfg.Email)
+	if err != nil {
+		return nil, err
+	}
+	key, err := parseKey([]byte(storedPEM))
+	if err != nil {
+		return nil, fmt.Errorf("the stored ACME account key is unusable: %w", err)
+	}
+
+	core, err := newCore(ctx, cfg, uri, key)
+	if err != nil {
+		return nil, err
+	}
+	if uri == "" {
+		// Registering an existing key returns the existing account, so two
+		// agents racing here end up with the same account URL.
+		account, err := registerAccount(ctx, core, cfg)
+		if err != nil {
+			return nil, err
+		}
+		if err := accounts.SetAccountURI(ctx, cfg.DirectoryURL, cfg.Email, account.Location); err != nil {
+			return nil, err
+		}
+		uri = account.Location
+	}
+	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, keyPEM: storedPEM, generation: generation}, nil
+}
+
+// withDefaults fills in cfg's defaults and wraps its HTTP client with the
+// request observer.
+func (cfg Config) withDefaults() (Config, error) {
 	if cfg.DirectoryURL == "" {
 		cfg.DirectoryURL = LetsEncryptProduction
 	}
@@ -119,7 +184,7 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		cfg.KeyType = "ec256"
 	}
 	if _, err := generateKey(cfg.KeyType); err != nil {
-		return nil, err
+		return cfg, err
 	}
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "certagent"
@@ -130,70 +195,36 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 	if cfg.MaxPoll <= 0 {
 		cfg.MaxPoll = time.Second
 	}
+	if (cfg.EABKeyID == "") != (cfg.EABHMAC == "") {
+		return cfg, errors.New("external account binding needs both the key id and the HMAC key")
+	}
 	if cfg.HTTPClient == nil {
 		client, err := httpClient(cfg.CARootFiles)
 		if err != nil {
-			return nil, err
+			return cfg, err
 		}
 		cfg.HTTPClient = client
 	}
-	// Rate-limit answers carry their Retry-After only in a header.
-	var rateLimits *rateLimitTracker
 	if cfg.ObserveRequest != nil {
 		cfg.HTTPClient = observeRequests(cfg.HTTPClient, cfg.ObserveRequest)
 	}
-	cfg.HTTPClient, rateLimits = trackRateLimits(cfg.HTTPClient)
+	return cfg, nil
+}
 
-	accountKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generating an ACME account key: %w", err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(accountKey)
-	if err != nil {
-		return nil, fmt.Errorf("encoding the ACME account key: %w", err)
-	}
-	storedPEM, uri, err := accounts.ClaimAccountKey(ctx, cfg.DirectoryURL, cfg.Email,
-		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})))
-	if err != nil {
-		return nil, err
-	}
-	key, err := parseKey([]byte(storedPEM))
-	if err != nil {
-		return nil, fmt.Errorf("the stored ACME account key is unusable: %w", err)
-	}
-
+// newCore reads the CA's directory and returns lego's protocol layer signing
+// with key as the account uri (empty before registration).
+func newCore(ctx context.Context, cfg Config, uri string, key crypto.Signer) (*api.Core, error) {
+	// lego wraps the transport of the client it is given: a copy keeps the
+	// caller's client (a Lazy's retries, the other cores of one account)
+	// from being wrapped again, or changed under requests in flight.
+	own := *cfg.HTTPClient
 	core, err := withContext(ctx, func() (*api.Core, error) {
-		return api.New(cfg.HTTPClient, cfg.UserAgent, cfg.DirectoryURL, uri, key)
+		return api.New(&own, cfg.UserAgent, cfg.DirectoryURL, uri, key)
 	})
 	if err != nil {
 		return nil, outageError(fmt.Errorf("reading the ACME directory %s: %w", cfg.DirectoryURL, err), cfg.DirectoryURL)
 	}
-	if uri == "" {
-		var contact []string
-		if cfg.Email != "" {
-			contact = []string{"mailto:" + cfg.Email}
-		}
-		// Registering an existing key returns the existing account, so two
-		// agents racing here end up with the same account URL.
-		req := acme.Account{TermsOfServiceAgreed: true, Contact: contact}
-		if (cfg.EABKeyID == "") != (cfg.EABHMAC == "") {
-			return nil, errors.New("external account binding needs both the key id and the HMAC key")
-		}
-		account, err := withContext(ctx, func() (acme.ExtendedAccount, error) {
-			if cfg.EABKeyID != "" {
-				return core.Accounts.NewEAB(req, cfg.EABKeyID, cfg.EABHMAC)
-			}
-			return core.Accounts.New(req)
-		})
-		if err != nil {
-			return nil, outageError(fmt.Errorf("registering the ACME account at %s: %w", cfg.DirectoryURL, err), cfg.DirectoryURL)
-		}
-		if err := accounts.SetAccountURI(ctx, cfg.DirectoryURL, cfg.Email, account.Location); err != nil {
-			return nil, err
-		}
-		uri = account.Location
-	}
-	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, rateLimits: rateLimits}, nil
+	return core, nil
 }
 
 // AccountURI returns the URL of the ACME account this client uses.

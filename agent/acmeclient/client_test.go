@@ -23,17 +23,42 @@ type memTokens struct {
 	mu     sync.Mutex
 	tokens map[string]string
 	puts   int
-	broken bool // publish nothing
+	broken bool // answer nothing over HTTP, as an nginx that cannot read them
+	// loseNext drops the next token once it has been read back, as a
+	// Redis restart that missed the last writes does; lost counts them.
+	loseNext bool
+	lost     int
+	// restartedAt is when the store last "restarted" (zero: never).
+	restartedAt time.Time
+	// unavailable answers the next requests 503, as nginx does while it
+	// cannot reach Redis.
+	unavailable int
+}
+
+func (m *memTokens) RestartedSince(_ context.Context, since time.Time) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.restartedAt.After(since), nil
 }
 
 func (m *memTokens) PutToken(_ context.Context, name, token, keyAuth string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.puts++
-	if !m.broken {
-		m.tokens[name+"/"+token] = keyAuth
-	}
+	m.tokens[name+"/"+token] = keyAuth
 	return nil
+}
+
+func (m *memTokens) Token(_ context.Context, name, token string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	keyAuth := m.tokens[name+"/"+token]
+	if m.loseNext && keyAuth != "" {
+		m.loseNext = false
+		m.lost++
+		delete(m.tokens, name+"/"+token)
+	}
+	return keyAuth, nil
 }
 
 func (m *memTokens) DeleteToken(_ context.Context, name, token string) error {
@@ -51,8 +76,17 @@ func (m *memTokens) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	token := strings.TrimPrefix(r.URL.Path, "/.well-known/acme-challenge/")
 	m.mu.Lock()
 	keyAuth, ok := m.tokens[host+"/"+token]
+	broken := m.broken
+	unavailable := m.unavailable > 0
+	if unavailable {
+		m.unavailable--
+	}
 	m.mu.Unlock()
-	if !ok {
+	if unavailable {
+		http.Error(w, "token store unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	if !ok || broken {
 		http.NotFound(w, r)
 		return
 	}
@@ -61,11 +95,16 @@ func (m *memTokens) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // memAccounts is an AccountStore in memory.
 type memAccounts struct {
-	key, uri string
-	sets     int
+	mu         sync.Mutex
+	key, uri   string
+	sets       int
+	generation int64
+	lock       chan struct{}
 }
 
 func (m *memAccounts) ClaimAccountKey(_ context.Context, _, _, keyPEM string) (string, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.key == "" {
 		m.key = keyPEM
 	}
@@ -73,9 +112,42 @@ func (m *memAccounts) ClaimAccountKey(_ context.Context, _, _, keyPEM string) (s
 }
 
 func (m *memAccounts) SetAccountURI(_ context.Context, _, _, uri string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.uri = uri
 	m.sets++
 	return nil
+}
+
+func (m *memAccounts) LoadAccount(context.Context, string, string) (string, string, int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.key, m.uri, m.generation, nil
+}
+
+func (m *memAccounts) ReplaceAccount(_ context.Context, _, _, keyPEM, uri string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.key, m.uri = keyPEM, uri
+	m.sets++
+	m.generation++
+	return nil
+}
+
+// LockAccount is a lock in memory: the agents of a test share memAccounts.
+func (m *memAccounts) LockAccount(ctx context.Context, _, _ string, _ time.Duration) (func(), error) {
+	m.mu.Lock()
+	if m.lock == nil {
+		m.lock = make(chan struct{}, 1)
+	}
+	lock := m.lock
+	m.mu.Unlock()
+	select {
+	case lock <- struct{}{}:
+		return func() { <-lock }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func startCA(t *testing.T) (*testenv.Pebble, *memTokens) {
@@ -98,15 +170,32 @@ func startCAWith(t *testing.T, opts testenv.PebbleOptions) (*testenv.Pebble, *me
 	return testenv.StartPebble(t, opts), tokens
 }
 
-func TestObtainAgainstPebble(t *testing.T) {
+// pebbleClient is a Client of a Pebble started for the test, with its
+// account in memory.
+type pebbleClient struct {
+	pebble   *testenv.Pebble
+	tokens   *memTokens
+	accounts *memAccounts
+	cfg      Config
+	client   *Client
+}
+
+func startPebbleClient(t *testing.T) pebbleClient {
+	t.Helper()
 	pebble, tokens := startCA(t)
-	ctx := context.Background()
-	accounts := &memAccounts{}
-	cfg := Config{DirectoryURL: pebble.DirectoryURL, Email: "ops@example.test", CARootFiles: []string{pebble.CARootsFile}}
-	client, err := New(ctx, cfg, accounts, NewHTTP01Provider(tokens, 0))
-	if err != nil {
+	p := pebbleClient{pebble: pebble, tokens: tokens, accounts: &memAccounts{},
+		cfg: Config{DirectoryURL: pebble.DirectoryURL, Email: "ops@example.test", CARootFiles: []string{pebble.CARootsFile}}}
+	var err error
+	if p.client, err = New(context.Background(), p.cfg, p.accounts, NewHTTP01Provider(tokens, 0)); err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+func TestObtainAgainstPebble(t *testing.T) {
+	p := startPebbleClient(t)
+	pebble, tokens, accounts, cfg, client := p.pebble, p.tokens, p.accounts, p.cfg, p.client
+	ctx := context.Background()
 	if accounts.uri == "" || accounts.sets != 1 {
 		t.Fatalf("account not registered: %+v", accounts)
 	}

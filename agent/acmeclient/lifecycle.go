@@ -25,6 +25,10 @@ type OrderOptions struct {
 	Replaces string
 	// Profile overrides Config.Profile for this order when not empty.
 	Profile string
+	// Journal records the order while it runs and hands it back to the
+	// next attempt for the same names at the same CA, which resumes it
+	// (after a crash) instead of placing a new one. Default: none.
+	Journal OrderJournal
 }
 
 // ErrNoARI is returned by RenewalInfo when the CA offers no renewal

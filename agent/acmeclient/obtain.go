@@ -2,6 +2,7 @@ package acmeclient
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -23,10 +24,14 @@ func (c *Client) Obtain(ctx context.Context, names []string) (*Certificate, erro
 }
 
 // ObtainWith is Obtain with per-order options: the certificate it replaces
-// (ARI) and a profile other than the configured one.
+// (ARI), a profile other than the configured one, and the journal that lets
+// the next attempt resume the order.
 func (c *Client) ObtainWith(ctx context.Context, names []string, opts OrderOptions) (*Certificate, error) {
 	if len(names) == 0 {
 		return nil, errors.New("obtaining a certificate: no names")
+	}
+	if len(names) > MaxNamesPerOrder {
+		return nil, fmt.Errorf("obtaining certificate for %s: %w (%d asked for)", names[0], ErrTooManyNames, len(names))
 	}
 	cert, err := c.obtain(ctx, names, opts)
 	if err != nil {
@@ -36,7 +41,45 @@ func (c *Client) ObtainWith(ctx context.Context, names []string, opts OrderOptio
 	return cert, nil
 }
 
+// obtain runs the order for names, resuming the one opts.Journal recorded
+// when there is one. An order whose validation failed because the token
+// store lost the answer or could not serve it (ErrAnswerLost) is followed at
+// once by a new one: the name is not at fault, and the failed order is
+// invalid now. A second such failure is returned, wrapping ErrAnswerLost.
 func (c *Client) obtain(ctx context.Context, names []string, opts OrderOptions) (*Certificate, error) {
+	cert, err := c.runOrder(ctx, names, opts)
+	if errors.Is(err, ErrAnswerLost) && ctx.Err() == nil {
+		cert, err = c.runOrder(ctx, names, opts)
+	}
+	return cert, err
+}
+
+// runOrder resumes the recorded order for names or places a new one (and
+// records it), then drives it to a certificate.
+func (c *Client) runOrder(ctx context.Context, names []string, opts OrderOptions) (*Certificate, error) {
+	journal := opts.Journal
+	if journal == nil {
+		journal = noJournal{}
+	}
+	resumed, key, err := c.resume(ctx, names, journal)
+	if err != nil {
+		return nil, err
+	}
+	if resumed != nil {
+		return c.complete(ctx, names, *resumed, key, journal)
+	}
+	order, err := c.newOrder(ctx, names, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := journal.Record(ctx, c.pendingOrder(order, names, "", nil)); err != nil {
+		return nil, err
+	}
+	return c.complete(ctx, names, order, nil, journal)
+}
+
+// newOrder places a new order for names at the CA.
+func (c *Client) newOrder(ctx context.Context, names []string, opts OrderOptions) (acme.ExtendedOrder, error) {
 	profile := opts.Profile
 	if profile == "" {
 		profile = c.cfg.Profile
@@ -56,39 +99,57 @@ func (c *Client) obtain(ctx context.Context, names []string, opts OrderOptions) 
 		})
 	}
 	if err != nil {
-		return nil, fmt.Errorf("creating the order: %w", err)
+		return acme.ExtendedOrder{}, fmt.Errorf("creating the order: %w", err)
 	}
-	for _, authzURL := range order.Authorizations {
-		if err := c.authorize(ctx, authzURL); err != nil {
+	return order, nil
+}
+
+// complete drives order from where it stands to a downloaded certificate:
+// authorizations while pending, finalization with key (a new one when nil,
+// recorded before the CSR goes out) while ready, polling while processing.
+func (c *Client) complete(ctx context.Context, names []string, order acme.ExtendedOrder, key crypto.Signer,
+	journal OrderJournal) (*Certificate, error) {
+	if order.Status == acme.StatusPending {
+		for _, authzURL := range order.Authorizations {
+			if err := c.authorize(ctx, authzURL); err != nil {
+				return nil, err
+			}
+		}
+		order.Status = acme.StatusReady
+	}
+	if order.Status == acme.StatusReady {
+		if key == nil {
+			var err error
+			if key, err = generateKey(c.cfg.KeyType); err != nil {
+				return nil, err
+			}
+			// A crash after the CSR went out leaves an order only this
+			// key can use: record it first.
+			if err := journal.Record(ctx, c.pendingOrder(order, names, c.cfg.KeyType, key)); err != nil {
+				return nil, err
+			}
+		}
+		csr, err := newCSR(names, key)
+		if err != nil {
 			return nil, err
 		}
-	}
-
-	key, err := generateKey(c.cfg.KeyType)
-	if err != nil {
-		return nil, err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-		Subject:  pkix.Name{CommonName: names[0]},
-		DNSNames: names,
-	}, key)
-	if err != nil {
-		return nil, fmt.Errorf("creating the CSR: %w", err)
-	}
-	finalized, err := withContext(ctx, func() (acme.ExtendedOrder, error) {
-		return c.core.Orders.UpdateForCSR(order.Finalize, csr)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("finalizing the order: %w", err)
-	}
-	if finalized.Status != acme.StatusValid {
-		finalized, err = c.waitOrder(ctx, order.Location)
+		finalized, err := withContext(ctx, func() (acme.ExtendedOrder, error) {
+			return c.core.Orders.UpdateForCSR(order.Finalize, csr)
+		})
 		if err != nil {
+			return nil, fmt.Errorf("finalizing the order: %w", err)
+		}
+		finalized.Location = order.Location
+		order = finalized
+	}
+	if order.Status != acme.StatusValid {
+		var err error
+		if order, err = c.waitOrder(ctx, order.Location); err != nil {
 			return nil, err
 		}
 	}
 	chain, err := withContext(ctx, func() ([]byte, error) {
-		chain, _, err := c.core.Certificates.Get(finalized.Certificate, true)
+		chain, _, err := c.core.Certificates.Get(order.Certificate, true)
 		return chain, err
 	})
 	if err != nil {
@@ -101,10 +162,10 @@ func (c *Client) obtain(ctx context.Context, names []string, opts OrderOptions) 
 	return &Certificate{
 		FullChain: chain,
 		KeyPEM:    pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		CertURL:   finalized.Certificate,
-		KeyType:   c.cfg.KeyType,
-		Profile:   finalized.Profile,
-		Replaces:  finalized.Replaces,
+		CertURL:   order.Certificate,
+		KeyType:   keyTypeOf(key),
+		Profile:   order.Profile,
+		Replaces:  order.Replaces,
 	}, nil
 }
 
@@ -140,6 +201,7 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 	if err != nil {
 		return fmt.Errorf("authorizing %s: %w", domain, err)
 	}
+	presented := time.Now()
 	if err := solver.Present(domain, chall.Token, keyAuth); err != nil {
 		return fmt.Errorf("authorizing %s: presenting the %s answer: %w", domain, challType, err)
 	}
@@ -153,15 +215,20 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 		}
 	}
 
-	started, err := withContext(ctx, func() (acme.ExtendedChallenge, error) { return c.core.Challenges.New(chall.URL) })
-	if err != nil {
-		return fmt.Errorf("authorizing %s: starting validation: %w", domain, err)
-	}
 	first := c.cfg.FirstPoll
-	if d, err := api.ParseRetryAfter(started.RetryAfter); err == nil && d > 0 {
-		first = min(d, 30*time.Second)
+	// A resumed order's challenge may be under validation already: the CA
+	// refuses to start it twice, and the answer is published again above.
+	if chall.Status == acme.StatusPending || chall.Status == "" {
+		started, err := withContext(ctx, func() (acme.ExtendedChallenge, error) { return c.core.Challenges.New(chall.URL) })
+		if err != nil {
+			return fmt.Errorf("authorizing %s: starting validation: %w", domain, err)
+		}
+		if d, err := api.ParseRetryAfter(started.RetryAfter); err == nil && d > 0 {
+			first = min(d, 30*time.Second)
+		}
 	}
-	return poll(ctx, first, c.cfg.MaxPoll, func() (bool, error) {
+	failed := false
+	err = poll(ctx, first, c.cfg.MaxPoll, func() (bool, error) {
 		authz, err := withContext(ctx, func() (acme.Authorization, error) { return c.core.Authorizations.Get(authzURL) })
 		if err != nil {
 			return false, fmt.Errorf("authorizing %s: polling: %w", domain, err)
@@ -172,6 +239,7 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 		case acme.StatusPending, acme.StatusProcessing:
 			return false, nil
 		}
+		failed = true
 		for _, ch := range authz.Challenges {
 			if ch.Type == challType && ch.Error != nil {
 				return false, fmt.Errorf("authorizing %s: %w", domain, ch.Error)
@@ -179,6 +247,12 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 		}
 		return false, fmt.Errorf("authorizing %s: authorization is %s", domain, authz.Status)
 	})
+	if failed {
+		if checker, ok := solver.(answerChecker); ok && checker.AnswerLost(domain, chall.Token, keyAuth, presented) {
+			return fmt.Errorf("%w: %w", ErrAnswerLost, err)
+		}
+	}
+	return err
 }
 
 func (c *Client) waitOrder(ctx context.Context, orderURL string) (acme.ExtendedOrder, error) {
@@ -218,6 +292,35 @@ func poll(ctx context.Context, wait, maxWait time.Duration, check func() (bool, 
 		wait = min(wait*2, maxWait)
 		timer.Reset(wait)
 	}
+}
+
+// MaxNamesPerOrder is the most names one certificate may carry: Let's
+// Encrypt refuses an order for more ("Order cannot contain more than 100 DNS
+// names"), and so do most public CAs.
+const MaxNamesPerOrder = 100
+
+// ErrTooManyNames is returned, before anything is sent to the CA, for an
+// order of more than MaxNamesPerOrder names.
+var ErrTooManyNames = fmt.Errorf("a certificate can carry at most %d names", MaxNamesPerOrder)
+
+// maxCommonNameBytes is the upper bound of a subject's commonName (RFC 5280,
+// ub-common-name). Let's Encrypt refuses a CSR whose CN is longer.
+const maxCommonNameBytes = 64
+
+// newCSR returns the DER certificate request for names, signed by key. The
+// names go in the subjectAltName, which is what CAs and clients read; the
+// first is also the commonName when it fits in 64 bytes, and otherwise there
+// is no commonName at all, as lego does.
+func newCSR(names []string, key crypto.Signer) ([]byte, error) {
+	var subject pkix.Name
+	if len(names[0]) <= maxCommonNameBytes {
+		subject.CommonName = names[0]
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: subject, DNSNames: names}, key)
+	if err != nil {
+		return nil, fmt.Errorf("creating the CSR: %w", err)
+	}
+	return csr, nil
 }
 
 func rsaKey(bits int) (*rsa.PrivateKey, error) { return rsa.GenerateKey(rand.Reader, bits) }

@@ -3,26 +3,28 @@ package acmeclient
 import (
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/go-acme/lego/v4/acme"
 )
 
-func TestParseRetryAfter(t *testing.T) {
-	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+func TestRetryAt(t *testing.T) {
+	now := time.Now()
 	for in, want := range map[string]time.Time{
-		"120":                           now.Add(2 * time.Minute),
-		" 0 ":                           now,
-		"Wed, 25 Nov 2026 13:00:00 GMT": now.Add(time.Hour),
-		"Wed, 25 Nov 2026 11:00:00 GMT": now.Add(DefaultRetryAfter), // in the past
-		"":                              now.Add(DefaultRetryAfter),
-		"soon":                          now.Add(DefaultRetryAfter),
-		"-5":                            now.Add(DefaultRetryAfter),
+		"120":  now.Add(2 * time.Minute),
+		" 0 ":  now,
+		"":     now.Add(DefaultRetryAfter),
+		"soon": now.Add(DefaultRetryAfter),
+		"-5":   now.Add(DefaultRetryAfter),
+		now.Add(time.Hour).UTC().Format(http.TimeFormat):     now.Add(time.Hour),
+		now.Add(-time.Hour).UTC().Format(http.TimeFormat):    now.Add(DefaultRetryAfter), // in the past
+		now.Add(3 * time.Hour).UTC().Format(http.TimeFormat): now.Add(3 * time.Hour),
 	} {
-		if got := parseRetryAfter(in, now); !got.Equal(want) {
-			t.Errorf("parseRetryAfter(%q) = %s, want %s", in, got, want)
+		// An HTTP date has whole seconds and lego reads it against the
+		// clock, not against now: a second either way is the same answer.
+		if got := retryAt(in, now); got.Sub(want).Abs() > time.Second {
+			t.Errorf("retryAt(%q) = now%+v, want now%+v", in, got.Sub(now).Round(time.Second), want.Sub(now).Round(time.Second))
 		}
 	}
 }
@@ -41,32 +43,36 @@ func TestRateLimitScope(t *testing.T) {
 	}
 }
 
-// TestTrackerCapturesRetryAfter sends a request through the tracking
-// transport to a server answering 429 with Retry-After, and reads it back
-// through RateLimited for a rateLimited problem.
-func TestTrackerCapturesRetryAfter(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Retry-After", "90")
-		w.Header().Set("Content-Type", "application/problem+json")
-		w.WriteHeader(http.StatusTooManyRequests)
-		fmt.Fprint(w, `{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders","status":429}`)
-	}))
-	defer srv.Close()
-	client, tracker := trackRateLimits(&http.Client{})
+// TestRateLimitOfReadsEachAnswersRetryAfter gives two rateLimited answers
+// with different Retry-After values: each error yields its own pause, in
+// whatever order they are read.
+func TestRateLimitOfReadsEachAnswersRetryAfter(t *testing.T) {
+	answer := func(retryAfter, detail string) error {
+		return fmt.Errorf("obtaining certificate for a.example.test: creating the order: %w", &acme.RateLimitedError{
+			ProblemDetails: &acme.ProblemDetails{Type: acme.RateLimitedErr, Detail: detail, HTTPStatus: 429},
+			RetryAfter:     retryAfter,
+		})
+	}
+	short := answer("90", "too many new orders (300) from this account recently")
+	long := answer("7200", `too many certificates (50) already issued for "example.test" in the last 168h0m0s`)
 	now := time.Now()
-	tracker.now = func() time.Time { return now }
-	resp, err := client.Get(srv.URL)
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		err   error
+		wait  time.Duration
+		scope RateLimitScope
+	}{{long, 2 * time.Hour, ScopeDomain}, {short, 90 * time.Second, ScopeAccount}, {long, 2 * time.Hour, ScopeDomain}} {
+		rl, ok := RateLimitOf(tc.err)
+		if !ok || rl.Until.Sub(now.Add(tc.wait)).Abs() > time.Second || rl.Scope != tc.scope {
+			t.Errorf("RateLimitOf(%v) = %+v, %v; want until now+%s, scope %s", tc.err, rl, ok, tc.wait, tc.scope)
+		}
 	}
-	resp.Body.Close()
-	c := &Client{rateLimits: tracker}
-	problem := &acme.ProblemDetails{Type: acme.RateLimitedErr, Detail: "too many new orders", HTTPStatus: 429}
-	rl, ok := c.RateLimited(fmt.Errorf("creating the order: %w", problem))
-	if !ok || !rl.Until.Equal(now.Add(90*time.Second)) || rl.Scope != ScopeAccount {
-		t.Errorf("RateLimited = %+v, %v; want until now+90s, account scope", rl, ok)
+	// A rateLimited problem that came without its header (status not 429)
+	// gets the default pause.
+	rl, ok := RateLimitOf(&acme.ProblemDetails{Type: acme.RateLimitedErr, Detail: "slow down", HTTPStatus: 403})
+	if !ok || rl.Until.Sub(now.Add(DefaultRetryAfter)).Abs() > time.Second {
+		t.Errorf("rateLimited without Retry-After: %+v, %v; want the default pause", rl, ok)
 	}
-	if _, ok := c.RateLimited(fmt.Errorf("x: %w", &acme.ProblemDetails{Type: "urn:ietf:params:acme:error:unauthorized"})); ok {
+	if _, ok := RateLimitOf(fmt.Errorf("x: %w", &acme.ProblemDetails{Type: "urn:ietf:params:acme:error:unauthorized"})); ok {
 		t.Error("an unauthorized problem is not a rate limit")
 	}
 }

@@ -28,6 +28,7 @@ var netDialer = net.Dialer{Timeout: 5 * time.Second}
 type stack struct {
 	redis  *testenv.Redis
 	pebble *testenv.Pebble
+	ca     *testenv.CAProxy // in front of pebble: the CA the agents talk to
 	nginx  *testenv.Nginx
 	agent  string // the certagent binary
 	env    []string
@@ -35,20 +36,34 @@ type stack struct {
 
 func startStack(t *testing.T) *stack {
 	t.Helper()
+	return startStackLua(t, map[string]string{"first_handshake_wait": "0"})
+}
+
+// startStackLua is startStack with nginx's Lua configuration lua.
+func startStackLua(t *testing.T, lua map[string]string) *stack {
+	t.Helper()
 	s := &stack{redis: testenv.StartRedis(t), agent: testenv.BuildBinary(t, "./agent/cmd/certagent")}
 	httpPort := testenv.FreePort(t)
-	s.pebble = testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort})
+	s.pebble, s.ca = startCA(t, testenv.PebbleOptions{HTTPPort: httpPort})
 	// The first handshake's wait is off: these tests follow a name from
 	// the fallback to its certificate (first_handshake_test.go holds it).
-	s.nginx = testenv.StartNginx(t, testenv.NginxOptions{RedisURL: s.redis.URL, HTTPPort: httpPort,
-		LuaConfig: map[string]string{"first_handshake_wait": "0"}})
+	s.nginx = testenv.StartNginx(t, testenv.NginxOptions{RedisURL: s.redis.URL, HTTPPort: httpPort, LuaConfig: lua})
 	s.env = append(os.Environ(),
 		"CERTAGENT_REDIS_URL="+s.redis.URL,
-		"CERTAGENT_ACME_DIRECTORY="+s.pebble.DirectoryURL,
-		"CERTAGENT_CA_ROOTS="+s.pebble.CARootsFile,
+		"CERTAGENT_ACME_DIRECTORY="+s.ca.DirectoryURL,
+		"CERTAGENT_CA_ROOTS="+s.ca.CARootsFile,
 		"CERTAGENT_EMAIL=ops@example.test",
 	)
 	return s
+}
+
+// startCA starts Pebble and, in front of it, the CA proxy that holds every
+// request to Let's Encrypt's rules (testenv.CAProxy). The agents talk to the
+// proxy, so an order Let's Encrypt would refuse fails the test.
+func startCA(t *testing.T, opts testenv.PebbleOptions) (*testenv.Pebble, *testenv.CAProxy) {
+	t.Helper()
+	pebble := testenv.StartPebble(t, opts)
+	return pebble, testenv.StartCAProxy(t, pebble)
 }
 
 // handshake connects to nginx with SNI name and returns the chain it serves.

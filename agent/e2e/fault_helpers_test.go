@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -83,6 +84,8 @@ func startFaultStack(t *testing.T, opts faultOptions) *faultStack {
 type pebbleWatchdog struct {
 	mu  sync.Mutex
 	err error
+	// away is set while a test has stopped Pebble on purpose.
+	away atomic.Bool
 }
 
 func startPebbleWatchdog(t *testing.T, p *testenv.Pebble) *pebbleWatchdog {
@@ -97,7 +100,7 @@ func startPebbleWatchdog(t *testing.T, p *testenv.Pebble) *pebbleWatchdog {
 				return
 			case <-time.After(5 * time.Second):
 			}
-			if err := p.Alive(ctx); err != nil && ctx.Err() == nil {
+			if err := p.Alive(ctx); err != nil && ctx.Err() == nil && !d.away.Load() {
 				d.mu.Lock()
 				d.err = err
 				d.mu.Unlock()

@@ -80,12 +80,12 @@ func startWaitStack(t *testing.T, lua map[string]string) *stack {
 	t.Helper()
 	s := &stack{redis: testenv.StartRedis(t), agent: testenv.BuildBinary(t, "./agent/cmd/certagent")}
 	httpPort := testenv.FreePort(t)
-	s.pebble = testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort})
+	s.pebble, s.ca = startCA(t, testenv.PebbleOptions{HTTPPort: httpPort})
 	s.nginx = s.startWaitNginx(t, "wait-on", httpPort, lua)
 	s.env = append(os.Environ(),
 		"CERTAGENT_REDIS_URL="+s.redis.URL,
-		"CERTAGENT_ACME_DIRECTORY="+s.pebble.DirectoryURL,
-		"CERTAGENT_CA_ROOTS="+s.pebble.CARootsFile,
+		"CERTAGENT_ACME_DIRECTORY="+s.ca.DirectoryURL,
+		"CERTAGENT_CA_ROOTS="+s.ca.CARootsFile,
 		"CERTAGENT_EMAIL=ops@example.test",
 	)
 	return s

@@ -21,7 +21,7 @@ func startLifecycleStack(t *testing.T, profiles map[string]time.Duration) *stack
 	t.Helper()
 	s := &stack{redis: testenv.StartRedis(t), agent: testenv.BuildBinary(t, "./agent/cmd/certagent")}
 	httpPort := testenv.FreePort(t)
-	s.pebble = testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort, Profiles: profiles})
+	s.pebble, s.ca = startCA(t, testenv.PebbleOptions{HTTPPort: httpPort, Profiles: profiles})
 	s.nginx = testenv.StartNginx(t, testenv.NginxOptions{RedisURL: s.redis.URL, HTTPPort: httpPort})
 	profile := ""
 	if len(profiles) > 0 {
@@ -30,8 +30,8 @@ func startLifecycleStack(t *testing.T, profiles map[string]time.Duration) *stack
 	}
 	s.env = append(os.Environ(),
 		"CERTAGENT_REDIS_URL="+s.redis.URL,
-		"CERTAGENT_ACME_DIRECTORY="+s.pebble.DirectoryURL,
-		"CERTAGENT_CA_ROOTS="+s.pebble.CARootsFile,
+		"CERTAGENT_ACME_DIRECTORY="+s.ca.DirectoryURL,
+		"CERTAGENT_CA_ROOTS="+s.ca.CARootsFile,
 		"CERTAGENT_EMAIL=ops@example.test",
 		"CERTAGENT_PROFILE="+profile,
 	)
@@ -474,15 +474,15 @@ esac
 func TestIssuersAreTriedInTurn(t *testing.T) {
 	s := startLifecycleStack(t, nil)
 	down := "https://127.0.0.1:" + fmt.Sprint(testenv.FreePort(t)) + "/dir"
-	out, errOut, code := s.cli(t, "issue", "--acme-directory", down, "--fallback-directory", s.pebble.DirectoryURL, "--json", "fallback.example.test")
+	out, errOut, code := s.cli(t, "issue", "--acme-directory", down, "--fallback-directory", s.ca.DirectoryURL, "--json", "fallback.example.test")
 	if code != 0 {
 		t.Fatalf("issue with the first CA down exited %d: %s%s", code, out, errOut)
 	}
 	var issued []struct {
 		CA string `json:"ca"`
 	}
-	if err := json.Unmarshal([]byte(out), &issued); err != nil || len(issued) != 1 || issued[0].CA != s.pebble.DirectoryURL {
-		t.Errorf("issued by %+v (%v), want the fallback %s", issued, err, s.pebble.DirectoryURL)
+	if err := json.Unmarshal([]byte(out), &issued); err != nil || len(issued) != 1 || issued[0].CA != s.ca.DirectoryURL {
+		t.Errorf("issued by %+v (%v), want the fallback %s", issued, err, s.ca.DirectoryURL)
 	}
 	if !strings.Contains(errOut, "CA failed, trying the next one") || !strings.Contains(errOut, down) {
 		t.Errorf("the failed first CA is not in the log:\n%s", errOut)

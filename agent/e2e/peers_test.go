@@ -31,6 +31,7 @@ import (
 type siteFleet struct {
 	sites      []*site
 	pebble     *testenv.Pebble
+	ca         *testenv.CAProxy // in front of pebble
 	secretFile string
 	secret     []byte
 	caFile     string // roots for the peer API's certificate
@@ -75,10 +76,10 @@ func startSites(t *testing.T, ids []string, validatedAt string) *siteFleet {
 	for _, id := range ids {
 		httpPorts[id] = testenv.FreePort(t)
 	}
-	f.pebble = testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPorts[validatedAt]})
+	f.pebble, f.ca = startCA(t, testenv.PebbleOptions{HTTPPort: httpPorts[validatedAt]})
 	for _, id := range ids {
 		s := &site{id: id, fleet: f, peerAddr: "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))}
-		s.stack = &stack{redis: testenv.StartRedis(t), agent: agentBin, pebble: f.pebble}
+		s.stack = &stack{redis: testenv.StartRedis(t), agent: agentBin, pebble: f.pebble, ca: f.ca}
 		s.nginx = testenv.StartNginx(t, testenv.NginxOptions{RedisURL: s.redis.URL, HTTPPort: httpPorts[id]})
 		s.store = store.New(s.redis.Client, store.Keys{})
 		f.sites = append(f.sites, s)
@@ -86,8 +87,8 @@ func startSites(t *testing.T, ids []string, validatedAt string) *siteFleet {
 	for _, s := range f.sites {
 		s.env = append(os.Environ(),
 			"CERTAGENT_REDIS_URL="+s.redis.URL,
-			"CERTAGENT_ACME_DIRECTORY="+f.pebble.DirectoryURL,
-			"CERTAGENT_CA_ROOTS="+f.pebble.CARootsFile,
+			"CERTAGENT_ACME_DIRECTORY="+f.ca.DirectoryURL,
+			"CERTAGENT_CA_ROOTS="+f.ca.CARootsFile,
 			"CERTAGENT_EMAIL=ops@example.test",
 			"CERTAGENT_SITE="+s.id,
 			"CERTAGENT_PEERS="+strings.Join(f.peersOf(s), ","),

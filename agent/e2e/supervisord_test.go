@@ -21,14 +21,14 @@ import (
 // generated fallback certificate, then its own.
 func TestSupervisordOnAPlainHost(t *testing.T) {
 	supervisord := testenv.Require(t, "supervisord")
-	nginxBin := testenv.Require(t, "nginx", "/usr/sbin")
+	nginxStack := testenv.Stack(t)
 	redisBin := testenv.Require(t, "redis-server")
 	agent := testenv.BuildBinary(t, "./agent/cmd/certagent")
 	root := testenv.RepoRoot()
 	dir := t.TempDir()
 	data, run := filepath.Join(dir, "data"), filepath.Join(dir, "run")
 	httpPort, httpsPort, redisPort := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
-	pebble := testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort})
+	pebble, ca := startCA(t, testenv.PebbleOptions{HTTPPort: httpPort})
 
 	me, err := user.Current()
 	if err != nil {
@@ -43,7 +43,7 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 	if me.Uid != "0" {
 		workerUser = ""
 	}
-	nginxConf := strings.NewReplacer(
+	nginxConf := nginxStack.Adapt(strings.NewReplacer(
 		"user www-data;", workerUser,
 		"listen 80 default_server;", "listen 127.0.0.1:"+strconv.Itoa(httpPort)+" default_server;",
 		"listen 443 ssl default_server;", "listen 127.0.0.1:"+strconv.Itoa(httpsPort)+" ssl default_server;",
@@ -54,7 +54,7 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 		"/etc/certagent/nginx/", filepath.Join(root, "nginx")+"/",
 		"/etc/certagent/conf.d/", filepath.Join(dir, "conf.d")+"/",
 		"/usr/share/certagent/lua/", filepath.Join(root, "lua")+"/",
-	).Replace(string(conf))
+	).Replace(string(conf)))
 	if strings.Contains(nginxConf, "/etc/certagent") || strings.Contains(nginxConf, "/var/lib/certagent") {
 		t.Fatal("docker/nginx.conf refers to a path this test does not move")
 	}
@@ -72,14 +72,14 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 		"CERTAGENT_DATA_DIR="+data,
 		"CERTAGENT_RUN_DIR="+run,
 		"CERTAGENT_NGINX_CONF="+nginxConfPath,
-		"CERTAGENT_NGINX="+nginxBin+" -p "+dir,
+		"CERTAGENT_NGINX="+nginxStack.Binary+" -p "+dir,
 		"CERTAGENT_AGENT="+agent,
 		"CERTAGENT_AGENT_USER="+me.Username,
 		"CERTAGENT_REDIS_SERVER="+redisBin,
 		"CERTAGENT_REDIS_USER="+me.Username,
 		"CERTAGENT_BUNDLED_REDIS_PORT="+strconv.Itoa(redisPort),
-		"CERTAGENT_ACME_DIRECTORY="+pebble.DirectoryURL,
-		"CERTAGENT_CA_ROOTS="+pebble.CARootsFile,
+		"CERTAGENT_ACME_DIRECTORY="+ca.DirectoryURL,
+		"CERTAGENT_CA_ROOTS="+ca.CARootsFile,
 		"CERTAGENT_ALLOW=*.example.test",
 		"PATH=/usr/sbin:/usr/bin:/sbin:/bin:"+filepath.Dir(supervisord),
 	)
@@ -107,7 +107,7 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 	if err := testenv.WaitTCP(httpsAddr, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	s := &stack{pebble: pebble, nginx: &testenv.Nginx{HTTPSAddr: httpsAddr}}
+	s := &stack{pebble: pebble, ca: ca, nginx: &testenv.Nginx{HTTPSAddr: httpsAddr}}
 	const name = "supervised.example.test"
 	// The shipped configuration holds the first handshake while the name
 	// is issued, unless the agent, just started, has not marked it within

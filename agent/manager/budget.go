@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/go-acme/lego/v4/acme"
@@ -28,24 +29,70 @@ const (
 )
 
 // BudgetConfig mirrors the CA's rate limits, counted for the whole fleet in
-// Redis. Zero fields take Let's Encrypt's production limits.
+// Redis. A limit of zero is not counted: the fleet then orders as fast as the
+// CA lets it, and only the CA's rateLimited answers hold orders back.
+// LetsEncryptLimits fills in Let's Encrypt's limits, which apply at its
+// directories (IsLetsEncrypt). Zero windows take Let's Encrypt's.
 type BudgetConfig struct {
 	// Account identifies the ACME account (store.AccountID). Required.
 	Account string
-	// OrdersPerAccount new orders per OrdersWindow. Default: 300 per 3 h.
+	// OrdersPerAccount new orders per OrdersWindow (default window: 3 h).
 	OrdersPerAccount int
 	OrdersWindow     time.Duration
-	// CertsPerDomain certificates per registered domain per CertsWindow.
-	// Default: 50 per 7 days.
+	// CertsPerDomain certificates per registered domain per CertsWindow
+	// (default window: 7 days).
 	CertsPerDomain int
 	CertsWindow    time.Duration
 	// FailedPerName failed validations per name per FailedWindow before the
-	// name waits. Default: 5 per hour.
+	// name waits (default window: 1 h).
 	FailedPerName int
 	FailedWindow  time.Duration
 	// RenewalShare is the fraction of each budget that new names leave to
 	// renewals. Default: 0.1.
 	RenewalShare float64
+	// OrderHold is the longest an order runs (every CA tried included): a
+	// certificate slot taken for an order that was cut off (its agent
+	// killed) is given back after it. Default: 10 min.
+	OrderHold time.Duration
+}
+
+// Let's Encrypt's production limits
+// (https://letsencrypt.org/docs/rate-limits/).
+const (
+	letsEncryptOrders  = 300 // new orders per account per 3 h
+	letsEncryptCerts   = 50  // certificates per registered domain per 7 days
+	letsEncryptFailed  = 5   // failed validations per name per hour
+	defaultOrderHold   = 10 * time.Minute
+	defaultRenewShare  = 0.1
+	defaultOrderWindow = 3 * time.Hour
+	defaultCertsWindow = 7 * 24 * time.Hour
+	defaultFailWindow  = time.Hour
+)
+
+// LetsEncryptLimits returns cfg with each limit left at zero set to Let's
+// Encrypt's production limit (its staging CA allows more, so they are safe
+// there too).
+func LetsEncryptLimits(cfg BudgetConfig) BudgetConfig {
+	set := func(n *int, n0 int) {
+		if *n == 0 {
+			*n = n0
+		}
+	}
+	set(&cfg.OrdersPerAccount, letsEncryptOrders)
+	set(&cfg.CertsPerDomain, letsEncryptCerts)
+	set(&cfg.FailedPerName, letsEncryptFailed)
+	return cfg
+}
+
+// IsLetsEncrypt tells whether directory is one of Let's Encrypt's ACME
+// directories (production or staging), whose limits the budgets follow by
+// default.
+func IsLetsEncrypt(directory string) bool {
+	switch strings.TrimRight(directory, "/") {
+	case acmeclient.LetsEncryptProduction, acmeclient.LetsEncryptStaging:
+		return true
+	}
+	return false
 }
 
 // Budgets runs orders within the fleet's rate budgets and parks a scope
@@ -77,22 +124,26 @@ func NewBudgets(m *Manager, cfg BudgetConfig) (*Budgets, error) {
 	if cfg.Account == "" {
 		return nil, errors.New("rate budgets: no account")
 	}
-	def := func(n *int, d *time.Duration, n0 int, d0 time.Duration) {
-		if *n <= 0 {
-			*n = n0
-		}
+	if cfg.OrdersPerAccount < 0 || cfg.CertsPerDomain < 0 || cfg.FailedPerName < 0 {
+		return nil, errors.New("rate budgets: a limit below zero")
+	}
+	def := func(d *time.Duration, d0 time.Duration) {
 		if *d <= 0 {
 			*d = d0
 		}
 	}
-	def(&cfg.OrdersPerAccount, &cfg.OrdersWindow, 300, 3*time.Hour)
-	def(&cfg.CertsPerDomain, &cfg.CertsWindow, 50, 7*24*time.Hour)
-	def(&cfg.FailedPerName, &cfg.FailedWindow, 5, time.Hour)
+	def(&cfg.OrdersWindow, defaultOrderWindow)
+	def(&cfg.CertsWindow, defaultCertsWindow)
+	def(&cfg.FailedWindow, defaultFailWindow)
+	def(&cfg.OrderHold, defaultOrderHold)
 	if cfg.RenewalShare <= 0 || cfg.RenewalShare >= 1 {
-		cfg.RenewalShare = 0.1
+		cfg.RenewalShare = defaultRenewShare
 	}
 	return &Budgets{cfg: cfg, m: m}, nil
 }
+
+// CountsOrders tells whether new orders are counted against a limit.
+func (b *Budgets) CountsOrders() bool { return b.cfg.OrdersPerAccount > 0 }
 
 // RegisteredDomain is the name's domain under its public suffix
 // ("a.b.example.co.uk" → "example.co.uk"); the name itself when it has none.
@@ -130,7 +181,7 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 		return nil, errors.New("issuing: no names")
 	}
 	st, now := b.m.cfg.Store, b.m.cfg.Clock.Now()
-	orders := store.Budget{Kind: "orders", Subject: b.cfg.Account, Limit: b.cfg.OrdersPerAccount, Window: b.cfg.OrdersWindow}
+	orders := b.ordersBudget()
 	var certs []store.Budget
 	seen := map[string]bool{}
 	scopes := []store.Scope{{Kind: "orders", Subject: b.cfg.Account}}
@@ -138,7 +189,8 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 		scopes = append(scopes, store.Scope{Kind: "failed", Subject: n})
 		if d := RegisteredDomain(n); !seen[d] {
 			seen[d] = true
-			certs = append(certs, store.Budget{Kind: "certs", Subject: d, Limit: b.cfg.CertsPerDomain, Window: b.cfg.CertsWindow})
+			certs = append(certs, store.Budget{Kind: "certs", Subject: d, Limit: b.cfg.CertsPerDomain,
+				Window: b.cfg.CertsWindow, Hold: b.cfg.OrderHold})
 			scopes = append(scopes, store.Scope{Kind: "certs", Subject: d})
 		}
 	}
@@ -150,7 +202,10 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 		return nil, &DeferredError{Until: until, Reason: fmt.Sprintf("the CA rate-limited %s %s", scope.Kind, scope.Subject)}
 	}
 	for _, n := range names {
-		failed := store.Budget{Kind: "failed", Subject: n, Limit: b.cfg.FailedPerName, Window: b.cfg.FailedWindow}
+		failed := b.failedBudget(n)
+		if failed.Limit == 0 {
+			break
+		}
 		ok, free, err := st.TakeBudget(ctx, failed, now, 0, "", false)
 		if err != nil {
 			return nil, err
@@ -161,40 +216,58 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 	}
 
 	member := eventID()
-	var taken []store.Budget
-	giveBack := func() {
-		for _, bg := range taken {
+	var ordersTaken bool
+	var certsTaken []store.Budget
+	// giveBack returns the certificate slots; with the orders slot too when
+	// nothing reached the CA.
+	giveBack := func(withOrder bool) {
+		returned := certsTaken
+		if withOrder && ordersTaken {
+			returned = append(returned, orders)
+		}
+		for _, bg := range returned {
 			if err := st.ReturnBudget(context.WithoutCancel(ctx), bg, member); err != nil {
 				b.m.cfg.Logger.Warn("returning a rate budget", "budget", bg.String(), "error", err)
 			}
 		}
 	}
 	for _, bg := range append([]store.Budget{orders}, certs...) {
+		if bg.Limit == 0 {
+			continue
+		}
 		ok, free, err := st.TakeBudget(ctx, bg, now, b.reserved(bg.Limit, prio), member, true)
 		if err != nil {
-			giveBack()
+			giveBack(true)
 			return nil, err
 		}
 		if !ok {
-			giveBack()
+			giveBack(true)
 			return nil, &DeferredError{Until: free, Reason: fmt.Sprintf("the %s budget (%d per %s) is spent", bg, bg.Limit, bg.Window)}
 		}
-		taken = append(taken, bg)
+		if bg.Kind == "orders" {
+			ordersTaken = true
+		} else {
+			certsTaken = append(certsTaken, bg)
+		}
 	}
 
 	rec, err := order(ctx)
 	if err == nil {
+		for _, bg := range certsTaken {
+			if cerr := st.ConfirmBudget(context.WithoutCancel(ctx), bg, member, now); cerr != nil {
+				b.m.cfg.Logger.Warn("counting a certificate against its rate budget", "budget", bg.String(), "error", cerr)
+			}
+		}
 		return rec, nil
 	}
 	if errors.Is(err, store.ErrLockHeld) || errors.Is(err, ErrAlreadyRenewed) {
 		// Another agent holds the name, or renewed it already: nothing was
 		// ordered. The record another agent stored goes back with the error.
-		giveBack()
+		giveBack(true)
 		return rec, err
 	}
 	// The order was made and counts; no certificate came of it.
-	taken = taken[1:]
-	giveBack()
+	giveBack(false)
 	if rl, ok := b.rateLimited(err); ok {
 		kind, subject := "orders", b.cfg.Account
 		switch rl.Scope {
@@ -210,9 +283,9 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 			"until", rl.Until.UTC().Format(time.RFC3339), "detail", rl.Detail)
 		return nil, &DeferredError{Until: rl.Until, Reason: fmt.Sprintf("the CA rate-limited %s %s: %s", kind, subject, rl.Detail)}
 	}
-	if failedValidation(err) {
+	if failedValidation(err) && b.cfg.FailedPerName > 0 {
 		for _, n := range names {
-			bg := store.Budget{Kind: "failed", Subject: n, Limit: b.cfg.FailedPerName, Window: b.cfg.FailedWindow}
+			bg := b.failedBudget(n)
 			if nerr := st.NoteBudgetEvent(ctx, bg, b.m.cfg.Clock.Now(), eventID()); nerr != nil {
 				b.m.cfg.Logger.Warn("counting a failed validation", "name", n, "error", nerr)
 			}
@@ -225,19 +298,15 @@ func (b *Budgets) rateLimited(err error) (*acmeclient.RateLimit, bool) {
 	if rl, ok := b.m.cfg.Issuer.(RateLimitedIssuer); ok {
 		return rl.RateLimited(err)
 	}
-	var problem *acme.ProblemDetails
-	if errors.As(err, &problem) && problem.Type == acme.RateLimitedErr {
-		return &acmeclient.RateLimit{Until: b.m.cfg.Clock.Now().Add(acmeclient.DefaultRetryAfter),
-			Scope: acmeclient.ScopeAccount, Detail: problem.Detail}, true
-	}
-	return nil, false
+	return acmeclient.RateLimitOf(err)
 }
 
 // failedValidation tells a CA's refusal to validate a name (what its
 // failed-validation limit counts) from other failures.
 func failedValidation(err error) bool {
 	var problem *acme.ProblemDetails
-	if !errors.As(err, &problem) {
+	if !errors.As(err, &problem) || acmeclient.AccountLost(err) {
+		// An account the CA refuses is unauthorized too, and no name's fault.
 		return false
 	}
 	switch problem.Type {
@@ -255,9 +324,21 @@ func eventID() string {
 	return hex.EncodeToString(raw[:])
 }
 
-// OrdersLeft is how many new orders the account's budget allows now.
+func (b *Budgets) ordersBudget() store.Budget {
+	return store.Budget{Kind: "orders", Subject: b.cfg.Account, Limit: b.cfg.OrdersPerAccount, Window: b.cfg.OrdersWindow}
+}
+
+func (b *Budgets) failedBudget(name string) store.Budget {
+	return store.Budget{Kind: "failed", Subject: name, Limit: b.cfg.FailedPerName, Window: b.cfg.FailedWindow}
+}
+
+// OrdersLeft is how many new orders the account's budget allows now; an
+// error when new orders are not counted (see CountsOrders).
 func (b *Budgets) OrdersLeft(ctx context.Context) (int, error) {
-	orders := store.Budget{Kind: "orders", Subject: b.cfg.Account, Limit: b.cfg.OrdersPerAccount, Window: b.cfg.OrdersWindow}
+	orders := b.ordersBudget()
+	if orders.Limit == 0 {
+		return 0, errors.New("new orders are not counted against a limit")
+	}
 	used, err := b.m.cfg.Store.BudgetUsed(ctx, orders, b.m.cfg.Clock.Now())
 	if err != nil {
 		return 0, err

@@ -249,7 +249,7 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 			errs = append(errs, outage)
 			continue
 		}
-		opts := acmeclient.OrderOptions{}
+		opts := acmeclient.OrderOptions{Journal: leaseJournal{lock: lock, log: m.cfg.Logger, name: primary}}
 		if renewing != nil && renewing.CA == candidate.DirectoryURL() {
 			opts.Replaces = replaces
 		}
@@ -373,7 +373,8 @@ func (m *Manager) Store() *store.Store { return m.cfg.Store }
 
 // NeedsCertificate reports whether name has no usable certificate: none
 // stored for it or for its wildcard, or the stored one is in the last third
-// of its lifetime.
+// of its lifetime, or the record nginx would serve for it is corrupt (nginx
+// serves the fallback for it and prefers the exact record to the wildcard).
 func (m *Manager) NeedsCertificate(ctx context.Context, name string) (bool, error) {
 	candidates := []string{name}
 	if i := strings.IndexByte(name, '.'); i > 0 && strings.Count(name[i+1:], ".") >= 1 {
@@ -387,7 +388,7 @@ func (m *Manager) NeedsCertificate(ctx context.Context, name string) (bool, erro
 		}
 		if errors.Is(err, store.ErrCorrupt) {
 			m.cfg.Logger.Warn("stored certificate is corrupt and will be replaced", "name", candidate, "error", err)
-			continue
+			return true, nil
 		}
 		if err != nil {
 			return false, err

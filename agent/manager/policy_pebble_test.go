@@ -1,18 +1,13 @@
 package manager
 
 import (
-	"bytes"
 	"context"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -257,80 +252,13 @@ func TestAskURLDownMeansDenyAndALaterRetry(t *testing.T) {
 	}
 }
 
-// rateLimitFront sits between the agent and Pebble and, while limited is
-// set, answers new orders with rateLimited and a Retry-After.
-type rateLimitFront struct {
-	srv       *httptest.Server
-	pebble    *testenv.Pebble
-	pebbleURL string // https://127.0.0.1:port of Pebble's ACME listener
-	limited   atomic.Bool
-	newOrders atomic.Int64
-	rootsFile string
-}
-
-func startRateLimitFront(t *testing.T, p *testenv.Pebble) *rateLimitFront {
-	t.Helper()
-	f := &rateLimitFront{pebble: p, pebbleURL: strings.TrimSuffix(p.DirectoryURL, "/dir")}
-	f.srv = httptest.NewTLSServer(http.HandlerFunc(f.serve))
-	t.Cleanup(f.srv.Close)
-	f.rootsFile = filepath.Join(t.TempDir(), "front.pem")
-	if err := os.WriteFile(f.rootsFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.srv.Certificate().Raw}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
-func (f *rateLimitFront) serve(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/order-plz") {
-		f.newOrders.Add(1)
-		if f.limited.Load() {
-			w.Header().Set("Content-Type", "application/problem+json")
-			w.Header().Set("Retry-After", "3600")
-			w.WriteHeader(http.StatusTooManyRequests)
-			fmt.Fprint(w, `{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders (300) from this account recently","status":429}`)
-			return
-		}
-	}
-	body, _ := io.ReadAll(r.Body)
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, f.pebbleURL+r.URL.RequestURI(), bytes.NewReader(body))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadGateway)
-		return
-	}
-	req.Header = r.Header.Clone()
-	// Pebble checks the JWS url against the Host it was asked for.
-	req.Host = r.Host
-	resp, err := f.pebble.Client.Do(req)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadGateway)
-		return
-	}
-	defer resp.Body.Close()
-	out, _ := io.ReadAll(resp.Body)
-	// Every URL Pebble hands out must lead back through the front.
-	out = bytes.ReplaceAll(out, []byte(f.pebbleURL), []byte(f.srv.URL))
-	for k, vs := range resp.Header {
-		for _, v := range vs {
-			w.Header().Add(k, strings.ReplaceAll(v, f.pebbleURL, f.srv.URL))
-		}
-	}
-	w.Header().Del("Content-Length")
-	w.WriteHeader(resp.StatusCode)
-	_, _ = w.Write(out)
-}
-
 func TestRateLimitedAnswerParksIssuanceUntilRetryAfter(t *testing.T) {
 	s := startCAStack(t)
-	front := startRateLimitFront(t, s.pebble)
-	m := s.manager(t, front.srv.URL+"/dir", front.rootsFile)
-	budgets, err := NewBudgets(m, BudgetConfig{Account: store.AccountID(front.srv.URL+"/dir", "ops@example.test")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	policy, _ := ParsePolicy([]string{"*.example.test"})
-	s.consume(t, ConsumerConfig{Manager: m, Policy: policy, Budgets: budgets})
+	proxy := s.consumeThroughProxy(t)
 
-	front.limited.Store(true)
+	proxy.Inject(testenv.Fault{Kind: testenv.FaultRateLimited, Path: testenv.PathNewOrder, RetryAfter: time.Hour,
+		Detail: "too many new orders (300) from this account recently"})
+	newOrders := func() int { return proxy.Faulted(testenv.FaultRateLimited) + len(proxy.Orders()) }
 	s.request(t, "first.example.test")
 	f := s.failure(t, "first.example.test")
 	wait := f.NextAttempt.Sub(s.clock.Now())
@@ -339,17 +267,17 @@ func TestRateLimitedAnswerParksIssuanceUntilRetryAfter(t *testing.T) {
 	}
 	// The account is parked: another name does not reach the CA.
 	s.request(t, "second.example.test")
-	if n := front.newOrders.Load(); n != 1 {
+	if n := newOrders(); n != 1 {
 		t.Errorf("%d new orders reached the CA while parked, want 1", n)
 	}
 	if f := s.failure(t, "second.example.test"); !strings.Contains(f.LastError, "rate-limited orders") {
 		t.Errorf("second name: %+v, want deferred by the parked account", f)
 	}
 	// After the Retry-After the names are ordered again.
-	front.limited.Store(false)
+	proxy.ClearFaults()
 	s.clock.Add(time.Hour + time.Minute)
 	s.request(t, "second.example.test")
-	if !s.hasCert("second.example.test") || front.newOrders.Load() != 2 {
-		t.Errorf("after Retry-After: certificate %v, %d new orders", s.hasCert("second.example.test"), front.newOrders.Load())
+	if !s.hasCert("second.example.test") || newOrders() != 2 {
+		t.Errorf("after Retry-After: certificate %v, %d new orders", s.hasCert("second.example.test"), newOrders())
 	}
 }

@@ -254,13 +254,12 @@ func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.Cer
 	st := r.cfg.Manager.cfg.Store
 	now := r.cfg.Clock.Now()
 	rec, err := st.GetCert(ctx, name)
+	var corrupt *store.CorruptError
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return nil, "", errors.Join(err, st.Unschedule(ctx, name))
-	case errors.Is(err, store.ErrCorrupt):
-		// Someone must look at it; keep it and come back later.
-		r.cfg.Logger.Error("stored certificate is corrupt and cannot be renewed", "name", name, "error", err)
-		return nil, "", errors.Join(err, st.Reschedule(ctx, name, now.Add(r.cfg.RetryMax)))
+	case errors.As(err, &corrupt):
+		return r.repair(ctx, name, corrupt)
 	case err != nil:
 		return nil, "", err
 	}

@@ -138,3 +138,20 @@ func isASCII(s string) bool {
 	}
 	return true
 }
+
+// Covers reports whether a certificate for certNames (normalized, wildcards
+// as "*.<parent>") is valid for name, as a TLS client sees it: one of them is
+// name, or a wildcard for name's parent (a wildcard covers one label). A
+// wildcard name is covered only by itself.
+func Covers(certNames []string, name string) bool {
+	parent := ""
+	if i := strings.IndexByte(name, '.'); i > 0 && !strings.HasPrefix(name, "*.") {
+		parent = name[i+1:]
+	}
+	for _, n := range certNames {
+		if n == name || (parent != "" && n == "*."+parent) {
+			return true
+		}
+	}
+	return false
+}

@@ -340,20 +340,35 @@ func TestRedisDownServesCachedCertificates(t *testing.T) {
 	}
 }
 
-// TestRedisModuleNames: the Lua works with Debian's nginx.redis and with
-// OpenResty's resty.redis, and says which one it uses. The resty.redis here
-// is the same lua-resty-redis file Debian installs as nginx.redis, offered
-// under the OpenResty name.
+// TestRedisModuleNames: the Lua works with OpenResty's resty.redis and with
+// Debian's nginx.redis, and says which one it uses. The stack under test
+// installs one of them; the other name is offered in a directory of the
+// test's, as the same lua-resty-redis file. certagent prefers resty.redis,
+// so for nginx.redis on OpenResty that directory also hides resty.redis: its
+// require fails, as it does where it is not installed.
 func TestRedisModuleNames(t *testing.T) {
-	restyDir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(restyDir, "resty"), 0o755); err != nil {
-		t.Fatal(err)
+	stack := testenv.Stack(t)
+	installed := filepath.Join(stack.LuaLib, strings.ReplaceAll(stack.RedisModule, ".", "/")+".lua")
+	offered := map[string]string{"resty/redis.lua": fmt.Sprintf("return dofile(%q)\n", installed)}
+	other := "resty.redis"
+	if stack.RedisModule == "resty.redis" {
+		other = "nginx.redis"
+		offered = map[string]string{
+			"nginx/redis.lua": fmt.Sprintf("return dofile(%q)\n", installed),
+			"resty/redis.lua": `error("resty.redis is hidden by TestRedisModuleNames")` + "\n",
+		}
 	}
-	shim := `return dofile("/usr/share/lua/5.1/nginx/redis.lua")` + "\n"
-	if err := os.WriteFile(filepath.Join(restyDir, "resty", "redis.lua"), []byte(shim), 0o644); err != nil {
-		t.Fatal(err)
+	otherDir := t.TempDir()
+	for file, text := range offered {
+		path := filepath.Join(otherDir, file)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	for module, prefix := range map[string]string{"nginx.redis": "", "resty.redis": restyDir} {
+	for module, prefix := range map[string]string{stack.RedisModule: "", other: otherDir} {
 		t.Run(module, func(t *testing.T) {
 			e := startWith(t, testenv.NginxOptions{LuaPathPrefix: prefix})
 			if got := e.stats().redisModule; got != module {

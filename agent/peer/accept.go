@@ -173,18 +173,7 @@ func storedNames(dnsNames []string) ([]string, error) {
 // covers reports whether a certificate for leafNames is valid for name: one
 // of them is name, or a wildcard for name's parent (a wildcard covers one
 // label, as in TLS).
-func covers(leafNames []string, name string) bool {
-	parent := ""
-	if i := strings.IndexByte(name, '.'); i > 0 && !strings.HasPrefix(name, "*.") {
-		parent = name[i+1:]
-	}
-	for _, n := range leafNames {
-		if n == name || (parent != "" && n == "*."+parent) {
-			return true
-		}
-	}
-	return false
-}
+func covers(leafNames []string, name string) bool { return names.Covers(leafNames, name) }
 
 func contains(list []string, s string) bool {
 	for _, v := range list {

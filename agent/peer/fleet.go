@@ -421,6 +421,17 @@ func (t *fleetTokens) PutToken(ctx context.Context, name, token, keyAuth string)
 		name, holding, sites, f.cfg.TokenRule, need, ids(missed), errors.Join(errs...))
 }
 
+// Token reads the token here: the order confirms it in this site's store,
+// which the peers' pushes do not change.
+func (t *fleetTokens) Token(ctx context.Context, name, token string) (string, error) {
+	return t.local.Token(ctx, name, token)
+}
+
+// RestartedSince asks this site's store, the one the order confirms in.
+func (t *fleetTokens) RestartedSince(ctx context.Context, since time.Time) (bool, error) {
+	return t.local.RestartedSince(ctx, since)
+}
+
 // DeleteToken removes the token here and at every peer not known down, best
 // effort at the peers: tokens expire after store.TokenTTL anyway, and the
 // order waits for this after every authorization.

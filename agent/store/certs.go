@@ -143,6 +143,10 @@ func (s *Store) putCert(ctx context.Context, rec *CertRecord, lock *Lock) error 
 	}
 	write := func(p redis.Pipeliner) error {
 		s.queueCertWrite(ctx, p, rec)
+		if lock != nil {
+			// The order that produced rec under the lease is done.
+			p.Del(ctx, s.keys.Order(lock.name))
+		}
 		return nil
 	}
 	var err error
@@ -223,20 +227,23 @@ func (s *Store) DeleteCert(ctx context.Context, name string) ([]string, error) {
 	var removed []string
 	err := s.watchRetry(ctx, func(tx *redis.Tx) error {
 		f, err := tx.HGetAll(ctx, s.keys.Cert(name)).Result()
-		if err != nil {
+		// A key of another type is removed like a corrupt record.
+		wrongType := isWrongType(err)
+		if err != nil && !wrongType {
 			return err
 		}
-		if len(f) == 0 {
+		if len(f) == 0 && !wrongType {
 			return fmt.Errorf("%s: %w", name, ErrNotFound)
 		}
 		// A corrupt record is removed under this name only: its other
 		// copies are unknown, and so is its fingerprint.
-		rec, err := recordFromFields(f)
-		var copies []string
-		if err != nil || len(rec.Names) == 0 {
-			rec, copies = nil, []string{name}
-		} else if copies, err = s.matchingCopies(ctx, tx, rec, name); err != nil {
-			return err
+		var rec *CertRecord
+		copies := []string{name}
+		if decoded, err := recordFromFields(f); !wrongType && err == nil && len(decoded.Names) > 0 {
+			rec = decoded
+			if copies, err = s.matchingCopies(ctx, tx, rec, name); err != nil {
+				return err
+			}
 		}
 		now := time.Now()
 		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
@@ -309,7 +316,7 @@ func (s *Store) queueCertDelete(ctx context.Context, p redis.Pipeliner, rec *Cer
 }
 
 // GetCert returns the record stored for name, or an error wrapping
-// ErrNotFound or ErrCorrupt.
+// ErrNotFound, or a *CorruptError when nginx could not serve it.
 func (s *Store) GetCert(ctx context.Context, name string) (*CertRecord, error) {
 	recs, errs, err := s.GetCerts(ctx, []string{name})
 	if err != nil {
@@ -352,29 +359,17 @@ func (s *Store) rangeByTime(ctx context.Context, key, from, to string, limit int
 }
 
 // GetCerts returns the records stored for names in one round trip, in order;
-// a name with no record or a corrupt one has a nil entry and an error in errs.
+// a name with no record or a corrupt one (see CorruptError) has a nil entry
+// and an error in errs.
 func (s *Store) GetCerts(ctx context.Context, names []string) (recs []*CertRecord, errs []error, err error) {
-	cmds := make([]*redis.MapStringStringCmd, len(names))
-	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, name := range names {
-			cmds[i] = p.HGetAll(ctx, s.keys.Cert(name))
-		}
-		return nil
-	})
+	checked, err := s.readChecked(ctx, names)
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading certificates: %w", err)
+		return nil, nil, err
 	}
 	recs = make([]*CertRecord, len(names))
 	errs = make([]error, len(names))
-	for i, cmd := range cmds {
-		f := cmd.Val()
-		if len(f) == 0 {
-			errs[i] = fmt.Errorf("certificate for %s: %w", names[i], ErrNotFound)
-			continue
-		}
-		if recs[i], errs[i] = recordFromFields(f); errs[i] != nil {
-			errs[i] = fmt.Errorf("certificate for %s: %w: %w", names[i], ErrCorrupt, errs[i])
-		}
+	for i, c := range checked {
+		recs[i], errs[i] = c.Record, c.Err
 	}
 	return recs, errs, nil
 }

@@ -74,6 +74,10 @@ func (k Keys) RenewalFailures() string { return k.prefix() + "renewal-failures" 
 // Lock is the lease that makes one agent at a time order a certificate for name.
 func (k Keys) Lock(name string) string { return k.prefix() + "lock:" + name }
 
+// Order is the ACME order running for name under its lease, so that the
+// agent taking the name over after a crash resumes it.
+func (k Keys) Order(name string) string { return k.prefix() + "order:" + name }
+
 // Fence is the fencing counter of name: every lease taken on Lock(name)
 // draws the next value, and a certificate write carrying an older value is
 // refused.
@@ -82,6 +86,12 @@ func (k Keys) Fence(name string) string { return k.prefix() + "fence:" + name }
 // Account is the hash holding the ACME account for a directory URL and e-mail.
 func (k Keys) Account(directoryURL, email string) string {
 	return k.prefix() + "account:" + AccountID(directoryURL, email)
+}
+
+// AccountLock is held by the agent that registers the account of (directory
+// URL, e-mail) again after the CA lost it, so the fleet registers once.
+func (k Keys) AccountLock(directoryURL, email string) string {
+	return k.prefix() + "account-lock:" + AccountID(directoryURL, email)
 }
 
 // AccountID names an ACME account by the CA and the e-mail it was registered with.
@@ -116,6 +126,12 @@ func (k Keys) Failures() string { return k.prefix() + "failures" }
 // "failed" (name).
 func (k Keys) Budget(kind, subject string) string {
 	return k.prefix() + "budget:" + kind + ":" + subject
+}
+
+// BudgetHeld holds the events of Budget(kind, subject) whose order still runs:
+// member as in Budget, score: when it is given back unless confirmed.
+func (k Keys) BudgetHeld(kind, subject string) string {
+	return k.prefix() + "budget-held:" + kind + ":" + subject
 }
 
 // Park marks a budget scope the CA refused with rateLimited, until its Retry-After.

@@ -25,6 +25,7 @@ func TestKeys(t *testing.T) {
 		{Keys{}.Events(), "certagent:events"},
 		{Keys{}.Lock("a.example.com"), "certagent:lock:a.example.com"},
 		{Keys{}.Fence("a.example.com"), "certagent:fence:a.example.com"},
+		{Keys{}.Order("a.example.com"), "certagent:order:a.example.com"},
 		{Keys{}.Renewals(), "certagent:renewals"},
 		{Keys{}.RenewalFailures(), "certagent:renewal-failures"},
 		{Keys{}.Renewal("a.example.com"), "certagent:renewal:a.example.com"},
@@ -36,6 +37,8 @@ func TestKeys(t *testing.T) {
 		{Keys{}.Failures(), "certagent:failures"},
 		{Keys{}.Budget("certs", "example.com"), "certagent:budget:certs:example.com"},
 		{Keys{}.Park("orders", "0123"), "certagent:park:orders:0123"},
+		{Keys{}.BudgetHeld("certs", "example.com"), "certagent:budget-held:certs:example.com"},
+		{Keys{}.AccountLock("https://ca/dir", "e@x"), "certagent:account-lock:" + AccountID("https://ca/dir", "e@x")},
 		{Keys{}.Account("https://ca.example/dir", "ops@example.com"), "certagent:account:" + AccountID("https://ca.example/dir", "ops@example.com")},
 	} {
 		if tc.got != tc.want {
@@ -68,6 +71,7 @@ func TestKeysMatchSchemaDocument(t *testing.T) {
 		"events":      {keys.Events()},
 		"lock":        {keys.Lock("a.example.com"), "name", "a.example.com"},
 		"fence":       {keys.Fence("a.example.com"), "name", "a.example.com"},
+		"order":       {keys.Order("a.example.com"), "name", "a.example.com"},
 		"renewals":    {keys.Renewals()},
 		"renewalfail": {keys.RenewalFailures()},
 		"renewal":     {keys.Renewal("a.example.com"), "name", "a.example.com"},
@@ -82,6 +86,8 @@ func TestKeysMatchSchemaDocument(t *testing.T) {
 		"park":        {keys.Park("orders", "0123"), "kind", "orders", "subject", "0123"},
 		"cadown":      {keys.CADown("https://ca/dir"), "ca", CAID("https://ca/dir")},
 		"cawaiting":   {keys.CAWaiting()},
+		"budgetheld":  {keys.BudgetHeld("certs", "example.com"), "kind", "certs", "subject", "example.com"},
+		"accountlock": {keys.AccountLock("https://ca/dir", "e@x"), "account", AccountID("https://ca/dir", "e@x")},
 	}
 	for id, b := range built {
 		entry, ok := doc[id]

@@ -19,7 +19,7 @@ import (
 func (s *Store) TakeLease(ctx context.Context, name, holder string, ttl time.Duration) error {
 	_, err := s.acquire(ctx, name, holder, ttl)
 	if errors.Is(err, ErrLockHeld) {
-		if extendErr := s.extend(ctx, name, holder, ttl); !errors.Is(extendErr, ErrLockLost) {
+		if extendErr := s.extend(ctx, name, holder, 0, ttl); !errors.Is(extendErr, ErrLockLost) {
 			return extendErr
 		}
 	}
@@ -29,7 +29,7 @@ func (s *Store) TakeLease(ctx context.Context, name, holder string, ttl time.Dur
 // ExtendLease renews holder's lease on name for ttl, or returns an error
 // wrapping ErrLockLost when holder no longer has it.
 func (s *Store) ExtendLease(ctx context.Context, name, holder string, ttl time.Duration) error {
-	return s.extend(ctx, name, holder, ttl)
+	return s.extend(ctx, name, holder, 0, ttl)
 }
 
 // ReleaseLease deletes the lease on name if holder has it, and does nothing

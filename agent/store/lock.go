@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -42,11 +43,28 @@ local fence = redis.call("INCR", KEYS[2])
 redis.call("PEXPIRE", KEYS[2], ARGV[3])
 return fence`)
 	// Only the owner may extend or release: compare the owner id, then act.
+	// A lease that is gone (it ran out while Redis was unreachable, or a
+	// restart without persistence lost it) is taken back by its owner when
+	// nobody drew a fencing token since: the fence still holds the owner's
+	// (ARGV[3]), or was lost with the lease and is restored. An ARGV[3] of 0
+	// (a holder without a fence) never takes a lease back.
 	extendScript = redis.NewScript(`
-if redis.call("GET", KEYS[1]) == ARGV[1] then
+local holder = redis.call("GET", KEYS[1])
+if holder == ARGV[1] then
   return redis.call("PEXPIRE", KEYS[1], ARGV[2])
 end
-return 0`)
+if holder or ARGV[3] == "0" then
+  return 0
+end
+local fence = redis.call("GET", KEYS[2])
+if fence and fence ~= ARGV[3] then
+  return 0
+end
+redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+if not fence then
+  redis.call("SET", KEYS[2], ARGV[3], "PX", ARGV[4])
+end
+return 1`)
 	releaseScript = redis.NewScript(`
 if redis.call("GET", KEYS[1]) == ARGV[1] then
   return redis.call("DEL", KEYS[1])
@@ -61,6 +79,13 @@ type Lock struct {
 	owner string
 	fence int64
 	ttl   time.Duration
+	taken time.Time // when the request that took the lease was sent
+
+	// mu is held by an extension and by Release: an extension still in
+	// flight when the holder lets go would otherwise take the released
+	// lease back for another ttl.
+	mu       sync.Mutex
+	released bool
 }
 
 // AcquireLock takes the lease on name for ttl, or returns ErrLockHeld. The
@@ -71,11 +96,12 @@ func (s *Store) AcquireLock(ctx context.Context, name string, ttl time.Duration)
 		return nil, fmt.Errorf("locking %s: %w", name, err)
 	}
 	owner := hex.EncodeToString(raw[:])
+	taken := time.Now()
 	fence, err := s.acquire(ctx, name, owner, ttl)
 	if err != nil {
 		return nil, err
 	}
-	return &Lock{store: s, name: name, owner: owner, fence: fence, ttl: ttl}, nil
+	return &Lock{store: s, name: name, owner: owner, fence: fence, ttl: ttl, taken: taken}, nil
 }
 
 // acquire takes the lease on name for owner and draws the next fencing
@@ -93,9 +119,11 @@ func (s *Store) acquire(ctx context.Context, name, owner string, ttl time.Durati
 }
 
 // extend renews owner's lease on name for ttl, or returns an error wrapping
-// ErrLockLost.
-func (s *Store) extend(ctx context.Context, name, owner string, ttl time.Duration) error {
-	n, err := extendScript.Run(ctx, s.rdb, []string{s.keys.Lock(name)}, owner, ttl.Milliseconds()).Int()
+// ErrLockLost. With a fence (non-zero), a lease that is gone is taken back
+// when that fence is still the name's latest.
+func (s *Store) extend(ctx context.Context, name, owner string, fence int64, ttl time.Duration) error {
+	n, err := extendScript.Run(ctx, s.rdb, []string{s.keys.Lock(name), s.keys.Fence(name)},
+		owner, ttl.Milliseconds(), fence, FenceTTL.Milliseconds()).Int()
 	if err != nil {
 		return fmt.Errorf("extending the lock on %s: %w", name, err)
 	}
@@ -116,13 +144,24 @@ func (s *Store) release(ctx context.Context, name, owner string) error {
 // Fence returns the fencing token drawn when the lease was taken.
 func (l *Lock) Fence() int64 { return l.fence }
 
-// Extend renews the lease for another ttl, or returns ErrLockLost.
+// Extend renews the lease for another ttl, or returns ErrLockLost. A lease
+// that ran out or that Redis lost is taken back when no other agent took the
+// name since.
 func (l *Lock) Extend(ctx context.Context) error {
-	return l.store.extend(ctx, l.name, l.owner, l.ttl)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.released {
+		return fmt.Errorf("extending the lock on %s: released: %w", l.name, ErrLockLost)
+	}
+	return l.store.extend(ctx, l.name, l.owner, l.fence, l.ttl)
 }
 
-// Release gives the lease up if the caller still holds it.
+// Release gives the lease up if the caller still holds it. It waits for an
+// extension in flight, and no extension follows it.
 func (l *Lock) Release(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.released = true
 	return l.store.release(ctx, l.name, l.owner)
 }
 
@@ -130,26 +169,51 @@ func (l *Lock) Release(ctx context.Context) error {
 // been taken on the lock's name; otherwise it writes nothing and returns an
 // error wrapping ErrFenced. The lease itself may have expired: what counts is
 // that nobody drew a newer token, so no newer result can be overwritten.
+// The order recorded for the name (RecordOrder) is deleted in the same
+// transaction: it is done, and must not hand its certificate out again.
 func (l *Lock) PutCert(ctx context.Context, rec *CertRecord) error {
 	return l.store.putCert(ctx, rec, l)
 }
 
-// KeepAlive extends the lease every ttl/3 until ctx ends. It calls lost once if
-// the lease cannot be kept, so the holder can abandon its work.
+// KeepAlive extends the lease every ttl/3 until ctx ends. An extension that
+// fails because Redis does not answer (a restart, a failover) is retried
+// until the lease has run out by the holder's own clock: the order goes on
+// through a short outage. KeepAlive calls lost once, so the holder can abandon
+// its work, when the lease has run out unextended or when Redis answers that
+// another agent has it.
 func (l *Lock) KeepAlive(ctx context.Context, lost func(error)) {
-	ticker := time.NewTicker(l.ttl / 3)
-	defer ticker.Stop()
+	// The lease runs from before the request that took or extended it.
+	heldUntil := l.taken.Add(l.ttl)
+	timer := time.NewTimer(l.ttl / 3)
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ticker.C:
-			if err := l.Extend(ctx); err != nil {
-				if ctx.Err() == nil {
-					lost(err)
-				}
-				return
-			}
+		case <-timer.C:
+		}
+		sent := time.Now()
+		attempt, cancel := context.WithDeadline(ctx, heldUntil)
+		err := l.Extend(attempt)
+		cancel()
+		switch {
+		case err == nil:
+			heldUntil = sent.Add(l.ttl)
+			timer.Reset(l.ttl / 3)
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, ErrLockLost) || !time.Now().Before(heldUntil):
+			lost(err)
+			return
+		default:
+			timer.Reset(min(extendRetryPause(l.ttl), time.Until(heldUntil)))
 		}
 	}
+}
+
+// extendRetryPause is the pause between extensions that failed: short
+// against the lease (a 120 s lease is tried again every 2 s), so the first
+// answer of a Redis that is back renews it.
+func extendRetryPause(ttl time.Duration) time.Duration {
+	return min(max(ttl/60, 50*time.Millisecond), 2*time.Second)
 }

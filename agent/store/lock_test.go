@@ -159,3 +159,164 @@ func TestReclaimTakesOverIdleEntries(t *testing.T) {
 		}
 	})
 }
+
+// keepAlive runs lock.KeepAlive until the test ends and returns a channel
+// that receives what it reported when it gave the lease up.
+func keepAlive(t *testing.T, lock *Lock) <-chan error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	lost := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		lock.KeepAlive(ctx, func(err error) { lost <- err })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return lost
+}
+
+// waitHeld waits until Redis shows lock's owner holding its name (with a
+// TTL), for at most a generous bound on a loaded machine.
+func waitHeld(t *testing.T, st *Store, rdb redis.UniversalClient, lock *Lock, lost <-chan error) {
+	t.Helper()
+	ctx := context.Background()
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		select {
+		case err := <-lost:
+			t.Fatalf("the lease was given up: %v", err)
+		default:
+		}
+		if rdb.Get(ctx, st.keys.Lock(lock.name)).Val() == lock.owner && rdb.PTTL(ctx, st.keys.Lock(lock.name)).Val() > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the holder never had its lease back after Redis returned")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A Redis outage shorter than the lease does not cost the holder its lease:
+// the failed extensions are retried until Redis answers again. After a
+// restart that kept the data the lease is extended; after one that lost it,
+// the lease and its fence are taken back (nobody drew a newer token), so the
+// holder's fenced write still goes through and nobody else can take the name.
+func TestKeepAliveOutlastsAShortRedisOutage(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		extra []string
+	}{
+		{"persistent", []string{"--appendonly", "yes", "--appendfsync", "always"}},
+		{"data lost", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := testenv.StartRedisArgs(t, tc.extra...)
+			st := New(r.Client, Keys{Prefix: "t:"})
+			ctx := context.Background()
+			const name = "a.example.com"
+			const ttl = 6 * time.Second
+			lock, err := st.AcquireLock(ctx, name, ttl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lost := keepAlive(t, lock)
+			// Down across the first extension (at 2 s) and the Redis
+			// client's own retries of it, back before the lease runs out.
+			r.Stop()
+			time.Sleep(4 * time.Second)
+			r.Start()
+			waitHeld(t, st, r.Client, lock, lost)
+			// Past the end of the lease as it stood before the outage.
+			time.Sleep(ttl / 2)
+			waitHeld(t, st, r.Client, lock, lost)
+
+			if _, err := st.AcquireLock(ctx, name, ttl); !errors.Is(err, ErrLockHeld) {
+				t.Errorf("another agent taking the name: %v, want ErrLockHeld", err)
+			}
+			if fence, _ := r.Client.Get(ctx, st.keys.Fence(name)).Int64(); fence != lock.Fence() {
+				t.Errorf("fence %d, want the holder's %d", fence, lock.Fence())
+			}
+			if err := lock.PutCert(ctx, fencedRecord(t, name)); err != nil {
+				t.Errorf("the holder's write after the outage: %v", err)
+			}
+		})
+	}
+}
+
+// An outage longer than the lease ends it: the holder is told, once.
+func TestKeepAliveGivesUpWhenTheLeaseRanOut(t *testing.T) {
+	st, r := newStore(t)
+	lock, err := st.AcquireLock(context.Background(), "a.example.com", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := keepAlive(t, lock)
+	r.Stop()
+	select {
+	case err := <-lost:
+		if err == nil {
+			t.Error("lost was called with no error")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the holder was never told that its lease ran out")
+	}
+}
+
+// A lease another agent took (its fence drawn) is never taken back, even
+// once that agent released it: the old holder is told at once.
+func TestKeepAliveStopsWhenAnotherAgentTookTheName(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	const name = "a.example.com"
+	old, err := st.AcquireLock(ctx, name, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Client.Del(ctx, st.keys.Lock(name)) // ran out while the holder paused
+	newer, err := st.AcquireLock(ctx, name, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := newer.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Extend(ctx); !errors.Is(err, ErrLockLost) {
+		t.Fatalf("extending after another agent's lease: %v, want ErrLockLost", err)
+	}
+	lost := keepAlive(t, old)
+	select {
+	case err := <-lost:
+		if !errors.Is(err, ErrLockLost) {
+			t.Errorf("lost(%v), want ErrLockLost", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old holder was never told")
+	}
+	if n := r.Client.Exists(ctx, st.keys.Lock(name)).Val(); n != 0 {
+		t.Error("the old holder took the lease back")
+	}
+}
+
+// A released lease stays released: an extension after the release (one that
+// was about to be sent) does not take it back, although the fence is still
+// the holder's.
+func TestExtendAfterReleaseDoesNotTakeTheLeaseBack(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	lock, err := st.AcquireLock(ctx, "a.example.com", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lock.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := lock.Extend(ctx); !errors.Is(err, ErrLockLost) {
+		t.Errorf("extending a released lease: %v, want ErrLockLost", err)
+	}
+	if n := r.Client.Exists(ctx, st.keys.Lock("a.example.com")).Val(); n != 0 {
+		t.Error("the released lease was taken back")
+	}
+}

@@ -23,6 +23,9 @@ const (
 	EventDeleted   = "deleted"   // a certificate was removed from the store
 	EventBusy      = "busy"      // another agent holds the name's lease
 	EventFromPeer  = "from_peer" // a peer site's certificate was stored instead of an order
+	// EventAccount: the CA no longer knew the ACME account (a CA reset), and
+	// this agent registered it again for the fleet.
+	EventAccount = "account_registered"
 )
 
 // Event is one thing that happened to a name.
@@ -51,6 +54,7 @@ var messages = map[string]string{
 	EventDeleted:   "certificate deleted",
 	EventBusy:      "another agent holds the lease",
 	EventFromPeer:  "certificate taken from a peer site",
+	EventAccount:   "the CA lost the ACME account: registered it again",
 }
 
 // Sink receives events. Emit must not block on I/O.
@@ -87,6 +91,8 @@ func (h *Hub) Emit(ctx context.Context, e Event) {
 	switch e.Type {
 	case EventFailed:
 		level = slog.LevelError
+	case EventAccount:
+		level = slog.LevelWarn
 	case EventBusy:
 		level = slog.LevelDebug
 	}

@@ -78,15 +78,19 @@ function _M.handle()
     local red, err = redis.connect(cfg)
     if not red then
         stats.incr("redis_errors")
-        log(ERR, "certagent: challenge for ", name, ": ", err)
+        if not redis.down() then -- an outage is logged once, by certagent.redis
+            log(ERR, "certagent: challenge for ", name, ": ", err)
+        end
         return reply(503, "storage unavailable\n")
     end
     local value
     value, err = red:get(keys:token(name, token))
     if value == nil then
-        redis.discard(red)
+        redis.drop(cfg, red, value, err)
         stats.incr("redis_errors")
-        log(ERR, "certagent: challenge for ", name, ": Redis at ", redis.describe(cfg.redis), ": ", tostring(err))
+        if not redis.down() then
+            log(ERR, "certagent: challenge for ", name, ": Redis at ", redis.describe(cfg.redis), ": ", tostring(err))
+        end
         return reply(503, "storage unavailable\n")
     end
     redis.release(cfg, red)

@@ -130,7 +130,9 @@ end
 
 -- start sets this worker's position: where the workers left off (the shared
 -- dict outlives a reload), else the end of the stream with the shared dict
--- emptied, since nothing says which changes it has seen.
+-- emptied, since nothing says which changes it has seen. On failure it
+-- returns nil, the error and, as lua-resty-redis does, false for an error
+-- reply (nothing for no reply).
 local function start(red)
     local dict = shared[cfg.certs_dict]
     local id, pos = dict:get("changes:last"), dict:get("changes:pos")
@@ -145,7 +147,7 @@ local function start(red)
             remember("0-0", 0)
             return true
         end
-        return nil, err
+        return nil, err, reply
     end
     local info = stream_info(reply)
     cache.flush()
@@ -154,7 +156,7 @@ local function start(red)
 end
 
 -- read applies the entries after this worker's position; it returns whether
--- a full batch came back (there may be more).
+-- a full batch came back (there may be more), or fails as start does.
 local function read(red)
     red:init_pipeline(2)
     red:xinfo("STREAM", keys:changes())
@@ -166,12 +168,12 @@ local function read(red)
     local info_reply, entries_reply = replies[1], replies[2]
     if type(info_reply) == "table" and info_reply[1] == false then
         if not match(tostring(info_reply[2]), "no such key") then
-            return nil, info_reply[2]
+            return nil, info_reply[2], false
         end
         info_reply = false
     end
     if type(entries_reply) == "table" and entries_reply[1] == false then
-        return nil, entries_reply[2]
+        return nil, entries_reply[2], false
     end
     if not check(info_reply) then
         return false
@@ -199,13 +201,14 @@ end
 local function poll_once()
     local red, err = redis.connect(cfg)
     local ok = red ~= nil
+    local res
     if ok and not last_id then
-        ok, err = start(red)
+        ok, err, res = start(red)
     end
     local reads = 0
     while ok and reads < MAX_READS do
         local more
-        more, err = read(red)
+        more, err, res = read(red)
         reads = reads + 1
         if more == nil then
             ok = false
@@ -217,7 +220,7 @@ local function poll_once()
         if ok then
             redis.release(cfg, red)
         else
-            redis.discard(red)
+            redis.drop(cfg, red, res, err)
         end
     end
     if ok then
@@ -246,8 +249,13 @@ local function poll(premature)
         return
     end
     stats.incr("redis_errors")
-    -- Once per outage: a Redis that is down already logs on every handshake.
-    if not failing then
+    -- An unreachable Redis is logged by certagent.redis, once per outage;
+    -- another failure (a refused command, a wrong type) here, once until a
+    -- poll succeeds. Either way nothing is dropped from the cache: the
+    -- position stays, and the first poll that reads the stream again applies
+    -- every change made meanwhile, or drops the whole cache when they were
+    -- trimmed away (check).
+    if not failing and not redis.down() then
         failing = true
         log(ERR, "certagent: reading the changes stream ", keys:changes(), " at ",
             redis.describe(cfg.redis), ": ", tostring(err),

@@ -1,5 +1,6 @@
--- The configuration table of certagent's nginx side, its defaults and its
--- validation. docs/lua.md describes every field.
+-- The configuration of certagent's nginx side: its fields, their defaults and
+-- CERTAGENT_* environment variables, and its validation. docs/lua.md
+-- describes every field.
 local type = type
 local pairs = pairs
 local ipairs = ipairs
@@ -11,6 +12,11 @@ local match = string.match
 local format = string.format
 local open = io.open
 local getenv = os.getenv
+local lower = string.lower
+local upper = string.upper
+local sort = table.sort
+local huge = math.huge
+local concat = table.concat
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -49,9 +55,65 @@ local defaults = {
 }
 _M.defaults = defaults
 
+-- The fields without a default (a nil in the table above is no entry).
+local optional = { redis_username = "string", redis_password = "string", node = "string" }
+
+-- ENV_PREFIX + the field's name in capitals is the environment variable that
+-- sets a field: CERTAGENT_REDIS_URL, CERTAGENT_LRU_SIZE, ...
+local ENV_PREFIX = "CERTAGENT_"
+
+local function field_type(field)
+    local d = defaults[field]
+    if d ~= nil then
+        return type(d)
+    end
+    return optional[field]
+end
+
+-- fields returns the name of every field init accepts, sorted.
+function _M.fields()
+    local out = {}
+    for k in pairs(defaults) do
+        out[#out + 1] = k
+    end
+    for k in pairs(optional) do
+        out[#out + 1] = k
+    end
+    sort(out)
+    return out
+end
+
+-- env_name returns the environment variable of a field.
+function _M.env_name(field)
+    return ENV_PREFIX .. upper(field)
+end
+
+local booleans = { ["true"] = true, ["1"] = true, yes = true, on = true,
+                   ["false"] = false, ["0"] = false, no = false, off = false }
+
+-- from_env converts the text of a field's environment variable to the
+-- field's type, or returns nil and an error.
+local function from_env(field, text)
+    local t = field_type(field)
+    if t == "number" then
+        local n = tonumber(text)
+        if not n or n ~= n or n == huge or n == -huge then
+            return nil, format("must be a number, got %q", text)
+        end
+        return n
+    elseif t == "boolean" then
+        local b = booleans[lower(text)]
+        if b == nil then
+            return nil, format("must be true or false, got %q", text)
+        end
+        return b
+    end
+    return text
+end
+
 local function positive_number(cfg, field)
     local v = cfg[field]
-    if type(v) ~= "number" or v <= 0 then
+    if type(v) ~= "number" or v ~= v or v <= 0 then
         return format("%s must be a positive number, got %s", field, tostring(v))
     end
 end
@@ -141,27 +203,13 @@ function _M.parse_redis_url(url)
     return r
 end
 
--- new(user) validates the user's table and returns the complete configuration
--- (defaults filled in) or nil and an error naming the field.
-function _M.new(user)
-    user = user or {}
-    if type(user) ~= "table" then
-        return nil, "the configuration must be a table"
-    end
-    local cfg = {}
-    for k, v in pairs(defaults) do
-        cfg[k] = v
-    end
-    for k, v in pairs(user) do
-        if defaults[k] == nil and k ~= "redis_username" and k ~= "redis_password" and k ~= "node" then
-            return nil, "unknown configuration field " .. tostring(k)
-        end
-        cfg[k] = v
-    end
-
+-- validate checks a complete configuration (defaults filled in) and adds
+-- what is derived from it. On failure it returns nil, the error and the
+-- field (or list of fields) at fault.
+local function validate(cfg)
     local redis, err = _M.parse_redis_url(cfg.redis_url)
     if not redis then
-        return nil, err
+        return nil, err, "redis_url"
     end
     if cfg.redis_username ~= nil then
         redis.username = tostring(cfg.redis_username)
@@ -172,7 +220,7 @@ function _M.new(user)
     cfg.redis = redis
 
     if type(cfg.key_prefix) ~= "string" or find(cfg.key_prefix, "[%s]") then
-        return nil, "key_prefix must be a string without spaces"
+        return nil, "key_prefix must be a string without spaces", "key_prefix"
     end
     for _, field in ipairs({ "connect_timeout", "read_timeout", "keepalive_pool_size", "keepalive_idle",
                              "request_window", "stream_maxlen", "request_rate", "request_burst", "index_threshold",
@@ -181,52 +229,112 @@ function _M.new(user)
                              "first_handshake_grace", "first_handshake_max_waiting" }) do
         local e = positive_number(cfg, field)
         if e then
-            return nil, e
+            return nil, e, field
         end
     end
     for _, field in ipairs({ "certs_dict", "requests_dict", "names_dict", "stats_dict" }) do
         if type(cfg[field]) ~= "string" or cfg[field] == "" then
-            return nil, field .. " must name a lua_shared_dict"
+            return nil, field .. " must name a lua_shared_dict", field
         end
     end
     -- Flood names must not evict certificates, nor anything evict the index:
     -- each needs its own memory.
     if cfg.certs_dict == cfg.requests_dict or cfg.names_dict == cfg.certs_dict
         or cfg.names_dict == cfg.requests_dict then
-        return nil, "certs_dict, requests_dict and names_dict must be different lua_shared_dicts"
+        return nil, "certs_dict, requests_dict and names_dict must be different lua_shared_dicts",
+               { "certs_dict", "requests_dict", "names_dict" }
     end
     -- A full dict evicts: the counters must not share one with data that
     -- grows with traffic.
     if cfg.stats_dict == cfg.certs_dict or cfg.stats_dict == cfg.requests_dict
         or cfg.stats_dict == cfg.names_dict then
-        return nil, "stats_dict must differ from certs_dict, requests_dict and names_dict"
+        return nil, "stats_dict must differ from certs_dict, requests_dict and names_dict",
+               { "stats_dict", "certs_dict", "requests_dict", "names_dict" }
     end
     if cfg.http_missing ~= "pass" and cfg.http_missing ~= "503" then
-        return nil, "http_missing must be \"pass\" or \"503\""
+        return nil, "http_missing must be \"pass\" or \"503\"", "http_missing"
     end
     if type(cfg.http_redirect) ~= "boolean" then
-        return nil, "http_redirect must be true or false"
+        return nil, "http_redirect must be true or false", "http_redirect"
     end
     if type(cfg.name_index) ~= "boolean" then
-        return nil, "name_index must be true or false"
+        return nil, "name_index must be true or false", "name_index"
     end
     if cfg.lru_size ~= math.floor(cfg.lru_size) then
-        return nil, "lru_size must be a whole number"
+        return nil, "lru_size must be a whole number", "lru_size"
     end
     -- The agent's issuing mark lives 60 s: a longer hold could outlast it.
     local wait = cfg.first_handshake_wait
     if type(wait) ~= "number" or wait < 0 or wait > 60 then
         return nil, format("first_handshake_wait must be a number of seconds from 0 (off) to 60, got %s",
-                           tostring(wait))
+                           tostring(wait)), "first_handshake_wait"
     end
     if cfg.first_handshake_max_waiting ~= math.floor(cfg.first_handshake_max_waiting) then
-        return nil, "first_handshake_max_waiting must be a whole number"
+        return nil, "first_handshake_max_waiting must be a whole number", "first_handshake_max_waiting"
     end
     if cfg.node == nil or cfg.node == "" then
         cfg.node = hostname()
     end
     if type(cfg.node) ~= "string" then
-        return nil, "node must be a string"
+        return nil, "node must be a string", "node"
+    end
+    return cfg
+end
+
+-- named_by returns the environment variables among those of fields that
+-- gave a value, for an error message ("" when none did).
+local function named_by(fields, origin)
+    if type(fields) ~= "table" then
+        fields = { fields }
+    end
+    local vars = {}
+    for _, f in ipairs(fields) do
+        if origin[f] then
+            vars[#vars + 1] = origin[f]
+        end
+    end
+    if #vars == 0 then
+        return ""
+    end
+    return concat(vars, ", ") .. ": "
+end
+
+-- new(user, env) returns the complete configuration or nil and an error
+-- naming the field, and the environment variable when the value came from
+-- one. Each field is taken from the table user when it has it, else from its
+-- environment variable (env_name) when that is set and not empty, else from
+-- the defaults: init() with no table is configured by the environment alone.
+-- env looks a variable up (default os.getenv; tests pass their own).
+function _M.new(user, env)
+    user = user or {}
+    if type(user) ~= "table" then
+        return nil, "the configuration must be a table"
+    end
+    env = env or getenv
+    local cfg, origin = {}, {}
+    for k, v in pairs(defaults) do
+        cfg[k] = v
+    end
+    for _, field in ipairs(_M.fields()) do
+        local var = _M.env_name(field)
+        local text = user[field] == nil and env(var)
+        if text and text ~= "" then
+            local v, err = from_env(field, text)
+            if v == nil then
+                return nil, var .. ": " .. field .. " " .. err
+            end
+            cfg[field], origin[field] = v, var
+        end
+    end
+    for k, v in pairs(user) do
+        if field_type(k) == nil then
+            return nil, "unknown configuration field " .. tostring(k)
+        end
+        cfg[k] = v
+    end
+    local ok, err, fields = validate(cfg)
+    if not ok then
+        return nil, named_by(fields, origin) .. err
     end
     return cfg
 end

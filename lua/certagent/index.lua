@@ -14,6 +14,7 @@ local redis = require("certagent.redis")
 local log = ngx.log
 local ERR = ngx.ERR
 local WARN = ngx.WARN
+local NOTICE = ngx.NOTICE
 local shared = ngx.shared
 local timer_at = ngx.timer.at
 local tostring = tostring
@@ -121,7 +122,7 @@ local function build(premature, generation)
         local reply
         reply, err = red:scan(cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)
         if not reply then
-            redis.discard(red)
+            redis.drop(cfg, red, reply, err)
             d:delete(BUILDING)
             log(WARN, "certagent: building the name index: ", tostring(err))
             return
@@ -142,7 +143,8 @@ local function build(premature, generation)
     redis.release(cfg, red)
     d:set(READY, generation)
     d:delete(BUILDING)
-    log(WARN, "certagent: name index built: ", names, " records")
+    -- Routine, at every start: below the warn and error levels error_log keeps.
+    log(NOTICE, "certagent: name index built: ", names, " records")
 end
 
 -- maintain starts a build when the index is not usable and no worker is

@@ -18,6 +18,7 @@ local log = ngx.log
 local ERR = ngx.ERR
 
 local ssl = require("certagent.ssl")
+local redis = require("certagent.redis")
 local challenge = require("certagent.challenge")
 
 local _M = { _VERSION = "0.1.0" }
@@ -63,7 +64,7 @@ function _M.handle()
         end
         return
     end
-    if not state then
+    if not state and not redis.down() then -- an outage is logged once, by certagent.redis
         log(ERR, "certagent: port-80 request for ", name, ": ", err, "; passing it on")
     end
     -- "bad": a record exists but cannot be served; the agent knows the name.

@@ -18,6 +18,7 @@ local cache = require("certagent.cache")
 local index = require("certagent.index")
 local stats = require("certagent.stats")
 local wait = require("certagent.wait")
+local selftest = require("certagent.selftest")
 
 local log = ngx.log
 local ERR = ngx.ERR
@@ -33,6 +34,7 @@ local pairs = pairs
 local floor = math.floor
 local min = math.min
 local byte = string.byte
+local find = string.find
 
 local server_name = ngx_ssl.server_name
 local clear_certs = ngx_ssl.clear_certs
@@ -103,7 +105,7 @@ local function keep(name, err)
         forget(name)
         return
     end
-    if retry_count == 0 then
+    if retry_count == 0 and not redis.down() then -- an outage is logged once, by certagent.redis
         log(ERR, "certagent: recording the request for ", name, " failed: ", err,
             "; names are kept and recorded once Redis takes writes again")
     end
@@ -246,6 +248,10 @@ local function request(name)
     return true
 end
 
+local function wrong_type(err)
+    return type(err) == "string" and find(err, "WRONGTYPE", 1, true) == 1
+end
+
 -- fetch reads the records named in recs (one or two) in one round trip,
 -- and with mark_name the issuing mark of that name in the same one. It
 -- returns the records' replies and the mark (certagent.wait's names). A
@@ -265,13 +271,15 @@ local function fetch(recs, n, mark_name)
     local replies
     replies, err = red:commit_pipeline()
     if not replies then
-        redis.discard(red)
+        redis.drop(cfg, red, replies, err)
         return nil, "Redis at " .. redis.describe(cfg.redis) .. ": " .. tostring(err)
     end
     redis.release(cfg, red)
     for i = 1, n do
         local reply = replies[i]
-        if type(reply) == "table" and reply[1] == false then
+        -- A record key of another type is the record's fault, not Redis's:
+        -- learn finds it unusable.
+        if type(reply) == "table" and reply[1] == false and not wrong_type(reply[2]) then
             return nil, "Redis at " .. redis.describe(cfg.redis) .. ": " .. tostring(reply[2])
         end
     end
@@ -296,7 +304,12 @@ local function learn(rec, reply, t, started)
     end
     local fullchain = reply[1] ~= null and reply[1] or nil
     local key_pem = reply[2] ~= null and reply[2] or nil
-    local entry, err = cache.parse(fullchain, key_pem, not_after, started)
+    local entry, err
+    if reply[1] == false then
+        err = tostring(reply[2]) -- WRONGTYPE: not a hash
+    else
+        entry, err = cache.parse(fullchain, key_pem, not_after, started)
+    end
     if not entry then
         cache.put_bad(rec)
         log(ERR, "certagent: the certificate record ", keys:cert(rec), " is unusable (", err,
@@ -330,6 +343,18 @@ local function serve(name, entry, source)
     end
     stats.incr(source)
     return true
+end
+
+-- serve_usable serves entry, or for an unusable record (learn logged why)
+-- records name in the requests stream as a missing name is, so that the
+-- agent, finding the stored record corrupt, orders it again; the handshake
+-- gets the fallback meanwhile, without waiting.
+local function serve_usable(name, entry, source)
+    if entry.bad then
+        request(name)
+        return false
+    end
+    return serve(name, entry, source)
 end
 
 local SOURCE = { lru = "served_lru", shared = "served_shared" }
@@ -393,7 +418,9 @@ function poll(name)
     local replies, err, mark = fetch(recs, n, name)
     if not replies then
         stats.incr("redis_errors")
-        log(ERR, "certagent: ", err, "; using the fallback for ", name, " (held for its certificate)")
+        if not redis.down() then
+            log(ERR, "certagent: ", err, "; using the fallback for ", name, " (held for its certificate)")
+        end
         return nil, nil, err
     end
     local t = now()
@@ -422,9 +449,12 @@ local function missing(name, mark)
     end
 end
 
--- handle returns true when it set a certificate; on every other path nginx
--- uses the fallback.
+-- handle returns true when it set a certificate (or the handshake is
+-- nginx's own self-test); on every other path nginx uses the fallback.
 local function handle()
+    if selftest.pending then
+        selftest.start(cfg) -- this worker's first handshake: check that it can yield
+    end
     local raw = server_name()
     if not raw then
         return -- no SNI
@@ -442,12 +472,15 @@ local function handle()
     end
     local name = names.normalize(raw)
     if not name then
+        if raw == selftest.NAME then
+            return selftest.answer(cfg)
+        end
         return -- IP literal, garbage: fallback, nothing recorded
     end
 
     local exact, exact_source = lookup(name, t)
     if exact and exact ~= ABSENT then
-        return not exact.bad and serve(name, exact, exact_source)
+        return serve_usable(name, exact, exact_source)
     end
     local parent = names.parent(name)
     local wild_rec = parent and "*." .. parent
@@ -459,7 +492,7 @@ local function handle()
         if wild == nil or wild == ABSENT then
             return missing(name, nil)
         end
-        return not wild.bad and serve(name, wild, wild_source)
+        return serve_usable(name, wild, wild_source)
     end
 
     -- Ask Redis for what the cache does not know, in one round trip (and
@@ -471,8 +504,12 @@ local function handle()
         if not stale and wild_rec then
             stale = cache.stale(wild_rec, t)
         end
-        log(ERR, "certagent: ", err, "; ", stale and "serving the cached certificate" or "using the fallback",
-            " for ", name)
+        -- An unreachable Redis is logged once per outage (certagent.redis),
+        -- not once per handshake.
+        if not redis.down() then
+            log(ERR, "certagent: ", err, "; ", stale and "serving the cached certificate" or "using the fallback",
+                " for ", name)
+        end
         stats.incr("redis_errors")
         return stale and serve(name, stale, "served_stale")
     end
@@ -480,10 +517,10 @@ local function handle()
     -- What the cache held is counted under its layer; what Redis answered
     -- just now, under redis.
     if exact ~= ABSENT then
-        return not exact.bad and serve(name, exact, exact_source or "served_redis")
+        return serve_usable(name, exact, exact_source or "served_redis")
     end
     if wild and wild ~= ABSENT then
-        return not wild.bad and serve(name, wild, wild_source or "served_redis")
+        return serve_usable(name, wild, wild_source or "served_redis")
     end
     return missing(name, mark)
 end

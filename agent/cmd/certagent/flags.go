@@ -69,6 +69,8 @@ const (
 	envRenewInterval  = "CERTAGENT_RENEW_INTERVAL"
 	flagRenewRetry    = "renew-retry"
 	envRenewRetry     = "CERTAGENT_RENEW_RETRY"
+	flagCheckInterval = "check-interval"
+	envCheckInterval  = "CERTAGENT_CHECK_INTERVAL"
 
 	flagAllow    = "allow"
 	envAllow     = "CERTAGENT_ALLOW"
@@ -119,6 +121,8 @@ const (
 	envFailedWindow    = "CERTAGENT_LIMIT_FAILED_WINDOW"
 	flagRenewalShare   = "renewal-share"
 	envRenewalShare    = "CERTAGENT_RENEWAL_SHARE"
+	flagRateLimits     = "rate-limits"
+	envRateLimits      = "CERTAGENT_RATE_LIMITS"
 
 	flagSite             = "site"
 	envSite              = "CERTAGENT_SITE"
@@ -227,16 +231,20 @@ func gateFlags() []cli.Flag {
 			Usage: "pause after a name's first failure; it doubles with every further failure"},
 		&cli.DurationFlag{Name: flagRetryMax, EnvVars: []string{envRetryMax}, Value: 24 * time.Hour,
 			Usage: "longest pause between two attempts for a failing name"},
-		&cli.IntFlag{Name: flagLimitOrders, EnvVars: []string{envLimitOrders}, Value: 300,
-			Usage: "new orders per account per --" + flagOrdersWindow + ", fleet-wide"},
+		&cli.StringFlag{Name: flagRateLimits, EnvVars: []string{envRateLimits}, Value: rateLimitsAuto,
+			Usage: "whose limits the fleet's budgets follow: auto (Let's Encrypt's at its directories, none at other CAs), " +
+				"letsencrypt (Let's Encrypt's at any CA) or none; --" + flagLimitOrders + ", --" + flagLimitCerts +
+				" and --" + flagLimitFailed + " set one limit for any CA"},
+		&cli.IntFlag{Name: flagLimitOrders, EnvVars: []string{envLimitOrders},
+			Usage: "new orders per account per --" + flagOrdersWindow + ", fleet-wide (default: 300 under --" + flagRateLimits + " rules, else none)"},
 		&cli.DurationFlag{Name: flagOrdersWindow, EnvVars: []string{envOrdersWindow}, Value: 3 * time.Hour,
 			Usage: "window of --" + flagLimitOrders},
-		&cli.IntFlag{Name: flagLimitCerts, EnvVars: []string{envLimitCerts}, Value: 50,
-			Usage: "certificates per registered domain per --" + flagCertsWindow},
+		&cli.IntFlag{Name: flagLimitCerts, EnvVars: []string{envLimitCerts},
+			Usage: "certificates per registered domain per --" + flagCertsWindow + " (default: 50 under --" + flagRateLimits + " rules, else none)"},
 		&cli.DurationFlag{Name: flagCertsWindow, EnvVars: []string{envCertsWindow}, Value: 7 * 24 * time.Hour,
 			Usage: "window of --" + flagLimitCerts},
-		&cli.IntFlag{Name: flagLimitFailed, EnvVars: []string{envLimitFailed}, Value: 5,
-			Usage: "failed validations per name per --" + flagFailedWindow + " before the name waits"},
+		&cli.IntFlag{Name: flagLimitFailed, EnvVars: []string{envLimitFailed},
+			Usage: "failed validations per name per --" + flagFailedWindow + " before the name waits (default: 5 under --" + flagRateLimits + " rules, else none)"},
 		&cli.DurationFlag{Name: flagFailedWindow, EnvVars: []string{envFailedWindow}, Value: time.Hour,
 			Usage: "window of --" + flagLimitFailed},
 		&cli.Float64Flag{Name: flagRenewalShare, EnvVars: []string{envRenewalShare}, Value: 0.1,

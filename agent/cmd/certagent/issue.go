@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/certagent/certagent/agent/acmeclient"
 )
 
 func issueCommand() *cli.Command {
@@ -28,7 +30,7 @@ func issueCommand() *cli.Command {
 			"  CLOUDFLARE_DNS_API_TOKEN=... certagent issue --dns-provider cloudflare '*.example.com'\n" +
 			"  certagent issue --from-file names.txt --workers 4",
 		Flags: withFlags(redisFlags(), acmeFlags(), peerFlags(), []cli.Flag{
-			&cli.BoolFlag{Name: flagSAN, Usage: "one certificate with every NAME, the first as its subject"},
+			&cli.BoolFlag{Name: flagSAN, Usage: "one certificate with every NAME (at most 100), the first as its subject"},
 			&cli.StringFlag{Name: flagFromFile, Usage: "file with one certificate (its names) per line; - for standard input"},
 			&cli.IntFlag{Name: flagWorkers, Value: 4, Usage: "orders at once with --from-file"},
 			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"},
@@ -149,6 +151,9 @@ func issueOrders(c *cli.Context) ([][]string, error) {
 			requested = append(requested, name)
 		}
 		if c.Bool(flagSAN) {
+			if err := checkSANCount(requested); err != nil {
+				return nil, cli.Exit(fmt.Sprintf("certagent issue: --san: %v; nothing was ordered", err), exitUsage)
+			}
 			return [][]string{requested}, nil
 		}
 		orders := make([][]string, len(requested))
@@ -196,6 +201,10 @@ func parseNamesFile(r io.Reader) (orders [][]string, problems []string) {
 				set = append(set, name)
 			}
 		}
+		if err := checkSANCount(set); err != nil {
+			problems = append(problems, fmt.Sprintf("line %d: %v", line, err))
+			continue
+		}
 		if len(set) > 0 {
 			orders = append(orders, set)
 		}
@@ -204,6 +213,21 @@ func parseNamesFile(r io.Reader) (orders [][]string, problems []string) {
 		problems = append(problems, err.Error())
 	}
 	return orders, problems
+}
+
+// checkSANCount refuses a certificate of more names (counted once each) than
+// a CA accepts in one order, before anything is ordered.
+func checkSANCount(names []string) error {
+	var distinct []string
+	for _, name := range names {
+		if !contains(distinct, name) {
+			distinct = append(distinct, name)
+		}
+	}
+	if len(distinct) > acmeclient.MaxNamesPerOrder {
+		return fmt.Errorf("%d names: %w", len(distinct), acmeclient.ErrTooManyNames)
+	}
+	return nil
 }
 
 // isTerminal reports whether w is a character device (a terminal), without a

@@ -3,6 +3,8 @@ package main
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -113,7 +115,9 @@ func TestProgressBarAndTerminalDetection(t *testing.T) {
 	}
 }
 
-func TestIssueFlagsAfterNames(t *testing.T) {
+// issueOrdersOf returns what `certagent issue args...` would order, or its
+// usage error, without ordering anything.
+func issueOrdersOf(args ...string) ([][]string, error) {
 	var got [][]string
 	cmd := issueCommand()
 	cmd.Action = func(c *cli.Context) error {
@@ -121,11 +125,45 @@ func TestIssueFlagsAfterNames(t *testing.T) {
 		got, err = issueOrders(c)
 		return err
 	}
-	app := &cli.App{Commands: []*cli.Command{cmd}}
-	if err := app.Run([]string{"certagent", "issue", "a.example.com", "B.example.com", "--san"}); err != nil {
+	app := &cli.App{Commands: []*cli.Command{cmd}, ExitErrHandler: func(*cli.Context, error) {}}
+	err := app.Run(append([]string{"certagent", "issue"}, args...))
+	return got, err
+}
+
+func TestIssueFlagsAfterNames(t *testing.T) {
+	got, err := issueOrdersOf("a.example.com", "B.example.com", "--san")
+	if err != nil {
 		t.Fatal(err)
 	}
 	if want := [][]string{{"a.example.com", "b.example.com"}}; !reflect.DeepEqual(got, want) {
 		t.Errorf("issue a b --san: orders %v, want %v", got, want)
+	}
+}
+
+// TestIssueRefusesMoreNamesThanAnOrderTakes: --san with 101 names, and a
+// --from-file line with as many, are refused with the limit named before any
+// order; 100 names (a repeated name counted once) pass.
+func TestIssueRefusesMoreNamesThanAnOrderTakes(t *testing.T) {
+	names := func(n int) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = fmt.Sprintf("n%d.example.com", i)
+		}
+		return out
+	}
+	got, err := issueOrdersOf(append([]string{"--san"}, append(names(100), "n0.example.com")...)...)
+	if err != nil || len(got) != 1 || len(got[0]) != 101 {
+		t.Fatalf("--san with 100 names (one repeated): %v, %d orders", err, len(got))
+	}
+	_, err = issueOrdersOf(append([]string{"--san"}, names(101)...)...)
+	var exit cli.ExitCoder
+	if !errors.As(err, &exit) || exit.ExitCode() != exitUsage || !strings.Contains(err.Error(), "101 names") ||
+		!strings.Contains(err.Error(), "at most 100 names") {
+		t.Errorf("--san with 101 names: %v, want a usage error naming the limit", err)
+	}
+
+	orders, problems := parseNamesFile(strings.NewReader("one.example.com\n" + strings.Join(names(101), " ") + "\n"))
+	if len(problems) != 1 || !strings.Contains(problems[0], "line 2: 101 names") || len(orders) != 1 {
+		t.Errorf("a file line of 101 names: orders %v, problems %q; want line 2 refused", orders, problems)
 	}
 }

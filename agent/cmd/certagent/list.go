@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/certagent/certagent/agent/store"
 )
 
 // Statuses of a stored certificate as list and show report them.
@@ -13,6 +15,7 @@ const (
 	statusValid   = "valid"
 	statusFailing = "failing" // its last renewal failed; still served
 	statusExpired = "expired" // still stored: nothing deletes it silently
+	statusCorrupt = "corrupt" // nginx cannot serve it (the fallback is served); the agent orders it again
 )
 
 func listCommand() *cli.Command {
@@ -20,14 +23,17 @@ func listCommand() *cli.Command {
 		Name:  "list",
 		Usage: "list stored certificates, soonest expiry first",
 		Description: "One line per certificate (under its primary name): expiry, time left, status (valid, failing: " +
-			"its last renewal failed, expired), issuer and fingerprint. --expiring reads only the part of the expiry " +
-			"index it needs. Exits 2 on bad arguments.\n\nExamples:\n" +
+			"its last renewal failed, expired, corrupt: nginx cannot serve the record and serves the fallback), issuer, " +
+			"fingerprint and, for a corrupt record, why. Every record is parsed: its chain, its key, that the key is the " +
+			"certificate's and that the certificate covers its names. A key of the wrong type is listed as corrupt " +
+			"under its name. --expiring reads only the part of the expiry index it needs. Exits 2 on bad arguments." +
+			"\n\nExamples:\n" +
 			"  certagent list\n" +
 			"  certagent list --expiring 72h\n" +
-			"  certagent list --status failing --json",
+			"  certagent list --status corrupt --json",
 		Flags: withFlags(redisFlags(), []cli.Flag{
 			&cli.DurationFlag{Name: flagExpiring, Usage: "only certificates expiring within this duration (e.g. 72h)"},
-			&cli.StringFlag{Name: flagStatus, Usage: "only certificates with this status: valid, failing or expired"},
+			&cli.StringFlag{Name: flagStatus, Usage: "only certificates with this status: valid, failing, expired or corrupt"},
 			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"},
 		}),
 		Action: listAction,
@@ -40,9 +46,9 @@ func listAction(c *cli.Context) error {
 	}
 	want := c.String(flagStatus)
 	switch want {
-	case "", statusValid, statusFailing, statusExpired:
+	case "", statusValid, statusFailing, statusExpired, statusCorrupt:
 	default:
-		return cli.Exit(fmt.Sprintf("certagent list: unknown --%s %q (want valid, failing or expired)", flagStatus, want), exitUsage)
+		return cli.Exit(fmt.Sprintf("certagent list: unknown --%s %q (want valid, failing, expired or corrupt)", flagStatus, want), exitUsage)
 	}
 	if c.Duration(flagExpiring) < 0 {
 		return cli.Exit(fmt.Sprintf("certagent list: --%s must not be negative", flagExpiring), exitUsage)
@@ -58,45 +64,37 @@ func listAction(c *cli.Context) error {
 	if d := c.Duration(flagExpiring); d > 0 {
 		until = now.Add(d)
 	}
-	entries, err := st.ListExpiring(c.Context, until, 0)
-	if err != nil {
-		return err
-	}
-	failing := map[string]bool{}
-	fails, err := st.FailingRenewals(c.Context, 0)
-	if err != nil {
-		return err
-	}
-	for _, f := range fails {
-		failing[f.Name] = true
-	}
-	names := make([]string, len(entries))
-	for i, e := range entries {
-		names[i] = e.Name
-	}
-	recs, errs, err := st.GetCerts(c.Context, names)
-	if err != nil {
-		return err
-	}
-	views := make([]certView, 0, len(names))
-	for i, name := range names {
-		if errs[i] != nil {
-			if want == "" {
-				views = append(views, certView{Name: name, Error: errs[i].Error()})
-			}
-			continue
+	failing := failingNames(c, st)
+	views := []certView{}
+	err = st.WalkCerts(c.Context, until, func(r store.CheckedRecord) error {
+		v, ok := storedView(r.Name, r.Record, r.Err, failing[r.Name], now)
+		if ok && (want == "" || v.Status == want) {
+			views = append(views, v)
 		}
-		v := viewOf(name, recs[i])
-		v.Status = statusOf(v, failing[name], now)
-		if want != "" && v.Status != want {
-			continue
-		}
-		views = append(views, v)
+		return nil
+	})
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("certagent list: %v", err), exitFailed)
 	}
 	if c.Bool(flagJSON) {
 		return writeJSON(c.App.Writer, views)
 	}
 	return writeTable(c.App.Writer, views, now)
+}
+
+// failingNames returns the names whose last renewal failed. When the index
+// cannot be read (a key of the wrong type), it says so, naming the key, and
+// the list goes on without it.
+func failingNames(c *cli.Context, st *store.Store) map[string]bool {
+	failing := map[string]bool{}
+	fails, err := st.FailingRenewals(c.Context, 0)
+	if err != nil {
+		fmt.Fprintf(c.App.ErrWriter, "certagent: skipping %s (failing renewals not shown): %v\n", st.Keys().RenewalFailures(), err)
+	}
+	for _, f := range fails {
+		failing[f.Name] = true
+	}
+	return failing
 }
 
 func statusOf(v certView, failing bool, now time.Time) string {

@@ -14,7 +14,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/manager"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
@@ -55,6 +54,8 @@ func runCommand() *cli.Command {
 				Usage: "longest pause between two looks at the renewal schedule (it wakes earlier when a renewal is due sooner)"},
 			&cli.DurationFlag{Name: flagRenewRetry, EnvVars: []string{envRenewRetry}, Value: time.Minute,
 				Usage: "pause after a failed renewal; doubles per failure up to 6h, shorter as expiry nears"},
+			&cli.DurationFlag{Name: flagCheckInterval, EnvVars: []string{envCheckInterval}, Value: 10 * time.Minute,
+				Usage: "pause between two checks of every stored certificate; a corrupt one is ordered again"},
 		}, gateFlags()),
 		Action: runAction,
 	}
@@ -173,23 +174,20 @@ func runAction(c *cli.Context) error {
 
 	log.Info("agent running", "consumer", consumerName, "group", c.String(flagGroup),
 		"directory", c.String(flagDirectory), "workers", c.Int(flagWorkers))
-	budgets, err := manager.NewBudgets(mgr, manager.BudgetConfig{
-		// The id of the account key in Redis: over the directory URL, so that
-		// agents given a preset and agents given its URL share one budget.
-		Account:          store.AccountID(acmeclient.ResolveDirectory(strings.TrimSpace(c.String(flagDirectory))), c.String(flagEmail)),
-		OrdersPerAccount: c.Int(flagLimitOrders),
-		OrdersWindow:     c.Duration(flagOrdersWindow),
-		CertsPerDomain:   c.Int(flagLimitCerts),
-		CertsWindow:      c.Duration(flagCertsWindow),
-		FailedPerName:    c.Int(flagLimitFailed),
-		FailedWindow:     c.Duration(flagFailedWindow),
-		RenewalShare:     c.Float64(flagRenewalShare),
-	})
+	budgetCfg, err := budgetConfig(c)
 	if err != nil {
 		return err
 	}
+	budgets, err := manager.NewBudgets(mgr, budgetCfg)
+	if err != nil {
+		return err
+	}
+	var ordersLeft func(context.Context) (int, error)
+	if budgets.CountsOrders() {
+		ordersLeft = budgets.OrdersLeft
+	}
 	if err := metrics.Register(telemetry.NewStateCollector(telemetry.StateConfig{
-		Store: st, Group: c.String(flagGroup), OrdersLeft: budgets.OrdersLeft, Logger: log,
+		Store: st, Group: c.String(flagGroup), OrdersLeft: ordersLeft, Logger: log,
 	})); err != nil {
 		return err
 	}
@@ -230,9 +228,16 @@ func runAction(c *cli.Context) error {
 		renewer.Shutdown()
 		close(renewerDone)
 	}()
+	checker := manager.NewChecker(manager.CheckerConfig{Store: st, Logger: log, Interval: c.Duration(flagCheckInterval)})
+	checkerDone := make(chan struct{})
+	go func() {
+		checker.Run(ctx)
+		close(checkerDone)
+	}()
 	err = consumer.Run(ctx)
 	stop()
 	<-renewerDone
+	<-checkerDone
 	log.Info("agent stopped")
 	return err
 }

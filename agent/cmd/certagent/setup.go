@@ -159,21 +159,20 @@ func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.
 	}
 	for i := range cfgs {
 		cfgs[i].ObserveRequest = metrics.ObserveACMERequest
+		cfgs[i].AccountChanged = reportAccountChange(ctx, log, events)
 	}
+	// Each CA's client connects when first needed, and again after a failed
+	// attempt: with fallbacks, a CA that is down must not keep the agent from
+	// starting or the next CA from being tried. A client also registers its
+	// account again when the CA has lost it.
 	var issuers []manager.Issuer
+	for _, cfg := range cfgs {
+		issuers = append(issuers, acmeclient.NewLazy(cfg, st, acmeclient.NewHTTP01Provider(tokens, 0)))
+	}
 	if len(cfgs) == 1 {
 		// One CA: connect now, so a wrong URL or a CA that is down shows at once.
-		client, err := acmeclient.New(ctx, cfgs[0], st, acmeclient.NewHTTP01Provider(tokens, 0))
-		if err != nil {
+		if err := issuers[0].(*acmeclient.Lazy).Connect(ctx); err != nil {
 			return nil, err
-		}
-		issuers = append(issuers, client)
-	} else {
-		// With fallbacks, a CA that is down must not keep the agent from
-		// starting or the next CA from being tried: each connects when it
-		// is first needed, and again after a failed attempt.
-		for _, cfg := range cfgs {
-			issuers = append(issuers, acmeclient.NewLazy(cfg, st, acmeclient.NewHTTP01Provider(tokens, 0)))
 		}
 	}
 	return manager.New(manager.Config{

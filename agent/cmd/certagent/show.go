@@ -18,8 +18,10 @@ func showCommand() *cli.Command {
 		Usage:     "show the certificate stored for a name (never its private key)",
 		ArgsUsage: "NAME",
 		Description: "Prints the certificate stored under NAME (any of its names, or *.parent for a wildcard): names, " +
-			"dates, issuer, serial, fingerprint, CA, status and its renewal: the chosen time, the CA's ARI window, " +
-			"failures. Exits 1 when nothing is stored for NAME, 2 on a bad NAME.\n\nExamples:\n" +
+			"dates, issuer, serial, fingerprint, CA, status (valid, failing, expired, or corrupt with the reason: the " +
+			"chain or the key does not parse, the key is not the certificate's, the certificate does not cover the " +
+			"name), and what the fleet remembers of the name: failed orders, a cached refusal. Exits 1 when nothing " +
+			"usable is stored for NAME (none, or a corrupt record), 2 on a bad NAME.\n\nExamples:\n" +
 			"  certagent show shop.example.com\n  certagent show '*.example.com' --json",
 		Flags:  withFlags(redisFlags(), []cli.Flag{&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"}}),
 		Action: showAction,
@@ -55,13 +57,13 @@ func showAction(c *cli.Context) error {
 	}
 	defer closeStore(st)
 	v := showView{Name: name}
+	now := time.Now()
 	rec, err := st.GetCert(c.Context, name)
-	switch {
-	case err == nil:
-		cv := viewOf(name, rec)
-		v.certView = &cv
-	case !errors.Is(err, store.ErrNotFound):
+	if err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrCorrupt) {
 		return err
+	}
+	if cv, ok := storedView(name, rec, err, renewalFailing(c, st, rec), now); ok {
+		v.certView = &cv
 	}
 	if v.Failure, err = st.GetFailure(c.Context, name); errors.Is(err, store.ErrNotFound) {
 		v.Failure = nil
@@ -81,16 +83,30 @@ func showAction(c *cli.Context) error {
 		}
 	} else {
 		if v.certView != nil {
-			if err := writeDetails(c.App.Writer, *v.certView, time.Now()); err != nil {
+			if err := writeDetails(c.App.Writer, *v.certView, now); err != nil {
 				return err
 			}
 		}
-		writeState(c.App.Writer, v, time.Now())
+		writeState(c.App.Writer, v, now)
 	}
-	if v.certView == nil {
+	switch {
+	case v.certView == nil:
 		return cli.Exit(fmt.Sprintf("certagent show: no certificate stored for %s", name), exitFailed)
+	case v.Status == statusCorrupt:
+		return cli.Exit(fmt.Sprintf("certagent show: the record stored for %s is corrupt (nginx serves the fallback): %s",
+			name, v.Reason), exitFailed)
 	}
 	return nil
+}
+
+// renewalFailing reports whether the last renewal of rec failed. A renewal
+// state that cannot be read is not: show goes on without it.
+func renewalFailing(c *cli.Context, st *store.Store, rec *store.CertRecord) bool {
+	if rec == nil {
+		return false
+	}
+	state, err := st.GetRenewal(c.Context, rec.Primary())
+	return err == nil && state.Failures > 0
 }
 
 // writeState prints the failure memory and cached refusal of a name.

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/certagent/certagent/agent/store"
 )
 
 func statusCommand() *cli.Command {
@@ -13,9 +17,10 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "the fleet at a glance: streams, certificates, failing names, next renewals",
 		Description: "Reads Redis only (no CA): the length of the stream of requested names and how many entries " +
-			"agents hold unacknowledged, the stream of changes, how many certificates are stored, expired or " +
-			"expiring within a week, the names whose last renewal failed, the names whose last order failed (the " +
-			"failure memory of `run`), and the next scheduled renewals. Exits 1 when Redis cannot be read." +
+			"agents hold unacknowledged, the stream of changes, how many certificates are stored, expired, " +
+			"expiring within a week or corrupt (every record is parsed; the first corrupt ones are listed with why), " +
+			"the names whose last renewal failed, the names whose last order failed (the failure memory of `run`), " +
+			"and the next scheduled renewals. Exits 1 when Redis cannot be read." +
 			"\n\nExamples:\n  certagent status\n  certagent status --next 20 --json",
 		Flags: withFlags(redisFlags(), []cli.Flag{
 			&cli.StringFlag{Name: flagGroup, EnvVars: []string{envGroup}, Value: "certagent", Usage: "consumer group of the agents"},
@@ -28,7 +33,7 @@ func statusCommand() *cli.Command {
 
 type statusEntry struct {
 	Name  string    `json:"name"`
-	At    time.Time `json:"at"`
+	At    time.Time `json:"at,omitzero"`
 	Error string    `json:"error,omitempty"`
 	Count int       `json:"failures,omitempty"`
 }
@@ -41,6 +46,8 @@ type statusView struct {
 	Certificates     int64         `json:"certificates"`
 	Expired          int64         `json:"expired"`
 	ExpiringWeek     int64         `json:"expiring_within_7d"`
+	Corrupt          int64         `json:"corrupt"`
+	CorruptRecords   []statusEntry `json:"corrupt_records"`
 	FailingRenewals  []statusEntry `json:"failing_renewals"`
 	FailingOrders    []statusEntry `json:"failing_orders"`
 	NextRenewals     []statusEntry `json:"next_renewals"`
@@ -58,7 +65,8 @@ func statusAction(c *cli.Context) error {
 	ctx := c.Context
 	limit := int64(max(c.Int(flagNext), 1))
 	now := time.Now()
-	v := statusView{FailingRenewals: []statusEntry{}, FailingOrders: []statusEntry{}, NextRenewals: []statusEntry{}}
+	v := statusView{CorruptRecords: []statusEntry{}, FailingRenewals: []statusEntry{}, FailingOrders: []statusEntry{},
+		NextRenewals: []statusEntry{}}
 	streams, err := st.StreamStatus(ctx, c.String(flagGroup))
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
@@ -69,6 +77,19 @@ func statusAction(c *cli.Context) error {
 		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
 	}
 	v.Expired, v.ExpiringWeek = counts[0], counts[1]-counts[0]
+	err = st.WalkCerts(ctx, time.Unix(math.MaxInt64/2, 0), func(r store.CheckedRecord) error {
+		var corrupt *store.CorruptError
+		if errors.As(r.Err, &corrupt) {
+			v.Corrupt++
+			if int64(len(v.CorruptRecords)) < limit {
+				v.CorruptRecords = append(v.CorruptRecords, statusEntry{Name: r.Name, Error: corrupt.Reason})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+	}
 
 	failing, err := st.FailingRenewals(ctx, limit)
 	if err != nil {
@@ -103,9 +124,20 @@ func statusAction(c *cli.Context) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "requested names:\t%d in the stream, %d pending at %d agents\n", v.Requests, v.Pending, v.PendingConsumers)
 	fmt.Fprintf(tw, "changes stream:\t%d entries\n", v.Changes)
-	fmt.Fprintf(tw, "certificates:\t%d stored, %d expired, %d expiring within 7 days\n", v.Certificates, v.Expired, v.ExpiringWeek)
+	fmt.Fprintf(tw, "certificates:\t%d stored, %d expired, %d expiring within 7 days, %d corrupt\n",
+		v.Certificates, v.Expired, v.ExpiringWeek, v.Corrupt)
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if len(v.CorruptRecords) > 0 {
+		// Only when there are: the agents order them again within minutes.
+		fmt.Fprintf(w, "\ncorrupt records (the agents order them again):\n")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "  NAME\tPROBLEM\n")
+		for _, e := range v.CorruptRecords {
+			fmt.Fprintf(tw, "  %s\t%s\n", e.Name, oneLine(e.Error))
+		}
+		_ = tw.Flush()
 	}
 	section := func(title, atLabel string, entries []statusEntry) {
 		fmt.Fprintf(w, "\n%s:\n", title)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -14,18 +15,20 @@ import (
 // certView is what the CLI shows of a record: everything but the private key.
 type certView struct {
 	Name        string       `json:"name"`
-	Names       []string     `json:"names"`
-	NotBefore   time.Time    `json:"not_before"`
-	NotAfter    time.Time    `json:"not_after"`
+	Names       []string     `json:"names,omitempty"`
+	NotBefore   time.Time    `json:"not_before,omitzero"`
+	NotAfter    time.Time    `json:"not_after,omitzero"`
 	Issuer      string       `json:"issuer"`
 	Serial      string       `json:"serial"`
 	Fingerprint string       `json:"fingerprint_sha256"`
 	KeyType     string       `json:"key_type,omitempty"`
 	CA          string       `json:"ca,omitempty"`
-	IssuedAt    time.Time    `json:"issued_at"`
+	IssuedAt    time.Time    `json:"issued_at,omitzero"`
 	Status      string       `json:"status,omitempty"`
 	Renewal     *renewalView `json:"renewal,omitempty"`
-	Error       string       `json:"error,omitempty"`
+	// Reason says why a corrupt record cannot be served.
+	Reason string `json:"reason,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
 // renewalView is the renewal state show prints.
@@ -43,6 +46,27 @@ func timePtr(t time.Time) *time.Time {
 	}
 	t = t.UTC()
 	return &t
+}
+
+// storedView is the view of what GetCert or a walk returned for name: a
+// certificate with its status, or for a corrupt record what of it could be
+// read, status corrupt and the reason. ok is false when nothing is stored.
+func storedView(name string, rec *store.CertRecord, err error, failing bool, now time.Time) (v certView, ok bool) {
+	var corrupt *store.CorruptError
+	switch {
+	case err == nil:
+		v = viewOf(name, rec)
+		v.Status = statusOf(v, failing, now)
+	case errors.As(err, &corrupt):
+		v = certView{Name: name}
+		if corrupt.Record != nil {
+			v = viewOf(name, corrupt.Record)
+		}
+		v.Status, v.Reason = statusCorrupt, corrupt.Reason
+	default:
+		return certView{Name: name}, false
+	}
+	return v, true
 }
 
 func viewOf(name string, rec *store.CertRecord) certView {
@@ -66,19 +90,27 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// writeTable prints one aligned line per certificate.
+// writeTable prints one aligned line per certificate; a corrupt record
+// shows what of it could be read, and why it cannot be served.
 func writeTable(w io.Writer, views []certView, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tNOT AFTER\tLEFT\tSTATUS\tISSUER\tFINGERPRINT")
+	fmt.Fprintln(tw, "NAME\tNOT AFTER\tLEFT\tSTATUS\tISSUER\tFINGERPRINT\tPROBLEM")
 	for _, v := range views {
-		if v.Error != "" {
-			fmt.Fprintf(tw, "%s\t-\t-\tcorrupt\t-\t%s\n", v.Name, v.Error)
-			continue
+		notAfter, remaining := "-", "-"
+		if !v.NotAfter.IsZero() {
+			notAfter, remaining = v.NotAfter.Format(time.RFC3339), left(v.NotAfter.Sub(now))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.NotAfter.Format(time.RFC3339),
-			left(v.NotAfter.Sub(now)), v.Status, v.Issuer, shortFingerprint(v.Fingerprint))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, notAfter, remaining, v.Status,
+			dash(v.Issuer), dash(shortFingerprint(v.Fingerprint)), oneLine(v.Reason))
 	}
 	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func writeDetails(w io.Writer, v certView, now time.Time) error {
@@ -95,6 +127,9 @@ func writeDetails(w io.Writer, v certView, now time.Time) error {
 	fmt.Fprintf(tw, "issued at:\t%s\n", v.IssuedAt.Format(time.RFC3339))
 	if v.Status != "" {
 		fmt.Fprintf(tw, "status:\t%s\n", v.Status)
+	}
+	if v.Reason != "" {
+		fmt.Fprintf(tw, "problem:\t%s\n", v.Reason)
 	}
 	if r := v.Renewal; r != nil {
 		if r.RenewAt != nil {

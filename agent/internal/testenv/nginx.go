@@ -15,9 +15,6 @@ import (
 	"time"
 )
 
-// NginxModulesDir is where Debian installs the dynamic modules nginx loads.
-const NginxModulesDir = "/usr/lib/nginx/modules"
-
 // NginxOptions configures StartNginx.
 type NginxOptions struct {
 	// RedisURL is passed as CERTAGENT_REDIS_URL (required).
@@ -31,9 +28,13 @@ type NginxOptions struct {
 	// HTTPServerExtra is inserted into the plain HTTP server block (tests add
 	// locations that call certagent modules directly).
 	HTTPServerExtra string
-	// LuaConfig replaces values in the configuration table of the shipped
-	// nginx/certagent-http.conf (field name to Lua expression), e.g.
-	// {"lru_size": "3"}. A field the snippet does not show fails the test.
+	// HTTPSServerExtra is inserted into the TLS server block, the one that
+	// includes certagent-tls.conf.
+	HTTPSServerExtra string
+	// LuaConfig gives the init() call of the shipped
+	// nginx/certagent-http.conf a configuration table (field name to Lua
+	// expression), e.g. {"lru_size": "3"}; its fields win over the
+	// CERTAGENT_* variables. An unknown field makes nginx refuse to start.
 	LuaConfig map[string]string
 	// SharedDicts replaces the sizes of the snippet's lua_shared_dict lines
 	// (dict name to size, e.g. {"certagent_certs": "64k"}).
@@ -46,6 +47,13 @@ type NginxOptions struct {
 	// WorkerConnections defaults to 256. Every client connection, Redis
 	// connection and running timer of a worker takes one.
 	WorkerConnections int
+	// Stack is the nginx to run; nil: the stack under test (Stack).
+	Stack *NginxStack
+	// ErrorLogLevel is the error_log level; empty: warn.
+	ErrorLogLevel string
+	// HTTPSListen adds parameters to the TLS server's listen directive
+	// (e.g. proxy_protocol).
+	HTTPSListen string
 }
 
 // httpSnippet returns the path of the http-context snippet: the shipped one,
@@ -61,12 +69,17 @@ func httpSnippet(t testing.TB, dir string, opts NginxOptions) string {
 		t.Fatal(err)
 	}
 	conf := string(data)
-	for field, value := range opts.LuaConfig {
-		re := regexp.MustCompile(`(?m)^(\s*` + regexp.QuoteMeta(field) + ` = ).*?,(\s*--.*)?$`)
-		if !re.MatchString(conf) {
-			t.Fatalf("nginx/certagent-http.conf does not show the field %s", field)
+	if len(opts.LuaConfig) > 0 {
+		const call = `require("certagent").init()`
+		if strings.Count(conf, call) != 1 {
+			t.Fatalf("nginx/certagent-http.conf does not call %s once", call)
 		}
-		conf = re.ReplaceAllLiteralString(conf, "        "+field+" = "+value+",")
+		fields := make([]string, 0, len(opts.LuaConfig))
+		for field, value := range opts.LuaConfig {
+			fields = append(fields, field+" = "+value)
+		}
+		sort.Strings(fields)
+		conf = strings.Replace(conf, call, `require("certagent").init({ `+strings.Join(fields, ", ")+` })`, 1)
 	}
 	for dict, size := range opts.SharedDicts {
 		re := regexp.MustCompile(`(?m)^lua_shared_dict ` + regexp.QuoteMeta(dict) + ` \S+;$`)
@@ -102,11 +115,10 @@ type Nginx struct {
 // stopped when the test ends.
 func StartNginx(t testing.TB, opts NginxOptions) *Nginx {
 	t.Helper()
-	bin := Require(t, "nginx", "/usr/sbin")
-	for _, mod := range []string{"ndk_http_module.so", "ngx_http_lua_module.so"} {
-		if _, err := os.Stat(filepath.Join(NginxModulesDir, mod)); err != nil {
-			t.Fatalf("nginx module %s is required (libnginx-mod-http-lua): %v", mod, err)
-		}
+	stack := opts.Stack
+	if stack == nil {
+		s := Stack(t)
+		stack = &s
 	}
 	if opts.RedisURL == "" {
 		t.Fatal("StartNginx: RedisURL is required")
@@ -137,7 +149,7 @@ func StartNginx(t testing.TB, opts NginxOptions) *Nginx {
 
 	root := RepoRoot()
 	snippet := func(name string) string { return filepath.Join(root, "nginx", name) }
-	luaPath := root + "/lua/?.lua;/usr/share/lua/5.1/?.lua;;"
+	luaPath := stack.LuaPackagePath()
 	if opts.LuaPathPrefix != "" {
 		luaPath = opts.LuaPathPrefix + "/?.lua;" + luaPath
 	}
@@ -149,6 +161,14 @@ func StartNginx(t testing.TB, opts NginxOptions) *Nginx {
 	if connections == 0 {
 		connections = 256
 	}
+	logLevel := opts.ErrorLogLevel
+	if logLevel == "" {
+		logLevel = "warn"
+	}
+	listenParams := ""
+	if opts.HTTPSListen != "" {
+		listenParams = " " + opts.HTTPSListen
+	}
 	user := ""
 	if os.Geteuid() == 0 {
 		// Workers would otherwise switch to nobody and could not read the
@@ -156,14 +176,12 @@ func StartNginx(t testing.TB, opts NginxOptions) *Nginx {
 		user = "user root;"
 	}
 	conf := fmt.Sprintf(`# written by testenv.StartNginx
-load_module %[1]s/ndk_http_module.so;
-load_module %[1]s/ngx_http_lua_module.so;
-%[2]s
+%[1]s%[2]s
 daemon off;
 master_process on;
 worker_processes %[15]d;
 pid %[3]s/nginx.pid;
-error_log %[4]s warn;
+error_log %[4]s %[18]s;
 include %[5]s;
 
 events {
@@ -179,6 +197,9 @@ http {
     scgi_temp_path %[3]s/tmp/scgi;
 
     lua_package_path "%[6]s";
+    # Debian's nginx 1.22 offers TLS 1.3 only when it is named; the snippets
+    # leave the protocols to the installation.
+    ssl_protocols TLSv1.2 TLSv1.3;
     include %[7]s;
 
     server {
@@ -192,21 +213,22 @@ http {
     }
 
     server {
-        listen 127.0.0.1:%[11]d ssl default_server;
+        listen 127.0.0.1:%[11]d ssl default_server%[19]s;
         server_name _;
         ssl_certificate %[12]s;
         ssl_certificate_key %[13]s;
         include %[14]s;
-
+%[17]s
         location / {
             return 200 "ok\n";
         }
     }
 }
-`, NginxModulesDir, user, dir, n.ErrorLogPath, snippet("certagent-main.conf"),
+`, stack.LoadModules(), user, dir, n.ErrorLogPath, snippet("certagent-main.conf"),
 		luaPath, httpSnippet(t, dir, opts),
 		httpPort, snippet("certagent-acme.conf"), opts.HTTPServerExtra,
-		httpsPort, certPath, keyPath, snippet("certagent-tls.conf"), workers, connections)
+		httpsPort, certPath, keyPath, snippet("certagent-tls.conf"), workers, connections,
+		opts.HTTPSServerExtra, logLevel, listenParams)
 	if err := os.WriteFile(n.ConfPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +240,7 @@ http {
 	for k, v := range opts.Env {
 		env[k] = v
 	}
-	n.launch(bin, env, n.HTTPAddr, n.HTTPSAddr)
+	n.launch(stack.Binary, env, n.HTTPAddr, n.HTTPSAddr)
 	return n
 }
 
@@ -274,19 +296,16 @@ func (n *Nginx) launch(bin string, env map[string]string, addrs ...string) {
 	}
 }
 
-// StartNginxConf starts nginx on a configuration the test wrote itself (conf,
-// the text of nginx.conf, written to dir) rather than StartNginx's, with env
+// StartNginxConf starts the stack under test on a configuration the test
+// wrote itself for Debian's nginx (conf, the text of nginx.conf, adapted by
+// NginxStack.Adapt and written to dir) rather than StartNginx's, with env
 // added to the environment, and waits until every addr accepts connections.
 // dir is the prefix (-p) and holds logs/error.log; the snippets and Lua
 // modules are the repository's (RepoRoot). It is stopped when the test ends.
 func StartNginxConf(t testing.TB, dir, conf string, env map[string]string, addrs ...string) *Nginx {
 	t.Helper()
-	bin := Require(t, "nginx", "/usr/sbin")
-	for _, mod := range []string{"ndk_http_module.so", "ngx_http_lua_module.so"} {
-		if _, err := os.Stat(filepath.Join(NginxModulesDir, mod)); err != nil {
-			t.Fatalf("nginx module %s is required (libnginx-mod-http-lua): %v", mod, err)
-		}
-	}
+	stack := Stack(t)
+	conf = stack.Adapt(conf)
 	for _, sub := range []string{"tmp", "logs"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			t.Fatal(err)
@@ -302,7 +321,7 @@ func StartNginxConf(t testing.TB, dir, conf string, env map[string]string, addrs
 	if err := os.WriteFile(n.ConfPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	n.launch(bin, env, addrs...)
+	n.launch(stack.Binary, env, addrs...)
 	return n
 }
 

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -71,6 +70,8 @@ type Pebble struct {
 	t       testing.TB
 	pebble  *process
 	dnsStub *process
+	launch  pebbleLaunch // how Pebble was started, for Restart
+	starts  int
 
 	rootsOnce sync.Once
 	roots     []*x509.Certificate
@@ -197,29 +198,8 @@ func (p *Pebble) startPebble(bin, dir, certFile, keyFile string, opts PebbleOpti
 	}
 	p.DirectoryURL = "https://" + listen + "/dir"
 	p.ManagementURL = "https://" + mgmt
-	p.pebble, err = startProcess(bin, p.LogFile, env, "-config", cfgFile, "-dnsserver", p.DNSAddr)
-	if err != nil {
-		return err
-	}
-	deadline := time.Now().Add(pebbleStartLimit)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err = p.Alive(ctx)
-		if err == nil {
-			err = p.get(ctx, p.ManagementURL+"/roots/0", nil)
-		}
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if p.pebble.exited() {
-			return fmt.Errorf("pebble exited: %s", lastLines(p.LogFile, 10))
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the directory %s did not answer within %s: %v", p.DirectoryURL, pebbleStartLimit, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	p.launch = pebbleLaunch{bin: bin, env: env, args: []string{"-config", cfgFile, "-dnsserver", p.DNSAddr}}
+	return p.start()
 }
 
 // Alive fetches the directory with a short timeout (3 s unless ctx has an
@@ -307,23 +287,7 @@ var ordersLine = regexp.MustCompile(`There are now (\d+) orders in the db`)
 // read from its log ("There are now N orders in the db").
 func (p *Pebble) OrdersCreated(t testing.TB) int {
 	t.Helper()
-	f, err := os.Open(p.LogFile)
-	if err != nil {
-		t.Fatalf("reading pebble's log: %v", err)
-	}
-	defer f.Close()
-	n := 0
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
-	for sc.Scan() {
-		if m := ordersLine.FindSubmatch(sc.Bytes()); m != nil {
-			n, _ = strconv.Atoi(string(m[1]))
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatalf("reading pebble's log: %v", err)
-	}
-	return n
+	return lastCount(t, p.LogFile, ordersLine)
 }
 
 // Resolver returns a resolver that asks the DNS stub, the way Pebble's VA does.

@@ -63,3 +63,23 @@ func TestStartPebble(t *testing.T) {
 		t.Errorf("AAAA for anything.example.test = %v, want none", ips)
 	}
 }
+
+// A restarted Pebble answers at the same directory URL through the same
+// trusted listener certificate, with new roots.
+func TestPebbleRestart(t *testing.T) {
+	p := StartPebble(t, PebbleOptions{HTTPPort: FreePort(t)})
+	dirURL, oldRoot := p.DirectoryURL, p.RootCerts(t)[0]
+	p.Restart(t)
+	if p.DirectoryURL != dirURL {
+		t.Errorf("directory moved from %s to %s", dirURL, p.DirectoryURL)
+	}
+	if err := p.Alive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if newRoot := p.RootCerts(t)[0]; newRoot.Equal(oldRoot) {
+		t.Error("the restarted Pebble has the same root")
+	}
+	if got := p.AccountsCreated(t); got != 0 {
+		t.Errorf("AccountsCreated = %d after the restart", got)
+	}
+}
