@@ -40,7 +40,10 @@ const (
 // startWait starts Redis and nginx (one worker) with the status location,
 // the given configuration values and further port-80 server lines. The
 // worker has room for 200 handshakes at once besides its Redis connections
-// and the timers that record names.
+// and the timers that record names. It returns once the worker has made its
+// first read of the changes stream: that read empties the cache, and a
+// lookup in flight meanwhile is not cached (certagent.cache), so a test that
+// counts the lookups after a first handshake must not race it.
 func startWait(t *testing.T, luaConfig map[string]string, extra string) *env {
 	t.Helper()
 	schema, err := schemadoc.Load()
@@ -55,7 +58,7 @@ func startWait(t *testing.T, luaConfig map[string]string, extra string) *env {
 		Env:       map[string]string{"CERTAGENT_NODE": testNode},
 		LuaConfig: luaConfig,
 		HTTPServerExtra: "include " + filepath.Join(testenv.RepoRoot(), "nginx", "certagent-status.conf") + ";\n" +
-			extra,
+			statsLocation + extra,
 		WorkerConnections: 1024,
 	})
 	t.Cleanup(func() {
@@ -63,7 +66,9 @@ func startWait(t *testing.T, luaConfig map[string]string, extra string) *env {
 			t.Logf("nginx error log:\n%s", n.ErrorLog())
 		}
 	})
-	return &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
+	e := &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
+	e.waitChangesRead()
+	return e
 }
 
 // mark sets the issuing mark of name as the agent does (SET ... EX 60).

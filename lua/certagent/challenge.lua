@@ -75,7 +75,7 @@ function _M.handle()
         return reply(400, "bad Host\n")
     end
 
-    local red, err = redis.connect(cfg)
+    local red, err = redis.connect(cfg, true)
     if not red then
         stats.incr("redis_errors")
         if not redis.down() then -- an outage is logged once, by certagent.redis

@@ -147,12 +147,15 @@ local function drop(cfg, red, res, err)
 end
 _M.drop = drop
 
--- connect returns a ready connection (authenticated, database selected) or nil, err.
-function _M.connect(cfg)
+-- connect returns a ready connection (authenticated, database selected) or
+-- nil, err. ungated tries Redis even during an outage: for the CA's
+-- validation requests, rare and each worth an order, which a 503 would fail
+-- (Redis back a moment ago, not yet seen answering by this worker).
+function _M.connect(cfg, ungated)
     if not client then
         return nil, "neither resty.redis nor nginx.redis is installed"
     end
-    local waiting = gate(cfg)
+    local waiting = not ungated and gate(cfg)
     if waiting then
         return nil, waiting
     end
