@@ -96,6 +96,8 @@ type PeerLease interface {
 // Manager orders certificates and stores them.
 type Manager struct {
 	cfg Config
+	// caWake wakes WatchCAs when an order sees a CA down (castate.go).
+	caWake chan struct{}
 }
 
 // New returns a Manager for cfg.
@@ -115,7 +117,7 @@ func New(cfg Config) *Manager {
 	if cfg.Events == nil {
 		cfg.Events = telemetry.NewHub(cfg.Logger)
 	}
-	return &Manager{cfg: cfg}
+	return &Manager{cfg: cfg, caWake: make(chan struct{}, 1)}
 }
 
 // Issue orders one certificate for names (normalized; the first is the
@@ -242,11 +244,17 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	var issuer Issuer
 	var errs []error
 	for _, candidate := range m.issuers() {
+		// A CA the fleet knows to be down is not asked (castate.go).
+		if outage := m.caDown(keepCtx, candidate); outage != nil {
+			errs = append(errs, outage)
+			continue
+		}
 		opts := acmeclient.OrderOptions{Journal: leaseJournal{lock: lock, log: m.cfg.Logger, name: primary}}
 		if renewing != nil && renewing.CA == candidate.DirectoryURL() {
 			opts.Replaces = replaces
 		}
 		cert, err = m.obtain(keepCtx, candidate, names, opts)
+		m.noteCA(keepCtx, candidate, err)
 		if err == nil {
 			issuer = candidate
 			break
