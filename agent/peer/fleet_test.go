@@ -456,6 +456,72 @@ func TestLeaseKeepAliveAndRelease(t *testing.T) {
 	}
 }
 
+// TestLeaseKeepAliveRidesOutAShortPeerOutage: with two sites (both needed),
+// a peer that misses extension rounds for a moment does not cut the lease
+// off: the rounds are tried again until the peer's grant runs out. A peer
+// gone for longer than the lease does end it, once.
+func TestLeaseKeepAliveRidesOutAShortPeerOutage(t *testing.T) {
+	watchdog(t, time.Minute)
+	ctx := context.Background()
+	sites := startSites(t, func(c *Config) { c.LeaseTTL = 3 * time.Second }, "a", "b")
+	a, b := sites["a"], sites["b"]
+	const name = "outage.example.com"
+	holderAtB := func() string { return b.rdb.Get(ctx, b.st.Keys().Lock(name)).Val() }
+
+	// As an order does, a holds the name's lease in its own Redis first.
+	local, err := a.st.AcquireLock(ctx, name, store.LockTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Release(ctx)
+	lease, err := a.fleet.Lease(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lease.Release(ctx)
+	lostCalls := make(chan error, 2)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		lease.KeepAlive(ctx, func(err error) { lostCalls <- err })
+	}()
+	bState := func() PeerState { return a.fleet.States()[0] }
+
+	// b goes down until an extension round has failed to reach it, then
+	// comes back within its grant.
+	b.down()
+	eventually(t, 10*time.Second, "an extension round failing at b", func() bool {
+		st := bState()
+		return !st.Up && !st.LastErrorAt.IsZero()
+	})
+	b.up(t)
+	eventually(t, 10*time.Second, "an extension reaching b again", func() bool { return bState().Up })
+	time.Sleep(4 * time.Second) // past the 3 s TTL: only extensions keep it
+	if len(lostCalls) != 0 {
+		t.Fatalf("lost after b missed a round: %v", <-lostCalls)
+	}
+	if got := holderAtB(); got != lease.Holder() {
+		t.Errorf("after b came back, b holds %q, want %s", got, lease.Holder())
+	}
+	if _, err := b.fleet.Lease(ctx, name); !errors.Is(err, ErrNoQuorum) {
+		t.Errorf("b's own order took the kept lease: %v", err)
+	}
+
+	// b gone for longer than the lease: lost once, naming b.
+	b.down()
+	select {
+	case <-kept:
+	case <-time.After(20 * time.Second):
+		t.Fatal("KeepAlive still runs with b gone for longer than the lease")
+	}
+	if len(lostCalls) != 1 {
+		t.Fatalf("lost called %d times, want once", len(lostCalls))
+	}
+	if err := <-lostCalls; !errors.Is(err, ErrNoQuorum) || !strings.Contains(err.Error(), "not reached: b") {
+		t.Errorf("lost with %v, want ErrNoQuorum naming b", err)
+	}
+}
+
 // TestExistingTakesAValidPeerCertificate: a certificate a peer holds is
 // stored here when it covers the names, is not due for renewal and is newer
 // than the one held; otherwise nothing is taken and no error is returned.
