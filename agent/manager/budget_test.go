@@ -151,11 +151,7 @@ func TestBudgetsGiveBackTheSlotsOfAPeerCertificate(t *testing.T) {
 	issuer := &fakeIssuer{}
 	m, st, _ := newTestManager(t, issuer)
 	ctx := context.Background()
-	// The peer's certificate, as the fleet would store it here.
-	held, err := m.Issue(ctx, []string{"peer.budget.example"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	held := heldAtAPeer(t, m, "peer.budget.example")
 	m.cfg.Peers = &fakePeers{existing: held}
 	b, err := NewBudgets(m, BudgetConfig{Account: "acct", OrdersPerAccount: 10, CertsPerDomain: 1, RenewalShare: 0.01})
 	if err != nil {

@@ -196,6 +196,23 @@ func (s *testSite) up(t *testing.T) {
 	t.Cleanup(func() { s.api.Close() })
 }
 
+// leaseAsAnOrder takes the lease on name as an order does: in the site's
+// own Redis first (held until the test ends), then across the sites.
+func (s *testSite) leaseAsAnOrder(t *testing.T, name string) *Lease {
+	t.Helper()
+	ctx := context.Background()
+	local, err := s.st.AcquireLock(ctx, name, store.LockTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = local.Release(ctx) })
+	lease, err := s.fleet.Lease(ctx, name)
+	if err != nil {
+		t.Fatalf("leasing %s from %s: %v", name, s.id, err)
+	}
+	return lease
+}
+
 // holds reports whether the site stores a record for name with fingerprint
 // ("" for any record).
 func (s *testSite) holds(name, fingerprint string) bool {
@@ -377,16 +394,7 @@ func TestLeaseKeepAliveAndRelease(t *testing.T) {
 	a, b, c := sites["a"], sites["b"], sites["c"]
 	holderAt := func(s *testSite, name string) string { return s.rdb.Get(ctx, s.st.Keys().Lock(name)).Val() }
 
-	// As an order does, a holds the name's lease in its own Redis first.
-	local, err := a.st.AcquireLock(ctx, "k.example.com", store.LockTTL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer local.Release(ctx)
-	lease, err := a.fleet.Lease(ctx, "k.example.com")
-	if err != nil {
-		t.Fatal(err)
-	}
+	lease := a.leaseAsAnOrder(t, "k.example.com")
 	kctx, stop := context.WithCancel(ctx)
 	defer stop()
 	lostCalls := make(chan error, 2)
@@ -423,7 +431,7 @@ func TestLeaseKeepAliveAndRelease(t *testing.T) {
 
 	// Both peers lose it (taken over after an expiry, say): lost is called
 	// once and KeepAlive returns.
-	lease, err = a.fleet.Lease(ctx, "k.example.com")
+	lease, err := a.fleet.Lease(ctx, "k.example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -468,16 +476,7 @@ func TestLeaseKeepAliveRidesOutAShortPeerOutage(t *testing.T) {
 	const name = "outage.example.com"
 	holderAtB := func() string { return b.rdb.Get(ctx, b.st.Keys().Lock(name)).Val() }
 
-	// As an order does, a holds the name's lease in its own Redis first.
-	local, err := a.st.AcquireLock(ctx, name, store.LockTTL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer local.Release(ctx)
-	lease, err := a.fleet.Lease(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
+	lease := a.leaseAsAnOrder(t, name)
 	defer lease.Release(ctx)
 	lostCalls := make(chan error, 2)
 	kept := make(chan struct{})
@@ -601,15 +600,7 @@ func TestLeaseReleasedWhereTheAnswerWasLate(t *testing.T) {
 		}
 	})
 	const name = "late.example.com"
-	local, err := a.st.AcquireLock(ctx, name, store.LockTTL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer local.Release(ctx)
-	lease, err := a.fleet.Lease(ctx, name)
-	if err != nil {
-		t.Fatalf("a and b are a majority: %v", err)
-	}
+	lease := a.leaseAsAnOrder(t, name) // a and b are a majority
 	if got := c.rdb.Get(ctx, c.st.Keys().Lock(name)).Val(); got != lease.Holder() {
 		t.Fatalf("c holds %q, want %s (it granted the lease)", got, lease.Holder())
 	}
