@@ -93,7 +93,7 @@ func registerAccount(ctx context.Context, core *api.Core, cfg Config) (acme.Exte
 		return core.Accounts.New(req)
 	})
 	if err != nil {
-		return account, fmt.Errorf("registering the ACME account at %s: %w", cfg.DirectoryURL, err)
+		return account, outageError(fmt.Errorf("registering the ACME account at %s: %w", cfg.DirectoryURL, err), cfg.DirectoryURL)
 	}
 	return account, nil
 }

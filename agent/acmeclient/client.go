@@ -16,6 +16,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -43,7 +44,8 @@ type Config struct {
 	// to the CA (for latency metrics). Default: none.
 	ObserveRequest func(method string, took time.Duration, err error)
 	// HTTPClient talks to the CA. Default: one trusting the system roots and
-	// CARootFiles, with a 30 s timeout.
+	// CARootFiles, with connect and TLS timeouts of 5 s, 15 s for the
+	// response's headers and 30 s for a whole request.
 	HTTPClient *http.Client
 	// CARootFiles are PEM files of extra roots trusted for the CA's HTTPS
 	// endpoint (private CAs, Pebble). Ignored when HTTPClient is set.
@@ -220,7 +222,7 @@ func newCore(ctx context.Context, cfg Config, uri string, key crypto.Signer) (*a
 		return api.New(&own, cfg.UserAgent, cfg.DirectoryURL, uri, key)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("reading the ACME directory %s: %w", cfg.DirectoryURL, err)
+		return nil, outageError(fmt.Errorf("reading the ACME directory %s: %w", cfg.DirectoryURL, err), cfg.DirectoryURL)
 	}
 	return core, nil
 }
@@ -238,8 +240,21 @@ func httpClient(rootFiles []string) (*http.Client, error) {
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	return &http.Client{Transport: transport, Timeout: 30 * time.Second}, nil
+	transport.DialContext = (&net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	transport.TLSHandshakeTimeout = TLSHandshakeTimeout
+	transport.ResponseHeaderTimeout = ResponseHeaderTimeout
+	return &http.Client{Transport: transport, Timeout: RequestTimeout}, nil
 }
+
+// Timeouts of the HTTP client to the CA: short enough that a CA which
+// accepts connections and never answers is noticed within seconds, at the
+// first request, rather than at the end of the order's timeout.
+const (
+	DialTimeout           = 5 * time.Second
+	TLSHandshakeTimeout   = 5 * time.Second
+	ResponseHeaderTimeout = 15 * time.Second
+	RequestTimeout        = 30 * time.Second
+)
 
 // LoadCARoots returns the system roots plus the certificates of the given PEM
 // files, or why a file is unusable.

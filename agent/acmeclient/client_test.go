@@ -252,8 +252,9 @@ func TestNewFailsWhenTheCAIsDown(t *testing.T) {
 	port := testenv.FreePort(t)
 	_, err := New(context.Background(), Config{DirectoryURL: "https://127.0.0.1:" + strconv.Itoa(port) + "/dir"},
 		&memAccounts{}, NewHTTP01Provider(&memTokens{}, 0))
-	if err == nil || !strings.Contains(err.Error(), "reading the ACME directory") {
-		t.Fatalf("error %v: want the directory failure", err)
+	want := "CA unreachable: connection refused at https://127.0.0.1:" + strconv.Itoa(port) + "/dir"
+	if err == nil || err.Error() != want {
+		t.Fatalf("error %v: want %q, the cause first", err, want)
 	}
 }
 

@@ -130,6 +130,16 @@ func (l *Lazy) Account(ctx context.Context) (*AccountStatus, error) {
 	return status, err
 }
 
+// Probe is Client.Probe; it connects first (reading the directory and
+// loading the account) when no attempt has succeeded yet.
+func (l *Lazy) Probe(ctx context.Context) error {
+	c, err := l.get(ctx)
+	if err != nil {
+		return outageError(err, l.cfg.DirectoryURL)
+	}
+	return c.Probe(ctx)
+}
+
 // RenewalInfo is Client.RenewalInfo.
 func (l *Lazy) RenewalInfo(ctx context.Context, chainPEM []byte) (*RenewalWindow, error) {
 	c, err := l.get(ctx)
@@ -152,7 +162,8 @@ func (l *Lazy) Revoke(ctx context.Context, chainPEM []byte, reason uint) error {
 func (l *Lazy) withAccount(ctx context.Context, what string, call func(*Client) error) error {
 	c, err := l.get(ctx)
 	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+		// A CA that cannot be reached says so first.
+		return outageError(fmt.Errorf("%s: %w", what, err), l.cfg.DirectoryURL)
 	}
 	err = call(c)
 	if err == nil || !AccountLost(err) {

@@ -218,7 +218,7 @@ func TestLazyConnectsOnUse(t *testing.T) {
 	if down.DirectoryURL() != "https://127.0.0.1:1/dir" {
 		t.Error("directory URL")
 	}
-	if _, err := down.Obtain(ctx, []string{"lazy.example.test"}); err == nil || !strings.Contains(err.Error(), "connecting to the CA at https://127.0.0.1:1/dir") {
+	if _, err := down.Obtain(ctx, []string{"lazy.example.test"}); err == nil || !strings.Contains(err.Error(), "CA unreachable: connection refused at https://127.0.0.1:1/dir") {
 		t.Errorf("down CA: %v", err)
 	}
 	accounts := &memAccounts{}
@@ -264,7 +264,7 @@ func TestLazyConnectsOnceForConcurrentOrders(t *testing.T) {
 	}
 	wg.Wait()
 	for _, err := range errs {
-		if err == nil || !strings.Contains(err.Error(), "connecting to the CA at") {
+		if err == nil || !strings.Contains(err.Error(), "CA failing: HTTP 503 at "+srv.URL+"/dir") {
 			t.Errorf("order with the CA down: %v", err)
 		}
 	}

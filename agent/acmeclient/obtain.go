@@ -35,7 +35,8 @@ func (c *Client) ObtainWith(ctx context.Context, names []string, opts OrderOptio
 	}
 	cert, err := c.obtain(ctx, names, opts)
 	if err != nil {
-		return nil, fmt.Errorf("obtaining certificate for %s: %w", names[0], err)
+		// An outage is about the CA, not the name: it says so first.
+		return nil, outageError(fmt.Errorf("obtaining certificate for %s: %w", names[0], err), c.cfg.DirectoryURL)
 	}
 	return cert, nil
 }

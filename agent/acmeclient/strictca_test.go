@@ -222,9 +222,13 @@ func TestServerInternalSurfacesAsACAError(t *testing.T) {
 	s := startStrictCA(t)
 	s.proxy.Inject(testenv.Fault{Kind: testenv.FaultServerInternal, Times: 1, Path: testenv.PathFinalize})
 	_, err := s.client.Obtain(context.Background(), []string{"internal.example.test"})
+	// A 5xx is the CA's trouble, not the name's: the message says so first
+	// (outage.go), the step stays in the chain.
+	var outage *OutageError
 	if p := problemOf(t, err); p.Type != "urn:ietf:params:acme:error:serverInternal" || p.HTTPStatus != 500 ||
-		!strings.HasPrefix(err.Error(), "obtaining certificate for internal.example.test: finalizing the order: ") {
-		t.Errorf("serverInternal at finalize: %v; want the CA's 500 problem, wrapped with the step", err)
+		!strings.HasPrefix(err.Error(), "CA failing: HTTP 500 serverInternal at ") || !errors.As(err, &outage) ||
+		!strings.HasPrefix(outage.Err.Error(), "obtaining certificate for internal.example.test: finalizing the order: ") {
+		t.Errorf("serverInternal at finalize: %v; want the CA's 500 problem, the cause first, wrapped with the step", err)
 	}
 	if _, limited := s.client.RateLimited(err); limited {
 		t.Error("a 500 taken for a rate limit")
@@ -237,7 +241,7 @@ func TestServerInternalSurfacesAsACAError(t *testing.T) {
 	s.proxy.Inject(testenv.Fault{Kind: testenv.FaultServerInternal, Path: testenv.AllRequests})
 	_, err = New(context.Background(), Config{DirectoryURL: s.proxy.DirectoryURL, CARootFiles: []string{s.proxy.CARootsFile}},
 		&memAccounts{}, NewHTTP01Provider(s.tokens, 0))
-	if err == nil || !strings.Contains(err.Error(), "reading the ACME directory") || !strings.Contains(err.Error(), "500") {
+	if err == nil || !strings.HasPrefix(err.Error(), "CA failing: HTTP 500") || !strings.Contains(errors.Unwrap(err).Error(), "reading the ACME directory") {
 		t.Errorf("a client of a CA answering only 500: %v; want the directory's 500", err)
 	}
 	s.proxy.ClearFaults()

@@ -260,7 +260,8 @@ func TestIssueFailsWhenTheCAIsUnreachable(t *testing.T) {
 	cmd.Env = append(s.env, "CERTAGENT_ACME_DIRECTORY=https://127.0.0.1:1/dir")
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() == 0 || !strings.Contains(string(out), "ACME directory") {
+	if !errors.As(err, &exit) || exit.ExitCode() == 0 ||
+		!strings.Contains(string(out), "CA unreachable: connection refused at https://127.0.0.1:1/dir") {
 		t.Errorf("issue with the CA down: %v\n%s", err, out)
 	}
 }

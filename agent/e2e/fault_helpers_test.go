@@ -44,6 +44,9 @@ type faultOptions struct {
 	// 2 s: traffic that goes on, for names whose order failed (a failed
 	// name waits for nginx to record it again).
 	retraffic bool
+	// waitLua, when set, is nginx's Lua configuration with the first
+	// handshake's wait on, and the status location is served.
+	waitLua map[string]string
 }
 
 func startFaultStack(t *testing.T, opts faultOptions) *faultStack {
@@ -58,6 +61,10 @@ func startFaultStack(t *testing.T, opts faultOptions) *faultStack {
 	if opts.retraffic {
 		nginxOpts.LuaConfig["request_window"] = "2"
 		s.retraffic = true
+	}
+	if opts.waitLua != nil {
+		nginxOpts.LuaConfig = opts.waitLua
+		nginxOpts.HTTPServerExtra = "include " + filepath.Join(testenv.RepoRoot(), "nginx", "certagent-status.conf") + ";"
 	}
 	s.nginx = testenv.StartNginx(t, nginxOpts)
 	s.env = append(os.Environ(),

@@ -161,7 +161,7 @@ func TestRedisRestartMidRunLosesNothing(t *testing.T) {
 	}
 	interrupted, failed := 0, 0
 	for _, a := range agents {
-		interrupted += a.logCount("order interrupted; left pending")
+		interrupted += a.logCount("order interrupted; the entry stays pending")
 		failed += a.logCount("name failed")
 	}
 	t.Logf("Redis killed with %d of %d names issued, down 3 s; all %d issued %s after the second batch; %s; %d orders interrupted and left pending, %d failed at the CA (retried on later traffic)",

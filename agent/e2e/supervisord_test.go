@@ -1,6 +1,11 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -16,9 +21,13 @@ import (
 
 // TestSupervisordOnAPlainHost runs the root supervisord.conf through
 // docker/certagent-supervise on this host, as an operator without Docker
-// would: the bundled Redis, nginx with the image's nginx.conf and the agent,
-// with every path moved by environment variables. A new name gets the
-// generated fallback certificate, then its own.
+// would, with the variables docs/docker.md documents: the CA, the allow
+// rule, and (because this is a test) ports, directories and users moved out
+// of the way. The programs are found on PATH and nginx.conf is rendered from
+// docker/nginx.conf. A new name is issued; then supervisord stops within
+// Docker's 10 s although a client holds an unfinished request, another an
+// idle TLS connection, and the agent an order whose validation never
+// answers, and Redis saves on the way out.
 func TestSupervisordOnAPlainHost(t *testing.T) {
 	supervisord := testenv.Require(t, "supervisord")
 	nginxStack := testenv.Stack(t)
@@ -26,7 +35,6 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 	agent := testenv.BuildBinary(t, "./agent/cmd/certagent")
 	root := testenv.RepoRoot()
 	dir := t.TempDir()
-	data, run := filepath.Join(dir, "data"), filepath.Join(dir, "run")
 	httpPort, httpsPort, redisPort := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	pebble, ca := startCA(t, testenv.PebbleOptions{HTTPPort: httpPort})
 
@@ -34,55 +42,33 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The image's nginx.conf, moved onto free loopback ports and this checkout.
-	conf, err := os.ReadFile(filepath.Join(root, "docker", "nginx.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	workerUser := "user " + me.Username + ";"
-	if me.Uid != "0" {
-		workerUser = ""
-	}
-	nginxConf := nginxStack.Adapt(strings.NewReplacer(
-		"user www-data;", workerUser,
-		"listen 80 default_server;", "listen 127.0.0.1:"+strconv.Itoa(httpPort)+" default_server;",
-		"listen 443 ssl default_server;", "listen 127.0.0.1:"+strconv.Itoa(httpsPort)+" ssl default_server;",
-		"listen [::]:80 default_server;", "",
-		"listen [::]:443 ssl default_server;", "",
-		"/run/certagent/", run+"/",
-		"/var/lib/certagent/", data+"/",
-		"/etc/certagent/nginx/", filepath.Join(root, "nginx")+"/",
-		"/etc/certagent/conf.d/", filepath.Join(dir, "conf.d")+"/",
-		"/usr/share/certagent/lua/", filepath.Join(root, "lua")+"/",
-	).Replace(string(conf)))
-	if strings.Contains(nginxConf, "/etc/certagent") || strings.Contains(nginxConf, "/var/lib/certagent") {
-		t.Fatal("docker/nginx.conf refers to a path this test does not move")
-	}
-	if err := os.MkdirAll(filepath.Join(dir, "conf.d"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	nginxConfPath := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(nginxConfPath, []byte(nginxConf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-
+	// nginx is the stack under test (Debian's or the OpenResty build):
+	// certagent-supervise loads the Lua module or not, as the binary needs.
+	path := strings.Join([]string{filepath.Dir(agent), filepath.Dir(nginxStack.Binary), filepath.Dir(redisBin),
+		filepath.Dir(supervisord), "/usr/bin", "/bin"}, ":")
 	cmd := exec.Command(filepath.Join(root, "docker", "certagent-supervise"))
-	cmd.Env = append(os.Environ(),
-		"CERTAGENT_SUPERVISORD_CONF="+filepath.Join(root, "supervisord.conf"),
-		"CERTAGENT_DATA_DIR="+data,
-		"CERTAGENT_RUN_DIR="+run,
-		"CERTAGENT_NGINX_CONF="+nginxConfPath,
-		"CERTAGENT_NGINX="+nginxStack.Binary+" -p "+dir,
-		"CERTAGENT_AGENT="+agent,
-		"CERTAGENT_AGENT_USER="+me.Username,
-		"CERTAGENT_REDIS_SERVER="+redisBin,
-		"CERTAGENT_REDIS_USER="+me.Username,
-		"CERTAGENT_BUNDLED_REDIS_PORT="+strconv.Itoa(redisPort),
-		"CERTAGENT_ACME_DIRECTORY="+ca.DirectoryURL,
-		"CERTAGENT_CA_ROOTS="+ca.CARootsFile,
+	cmd.Env = []string{
+		"PATH=" + path,
+		"CERTAGENT_ACME_DIRECTORY=" + ca.DirectoryURL,
+		"CERTAGENT_CA_ROOTS=" + ca.CARootsFile,
 		"CERTAGENT_ALLOW=*.example.test",
-		"PATH=/usr/sbin:/usr/bin:/sbin:/bin:"+filepath.Dir(supervisord),
-	)
+		"CERTAGENT_EMAIL=ops@example.test",
+		"CERTAGENT_DATA_DIR=" + filepath.Join(dir, "data"),
+		"CERTAGENT_RUN_DIR=" + filepath.Join(dir, "run"),
+		"CERTAGENT_CONF_DIR=" + dir,
+		"CERTAGENT_NGINX_HTTP_LISTEN=127.0.0.1:" + strconv.Itoa(httpPort),
+		"CERTAGENT_NGINX_HTTPS_LISTEN=127.0.0.1:" + strconv.Itoa(httpsPort),
+		"CERTAGENT_BUNDLED_REDIS_PORT=" + strconv.Itoa(redisPort),
+		"CERTAGENT_HTTP_LISTEN=127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)),
+		// Port 80 on demand, and two fields of the Lua configuration.
+		"CERTAGENT_HTTP_ON_DEMAND=true",
+		"CERTAGENT_HTTP_MISSING=503",
+		"CERTAGENT_FIRST_HANDSHAKE_WAIT=0",
+		// The test's files are in directories only their owner may enter.
+		"CERTAGENT_AGENT_USER=" + me.Username,
+		"CERTAGENT_REDIS_USER=" + me.Username,
+		"CERTAGENT_NGINX_USER=" + me.Username,
+	}
 	logPath := filepath.Join(dir, "supervisord.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -103,9 +89,18 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 		}
 	})
 
+	// Until nginx completes a handshake: certagent-supervise's nginx -t
+	// binds the ports a moment before the master does.
 	httpsAddr := "127.0.0.1:" + strconv.Itoa(httpsPort)
-	if err := testenv.WaitTCP(httpsAddr, 30*time.Second); err != nil {
-		t.Fatal(err)
+	for start := time.Now(); ; time.Sleep(200 * time.Millisecond) {
+		conn, err := tls.Dial("tcp", httpsAddr, &tls.Config{ServerName: "localhost", InsecureSkipVerify: true})
+		if err == nil {
+			conn.Close()
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("nginx completed no handshake within 30 s: %v", err)
+		}
 	}
 	s := &stack{pebble: pebble, ca: ca, nginx: &testenv.Nginx{HTTPSAddr: httpsAddr}}
 	const name = "supervised.example.test"
@@ -124,20 +119,137 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 		chain = s.handshake(t, name)
 	}
+	// supervisorctl as docs/docker.md says, with the same variables: the
+	// three programs running (nginx counts as started after 3 s).
+	for start := time.Now(); ; time.Sleep(200 * time.Millisecond) {
+		ctl := exec.Command(filepath.Join(root, "docker", "certagent-supervise"), "ctl", "status")
+		ctl.Env = cmd.Env
+		out, err := ctl.CombinedOutput()
+		if err == nil && strings.Count(string(out), "RUNNING") == 3 {
+			break
+		}
+		if time.Since(start) > 15*time.Second {
+			t.Fatalf("certagent-supervise ctl status: %v\n%s", err, out)
+		}
+	}
+
+	// Port 80 on demand: a plain-HTTP request for a new name gets 503 (no
+	// wait: CERTAGENT_FIRST_HANDSHAKE_WAIT=0) and records the name, which is
+	// issued without any handshake; then the request goes on to the redirect.
+	plain := &http.Client{Timeout: 5 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func() *http.Response {
+		req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(httpPort)+"/page", nil)
+		req.Host = "ondemand.example.test"
+		resp, err := plain.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if resp := get(); resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a plain-HTTP request for a new name got %s (Retry-After %q), want 503 with Retry-After",
+			resp.Status, resp.Header.Get("Retry-After"))
+	}
+	for start := time.Now(); ; time.Sleep(200 * time.Millisecond) {
+		resp := get()
+		if resp.StatusCode == http.StatusPermanentRedirect && resp.Header.Get("Location") == "https://ondemand.example.test/page" {
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("a name recorded over plain HTTP still gets %s after 20 s, want 308 once issued", resp.Status)
+		}
+	}
+
+	// An order in flight: the name resolves to an address where a server
+	// accepts Pebble's validation and never answers.
+	const pending = "pending.example.test"
+	hold, err := net.Listen("tcp", "127.0.0.2:"+strconv.Itoa(httpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+	go func() {
+		for {
+			c, err := hold.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	pebble.SetDNS(t, "/add-a", map[string]any{"host": pending + ".", "addresses": []string{"127.0.0.2"}})
+	go func() { _, _ = tls.Dial("tcp", httpsAddr, &tls.Config{ServerName: pending, InsecureSkipVerify: true}) }()
+	waitIssuingMark(t, redisPort, pending)
+
+	slow, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(httpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	if _, err := slow.Write([]byte("GET / HTTP/1.1\r\nHost: slow.example.test\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	idle, err := tls.Dial("tcp", httpsAddr, &tls.Config{ServerName: name, InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
 
 	// SIGTERM to supervisord stops every process it runs, then itself.
+	start := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case err := <-exited:
+		t.Logf("supervisord stopped in %s with a slow client, an idle TLS connection and an order in flight",
+			time.Since(start).Round(10*time.Millisecond))
 		if err != nil {
 			t.Errorf("supervisord exited with %v after SIGTERM", err)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("supervisord still running 30 s after SIGTERM")
 	}
+	out, _ := os.ReadFile(logPath)
+	for _, bad := range []string{"CRIT", "with SIGKILL"} {
+		if bytes.Contains(out, []byte(bad)) {
+			t.Errorf("supervisord logged %q: %s", bad, lineWith(out, bad))
+		}
+	}
+	if !bytes.Contains(out, []byte("DB saved on disk")) {
+		t.Error("Redis did not save before supervisord exited")
+	}
 	if err := testenv.WaitTCP(httpsAddr, 200*time.Millisecond); err == nil {
 		t.Error("nginx still answers after supervisord stopped")
 	}
+}
+
+// waitIssuingMark waits until an agent has taken name: its issuing mark
+// (docs/redis-schema.md) is set.
+func waitIssuingMark(t *testing.T, redisPort int, name string) {
+	t.Helper()
+	redisCLI := testenv.Require(t, "redis-cli")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, _ := exec.Command(redisCLI, "-p", strconv.Itoa(redisPort), "get", "certagent:issuing:"+name).Output()
+		if strings.TrimSpace(string(out)) == "issuing" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no agent took %s within 15 s (issuing mark %q)", name, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func lineWith(out []byte, text string) string {
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), text) {
+			return sc.Text()
+		}
+	}
+	return ""
 }

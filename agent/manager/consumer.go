@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/names"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
@@ -42,14 +43,18 @@ type ConsumerConfig struct {
 	// Block is how long one read waits for new entries. Default: 2 s.
 	Block time.Duration
 	// ShutdownGrace is how long in-flight orders may run after shutdown
-	// begins before they are cancelled (and left pending in the stream for the
-	// next start). Default: 20 s.
+	// begins (ctx ends: the signal) before they are cancelled (and left
+	// pending in the stream for the next start). Default: 20 s.
 	ShutdownGrace time.Duration
 	// ReclaimIdle is how long an entry may stay delivered and unacknowledged
 	// before any agent takes it over: the entries of an agent that died, and
 	// those left pending because another agent held the name's lease.
 	// Default: 1 min.
 	ReclaimIdle time.Duration
+	// CAWatch is how often the agent looks at the fleet's record of the CAs
+	// (Manager.WatchCAs): the delay between a CA answering its probe and
+	// the names that waited for it being queued again. Default: 500 ms.
+	CAWatch time.Duration
 	// Logger receives events. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -64,6 +69,11 @@ type Consumer struct {
 	// entries holds the IDs of stream entries taken by this agent and not
 	// yet handled, so reclaiming does not hand an entry out twice.
 	entries map[string]bool
+	// retryAt is when the entries this agent left pending because Redis
+	// failed under them are read again (zero: none), with retries pausing
+	// longer while Redis keeps failing.
+	retryAt time.Time
+	retries *backoff
 }
 
 // NewConsumer returns a Consumer for cfg.
@@ -98,16 +108,33 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 	if cfg.ReclaimIdle <= 0 {
 		cfg.ReclaimIdle = time.Minute
 	}
-	return &Consumer{cfg: cfg, inFlight: map[string]bool{}, entries: map[string]bool{}}
+	if cfg.CAWatch <= 0 {
+		cfg.CAWatch = 500 * time.Millisecond
+	}
+	return &Consumer{cfg: cfg, inFlight: map[string]bool{}, entries: map[string]bool{},
+		retries: newBackoff(500*time.Millisecond, redisRetryMost)}
 }
 
+// redisRetryMost caps the pause between two attempts while Redis fails: a
+// Redis that is back is used again within seconds.
+const redisRetryMost = 5 * time.Second
+
 // Run consumes until ctx ends, then lets in-flight orders finish within the
-// shutdown grace and returns. Redis errors are retried with a growing pause.
+// shutdown grace, counted from the end of ctx, and returns. Redis errors are
+// retried with a growing pause. It also watches the CAs (Manager.WatchCAs).
 func (c *Consumer) Run(ctx context.Context) error {
 	// Orders get their own context: shutdown stops reading at once but gives
 	// running orders the grace period before cancelling them.
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
+	workersDone := make(chan struct{})
+	go c.cancelAfterGrace(ctx, cancelWork, workersDone)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		c.cfg.Manager.WatchCAs(ctx, c.cfg.CAWatch)
+	}()
+	defer func() { <-watchDone }()
 	jobs := make(chan store.Request)
 	var workers sync.WaitGroup
 	for range c.cfg.Workers {
@@ -123,17 +150,28 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 	c.read(ctx, jobs)
 	close(jobs)
-
-	done := make(chan struct{})
-	go func() { workers.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(c.cfg.ShutdownGrace):
-		c.cfg.Logger.Warn("shutdown grace over, cancelling in-flight orders")
-		cancelWork()
-		<-done
-	}
+	workers.Wait()
+	close(workersDone)
 	return nil
+}
+
+// cancelAfterGrace cancels the orders still running ShutdownGrace after ctx
+// ends: the grace starts with the signal, not when the last stream read
+// returns. It returns early once the workers are done.
+func (c *Consumer) cancelAfterGrace(ctx context.Context, cancelWork context.CancelFunc, workersDone <-chan struct{}) {
+	select {
+	case <-ctx.Done():
+	case <-workersDone:
+		return
+	}
+	grace := time.NewTimer(c.cfg.ShutdownGrace)
+	defer grace.Stop()
+	select {
+	case <-grace.C:
+		c.cfg.Logger.Warn("shutdown grace over, cancelling in-flight orders", "grace", c.cfg.ShutdownGrace)
+		cancelWork()
+	case <-workersDone:
+	}
 }
 
 // read hands entries to the workers: first those delivered to this agent
@@ -141,7 +179,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 // pending on any consumer for ReclaimIdle (an agent killed with SIGKILL
 // leaves its entries there; so does a name whose lease another agent held).
 func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
-	backoff := newBackoff(500*time.Millisecond, 30*time.Second)
+	backoff := newBackoff(500*time.Millisecond, redisRetryMost)
 	groupReady := false
 	// Entries delivered to this agent before a restart come first; the
 	// cursor walks the pending list once, as some entries stay pending.
@@ -155,6 +193,11 @@ func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 			}
 			groupReady = true
 		}
+		if !pending && c.retryDue() {
+			// Entries left pending because Redis failed under them: read
+			// this agent's pending list again from the start.
+			pending, pendingAfter = true, "0"
+		}
 		var reqs []store.Request
 		var err error
 		switch {
@@ -164,6 +207,7 @@ func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 			reqs, err = c.cfg.Store.ReclaimRequests(ctx, c.cfg.Group, c.cfg.Name, c.cfg.ReclaimIdle, int64(c.cfg.Workers)*4)
 			if err == nil {
 				lastReclaim = time.Now()
+				c.adoptWaitingNames(ctx)
 				if len(reqs) > 0 {
 					c.cfg.Logger.Info("took over idle entries", "entries", len(reqs), "idle", c.cfg.ReclaimIdle)
 				}
@@ -228,16 +272,50 @@ func (c *Consumer) pause(ctx context.Context, b *backoff, what string, err error
 	}
 }
 
+// retryDue reports whether the entries left pending for Redis trouble are
+// to be read again now, and clears the appointment.
+func (c *Consumer) retryDue() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.retryAt.IsZero() || time.Now().Before(c.retryAt) {
+		return false
+	}
+	c.retryAt = time.Time{}
+	return true
+}
+
+// retryLater leaves the entry being handled pending and has this agent read
+// it again after a pause, growing while Redis keeps failing: the name is
+// processed once Redis is back, without waiting for another agent to
+// reclaim the entry or for a client to ask again.
+func (c *Consumer) retryLater(log *slog.Logger, what string, err error) (ack bool) {
+	c.mu.Lock()
+	if c.retryAt.IsZero() {
+		c.retryAt = time.Now().Add(c.retries.next())
+	}
+	at := c.retryAt
+	c.mu.Unlock()
+	log.Warn(what+"; the entry stays pending and is taken up again", "error", err,
+		"retry_at", at.Format(time.RFC3339Nano))
+	return false
+}
+
 // handle decides about one entry and acknowledges it unless the work was cut
-// short by shutdown, in which case it stays pending for the next start.
+// short by shutdown or by Redis, in which case it stays pending.
 func (c *Consumer) handle(ctx context.Context, req store.Request) {
 	log := c.cfg.Logger.With("name", req.Name, "node", req.Node, "entry", req.ID)
 	c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventRequested, Name: req.Name, Node: req.Node})
-	if c.decide(ctx, log, req) {
-		if err := c.cfg.Store.Ack(ctx, c.cfg.Group, req.ID); err != nil {
-			log.Error("acknowledging entry", "error", err)
-		}
+	if !c.decide(ctx, log, req) {
+		return
 	}
+	if err := c.cfg.Store.Ack(ctx, c.cfg.Group, req.ID); err != nil {
+		// Left pending: handled again later, which finds the work done.
+		c.retryLater(log, "acknowledging the entry failed", err)
+		return
+	}
+	c.mu.Lock()
+	c.retries.reset()
+	c.mu.Unlock()
 }
 
 func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Request) (ack bool) {
@@ -255,8 +333,7 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	switch {
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCorrupt):
 	case err != nil:
-		log.Error("reading the failure record", "error", err)
-		return ctx.Err() == nil
+		return c.retryLater(log, "reading the failure record failed", err)
 	case now.Before(failure.NextAttempt):
 		log.Debug("name waits for its next attempt", "next_attempt", failure.NextAttempt.Format(time.RFC3339),
 			"last_error", failure.LastError)
@@ -265,8 +342,7 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	}
 	verdict, err := c.cfg.Decider.Decide(ctx, name)
 	if err != nil {
-		log.Error("deciding about the name", "error", err)
-		return ctx.Err() == nil
+		return c.retryLater(log, "deciding about the name failed", err)
 	}
 	if verdict.Unavailable {
 		log.Warn("name refused for now", "reason", verdict.Reason)
@@ -285,11 +361,18 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	defer c.unclaim(name)
 	need, err := c.cfg.Manager.NeedsCertificate(ctx, name)
 	if err != nil {
-		log.Error("checking the stored certificate", "error", err)
-		return ctx.Err() == nil
+		return c.retryLater(log, "checking the stored certificate failed", err)
 	}
 	if !need {
 		return true
+	}
+	// With every CA down the name waits for one, without an order.
+	outage, err := c.cfg.Manager.CAsDown(ctx)
+	if err != nil {
+		return c.retryLater(log, "reading the state of the CAs failed", err)
+	}
+	if outage != nil {
+		return c.waitForCA(ctx, log, req, name, outage)
 	}
 	// From here an order runs unless a check below says otherwise: nginx may
 	// hold the name's first handshake for it.
@@ -336,14 +419,20 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	case errors.Is(err, ErrInterrupted):
 		// Redis went away under the order (or the lease was lost): not the
 		// name's failure. Left pending, the entry is taken up again.
-		log.Warn("order interrupted; left pending", "error", err)
-		return false
+		return c.retryLater(log, "order interrupted", err)
 	case errors.Is(err, store.ErrFenced):
 		// The newer holder marks the name; its mark is not ours to clear.
 		log.Warn("lease lost during the order; the newer holder's certificate stays", "error", err)
 	case ctx.Err() != nil:
 		log.Warn("order cut short by shutdown; left pending", "error", err)
 		return false
+	case acmeclient.IsOutage(err):
+		// The CA's fault, not the name's: no failure record, no backoff.
+		return c.waitForCA(ctx, log, req, name, err)
+	case store.Unavailable(err):
+		// Redis failed (taking the lease, counting a budget): not the
+		// name's failure either.
+		return c.retryLater(log, "Redis failed during the order", err)
 	case errors.As(err, &deferred):
 		log.Warn("order deferred", "reason", deferred.Reason, "until", deferred.Until.UTC().Format(time.RFC3339))
 		c.deferName(ctx, log, name, deferred.Reason, deferred.Until)
@@ -353,6 +442,27 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 		c.fail(ctx, log, name, err)
 	}
 	return true
+}
+
+// waitForCA keeps name until a CA answers again (Manager.WatchCAs puts it
+// back into the stream then) and tells nginx not to hold its handshakes.
+// The entry is acknowledged only once the name is kept in Redis.
+func (c *Consumer) waitForCA(ctx context.Context, log *slog.Logger, req store.Request, name string, outage error) (ack bool) {
+	if err := c.cfg.Store.WaitForCA(ctx, name, req.Node); err != nil {
+		return c.retryLater(log, "keeping the name until the CA answers failed", err)
+	}
+	c.markRefused(ctx, log, name, waitingReason(outage.Error()))
+	log.Info("name waits for the CA", "outage", outage.Error())
+	return true
+}
+
+// adoptWaitingNames wakes this agent's CA watch when names wait for a CA:
+// the agents that were watching may all have stopped since.
+func (c *Consumer) adoptWaitingNames(ctx context.Context) {
+	n, err := c.cfg.Store.CountWaitingForCA(ctx)
+	if err == nil && n > 0 {
+		c.cfg.Manager.wakeCAWatch()
+	}
 }
 
 // fail counts one more failure of name and sets its next attempt; nginx

@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -194,4 +195,62 @@ func TestConsumerMarksWhatNginxMayWaitFor(t *testing.T) {
 		state, reason, _ := st.IssuingMark(ctx, "fails.example.com")
 		return state == store.Refused && strings.Contains(reason, "the CA said no")
 	})
+}
+
+// blockingIssuer holds every order until its context ends.
+type blockingIssuer struct{ started, cancelled chan string }
+
+func (b *blockingIssuer) DirectoryURL() string { return "https://blocking-ca/dir" }
+
+func (b *blockingIssuer) Obtain(ctx context.Context, names []string) (*acmeclient.Certificate, error) {
+	b.started <- names[0]
+	<-ctx.Done()
+	b.cancelled <- names[0]
+	return nil, ctx.Err()
+}
+
+// The shutdown grace counts from the end of the consumer's context (the
+// signal), not from the end of the stream read that was blocked then: the
+// in-flight order is cancelled while that read still blocks in Redis.
+func TestConsumerGraceCountsFromTheSignal(t *testing.T) {
+	issuer := &blockingIssuer{started: make(chan string, 1), cancelled: make(chan string, 1)}
+	m, st, r := newTestManager(t, issuer)
+	policy, _ := ParsePolicy([]string{"*.example.com"})
+	c := NewConsumer(ConsumerConfig{
+		Store: st, Manager: m, Policy: policy, Name: "test-agent", Workers: 1,
+		Block: 10 * time.Second, ShutdownGrace: 300 * time.Millisecond, Logger: quietLogger(),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	request(t, r.Client, st, "held.example.com")
+	select {
+	case <-issuer.started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the order did not start")
+	}
+	readBlocked := func() bool {
+		clients, err := r.Client.ClientList(context.Background()).Result()
+		for _, line := range strings.Split(clients, "\n") {
+			if err == nil && strings.Contains(line, " flags=b ") && strings.Contains(line, " cmd=xreadgroup ") {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(t, "the next stream read blocking", readBlocked)
+	cancel()
+	select {
+	case <-issuer.cancelled:
+	case <-time.After(40 * time.Second):
+		t.Fatal("the in-flight order was never cancelled")
+	}
+	if !readBlocked() {
+		t.Error("the order was cancelled only after the blocked read returned: the grace did not count from the signal")
+	}
+	select {
+	case <-done:
+	case <-time.After(40 * time.Second):
+		t.Fatal("the consumer did not stop")
+	}
 }

@@ -96,6 +96,8 @@ type PeerLease interface {
 // Manager orders certificates and stores them.
 type Manager struct {
 	cfg Config
+	// caWake wakes WatchCAs when an order sees a CA down (castate.go).
+	caWake chan struct{}
 }
 
 // New returns a Manager for cfg.
@@ -115,7 +117,7 @@ func New(cfg Config) *Manager {
 	if cfg.Events == nil {
 		cfg.Events = telemetry.NewHub(cfg.Logger)
 	}
-	return &Manager{cfg: cfg}
+	return &Manager{cfg: cfg, caWake: make(chan struct{}, 1)}
 }
 
 // Issue orders one certificate for names (normalized; the first is the
@@ -258,6 +260,11 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	var errs []error
 	var recorded bool // an order was created at a CA (and recorded with the lease)
 	for _, candidate := range m.issuers() {
+		// A CA the fleet knows to be down is not asked (castate.go).
+		if outage := m.caDown(keepCtx, candidate); outage != nil {
+			errs = append(errs, outage)
+			continue
+		}
 		opts := acmeclient.OrderOptions{Journal: leaseJournal{lock: lock, log: m.cfg.Logger, name: primary, recorded: &recorded}}
 		if renewing != nil && renewing.CA == candidate.DirectoryURL() {
 			opts.Replaces = replaces
@@ -266,6 +273,7 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 			recorded = true // it keeps no journal: whether it created an order is unknown
 		}
 		cert, err = m.obtain(keepCtx, candidate, names, opts)
+		m.noteCA(keepCtx, candidate, err)
 		if err == nil {
 			issuer = candidate
 			break

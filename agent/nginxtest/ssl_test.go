@@ -301,10 +301,63 @@ func TestFailedRecordIsRetried(t *testing.T) {
 	if err := e.redis.Client.Del(ctx, e.key("requests")).Err(); err != nil {
 		t.Fatal(err)
 	}
-	// Inside the window, but the failure released the name.
-	e.mustHandshake("retry.example.test")
-	waitFor(t, "the request to be recorded on the next handshake", func() bool {
+	// No handshake again: the worker kept the name and records it itself.
+	waitFor(t, "the kept request to be recorded without another handshake", func() bool {
 		names := e.namesIn()
 		return len(names) == 1 && names[0] == "retry.example.test"
 	})
+}
+
+// Names seen while Redis refuses writes (out of memory under noeviction) are
+// recorded once it takes them again, without their visitors coming back.
+func TestNamesSeenDuringRedisOOMAreRecordedAfterIt(t *testing.T) {
+	e := start(t, "")
+	ctx := context.Background()
+	rdb := e.redis.Client
+	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.ConfigSet(context.Background(), "maxmemory", "0") })
+	offset := e.nginx.ErrorLogSize()
+	want := []string{"oom1.example.test", "oom2.example.test", "oom3.example.test"}
+	for _, n := range want {
+		if c := e.mustHandshake(n); !e.isFallback(c) {
+			t.Fatalf("%s: not the fallback", n)
+		}
+	}
+	waitFor(t, "the refused XADD to be logged", func() bool {
+		for _, line := range e.errorLines(offset) {
+			if strings.Contains(line, "OOM") {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(1500 * time.Millisecond) // a retry or two while Redis still refuses
+	if names := e.namesIn(); len(names) != 0 {
+		t.Fatalf("recorded while Redis refused writes: %v", names)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the kept names to be recorded without another handshake", func() bool {
+		got := map[string]bool{}
+		for _, n := range e.namesIn() {
+			got[n] = true
+		}
+		for _, n := range want {
+			if !got[n] {
+				return false
+			}
+		}
+		return len(got) == len(want)
+	})
+	for _, m := range e.streamEntries() {
+		if m.Values["node"] != testNode {
+			t.Errorf("entry %v: node %v, want %s", m.ID, m.Values["node"], testNode)
+		}
+	}
 }

@@ -37,9 +37,7 @@ func (s *Store) MarkIssuing(ctx context.Context, name string) error {
 // MarkRefused tells nginx that name will not get a certificate now, so a
 // first handshake stops waiting at once. reason is shown to operators.
 func (s *Store) MarkRefused(ctx context.Context, name, reason string) error {
-	// One line: the value is read by nginx and by people with redis-cli.
-	reason = strings.Join(strings.Fields(reason), " ")
-	if err := s.rdb.Set(ctx, s.keys.Issuing(name), string(Refused)+" "+reason, IssuingTTL).Err(); err != nil {
+	if err := s.rdb.Set(ctx, s.keys.Issuing(name), string(Refused)+" "+oneLine(reason), IssuingTTL).Err(); err != nil {
 		return fmt.Errorf("marking %s as refused: %w", name, err)
 	}
 	return nil

@@ -136,3 +136,18 @@ func (k Keys) BudgetHeld(kind, subject string) string {
 
 // Park marks a budget scope the CA refused with rateLimited, until its Retry-After.
 func (k Keys) Park(kind, subject string) string { return k.prefix() + "park:" + kind + ":" + subject }
+
+// CADown is present while the CA of directoryURL is down for the fleet: the
+// first agent that saw it fail wrote it, and the agents probe the CA until it
+// answers and the key is deleted.
+func (k Keys) CADown(directoryURL string) string { return k.prefix() + "ca-down:" + CAID(directoryURL) }
+
+// CAID names a CA by its directory URL.
+func CAID(directoryURL string) string {
+	sum := sha256.Sum256([]byte(directoryURL))
+	return hex.EncodeToString(sum[:16])
+}
+
+// CAWaiting holds the names that wait for a CA to come back, with the node
+// that requested them; they go back to the requests stream when it does.
+func (k Keys) CAWaiting() string { return k.prefix() + "ca-waiting" }

@@ -84,6 +84,8 @@ func TestKeysMatchSchemaDocument(t *testing.T) {
 		"failures":    {keys.Failures()},
 		"budget":      {keys.Budget("certs", "example.com"), "kind", "certs", "subject", "example.com"},
 		"park":        {keys.Park("orders", "0123"), "kind", "orders", "subject", "0123"},
+		"cadown":      {keys.CADown("https://ca/dir"), "ca", CAID("https://ca/dir")},
+		"cawaiting":   {keys.CAWaiting()},
 		"budgetheld":  {keys.BudgetHeld("certs", "example.com"), "kind", "certs", "subject", "example.com"},
 		"accountlock": {keys.AccountLock("https://ca/dir", "e@x"), "account", AccountID("https://ca/dir", "e@x")},
 	}

@@ -22,6 +22,7 @@ local selftest = require("certagent.selftest")
 
 local log = ngx.log
 local ERR = ngx.ERR
+local WARN = ngx.WARN
 local null = ngx.null
 local now = ngx.time
 local timer_at = ngx.timer.at
@@ -29,6 +30,7 @@ local shared = ngx.shared
 local tonumber = tonumber
 local tostring = tostring
 local type = type
+local pairs = pairs
 local floor = math.floor
 local min = math.min
 local byte = string.byte
@@ -55,20 +57,112 @@ function _M.init(config, key_builder)
     return cache.init(config)
 end
 
-local function xadd(premature, name)
+-- Names whose XADD failed (Redis down, or out of memory with noeviction)
+-- are kept by the worker that failed to record them and appended again once
+-- Redis takes writes, after a pause doubling from RETRY_FIRST to RETRY_MOST
+-- seconds: a name is not lost with its failed write, nor left waiting for its
+-- visitor to come back after request_window. At most RETRY_MAX names are kept
+-- per worker; past that a name is forgotten, for a later handshake to record.
+local RETRY_MAX, RETRY_FIRST, RETRY_MOST = 1000, 1, 5
+local retry_names, retry_count, retry_pause, retry_scheduled = {}, 0, 0, false
+local retry_kept
+
+local function append(red, name)
+    return red:xadd(keys:requests(), "MAXLEN", "~", cfg.stream_maxlen, "*",
+                    "name", name, "node", cfg.node)
+end
+
+-- forget lets a later handshake record name again (through any worker).
+local function forget(name)
     local dict = shared[cfg.requests_dict]
+    if dict then
+        dict:delete(name)
+    end
+end
+
+local function schedule_retry()
+    if retry_scheduled then
+        return
+    end
+    retry_pause = retry_pause == 0 and RETRY_FIRST or min(retry_pause * 2, RETRY_MOST)
+    local ok, err = timer_at(retry_pause, retry_kept)
+    if ok then
+        retry_scheduled = true
+        return
+    end
+    log(ERR, "certagent: cannot schedule recording the ", retry_count, " names kept: ", err)
+    for name in pairs(retry_names) do
+        forget(name)
+    end
+    retry_names, retry_count, retry_pause = {}, 0, 0
+end
+
+local function keep(name, err)
+    if retry_names[name] then
+        return
+    end
+    if retry_count >= RETRY_MAX then
+        forget(name)
+        return
+    end
+    if retry_count == 0 and not redis.down() then -- an outage is logged once, by certagent.redis
+        log(ERR, "certagent: recording the request for ", name, " failed: ", err,
+            "; names are kept and recorded once Redis takes writes again")
+    end
+    retry_names[name] = true
+    retry_count = retry_count + 1
+    schedule_retry()
+end
+
+retry_kept = function(premature)
+    retry_scheduled = false
+    if premature then
+        -- The worker is exiting: let a later handshake record them.
+        for name in pairs(retry_names) do
+            forget(name)
+        end
+        retry_names, retry_count = {}, 0
+        return
+    end
+    local red, err = redis.connect(cfg)
+    local recorded = 0
+    if red then
+        for name in pairs(retry_names) do
+            local res
+            res, err = append(red, name)
+            if not res then
+                break
+            end
+            retry_names[name] = nil
+            retry_count = retry_count - 1
+            recorded = recorded + 1
+            stats.incr("recorded")
+        end
+        if retry_count == 0 then
+            redis.release(cfg, red)
+        else
+            redis.discard(red)
+        end
+    end
+    if retry_count == 0 then
+        retry_pause = 0
+        log(WARN, "certagent: Redis takes writes again; recorded the ", recorded, " names kept meanwhile")
+        return
+    end
+    stats.incr("redis_errors")
+    schedule_retry()
+end
+
+local function xadd(premature, name)
     if premature then
         -- The worker is exiting: let another worker record the name.
-        if dict then
-            dict:delete(name)
-        end
+        forget(name)
         return
     end
     local red, err = redis.connect(cfg)
     if red then
         local res
-        res, err = red:xadd(keys:requests(), "MAXLEN", "~", cfg.stream_maxlen, "*",
-                            "name", name, "node", cfg.node)
+        res, err = append(red, name)
         if res then
             redis.release(cfg, red)
             stats.incr("recorded")
@@ -77,13 +171,7 @@ local function xadd(premature, name)
         redis.discard(red)
     end
     stats.incr("redis_errors")
-    -- Forget the name so a later handshake records it again.
-    if dict then
-        dict:delete(name)
-    end
-    if not redis.down() then -- an outage is logged once, by certagent.redis
-        log(ERR, "certagent: recording the request for ", name, " failed: ", err)
-    end
+    keep(name, err)
 end
 
 -- Handshakes for names without a certificate, counted per second for the

@@ -149,9 +149,11 @@ func runAction(c *cli.Context) error {
 	}
 
 	// Redis or the CA may be down at start; keep trying instead of exiting,
-	// with a pause that grows so neither is hammered.
+	// with a pause that grows so neither is hammered, up to the pause of the
+	// running agents' probes, so the names queued meanwhile follow the CA's
+	// return within seconds.
 	var mgr *manager.Manager
-	for wait := time.Second; ; wait = min(wait*2, time.Minute) {
+	for wait := time.Second; ; wait = min(wait*2, manager.CAProbeMost) {
 		mgr, err = newManager(ctx, c, st, log, events, metrics, fleet)
 		if err == nil {
 			break
@@ -217,10 +219,12 @@ func runAction(c *cli.Context) error {
 		ShutdownGrace: c.Duration(flagGrace),
 	})
 	renewer.Start(ctx)
-	// Both get their shutdown grace at the same time, not one after the other.
+	// Both get their shutdown grace at the same time, not one after the
+	// other, and both count it from the signal.
 	renewerDone := make(chan struct{})
 	go func() {
 		<-ctx.Done()
+		log.Info("shutting down: running orders and renewals may finish", "grace", c.Duration(flagGrace))
 		renewer.Shutdown()
 		close(renewerDone)
 	}()

@@ -60,8 +60,12 @@ type CAProxy struct {
 	reregistered  map[string]bool // account paths registered again since the reset
 	refusals      []string
 
-	down          atomic.Bool
-	downConnects  atomic.Int64
+	down         atomic.Bool
+	downConnects atomic.Int64
+	// hangEnd is closed when a hang of the whole CA (SetHanging) ends; nil
+	// while the proxy answers.
+	hangMu        sync.Mutex
+	hangEnd       chan struct{}
 	requests      atomic.Int64
 	newOrderCalls atomic.Int64
 }
@@ -126,12 +130,28 @@ func StartCAProxy(t testing.TB, p *Pebble) *CAProxy {
 			t.Logf("the CA proxy refused, as Let's Encrypt would:\n  %s", strings.Join(refused, "\n  "))
 		}
 	})
+	t.Cleanup(func() { cp.SetHanging(false) }) // closes the held connections
 	cp.DirectoryURL = "https://" + ln.Addr().String() + target.Path
 	return cp
 }
 
 func (cp *CAProxy) serve(next http.Handler) func(http.ResponseWriter, *http.Request) {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if end := cp.hanging(); end != nil {
+			// A connection kept alive from before the hang: no answer
+			// until the client gives up or the hang ends, then cut it.
+			cp.downConnects.Add(1)
+			select {
+			case <-end:
+			case <-r.Context().Done():
+			}
+			if hj, ok := w.(http.Hijacker); ok {
+				if c, _, err := hj.Hijack(); err == nil {
+					_ = c.Close()
+				}
+			}
+			return
+		}
 		if cp.down.Load() {
 			// A connection kept alive from before the outage: cut it.
 			cp.downConnects.Add(1)
@@ -294,8 +314,17 @@ type outageListener struct {
 func (l *outageListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
-		if err != nil || !l.proxy.down.Load() {
+		if err != nil {
 			return c, err
+		}
+		if end := l.proxy.hanging(); end != nil {
+			// Accepted and never answered, not even the TLS handshake.
+			l.proxy.downConnects.Add(1)
+			go func() { <-end; _ = c.Close() }()
+			continue
+		}
+		if !l.proxy.down.Load() {
+			return c, nil
 		}
 		l.proxy.downConnects.Add(1)
 		if tc, ok := c.(*net.TCPConn); ok {
@@ -309,8 +338,30 @@ func (l *outageListener) Accept() (net.Conn, error) {
 // on a connection kept alive from before gets its connection closed.
 func (cp *CAProxy) SetDown(down bool) { cp.down.Store(down) }
 
-// DownConnects returns how many connections and requests were refused
-// during outages: the agents' attempts to reach the CA.
+// SetHanging starts or ends a hang, the CA that accepts connections and
+// never answers: new connections get no TLS handshake, requests on
+// connections kept alive from before get no response. When it ends, the
+// held connections are closed.
+func (cp *CAProxy) SetHanging(hang bool) {
+	cp.hangMu.Lock()
+	defer cp.hangMu.Unlock()
+	switch {
+	case hang && cp.hangEnd == nil:
+		cp.hangEnd = make(chan struct{})
+	case !hang && cp.hangEnd != nil:
+		close(cp.hangEnd)
+		cp.hangEnd = nil
+	}
+}
+
+func (cp *CAProxy) hanging() chan struct{} {
+	cp.hangMu.Lock()
+	defer cp.hangMu.Unlock()
+	return cp.hangEnd
+}
+
+// DownConnects returns how many connections and requests were refused or
+// held during outages and hangs: the agents' attempts to reach the CA.
 func (cp *CAProxy) DownConnects() int64 { return cp.downConnects.Load() }
 
 // Requests returns how many requests the proxy passed on.
