@@ -327,19 +327,19 @@ func failedValidation(err error) bool {
 	return false
 }
 
-// neverReachedCA tells an order that failed before the CA created one
-// (Manager.issue's noOrderError) because the CA gave no answer at all: every
-// CA tried failed at the connection (refused, reset, timed out, no route)
-// with no ACME problem document. Its new-order request was then not sent,
-// or not answered; the one whose answer was lost on its way back is counted
-// by the CA but not here, and the CA's rateLimited answer covers that.
+// neverReachedCA tells an order that failed before any CA created one
+// (Manager.issue's noOrderError) and got no answer from any CA: each was
+// not asked (the fleet knows it is down) or failed at the connection
+// (refused, reset, timed out, no route) with no ACME problem document and
+// no HTTP status. Its new-order request was then not sent, or not answered;
+// one whose answer was lost on its way back is counted by the CA but not
+// here, and the CA's rateLimited answer covers that.
 func neverReachedCA(err error) bool {
 	var unplaced noOrderError
-	return errors.As(err, &unplaced) && unanswered(unplaced.err)
+	return errors.As(err, &unplaced) && unanswered(unplaced)
 }
 
-// unanswered tells an error of calls that got no HTTP answer: a transport
-// failure (*url.Error or *net.OpError) and no ACME problem; for errors
+// unanswered tells an error of calls that got no HTTP answer; for errors
 // joined (one per CA), each of them.
 func unanswered(err error) bool {
 	if joined, ok := err.(interface{ Unwrap() []error }); ok {
@@ -350,6 +350,10 @@ func unanswered(err error) bool {
 			}
 		}
 		return len(errs) > 0
+	}
+	var outage *acmeclient.OutageError
+	if errors.As(err, &outage) && outage.Err == nil {
+		return true // not asked: the fleet knows the CA is down
 	}
 	var problem *acme.ProblemDetails
 	if errors.As(err, &problem) {

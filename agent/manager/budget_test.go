@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/go-acme/lego/v4/acme"
 
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/store"
@@ -179,7 +184,8 @@ func TestBudgetsGiveBackTheSlotsOfAPeerCertificate(t *testing.T) {
 
 // Against Pebble behind a proxy that resets every connection (a CA down
 // when the agent starts): the order never reached the CA, so its new-orders
-// slot is given back; the next order, with the CA back, is counted.
+// slot is given back, as is that of the next order, not sent to the CA the
+// fleet knows is down; the next order, with the CA back, is counted.
 func TestOrderThatNeverReachedTheCAGivesItsOrderSlotBack(t *testing.T) {
 	s := startProxiedStack(t)
 	s.proxy.SetDown(true)
@@ -211,8 +217,24 @@ func TestOrderThatNeverReachedTheCAGivesItsOrderSlotBack(t *testing.T) {
 	if n := used(); n != 0 {
 		t.Errorf("%d new orders counted for an order the CA never answered (%v), want 0", n, err)
 	}
+	// The fleet now knows the CA is down: the next order does not ask it,
+	// and counts no new order either.
+	tried := s.proxy.DownConnects()
+	if _, err := b.Issue(ctx, []string{"known.unreached.test"}, PriorityRenewal); !acmeclient.IsOutage(err) {
+		t.Fatalf("order with the CA known down: %v, want the outage", err)
+	}
+	if s.proxy.DownConnects() != tried {
+		t.Error("an order asked the CA the fleet knows is down")
+	}
+	if n := used(); n != 0 {
+		t.Errorf("%d new orders counted for orders no CA answered, want 0", n)
+	}
 
 	s.proxy.SetDown(false)
+	// What the agents' probe does when the CA answers again.
+	if err := s.st.ClearCADown(ctx, s.proxy.DirectoryURL); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := b.Issue(ctx, []string{"up.unreached.test"}, PriorityRenewal); err != nil {
 		t.Fatalf("order with the CA back: %v", err)
 	}
@@ -221,5 +243,30 @@ func TestOrderThatNeverReachedTheCAGivesItsOrderSlotBack(t *testing.T) {
 	}
 	if got := len(s.proxy.Orders()); got != 1 {
 		t.Errorf("%d orders at the CA, want 1", got)
+	}
+}
+
+// Only an order that no CA answered gives its new-orders slot back: a
+// problem document or a 5xx answer came from the CA, which may count it.
+func TestNeverReachedCATellsUnansweredOrders(t *testing.T) {
+	refused := &url.Error{Op: "Post", URL: "https://ca.test/new-order",
+		Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}
+	failing := &acme.ProblemDetails{HTTPStatus: 503, Type: "urn:ietf:params:acme:error:serverInternal"}
+	for _, c := range []struct {
+		what string
+		err  error
+		want bool
+	}{
+		{"connection refused", noOrderError{[]error{fmt.Errorf("obtaining: %w", refused)}}, true},
+		{"the CA known down, not asked", noOrderError{[]error{&acmeclient.OutageError{Reason: "CA unreachable"}}}, true},
+		{"refused at every CA", noOrderError{[]error{refused, acmeclient.AsOutage(refused, "https://ca2.test/dir")}}, true},
+		{"a 5xx answer", noOrderError{[]error{acmeclient.AsOutage(failing, "https://ca.test/dir")}}, false},
+		{"refused at one CA, answered at the next", noOrderError{[]error{refused, failing}}, false},
+		{"not a transport failure", noOrderError{[]error{errors.New("the CA refused the order")}}, false},
+		{"an order the CA created", refused, false},
+	} {
+		if got := neverReachedCA(c.err); got != c.want {
+			t.Errorf("%s: neverReachedCA = %t, want %t", c.what, got, c.want)
+		}
 	}
 }

@@ -150,13 +150,14 @@ func fromPeerIsNoError(rec *store.CertRecord, err error) (*store.CertRecord, err
 	return rec, err
 }
 
-// noOrderError is an order that failed before the CA created one: no new
+// noOrderError is an order that failed before a CA created one: no new
 // order was placed (or one recorded by an agent before was resumed), so
-// Budgets may give the new-orders slot back when the CA never answered.
-type noOrderError struct{ err error }
+// Budgets may give the new-orders slot back when no CA answered. It holds
+// the error of each CA tried and reads as their errors.Join.
+type noOrderError struct{ errs []error }
 
-func (e noOrderError) Error() string { return e.err.Error() }
-func (e noOrderError) Unwrap() error { return e.err }
+func (e noOrderError) Error() string   { return errors.Join(e.errs...).Error() }
+func (e noOrderError) Unwrap() []error { return e.errs }
 
 // ErrInterrupted marks an order cut short by the agent's side, not by the CA
 // or the name: the name's lease could not be kept, or the certificate could
@@ -291,7 +292,7 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 			errs = append(errs, cause)
 		}
 		if !recorded {
-			return nil, noOrderError{errors.Join(errs...)}
+			return nil, noOrderError{errs}
 		}
 		return nil, errors.Join(errs...)
 	}
