@@ -641,11 +641,12 @@ func (l *Lease) KeepAlive(ctx context.Context, lost func(error)) {
 		case <-ctx.Done():
 		}
 	}()
+	// Each peer's grant, by this site's clock.
+	ttl := l.f.cfg.LeaseTTL
 	heldUntil := make(map[*peerConn]time.Time, len(l.granted))
 	for _, p := range l.granted {
-		heldUntil[p] = l.taken.Add(l.f.cfg.LeaseTTL)
+		heldUntil[p] = l.taken.Add(ttl)
 	}
-	ttl := l.f.cfg.LeaseTTL
 	store.KeepLeaseAlive(ctx, ttl, l.quorumUntil(heldUntil, l.taken.Add(ttl)),
 		func(ctx context.Context) (time.Time, error) { return l.extend(ctx, heldUntil) },
 		func(err error) bool { return errors.Is(err, errLeasedElsewhere) },
