@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
+	"net/url"
 	"strings"
 	"time"
 
@@ -168,7 +170,7 @@ func (b *Budgets) reserved(limit int, prio Priority) int {
 // scope the CA names when it answers rateLimited.
 func (b *Budgets) Issue(ctx context.Context, names []string, prio Priority) (*store.CertRecord, error) {
 	return b.Run(ctx, names, prio, func(ctx context.Context) (*store.CertRecord, error) {
-		return b.m.Issue(ctx, names)
+		return b.m.issueReported(ctx, "issue", names, nil)
 	})
 }
 
@@ -252,6 +254,12 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 	}
 
 	rec, err := order(ctx)
+	if errors.Is(err, errFromPeer) {
+		// A peer site's certificate was taken: the CA issued nothing and
+		// was sent no order.
+		giveBack(true)
+		return rec, nil
+	}
 	if err == nil {
 		for _, bg := range certsTaken {
 			if cerr := st.ConfirmBudget(context.WithoutCancel(ctx), bg, member, now); cerr != nil {
@@ -266,8 +274,9 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 		giveBack(true)
 		return rec, err
 	}
-	// The order was made and counts; no certificate came of it.
-	giveBack(false)
+	// No certificate came of the order. It counts as a new order unless it
+	// failed before the CA created one, with no answer from the CA at all.
+	giveBack(neverReachedCA(err))
 	if rl, ok := b.rateLimited(err); ok {
 		kind, subject := "orders", b.cfg.Account
 		switch rl.Scope {
@@ -316,6 +325,43 @@ func failedValidation(err error) bool {
 		return true
 	}
 	return false
+}
+
+// neverReachedCA tells an order that failed before any CA created one
+// (Manager.issue's noOrderError) and got no answer from any CA: each was
+// not asked (the fleet knows it is down) or failed at the connection
+// (refused, reset, timed out, no route) with no ACME problem document and
+// no HTTP status. Its new-order request was then not sent, or not answered;
+// one whose answer was lost on its way back is counted by the CA but not
+// here, and the CA's rateLimited answer covers that.
+func neverReachedCA(err error) bool {
+	var unplaced noOrderError
+	return errors.As(err, &unplaced) && unanswered(unplaced)
+}
+
+// unanswered tells an error of calls that got no HTTP answer; for errors
+// joined (one per CA), each of them.
+func unanswered(err error) bool {
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		errs := joined.Unwrap()
+		for _, e := range errs {
+			if !unanswered(e) {
+				return false
+			}
+		}
+		return len(errs) > 0
+	}
+	var outage *acmeclient.OutageError
+	if errors.As(err, &outage) && outage.Err == nil {
+		return true // not asked: the fleet knows the CA is down
+	}
+	var problem *acme.ProblemDetails
+	if errors.As(err, &problem) {
+		return false
+	}
+	var urlErr *url.Error
+	var opErr *net.OpError
+	return errors.As(err, &urlErr) || errors.As(err, &opErr)
 }
 
 func eventID() string {

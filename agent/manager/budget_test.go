@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/go-acme/lego/v4/acme"
 
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/store"
@@ -142,5 +147,126 @@ func TestFailedOrderGivesItsSlotBackAtPebble(t *testing.T) {
 	}
 	if n := s.pebble.OrdersCreated(t); n != 2 {
 		t.Errorf("%d orders at Pebble, want 2", n)
+	}
+}
+
+// A certificate taken from a peer site was issued by no CA and ordered from
+// none: its certificate slot and its new-orders slot are given back.
+func TestBudgetsGiveBackTheSlotsOfAPeerCertificate(t *testing.T) {
+	issuer := &fakeIssuer{}
+	m, st, _ := newTestManager(t, issuer)
+	ctx := context.Background()
+	held := heldAtAPeer(t, m, "peer.budget.example")
+	m.cfg.Peers = &fakePeers{existing: held}
+	b, err := NewBudgets(m, BudgetConfig{Account: "acct", OrdersPerAccount: 10, CertsPerDomain: 1, RenewalShare: 0.01})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := b.Issue(ctx, []string{"peer.budget.example"}, PriorityRenewal)
+	if err != nil || rec.Fingerprint != held.Fingerprint {
+		t.Fatalf("Issue = %v, %v; want the peer's certificate", rec, err)
+	}
+	certs := store.Budget{Kind: "certs", Subject: "budget.example", Limit: 1, Window: b.cfg.CertsWindow}
+	for _, bg := range []store.Budget{b.ordersBudget(), certs} {
+		if used, err := st.BudgetUsed(ctx, bg, m.cfg.Clock.Now()); err != nil || used != 0 {
+			t.Errorf("%s: %d counted (%v) for a peer's certificate, want 0", bg, used, err)
+		}
+	}
+	// The domain's only slot is still free for an order of this site.
+	m.cfg.Peers = &fakePeers{}
+	if _, err := b.Issue(ctx, []string{"own.budget.example"}, PriorityRenewal); err != nil {
+		t.Errorf("an order after the peer's certificate: %v, want its slot", err)
+	}
+	if used, err := st.BudgetUsed(ctx, b.ordersBudget(), m.cfg.Clock.Now()); err != nil || used != 1 {
+		t.Errorf("%d new orders counted (%v), want the 1 placed", used, err)
+	}
+}
+
+// Against Pebble behind a proxy that resets every connection (a CA down
+// when the agent starts): the order never reached the CA, so its new-orders
+// slot is given back, as is that of the next order, not sent to the CA the
+// fleet knows is down; the next order, with the CA back, is counted.
+func TestOrderThatNeverReachedTheCAGivesItsOrderSlotBack(t *testing.T) {
+	s := startProxiedStack(t)
+	s.proxy.SetDown(true)
+	client := acmeclient.NewLazy(acmeclient.Config{DirectoryURL: s.proxy.DirectoryURL, Email: "ops@example.test",
+		CARootFiles: []string{s.proxy.CARootsFile}}, s.st, acmeclient.NewHTTP01Provider(s.st, 0))
+	m := New(Config{Store: s.st, Issuer: client, Logger: quietLogger(), Clock: s.clock})
+	b, err := NewBudgets(m, BudgetConfig{Account: "acct", OrdersPerAccount: 10, CertsPerDomain: 5, RenewalShare: 0.01})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	used := func() int64 {
+		t.Helper()
+		n, err := s.st.BudgetUsed(ctx, b.ordersBudget(), s.clock.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	_, err = b.Issue(ctx, []string{"down.unreached.test"}, PriorityRenewal)
+	var deferred *DeferredError
+	if err == nil || errors.As(err, &deferred) {
+		t.Fatalf("order with the CA down: %v, want a failure", err)
+	}
+	if s.proxy.DownConnects() == 0 {
+		t.Fatal("the order never tried the CA")
+	}
+	if n := used(); n != 0 {
+		t.Errorf("%d new orders counted for an order the CA never answered (%v), want 0", n, err)
+	}
+	// The fleet now knows the CA is down: the next order does not ask it,
+	// and counts no new order either.
+	tried := s.proxy.DownConnects()
+	if _, err := b.Issue(ctx, []string{"known.unreached.test"}, PriorityRenewal); !acmeclient.IsOutage(err) {
+		t.Fatalf("order with the CA known down: %v, want the outage", err)
+	}
+	if s.proxy.DownConnects() != tried {
+		t.Error("an order asked the CA the fleet knows is down")
+	}
+	if n := used(); n != 0 {
+		t.Errorf("%d new orders counted for orders no CA answered, want 0", n)
+	}
+
+	s.proxy.SetDown(false)
+	// What the agents' probe does when the CA answers again.
+	if err := s.st.ClearCADown(ctx, s.proxy.DirectoryURL); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Issue(ctx, []string{"up.unreached.test"}, PriorityRenewal); err != nil {
+		t.Fatalf("order with the CA back: %v", err)
+	}
+	if n := used(); n != 1 {
+		t.Errorf("%d new orders counted, want the 1 the CA created", n)
+	}
+	if got := len(s.proxy.Orders()); got != 1 {
+		t.Errorf("%d orders at the CA, want 1", got)
+	}
+}
+
+// Only an order that no CA answered gives its new-orders slot back: a
+// problem document or a 5xx answer came from the CA, which may count it.
+func TestNeverReachedCATellsUnansweredOrders(t *testing.T) {
+	refused := &url.Error{Op: "Post", URL: "https://ca.test/new-order",
+		Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}
+	failing := &acme.ProblemDetails{HTTPStatus: 503, Type: "urn:ietf:params:acme:error:serverInternal"}
+	for _, c := range []struct {
+		what string
+		err  error
+		want bool
+	}{
+		{"connection refused", noOrderError{[]error{fmt.Errorf("obtaining: %w", refused)}}, true},
+		{"the CA known down, not asked", noOrderError{[]error{&acmeclient.OutageError{Reason: "CA unreachable"}}}, true},
+		{"refused at every CA", noOrderError{[]error{refused, acmeclient.AsOutage(refused, "https://ca2.test/dir")}}, true},
+		{"a 5xx answer", noOrderError{[]error{acmeclient.AsOutage(failing, "https://ca.test/dir")}}, false},
+		{"refused at one CA, answered at the next", noOrderError{[]error{refused, failing}}, false},
+		{"not a transport failure", noOrderError{[]error{errors.New("the CA refused the order")}}, false},
+		{"an order the CA created", refused, false},
+	} {
+		if got := neverReachedCA(c.err); got != c.want {
+			t.Errorf("%s: neverReachedCA = %t, want %t", c.what, got, c.want)
+		}
 	}
 }

@@ -124,18 +124,40 @@ func New(cfg Config) *Manager {
 // primary name), under the lease of the primary name, and stores it. It
 // returns an error wrapping store.ErrLockHeld when another agent is ordering it.
 func (m *Manager) Issue(ctx context.Context, names []string) (*store.CertRecord, error) {
+	return fromPeerIsNoError(m.issueReported(ctx, "issue", names, nil))
+}
+
+// issueReported runs issue and reports its outcome as an event of kind. A
+// certificate taken from a peer site comes back with errFromPeer, which
+// Budgets reads (no certificate was issued by the CA).
+func (m *Manager) issueReported(ctx context.Context, kind string, names []string, renewing *store.CertRecord) (*store.CertRecord, error) {
 	started := m.cfg.Clock.Now()
-	rec, err := m.issue(ctx, names, nil)
-	m.report(ctx, "issue", names, rec, err, started)
+	rec, err := m.issue(ctx, names, renewing)
+	m.report(ctx, kind, names, rec, err, started)
+	return rec, err
+}
+
+// errFromPeer tells report and Budgets that issue stored a peer site's
+// certificate instead of ordering one; Issue, Renew and Repair return no
+// error for it.
+var errFromPeer = errors.New("certificate taken from a peer site")
+
+// fromPeerIsNoError drops errFromPeer, for the exported entry points.
+func fromPeerIsNoError(rec *store.CertRecord, err error) (*store.CertRecord, error) {
 	if errors.Is(err, errFromPeer) {
 		err = nil
 	}
 	return rec, err
 }
 
-// errFromPeer tells report that issue stored a peer site's certificate
-// instead of ordering one; Issue and Renew return no error for it.
-var errFromPeer = errors.New("certificate taken from a peer site")
+// noOrderError is an order that failed before a CA created one: no new
+// order was placed (or one recorded by an agent before was resumed), so
+// Budgets may give the new-orders slot back when no CA answered. It holds
+// the error of each CA tried and reads as their errors.Join.
+type noOrderError struct{ errs []error }
+
+func (e noOrderError) Error() string   { return errors.Join(e.errs...).Error() }
+func (e noOrderError) Unwrap() []error { return e.errs }
 
 // ErrInterrupted marks an order cut short by the agent's side, not by the CA
 // or the name: the name's lease could not be kept, or the certificate could
@@ -155,13 +177,7 @@ func (m *Manager) Renew(ctx context.Context, rec *store.CertRecord) (*store.Cert
 	if len(rec.Names) == 0 {
 		return nil, errors.New("renewing: the record has no names")
 	}
-	started := m.cfg.Clock.Now()
-	renewed, err := m.issue(ctx, rec.Names, rec)
-	m.report(ctx, "renew", rec.Names, renewed, err, started)
-	if errors.Is(err, errFromPeer) {
-		err = nil
-	}
-	return renewed, err
+	return fromPeerIsNoError(m.issueReported(ctx, "renew", rec.Names, rec))
 }
 
 // report turns the outcome of an order into an event. A lease held elsewhere
@@ -243,15 +259,19 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	var cert *acmeclient.Certificate
 	var issuer Issuer
 	var errs []error
+	var recorded bool // an order was created at a CA (and recorded with the lease)
 	for _, candidate := range m.issuers() {
 		// A CA the fleet knows to be down is not asked (castate.go).
 		if outage := m.caDown(keepCtx, candidate); outage != nil {
 			errs = append(errs, outage)
 			continue
 		}
-		opts := acmeclient.OrderOptions{Journal: leaseJournal{lock: lock, log: m.cfg.Logger, name: primary}}
+		opts := acmeclient.OrderOptions{Journal: leaseJournal{lock: lock, log: m.cfg.Logger, name: primary, recorded: &recorded}}
 		if renewing != nil && renewing.CA == candidate.DirectoryURL() {
 			opts.Replaces = replaces
+		}
+		if _, journaled := candidate.(OptionsIssuer); !journaled {
+			recorded = true // it keeps no journal: whether it created an order is unknown
 		}
 		cert, err = m.obtain(keepCtx, candidate, names, opts)
 		m.noteCA(keepCtx, candidate, err)
@@ -270,6 +290,9 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	if cert == nil {
 		if cause := context.Cause(keepCtx); errors.Is(cause, ErrInterrupted) {
 			errs = append(errs, cause)
+		}
+		if !recorded {
+			return nil, noOrderError{errs}
 		}
 		return nil, errors.Join(errs...)
 	}

@@ -16,6 +16,8 @@ type leaseJournal struct {
 	lock *store.Lock
 	log  *slog.Logger
 	name string
+	// recorded, when set, is set by Record: an order exists at the CA.
+	recorded *bool
 }
 
 // Pending returns the recorded order; an unusable record is no order.
@@ -38,6 +40,9 @@ func (j leaseJournal) Pending(ctx context.Context) (*acmeclient.PendingOrder, er
 // (a second order), and whether the lease is still held is for KeepAlive and
 // the fenced write to tell.
 func (j leaseJournal) Record(ctx context.Context, o acmeclient.PendingOrder) error {
+	if j.recorded != nil {
+		*j.recorded = true
+	}
 	err := j.lock.RecordOrder(ctx, &store.OrderRecord{CA: o.CA, URL: o.URL, Names: o.Names,
 		KeyType: o.KeyType, KeyPEM: o.KeyPEM, Expires: o.Expires})
 	if err != nil {

@@ -69,15 +69,22 @@ func (s *recordingSink) Emit(_ context.Context, e telemetry.Event) {
 	s.events = append(s.events, e)
 }
 
+// heldAtAPeer issues a certificate for name through m, before m has peers:
+// the certificate a peer site holds, as the fleet would store it here.
+func heldAtAPeer(t *testing.T, m *Manager, name string) *store.CertRecord {
+	t.Helper()
+	held, err := m.Issue(context.Background(), []string{name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return held
+}
+
 func TestIssueTakesAPeerCertificateInsteadOfOrdering(t *testing.T) {
 	issuer := &fakeIssuer{}
 	m, st, _ := newTestManager(t, issuer)
 	ctx := context.Background()
-	// The peer's certificate, as the fleet would store it here.
-	held, err := m.Issue(ctx, []string{"peer.example.com"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	held := heldAtAPeer(t, m, "peer.example.com")
 	orders := issuer.orders.Load()
 	sink := &recordingSink{}
 	m.cfg.Events = telemetry.NewHub(quietLogger(), sink)

@@ -333,7 +333,7 @@ func (r *Renewer) renew(ctx context.Context, rec *store.CertRecord) (*store.Cert
 		return r.cfg.Manager.Renew(ctx, rec)
 	}
 	return r.cfg.Budgets.Run(ctx, rec.Names, PriorityRenewal, func(ctx context.Context) (*store.CertRecord, error) {
-		return r.cfg.Manager.Renew(ctx, rec)
+		return r.cfg.Manager.issueReported(ctx, "renew", rec.Names, rec)
 	})
 }
 

@@ -25,15 +25,14 @@ func (m *Manager) Repair(ctx context.Context, names []string) (*store.CertRecord
 	if len(names) == 0 {
 		return nil, errors.New("replacing a corrupt record: no names")
 	}
-	started := m.cfg.Clock.Now()
+	return fromPeerIsNoError(m.repair(ctx, names))
+}
+
+// repair is Repair returning errFromPeer for a peer site's certificate.
+func (m *Manager) repair(ctx context.Context, names []string) (*store.CertRecord, error) {
 	// What is replaced: no chain (so no ARI hint) and no fingerprint, so
 	// that any valid record found under the lease counts as newer.
-	rec, err := m.issue(ctx, names, &store.CertRecord{Names: names})
-	m.report(ctx, "issue", names, rec, err, started)
-	if errors.Is(err, errFromPeer) {
-		err = nil
-	}
-	return rec, err
+	return m.issueReported(ctx, "issue", names, &store.CertRecord{Names: names})
 }
 
 // repair orders the replacement of the corrupt record stored under name. It
@@ -57,12 +56,13 @@ func (r *Renewer) repair(ctx context.Context, name string, corrupt *store.Corrup
 	order := repairNames(name, corrupt)
 	r.cfg.Logger.Warn("stored certificate is corrupt; ordering its replacement (the fallback is served meanwhile)",
 		"name", name, "names", order, "reason", corrupt.Reason)
-	replace := func(ctx context.Context) (*store.CertRecord, error) { return r.cfg.Manager.Repair(ctx, order) }
 	var rec *store.CertRecord
 	if r.cfg.Budgets == nil {
-		rec, err = replace(ctx)
+		rec, err = r.cfg.Manager.Repair(ctx, order)
 	} else {
-		rec, err = r.cfg.Budgets.Run(ctx, order, PriorityRenewal, replace)
+		rec, err = r.cfg.Budgets.Run(ctx, order, PriorityRenewal, func(ctx context.Context) (*store.CertRecord, error) {
+			return r.cfg.Manager.repair(ctx, order)
+		})
 	}
 	var deferred *DeferredError
 	switch {

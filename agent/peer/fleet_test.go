@@ -196,6 +196,23 @@ func (s *testSite) up(t *testing.T) {
 	t.Cleanup(func() { s.api.Close() })
 }
 
+// leaseAsAnOrder takes the lease on name as an order does: in the site's
+// own Redis first (held until the test ends), then across the sites.
+func (s *testSite) leaseAsAnOrder(t *testing.T, name string) *Lease {
+	t.Helper()
+	ctx := context.Background()
+	local, err := s.st.AcquireLock(ctx, name, store.LockTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = local.Release(ctx) })
+	lease, err := s.fleet.Lease(ctx, name)
+	if err != nil {
+		t.Fatalf("leasing %s from %s: %v", name, s.id, err)
+	}
+	return lease
+}
+
 // holds reports whether the site stores a record for name with fingerprint
 // ("" for any record).
 func (s *testSite) holds(name, fingerprint string) bool {
@@ -377,16 +394,7 @@ func TestLeaseKeepAliveAndRelease(t *testing.T) {
 	a, b, c := sites["a"], sites["b"], sites["c"]
 	holderAt := func(s *testSite, name string) string { return s.rdb.Get(ctx, s.st.Keys().Lock(name)).Val() }
 
-	// As an order does, a holds the name's lease in its own Redis first.
-	local, err := a.st.AcquireLock(ctx, "k.example.com", store.LockTTL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer local.Release(ctx)
-	lease, err := a.fleet.Lease(ctx, "k.example.com")
-	if err != nil {
-		t.Fatal(err)
-	}
+	lease := a.leaseAsAnOrder(t, "k.example.com")
 	kctx, stop := context.WithCancel(ctx)
 	defer stop()
 	lostCalls := make(chan error, 2)
@@ -423,7 +431,7 @@ func TestLeaseKeepAliveAndRelease(t *testing.T) {
 
 	// Both peers lose it (taken over after an expiry, say): lost is called
 	// once and KeepAlive returns.
-	lease, err = a.fleet.Lease(ctx, "k.example.com")
+	lease, err := a.fleet.Lease(ctx, "k.example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,6 +461,63 @@ func TestLeaseKeepAliveAndRelease(t *testing.T) {
 		if got := holderAt(s, "k.example.com"); got != "z/other" {
 			t.Errorf("Release removed another holder's lease at %s: %q", s.id, got)
 		}
+	}
+}
+
+// TestLeaseKeepAliveRidesOutAShortPeerOutage: with two sites (both needed),
+// a peer that misses extension rounds for a moment does not cut the lease
+// off: the rounds are tried again until the peer's grant runs out. A peer
+// gone for longer than the lease does end it, once.
+func TestLeaseKeepAliveRidesOutAShortPeerOutage(t *testing.T) {
+	watchdog(t, time.Minute)
+	ctx := context.Background()
+	sites := startSites(t, func(c *Config) { c.LeaseTTL = 3 * time.Second }, "a", "b")
+	a, b := sites["a"], sites["b"]
+	const name = "outage.example.com"
+	holderAtB := func() string { return b.rdb.Get(ctx, b.st.Keys().Lock(name)).Val() }
+
+	lease := a.leaseAsAnOrder(t, name)
+	defer lease.Release(ctx)
+	lostCalls := make(chan error, 2)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		lease.KeepAlive(ctx, func(err error) { lostCalls <- err })
+	}()
+	bState := func() PeerState { return a.fleet.States()[0] }
+
+	// b goes down until an extension round has failed to reach it, then
+	// comes back within its grant.
+	b.down()
+	eventually(t, 10*time.Second, "an extension round failing at b", func() bool {
+		st := bState()
+		return !st.Up && !st.LastErrorAt.IsZero()
+	})
+	b.up(t)
+	eventually(t, 10*time.Second, "an extension reaching b again", func() bool { return bState().Up })
+	time.Sleep(4 * time.Second) // past the 3 s TTL: only extensions keep it
+	if len(lostCalls) != 0 {
+		t.Fatalf("lost after b missed a round: %v", <-lostCalls)
+	}
+	if got := holderAtB(); got != lease.Holder() {
+		t.Errorf("after b came back, b holds %q, want %s", got, lease.Holder())
+	}
+	if _, err := b.fleet.Lease(ctx, name); !errors.Is(err, ErrNoQuorum) {
+		t.Errorf("b's own order took the kept lease: %v", err)
+	}
+
+	// b gone for longer than the lease: lost once, naming b.
+	b.down()
+	select {
+	case <-kept:
+	case <-time.After(20 * time.Second):
+		t.Fatal("KeepAlive still runs with b gone for longer than the lease")
+	}
+	if len(lostCalls) != 1 {
+		t.Fatalf("lost called %d times, want once", len(lostCalls))
+	}
+	if err := <-lostCalls; !errors.Is(err, ErrNoQuorum) || !strings.Contains(err.Error(), "not reached: b") {
+		t.Errorf("lost with %v, want ErrNoQuorum naming b", err)
 	}
 }
 
@@ -535,15 +600,7 @@ func TestLeaseReleasedWhereTheAnswerWasLate(t *testing.T) {
 		}
 	})
 	const name = "late.example.com"
-	local, err := a.st.AcquireLock(ctx, name, store.LockTTL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer local.Release(ctx)
-	lease, err := a.fleet.Lease(ctx, name)
-	if err != nil {
-		t.Fatalf("a and b are a majority: %v", err)
-	}
+	lease := a.leaseAsAnOrder(t, name) // a and b are a majority
 	if got := c.rdb.Get(ctx, c.st.Keys().Lock(name)).Val(); got != lease.Holder() {
 		t.Fatalf("c holds %q, want %s (it granted the lease)", got, lease.Holder())
 	}

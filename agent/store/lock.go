@@ -184,7 +184,28 @@ func (l *Lock) PutCert(ctx context.Context, rec *CertRecord) error {
 func (l *Lock) KeepAlive(ctx context.Context, lost func(error)) {
 	// The lease runs from before the request that took or extended it.
 	heldUntil := l.taken.Add(l.ttl)
-	timer := time.NewTimer(l.ttl / 3)
+	KeepLeaseAlive(ctx, l.ttl, heldUntil, func(ctx context.Context) (time.Time, error) {
+		sent := time.Now()
+		if err := l.Extend(ctx); err != nil {
+			return heldUntil, err
+		}
+		heldUntil = sent.Add(l.ttl)
+		return heldUntil, nil
+	}, func(err error) bool { return errors.Is(err, ErrLockLost) }, lost)
+}
+
+// KeepLeaseAlive keeps a lease of ttl, held until heldUntil, by calling
+// renew every ttl/3 until ctx ends. renew extends the lease within the
+// context it is given (whose deadline is when the lease runs out) and
+// returns when the lease now runs out, by the holder's clock and counted
+// from before its requests were sent, and an error when the extension fell
+// short; that time is taken even with an error. A failed extension is tried
+// again after a short pause until the lease has run out, or at once given
+// up when final(err) says no retry can keep it (another holder has it):
+// KeepLeaseAlive then calls lost once and returns.
+func KeepLeaseAlive(ctx context.Context, ttl time.Duration, heldUntil time.Time,
+	renew func(context.Context) (time.Time, error), final func(error) bool, lost func(error)) {
+	timer := time.NewTimer(ttl / 3)
 	defer timer.Stop()
 	for {
 		select {
@@ -192,21 +213,20 @@ func (l *Lock) KeepAlive(ctx context.Context, lost func(error)) {
 			return
 		case <-timer.C:
 		}
-		sent := time.Now()
 		attempt, cancel := context.WithDeadline(ctx, heldUntil)
-		err := l.Extend(attempt)
+		until, err := renew(attempt)
 		cancel()
+		heldUntil = until
 		switch {
 		case err == nil:
-			heldUntil = sent.Add(l.ttl)
-			timer.Reset(l.ttl / 3)
+			timer.Reset(ttl / 3)
 		case ctx.Err() != nil:
 			return
-		case errors.Is(err, ErrLockLost) || !time.Now().Before(heldUntil):
+		case final(err) || !time.Now().Before(heldUntil):
 			lost(err)
 			return
 		default:
-			timer.Reset(min(extendRetryPause(l.ttl), time.Until(heldUntil)))
+			timer.Reset(min(extendRetryPause(ttl), time.Until(heldUntil)))
 		}
 	}
 }
