@@ -170,8 +170,15 @@ func (l *Lazy) withAccount(ctx context.Context, what string, call func(*Client) 
 		return err
 	}
 	if rerr := l.recoverAccount(ctx, c, err); rerr != nil {
-		return fmt.Errorf("%s: the CA %s lost the ACME account %s and registering it again failed: %w (the CA said: %w)",
+		lost := fmt.Errorf("%s: the CA %s lost the ACME account %s and registering it again failed: %w (the CA said: %w)",
 			what, l.cfg.DirectoryURL, c.accountURI, rerr, err)
+		if outage := AsOutage(rerr, l.cfg.DirectoryURL); outage != nil {
+			// The CA failed the registration: the order waits for the CA
+			// (and registers again once it answers), like any order the CA
+			// failed, rather than failing the name.
+			return &OutageError{Reason: outage.Reason, Err: lost}
+		}
+		return lost
 	}
 	if c, err = l.get(ctx); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
