@@ -218,7 +218,11 @@ func (l *Lazy) recoverAccount(ctx context.Context, lost *Client, cause error) er
 	// A CA may give the account registered again its old URL: the stored
 	// generation, not the URL, tells whether another agent did it already.
 	if generation == lost.generation {
-		reg, err := lost.registerAgain(ctx)
+		// Done well within the lock: the others of the fleet wait for it,
+		// and take it over when it runs out.
+		regCtx, cancel := context.WithTimeout(ctx, AccountLockTTL*3/4)
+		reg, err := lost.registerAgain(regCtx)
+		cancel()
 		if err != nil {
 			return err
 		}
