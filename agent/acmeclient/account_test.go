@@ -5,10 +5,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/go-acme/lego/v4/acme"
+
+	"github.com/certagent/certagent/agent/internal/testenv"
 )
 
 func TestAccountLostTellsAccountProblemsFromOthers(t *testing.T) {
@@ -189,5 +192,31 @@ func TestTwoAgentsRegisterAgainOnceWhenTheCAKeepsTheURL(t *testing.T) {
 	}
 	if s.accounts.uri != oldURI {
 		t.Errorf("stored URL %s, want the CA's old one %s", s.accounts.uri, oldURI)
+	}
+}
+
+// An account lost while the CA fails (5xx at its account endpoint) is an
+// outage, not the name's failure: the order that found it lost waits for the
+// CA like any order the CA failed, and registers again once it answers.
+func TestAccountLostWhileTheCAFailsIsAnOutage(t *testing.T) {
+	s := startStrictCA(t)
+	ctx := context.Background()
+	lazy := NewLazy(Config{DirectoryURL: s.proxy.DirectoryURL, CARootFiles: []string{s.proxy.CARootsFile}},
+		s.accounts, NewHTTP01Provider(s.tokens, 0))
+	if _, err := lazy.Obtain(ctx, []string{"before.example.test"}); err != nil {
+		t.Fatal(err)
+	}
+	s.proxy.ResetAccounts()
+	s.proxy.Inject(testenv.Fault{Kind: testenv.FaultServerInternal, Path: testenv.PathNewAccount})
+	_, err := lazy.Obtain(ctx, []string{"during.example.test"})
+	if !IsOutage(err) || AsOutage(err, s.proxy.DirectoryURL) == nil {
+		t.Fatalf("an order whose account could not be registered again while the CA failed: %v; want an outage", err)
+	}
+	if !strings.HasPrefix(err.Error(), "CA failing: HTTP 500") {
+		t.Errorf("the outage is not named first: %v", err)
+	}
+	s.proxy.ClearFaults()
+	if _, err := lazy.Obtain(ctx, []string{"after.example.test"}); err != nil {
+		t.Errorf("an order once the CA answers again: %v", err)
 	}
 }

@@ -170,8 +170,15 @@ func (l *Lazy) withAccount(ctx context.Context, what string, call func(*Client) 
 		return err
 	}
 	if rerr := l.recoverAccount(ctx, c, err); rerr != nil {
-		return fmt.Errorf("%s: the CA %s lost the ACME account %s and registering it again failed: %w (the CA said: %w)",
+		lost := fmt.Errorf("%s: the CA %s lost the ACME account %s and registering it again failed: %w (the CA said: %w)",
 			what, l.cfg.DirectoryURL, c.accountURI, rerr, err)
+		if outage := AsOutage(rerr, l.cfg.DirectoryURL); outage != nil {
+			// The CA failed the registration: the order waits for the CA
+			// (and registers again once it answers), like any order the CA
+			// failed, rather than failing the name.
+			return &OutageError{Reason: outage.Reason, Err: lost}
+		}
+		return lost
 	}
 	if c, err = l.get(ctx); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
@@ -211,7 +218,11 @@ func (l *Lazy) recoverAccount(ctx context.Context, lost *Client, cause error) er
 	// A CA may give the account registered again its old URL: the stored
 	// generation, not the URL, tells whether another agent did it already.
 	if generation == lost.generation {
-		reg, err := lost.registerAgain(ctx)
+		// Done well within the lock: the others of the fleet wait for it,
+		// and take it over when it runs out.
+		regCtx, cancel := context.WithTimeout(ctx, AccountLockTTL*3/4)
+		reg, err := lost.registerAgain(regCtx)
+		cancel()
 		if err != nil {
 			return err
 		}

@@ -253,6 +253,15 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 		}
 	}
 
+	// confirm keeps the certificate slots: the CA issued a certificate.
+	confirm := func() {
+		for _, bg := range certsTaken {
+			if cerr := st.ConfirmBudget(context.WithoutCancel(ctx), bg, member, now); cerr != nil {
+				b.m.cfg.Logger.Warn("counting a certificate against its rate budget", "budget", bg.String(), "error", cerr)
+			}
+		}
+	}
+
 	rec, err := order(ctx)
 	if errors.Is(err, errFromPeer) {
 		// A peer site's certificate was taken: the CA issued nothing and
@@ -260,13 +269,11 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 		giveBack(true)
 		return rec, nil
 	}
-	if err == nil {
-		for _, bg := range certsTaken {
-			if cerr := st.ConfirmBudget(context.WithoutCancel(ctx), bg, member, now); cerr != nil {
-				b.m.cfg.Logger.Warn("counting a certificate against its rate budget", "budget", bg.String(), "error", cerr)
-			}
-		}
-		return rec, nil
+	var issued issuedError
+	if err == nil || errors.As(err, &issued) {
+		// Stored or not, the certificate counts at the CA.
+		confirm()
+		return rec, err
 	}
 	if errors.Is(err, store.ErrLockHeld) || errors.Is(err, ErrAlreadyRenewed) {
 		// Another agent holds the name, or renewed it already: nothing was

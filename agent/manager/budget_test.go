@@ -270,3 +270,46 @@ func TestNeverReachedCATellsUnansweredOrders(t *testing.T) {
 		}
 	}
 }
+
+// takenOverIssuer issues like fakeIssuer, then has another agent take the
+// name's lease before the certificate is stored: the fenced write refuses
+// the certificate the CA has issued.
+type takenOverIssuer struct {
+	fakeIssuer
+	st *store.Store
+}
+
+func (f *takenOverIssuer) Obtain(ctx context.Context, names []string) (*acmeclient.Certificate, error) {
+	cert, err := f.fakeIssuer.Obtain(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	// The lease runs out unseen and another agent takes the name.
+	if err := f.st.Client().Del(ctx, f.st.Keys().Lock(names[0])).Err(); err != nil {
+		return nil, err
+	}
+	if _, err := f.st.AcquireLock(ctx, names[0], time.Minute); err != nil {
+		return nil, err
+	}
+	return cert, nil
+}
+
+// A certificate the CA issued counts against the domain's budget even when
+// it is not stored (the fenced write refused it): the CA counted it.
+func TestBudgetsKeepTheSlotOfACertificateIssuedButNotStored(t *testing.T) {
+	issuer := &takenOverIssuer{}
+	m, st, _ := newTestManager(t, issuer)
+	issuer.st = st
+	b, err := NewBudgets(m, BudgetConfig{Account: "acct", CertsPerDomain: 5, RenewalShare: 0.01})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := b.Issue(ctx, []string{"fenced.example.com"}, PriorityRenewal); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("order whose lease was taken over: %v, want ErrFenced", err)
+	}
+	certs := store.Budget{Kind: "certs", Subject: "example.com", Limit: 5, Window: 7 * 24 * time.Hour}
+	if used, err := st.BudgetUsed(ctx, certs, time.Now()); err != nil || used != 1 {
+		t.Errorf("%d certificates counted (%v), want the 1 the CA issued", used, err)
+	}
+}

@@ -201,3 +201,31 @@ func TestFallbackCATakesOverWhileTheFirstIsDown(t *testing.T) {
 		t.Errorf("after the first CA returned, issued by %s, want %s", ca, proxy.DirectoryURL)
 	}
 }
+
+// A name that starts waiting after the CA watch saw the CA answer and went
+// quiet (its order read the CA as down just before the probe cleared it) is
+// resumed by the watch it wakes, not left until the next reclaim.
+func TestANameThatWaitsAfterTheCAReturnedIsResumed(t *testing.T) {
+	m, st, _ := newTestManager(t, &fakeIssuer{})
+	c := NewConsumer(ConsumerConfig{Store: st, Manager: m, Name: "agent-1", Logger: quietLogger()})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		m.WatchCAs(ctx, 20*time.Millisecond)
+	}()
+	defer func() { cancel(); <-watching }()
+	// The watch's first look finds nothing down and no name waiting.
+	time.Sleep(300 * time.Millisecond)
+
+	const name = "late.example.test"
+	outage := &acmeclient.OutageError{Reason: "CA unreachable: connection refused at https://fake-ca/dir"}
+	if ack := c.waitForCA(ctx, quietLogger(), store.Request{ID: "1-1", Name: name, Node: "node-1"}, name, outage); !ack {
+		t.Fatal("the name was not kept until the CA answers")
+	}
+	waitFor(t, "the waiting name queued again", func() bool {
+		n, err := st.CountWaitingForCA(ctx)
+		return err == nil && n == 0
+	})
+}

@@ -453,6 +453,9 @@ func (c *Consumer) waitForCA(ctx context.Context, log *slog.Logger, req store.Re
 	}
 	c.markRefused(ctx, log, name, waitingReason(outage.Error()))
 	log.Info("name waits for the CA", "outage", outage.Error())
+	// The watch may have seen the CA answer, resumed the names waiting then
+	// and gone quiet since this order read the CA as down: it looks again.
+	c.cfg.Manager.wakeCAWatch()
 	return true
 }
 

@@ -159,6 +159,15 @@ type noOrderError struct{ errs []error }
 func (e noOrderError) Error() string   { return errors.Join(e.errs...).Error() }
 func (e noOrderError) Unwrap() []error { return e.errs }
 
+// issuedError is an order that ends without a stored certificate although
+// the CA issued one (the fenced write refused it, Redis failed under it, the
+// lease was lost at the end): the CA counted that certificate against its
+// limits, so Budgets keeps its slot. It reads as the error it holds.
+type issuedError struct{ err error }
+
+func (e issuedError) Error() string { return e.err.Error() }
+func (e issuedError) Unwrap() error { return e.err }
+
 // ErrInterrupted marks an order cut short by the agent's side, not by the CA
 // or the name: the name's lease could not be kept, or the certificate could
 // not be written to Redis. The name deserves another try soon rather than a
@@ -297,11 +306,11 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 		return nil, errors.Join(errs...)
 	}
 	if cause := context.Cause(keepCtx); cause != nil {
-		return nil, fmt.Errorf("obtaining certificate for %s: %w", primary, cause)
+		return nil, issuedError{fmt.Errorf("obtaining certificate for %s: %w", primary, cause)}
 	}
 	rec, err := store.NewCertRecord(cert.FullChain, cert.KeyPEM, primary)
 	if err != nil {
-		return nil, fmt.Errorf("obtaining certificate for %s: the CA returned an unusable certificate: %w", primary, err)
+		return nil, issuedError{fmt.Errorf("obtaining certificate for %s: the CA returned an unusable certificate: %w", primary, err)}
 	}
 	rec.KeyType = cert.KeyType
 	rec.CA = issuer.DirectoryURL()
@@ -313,7 +322,7 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 		if !errors.Is(err, store.ErrFenced) {
 			err = fmt.Errorf("%w: %w", ErrInterrupted, err)
 		}
-		return nil, err
+		return nil, issuedError{err}
 	}
 	switch {
 	case cert.Replaces != "":

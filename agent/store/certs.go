@@ -179,20 +179,43 @@ func (s *Store) queueCertWrite(ctx context.Context, p redis.Pipeliner, rec *Cert
 	s.noteChanges(ctx, p, "put", rec.Names, rec.Fingerprint)
 }
 
+// errFenceGone is a write under a lease whose fence counter Redis no longer
+// has: a restart without persistence lost it (and the lease) after the
+// holder's last extension.
+var errFenceGone = fmt.Errorf("the fence is gone: %w", ErrFenced)
+
 // putFenced runs write in a MULTI that EXEC only applies while the name's
-// fence still holds the lock's token: WATCH makes Redis drop the transaction
-// if an acquire INCRs the fence between the check and the EXEC.
+// fence still holds the lock's token. A fence that Redis lost is first taken
+// back with the lease, as the keep-alive's next extension would (only when
+// nobody took the name since), rather than failing an order that outlived a
+// short restart.
 func (s *Store) putFenced(ctx context.Context, rec *CertRecord, lock *Lock, write func(redis.Pipeliner) error) error {
 	if lock.name != rec.Primary() {
 		return fmt.Errorf("the lease is on %s, not on the primary name", lock.name)
 	}
+	err := s.putUnderFence(ctx, lock, write)
+	if errors.Is(err, errFenceGone) {
+		if extendErr := lock.Extend(ctx); extendErr != nil {
+			return fmt.Errorf("token %d: %w (taking it back: %v)", lock.fence, err, extendErr)
+		}
+		err = s.putUnderFence(ctx, lock, write)
+	}
+	return err
+}
+
+// putUnderFence runs write in a MULTI that EXEC only applies while the
+// name's fence still holds the lock's token: WATCH makes Redis drop the
+// transaction if an acquire INCRs the fence between the check and the EXEC.
+func (s *Store) putUnderFence(ctx context.Context, lock *Lock, write func(redis.Pipeliner) error) error {
 	fenceKey := s.keys.Fence(lock.name)
 	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
 		current, err := tx.Get(ctx, fenceKey).Int64()
-		if err != nil && !errors.Is(err, redis.Nil) {
+		switch {
+		case errors.Is(err, redis.Nil):
+			return fmt.Errorf("token %d: %w", lock.fence, errFenceGone)
+		case err != nil:
 			return fmt.Errorf("reading the fence: %w", err)
-		}
-		if current != lock.fence {
+		case current != lock.fence:
 			return fmt.Errorf("token %d, current %d: %w", lock.fence, current, ErrFenced)
 		}
 		_, err = tx.TxPipelined(ctx, write)

@@ -47,10 +47,16 @@ return fence`)
 	// restart without persistence lost it) is taken back by its owner when
 	// nobody drew a fencing token since: the fence still holds the owner's
 	// (ARGV[3]), or was lost with the lease and is restored. An ARGV[3] of 0
-	// (a holder without a fence) never takes a lease back.
+	// (a holder without a fence) never takes a lease back. A holder whose
+	// lease is there but whose fence is not (evicted: it is touched once per
+	// order, the lease every few seconds) restores it too: while the lease
+	// is held nobody can draw a token, and without it the fenced write fails.
 	extendScript = redis.NewScript(`
 local holder = redis.call("GET", KEYS[1])
 if holder == ARGV[1] then
+  if ARGV[3] ~= "0" and redis.call("EXISTS", KEYS[2]) == 0 then
+    redis.call("SET", KEYS[2], ARGV[3], "PX", ARGV[4])
+  end
   return redis.call("PEXPIRE", KEYS[1], ARGV[2])
 end
 if holder or ARGV[3] == "0" then

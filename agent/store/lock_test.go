@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -318,5 +319,40 @@ func TestExtendAfterReleaseDoesNotTakeTheLeaseBack(t *testing.T) {
 	}
 	if n := r.Client.Exists(ctx, st.keys.Lock("a.example.com")).Val(); n != 0 {
 		t.Error("the released lease was taken back")
+	}
+}
+
+// A holder whose fence counter Redis no longer has stores its certificate:
+// after a restart without persistence (lease and fence gone) and after an
+// eviction that took the fence but left the lease (a memory policy that
+// evicts keys with a TTL: the fence is touched once per order, the lease
+// every few seconds). Nobody drew a token since, so nothing newer is lost.
+func TestPutCertTakesALostFenceBack(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	for _, lost := range []struct {
+		what string
+		keys func(name string) []string
+	}{
+		{"lease and fence", func(name string) []string { return []string{st.keys.Lock(name), st.keys.Fence(name)} }},
+		{"fence only", func(name string) []string { return []string{st.keys.Fence(name)} }},
+	} {
+		t.Run(lost.what, func(t *testing.T) {
+			name := "fence-" + strings.ReplaceAll(lost.what, " ", "-") + ".example.com"
+			lock, err := st.AcquireLock(ctx, name, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Client.Del(ctx, lost.keys(name)...)
+			if err := lock.PutCert(ctx, fencedRecord(t, name)); err != nil {
+				t.Fatalf("storing after losing the %s: %v", lost.what, err)
+			}
+			if got, err := r.Client.Get(ctx, st.keys.Fence(name)).Int64(); err != nil || got != lock.Fence() {
+				t.Errorf("fence after the write: %d, %v; want %d", got, err, lock.Fence())
+			}
+			if _, err := st.GetCert(ctx, name); err != nil {
+				t.Errorf("reading the stored certificate: %v", err)
+			}
+		})
 	}
 }
