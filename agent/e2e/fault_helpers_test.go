@@ -37,8 +37,12 @@ type faultStack struct {
 }
 
 type faultOptions struct {
-	pebbleEnv  map[string]string
-	redisExtra []string // e.g. persistence for restart tests
+	// holdFirstHandshakes keeps nginx's first_handshake_wait as shipped
+	// (a first handshake may be held while its name is issued); by default
+	// handshakes here only record names.
+	holdFirstHandshakes bool
+	pebbleEnv           map[string]string
+	redisExtra          []string // e.g. persistence for restart tests
 	// retraffic makes waitAllStored send handshakes for the names still
 	// missing every few seconds, with nginx recording a name again after
 	// 2 s: traffic that goes on, for names whose order failed (a failed
@@ -55,9 +59,10 @@ func startFaultStack(t *testing.T, opts faultOptions) *faultStack {
 	httpPort := testenv.FreePort(t)
 	s.pebble = testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort, Env: opts.pebbleEnv})
 	s.proxy = testenv.StartCAProxy(t, s.pebble)
-	// Handshakes here only record names: none is held for its certificate.
-	nginxOpts := testenv.NginxOptions{RedisURL: s.redis.URL, HTTPPort: httpPort,
-		LuaConfig: map[string]string{"first_handshake_wait": "0"}}
+	nginxOpts := testenv.NginxOptions{RedisURL: s.redis.URL, HTTPPort: httpPort, LuaConfig: map[string]string{}}
+	if !opts.holdFirstHandshakes {
+		nginxOpts.LuaConfig["first_handshake_wait"] = "0"
+	}
 	if opts.retraffic {
 		nginxOpts.LuaConfig["request_window"] = "2"
 		s.retraffic = true
