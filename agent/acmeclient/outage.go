@@ -129,9 +129,11 @@ func outageReason(err error) string {
 		return ""
 	}
 	var ue *url.Error
-	if !errors.As(err, &ue) || errors.Is(ue.Err, context.Canceled) {
-		// Not a request that failed in transport, or one we cancelled.
-		return ""
+	if !errors.As(err, &ue) {
+		return flattenedNonceOutage(err.Error())
+	}
+	if errors.Is(ue.Err, context.Canceled) {
+		return "" // a request we cancelled
 	}
 	// A request that got no answer at all: the transport failed.
 	var dnsErr *net.DNSError
@@ -164,6 +166,34 @@ func outageReason(err error) string {
 		return "CA not answering: timed out"
 	}
 	return "CA unreachable: " + innermost(ue.Err).Error()
+}
+
+// nonceRequestFailed is lego's message for a nonce request (HEAD newNonce)
+// that got no answer. go-jose wraps it with %v when it signs a request, so
+// the chain ends there and holds no *url.Error: only the text is left.
+const nonceRequestFailed = "failed to get nonce from HTTP HEAD: "
+
+// flattenedNonceOutage reads the transport failure out of the text of a
+// nonce request's error that go-jose flattened, or "" for any other error.
+// A CA that hangs is met this way by every order already running.
+func flattenedNonceOutage(msg string) string {
+	_, cause, found := strings.Cut(msg, nonceRequestFailed)
+	switch {
+	case !found || strings.Contains(cause, "context canceled"):
+		return ""
+	case strings.Contains(cause, "connection refused"):
+		return "CA unreachable: connection refused"
+	case strings.Contains(cause, "connection reset"):
+		return "CA unreachable: connection reset"
+	case strings.Contains(cause, "TLS handshake timeout"):
+		return "CA not answering: TLS handshake timed out"
+	case strings.Contains(cause, "awaiting response headers"), strings.Contains(cause, "awaiting headers"),
+		strings.Contains(cause, "Client.Timeout exceeded"), strings.Contains(cause, "i/o timeout"):
+		return "CA not answering: no response in time"
+	case strings.Contains(cause, "EOF"):
+		return "CA unreachable: connection closed without an answer"
+	}
+	return ""
 }
 
 // innermost follows a chain of single wrappers to its end.

@@ -159,3 +159,49 @@ func TestProbeAsksForTheDirectory(t *testing.T) {
 		t.Errorf("200: %v", err)
 	}
 }
+
+// A nonce request that gets no answer reaches the order as text only: lego
+// wraps it with %w, then go-jose with %v, which ends the chain. It is still
+// an outage, named by its cause; the same text with another cause is not.
+func TestFlattenedNonceFailuresAreOutages(t *testing.T) {
+	flatten := func(err error) error {
+		nonce := fmt.Errorf("failed to get nonce from HTTP HEAD: %w", err)
+		return fmt.Errorf("obtaining certificate for a.test: authorizing a.test: %w",
+			fmt.Errorf("go-jose/go-jose: Error generating nonce: %v", nonce))
+	}
+	hanging := listen(t, func(c net.Conn) { time.Sleep(5 * time.Second); c.Close() })
+	client := &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 200 * time.Millisecond}}
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := closed.Addr().String()
+	closed.Close()
+
+	for _, tc := range []struct {
+		addr, want string
+	}{
+		{hanging, "CA not answering: no response in time at https://ca.example/dir"},
+		{refused, "CA unreachable: connection refused at https://ca.example/dir"},
+	} {
+		resp, err := client.Head("http://" + tc.addr + "/nonce-plz")
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("HEAD %s answered %s, want a transport error", tc.addr, resp.Status)
+		}
+		flat := flatten(err)
+		var ue interface{ Timeout() bool }
+		if errors.As(flat, &ue) {
+			t.Fatalf("%v: the chain still holds the transport error; the test proves nothing", flat)
+		}
+		if o := AsOutage(flat, "https://ca.example/dir"); o == nil || o.Error() != tc.want {
+			t.Errorf("%v: read as %v, want %q", flat, o, tc.want)
+		}
+	}
+	if o := AsOutage(flatten(context.Canceled), "https://ca.example/dir"); o != nil {
+		t.Errorf("a cancelled nonce request read as an outage: %v", o)
+	}
+	if o := AsOutage(flatten(errors.New("bad nonce header")), "https://ca.example/dir"); o != nil {
+		t.Errorf("a nonce request that got an answer read as an outage: %v", o)
+	}
+}

@@ -236,3 +236,8 @@ func (m *Manager) remarkWaiting(ctx context.Context, reason string) error {
 // waitingReason is the refusal nginx and operators see for a name that
 // waits for the CA.
 func waitingReason(outage string) string { return "deferred: " + outage }
+
+// outage tells whether err is the CA or Redis failing rather than anything of
+// the names ordered: such an error counts as no name's failure and adds no
+// backoff.
+func outage(err error) bool { return acmeclient.IsOutage(err) || store.Unavailable(err) }

@@ -411,6 +411,10 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 		if err := st.ClearIssuing(ctx, name); err != nil {
 			log.Warn("clearing the issuing mark", "error", err)
 		}
+	case errors.Is(err, store.ErrLockHeld) && c.cfg.Manager.releasingLease(name):
+		// This agent's own lease, from an order Redis cut short: free as soon
+		// as Redis takes its release, so the entry is taken up again soon.
+		return c.retryLater(log, "the lease of this agent's interrupted order is not released yet", err)
 	case errors.Is(err, store.ErrLockHeld):
 		// Left pending: if the holder dies, its lease runs out and the
 		// entry, reclaimed after ReclaimIdle, gets the name ordered.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
@@ -98,6 +99,9 @@ type Manager struct {
 	cfg Config
 	// caWake wakes WatchCAs when an order sees a CA down (castate.go).
 	caWake chan struct{}
+	// releasing holds the names whose lease this agent gave up while Redis
+	// could not take the release (store.Lock.ReleaseSoon retries it).
+	releasing sync.Map
 }
 
 // New returns a Manager for cfg.
@@ -235,8 +239,10 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 		stopKeeping(nil)
 		releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if err := lock.Release(releaseCtx); err != nil {
-			m.cfg.Logger.Warn("releasing lock", "name", primary, "error", err)
+		m.releasing.Store(primary, struct{}{})
+		if err := lock.ReleaseSoon(releaseCtx, func() { m.releasing.Delete(primary) }); err != nil {
+			m.cfg.Logger.Warn("releasing lock (retried in the background while Redis cannot take it)", "name", primary,
+				"error", err)
 		}
 	}()
 
@@ -431,4 +437,12 @@ func (m *Manager) NeedsCertificate(ctx context.Context, name string) (bool, erro
 		}
 	}
 	return true, nil
+}
+
+// releasingLease reports whether name's lease is this agent's own, from an
+// order that ended while Redis could not take its release: it is free as
+// soon as Redis answers, not when another agent's order ends.
+func (m *Manager) releasingLease(name string) bool {
+	_, ok := m.releasing.Load(name)
+	return ok
 }

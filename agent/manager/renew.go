@@ -311,6 +311,13 @@ func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.Cer
 	case errors.Is(err, store.ErrLockHeld):
 		// The holder stores a new certificate, which reschedules the name.
 		return rec, RenewedElsewhere, r.record(ctx, rec, state, now.Add(r.cfg.RetryBase))
+	case outage(err):
+		// The CA or Redis is down, not this certificate: no failure counted
+		// and no growing pause; tried again after the first pause, which a
+		// certificate's weeks of renewal window easily allow.
+		r.cfg.Logger.Warn("renewal waits for the CA (or Redis) to answer again", "name", name,
+			"retry_at", now.Add(r.cfg.RetryBase).Format(time.RFC3339), "error", err)
+		return rec, Deferred, r.record(ctx, rec, state, now.Add(r.cfg.RetryBase))
 	case ctx.Err() != nil:
 		// Cut short by shutdown: not the certificate's failure. Due again
 		// at once for whichever agent runs next, not after the claim.

@@ -260,6 +260,52 @@ func TestRenewerFailureKeepsTheCertificateAndBacksOff(t *testing.T) {
 	}
 }
 
+// A CA that is down is not the certificate's failure: the renewal is tried
+// again after the first pause every time, with no failure counted, and
+// renews as soon as the CA answers.
+func TestRenewerWaitsOutACAOutageWithoutBackoff(t *testing.T) {
+	issuer := &fakeIssuer{lifetime: 90 * time.Minute}
+	f := newRenewFixture(t, issuer)
+	ctx := context.Background()
+	first, err := f.m.Issue(ctx, []string{"outage.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.pass(t)
+	issuer.fail = &acmeclient.OutageError{Reason: "CA unreachable: connection refused at https://ca.example.test/dir"}
+
+	now := f.state(t, "outage.example.com").RenewAt.Add(time.Second)
+	for i := 1; i <= 3; i++ {
+		f.clock.Set(now)
+		if n := f.pass(t); n != 1 {
+			t.Fatalf("attempt %d: looked at %d names", i, n)
+		}
+		if st := f.state(t, "outage.example.com"); st.Failures != 0 {
+			t.Fatalf("attempt %d: %d failures counted for a CA outage", i, st.Failures)
+		}
+		next := f.scheduled(t, "outage.example.com")
+		if pause := next.Sub(now.Truncate(time.Second)); pause != time.Minute {
+			t.Fatalf("attempt %d: retried after %s, want the first pause (1m) every time", i, pause)
+		}
+		now = next.Add(time.Second)
+	}
+	if !strings.Contains(f.logs.String(), "renewal waits for the CA") {
+		t.Errorf("the wait was not logged:\n%s", f.logs)
+	}
+
+	// The CA answers again: the agents' probe clears the fleet's record of
+	// the outage (Manager.WatchCAs), and the next due renewal goes through.
+	issuer.fail = nil
+	if err := f.st.ClearCADown(ctx, issuer.DirectoryURL()); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Set(now)
+	f.pass(t)
+	if rec, _ := f.st.GetCert(ctx, "outage.example.com"); rec.Fingerprint == first.Fingerprint {
+		t.Fatal("not renewed once the CA answered")
+	}
+}
+
 func TestRenewerHonoursTheCAWindowAndSendsReplaces(t *testing.T) {
 	issuer := &ariIssuer{url: "https://ari-ca/dir"}
 	f := newRenewFixture(t, issuer)

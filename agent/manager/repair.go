@@ -81,6 +81,12 @@ func (r *Renewer) repair(ctx context.Context, name string, corrupt *store.Corrup
 		return nil, Deferred, st.Reschedule(ctx, name, deferred.Until)
 	case errors.Is(err, store.ErrLockHeld):
 		return nil, RenewedElsewhere, st.Reschedule(ctx, name, now.Add(r.cfg.RetryBase))
+	case outage(err):
+		// The CA or Redis is down, not the record: no failure and no growing
+		// pause, so the record is replaced soon after they answer again.
+		r.cfg.Logger.Warn("replacement of a corrupt record waits for the CA (or Redis) to answer again", "name", name,
+			"error", err)
+		return nil, Deferred, st.Reschedule(ctx, name, now.Add(r.cfg.RetryBase))
 	case ctx.Err() != nil:
 		// Cut short by shutdown: due again at once for the next agent.
 		releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)

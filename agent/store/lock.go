@@ -171,6 +171,36 @@ func (l *Lock) Release(ctx context.Context) error {
 	return l.store.release(ctx, l.name, l.owner)
 }
 
+// ReleaseSoon is Release for a holder that is done with the name: when
+// Redis cannot take the release now (down, restarting, out of memory), it is
+// tried again in the background every second until Redis answers or the
+// lease has run out anyway. Otherwise the name would stay leased, to nobody,
+// for the rest of the lease after a short Redis outage: its order, taken up
+// again within seconds, would wait for it (minutes). done is called once
+// the lease is released or run out (at once, or from the background). The
+// error is the first attempt's.
+func (l *Lock) ReleaseSoon(ctx context.Context, done func()) error {
+	err := l.Release(ctx)
+	if err == nil || !Unavailable(err) {
+		done()
+		return err
+	}
+	until := time.Now().Add(l.ttl)
+	go func() {
+		defer done()
+		for time.Now().Before(until) {
+			time.Sleep(time.Second)
+			attempt, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := l.Release(attempt)
+			cancel()
+			if err == nil || !Unavailable(err) {
+				return
+			}
+		}
+	}()
+	return err
+}
+
 // PutCert stores rec like Store.PutCert, but only while no later lease has
 // been taken on the lock's name; otherwise it writes nothing and returns an
 // error wrapping ErrFenced. The lease itself may have expired: what counts is

@@ -356,3 +356,46 @@ func TestPutCertTakesALostFenceBack(t *testing.T) {
 		})
 	}
 }
+
+// A release that Redis cannot take (it is down) is tried again until Redis
+// answers: the name is free soon after, not at the end of the lease.
+func TestReleaseSoonFreesTheNameOnceRedisIsBack(t *testing.T) {
+	r := testenv.StartRedisArgs(t, "--appendonly", "yes", "--appendfsync", "always")
+	st := New(r.Client, Keys{Prefix: "t:"})
+	ctx := context.Background()
+	const name = "a.example.com"
+	lock, err := st.AcquireLock(ctx, name, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Stop()
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	released := make(chan struct{})
+	err = lock.ReleaseSoon(short, func() { close(released) })
+	cancel()
+	if !Unavailable(err) {
+		t.Fatalf("releasing while Redis is down: %v, want Redis unavailable", err)
+	}
+	r.Start()
+	// The lease (a minute) is kept by the append-only file; only the
+	// retried release can free the name before then.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		other, err := st.AcquireLock(ctx, name, time.Minute)
+		if err == nil {
+			if other.Fence() <= lock.Fence() {
+				t.Errorf("fence %d after the release, want more than %d", other.Fence(), lock.Fence())
+			}
+			select {
+			case <-released:
+			case <-time.After(5 * time.Second):
+				t.Error("done was not called after the release went through")
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the name is still leased 30 s after Redis came back: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
