@@ -154,16 +154,7 @@ func outageReason(err error) string {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return "CA unreachable: connection closed without an answer"
 	case errors.As(err, &netErr) && netErr.Timeout():
-		msg := err.Error()
-		switch {
-		case strings.Contains(msg, "TLS handshake timeout"):
-			return "CA not answering: TLS handshake timed out"
-		case strings.Contains(msg, "awaiting response headers"), strings.Contains(msg, "awaiting headers"):
-			return "CA not answering: no response in time"
-		case strings.Contains(msg, "dial"):
-			return "CA unreachable: connect timed out"
-		}
-		return "CA not answering: timed out"
+		return timeoutReason(err.Error())
 	}
 	return "CA unreachable: " + innermost(ue.Err).Error()
 }
@@ -185,15 +176,26 @@ func flattenedNonceOutage(msg string) string {
 		return "CA unreachable: connection refused"
 	case strings.Contains(cause, "connection reset"):
 		return "CA unreachable: connection reset"
-	case strings.Contains(cause, "TLS handshake timeout"):
-		return "CA not answering: TLS handshake timed out"
-	case strings.Contains(cause, "awaiting response headers"), strings.Contains(cause, "awaiting headers"),
-		strings.Contains(cause, "Client.Timeout exceeded"), strings.Contains(cause, "i/o timeout"):
-		return "CA not answering: no response in time"
+	case strings.Contains(cause, "timeout"), strings.Contains(cause, "Timeout"):
+		return timeoutReason(cause)
 	case strings.Contains(cause, "EOF"):
 		return "CA unreachable: connection closed without an answer"
 	}
 	return ""
+}
+
+// timeoutReason names a request that timed out by the step it was in, which
+// only the transport's message tells.
+func timeoutReason(msg string) string {
+	switch {
+	case strings.Contains(msg, "TLS handshake timeout"):
+		return "CA not answering: TLS handshake timed out"
+	case strings.Contains(msg, "awaiting response headers"), strings.Contains(msg, "awaiting headers"):
+		return "CA not answering: no response in time"
+	case strings.Contains(msg, "dial"):
+		return "CA unreachable: connect timed out"
+	}
+	return "CA not answering: timed out"
 }
 
 // innermost follows a chain of single wrappers to its end.
