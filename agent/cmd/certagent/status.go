@@ -23,7 +23,7 @@ func statusCommand() *cli.Command {
 			"and the next scheduled renewals. Exits 1 when Redis cannot be read." +
 			"\n\nExamples:\n  certagent status\n  certagent status --next 20 --json",
 		Flags: withFlags(redisFlags(), []cli.Flag{
-			&cli.StringFlag{Name: flagGroup, EnvVars: []string{envGroup}, Value: "certagent", Usage: "consumer group of the agents"},
+			&cli.StringFlag{Name: flagGroup, EnvVars: envVars(flagGroup), Value: "certagent", Usage: "consumer group of the agents"},
 			&cli.IntFlag{Name: flagNext, Value: 10, Usage: "how many failing names and next renewals to show"},
 			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"},
 		}),
