@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"strings"
 	"time"
 
@@ -41,7 +40,7 @@ func budgetConfig(c *cli.Context) (manager.BudgetConfig, error) {
 	}
 	for _, f := range []string{flagLimitOrders, flagLimitCerts, flagLimitFailed} {
 		if c.Int(f) < 0 {
-			return cfg, cli.Exit(fmt.Sprintf("certagent: --%s: %d is below zero", f, c.Int(f)), exitUsage)
+			return cfg, usageErrorf("certagent: --%s: %d is below zero", f, c.Int(f))
 		}
 	}
 	switch mode := c.String(flagRateLimits); mode {
@@ -53,7 +52,7 @@ func budgetConfig(c *cli.Context) (manager.BudgetConfig, error) {
 		cfg = manager.LetsEncryptLimits(cfg)
 	case rateLimitsNone:
 	default:
-		return cfg, cli.Exit(fmt.Sprintf("certagent: --%s: %q is not auto, letsencrypt or none", flagRateLimits, mode), exitUsage)
+		return cfg, usageErrorf("certagent: --%s: %q is not auto, letsencrypt or none", flagRateLimits, mode)
 	}
 	return cfg, nil
 }

@@ -54,14 +54,14 @@ type importPair struct {
 func importAction(c *cli.Context) error {
 	dir, certFile, keyFile := c.String(flagCertbot), c.String(flagCert), c.String(flagKey)
 	if c.NArg() > 0 || (dir == "") == (certFile == "" && keyFile == "") || (dir == "" && (certFile == "" || keyFile == "")) {
-		return cli.Exit("certagent import: give either --certbot DIR or both --cert FILE and --key FILE", exitUsage)
+		return usageErrorf("certagent import: give either --certbot DIR or both --cert FILE and --key FILE")
 	}
 	var pairs []importPair
 	var problems []string
 	if dir != "" {
 		var err error
 		if pairs, err = certbotPairs(dir); err != nil {
-			return cli.Exit("certagent import: "+err.Error(), exitUsage)
+			return usageErrorf("certagent import: %v", err)
 		}
 	} else {
 		pairs = []importPair{{source: certFile, chainPath: certFile, keyPath: keyFile}}
@@ -77,7 +77,7 @@ func importAction(c *cli.Context) error {
 		recs = append(recs, rec)
 	}
 	if len(problems) > 0 {
-		return cli.Exit("certagent import: nothing was imported:\n  "+strings.Join(problems, "\n  "), exitUsage)
+		return usageErrorf("certagent import: nothing was imported:\n  %s", strings.Join(problems, "\n  "))
 	}
 
 	st, err := openStore(c)

@@ -36,12 +36,12 @@ func main() {
 	// A flag that does not parse is bad usage: exit 2 like every other, for
 	// the global flags, the commands and their subcommands (account, allow).
 	app.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
-		return cli.Exit(fmt.Sprintf("certagent: %v", err), exitUsage)
+		return usageErrorf("certagent: %v", err)
 	}
 	setUsageErrors(app.Commands, "certagent")
 	// So is an unknown command or subcommand (urfave/cli would exit 3).
 	app.CommandNotFound = func(_ *cli.Context, command string) {
-		cli.HandleExitCoder(cli.Exit(fmt.Sprintf("certagent: no command %q (see certagent --help)", command), exitUsage))
+		cli.HandleExitCoder(usageErrorf("certagent: no command %q (see certagent --help)", command))
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "certagent:", err)
@@ -55,7 +55,7 @@ func setUsageErrors(cmds []*cli.Command, parent string) {
 	for _, cmd := range cmds {
 		name := parent + " " + cmd.Name
 		cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
-			return cli.Exit(fmt.Sprintf("%s: %v", name, err), exitUsage)
+			return usageErrorf("%s: %v", name, err)
 		}
 		setUsageErrors(cmd.Subcommands, name)
 	}

@@ -61,11 +61,11 @@ func peersAction(c *cli.Context) error {
 		return err
 	}
 	if fleet == nil {
-		return cli.Exit(fmt.Sprintf("certagent peers: no peer sites configured (--%s, --%s)", flagSite, flagPeer), exitUsage)
+		return usageErrorf("certagent peers: no peer sites configured (--%s, --%s)", flagSite, flagPeer)
 	}
 	recorded, err := st.PeerStates(c.Context)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent peers: %v", err), exitFailed)
+		return failedf("certagent peers: %v", err)
 	}
 	seen := map[string]store.PeerState{}
 	for _, s := range recorded {
@@ -121,7 +121,7 @@ func peersAction(c *cli.Context) error {
 	}
 	for _, v := range views {
 		if !v.Up {
-			return cli.Exit("", exitFailed)
+			return failedf("")
 		}
 	}
 	return nil

@@ -43,28 +43,28 @@ func newRedisClient(c *cli.Context) (redis.UniversalClient, error) {
 		if errors.As(err, &urlErr) {
 			err = urlErr.Err
 		}
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagRedisURL, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagRedisURL, err)
 	}
 	if file := c.String(flagRedisCA); file != "" {
 		if opts.TLSConfig == nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs a rediss:// --%s", flagRedisCA, flagRedisURL), exitUsage)
+			return nil, usageErrorf("certagent: --%s needs a rediss:// --%s", flagRedisCA, flagRedisURL)
 		}
 		pemData, err := os.ReadFile(file)
 		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagRedisCA, err), exitUsage)
+			return nil, usageErrorf("certagent: --%s: %v", flagRedisCA, err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pemData) {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: no PEM certificate in %s", flagRedisCA, file), exitUsage)
+			return nil, usageErrorf("certagent: --%s: no PEM certificate in %s", flagRedisCA, file)
 		}
 		opts.TLSConfig.RootCAs = pool
 	}
 	master, sentinels, cluster := c.String(flagSentinelMaster), c.StringSlice(flagSentinels), c.StringSlice(flagCluster)
 	switch {
 	case master != "" && len(cluster) > 0:
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s and --%s exclude each other", flagSentinelMaster, flagCluster), exitUsage)
+		return nil, usageErrorf("certagent: --%s and --%s exclude each other", flagSentinelMaster, flagCluster)
 	case (master == "") != (len(sentinels) == 0):
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s and --%s go together", flagSentinelMaster, flagSentinels), exitUsage)
+		return nil, usageErrorf("certagent: --%s and --%s go together", flagSentinelMaster, flagSentinels)
 	case master != "":
 		// The sentinels tell which node is the master; the URL's host is
 		// not used. A failover makes the client reconnect to the new one.
@@ -81,10 +81,10 @@ func newRedisClient(c *cli.Context) (redis.UniversalClient, error) {
 		}), nil
 	case len(cluster) > 0:
 		if opts.DB != 0 {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: Redis Cluster has only database 0", flagRedisURL), exitUsage)
+			return nil, usageErrorf("certagent: --%s: Redis Cluster has only database 0", flagRedisURL)
 		}
 		if err := checkClusterPrefix(c.String(flagKeyPrefix)); err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagKeyPrefix, err), exitUsage)
+			return nil, usageErrorf("certagent: --%s: %v", flagKeyPrefix, err)
 		}
 		var tlsConfig *tls.Config
 		if opts.TLSConfig != nil {

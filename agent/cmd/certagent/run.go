@@ -70,18 +70,18 @@ func runAction(c *cli.Context) error {
 	if file := c.String(flagAllowFile); file != "" {
 		more, err := manager.ReadRulesFile(file)
 		if err != nil {
-			return cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAllowFile, err), exitUsage)
+			return usageErrorf("certagent: --%s: %v", flagAllowFile, err)
 		}
 		rules = append(rules, more...)
 	}
 	policy, err := manager.ParsePolicy(rules)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAllow, err), exitUsage)
+		return usageErrorf("certagent: --%s: %v", flagAllow, err)
 	}
 	var ask *manager.Ask
 	if u := c.String(flagAskURL); u != "" {
 		if ask, err = manager.NewAsk(manager.AskConfig{URL: u, Timeout: c.Duration(flagAskTimeout)}); err != nil {
-			return cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAskURL, err), exitUsage)
+			return usageErrorf("certagent: --%s: %v", flagAskURL, err)
 		}
 	}
 	if policy.Empty() && ask == nil {
@@ -92,10 +92,10 @@ func runAction(c *cli.Context) error {
 		return err
 	}
 	if share := c.Float64(flagRenewalShare); share <= 0 || share >= 1 {
-		return cli.Exit(fmt.Sprintf("certagent: --%s: %v is not between 0 and 1", flagRenewalShare, share), exitUsage)
+		return usageErrorf("certagent: --%s: %v is not between 0 and 1", flagRenewalShare, share)
 	}
 	if ttl := c.Duration(flagLockTTL); ttl < 3*time.Second {
-		return cli.Exit(fmt.Sprintf("certagent: --%s: %s is below 3s (it is extended every third of it)", flagLockTTL, ttl), exitUsage)
+		return usageErrorf("certagent: --%s: %s is below 3s (it is extended every third of it)", flagLockTTL, ttl)
 	}
 	consumerName := c.String(flagConsumer)
 	if consumerName == "" {
@@ -247,7 +247,7 @@ func newPreflight(c *cli.Context) (*manager.Preflight, error) {
 	for _, a := range c.StringSlice(flagPreflightAddrs) {
 		addr, err := netip.ParseAddr(strings.TrimSpace(a))
 		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPreflightAddrs, err), exitUsage)
+			return nil, usageErrorf("certagent: --%s: %v", flagPreflightAddrs, err)
 		}
 		addrs = append(addrs, addr)
 	}
@@ -257,7 +257,7 @@ func newPreflight(c *cli.Context) (*manager.Preflight, error) {
 		Resolver:      c.String(flagDNSResolver),
 	})
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagDNSResolver, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagDNSResolver, err)
 	}
 	return p, nil
 }

@@ -69,12 +69,12 @@ func statusAction(c *cli.Context) error {
 		NextRenewals: []statusEntry{}}
 	streams, err := st.StreamStatus(ctx, c.String(flagGroup))
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	v.Requests, v.Pending, v.PendingConsumers, v.Changes = streams.Length, streams.Pending, streams.Consumers, streams.Changes
 	var counts []int64
 	if v.Certificates, counts, err = st.CertCounts(ctx, now.Unix(), now.Add(7*24*time.Hour).Unix()); err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	v.Expired, v.ExpiringWeek = counts[0], counts[1]-counts[0]
 	err = st.WalkCerts(ctx, time.Unix(math.MaxInt64/2, 0), func(r store.CheckedRecord) error {
@@ -88,12 +88,12 @@ func statusAction(c *cli.Context) error {
 		return nil
 	})
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 
 	failing, err := st.FailingRenewals(ctx, limit)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	for _, f := range failing {
 		e := statusEntry{Name: f.Name, At: f.NotAfter}
@@ -104,14 +104,14 @@ func statusAction(c *cli.Context) error {
 	}
 	orders, err := st.ListFailures(ctx, limit)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	for _, f := range orders {
 		v.FailingOrders = append(v.FailingOrders, statusEntry{Name: f.Name, At: f.NextAttempt, Error: f.LastError, Count: f.Attempts})
 	}
 	next, err := st.NextRenewals(ctx, limit)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	for _, e := range next {
 		v.NextRenewals = append(v.NextRenewals, statusEntry{Name: e.Name, At: e.NotAfter})
