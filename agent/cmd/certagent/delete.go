@@ -35,15 +35,11 @@ func deleteAction(c *cli.Context) error {
 	if len(args) != 1 {
 		return usageErrorf("certagent delete: name exactly one NAME")
 	}
-	st, err := openStore(c)
+	st, log, err := openStore(c)
 	if err != nil {
 		return err
 	}
 	defer closeStore(st)
-	log, err := newLogger(c)
-	if err != nil {
-		return err
-	}
 	events, _, stopEvents, err := newTelemetry(c, st, log)
 	if err != nil {
 		return err

@@ -41,7 +41,7 @@ func exportAction(c *cli.Context) error {
 	if c.String(flagOut) == "" {
 		return usageErrorf("certagent export: --out DIR is required")
 	}
-	st, err := openStore(c)
+	st, _, err := openStore(c)
 	if err != nil {
 		return err
 	}

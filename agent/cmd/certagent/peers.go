@@ -47,15 +47,11 @@ func peersAction(c *cli.Context) error {
 	if err := noArgs(c, "peers"); err != nil {
 		return err
 	}
-	st, err := openStore(c)
+	st, log, err := openStore(c)
 	if err != nil {
 		return err
 	}
 	defer closeStore(st)
-	log, err := newLogger(c)
-	if err != nil {
-		return err
-	}
 	fleet, _, err := newFleet(c, st, log)
 	if err != nil {
 		return err

@@ -40,17 +40,24 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 	return slog.New(handler), nil
 }
 
-func openStore(c *cli.Context) (*store.Store, error) {
+// openStore is how every command that works on the stored state begins: the
+// logger of --log-level and --log-format, then the store. closeStore
+// releases the store.
+func openStore(c *cli.Context) (*store.Store, *slog.Logger, error) {
+	log, err := newLogger(c)
+	if err != nil {
+		return nil, nil, err
+	}
 	rdb, err := newRedisClient(c)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if n := c.Int(flagWaitReplicas); n < 0 {
-		return nil, usageErrorf("certagent: --%s: %d is negative", flagWaitReplicas, n)
+		return nil, nil, usageErrorf("certagent: --%s: %d is negative", flagWaitReplicas, n)
 	}
 	st := store.New(rdb, store.Keys{Prefix: c.String(flagKeyPrefix)})
 	st.WaitForReplicas(c.Int(flagWaitReplicas))
-	return st, nil
+	return st, log, nil
 }
 
 func closeStore(st *store.Store) { _ = st.Client().Close() }
@@ -212,10 +219,7 @@ type session struct {
 func openSession(c *cli.Context) (*session, error) {
 	s := &session{}
 	var err error
-	if s.log, err = newLogger(c); err != nil {
-		return nil, err
-	}
-	if s.store, err = openStore(c); err != nil {
+	if s.store, s.log, err = openStore(c); err != nil {
 		return nil, err
 	}
 	s.closes = append(s.closes, func() { closeStore(s.store) })
