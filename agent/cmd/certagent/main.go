@@ -9,14 +9,16 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit may be set at build time (scripts/build-bin):
+// -ldflags "-X main.version=v1.2.3 -X main.commit=<git rev-parse HEAD>".
+// Without them --version says what the go command recorded (versionString).
+var version, commit string
 
 func main() {
 	app := &cli.App{
 		Name:    "certagent",
 		Usage:   "certificates on demand for nginx fleets, through Redis",
-		Version: version,
+		Version: versionString(version, commit, readBuildInfo()),
 		Commands: []*cli.Command{
 			runCommand(),
 			issueCommand(),
