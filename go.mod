@@ -11,6 +11,7 @@ require (
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/urfave/cli/v2 v2.27.7
 	golang.org/x/net v0.61.0
+	golang.org/x/term v0.47.0
 )
 
 require (

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 
 	"github.com/certagent/certagent/agent/acmeclient"
 )
@@ -230,15 +231,12 @@ func checkSANCount(names []string) error {
 	return nil
 }
 
-// isTerminal reports whether w is a character device (a terminal), without a
-// dependency: redirected output gets plain lines instead of a bar.
+// isTerminal reports whether w is a terminal: redirected output gets plain
+// lines instead of a bar. Asking the terminal driver (x/term), not the file
+// mode: /dev/null is a character device too.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	info, err := f.Stat()
-	return err == nil && info.Mode()&os.ModeCharDevice != 0
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // progressBar redraws one line: [#####.....] done/total, failures.

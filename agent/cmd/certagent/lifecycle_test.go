@@ -110,8 +110,13 @@ func TestProgressBarAndTerminalDetection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if isTerminal(f) || isTerminal(&out) {
-		t.Error("a file or a buffer taken for a terminal: bulk output would be a progress bar instead of lines")
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	if isTerminal(f) || isTerminal(&out) || isTerminal(null) {
+		t.Error("a file, a buffer or /dev/null taken for a terminal: bulk output would be a progress bar instead of lines")
 	}
 }
 
