@@ -72,7 +72,7 @@ func accountShowAction(c *cli.Context) error {
 	if err := noArgs(c, "account show"); err != nil {
 		return err
 	}
-	st, _, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func accountRegisterAction(c *cli.Context) error {
 	if err := noArgs(c, "account register"); err != nil {
 		return err
 	}
-	st, _, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}

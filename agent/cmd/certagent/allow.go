@@ -60,7 +60,7 @@ func allowChange(add bool) cli.ActionFunc {
 			}
 			rules = append(rules, rule)
 		}
-		st, _, err := openStore(c)
+		st, _, err := openStoreAndLogger(c)
 		if err != nil {
 			return err
 		}
@@ -84,7 +84,7 @@ func allowList(c *cli.Context) error {
 	if err := noArgs(c, "allow ls"); err != nil {
 		return err
 	}
-	st, _, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}

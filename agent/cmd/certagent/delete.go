@@ -35,7 +35,7 @@ func deleteAction(c *cli.Context) error {
 	if len(args) != 1 {
 		return usageErrorf("certagent delete: name exactly one NAME")
 	}
-	st, log, err := openStore(c)
+	st, log, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}

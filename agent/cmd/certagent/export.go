@@ -41,7 +41,7 @@ func exportAction(c *cli.Context) error {
 	if c.String(flagOut) == "" {
 		return usageErrorf("certagent export: --out DIR is required")
 	}
-	st, _, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}

@@ -80,7 +80,7 @@ func importAction(c *cli.Context) error {
 		return usageErrorf("certagent import: nothing was imported:\n  %s", strings.Join(problems, "\n  "))
 	}
 
-	st, _, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}

@@ -53,7 +53,7 @@ func listAction(c *cli.Context) error {
 	if c.Duration(flagExpiring) < 0 {
 		return usageErrorf("certagent list: --%s must not be negative", flagExpiring)
 	}
-	st, _, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}

@@ -47,7 +47,7 @@ func peersAction(c *cli.Context) error {
 	if err := noArgs(c, "peers"); err != nil {
 		return err
 	}
-	st, log, err := openStore(c)
+	st, log, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}

@@ -43,28 +43,28 @@ func newRedisClient(c *cli.Context) (redis.UniversalClient, error) {
 		if errors.As(err, &urlErr) {
 			err = urlErr.Err
 		}
-		return nil, usageErrorf("certagent: --%s: %v", flagRedisURL, err)
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagRedisURL, err), exitUsage)
 	}
 	if file := c.String(flagRedisCA); file != "" {
 		if opts.TLSConfig == nil {
-			return nil, usageErrorf("certagent: --%s needs a rediss:// --%s", flagRedisCA, flagRedisURL)
+			return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs a rediss:// --%s", flagRedisCA, flagRedisURL), exitUsage)
 		}
 		pemData, err := os.ReadFile(file)
 		if err != nil {
-			return nil, usageErrorf("certagent: --%s: %v", flagRedisCA, err)
+			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagRedisCA, err), exitUsage)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pemData) {
-			return nil, usageErrorf("certagent: --%s: no PEM certificate in %s", flagRedisCA, file)
+			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: no PEM certificate in %s", flagRedisCA, file), exitUsage)
 		}
 		opts.TLSConfig.RootCAs = pool
 	}
 	master, sentinels, cluster := c.String(flagSentinelMaster), c.StringSlice(flagSentinels), c.StringSlice(flagCluster)
 	switch {
 	case master != "" && len(cluster) > 0:
-		return nil, usageErrorf("certagent: --%s and --%s exclude each other", flagSentinelMaster, flagCluster)
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s and --%s exclude each other", flagSentinelMaster, flagCluster), exitUsage)
 	case (master == "") != (len(sentinels) == 0):
-		return nil, usageErrorf("certagent: --%s and --%s go together", flagSentinelMaster, flagSentinels)
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s and --%s go together", flagSentinelMaster, flagSentinels), exitUsage)
 	case master != "":
 		// The sentinels tell which node is the master; the URL's host is
 		// not used. A failover makes the client reconnect to the new one.
@@ -81,10 +81,10 @@ func newRedisClient(c *cli.Context) (redis.UniversalClient, error) {
 		}), nil
 	case len(cluster) > 0:
 		if opts.DB != 0 {
-			return nil, usageErrorf("certagent: --%s: Redis Cluster has only database 0", flagRedisURL)
+			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: Redis Cluster has only database 0", flagRedisURL), exitUsage)
 		}
 		if err := checkClusterPrefix(c.String(flagKeyPrefix)); err != nil {
-			return nil, usageErrorf("certagent: --%s: %v", flagKeyPrefix, err)
+			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagKeyPrefix, err), exitUsage)
 		}
 		var tlsConfig *tls.Config
 		if opts.TLSConfig != nil {

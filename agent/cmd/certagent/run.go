@@ -103,7 +103,7 @@ func runAction(c *cli.Context) error {
 			return fmt.Errorf("--%s not set and no host name: %w", flagConsumer, err)
 		}
 	}
-	st, _, err := openStore(c)
+	st, err := openStore(c)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"sort"
@@ -40,24 +41,17 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 	return slog.New(handler), nil
 }
 
-// openStore is how every command that works on the stored state begins: the
-// logger of --log-level and --log-format, then the store. closeStore
-// releases the store.
-func openStore(c *cli.Context) (*store.Store, *slog.Logger, error) {
-	log, err := newLogger(c)
-	if err != nil {
-		return nil, nil, err
-	}
+func openStore(c *cli.Context) (*store.Store, error) {
 	rdb, err := newRedisClient(c)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if n := c.Int(flagWaitReplicas); n < 0 {
-		return nil, nil, usageErrorf("certagent: --%s: %d is negative", flagWaitReplicas, n)
+		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %d is negative", flagWaitReplicas, n), exitUsage)
 	}
 	st := store.New(rdb, store.Keys{Prefix: c.String(flagKeyPrefix)})
 	st.WaitForReplicas(c.Int(flagWaitReplicas))
-	return st, log, nil
+	return st, nil
 }
 
 func closeStore(st *store.Store) { _ = st.Client().Close() }
@@ -219,7 +213,7 @@ type session struct {
 func openSession(c *cli.Context) (*session, error) {
 	s := &session{}
 	var err error
-	if s.store, s.log, err = openStore(c); err != nil {
+	if s.store, s.log, err = openStoreAndLogger(c); err != nil {
 		return nil, err
 	}
 	s.closes = append(s.closes, func() { closeStore(s.store) })
@@ -250,4 +244,19 @@ func (s *session) Close() {
 	for i := len(s.closes) - 1; i >= 0; i-- {
 		s.closes[i]()
 	}
+}
+
+// openStoreAndLogger is how every command that works on the stored state
+// begins: the logger of --log-level and --log-format, then the store.
+// closeStore releases the store.
+func openStoreAndLogger(c *cli.Context) (*store.Store, *slog.Logger, error) {
+	log, err := newLogger(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := openStore(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, log, nil
 }

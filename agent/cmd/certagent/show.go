@@ -51,7 +51,7 @@ func showAction(c *cli.Context) error {
 		return usageErrorf("certagent show: name exactly one NAME")
 	}
 	name := args[0]
-	st, _, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}

@@ -57,7 +57,7 @@ func statusAction(c *cli.Context) error {
 	if err := noArgs(c, "status"); err != nil {
 		return err
 	}
-	st, _, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
