@@ -141,9 +141,16 @@ func checkPair(p *importPair, now time.Time) (*store.CertRecord, error) {
 	if p.keyPEM, err = os.ReadFile(p.keyPath); err != nil {
 		return nil, err
 	}
+	// Which file is wrong, before tls.X509KeyPair, whose errors do not say.
+	if !hasPEM(p.chainPEM, func(t string) bool { return t == "CERTIFICATE" }) {
+		return nil, fmt.Errorf("%s is not a PEM certificate chain (no CERTIFICATE block)", p.chainPath)
+	}
+	if !hasPEM(p.keyPEM, func(t string) bool { return strings.HasSuffix(t, "PRIVATE KEY") }) {
+		return nil, fmt.Errorf("%s is not a PEM private key (no PRIVATE KEY block)", p.keyPath)
+	}
 	pair, err := tls.X509KeyPair(p.chainPEM, p.keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("the key does not match the certificate, or a file is not PEM: %w", err)
+		return nil, fmt.Errorf("the key in %s does not match the certificate in %s: %w", p.keyPath, p.chainPath, err)
 	}
 	leaf := pair.Leaf
 	if leaf == nil {
@@ -202,6 +209,19 @@ func storeImported(ctx context.Context, st *store.Store, rec *store.CertRecord, 
 		return "", err
 	}
 	return "imported", nil
+}
+
+// hasPEM reports whether data holds a PEM block of a type that want accepts.
+func hasPEM(data []byte, want func(blockType string) bool) bool {
+	for {
+		var block *pem.Block
+		if block, data = pem.Decode(data); block == nil {
+			return false
+		}
+		if want(block.Type) {
+			return true
+		}
+	}
 }
 
 // pkcs8 encodes key as the schema wants it and names its type.
