@@ -401,8 +401,19 @@ func TestIssueFallsBackToTheNextCA(t *testing.T) {
 	}
 }
 
+// endingIssuer counts the orders that have returned.
+type endingIssuer struct {
+	*fakeIssuer
+	ended atomic.Int64
+}
+
+func (e *endingIssuer) Obtain(ctx context.Context, names []string) (*acmeclient.Certificate, error) {
+	defer e.ended.Add(1)
+	return e.fakeIssuer.Obtain(ctx, names)
+}
+
 func TestRenewerStartAndShutdown(t *testing.T) {
-	issuer := &fakeIssuer{lifetime: time.Hour}
+	issuer := &endingIssuer{fakeIssuer: &fakeIssuer{lifetime: time.Hour}}
 	_, st, _ := newTestManager(t, issuer)
 	m := New(Config{Store: st, Issuer: issuer, Logger: quietLogger()})
 	ctx := context.Background()
@@ -410,8 +421,13 @@ func TestRenewerStartAndShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Renewal is due at once under a clock three quarters into the lifetime.
-	r := NewRenewer(RenewerConfig{Manager: m, Clock: fixedClock(rec.NotAfter.Add(-15 * time.Minute)), Interval: 50 * time.Millisecond})
+	// From now on an order takes half a second: the renewal below is still
+	// running when Shutdown comes, and cancelled after its grace.
+	issuer.delay = 500 * time.Millisecond
+	// Renewal is due at once under a clock three quarters into the lifetime;
+	// a failed one is tried again after RetryBase.
+	r := NewRenewer(RenewerConfig{Manager: m, Clock: fixedClock(rec.NotAfter.Add(-15 * time.Minute)),
+		Interval: 50 * time.Millisecond, RetryBase: 10 * time.Millisecond, ShutdownGrace: 100 * time.Millisecond})
 	r.Start(ctx)
 	defer r.Shutdown()
 	deadline := time.Now().Add(10 * time.Second)
@@ -421,7 +437,33 @@ func TestRenewerStartAndShutdown(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	r.Shutdown()
+	// Shutdown returns once the running renewal is cancelled after the
+	// grace ...
+	stopped := make(chan struct{})
+	go func() {
+		r.Shutdown()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return: the running renewal was not cancelled after the grace")
+	}
+	if started, ended := issuer.orders.Load(), issuer.ended.Load(); ended != started {
+		t.Errorf("Shutdown returned with %d of %d renewals still running", started-ended, started)
+	}
+	// ... and nothing runs after it: a certificate stored now (by another
+	// agent) is as due as the first, and a live scheduler would see it
+	// within its Interval and renew it.
+	other := New(Config{Store: st, Issuer: &fakeIssuer{lifetime: time.Hour}, Logger: quietLogger()})
+	orders := issuer.orders.Load()
+	if _, err := other.Issue(ctx, []string{"h.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * (50 * time.Millisecond))
+	if n := issuer.orders.Load(); n != orders {
+		t.Errorf("%d orders after Shutdown returned, want none", n-orders)
+	}
 }
 
 // TestRenewalPathsNeverScanKeys runs the scheduler's start (schedule fill),
