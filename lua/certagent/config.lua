@@ -41,7 +41,8 @@ local defaults = {
     changes_interval = 1,       -- s between two reads of the changes stream by each worker
     error_ttl = 5,              -- s an unusable record (corrupt PEM) is remembered, to log it once
     name_index = true,          -- keep every record name in names_dict, for floods of unknown names
-    index_threshold = 20,       -- handshakes per second per node for names without a certificate from which the index answers
+    index_threshold = 20,       -- handshakes per second per node for names without a certificate
+                                -- from which the index answers
     names_dict = "certagent_names",       -- lua_shared_dict: the names Redis has a certificate for
     certs_dict = "certagent_certs",       -- lua_shared_dict: certificates shared by the workers
     requests_dict = "certagent_requests", -- lua_shared_dict: stream dedup, rate counter, missing records
