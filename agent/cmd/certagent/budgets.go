@@ -38,11 +38,6 @@ func budgetConfig(c *cli.Context) (manager.BudgetConfig, error) {
 		// under a lease that outlives a killed agent by the lease's TTL.
 		OrderHold: c.Duration(flagTimeout)*time.Duration(1+len(c.StringSlice(flagFallbacks))) + c.Duration(flagLockTTL),
 	}
-	for _, f := range []string{flagLimitOrders, flagLimitCerts, flagLimitFailed} {
-		if c.Int(f) < 0 {
-			return cfg, usageErrorf("certagent: --%s: %d is below zero", f, c.Int(f))
-		}
-	}
 	switch mode := c.String(flagRateLimits); mode {
 	case rateLimitsAuto:
 		if manager.IsLetsEncrypt(directory) {

@@ -184,19 +184,19 @@ func gateFlags() []cli.Flag {
 			Usage: "whose limits the fleet's budgets follow: auto (Let's Encrypt's at its directories, none at other CAs), " +
 				"letsencrypt (Let's Encrypt's at any CA) or none; --" + flagLimitOrders + ", --" + flagLimitCerts +
 				" and --" + flagLimitFailed + " set one limit for any CA"},
-		&cli.IntFlag{Name: flagLimitOrders, EnvVars: envVars(flagLimitOrders),
+		&cli.IntFlag{Name: flagLimitOrders, EnvVars: envVars(flagLimitOrders), Action: atLeastInt(flagLimitOrders, 0),
 			Usage: "new orders per account per --" + flagOrdersWindow + ", fleet-wide (default: 300 under --" + flagRateLimits + " rules, else none)"},
 		&cli.DurationFlag{Name: flagOrdersWindow, EnvVars: envVars(flagOrdersWindow), Value: 3 * time.Hour,
 			Usage: "window of --" + flagLimitOrders},
-		&cli.IntFlag{Name: flagLimitCerts, EnvVars: envVars(flagLimitCerts),
+		&cli.IntFlag{Name: flagLimitCerts, EnvVars: envVars(flagLimitCerts), Action: atLeastInt(flagLimitCerts, 0),
 			Usage: "certificates per registered domain per --" + flagCertsWindow + " (default: 50 under --" + flagRateLimits + " rules, else none)"},
 		&cli.DurationFlag{Name: flagCertsWindow, EnvVars: envVars(flagCertsWindow), Value: 7 * 24 * time.Hour,
 			Usage: "window of --" + flagLimitCerts},
-		&cli.IntFlag{Name: flagLimitFailed, EnvVars: envVars(flagLimitFailed),
+		&cli.IntFlag{Name: flagLimitFailed, EnvVars: envVars(flagLimitFailed), Action: atLeastInt(flagLimitFailed, 0),
 			Usage: "failed validations per name per --" + flagFailedWindow + " before the name waits (default: 5 under --" + flagRateLimits + " rules, else none)"},
 		&cli.DurationFlag{Name: flagFailedWindow, EnvVars: envVars(flagFailedWindow), Value: time.Hour,
 			Usage: "window of --" + flagLimitFailed},
-		&cli.Float64Flag{Name: flagRenewalShare, EnvVars: envVars(flagRenewalShare), Value: 0.1,
+		&cli.Float64Flag{Name: flagRenewalShare, EnvVars: envVars(flagRenewalShare), Value: 0.1, Action: betweenFloat(flagRenewalShare, 0, 1),
 			Usage: "share of each budget new names leave to renewals (0 < share < 1)"},
 	}
 }
@@ -245,4 +245,39 @@ func withFlags(groups ...[]cli.Flag) []cli.Flag {
 		all = append(all, g...)
 	}
 	return all
+}
+
+// The validation actions of flags (urfave/cli runs a flag's Action when the
+// flag or its environment variable is set): a value out of range is a usage
+// error naming the flag, before the command starts.
+
+// atLeastInt refuses values of the int flag name below least.
+func atLeastInt(name string, least int) func(*cli.Context, int) error {
+	return func(_ *cli.Context, v int) error {
+		if v < least {
+			return usageErrorf("certagent: --%s: %d is below %d", name, v, least)
+		}
+		return nil
+	}
+}
+
+// atLeastDuration refuses values of the duration flag name below least, and
+// says why.
+func atLeastDuration(name string, least time.Duration, why string) func(*cli.Context, time.Duration) error {
+	return func(_ *cli.Context, v time.Duration) error {
+		if v < least {
+			return usageErrorf("certagent: --%s: %s is below %s (%s)", name, v, least, why)
+		}
+		return nil
+	}
+}
+
+// betweenFloat refuses values of the float flag name outside (low, high).
+func betweenFloat(name string, low, high float64) func(*cli.Context, float64) error {
+	return func(_ *cli.Context, v float64) error {
+		if v <= low || v >= high {
+			return usageErrorf("certagent: --%s: %v is not between %v and %v", name, v, low, high)
+		}
+		return nil
+	}
 }

@@ -28,7 +28,7 @@ func redisModeFlags() []cli.Flag {
 				flagKeyPrefix + " must hold a hash tag such as {certagent}:"},
 		&cli.StringFlag{Name: flagRedisCA, EnvVars: envVars(flagRedisCA),
 			Usage: "PEM file of the roots that sign Redis's TLS certificate (rediss://), instead of the system roots"},
-		&cli.IntFlag{Name: flagWaitReplicas, EnvVars: envVars(flagWaitReplicas),
+		&cli.IntFlag{Name: flagWaitReplicas, EnvVars: envVars(flagWaitReplicas), Action: atLeastInt(flagWaitReplicas, 0),
 			Usage: "replicas an HTTP-01 token must reach (Redis WAIT, at most 1 s) before the CA is asked to validate; set it when nginx reads from replicas"},
 	}
 }

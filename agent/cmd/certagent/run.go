@@ -48,7 +48,7 @@ func runCommand() *cli.Command {
 				Usage: "on SIGTERM, how long running orders may finish before they are left for the next start"},
 			&cli.DurationFlag{Name: flagReclaim, EnvVars: envVars(flagReclaim), Value: time.Minute,
 				Usage: "stream entries unacknowledged this long (their agent died, or another held the name's lease) are taken over"},
-			&cli.DurationFlag{Name: flagLockTTL, EnvVars: envVars(flagLockTTL), Value: store.LockTTL,
+			&cli.DurationFlag{Name: flagLockTTL, EnvVars: envVars(flagLockTTL), Value: store.LockTTL, Action: atLeastDuration(flagLockTTL, 3*time.Second, "it is extended every third of it"),
 				Usage: "lease on a name while its order runs, extended every third of it; a killed agent blocks its names this long"},
 			&cli.DurationFlag{Name: flagRenewInterval, EnvVars: envVars(flagRenewInterval), Value: time.Minute,
 				Usage: "longest pause between two looks at the renewal schedule (it wakes earlier when a renewal is due sooner)"},
@@ -90,12 +90,6 @@ func runAction(c *cli.Context) error {
 	preflight, err := newPreflight(c)
 	if err != nil {
 		return err
-	}
-	if share := c.Float64(flagRenewalShare); share <= 0 || share >= 1 {
-		return usageErrorf("certagent: --%s: %v is not between 0 and 1", flagRenewalShare, share)
-	}
-	if ttl := c.Duration(flagLockTTL); ttl < 3*time.Second {
-		return usageErrorf("certagent: --%s: %s is below 3s (it is extended every third of it)", flagLockTTL, ttl)
 	}
 	consumerName := c.String(flagConsumer)
 	if consumerName == "" {
