@@ -139,6 +139,7 @@ func acmeFlags() []cli.Flag {
 		&cli.StringFlag{Name: flagEABKID, EnvVars: envVars(flagEABKID),
 			Usage: "External Account Binding key id, for CAs that require it (with --" + flagEABHMAC + ")"},
 		&cli.StringFlag{Name: flagEABHMAC, EnvVars: envVars(flagEABHMAC),
+			FilePath: secretFile(flagEABHMAC), Action: trimSecret(flagEABHMAC),
 			Usage: "External Account Binding HMAC key, base64url as the CA gives it"},
 		&cli.StringFlag{Name: flagDNS, EnvVars: envVars(flagDNS),
 			Usage: "lego DNS provider answering DNS-01 (wildcards, --dns-names), configured by lego's own environment variables: " +
@@ -277,6 +278,27 @@ func betweenFloat(name string, low, high float64) func(*cli.Context, float64) er
 	return func(_ *cli.Context, v float64) error {
 		if v <= low || v >= high {
 			return usageErrorf("certagent: --%s: %v is not between %v and %v", name, v, low, high)
+		}
+		return nil
+	}
+}
+
+// secretsDir holds the files a secret flag is read from when neither the flag
+// nor its environment variable is set: Docker's and Compose's secrets
+// (/run/secrets/certagent_webhook_secret for --webhook-secret).
+var secretsDir = "/run/secrets"
+
+// secretFile is the FilePath of the secret flag name.
+func secretFile(name string) string {
+	return secretsDir + "/certagent_" + strings.ReplaceAll(name, "-", "_")
+}
+
+// trimSecret is the Action of a secret flag: the line end a file (or a
+// variable) holds after the secret is not part of it.
+func trimSecret(name string) func(*cli.Context, string) error {
+	return func(c *cli.Context, v string) error {
+		if trimmed := strings.TrimRight(v, "\r\n"); trimmed != v {
+			return c.Set(name, trimmed)
 		}
 		return nil
 	}

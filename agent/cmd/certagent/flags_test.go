@@ -2,6 +2,8 @@ package main
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -43,5 +45,52 @@ func TestFlagRanges(t *testing.T) {
 	t.Setenv(envVars(flagLockTTL)[0], "1s")
 	if err := runArgsError(); err == nil || !strings.Contains(err.Error(), "--"+flagLockTTL) {
 		t.Errorf("%s=1s: %v, want a usage error naming the flag", envVars(flagLockTTL)[0], err)
+	}
+}
+
+// Every flag of run has a heading in its help (categories).
+func TestRunFlagsHaveCategories(t *testing.T) {
+	cmds := []*cli.Command{runCommand()}
+	setCategories(cmds)
+	for _, f := range cmds[0].Flags {
+		c, ok := f.(cli.CategorizableFlag)
+		if !ok || c.GetCategory() == "" {
+			t.Errorf("--%s has no category: add it to categories", f.Names()[0])
+		}
+	}
+}
+
+// A secret comes from its file in the secrets directory when neither its
+// flag nor its variable gives it, without the file's line end; the flag and
+// the variable win over the file.
+func TestSecretsFromFiles(t *testing.T) {
+	secretsDir = t.TempDir()
+	t.Cleanup(func() { secretsDir = "/run/secrets" })
+	if err := os.WriteFile(filepath.Join(secretsDir, "certagent_webhook_secret"), []byte("from-the-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secretOf := func(args ...string) string {
+		t.Helper()
+		var got string
+		cmd := runCommand() // reads secretsDir
+		cmd.Action = func(c *cli.Context) error {
+			got = c.String(flagWebhookSecret)
+			return nil
+		}
+		app := &cli.App{Name: "certagent", Commands: []*cli.Command{cmd}}
+		if err := app.Run(append([]string{"certagent", "run"}, args...)); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := secretOf(); got != "from-the-file" {
+		t.Errorf("from the file: %q, want %q", got, "from-the-file")
+	}
+	if got := secretOf("--"+flagWebhookSecret, "from-the-flag"); got != "from-the-flag" {
+		t.Errorf("with the flag: %q", got)
+	}
+	t.Setenv(envVars(flagWebhookSecret)[0], "from-the-environment")
+	if got := secretOf(); got != "from-the-environment" {
+		t.Errorf("with the variable: %q", got)
 	}
 }

@@ -41,6 +41,7 @@ func main() {
 		return usageErrorf("certagent: %v", err)
 	}
 	setUsageErrors(app.Commands, "certagent")
+	setCategories(app.Commands)
 	// So is an unknown command or subcommand (urfave/cli would exit 3).
 	app.CommandNotFound = func(_ *cli.Context, command string) {
 		cli.HandleExitCoder(usageErrorf("certagent: no command %q (see certagent --help)", command))

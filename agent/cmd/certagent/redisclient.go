@@ -22,6 +22,7 @@ func redisModeFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: flagSentinels, EnvVars: envVars(flagSentinels),
 			Usage: "Sentinel: host:port of the sentinels; comma-separated"},
 		&cli.StringFlag{Name: flagSentinelPass, EnvVars: envVars(flagSentinelPass),
+			FilePath: secretFile(flagSentinelPass), Action: trimSecret(flagSentinelPass),
 			Usage: "Sentinel: password of the sentinels themselves, if they require one"},
 		&cli.StringSliceFlag{Name: flagCluster, EnvVars: envVars(flagCluster),
 			Usage: "Cluster: host:port of some cluster nodes; comma-separated. --" + flagRedisURL + " then gives only user, password and TLS, and --" +

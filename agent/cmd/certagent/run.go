@@ -35,6 +35,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: flagWebhookURL, EnvVars: envVars(flagWebhookURL),
 				Usage: "URL that receives every event as a signed JSON POST (default: none)"},
 			&cli.StringFlag{Name: flagWebhookSecret, EnvVars: envVars(flagWebhookSecret),
+				FilePath: secretFile(flagWebhookSecret), Action: trimSecret(flagWebhookSecret),
 				Usage: "HMAC-SHA256 key of the webhook's X-Certagent-Signature header; required with --" + flagWebhookURL},
 			&cli.StringSliceFlag{Name: flagAllow, EnvVars: envVars(flagAllow),
 				Usage: "names that may get a certificate: exact names, *.example.com for every name below it, * for all; comma-separated. Nothing else is issued"},
