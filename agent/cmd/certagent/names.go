@@ -40,8 +40,10 @@ func nameArgs(c *cli.Context, command string) ([]string, error) {
 }
 
 // interspersedFlags lets flags follow the arguments, as in `export NAME
-// --out DIR`: urfave/cli stops parsing flags at the first argument, so the
+// --out DIR`: urfave/cli v2 stops parsing flags at the first argument, so the
 // flags left among the arguments are set here and the rest returned.
+// (urfave/cli v3 parses flags anywhere; moving to it, which changes every
+// command's signature, removes this function.)
 func interspersedFlags(c *cli.Context) ([]string, error) {
 	known := map[string]cli.Flag{}
 	for _, f := range c.Command.Flags {
