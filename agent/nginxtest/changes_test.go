@@ -57,25 +57,7 @@ func TestOneChangesReaderPerNode(t *testing.T) {
 		t.Errorf("%v commands in %s from an idle node of 4 workers, want about 20 (one reader)", n, readerWindow)
 	}
 
-	old := newLeaf(t, "first issue", []string{"renew4.example.test"}, time.Now().Add(24*time.Hour))
-	e.store("renew4.example.test", old)
-	for i := 0; i < 40; i++ { // into every worker's LRU
-		if got := e.mustHandshake("renew4.example.test"); !got.Equal(old.cert) {
-			t.Fatalf("served %q, want the first certificate", got.Subject.CommonName)
-		}
-	}
-	renewed := newLeaf(t, "renewal", []string{"renew4.example.test"}, time.Now().Add(48*time.Hour))
-	e.store("renew4.example.test", renewed)
-	either := func(cn string) bool { return cn == "first issue" || cn == "renewal" }
-	inARow := 0
-	e.servedLoop("renew4.example.test", "the renewed certificate from every worker", either, func(cn string) bool {
-		if cn != "renewal" {
-			inARow = 0
-			return false
-		}
-		inARow++
-		return inARow >= 40
-	})
+	e.renewalReachesEveryWorker("renew4.example.test", 40, 40)
 }
 
 // allCommands sums the calls of every Redis command but INFO (the

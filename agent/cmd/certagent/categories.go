@@ -1,6 +1,10 @@
 package main
 
-import "github.com/urfave/cli/v2"
+import (
+	"reflect"
+
+	"github.com/urfave/cli/v2"
+)
 
 // The headings of the flags in a command's help, for run's sixty above all.
 const (
@@ -57,19 +61,14 @@ func setCategories(cmds []*cli.Command) {
 	}
 }
 
+// setCategory sets the Category field that every flag type of urfave/cli v2
+// has, which no interface lets one set.
 func setCategory(f cli.Flag, category string) {
-	switch f := f.(type) {
-	case *cli.StringFlag:
-		f.Category = category
-	case *cli.StringSliceFlag:
-		f.Category = category
-	case *cli.IntFlag:
-		f.Category = category
-	case *cli.DurationFlag:
-		f.Category = category
-	case *cli.Float64Flag:
-		f.Category = category
-	case *cli.BoolFlag:
-		f.Category = category
+	v := reflect.ValueOf(f)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return
+	}
+	if field := v.Elem().FieldByName("Category"); field.IsValid() && field.CanSet() && field.Kind() == reflect.String {
+		field.SetString(category)
 	}
 }
