@@ -43,13 +43,14 @@ local MAX_READS = 20
 -- pid) for READER_TTL past its last poll, so that a reader that died is
 -- replaced. The log is LOG_EPOCH (which names it: a new one after the dict
 -- was emptied), LOG_SEQ (its last event's number) and LOG_EVENT .. n, "<field>
--- <value>", kept LOG_TTL seconds: a worker that falls further behind drops
--- its whole LRU.
+-- <value>", kept LOG_TTL seconds and never at the expense of a cached
+-- certificate (safe_set): a worker that falls further behind, or finds the
+-- dict was too full for an event, drops its whole LRU.
 local READER = "changes:reader"
 local LOG_EPOCH = "changes:epoch"
 local LOG_SEQ = "changes:seq"
 local LOG_EVENT = "changes:event:"
-local LOG_TTL = 60
+local LOG_TTL = 10
 -- How often each worker reads the log, at most: its LRU follows the node's
 -- reads within this.
 local FOLLOW_PERIOD = 0.2
@@ -150,7 +151,7 @@ local function publish(dict, field, value)
         new_log(dict)
     end
     local n = dict:incr(LOG_SEQ, 1, 0)
-    if not n or not dict:set(LOG_EVENT .. n, field .. " " .. value, LOG_TTL) then
+    if not n or not dict:safe_set(LOG_EVENT .. n, field .. " " .. value, LOG_TTL) then
         new_log(dict) -- a full dict: the workers cannot follow, they start over
     end
 end
