@@ -198,3 +198,19 @@ func (p *Prometheus) Rules(ctx context.Context) ([]Rule, error) {
 	}
 	return out, nil
 }
+
+// Target is an active scrape target of /api/v1/targets.
+type Target struct {
+	ScrapeURL string `json:"scrapeUrl"`
+	Health    string `json:"health"`
+	LastError string `json:"lastError"`
+}
+
+// Targets returns the active scrape targets.
+func (p *Prometheus) Targets(ctx context.Context) ([]Target, error) {
+	var data struct {
+		Active []Target `json:"activeTargets"`
+	}
+	err := p.API(ctx, "/api/v1/targets", nil, &data)
+	return data.Active, err
+}
