@@ -237,6 +237,34 @@ func TestStreamSinkWritesTheEventsStream(t *testing.T) {
 	}
 }
 
+// gatherState returns the gauges of the state collector reading st, by name
+// with each label as {name=value}.
+func gatherState(t *testing.T, st *store.Store) map[string]float64 {
+	t.Helper()
+	m := NewMetrics()
+	if err := m.Register(NewStateCollector(StateConfig{Store: st, Group: "certagent", Logger: quiet()})); err != nil {
+		t.Fatal(err)
+	}
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range fams {
+		for _, m := range f.Metric {
+			if m.Gauge == nil {
+				continue
+			}
+			key := f.GetName()
+			for _, l := range m.Label {
+				key += "{" + l.GetName() + "=" + l.GetValue() + "}"
+			}
+			got[key] = m.GetGauge().GetValue()
+		}
+	}
+	return got
+}
+
 func TestStateCountsExpiringApartFromExpired(t *testing.T) {
 	r := testenv.StartRedis(t)
 	st := store.New(r.Client, store.Keys{})
@@ -251,20 +279,7 @@ func TestStateCountsExpiringApartFromExpired(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	m := NewMetrics()
-	if err := m.Register(NewStateCollector(StateConfig{Store: st, Group: "certagent", Logger: quiet()})); err != nil {
-		t.Fatal(err)
-	}
-	fams, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, f := range fams {
-		if len(f.Metric) == 1 && f.Metric[0].Gauge != nil {
-			got[f.GetName()] = f.Metric[0].Gauge.GetValue()
-		}
-	}
+	got := gatherState(t, st)
 	if got["certagent_certificates"] != 3 || got["certagent_certificates_expired"] != 1 ||
 		got["certagent_certificates_expiring_7d"] != 1 {
 		t.Errorf("certificates %v, expired %v, expiring within 7 days %v; want 3, 1, 1",
@@ -288,24 +303,7 @@ func TestStateReportsWaitingNamesAndPeers(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	m := NewMetrics()
-	if err := m.Register(NewStateCollector(StateConfig{Store: st, Group: "certagent", Logger: quiet()})); err != nil {
-		t.Fatal(err)
-	}
-	fams, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, f := range fams {
-		for _, m := range f.Metric {
-			key := f.GetName()
-			for _, l := range m.Label {
-				key += "{" + l.GetName() + "=" + l.GetValue() + "}"
-			}
-			got[key] = m.GetGauge().GetValue()
-		}
-	}
+	got := gatherState(t, st)
 	want := map[string]float64{
 		"certagent_names_waiting_for_ca":                        2,
 		"certagent_peer_up{peer=east}":                          1,

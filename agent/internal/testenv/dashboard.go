@@ -54,15 +54,20 @@ type DashboardQuery struct {
 
 // LoadDashboard reads and decodes the dashboard at path.
 func LoadDashboard(path string) (*Dashboard, error) {
+	var d Dashboard
+	return &d, decodeFile(path, json.Unmarshal, &d)
+}
+
+// decodeFile reads the file at path into into with unmarshal.
+func decodeFile(path string, unmarshal func([]byte, any) error, into any) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading the dashboard: %w", err)
+		return err
 	}
-	var d Dashboard
-	if err := json.Unmarshal(data, &d); err != nil {
-		return nil, fmt.Errorf("decoding the dashboard %s: %w", path, err)
+	if err := unmarshal(data, into); err != nil {
+		return fmt.Errorf("decoding %s: %w", path, err)
 	}
-	return &d, nil
+	return nil
 }
 
 // AllPanels returns the panels, those inside rows included.

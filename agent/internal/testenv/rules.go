@@ -1,11 +1,6 @@
 package testenv
 
-import (
-	"fmt"
-	"os"
-
-	"go.yaml.in/yaml/v3"
-)
+import "go.yaml.in/yaml/v3"
 
 // RuleFile is the part of a Prometheus rule file the tests read.
 type RuleFile struct {
@@ -22,15 +17,8 @@ type RuleFile struct {
 
 // LoadRules reads and decodes the rule file at path.
 func LoadRules(path string) (*RuleFile, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading the rules: %w", err)
-	}
 	var f RuleFile
-	if err := yaml.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("decoding the rules %s: %w", path, err)
-	}
-	return &f, nil
+	return &f, decodeFile(path, yaml.Unmarshal, &f)
 }
 
 // Records returns the names of the recording rules.
