@@ -125,11 +125,11 @@ func countRules(f *testenv.RuleFile) int {
 	return n
 }
 
-// waitProm waits up to 20 s for cond, and fails the test with what cond
+// waitProm waits up to 30 s for cond, and fails the test with what cond
 // saw last.
 func waitProm(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ok, seen := cond()
 		if ok {
