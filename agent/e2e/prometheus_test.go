@@ -41,7 +41,7 @@ func TestPrometheusWatchesTheFleet(t *testing.T) {
 	if chain := a.handshake(t, name); isFallback(a.stack, chain) {
 		waitUntil(t, "site a to serve "+name, func() bool { ok, _ := a.serves(t, name); return ok })
 	}
-	a.waitHandled(t, 10*time.Second) // no entry pending once the rules have run
+	a.waitHandled(t, 10*time.Second) // so that no entry is pending when the alerts are read
 	waitProm(t, "every target up", func() (bool, string) {
 		targets, err := prom.Targets(ctx)
 		up := 0
