@@ -7,9 +7,11 @@
 //	certagent-bench seed -redis 127.0.0.1:6379 -names 10000 -static-dir /tmp/b
 //	certagent-bench run -addr 127.0.0.1:8443 -c 8 -d 10s -sni bench.example.test
 //	certagent-bench first -addr 127.0.0.1:8443 -pattern 'n%d.first.test' -names 50 -p 20 -roots root.pem
+//	certagent-bench lego -directory https://127.0.0.1:14000/dir -ca-roots ca.pem -http 127.0.0.1:5002 -pattern 'l%d.test'
 //
 // first measures new names instead: for each, the time from its first
-// ClientHello until nginx serves a certificate that verifies for it.
+// ClientHello until nginx serves a certificate that verifies for it; lego
+// is its baseline: the same number of orders through bare lego.
 // scripts/bench-handshake and scripts/bench-first-handshake run the
 // scenarios of docs/benchmarks.md with it.
 package main
@@ -59,6 +61,8 @@ func main() {
 		err = first(os.Args[2:])
 	case "first-report":
 		err = firstReport(os.Args[2:])
+	case "lego":
+		err = legoBaseline(os.Args[2:])
 	default:
 		usage()
 	}
@@ -76,6 +80,7 @@ func usage() {
   certagent-bench first [flags]  for each of M new names, the time from its first ClientHello to a served
                                  certificate that verifies for it (retrying after the fallback)
   certagent-bench first-report FILE   a table of first's JSON results in FILE (one a line)
+  certagent-bench lego [flags]   the baseline of bulk issuance: N orders at once through bare lego (acme/api)
 Run either with -h for its flags.`)
 	os.Exit(2)
 }
