@@ -150,6 +150,18 @@ func leafFor(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM [
 	return certKey{chainPEM: chain, keyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), notAfter: notAfter}, nil
 }
 
+// pemBytes returns the DER of every PEM block in data, in a row.
+func pemBytes(data []byte) []byte {
+	var der []byte
+	for {
+		var b *pem.Block
+		if b, data = pem.Decode(data); b == nil {
+			return der
+		}
+		der = append(der, b.Bytes...)
+	}
+}
+
 func seed(args []string) error {
 	fs := flag.NewFlagSet("seed", flag.ExitOnError)
 	redisAddr := fs.String("redis", "127.0.0.1:6379", "Redis host:port")
@@ -159,6 +171,7 @@ func seed(args []string) error {
 	single := fs.String("single", "", "one more name to store")
 	staticDir := fs.String("static-dir", "", "write static.pem/static.key (for -static-name) and fallback.pem/fallback.key here")
 	staticName := fs.String("static-name", "static.bench.test", "name of the static certificate")
+	withDER := fs.Bool("der", true, "store the chain and key as DER too, as the agent does (false: a record of an older agent)")
 	_ = fs.Parse(args)
 
 	ca, caKey, caPEM, err := newCA()
@@ -203,8 +216,12 @@ func seed(args []string) error {
 			}
 			// The fields nginx reads (docs/redis-schema.md); the agent writes
 			// the others, which the handshake path never looks at.
-			p.HSet(ctx, *prefix+"cert:"+name, "fullchain", string(ck.chainPEM), "key", string(ck.keyPEM),
-				"not_after", strconv.FormatInt(ck.notAfter.Unix(), 10), "names", name)
+			fields := []any{"fullchain", string(ck.chainPEM), "key", string(ck.keyPEM),
+				"not_after", strconv.FormatInt(ck.notAfter.Unix(), 10), "names", name}
+			if *withDER {
+				fields = append(fields, "chain_der", pemBytes(ck.chainPEM), "key_der", pemBytes(ck.keyPEM))
+			}
+			p.HSet(ctx, *prefix+"cert:"+name, fields...)
 		}
 		if _, err := p.Exec(ctx); err != nil {
 			return fmt.Errorf("storing certificates: %w", err)
