@@ -1,7 +1,10 @@
 package nginxtest
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/pem"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -96,4 +99,50 @@ func TestColdHandshakeOfAStoredNameIsOneRedisCommand(t *testing.T) {
 	if n := e.commands("get") - get; n != 0 {
 		t.Errorf("%d GETs (the issuing mark) for a name with a certificate, want 0", n)
 	}
+}
+
+// TestChainsSharingAnIntermediateServeFromDER: records of one CA share its
+// parsed intermediate in a worker; each is served its own leaf with it, and
+// one dropped from the cache (its chain freed) leaves the others whole.
+func TestChainsSharingAnIntermediateServeFromDER(t *testing.T) {
+	e := startWith(t, testenv.NginxOptions{})
+	ca := testenv.NewCert(t, testenv.CertSpec{CommonName: "shared intermediate", IsCA: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(48 * time.Hour)})
+	names := []string{"a.shared.example.test", "b.shared.example.test", "c.shared.example.test"}
+	leaves := map[string]leaf{}
+	for _, name := range names {
+		c := testenv.NewCert(t, testenv.CertSpec{CommonName: name, DNSNames: []string{name},
+			NotAfter: time.Now().Add(24 * time.Hour), Parent: ca})
+		leaves[name] = leaf{cert: c.X509, chainPEM: string(c.ChainPEM()), keyPEM: string(c.KeyPEM), notAfter: c.X509.NotAfter}
+		e.storeFields(name, agentFields(t, leaves[name]))
+	}
+	e.waitChangesRead()
+	check := func(when string, names ...string) {
+		t.Helper()
+		for _, name := range names {
+			chain := e.mustHandshakeChain(name)
+			if len(chain) != 2 || !chain[0].Equal(leaves[name].cert) || !chain[1].Equal(ca.X509) {
+				t.Errorf("%s, %s: served a chain of %d, want its leaf and the shared intermediate", when, name, len(chain))
+			}
+		}
+	}
+	check("cold", names...)
+	e.remove(names[0])
+	e.waitChangesRead()
+	check("after one of them was dropped", names[1:]...)
+	e.storeFields(names[0], agentFields(t, leaves[names[0]]))
+	e.waitChangesRead()
+	check("stored again", names...)
+}
+
+// mustHandshakeChain returns the chain served for serverName.
+func (e *env) mustHandshakeChain(serverName string) []*x509.Certificate {
+	e.t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", e.nginx.HTTPSAddr,
+		&tls.Config{ServerName: serverName, InsecureSkipVerify: true})
+	if err != nil {
+		e.t.Fatalf("handshake with SNI %q: %v", serverName, err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates
 }

@@ -106,6 +106,7 @@ do
         int OPENSSL_sk_push(void *sk, const void *data);
         void *d2i_X509(void **a, const unsigned char **pp, long length);
         void X509_free(void *x509);
+        int X509_up_ref(void *x509);
         void *d2i_PrivateKey(int type, void **a, const unsigned char **pp, long length);
     ]])
     -- The Lua module's own destructors: declared by ngx.ssl already on
@@ -113,7 +114,8 @@ do
     pcall(ffi.cdef, "void ngx_http_lua_ffi_free_cert(void *cdata);")
     pcall(ffi.cdef, "void ngx_http_lua_ffi_free_priv_key(void *cdata);")
     ok = ok and pcall(function()
-        return C.OPENSSL_sk_new_null and C.OPENSSL_sk_push and C.d2i_X509 and C.X509_free and C.d2i_PrivateKey
+        return C.OPENSSL_sk_new_null and C.OPENSSL_sk_push and C.d2i_X509 and C.X509_free and C.X509_up_ref
+            and C.d2i_PrivateKey
             and C.ngx_http_lua_ffi_free_cert and C.ngx_http_lua_ffi_free_priv_key and C.ERR_clear_error
     end)
     if ok then
@@ -123,24 +125,98 @@ do
         -- search through every decoder.
         local KEY_TYPES = { 408, 6 }
 
+        -- The intermediates: a handful of certificates shared by every chain
+        -- of a CA, each parsed once per worker and shared by reference
+        -- (X509_up_ref; freeing a chain drops its references). Parsing an
+        -- X.509 certificate is most of what is left of a cold handshake's
+        -- cost. Bounded: past INTERMEDIATES_MAX the table starts afresh.
+        local INTERMEDIATES_MAX = 64
+        local intermediates, intermediates_count = {}, 0
+
+        -- der_length returns the length of the DER element starting at
+        -- position i of s (its tag, length octets and content), or nil.
+        local function der_length(s, i)
+            local first = byte(s, i + 1)
+            if not first then
+                return nil
+            end
+            if first < 0x80 then
+                return 2 + first
+            end
+            local octets = first - 0x80
+            if octets < 1 or octets > 3 then
+                return nil
+            end
+            local len = 0
+            for k = 1, octets do
+                local b = byte(s, i + 1 + k)
+                if not b then
+                    return nil
+                end
+                len = len * 256 + b
+            end
+            return 2 + octets + len
+        end
+
+        local function parse_x509(der, i, n)
+            cursor[0] = ffi.cast("const unsigned char *", der) + (i - 1)
+            local x509 = C.d2i_X509(nil, cursor, n)
+            if x509 == nil or cursor[0] - ffi.cast("const unsigned char *", der) ~= i - 1 + n then
+                if x509 ~= nil then
+                    C.X509_free(x509)
+                end
+                return nil
+            end
+            return x509
+        end
+
+        -- intermediate returns a new reference to the parsed certificate
+        -- der[i, i+n-1], from the table when it was parsed before.
+        local function intermediate(der, i, n)
+            local key = sub(der, i, i + n - 1)
+            local x509 = intermediates[key]
+            if not x509 then
+                x509 = parse_x509(der, i, n)
+                if not x509 then
+                    return nil
+                end
+                if intermediates_count >= INTERMEDIATES_MAX then
+                    intermediates, intermediates_count = {}, 0
+                end
+                x509 = ffi.gc(x509, C.X509_free)
+                intermediates[key] = x509
+                intermediates_count = intermediates_count + 1
+            end
+            C.X509_up_ref(x509)
+            return x509
+        end
+
         local function chain_of(der)
             local sk = C.OPENSSL_sk_new_null()
             if sk == nil then
                 return nil
             end
             sk = ffi.gc(sk, C.ngx_http_lua_ffi_free_cert)
-            local start = ffi.cast("const unsigned char *", der)
-            local len = #der
-            cursor[0] = start
-            while cursor[0] - start < len do
-                local x509 = C.d2i_X509(nil, cursor, len - (cursor[0] - start))
-                if x509 == nil then
+            local i, len = 1, #der
+            while i <= len do
+                local n = der_length(der, i)
+                if not n or i + n - 1 > len then
+                    return nil
+                end
+                local x509
+                if i == 1 then
+                    x509 = parse_x509(der, i, n) -- the leaf: its own
+                else
+                    x509 = intermediate(der, i, n)
+                end
+                if not x509 then
                     return nil
                 end
                 if C.OPENSSL_sk_push(sk, x509) == 0 then
                     C.X509_free(x509)
                     return nil
                 end
+                i = i + n
             end
             return sk
         end
