@@ -82,33 +82,9 @@ func first(args []string) error {
 		return err
 	}
 
-	names := make(chan string)
-	go func() {
-		for i := *start; i < *start+*count; i++ {
-			names <- fmt.Sprintf(*pattern, i)
-		}
-		close(names)
-	}()
-	var (
-		mu      sync.Mutex
-		timings = map[string]nameTiming{}
-		wg      sync.WaitGroup
-	)
-	began := time.Now()
-	for range *parallel {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := range names {
-				t := untilVerified(*addr, n, cfg, roots, *deadline, *retry)
-				mu.Lock()
-				timings[n] = t
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	r := summarizeFirst(timings, time.Since(began))
+	r := inParallel(*pattern, *start, *count, *parallel, func(n string) nameTiming {
+		return untilVerified(*addr, n, cfg, roots, *deadline, *retry)
+	})
 	r.Scenario, r.Parallel = *name, *parallel
 	if *jsonOut {
 		return json.NewEncoder(os.Stdout).Encode(r)
@@ -125,6 +101,38 @@ func first(args []string) error {
 		fmt.Println("  first failed handshake:", r.FirstFailed)
 	}
 	return nil
+}
+
+// inParallel runs each of the names -pattern makes for start..start+count-1,
+// parallel at a time, and summarizes how they went.
+func inParallel(pattern string, start, count, parallel int, each func(name string) nameTiming) firstResult {
+	names := make(chan string)
+	go func() {
+		for i := start; i < start+count; i++ {
+			names <- fmt.Sprintf(pattern, i)
+		}
+		close(names)
+	}()
+	var (
+		mu      sync.Mutex
+		timings = map[string]nameTiming{}
+		wg      sync.WaitGroup
+	)
+	began := time.Now()
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range names {
+				t := each(n)
+				mu.Lock()
+				timings[n] = t
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return summarizeFirst(timings, time.Since(began))
 }
 
 func loadRoots(path string) (*x509.CertPool, error) {

@@ -78,32 +78,11 @@ func legoBaseline(args []string) error {
 		return err
 	}
 
-	names := make(chan string)
-	go func() {
-		for i := range *count {
-			names <- fmt.Sprintf(*pattern, i)
-		}
-		close(names)
-	}()
-	var mu sync.Mutex
-	timings := map[string]nameTiming{}
-	var wg sync.WaitGroup
-	began := time.Now()
-	for range *parallel {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := range names {
-				start := time.Now()
-				err := legoOrder(core, n, &answers)
-				mu.Lock()
-				timings[n] = nameTiming{real: err == nil, elapsed: time.Since(start), lastErr: err}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	r := summarizeFirst(timings, time.Since(began))
+	r := inParallel(*pattern, 0, *count, *parallel, func(n string) nameTiming {
+		start := time.Now()
+		err := legoOrder(core, n, &answers)
+		return nameTiming{real: err == nil, elapsed: time.Since(start), lastErr: err}
+	})
 	r.Scenario, r.Parallel = *name, *parallel
 	if *jsonOut {
 		return json.NewEncoder(os.Stdout).Encode(r)
