@@ -38,7 +38,10 @@ type ConsumerConfig struct {
 	// Name identifies this agent in the group; it must be stable across
 	// restarts so that entries this agent had taken are resumed. Required.
 	Name string
-	// Workers is how many orders run at once. Default: 4.
+	// Workers is how many names are handled at once. Default: the
+	// ceiling of the Manager's Concurrency, which then decides how many of
+	// them order at once (the others wait, marked as being issued); 4
+	// without one.
 	Workers int
 	// Block is how long one read waits for new entries. Default: 2 s.
 	Block time.Duration
@@ -83,6 +86,9 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
+		if cfg.Manager != nil && cfg.Manager.cfg.Concurrency != nil {
+			cfg.Workers = cfg.Manager.cfg.Concurrency.Ceiling()
+		}
 	}
 	if cfg.Block <= 0 {
 		cfg.Block = 2 * time.Second
