@@ -40,21 +40,21 @@ type statusEntry struct {
 }
 
 type statusView struct {
-	Requests         int64         `json:"requests"`
-	Pending          int64         `json:"pending"`
-	PendingConsumers int64         `json:"pending_consumers"`
-	Changes          int64         `json:"changes"`
+	Requests         int64 `json:"requests"`
+	Pending          int64 `json:"pending"`
+	PendingConsumers int64 `json:"pending_consumers"`
+	Changes          int64 `json:"changes"`
 	// Refused counts the names refused without an event each, by kind
 	// (policy, invalid).
-	Refused map[string]store.RefusalCount `json:"refused"`
-	Certificates     int64         `json:"certificates"`
-	Expired          int64         `json:"expired"`
-	ExpiringWeek     int64         `json:"expiring_within_7d"`
-	Corrupt          int64         `json:"corrupt"`
-	CorruptRecords   []statusEntry `json:"corrupt_records"`
-	FailingRenewals  []statusEntry `json:"failing_renewals"`
-	FailingOrders    []statusEntry `json:"failing_orders"`
-	NextRenewals     []statusEntry `json:"next_renewals"`
+	Refused         map[string]store.RefusalCount `json:"refused"`
+	Certificates    int64                         `json:"certificates"`
+	Expired         int64                         `json:"expired"`
+	ExpiringWeek    int64                         `json:"expiring_within_7d"`
+	Corrupt         int64                         `json:"corrupt"`
+	CorruptRecords  []statusEntry                 `json:"corrupt_records"`
+	FailingRenewals []statusEntry                 `json:"failing_renewals"`
+	FailingOrders   []statusEntry                 `json:"failing_orders"`
+	NextRenewals    []statusEntry                 `json:"next_renewals"`
 }
 
 func statusAction(c *cli.Context) error {
