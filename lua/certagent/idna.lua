@@ -1,14 +1,11 @@
 -- The IDNA check of xn-- labels, the same as the Go package agent/names
 -- (CheckIDNA): the label must be valid punycode (RFC 3492) that decodes to a
--- U-label made of code points UTS #46 and IDNA2008 allow (the generated
--- table certagent.idna_data), with the hyphen, leading-mark and joiner rules
--- of golang.org/x/net/idna, and a name with a right-to-left label must meet
--- the Bidi rule (RFC 5893) in every label. certagent.names loads this module
--- at the first name with an xn-- label: other names never pay for it.
---
--- One rule of the Go check is not repeated here: NFC. A label that decodes
--- to a string that is not in Normalization Form C passes this check; the
--- agent refuses it and marks it refused, so nginx asks about it once.
+-- U-label in Normalization Form C made of code points UTS #46 and IDNA2008
+-- allow (the generated table certagent.idna_data), with the hyphen,
+-- leading-mark and joiner rules of golang.org/x/net/idna, and a name with a
+-- right-to-left label must meet the Bidi rule (RFC 5893) in every label.
+-- certagent.names loads this module at the first name with an xn-- label:
+-- other names never pay for it.
 local byte = string.byte
 local sub = string.sub
 local find = string.find
@@ -19,11 +16,12 @@ local rshift = bit.rshift
 
 local data = require("certagent.idna_data")
 local starts, props = data.starts, data.props
+local ccc, decomp, compose = data.ccc, data.decomp, data.compose
 local nranges = #starts
 
 local _M = { _VERSION = "0.1.0" }
 
-local ALLOWED, MARK, VIRAMA = 0x100, 0x08, 0x80
+local MARK, VIRAMA, NFC_CHECK = 0x08, 0x80, 0x200
 local ZWNJ, ZWJ = 0x200C, 0x200D
 
 -- lookup returns the packed properties of code point cp (see idna_data.lua).
@@ -181,10 +179,66 @@ local function joiners_ok(cps, ps)
     return st ~= FAIL and st ~= AFTER
 end
 
+-- is_nfc reports whether the code points cps are in Normalization Form C:
+-- decomposed, put in canonical order and composed again (UAX #15), they
+-- come out the same.
+local function is_nfc(cps)
+    local d = {}
+    for j = 1, #cps do
+        local dec = decomp[cps[j]]
+        if dec then
+            for k = 1, #dec do
+                d[#d + 1] = dec[k]
+            end
+        else
+            d[#d + 1] = cps[j]
+        end
+    end
+    for j = 2, #d do -- canonical order: a stable sort of each run of marks
+        local cp = d[j]
+        local c = ccc[cp]
+        if c then
+            local k = j
+            while k > 1 and (ccc[d[k - 1]] or 0) > c do
+                d[k] = d[k - 1]
+                k = k - 1
+            end
+            d[k] = cp
+        end
+    end
+    local starter_pos, starter = 1, d[1]
+    local last_class = ccc[starter] and 256 or 0
+    local n = 1
+    for j = 2, #d do
+        local cp = d[j]
+        local c = ccc[cp] or 0
+        local composite = compose[starter * 2097152 + cp]
+        if composite and (last_class < c or last_class == 0) then
+            d[starter_pos], starter = composite, composite
+        else
+            if c == 0 then
+                starter_pos, starter = n + 1, cp
+            end
+            last_class = c
+            n = n + 1
+            d[n] = cp
+        end
+    end
+    if n ~= #cps then
+        return false
+    end
+    for j = 1, n do
+        if d[j] ~= cps[j] then
+            return false
+        end
+    end
+    return true
+end
+
 -- check_ulabel returns the properties of the code points of a decoded
 -- label, or nil and why it is refused.
 local function check_ulabel(cps)
-    local ps, ascii, joiner = {}, true, false
+    local ps, ascii, joiner, nfc = {}, true, false, false
     local bytes, hyphen3, hyphen4 = 0, false, false
     for j = 1, #cps do
         local cp = cps[j]
@@ -199,6 +253,9 @@ local function check_ulabel(cps)
         if cp == ZWJ or cp == ZWNJ then
             joiner = true
         end
+        if band(p, NFC_CHECK) ~= 0 then
+            nfc = true
+        end
         if cp == 45 then -- x/net/idna counts the third and fourth byte
             hyphen3 = hyphen3 or bytes == 2
             hyphen4 = hyphen4 or bytes == 3
@@ -207,6 +264,9 @@ local function check_ulabel(cps)
     end
     if #cps == 0 or ascii then
         return nil, "decodes to ASCII"
+    end
+    if nfc and not is_nfc(cps) then
+        return nil, "is not in Normalization Form C"
     end
     if bytes > 4 and hyphen3 and hyphen4 then
         return nil, "has hyphens in the third and fourth position"
