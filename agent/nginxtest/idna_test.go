@@ -5,12 +5,14 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
 	"golang.org/x/net/idna"
 	"golang.org/x/text/unicode/norm"
 
+	"github.com/certagent/certagent/agent/internal/testenv"
 	"github.com/certagent/certagent/agent/names"
 )
 
@@ -141,4 +143,68 @@ func unicodeForm(name string) string {
 		return fmt.Sprintf("no Unicode form: %v", err)
 	}
 	return fmt.Sprintf("%+q", u)
+}
+
+// normalizeLoopLocation times certagent.names.normalize over n calls of one
+// name, in nanoseconds a call: the test harness adds it; nothing like it
+// ships.
+const normalizeLoopLocation = `
+        location = /_test/normalize-loop {
+            content_by_lua_block {
+                local normalize = require("certagent.names").normalize
+                local name, n = ngx.var.arg_name, tonumber(ngx.var.arg_n)
+                assert(normalize(name), name)
+                ngx.update_time()
+                local t0 = ngx.now()
+                for _ = 1, n do
+                    normalize(name)
+                end
+                ngx.update_time()
+                ngx.print((ngx.now() - t0) * 1e9 / n)
+            }
+        }
+`
+
+// BenchmarkLuaNameCheck is what the name rule costs nginx per name, for a
+// plain name and for xn-- names (docs/benchmarks.md, "The name rule"):
+//
+//	go test -run '^$' -bench BenchmarkLuaNameCheck -benchtime 1x ./agent/nginxtest/
+func BenchmarkLuaNameCheck(b *testing.B) {
+	r := testenv.StartRedis(b)
+	nginx := testenv.StartNginx(b, testenv.NginxOptions{RedisURL: r.URL, HTTPServerExtra: normalizeLoopLocation})
+	const n = 200000
+	timeOf := func(name string) float64 {
+		resp, err := http.Get("http://" + nginx.HTTPAddr + "/_test/normalize-loop?n=" + fmt.Sprint(n) + "&name=" + name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var ns float64
+		if _, err := fmt.Sscan(string(body), &ns); err != nil {
+			b.Fatalf("%s: %q", name, body)
+		}
+		return ns
+	}
+	names := []string{"www.example.com", "xn--bcher-kva.example", "xn--mgbh0fb.example",
+		"xn--mgbn2ecje63gr19l.example", "xn--lsa503l.example"}
+	// Each name is timed right after the plain name, b.N rounds; the
+	// medians of the times and of the same-run ratios are reported.
+	nsOf, ratiosOf := map[string][]float64{}, map[string][]float64{}
+	for range b.N {
+		for _, name := range names {
+			base := timeOf(names[0])
+			ns := timeOf(name)
+			nsOf[name] = append(nsOf[name], ns)
+			ratiosOf[name] = append(ratiosOf[name], ns/base)
+		}
+	}
+	median := func(v []float64) float64 {
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	for _, name := range names {
+		b.Logf("%-30s %6.0f ns/name, %4.1fx the plain name (median of %d same-run ratios: %.1f)", name,
+			median(nsOf[name]), median(ratiosOf[name]), b.N, ratiosOf[name])
+	}
 }
