@@ -78,19 +78,24 @@ func TestRefusalFloodKeepsTheEvents(t *testing.T) {
 	defer log.Close()
 	sc := bufio.NewScanner(log)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	refusals, longest := 0, 0
+	refusals, longest, hugeName, crlfNode := 0, 0, false, false
 	for sc.Scan() {
 		line := sc.Text()
 		longest = max(longest, len(line))
 		if strings.Contains(line, "name refused") {
 			refusals++
 		}
+		hugeName = hugeName || strings.Contains(line, "a…[102413 bytes]")
+		crlfNode = crlfNode || strings.Contains(line, `node="web-1\\x0d\\x0alevel=ERROR\\x20msg=forged"`)
 		if strings.HasPrefix(line, "msg=forged") || strings.Contains(line, strings.Repeat("a", 1000)) {
 			t.Errorf("raw stream field in the log: %.200q", line)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
+	}
+	if !hugeName || !crlfNode {
+		t.Errorf("the log lacks the escaped, cut 100 KB name (%v) or the escaped CRLF node (%v)", hugeName, crlfNode)
 	}
 	if refusals < 5003 || longest > 2048 {
 		t.Errorf("log: %d refusals, longest line %d bytes; want every refusal, lines of at most 2 KB", refusals, longest)

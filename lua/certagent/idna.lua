@@ -11,6 +11,8 @@ local sub = string.sub
 local find = string.find
 local format = string.format
 local floor = math.floor
+local insert = table.insert
+local type = type
 local band = bit.band
 local rshift = bit.rshift
 
@@ -37,7 +39,6 @@ local function lookup(cp)
     end
     return props[lo]
 end
-_M.lookup = lookup
 
 -- RFC 3492 parameters.
 local BASE, TMIN, TMAX, SKEW, DAMP = 36, 1, 26, 38, 700
@@ -123,12 +124,11 @@ local function decode(enc)
         if n > 0x10FFFF then
             return nil
         end
-        table.insert(out, i + 1, n)
+        insert(out, i + 1, n)
         i = i + 1
     end
     return out
 end
-_M.decode = decode
 
 local function utf8_len(cp)
     if cp < 0x80 then
