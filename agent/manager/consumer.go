@@ -331,6 +331,7 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	case err != nil:
 		return c.retryLater(log, "reading the failure record failed", err)
 	case now.Before(failure.NextAttempt):
+		c.requested(ctx, req, name)
 		log.Debug("name waits for its next attempt", "next_attempt", failure.NextAttempt.Format(time.RFC3339),
 			"last_error", failure.LastError)
 		c.markRefused(ctx, log, name, "waiting until "+failure.NextAttempt.UTC().Format(time.RFC3339)+": "+failure.LastError)
@@ -341,6 +342,7 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 		return c.retryLater(log, "deciding about the name failed", err)
 	}
 	if verdict.Unavailable {
+		c.requested(ctx, req, name)
 		log.Warn("name refused for now", "reason", verdict.Reason)
 		c.deferName(ctx, log, name, verdict.Reason, now.Add(c.cfg.AskRetry))
 		return true
@@ -349,7 +351,7 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 		c.refuse(ctx, log, req, name, store.RefusedByPolicy, verdict.Source+": "+verdict.Reason)
 		return true
 	}
-	c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventRequested, Name: name, Node: req.Node})
+	c.requested(ctx, req, name)
 	if !c.claim(name) {
 		return true // another worker of this agent is on it
 	}

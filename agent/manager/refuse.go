@@ -26,6 +26,14 @@ func (c *Consumer) refuse(ctx context.Context, log *slog.Logger, req store.Reque
 		Node: req.Node, Reason: reason})
 }
 
+// requested emits the event of an entry whose name is taken up: an allow
+// rule lets it through, it waits for its next attempt after a failed order,
+// or the ask URL could not say. Names no rule allows are counted instead
+// (refuse).
+func (c *Consumer) requested(ctx context.Context, req store.Request, name string) {
+	c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventRequested, Name: name, Node: req.Node})
+}
+
 // refuseInvalid refuses an entry whose name is not a valid host name. When
 // it still has the form of one (letters, digits, hyphens: an xn-- label that
 // does not decode, or decodes to what IDNA2008 disallows) the mark goes

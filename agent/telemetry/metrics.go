@@ -48,7 +48,7 @@ func NewMetrics() *Metrics {
 		}, []string{"method", "result"}),
 		requests: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "certagent_requests_total",
-			Help: "Names read from the stream of requests and decided: allowed, or refused (certagent_refused_total).",
+			Help: "Names read from the stream of requests: taken up (an event requested each), or refused (also in certagent_refused_total).",
 		}),
 		denied: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "certagent_denied_total",
