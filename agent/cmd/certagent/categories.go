@@ -37,8 +37,8 @@ var categories = map[string]string{
 	flagOrdersWindow: catPace, flagLimitCerts: catPace, flagCertsWindow: catPace, flagLimitFailed: catPace,
 	flagFailedWindow: catPace, flagRenewalShare: catPace,
 
-	flagGroup: catAgent, flagConsumer: catAgent, flagWorkers: catAgent, flagGrace: catAgent, flagReclaim: catAgent,
-	flagLockTTL: catAgent,
+	flagGroup: catAgent, flagConsumer: catAgent, flagWorkers: catAgent, flagWorkersMin: catAgent,
+	flagWorkersMax: catAgent, flagGrace: catAgent, flagReclaim: catAgent, flagLockTTL: catAgent,
 
 	flagRenewInterval: catRenewal, flagRenewRetry: catRenewal, flagCheckInterval: catRenewal,
 
