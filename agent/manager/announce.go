@@ -73,14 +73,19 @@ func (a *Announcer) Run(ctx context.Context) {
 	}
 }
 
+// beat beats, then publishes the rules if they are not yet: nginx reads
+// the heartbeat with the rules it is told about, and must find it.
 func (a *Announcer) beat(ctx context.Context, published *bool) error {
+	if err := a.cfg.Store.Beat(ctx, a.cfg.Name, 3*a.cfg.Interval); err != nil {
+		return err
+	}
 	if !*published {
 		if err := a.Publish(ctx); err != nil {
 			return err
 		}
 		*published = true
 	}
-	return a.cfg.Store.Beat(ctx, a.cfg.Name, 3*a.cfg.Interval)
+	return nil
 }
 
 // Publish publishes the agent's rules as a new version.

@@ -13,8 +13,9 @@
 -- and again when the changes stream announces a new version (or was
 -- trimmed). Until an agent has published them (a new fleet, or agents older
 -- than the record), every name is judged worth asking, as before. The
--- heartbeat is read only for names that may be held, at most once a second
--- per worker, and not at all while the last one read still counts.
+-- heartbeat is read with the rules, and else only for a handshake that may
+-- be held, at most once a second per worker, and not at all while the last
+-- one read still counts.
 local ngx = ngx
 local redis = require("certagent.redis")
 
@@ -51,7 +52,7 @@ local loading, again, retry_pause = false, false, 0
 
 -- Until when (ngx.now()) the last heartbeat read counts; nil: not read.
 local alive_until
-local alive_read_at, alive_reading = -ALIVE_READ_EVERY, false
+local alive_read_at = -ALIVE_READ_EVERY
 local failing = false
 
 function _M.init(config, key_builder)
@@ -229,32 +230,29 @@ function _M.refused(name)
     end
 end
 
-local function read_alive(premature)
-    if premature then
-        alive_reading = false
-        return
-    end
+-- read_alive reads the heartbeat. A failed read leaves the last answer.
+local function read_alive()
     local red, err = redis.connect(cfg)
+    if not red then
+        return nil, err
+    end
     local res
-    if red then
-        res, err = red:pttl(keys:alive())
-        if res then
-            redis.release(cfg, red)
-            heard(res)
-        else
-            redis.drop(cfg, red, res, err)
-        end
-    end
+    res, err = red:pttl(keys:alive())
     if not res then
-        alive_read_at = now() -- tried: not again within the second
+        redis.drop(cfg, red, res, err)
+        return nil, err
     end
-    alive_reading = false
+    redis.release(cfg, red)
+    heard(res)
+    return true
 end
 
 -- alive reports whether a handshake may be held: an agent's heartbeat
--- counts, or nothing says otherwise (no rules published, the heartbeat not
--- read yet). Once the last heartbeat read has run out, it is read again out
--- of band, at most once a second; meanwhile the answer is no.
+-- counts, or nothing says otherwise (no rules published, the heartbeat never
+-- read). Once the last heartbeat read has run out, the handshake that asks
+-- reads it again, at most one a second per worker (the slot is taken before
+-- the read, so a handshake ended during it cannot stop the next ones); the
+-- others meanwhile get the last answer.
 function _M.alive()
     if not current then
         return true
@@ -263,15 +261,12 @@ function _M.alive()
     if alive_until and t < alive_until then
         return true
     end
-    if not alive_reading and t - alive_read_at >= ALIVE_READ_EVERY then
-        alive_reading = true
-        local ok, err = timer_at(0, read_alive)
-        if not ok then
-            alive_reading = false
-            log(ERR, "certagent: cannot schedule reading the agents' heartbeat: ", err)
-        end
+    if t - alive_read_at >= ALIVE_READ_EVERY then
+        alive_read_at = t
+        read_alive()
+        t = now()
     end
-    return alive_until == nil
+    return alive_until == nil or t < alive_until
 end
 
 -- published returns the version this worker judges by, or nil.
