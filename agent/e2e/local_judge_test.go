@@ -5,6 +5,8 @@ package e2e
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"math/rand/v2"
 	"syscall"
 	"testing"
@@ -18,6 +20,16 @@ const (
 	metricJudged  = "certagent_nginx_judged_total"       // {reason}: neither recorded nor held
 	metricSkipped = "certagent_nginx_waits_skipped_total" // {reason="no_agent"}
 )
+
+// refusingAskURL is an ask URL that refuses every name (403).
+func refusingAskURL(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusForbidden)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
 
 // redisCalls sums INFO commandstats calls of cmds.
 func redisCalls(t *testing.T, r *testenv.Redis, cmds ...string) int64 {
@@ -35,7 +47,7 @@ func redisCalls(t *testing.T, r *testenv.Redis, cmds ...string) int64 {
 
 // waitRulesRead waits until nginx has read the rules again after reads: each
 // read of them sends one PTTL of the heartbeat, which nothing else does
-// while no name is judged by the agent.
+// while no handshake needs the heartbeat and no name is judged by the agent.
 func waitRulesRead(t *testing.T, s *stack, reads int64) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -47,6 +59,14 @@ func waitRulesRead(t *testing.T, s *stack, reads int64) {
 	}
 }
 
+// rulesReads returns how often nginx has read the rules, once its worker
+// has made the read at its start (the stack's nginx has one worker).
+func rulesReads(t *testing.T, s *stack) int64 {
+	t.Helper()
+	waitRulesRead(t, s, 0)
+	return redisCalls(t, s.redis, "pttl")
+}
+
 // TestNginxJudgesByThePublishedRules: with the agent's rules *.allowed.test
 // published, a thousand random names outside them cause no stream entry, no
 // hold and no Redis command; an allowed name is still issued on its first
@@ -54,7 +74,7 @@ func waitRulesRead(t *testing.T, s *stack, reads int64) {
 // agent alive a new name gets the fallback without a hold.
 func TestNginxJudgesByThePublishedRules(t *testing.T) {
 	s := startWaitStack(t, waitConfig(waitSeconds, "first_handshake_grace", issuingGrace))
-	reads := redisCalls(t, s.redis, "pttl")
+	reads := rulesReads(t, s)
 	agent := s.startAgent(t, "--allow", "*.allowed.test", "--consumer", "judge")
 	waitRulesRead(t, s, reads)
 

@@ -219,7 +219,7 @@ end
 -- visitors out of the capped stream. A name without a token is not marked,
 -- so a later handshake records it. Nor is a name no agent would take
 -- (certagent.rules); mark is what the lookup read of its issuing mark, whose
--- refusal is remembered. It returns true when the name is in the stream or
+-- refusal is remembered for the handshakes after this one. It returns true when the name is in the stream or
 -- on its way there (this window), so an agent may take it.
 local function request(name, mark)
     local dict = shared[cfg.requests_dict]
@@ -229,13 +229,15 @@ local function request(name, mark)
     end
     count_miss()
     stats.incr("misses")
-    if mark == wait.REFUSED then
-        rules.refused(name)
-    end
     local judged = rules.judge(name)
     if judged then
         stats.incr("judged_" .. judged)
         return false
+    end
+    if mark == wait.REFUSED then
+        -- Later handshakes are spared; this one still records the name
+        -- (once per window), as the refusal may predate new rules.
+        rules.refused(name)
     end
     if dict:get(name) then
         return true
