@@ -230,16 +230,19 @@ function _M.refused(name)
     end
 end
 
--- read_alive reads the heartbeat. A failed read leaves the last answer.
+-- read_alive reads the heartbeat. After a failed read nothing is known:
+-- handshakes are held as before there was a heartbeat, until a read succeeds.
 local function read_alive()
     local red, err = redis.connect(cfg)
     if not red then
+        alive_until = nil
         return nil, err
     end
     local res
     res, err = red:pttl(keys:alive())
     if not res then
         redis.drop(cfg, red, res, err)
+        alive_until = nil
         return nil, err
     end
     redis.release(cfg, red)
@@ -248,8 +251,8 @@ local function read_alive()
 end
 
 -- alive reports whether a handshake may be held: an agent's heartbeat
--- counts, or nothing says otherwise (no rules published, the heartbeat never
--- read). Once the last heartbeat read has run out, the handshake that asks
+-- counts, or nothing says otherwise (no rules published, the heartbeat not
+-- read, or its last read failed). Once the last heartbeat read has run out, the handshake that asks
 -- reads it again, at most one a second per worker (the slot is taken before
 -- the read, so a handshake ended during it cannot stop the next ones); the
 -- others meanwhile get the last answer.
