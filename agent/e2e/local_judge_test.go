@@ -119,6 +119,13 @@ func TestNginxJudgesByThePublishedRules(t *testing.T) {
 	waitRulesRead(t, s, reads)
 	chain, _ = timedHandshake(t, s.nginx.HTTPSAddr, "a.live.test")
 	verifiesAgainstPebble(t, s, chain, "a.live.test")
+	reads = redisCalls(t, s.redis, "pttl")
+	if _, errOut, code := s.cli(t, "allow", "add", "exact.other.test"); code != 0 {
+		t.Fatalf("allow add exited %d: %s", code, errOut)
+	}
+	waitRulesRead(t, s, reads)
+	chain, _ = timedHandshake(t, s.nginx.HTTPSAddr, "exact.other.test")
+	verifiesAgainstPebble(t, s, chain, "exact.other.test")
 
 	reads = redisCalls(t, s.redis, "pttl")
 	if _, errOut, code := s.cli(t, "allow", "rm", "*.live.test"); code != 0 {
