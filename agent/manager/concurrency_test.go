@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -145,6 +146,25 @@ func TestConcurrencyLeavesTheLimitForFailuresOfTheName(t *testing.T) {
 	runOrders(t, c, clock, 4, time.Second, context.Canceled)
 	if c.Limit() != 4 {
 		t.Errorf("limit %d after failed validations and cancelled orders, want 4 (unchanged)", c.Limit())
+	}
+}
+
+// A validation the CA failed is the name's doing however long it took: a
+// customer's DNS that times out makes the CA's validation slow, not the CA.
+func TestConcurrencyLeavesTheLimitForSlowFailedValidations(t *testing.T) {
+	clock := &movableClock{now: time.Now()}
+	c := newTestConcurrency(clock, 4, 32)
+	runOrders(t, c, clock, 4, time.Second, nil)
+	if c.Limit() != 8 {
+		t.Fatalf("limit %d, want 8", c.Limit())
+	}
+	timedOut := fmt.Errorf("authorizing a.example: %w", &acme.ProblemDetails{Type: "urn:ietf:params:acme:error:dns",
+		HTTPStatus: http.StatusBadRequest, Detail: "DNS problem: query timed out looking up A for a.example"})
+	runOrders(t, c, clock, 4, 40*time.Second, timedOut)
+	clock.Add(10 * time.Second)
+	runOrders(t, c, clock, 4, 40*time.Second, errUnauthorized)
+	if c.Limit() != 8 {
+		t.Errorf("limit %d after slow failed validations, want 8 (unchanged)", c.Limit())
 	}
 }
 
