@@ -36,7 +36,8 @@ type ConcurrencyConfig struct {
 // grows by one per order that succeeds quickly (doubling each round) until
 // the first cut, then by one per round; it halves, never below the floor, on
 // a rateLimited answer, a CA failure (5xx, no answer) or an order slower than
-// Slow. Other failures (a validation the name failed) leave it as it is. The
+// Slow. Other failures (a validation the name failed, however long it took)
+// leave it as it is. The
 // fleet's rate budgets (Budgets) are counted before an order gets here, so
 // they still cap how many orders reach the CA.
 type Concurrency struct {
@@ -154,6 +155,10 @@ func slowDownReason(err error, took, slow time.Duration) string {
 	case err == nil && took > slow:
 		return "slow answer"
 	case err == nil, errors.Is(err, context.Canceled):
+		return ""
+	case failedValidation(err):
+		// The CA's verdict on the name: a validation is slow when the
+		// name's DNS or server is, not when the CA is.
 		return ""
 	}
 	if _, ok := acmeclient.RateLimitOf(err); ok {
