@@ -121,6 +121,36 @@ func (c *Concurrency) Acquire(ctx context.Context) (done func(error), err error)
 	}
 }
 
+// shutdownKey carries, in an order's context, the context whose end is the
+// agent's shutdown signal (Consumer.Run). The order's own context lives on
+// through the shutdown grace, which is for the orders running at the signal.
+type shutdownKey struct{}
+
+// errNotStarted is an order that was still waiting for a free slot at the
+// shutdown signal: it never reached a CA and is taken up at the next start.
+var errNotStarted = errors.New("not started: the agent is shutting down")
+
+// acquireSlot is Acquire that gives up with errNotStarted at the shutdown
+// signal ctx carries, if any.
+func (c *Concurrency) acquireSlot(ctx context.Context) (done func(error), err error) {
+	signal, ok := ctx.Value(shutdownKey{}).(context.Context)
+	if !ok {
+		return c.Acquire(ctx)
+	}
+	if signal.Err() != nil {
+		return nil, errNotStarted
+	}
+	waitCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(signal, func() { cancel(errNotStarted) })
+	defer stop()
+	done, err = c.Acquire(waitCtx)
+	if err != nil && errors.Is(context.Cause(waitCtx), errNotStarted) {
+		return nil, errNotStarted
+	}
+	return done, err
+}
+
 // forget drops a waiter that gave up; a wake it may have taken is passed on.
 func (c *Concurrency) forget(wake chan struct{}) {
 	c.mu.Lock()
