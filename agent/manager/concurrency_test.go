@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/go-acme/lego/v4/acme"
+
+	"github.com/certagent/certagent/agent/acmeclient"
 )
 
 func newTestConcurrency(clock *movableClock, floor, ceiling int) *Concurrency {
@@ -228,5 +230,31 @@ func TestConcurrencyHoldsTheOrderPastTheLimitUntilASlotFrees(t *testing.T) {
 	done(nil)
 	if c.Running() != 0 {
 		t.Errorf("%d running after every order ended, want 0", c.Running())
+	}
+}
+
+// The time an order spends publishing its DNS-01 answer and waiting for the
+// TXT record to be visible is the name's DNS provider's, not the CA's: a
+// provider that takes longer than Slow does not cut the limit.
+func TestConcurrencyDoesNotCountTheDNSAnswersTime(t *testing.T) {
+	clock := &movableClock{now: time.Now()}
+	c := newTestConcurrency(clock, 4, 32)
+	ctx := acmeclient.WithAnswerTime(context.Background())
+	var dones []func(error)
+	for range 4 {
+		done, err := c.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dones = append(dones, done)
+	}
+	clock.Add(40 * time.Second)
+	acmeclient.NoteAnswerTime(ctx, 35*time.Second)
+	dones[0](nil)
+	dones[1](&acme.ProblemDetails{Type: "urn:ietf:params:acme:error:malformed", HTTPStatus: http.StatusBadRequest})
+	dones[2](nil)
+	dones[3](nil)
+	if c.Limit() != 7 {
+		t.Errorf("limit %d after orders whose DNS answers took 35 s of their 40, want 7 (grown, no cut)", c.Limit())
 	}
 }
