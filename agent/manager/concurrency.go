@@ -96,7 +96,9 @@ func (c *Concurrency) Running() int {
 }
 
 // Acquire waits until one more order may run, or ctx ends. The returned done
-// must be called once with the order's outcome (nil: a certificate).
+// must be called once with the order's outcome (nil: a certificate). The
+// order's time counts without the time its DNS-01 answers took to publish
+// (acmeclient.WithAnswerTime on ctx).
 func (c *Concurrency) Acquire(ctx context.Context) (done func(error), err error) {
 	for {
 		c.mu.Lock()
@@ -106,7 +108,8 @@ func (c *Concurrency) Acquire(ctx context.Context) (done func(error), err error)
 			started := c.cfg.Clock.Now()
 			var once sync.Once
 			return func(err error) {
-				once.Do(func() { c.release(err, c.cfg.Clock.Now().Sub(started)) })
+				took := c.cfg.Clock.Now().Sub(started) - acmeclient.AnswerTime(ctx)
+				once.Do(func() { c.release(err, took) })
 			}, nil
 		}
 		wake := make(chan struct{})

@@ -386,6 +386,7 @@ func (m *Manager) fromPeers(ctx context.Context, names []string, renewing *store
 // obtain runs one order against one CA within the order timeout.
 func (m *Manager) obtain(ctx context.Context, issuer Issuer, names []string, opts acmeclient.OrderOptions) (cert *acmeclient.Certificate, err error) {
 	if m.cfg.Concurrency != nil {
+		ctx = acmeclient.WithAnswerTime(ctx)
 		done, waitErr := m.cfg.Concurrency.acquireSlot(ctx)
 		if waitErr != nil {
 			return nil, fmt.Errorf("waiting for a free order slot for %s: %w", names[0], waitErr)
