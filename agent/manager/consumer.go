@@ -133,6 +133,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// running orders the grace period before cancelling them.
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
+	// Orders still waiting for a slot at the signal do not start.
+	workCtx = context.WithValue(workCtx, shutdownKey{}, ctx)
 	workersDone := make(chan struct{})
 	go c.cancelAfterGrace(ctx, cancelWork, workersDone)
 	watchDone := make(chan struct{})
@@ -432,6 +434,9 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 		log.Warn("lease lost during the order; the newer holder's certificate stays", "error", err)
 	case ctx.Err() != nil:
 		log.Warn("order cut short by shutdown; left pending", "error", err)
+		return false
+	case errors.Is(err, errNotStarted):
+		log.Info("order not started before shutdown; left pending")
 		return false
 	case acmeclient.IsOutage(err):
 		// The CA's fault, not the name's: no failure record, no backoff.

@@ -214,7 +214,7 @@ func (m *Manager) report(ctx context.Context, kind string, names []string, rec *
 		e.Names, e.NotAfter, e.Fingerprint = rec.Names, rec.NotAfter, rec.Fingerprint
 	case errors.Is(err, store.ErrLockHeld):
 		e.Type = telemetry.EventBusy
-	case errors.Is(err, ErrAlreadyRenewed), ctx.Err() != nil:
+	case errors.Is(err, ErrAlreadyRenewed), errors.Is(err, errNotStarted), ctx.Err() != nil:
 		return
 	default:
 		e.Type, e.Error = telemetry.EventFailed, err.Error()
@@ -386,7 +386,8 @@ func (m *Manager) fromPeers(ctx context.Context, names []string, renewing *store
 // obtain runs one order against one CA within the order timeout.
 func (m *Manager) obtain(ctx context.Context, issuer Issuer, names []string, opts acmeclient.OrderOptions) (cert *acmeclient.Certificate, err error) {
 	if m.cfg.Concurrency != nil {
-		done, waitErr := m.cfg.Concurrency.Acquire(ctx)
+		ctx = acmeclient.WithAnswerTime(ctx)
+		done, waitErr := m.cfg.Concurrency.acquireSlot(ctx)
 		if waitErr != nil {
 			return nil, fmt.Errorf("waiting for a free order slot for %s: %w", names[0], waitErr)
 		}

@@ -112,6 +112,14 @@ func (k Keys) Allow() string { return k.prefix() + "allow" }
 // an older generation is ignored, so `allow add` takes effect at once.
 func (k Keys) AllowGeneration() string { return k.prefix() + "allow-generation" }
 
+// Rules is the hash of the allow rules the agents publish for nginx, which
+// judges names by them without asking an agent.
+func (k Keys) Rules() string { return k.prefix() + "rules" }
+
+// Alive is refreshed by every running agent with a short TTL: while it
+// exists an agent takes names from the requests stream.
+func (k Keys) Alive() string { return k.prefix() + "alive" }
+
 // Denied is the shared negative cache: name was refused and is not evaluated
 // again until the key expires or the allowlist changes.
 func (k Keys) Denied(name string) string { return k.prefix() + "denied:" + name }

@@ -8,10 +8,13 @@
 -- Redis). So a renewed, revoked or deleted certificate is served no longer
 -- than that, whatever cache_ttl says, for one Redis read per node instead of
 -- one per worker. When entries the node had not read were trimmed away, the
--- whole cache is dropped, in every worker.
+-- whole cache is dropped, in every worker. An entry announcing a new version
+-- of the published allow rules makes every worker read them again
+-- (certagent.rules).
 local ngx = ngx
 local cache = require("certagent.cache")
 local index = require("certagent.index")
+local rules = require("certagent.rules")
 local redis = require("certagent.redis")
 local stats = require("certagent.stats")
 
@@ -72,6 +75,14 @@ local kinds = {
             index.invalidate()
         end,
         worker_reset = cache.forget_all,
+    },
+    -- A new version of the published allow rules: every worker reads them
+    -- again; after lost entries too, which may have held an announcement.
+    version = {
+        worker = rules.announce,
+        worker_reset = function()
+            rules.announce(nil)
+        end,
     },
 }
 _M.kinds = kinds
