@@ -81,7 +81,9 @@ type Peers interface {
 	// held here). It returns nil, nil when no reachable peer has one.
 	Existing(ctx context.Context, names []string, have *store.CertRecord) (*store.CertRecord, error)
 	// Lease takes the lease on name at enough sites that no other site can
-	// order it at the same time, or returns an error saying who holds it.
+	// order it at the same time, or returns an error saying why not; the
+	// error wraps store.ErrLockHeld when another site holds the name (and
+	// orders it), not when too few sites answered.
 	Lease(ctx context.Context, name string) (PeerLease, error)
 }
 
@@ -351,6 +353,13 @@ func (m *Manager) fromPeers(ctx context.Context, names []string, renewing *store
 	primary := names[0]
 	lease, err := m.cfg.Peers.Lease(ctx, primary)
 	if err != nil {
+		if !errors.Is(err, store.ErrLockHeld) {
+			// No site holds the name (too few answered): no order runs for
+			// it anywhere, so nginx does not hold its first handshakes.
+			if err := m.cfg.Store.MarkRefused(ctx, primary, "too few sites answer to lease it; tried again later"); err != nil {
+				m.cfg.Logger.Warn("marking the name as not being issued", "name", primary, "error", err)
+			}
+		}
 		return nil, nil, fmt.Errorf("locking %s across sites: %w: %w", primary, store.ErrLockHeld, err)
 	}
 	leaseCtx, stop := context.WithCancel(ctx)

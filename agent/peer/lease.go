@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	mrand "math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -34,58 +35,145 @@ type Lease struct {
 	once  sync.Once
 }
 
+// How sites racing for one name settle it: a site that is refused, and does
+// not give way, asks the refusing peers again after a random pause of
+// raceRetryMin to raceRetryMax, until raceFor has passed since its first
+// request. Long enough for the sites that give way to release what they
+// got; short enough that the first visitors still get the certificate
+// within a first handshake's wait.
+const (
+	raceRetryMin = 20 * time.Millisecond
+	raceRetryMax = 200 * time.Millisecond
+	raceFor      = 1500 * time.Millisecond
+)
+
+// ErrGaveWay is returned, with ErrNoQuorum and store.ErrLockHeld, when
+// another site that asks for the name at the same time wins it: it got more
+// votes, or as many and has the lower site id.
+var ErrGaveWay = errors.New("another site is taking the lease")
+
+// leaseRound is what the peers answered to one round of requests.
+type leaseRound struct {
+	got, refused, failed []*peerConn
+	holders              map[string]int // the sites the refusals named, with how many named each
+	errs                 []error
+}
+
 // Lease asks every peer for the lease on name, for a holder of this site.
 // The caller already holds the name's lease in this site's Redis, which
-// counts toward the quorum. When the sites that granted it fall short of
-// the quorum, it releases what it got and returns an error wrapping
-// ErrNoQuorum that names the peers that refused or could not be asked.
+// counts toward the quorum. Sites asking for the same name at the same time
+// refuse each other: the one holding the most grants (votes), or as many as
+// the best and the lowest site id, asks again after a short random pause,
+// while the others give way and release what they got (ErrGaveWay). When
+// the sites that granted it still fall short of the quorum, it releases
+// what it got and returns an error wrapping ErrNoQuorum that names the
+// peers that refused or could not be asked; it also wraps store.ErrLockHeld
+// when a refusal named the site that holds the name.
 func (f *Fleet) Lease(ctx context.Context, name string) (*Lease, error) {
 	var raw [16]byte
 	if _, err := rand.Read(raw[:]); err != nil {
 		return nil, fmt.Errorf("leasing %s across sites: %w", name, err)
 	}
-	holder := f.cfg.Site + "/" + hex.EncodeToString(raw[:])
-	taken := time.Now()
-	granted := make([]bool, len(f.peers))
-	errs := f.each(ctx, f.peers, func(ctx context.Context, i int, p *peerConn) error {
+	l := &Lease{f: f, name: name, holder: f.cfg.Site + "/" + hex.EncodeToString(raw[:]),
+		taken: time.Now(), done: make(chan struct{})}
+	ask := f.peers
+	for {
+		r := l.ask(ctx, ask)
+		l.granted = append(l.granted, r.got...)
+		l.unsure = append(l.unsure, r.failed...)
+		// A peer that did not answer in time may have granted it all the
+		// same: it does not count, but it is released with the others.
+		// Below a majority, a refusal is respected: two sites could each
+		// reach such a quorum without the other, and the refusing site
+		// holds the name for one of them.
+		short := len(l.granted)+1 < f.quorum
+		if !short && !(f.belowMajority() && len(r.refused) > 0) {
+			return l, nil
+		}
+		yield := l.givesWay(r.holders)
+		if yield || len(r.refused) == 0 || time.Since(l.taken) >= raceFor || !sleepRandom(ctx, raceRetryMin, raceRetryMax) {
+			return nil, l.shortOfQuorum(ctx, r, short, yield)
+		}
+		ask = r.refused
+	}
+}
+
+// ask asks peers for the lease once, all at once.
+func (l *Lease) ask(ctx context.Context, peers []*peerConn) leaseRound {
+	f := l.f
+	granted := make([]bool, len(peers))
+	holders := make([]string, len(peers))
+	r := leaseRound{holders: map[string]int{}}
+	r.errs = f.each(ctx, peers, func(ctx context.Context, i int, p *peerConn) error {
 		var err error
-		granted[i], err = p.client.TakeLease(ctx, name, holder, f.cfg.LeaseTTL)
+		granted[i], holders[i], err = p.client.TakeLeaseOrHolder(ctx, l.name, l.holder, f.cfg.LeaseTTL)
 		return err
 	})
-	var got, refused, failed []*peerConn
-	for i, p := range f.peers {
+	for i, p := range peers {
 		switch {
-		case errs[i] != nil:
-			failed = append(failed, p)
+		case r.errs[i] != nil:
+			r.failed = append(r.failed, p)
 		case granted[i]:
-			got = append(got, p)
+			r.got = append(r.got, p)
 		default:
-			refused = append(refused, p)
+			r.refused = append(r.refused, p)
+			if holders[i] != "" {
+				r.holders[holders[i]]++
+			}
 		}
 	}
-	// A peer that did not answer in time may have granted it all the same:
-	// it does not count, but it is released with the others. Below a
-	// majority, a refusal is respected: two sites could each reach such a
-	// quorum without the other, and the refusing site holds the name for
-	// one of them.
-	short := len(got)+1 < f.quorum
-	if !short && !(f.belowMajority() && len(refused) > 0) {
-		return &Lease{f: f, name: name, holder: holder, granted: got, unsure: failed, taken: taken,
-			done: make(chan struct{})}, nil
+	return r
+}
+
+// givesWay reports whether another site holding the name wins it over this
+// one: more votes than this site's (its own and the grants it holds), or as
+// many and a lower site id. Every site racing for the name sees the same
+// refusals from the others, so all but one give way.
+func (l *Lease) givesWay(holders map[string]int) bool {
+	mine, site := len(l.granted)+1, l.f.cfg.Site
+	for other, votes := range holders {
+		if other != site && (votes > mine || votes == mine && other < site) {
+			return true
+		}
 	}
-	l := &Lease{f: f, name: name, holder: holder, granted: got, unsure: failed, done: make(chan struct{})}
+	return false
+}
+
+// shortOfQuorum releases what the lease got and says why it fell short.
+func (l *Lease) shortOfQuorum(ctx context.Context, r leaseRound, short, yield bool) error {
+	f := l.f
 	cctx, cancel := f.cleanupContext(ctx)
 	defer cancel()
 	if err := l.Release(cctx); err != nil {
-		f.cfg.Logger.Warn("releasing a lease short of the quorum", "name", name, "error", err)
+		f.cfg.Logger.Warn("releasing a lease short of the quorum", "name", l.name, "error", err)
 	}
 	why := "needed"
 	if !short {
 		why = "needed, and a site that answers is not overruled below a majority"
 	}
-	return nil, fmt.Errorf("leasing %s across sites: %d of %d sites granted it, %d %s%s: %w",
-		name, len(got)+1, len(f.peers)+1, f.quorum, why, naming("refused by", refused, "not reached", failed),
-		errors.Join(append(errs, ErrNoQuorum)...))
+	causes := append(r.errs, ErrNoQuorum)
+	if len(r.holders) > 0 {
+		causes = append(causes, store.ErrLockHeld)
+	}
+	if yield {
+		causes = append(causes, ErrGaveWay)
+	}
+	return fmt.Errorf("leasing %s across sites: %d of %d sites granted it, %d %s%s: %w",
+		l.name, len(l.granted)+1, len(f.peers)+1, f.quorum, why, naming("refused by", r.refused, "not reached", l.unsure),
+		errors.Join(causes...))
+}
+
+// sleepRandom waits a random time in [lo, hi), and reports false if ctx
+// ended first.
+func sleepRandom(ctx context.Context, lo, hi time.Duration) bool {
+	t := time.NewTimer(lo + time.Duration(mrand.Int64N(int64(hi-lo))))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // belowMajority reports whether the quorum is half the sites or fewer: two
