@@ -8,11 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/names"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
 )
@@ -41,6 +41,13 @@ type RenewalInfoIssuer interface {
 // implements it.
 type Revoker interface {
 	Revoke(ctx context.Context, chainPEM []byte, reason uint) error
+}
+
+// CertKeyRevoker is a Revoker that can also sign a revocation with the
+// certificate's own key (RFC 8555, section 7.6): the way to revoke a
+// certificate another site's account ordered. *acmeclient.Lazy is one.
+type CertKeyRevoker interface {
+	RevokeWithCertKey(ctx context.Context, chainPEM, keyPEM []byte, reason uint) error
 }
 
 // Clock tells the time; tests replace it.
@@ -424,8 +431,8 @@ func (m *Manager) Store() *store.Store { return m.cfg.Store }
 // serves the fallback for it and prefers the exact record to the wildcard).
 func (m *Manager) NeedsCertificate(ctx context.Context, name string) (bool, error) {
 	candidates := []string{name}
-	if i := strings.IndexByte(name, '.'); i > 0 && strings.Count(name[i+1:], ".") >= 1 {
-		candidates = append(candidates, "*"+name[i:])
+	if parent, ok := names.WildcardParent(name); ok {
+		candidates = append(candidates, "*."+parent)
 	}
 	now := m.cfg.Clock.Now()
 	for _, candidate := range candidates {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/certagent/certagent/agent/names"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -86,13 +87,13 @@ func (f *Fleet) Existing(ctx context.Context, names []string, have *store.CertRe
 	return nil, errors.Join(failed...)
 }
 
-// usable reports whether leaf can be taken for names instead of an order:
+// usable reports whether leaf can be taken for the names want instead of an order:
 // it covers every name (as in TLS), is valid now with more than a third of its lifetime
 // left (otherwise it is due for renewal, and an order is placed anyway), and
 // is a newer certificate than have.
-func usable(leaf *store.CertRecord, names []string, have *store.CertRecord, now time.Time) bool {
-	for _, n := range names {
-		if !covers(leaf.Names, n) {
+func usable(leaf *store.CertRecord, want []string, have *store.CertRecord, now time.Time) bool {
+	for _, n := range want {
+		if !names.Covers(leaf.Names, n) {
 			return false
 		}
 	}
