@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,6 +50,38 @@ type testSite struct {
 	addr  string
 	fleet *Fleet
 	srv   *Server
+
+	// What the site's peer API answered: how many answers to inventory
+	// pages, and the largest answer in bytes.
+	entryPages  atomic.Int64
+	largestSent atomic.Int64
+}
+
+// metered counts what the site's peer API answers.
+func (s *testSite) metered(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m := &meteredWriter{ResponseWriter: w}
+		h.ServeHTTP(m, r)
+		if strings.HasSuffix(r.URL.Path, "/inventory/entries") {
+			s.entryPages.Add(1)
+		}
+		for {
+			largest := s.largestSent.Load()
+			if m.n <= largest || s.largestSent.CompareAndSwap(largest, m.n) {
+				return
+			}
+		}
+	})
+}
+
+type meteredWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (m *meteredWriter) Write(p []byte) (int, error) {
+	m.n += int64(len(p))
+	return m.ResponseWriter.Write(p)
 }
 
 // startSites starts the sites ids, each answering the others, with fleet
@@ -70,7 +105,7 @@ func startSites(t *testing.T, tweak func(*Config), ids ...string) map[string]*te
 			t.Fatal(err)
 		}
 		s := &testSite{id: id, st: st, rdb: r.Client, srv: srv}
-		s.api = httptest.NewTLSServer(srv)
+		s.api = httptest.NewTLSServer(s.metered(srv))
 		s.addr = s.api.Listener.Addr().String()
 		roots.AddCert(s.api.Certificate())
 		t.Cleanup(func() { s.api.Close() })
@@ -108,7 +143,7 @@ func (s *testSite) up(t *testing.T) {
 		ln, err = net.Listen("tcp", s.addr)
 		return err == nil
 	})
-	s.api = httptest.NewUnstartedServer(s.srv)
+	s.api = httptest.NewUnstartedServer(s.metered(s.srv))
 	s.api.Listener = ln
 	s.api.StartTLS()
 	t.Cleanup(func() { s.api.Close() })
