@@ -24,8 +24,8 @@ import (
 // holder that dies blocks the name for a bounded time whatever it asked for.
 const MaxLeaseTTL = 300 * time.Second
 
-// Timeouts and limits of the peer API's HTTPS server. An inventory answer
-// lists every certificate of the site; everything else is one record at most.
+// Timeouts and limits of the peer API's HTTPS server. Every answer is one
+// record or one inventory page at most.
 const (
 	serverReadHeaderTimeout = 10 * time.Second
 	serverReadTimeout       = 30 * time.Second
