@@ -22,6 +22,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -188,7 +189,18 @@ func peersCatchup(args []string) error {
 	servePid := fs.Int("serve-pid", 0, "pid of peers-serve, for its peak RSS")
 	want := fs.Int64("want", 0, "certificates the new site must hold")
 	inStep := fs.Int("in-step", 5, "exchanges to measure once in step")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the catching up here")
 	_ = fs.Parse(args)
+	if *cpuProfile != "" {
+		out, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(out); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	secret, err := os.ReadFile(*secretFile)
 	if err != nil {
 		return err
