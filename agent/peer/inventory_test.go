@@ -136,3 +136,22 @@ func sampleHeap(peak *atomic.Uint64) (stop func() uint64) {
 		return base
 	}
 }
+
+// TestDifferingWindows: a window differs when its count or digest differs,
+// or when only one site holds certificates there (with the peer's count, 0
+// when it holds none: it may hold tombstones for them).
+func TestDifferingWindows(t *testing.T) {
+	w := func(start, count int64, digest string) WindowDigest {
+		return WindowDigest{Start: start, Count: count, Digest: digest}
+	}
+	remote := []WindowDigest{w(0, 2, "aa"), w(10, 1, "bb"), w(20, 5, "cc"), w(40, 1, "dd")}
+	local := []WindowDigest{w(0, 2, "aa"), w(10, 1, "b0"), w(30, 3, "ee"), w(40, 1, "dd"), w(50, 1, "ff")}
+	got := differing(remote, local)
+	want := []WindowDigest{w(10, 1, "bb"), w(20, 5, "cc"), w(30, 0, ""), w(50, 0, "")}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("differing = %v, want %v", got, want)
+	}
+	if got := differing(remote, remote); len(got) != 0 {
+		t.Errorf("the same windows differ: %v", got)
+	}
+}

@@ -496,8 +496,9 @@ func TestServerLeases(t *testing.T) {
 	}
 	owner := h.rdb.Get(ctx, lockKey).Val()
 	var lease LeaseResult
-	if status := h.call(http.MethodPost, "leases/a.example.com", LeaseRequest{Holder: "b/1", TTLSeconds: 60}, &lease); status != http.StatusConflict || lease.Granted {
-		t.Errorf("POST while a local agent holds it: %d %+v", status, lease)
+	if status := h.call(http.MethodPost, "leases/a.example.com", LeaseRequest{Holder: "b/1", TTLSeconds: 60}, &lease); status != http.StatusConflict ||
+		lease.Granted || lease.HolderSite != "a" {
+		t.Errorf("POST while a local agent holds it: %d %+v, want 409 naming this site", status, lease)
 	}
 	if status := h.call(http.MethodPut, "leases/a.example.com", LeaseRequest{Holder: "b/1", TTLSeconds: 60}, nil); status != http.StatusConflict {
 		t.Errorf("PUT of a lease not held: %d", status)
@@ -517,8 +518,9 @@ func TestServerLeases(t *testing.T) {
 	}
 	c, _ := NewSigner("c", apiSecret)
 	body, _ := json.Marshal(LeaseRequest{Holder: "c/1", TTLSeconds: 60})
-	if status, _ := h.send(h.request(http.MethodPost, PathPrefix+"leases/a.example.com", body, c, time.Now())); status != http.StatusConflict {
-		t.Errorf("POST by another site while b holds it: %d", status)
+	status, answer := h.send(h.request(http.MethodPost, PathPrefix+"leases/a.example.com", body, c, time.Now()))
+	if err := json.Unmarshal(answer, &lease); status != http.StatusConflict || err != nil || lease.HolderSite != "b" {
+		t.Errorf("POST by another site while b holds it: %d %s, want 409 naming b", status, answer)
 	}
 	for _, tc := range []struct {
 		method, path string
