@@ -79,6 +79,9 @@ type Config struct {
 	// one of them holds is taken instead of ordering, and an order runs only
 	// under a lease a quorum of sites granted. Default: none, one site.
 	Peers Peers
+	// Concurrency bounds the orders running at once at the CAs, adapting
+	// to their pace (concurrency.go). Default: no bound beyond the callers'.
+	Concurrency *Concurrency
 }
 
 // Peers is what ordering needs of the fleet's other sites.
@@ -397,7 +400,14 @@ func (m *Manager) fromPeers(ctx context.Context, names []string, renewing *store
 }
 
 // obtain runs one order against one CA within the order timeout.
-func (m *Manager) obtain(ctx context.Context, issuer Issuer, names []string, opts acmeclient.OrderOptions) (*acmeclient.Certificate, error) {
+func (m *Manager) obtain(ctx context.Context, issuer Issuer, names []string, opts acmeclient.OrderOptions) (cert *acmeclient.Certificate, err error) {
+	if m.cfg.Concurrency != nil {
+		done, waitErr := m.cfg.Concurrency.Acquire(ctx)
+		if waitErr != nil {
+			return nil, fmt.Errorf("waiting for a free order slot for %s: %w", names[0], waitErr)
+		}
+		defer func() { done(err) }() // the order's outcome adapts the limit
+	}
 	orderCtx, cancel := context.WithTimeoutCause(ctx, m.cfg.OrderTimeout,
 		fmt.Errorf("the order took longer than %s", m.cfg.OrderTimeout))
 	defer cancel()

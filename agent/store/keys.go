@@ -56,6 +56,10 @@ func (k Keys) Changes() string { return k.prefix() + "changes" }
 // Events is the stream of what the agents did, for operators to follow.
 func (k Keys) Events() string { return k.prefix() + "events" }
 
+// Refusals counts the names the agents refused without an event each
+// (no rule allows them, or they are not valid names), for `certagent status`.
+func (k Keys) Refusals() string { return k.prefix() + "refusals" }
+
 // Expiry is the sorted set of primary names scored by not-after.
 func (k Keys) Expiry() string { return k.prefix() + "expiry" }
 

@@ -69,6 +69,7 @@ func TestKeysMatchSchemaDocument(t *testing.T) {
 		"expiry":      {keys.Expiry()},
 		"changes":     {keys.Changes()},
 		"events":      {keys.Events()},
+		"refusals":    {keys.Refusals()},
 		"lock":        {keys.Lock("a.example.com"), "name", "a.example.com"},
 		"fence":       {keys.Fence("a.example.com"), "name", "a.example.com"},
 		"order":       {keys.Order("a.example.com"), "name", "a.example.com"},

@@ -9,7 +9,7 @@
 -- exact record wins over the wildcard.
 --
 -- A name without a certificate may then be held (certagent.wait) while the
--- agent issues it: the same round trip reads the agent's issuing mark.
+-- agent issues it; the wait reads the agent's issuing mark.
 local ngx = ngx
 local ngx_ssl = require("ngx.ssl")
 local names = require("certagent.names")
@@ -263,7 +263,7 @@ local function fetch(recs, n, mark_name)
     end
     red:init_pipeline(mark_name and n + 1 or n)
     for i = 1, n do
-        red:hmget(keys:cert(recs[i]), "fullchain", "key", "not_after")
+        red:hmget(keys:cert(recs[i]), "fullchain", "key", "not_after", "chain_der", "key_der")
     end
     if mark_name then
         red:get(keys:issuing(mark_name))
@@ -304,11 +304,12 @@ local function learn(rec, reply, t, started)
     end
     local fullchain = reply[1] ~= null and reply[1] or nil
     local key_pem = reply[2] ~= null and reply[2] or nil
+    local chain_der, key_der = reply[4], reply[5] -- absent (ngx.null) in an older agent's record
     local entry, err
     if reply[1] == false then
         err = tostring(reply[2]) -- WRONGTYPE: not a hash
     else
-        entry, err = cache.parse(fullchain, key_pem, not_after, started)
+        entry, err = cache.parse(fullchain, key_pem, not_after, started, chain_der, key_der)
     end
     if not entry then
         cache.put_bad(rec)
@@ -316,7 +317,11 @@ local function learn(rec, reply, t, started)
             "); using the fallback certificate")
         return { bad = true }
     end
-    cache.put(rec, entry, fullchain, key_pem, started)
+    if entry.der then
+        cache.put(rec, entry, chain_der, key_der, started)
+    else
+        cache.put(rec, entry, fullchain, key_pem, started)
+    end
     return entry
 end
 
@@ -449,6 +454,17 @@ local function missing(name, mark)
     end
 end
 
+-- mark_of reads name's issuing mark, for the wait of a name Redis has no
+-- certificate for (nil when the wait is off or Redis failed: the wait then
+-- reads it itself).
+local function mark_of(name)
+    if not wait.enabled() then
+        return nil
+    end
+    local replies, _, mark = fetch({}, 0, name)
+    return replies and mark or nil
+end
+
 -- handle returns true when it set a certificate (or the handshake is
 -- nginx's own self-test); on every other path nginx uses the fallback.
 local function handle()
@@ -495,10 +511,12 @@ local function handle()
         return serve_usable(name, wild, wild_source)
     end
 
-    -- Ask Redis for what the cache does not know, in one round trip (and
-    -- for the issuing mark, in case the name has no certificate).
-    local err, mark
-    exact, wild, err, mark = ask(name, exact, wild_rec, wild, t, wait.enabled())
+    -- Ask Redis for what the cache does not know, in one round trip. The
+    -- issuing mark is not read with it: most names looked up have a
+    -- certificate, whose cold handshake then costs one command; a name found
+    -- without one has its mark read next (mark_of).
+    local err
+    exact, wild, err = ask(name, exact, wild_rec, wild, t, false)
     if err then
         local stale = cache.stale(name, t)
         if not stale and wild_rec then
@@ -522,7 +540,7 @@ local function handle()
     if wild and wild ~= ABSENT then
         return serve_usable(name, wild, wild_source or "served_redis")
     end
-    return missing(name, mark)
+    return missing(name, mark_of(name))
 end
 
 -- state returns what is stored for name, the way a handshake would look it

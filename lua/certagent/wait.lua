@@ -48,7 +48,7 @@ local huge = math.huge
 local _M = { _VERSION = "0.1.0" }
 
 local FIRST_INTERVAL = 0.025 -- s between the first polls of a wait
-local MAX_INTERVAL = 0.2     -- s between later polls
+local MAX_INTERVAL = 0.05    -- s between later polls: a certificate is served within 50 ms of its write
 local SLACK = 1              -- s past a wait's deadline before it is taken for abandoned
 
 -- The marks, as the lookups report them: "issuing", "refused", "none" (no

@@ -42,8 +42,6 @@ func runCommand() *cli.Command {
 				Usage: "consumer group shared by the agents"},
 			&cli.StringFlag{Name: flagConsumer, EnvVars: []string{envConsumer},
 				Usage: "this agent's stable name in the group (default: the host name)"},
-			&cli.IntFlag{Name: flagWorkers, EnvVars: []string{envWorkers}, Value: 4,
-				Usage: "orders run at once"},
 			&cli.DurationFlag{Name: flagGrace, EnvVars: []string{envGrace}, Value: 20 * time.Second,
 				Usage: "on SIGTERM, how long running orders may finish before they are left for the next start"},
 			&cli.DurationFlag{Name: flagReclaim, EnvVars: []string{envReclaim}, Value: time.Minute,
@@ -56,7 +54,7 @@ func runCommand() *cli.Command {
 				Usage: "pause after a failed renewal; doubles per failure up to 6h, shorter as expiry nears"},
 			&cli.DurationFlag{Name: flagCheckInterval, EnvVars: []string{envCheckInterval}, Value: 10 * time.Minute,
 				Usage: "pause between two checks of every stored certificate; a corrupt one is ordered again"},
-		}, gateFlags()),
+		}, concurrencyFlags(), gateFlags()),
 		Action: runAction,
 	}
 }
@@ -173,7 +171,7 @@ func runAction(c *cli.Context) error {
 	}
 
 	log.Info("agent running", "consumer", consumerName, "group", c.String(flagGroup),
-		"directory", c.String(flagDirectory), "workers", c.Int(flagWorkers))
+		"directory", c.String(flagDirectory), "workers", workersText(c))
 	budgetCfg, err := budgetConfig(c)
 	if err != nil {
 		return err
