@@ -162,10 +162,7 @@ func (c *Client) DeleteToken(ctx context.Context, name, token string) error {
 // Digests asks the peer for the sums of its certificates in windows of
 // width seconds from from to to (0: no end).
 func (c *Client) Digests(ctx context.Context, from, to, width int64) (*InventoryDigests, error) {
-	q := url.Values{"from": {strconv.FormatInt(from, 10)}, "width": {strconv.FormatInt(width, 10)}}
-	if to != 0 {
-		q.Set("to", strconv.FormatInt(to, 10))
-	}
+	q := rangeQuery(from, to, map[string]int64{"width": width})
 	var d InventoryDigests
 	if err := c.call(ctx, http.MethodGet, "inventory/digests?"+q.Encode(), nil, &d, maxPageAnswer); err != nil {
 		return nil, fmt.Errorf("fetching the inventory digests of %s: %w", c.id, err)
@@ -176,16 +173,25 @@ func (c *Client) Digests(ctx context.Context, from, to, width int64) (*Inventory
 // Entries asks the peer for a page of the certificates and tombstones whose
 // not-after falls in [from, to) (to 0: no end).
 func (c *Client) Entries(ctx context.Context, from, to, offset, limit int64) (*InventoryPage, error) {
-	q := url.Values{"from": {strconv.FormatInt(from, 10)}, "offset": {strconv.FormatInt(offset, 10)},
-		"limit": {strconv.FormatInt(limit, 10)}}
-	if to != 0 {
-		q.Set("to", strconv.FormatInt(to, 10))
-	}
+	q := rangeQuery(from, to, map[string]int64{"offset": offset, "limit": limit})
 	var page InventoryPage
 	if err := c.call(ctx, http.MethodGet, "inventory/entries?"+q.Encode(), nil, &page, maxPageAnswer); err != nil {
 		return nil, fmt.Errorf("fetching the inventory of %s: %w", c.id, err)
 	}
 	return &page, nil
+}
+
+// rangeQuery is the query of an inventory request for [from, to) (to 0:
+// no end) with more integer parameters.
+func rangeQuery(from, to int64, more map[string]int64) url.Values {
+	q := url.Values{"from": {strconv.FormatInt(from, 10)}}
+	if to != 0 {
+		q.Set("to", strconv.FormatInt(to, 10))
+	}
+	for key, v := range more {
+		q.Set(key, strconv.FormatInt(v, 10))
+	}
+	return q
 }
 
 // GetCert fetches the record the peer holds for name; an error wraps
