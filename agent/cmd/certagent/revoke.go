@@ -60,27 +60,37 @@ func parseReason(s string) (uint, error) {
 	return 0, fmt.Errorf("unknown revocation reason %q (want %s)", s, reasonNames())
 }
 
+// What signed a revocation the CA accepted, as revoke reports it.
+const (
+	signedWithAccount = "account"
+	signedWithCertKey = "certificate-key"
+)
+
 // revokeAtCA revokes rec with this site's account, and when the CA answers
 // that this account did not order it (another site's did: each site has its
-// own account, docs/peers.md), with the certificate's own key.
-func revokeAtCA(ctx context.Context, revoker manager.Revoker, rec *store.CertRecord, reason uint) error {
+// own account, docs/peers.md), with the certificate's own key. It returns
+// which of the two signed the revocation.
+func revokeAtCA(ctx context.Context, revoker manager.Revoker, rec *store.CertRecord, reason uint) (string, error) {
 	err := revoker.Revoke(ctx, []byte(rec.FullChain), reason)
 	byKey, ok := revoker.(manager.CertKeyRevoker)
 	if err == nil || !ok || !acmeclient.NotThisAccounts(err) {
-		return err
+		return signedWithAccount, err
 	}
 	if keyErr := byKey.RevokeWithCertKey(ctx, []byte(rec.FullChain), []byte(rec.Key), reason); keyErr != nil {
-		return fmt.Errorf("%w; then with the certificate's key: %w", err, keyErr)
+		return "", fmt.Errorf("%w; then with the certificate's key: %w", err, keyErr)
 	}
-	return nil
+	return signedWithCertKey, nil
 }
 
 type revokeView struct {
-	Name     string    `json:"name"`
-	Serial   string    `json:"serial"`
-	Revoked  bool      `json:"revoked"`
-	Deleted  []string  `json:"deleted,omitempty"`
-	Reissued *certView `json:"reissued,omitempty"`
+	Name    string `json:"name"`
+	Serial  string `json:"serial"`
+	Revoked bool   `json:"revoked"`
+	// SignedWith is what signed the revocation: this site's ACME account,
+	// or the certificate's own key (another site's account ordered it).
+	SignedWith string    `json:"signed_with"`
+	Deleted    []string  `json:"deleted,omitempty"`
+	Reissued   *certView `json:"reissued,omitempty"`
 }
 
 func revokeAction(c *cli.Context) error {
@@ -117,12 +127,13 @@ func revokeAction(c *cli.Context) error {
 		return failedf("certagent revoke: the certificate for %s was issued by %s, which is not among the configured directories (--%s, --%s)",
 			args[0], ca, flagDirectory, flagFallbacks)
 	}
-	if err := revokeAtCA(ctx, revoker, rec, reason); err != nil {
+	signedWith, err := revokeAtCA(ctx, revoker, rec, reason)
+	if err != nil {
 		return failedf("certagent revoke: revoking certificate for %s: %v", args[0], err)
 	}
 	events.Emit(ctx, telemetry.Event{Type: telemetry.EventRevoked, Name: args[0], Names: rec.Names,
 		NotAfter: rec.NotAfter, Fingerprint: rec.Fingerprint, Reason: c.String(flagReason)})
-	view := revokeView{Name: args[0], Serial: rec.Serial, Revoked: true}
+	view := revokeView{Name: args[0], Serial: rec.Serial, Revoked: true, SignedWith: signedWith}
 	// A revoked certificate must not stay served: replace it or remove it.
 	if c.Bool(flagReissue) {
 		newRec, err := mgr.Issue(ctx, rec.Names)
@@ -145,7 +156,7 @@ func revokeAction(c *cli.Context) error {
 	if c.Bool(flagJSON) {
 		return writeJSON(c.App.Writer, view)
 	}
-	fmt.Fprintf(c.App.Writer, "revoked   %s  serial=%s\n", view.Name, view.Serial)
+	fmt.Fprintf(c.App.Writer, "revoked   %s  serial=%s  signed_with=%s\n", view.Name, view.Serial, view.SignedWith)
 	if view.Reissued != nil {
 		fmt.Fprintf(c.App.Writer, "reissued  %s  serial=%s  not_after=%s\n", view.Name, view.Reissued.Serial,
 			view.Reissued.NotAfter.Format("2006-01-02T15:04:05Z"))
