@@ -116,12 +116,21 @@ func (s *Store) Rules(ctx context.Context) (RulesRecord, error) {
 	return rec, nil
 }
 
-// Beat records that an agent is alive for ttl; any agent's beat counts.
-func (s *Store) Beat(ctx context.Context, agent string, ttl time.Duration) error {
-	if err := s.rdb.Set(ctx, s.keys.Alive(), agent, ttl).Err(); err != nil {
-		return fmt.Errorf("recording that %s is alive: %w", agent, err)
+// Beat records that an agent is alive for ttl; any agent's beat counts. In
+// the same round trip it reads whether the rules are published, so that an
+// agent publishes them again when Redis lost them (a restart without
+// persistence).
+func (s *Store) Beat(ctx context.Context, agent string, ttl time.Duration) (published bool, err error) {
+	var exists *redis.BoolCmd
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, s.keys.Alive(), agent, ttl)
+		exists = p.HExists(ctx, s.keys.Rules(), rulesStatic)
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("recording that %s is alive: %w", agent, err)
 	}
-	return nil
+	return exists.Val(), nil
 }
 
 // AliveFor returns how long the last beat of any agent still counts; 0 when

@@ -94,14 +94,17 @@ func TestHeartbeat(t *testing.T) {
 	if d, err := st.AliveFor(ctx); err != nil || d != 0 {
 		t.Fatalf("no beat yet: %v, %v; want 0", d, err)
 	}
-	if err := st.Beat(ctx, "agent-a", 3*time.Second); err != nil {
-		t.Fatal(err)
+	if published, err := st.Beat(ctx, "agent-a", 3*time.Second); err != nil || published {
+		t.Fatalf("a beat before any publication: %v, %v; want the rules reported unpublished", published, err)
 	}
 	if d, err := st.AliveFor(ctx); err != nil || d <= 2*time.Second || d > 3*time.Second {
 		t.Fatalf("after a 3 s beat: %v, %v", d, err)
 	}
-	if err := st.Beat(ctx, "agent-b", 100*time.Millisecond); err != nil {
+	if _, _, err := st.PublishRules(ctx, PublishedRules{Static: []string{"*.example.test"}}); err != nil {
 		t.Fatal(err)
+	}
+	if published, err := st.Beat(ctx, "agent-b", 100*time.Millisecond); err != nil || !published {
+		t.Fatalf("a beat after a publication: %v, %v; want the rules reported published", published, err)
 	}
 	time.Sleep(200 * time.Millisecond)
 	if d, err := st.AliveFor(ctx); err != nil || d != 0 {
