@@ -111,3 +111,37 @@ func TestHeartbeat(t *testing.T) {
 		t.Fatalf("after the last beat expired: %v, %v; want 0", d, err)
 	}
 }
+
+// TestRulesVersionNeverGoesBackwards: nginx reads the record again only for
+// a version above the one it judges by, so a publication after Redis lost
+// the record (a restart without persistence) must still get a higher
+// version than any before.
+func TestRulesVersionNeverGoesBackwards(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	var last int64
+	for i := 0; i < 3; i++ {
+		v, _, err := st.PublishRules(ctx, PublishedRules{Static: []string{"*.old.example"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = v
+	}
+	if err := r.Client.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	v, _, err := st.PublishRules(ctx, PublishedRules{Static: []string{"*.new.example"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v <= last {
+		t.Fatalf("a publication after Redis lost the record got version %d, want above %d", v, last)
+	}
+	if rec, _ := st.Rules(ctx); rec.Version != v {
+		t.Fatalf("the record holds version %d, want %d", rec.Version, v)
+	}
+	next, _, err := st.PublishRules(ctx, PublishedRules{Static: []string{"*.new.example"}})
+	if err != nil || next != v+1 {
+		t.Fatalf("the next publication: version %d (%v), want %d", next, err, v+1)
+	}
+}
