@@ -246,8 +246,8 @@ func TestRefusalRememberedAndNotAskedAgain(t *testing.T) {
 	e.mustHandshake(later)
 	e.wantCounters("after the remembered refusal", map[string]float64{waits: 1, judgedRefused: 11})
 
-	// New rules void the memory: the name may be held again (it is in
-	// the stream for this request_window already).
+	// New rules void the memory: the name may be held again (and is
+	// recorded again, under the new rules).
 	reads := e.commands("hmget")
 	e.publishRules(2, "*.allowed.test", "", "")
 	waitFor(t, "the worker to read the new rules", func() bool { return e.commands("hmget") > reads })
