@@ -20,26 +20,13 @@ import (
 // and the same user can write neither a certificate, nor a token, nor an
 // issuing mark, nor anything else.
 func TestNginxRunsAsTheLeastPrivilegeUser(t *testing.T) {
-	schema, err := schemadoc.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
 	r := testenv.StartRedis(t)
 	ctx := context.Background()
 	const prefix = "certagent:"
 	testenv.SetACL(t, "certagent-nginx", prefix, "ng1nx pw", r.Client)
 	// The default user keeps full rights: the test writes as the agent would.
-	n := testenv.StartNginx(t, testenv.NginxOptions{
-		RedisURL:  "redis://certagent-nginx:ng1nx%20pw@" + r.Addr + "/0",
-		Env:       map[string]string{"CERTAGENT_NODE": testNode},
-		LuaConfig: map[string]string{"changes_interval": "1"},
-	})
-	e := &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("nginx error log:\n%s", n.ErrorLog())
-		}
-	})
+	e := startAsNginxUser(t, r, prefix)
+	n := e.nginx
 	logStart := n.ErrorLogSize()
 
 	// HMGET of a certificate.
@@ -152,10 +139,6 @@ func TestNginxRunsAsTheLeastPrivilegeUser(t *testing.T) {
 // Lua but not its ACL line (no read of rules and alive) behaves as before
 // the rules: every name is recorded, none is judged out, no handshake fails.
 func TestNginxWithAnACLWithoutTheRules(t *testing.T) {
-	schema, err := schemadoc.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
 	r := testenv.StartRedis(t)
 	const prefix = "certagent:"
 	var args []any
@@ -171,17 +154,7 @@ func TestNginxWithAnACLWithoutTheRules(t *testing.T) {
 	if err := r.Client.Do(context.Background(), args...).Err(); err != nil {
 		t.Fatal(err)
 	}
-	n := testenv.StartNginx(t, testenv.NginxOptions{
-		RedisURL:  "redis://certagent-nginx:ng1nx%20pw@" + r.Addr + "/0",
-		Env:       map[string]string{"CERTAGENT_NODE": testNode},
-		LuaConfig: map[string]string{"changes_interval": "1"},
-	})
-	e := &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("nginx error log:\n%s", n.ErrorLog())
-		}
-	})
+	e := startAsNginxUser(t, r, prefix)
 	e.beat(time.Minute)
 	e.publishRules(1, "*.example.test", "", "")
 	time.Sleep(1500 * time.Millisecond) // past a read of the changes stream and its announcement
@@ -196,4 +169,26 @@ func TestNginxWithAnACLWithoutTheRules(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// startAsNginxUser starts nginx on r as the user certagent-nginx (password
+// "ng1nx pw"), whose ACL the test has set.
+func startAsNginxUser(t *testing.T, r *testenv.Redis, prefix string) *env {
+	t.Helper()
+	schema, err := schemadoc.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := testenv.StartNginx(t, testenv.NginxOptions{
+		RedisURL:  "redis://certagent-nginx:ng1nx%20pw@" + r.Addr + "/0",
+		Env:       map[string]string{"CERTAGENT_NODE": testNode},
+		LuaConfig: map[string]string{"changes_interval": "1"},
+	})
+	e := &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("nginx error log:\n%s", n.ErrorLog())
+		}
+	})
+	return e
 }
