@@ -3,8 +3,6 @@ package manager
 import (
 	"context"
 	"log/slog"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/certagent/certagent/agent/store"
@@ -23,13 +21,19 @@ type AnnouncerConfig struct {
 	// Interval is the pause between two heartbeats; each counts for three.
 	// Default: 1 s.
 	Interval time.Duration
+	// Forget is how long an agent's rules stay in the published union
+	// after its last beat: clearly longer than a restart, so that a
+	// restarting agent's names are not refused meanwhile. Default: 30 s,
+	// and at least ten intervals.
+	Forget time.Duration
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger
 }
 
 // Announcer tells nginx what it needs to judge names without an agent: it
-// publishes the agent's allow rules once (the fleet's, with the allowlist),
-// then keeps the heartbeat that says an agent takes names. nginx holds no
+// publishes the agent's allow rules once (nginx judges by the union of the
+// live agents' rules, with the allowlist), then keeps the heartbeat that
+// says an agent takes names and that keeps its rules in the union. nginx holds no
 // handshake while no heartbeat counts, and refuses at once the names no
 // published rule can allow.
 type Announcer struct {
@@ -43,6 +47,9 @@ func NewAnnouncer(cfg AnnouncerConfig) *Announcer {
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = time.Second
+	}
+	if cfg.Forget <= 0 {
+		cfg.Forget = max(30*time.Second, 10*cfg.Interval)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -74,10 +81,11 @@ func (a *Announcer) Run(ctx context.Context) {
 }
 
 // beat beats, then publishes the rules if they are not yet, or no more
-// (Redis restarted without persistence): nginx reads the heartbeat with the
-// rules it is told about, and must find it.
+// (Redis restarted without persistence, or this agent was away for longer
+// than Forget): nginx reads the heartbeat with the rules it is told about,
+// and must find this agent's among them.
 func (a *Announcer) beat(ctx context.Context, published *bool) error {
-	there, err := a.cfg.Store.Beat(ctx, a.cfg.Name, 3*a.cfg.Interval)
+	there, err := a.cfg.Store.Beat(ctx, a.cfg.Name, 3*a.cfg.Interval, a.cfg.Forget)
 	if err != nil {
 		return err
 	}
@@ -90,20 +98,17 @@ func (a *Announcer) beat(ctx context.Context, published *bool) error {
 	return nil
 }
 
-// Publish publishes the agent's rules as a new version.
+// Publish publishes the agent's rules as a new version: they join the
+// other live agents' in the union nginx judges by.
 func (a *Announcer) Publish(ctx context.Context) error {
 	rules := a.cfg.Static.Rules()
 	var ask []string
 	if a.cfg.Ask {
 		ask = []string{"*"}
 	}
-	version, before, err := a.cfg.Store.PublishRules(ctx, store.PublishedRules{Static: rules, Ask: ask})
+	version, err := a.cfg.Store.PublishRules(ctx, store.PublishedRules{Agent: a.cfg.Name, Static: rules, Ask: ask})
 	if err != nil {
 		return err
-	}
-	if len(before) > 0 && !slices.Equal(before, rules) {
-		a.cfg.Logger.Warn("the agents of this fleet run with different allow rules; nginx judges names by this agent's",
-			"rules", strings.Join(rules, " "), "before", strings.Join(before, " "))
 	}
 	a.cfg.Logger.Info("allow rules published for nginx", "version", version, "rules", len(rules), "ask", a.cfg.Ask)
 	return nil

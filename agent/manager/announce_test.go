@@ -1,11 +1,8 @@
 package manager
 
 import (
-	"bytes"
 	"context"
-	"log/slog"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -14,8 +11,7 @@ import (
 )
 
 // TestAnnouncerPublishesAndBeats: Run publishes the agent's rules (the ask
-// URL as "*") and keeps the heartbeat until its context ends; a second
-// agent with other rules says so.
+// URL as "*") and keeps the heartbeat until its context ends.
 func TestAnnouncerPublishesAndBeats(t *testing.T) {
 	r := testenv.StartRedis(t)
 	st := store.New(r.Client, store.Keys{})
@@ -50,15 +46,47 @@ func TestAnnouncerPublishesAndBeats(t *testing.T) {
 	if d, _ := st.AliveFor(context.Background()); d != 0 {
 		t.Errorf("the heartbeat counts for %v after the announcer stopped, want it run out", d)
 	}
+}
 
-	var log bytes.Buffer
-	other := NewAnnouncer(AnnouncerConfig{Store: st, Name: "a2", Logger: slog.New(slog.NewTextHandler(&log, nil))})
-	if err := other.Publish(context.Background()); err != nil {
-		t.Fatal(err)
+// TestAnnouncerKeepsItsRulesInTheUnion: two agents with different rules
+// publish the union; once one stops, the other's beats drop its rules after
+// Forget, and a restart of the stopped one brings them back.
+func TestAnnouncerKeepsItsRulesInTheUnion(t *testing.T) {
+	r := testenv.StartRedis(t)
+	st := store.New(r.Client, store.Keys{})
+	run := func(name string, rules ...string) (stop func()) {
+		policy, err := ParsePolicy(rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			NewAnnouncer(AnnouncerConfig{Store: st, Static: policy, Name: name, Interval: 20 * time.Millisecond,
+				Forget: 300 * time.Millisecond, Logger: quietLogger()}).Run(ctx)
+			close(done)
+		}()
+		return func() { cancel(); <-done }
 	}
-	if !strings.Contains(log.String(), "different allow rules") {
-		t.Errorf("publishing other rules over the fleet's logged %q, want a warning", log.String())
+	static := func(want ...string) func() bool {
+		return func() bool {
+			rec, err := st.Rules(context.Background())
+			return err == nil && slices.Equal(rec.Static, want)
+		}
 	}
+	stopA := run("a", "*.a.test")
+	defer stopA()
+	stopB := run("b", "*.b.test")
+	waitFor(t, "the union of both agents' rules", static("*.a.test", "*.b.test"))
+	stopB()
+	time.Sleep(100 * time.Millisecond)
+	if !static("*.a.test", "*.b.test")() {
+		t.Fatal("b's rules left the union before the bound")
+	}
+	waitFor(t, "b's rules gone from the union", static("*.a.test"))
+	stopB = run("b", "*.b.test")
+	defer stopB()
+	waitFor(t, "b's rules back in the union", static("*.a.test", "*.b.test"))
 }
 
 // TestAnnouncerPublishesAgainAfterRedisLostTheRules: a Redis restarted

@@ -30,7 +30,7 @@ func (s *Store) changeAllow(ctx context.Context, add bool, rules []string) (int6
 		return 0, nil
 	}
 	op := map[bool]string{true: "add", false: "rm"}[add]
-	n, _, _, err := s.runAllowScript(ctx, op, "", "", rules)
+	n, _, _, err := s.runAllowScript(ctx, allowCall{op: op, rules: rules})
 	if err != nil {
 		return 0, fmt.Errorf("changing the allowlist: %w", err)
 	}

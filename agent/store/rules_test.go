@@ -29,12 +29,12 @@ func TestPublishedRulesFollowTheAllowlist(t *testing.T) {
 		t.Fatalf("an unpublished allowlist change announced %d changes, want 0", n)
 	}
 
-	v1, before, err := st.PublishRules(ctx, PublishedRules{Static: []string{"*.static.example", "one.example"}})
+	v1, err := st.PublishRules(ctx, PublishedRules{Agent: "a1", Static: []string{"*.static.example", "one.example"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v1 <= 0 || len(before) != 0 {
-		t.Fatalf("first publication: version %d, before %v; want a version and nothing", v1, before)
+	if v1 <= 0 {
+		t.Fatalf("first publication: version %d; want a version", v1)
 	}
 	rec, _ = st.Rules(ctx)
 	want := RulesRecord{Version: v1, Published: true, Static: []string{"*.static.example", "one.example"},
@@ -68,17 +68,17 @@ func TestPublishedRulesFollowTheAllowlist(t *testing.T) {
 		t.Errorf("announced versions %v, want %v", versions, want)
 	}
 
-	// A second agent publishes the ask URL's reach; the first agent's
-	// rules come back as what was published before.
-	v4, before, err := st.PublishRules(ctx, PublishedRules{Static: nil, Ask: []string{"*"}})
+	// A second agent publishes only the ask URL's reach: the first
+	// agent's rules stay, and the ask URL joins them.
+	v4, err := st.PublishRules(ctx, PublishedRules{Agent: "a2", Static: nil, Ask: []string{"*"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v4 != v1+3 || !slices.Equal(before, []string{"*.static.example", "one.example"}) {
-		t.Errorf("second publication: version %d, before %v", v4, before)
+	if v4 != v1+3 {
+		t.Errorf("second publication: version %d, want %d", v4, v1+3)
 	}
 	rec, _ = st.Rules(ctx)
-	if !rec.Published || len(rec.Static) != 0 || !slices.Equal(rec.Ask, []string{"*"}) {
+	if !rec.Published || !slices.Equal(rec.Static, []string{"*.static.example", "one.example"}) || !slices.Equal(rec.Ask, []string{"*"}) {
 		t.Errorf("after the second publication: %+v", rec)
 	}
 }
@@ -88,23 +88,27 @@ func equalRecords(a, b RulesRecord) bool {
 		slices.Equal(a.Allow, b.Allow) && slices.Equal(a.Ask, b.Ask)
 }
 
-// TestHeartbeat: a beat counts for its TTL, whichever agent made it.
+// TestHeartbeat: a beat counts for its TTL, whichever agent made it, and
+// reports whether the beating agent's own rules are published.
 func TestHeartbeat(t *testing.T) {
 	st, _ := newStore(t)
 	ctx := context.Background()
 	if d, err := st.AliveFor(ctx); err != nil || d != 0 {
 		t.Fatalf("no beat yet: %v, %v; want 0", d, err)
 	}
-	if published, err := st.Beat(ctx, "agent-a", 3*time.Second); err != nil || published {
+	if published, err := st.Beat(ctx, "agent-a", 3*time.Second, time.Minute); err != nil || published {
 		t.Fatalf("a beat before any publication: %v, %v; want the rules reported unpublished", published, err)
 	}
 	if d, err := st.AliveFor(ctx); err != nil || d <= 2*time.Second || d > 3*time.Second {
 		t.Fatalf("after a 3 s beat: %v, %v", d, err)
 	}
-	if _, _, err := st.PublishRules(ctx, PublishedRules{Static: []string{"*.example.test"}}); err != nil {
+	if _, err := st.PublishRules(ctx, PublishedRules{Agent: "agent-b", Static: []string{"*.example.test"}}); err != nil {
 		t.Fatal(err)
 	}
-	if published, err := st.Beat(ctx, "agent-b", 100*time.Millisecond); err != nil || !published {
+	if published, err := st.Beat(ctx, "agent-a", 3*time.Second, time.Minute); err != nil || published {
+		t.Fatalf("a beat of an agent that did not publish: %v, %v; want its rules reported unpublished", published, err)
+	}
+	if published, err := st.Beat(ctx, "agent-b", 100*time.Millisecond, time.Minute); err != nil || !published {
 		t.Fatalf("a beat after a publication: %v, %v; want the rules reported published", published, err)
 	}
 	time.Sleep(200 * time.Millisecond)
@@ -122,7 +126,7 @@ func TestRulesVersionNeverGoesBackwards(t *testing.T) {
 	ctx := context.Background()
 	var last int64
 	for i := 0; i < 3; i++ {
-		v, _, err := st.PublishRules(ctx, PublishedRules{Static: []string{"*.old.example"}})
+		v, err := st.PublishRules(ctx, PublishedRules{Agent: "a1", Static: []string{"*.old.example"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,7 +135,7 @@ func TestRulesVersionNeverGoesBackwards(t *testing.T) {
 	if err := r.Client.FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	v, _, err := st.PublishRules(ctx, PublishedRules{Static: []string{"*.new.example"}})
+	v, err := st.PublishRules(ctx, PublishedRules{Agent: "a1", Static: []string{"*.new.example"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,8 +145,86 @@ func TestRulesVersionNeverGoesBackwards(t *testing.T) {
 	if rec, _ := st.Rules(ctx); rec.Version != v {
 		t.Fatalf("the record holds version %d, want %d", rec.Version, v)
 	}
-	next, _, err := st.PublishRules(ctx, PublishedRules{Static: []string{"*.new.example"}})
+	next, err := st.PublishRules(ctx, PublishedRules{Agent: "a1", Static: []string{"*.new.example"}})
 	if err != nil || next != v+1 {
 		t.Fatalf("the next publication: version %d (%v), want %d", next, err, v+1)
 	}
+}
+
+// TestPublishedRulesAreTheUnionOfTheLiveAgents: agents running with
+// different rules publish the union, so nginx refuses locally no name one of
+// them would issue; an agent restarting with new rules replaces only its own
+// entry; an agent that stops beating leaves the union once the bound has
+// passed, in a new version.
+func TestPublishedRulesAreTheUnionOfTheLiveAgents(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	const forget = 300 * time.Millisecond
+	publish := func(agent string, ask []string, static ...string) int64 {
+		t.Helper()
+		v, err := st.PublishRules(ctx, PublishedRules{Agent: agent, Static: static, Ask: ask})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	expect := func(when string, static, ask []string) RulesRecord {
+		t.Helper()
+		rec, err := st.Rules(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rec.Published || !slices.Equal(rec.Static, static) || !slices.Equal(rec.Ask, ask) {
+			t.Fatalf("%s: published %+v, want static %v and ask %v", when, rec, static, ask)
+		}
+		return rec
+	}
+
+	publish("a", nil, "*.a.test", "shared.test")
+	publish("b", []string{"*"}, "*.b.test", "shared.test")
+	expect("two agents published", []string{"*.a.test", "*.b.test", "shared.test"}, []string{"*"})
+
+	// a restarts with other rules: b's entry stays.
+	publish("a", nil, "*.a2.test")
+	rec := expect("a restarted with new rules", []string{"*.a2.test", "*.b.test", "shared.test"}, []string{"*"})
+
+	// Both beat within the bound: nothing is forgotten, no new version.
+	for _, agent := range []string{"a", "b"} {
+		if mine, err := st.Beat(ctx, agent, time.Second, forget); err != nil || !mine {
+			t.Fatalf("beat of %s: %v, %v; want its entry reported there", agent, mine, err)
+		}
+	}
+	if again := expect("both beat", rec.Static, rec.Ask); again.Version != rec.Version {
+		t.Fatalf("beats that forgot nobody moved the version from %d to %d", rec.Version, again.Version)
+	}
+
+	// b stops beating; a beats on past the bound: b's rules and ask URL
+	// leave the union, in a new version announced in the stream.
+	deadline := time.Now().Add(2 * forget)
+	for time.Now().Before(deadline) {
+		if mine, err := st.Beat(ctx, "a", time.Second, forget); err != nil || !mine {
+			t.Fatalf("beat of a: %v, %v", mine, err)
+		}
+		time.Sleep(forget / 10)
+	}
+	after := expect("b stopped beating", []string{"*.a2.test"}, nil)
+	if after.Version <= rec.Version {
+		t.Fatalf("forgetting b kept version %d, want above %d", after.Version, rec.Version)
+	}
+	last := r.Client.XRevRangeN(ctx, st.Keys().Changes(), "+", "-", 1).Val()
+	if len(last) != 1 || last[0].Values["version"] != strconv.FormatInt(after.Version, 10) {
+		t.Fatalf("last change %v, want the announcement of version %d", last, after.Version)
+	}
+	if fields := r.Client.HKeys(ctx, st.Keys().Rules()).Val(); slices.ContainsFunc(fields, func(f string) bool {
+		return f == "static:b" || f == "ask:b" || f == "seen:b"
+	}) {
+		t.Fatalf("b's entry left in the record: %v", fields)
+	}
+
+	// b comes back: its beat says its entry is gone, so it publishes again.
+	if mine, err := st.Beat(ctx, "b", time.Second, forget); err != nil || mine {
+		t.Fatalf("beat of the forgotten b: %v, %v; want its entry reported gone", mine, err)
+	}
+	publish("b", nil, "*.b.test")
+	expect("b published again", []string{"*.a2.test", "*.b.test"}, nil)
 }
