@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/certagent/certagent/agent/store"
 )
 
 // The status series of names judged in nginx (docs/lua.md).
@@ -282,4 +284,42 @@ func TestNewRulesRecordANameAgain(t *testing.T) {
 	waitFor(t, "the worker to read the new rules", func() bool { return e.commands("hmget") > reads })
 	e.mustHandshake(name)
 	waitFor(t, "the name recorded again under the new rules", func() bool { return len(e.namesIn()) == 2 })
+}
+
+// TestNginxJudgesByTheUnionOfTheAgentsRules: two agents running with
+// different rules (a rolling deploy) publish through the agent's store; a
+// name only the agent that published first allows is still recorded and
+// held, not refused in nginx, and a name neither allows is.
+func TestNginxJudgesByTheUnionOfTheAgentsRules(t *testing.T) {
+	e := startWaitSeeded(t, map[string]string{"first_handshake_wait": "10", "first_handshake_grace": "2"}, "",
+		func(e *env) {
+			st := store.New(e.redis.Client, store.Keys{Prefix: e.prefix})
+			for agent, rule := range map[string]string{"agent-b": "*.b.test", "agent-a": "*.a.test"} {
+				if _, err := st.PublishRules(context.Background(), store.PublishedRules{Agent: agent, Static: []string{rule}}); err != nil {
+					e.t.Fatal(err)
+				}
+			}
+			e.beat(time.Minute)
+		})
+	waitFor(t, "the worker to read the rules and build the name index", func() bool {
+		return e.commands("hmget") >= 1 && e.stats().indexReady
+	})
+
+	if c := e.mustHandshake("x.c.test"); !e.isFallback(c) {
+		t.Fatalf("x.c.test: served %q, want the fallback", c.Subject.CommonName)
+	}
+	e.wantCounters("after a name no agent allows", map[string]float64{judgedNoRule: 1, waits: 0})
+
+	for i, name := range []string{"shop.b.test", "shop.a.test"} {
+		l := newLeaf(t, name, []string{name}, time.Now().Add(24*time.Hour))
+		done := e.storeAfter(300*time.Millisecond, name, l)
+		if got := e.mustHandshake(name); !got.Equal(l.cert) {
+			t.Errorf("%s: the first handshake got %q, want the certificate stored while it was held", name, got.Subject.CommonName)
+		}
+		done()
+		e.wantCounters("after "+name, map[string]float64{judgedNoRule: 1, waits: float64(i + 1), waitCert: float64(i + 1)})
+	}
+	if names := e.namesIn(); len(names) != 2 {
+		t.Errorf("stream entries %v, want shop.b.test and shop.a.test", names)
+	}
 }
