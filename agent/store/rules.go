@@ -69,6 +69,7 @@ end
 
 local t = redis.call("TIME")
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local seen_at = string.format("%.0f", now_ms) -- an integer, never in exponent notation
 
 -- union of the fields named prefix..<agent>: deduplicated, sorted.
 local function union(h, prefix)
@@ -119,7 +120,7 @@ if op == "add" or op == "rm" then
 end
 
 if op == "agent" then
-  redis.call("HSET", KEYS[3], "static:" .. agent, ARGV[4], "ask:" .. agent, ARGV[5], "seen:" .. agent, now_ms)
+  redis.call("HSET", KEYS[3], "static:" .. agent, ARGV[4], "ask:" .. agent, ARGV[5], "seen:" .. agent, seen_at)
   unions()
   return {0, publish(), 1}
 end
@@ -130,7 +131,7 @@ local forget = tonumber(ARGV[6])
 local h = redis.call("HGETALL", KEYS[3])
 local forgot = false
 for i = 1, #h, 2 do
-  if string.sub(h[i], 1, 5) == "seen:" and now_ms - tonumber(h[i + 1]) > forget then
+  if string.sub(h[i], 1, 5) == "seen:" and now_ms - (tonumber(h[i + 1]) or 0) > forget then
     local id = string.sub(h[i], 6)
     redis.call("HDEL", KEYS[3], h[i], "static:" .. id, "ask:" .. id)
     forgot = true
@@ -138,7 +139,7 @@ for i = 1, #h, 2 do
 end
 local mine = redis.call("HEXISTS", KEYS[3], "static:" .. agent)
 if mine == 1 then
-  redis.call("HSET", KEYS[3], "seen:" .. agent, now_ms)
+  redis.call("HSET", KEYS[3], "seen:" .. agent, seen_at)
 end
 if forgot and unions() then
   return {0, publish(), mine}
