@@ -61,6 +61,8 @@ func main() {
 		err = first(os.Args[2:])
 	case "first-report":
 		err = firstReport(os.Args[2:])
+	case "timeline":
+		err = timeline(os.Args[2:])
 	case "lego":
 		err = legoBaseline(os.Args[2:])
 	default:
@@ -80,6 +82,8 @@ func usage() {
   certagent-bench first [flags]  for each of M new names, the time from its first ClientHello to a served
                                  certificate that verifies for it (retrying after the fallback)
   certagent-bench first-report FILE   a table of first's JSON results in FILE (one a line)
+  certagent-bench timeline TRACE AGENT-LOG   the stages of first's names (first -trace TRACE; the agent's
+                                 log at debug level): stream, agent, order, back to the handshake
   certagent-bench lego [flags]   the baseline of bulk issuance: N orders at once through bare lego (acme/api)
 Run either with -h for its flags.`)
 	os.Exit(2)
