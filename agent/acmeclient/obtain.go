@@ -265,7 +265,10 @@ func (c *Client) startAuthz(ctx context.Context, authzURL string) (*startedAuthz
 		return nil, fmt.Errorf("authorizing %s: presenting the %s answer: %w", domain, challType, err)
 	}
 	if challType == "dns-01" {
-		if err := c.waitTXT(ctx, domain, keyAuth); err != nil {
+		err := c.waitTXT(ctx, domain, keyAuth)
+		// The DNS provider's time, not the CA's (manager.Concurrency).
+		NoteAnswerTime(ctx, time.Since(a.presented))
+		if err != nil {
 			_ = solver.CleanUp(domain, chall.Token, keyAuth)
 			return nil, fmt.Errorf("authorizing %s: %w", domain, err)
 		}

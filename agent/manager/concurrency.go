@@ -43,7 +43,8 @@ type ConcurrencyConfig struct {
 // grows by one per order that succeeds quickly (doubling each round) until
 // the first cut, then by one per round; it halves, never below the floor, on
 // a rateLimited answer, a CA failure (5xx, no answer) or an order slower than
-// Slow. Other failures (a validation the name failed) leave it as it is. The
+// Slow. Other failures (a validation the name failed, however long it took)
+// leave it as it is. The
 // fleet's rate budgets (Budgets) are counted before an order gets here, so
 // they still cap how many orders reach the CA.
 type Concurrency struct {
@@ -109,7 +110,9 @@ func (c *Concurrency) Running() int {
 }
 
 // Acquire waits until one more order may run, or ctx ends. The returned done
-// must be called once with the order's outcome (nil: a certificate).
+// must be called once with the order's outcome (nil: a certificate). The
+// order's time counts without the time its DNS-01 answers took to publish
+// (acmeclient.WithAnswerTime on ctx).
 func (c *Concurrency) Acquire(ctx context.Context) (done func(error), err error) {
 	for {
 		c.mu.Lock()
@@ -119,7 +122,8 @@ func (c *Concurrency) Acquire(ctx context.Context) (done func(error), err error)
 			started := c.cfg.Clock.Now()
 			var once sync.Once
 			return func(err error) {
-				once.Do(func() { c.release(err, c.cfg.Clock.Now().Sub(started)) })
+				took := c.cfg.Clock.Now().Sub(started) - acmeclient.AnswerTime(ctx)
+				once.Do(func() { c.release(err, took) })
 			}, nil
 		}
 		wake := make(chan struct{})
@@ -132,6 +136,36 @@ func (c *Concurrency) Acquire(ctx context.Context) (done func(error), err error)
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// shutdownKey carries, in an order's context, the context whose end is the
+// agent's shutdown signal (Consumer.Run). The order's own context lives on
+// through the shutdown grace, which is for the orders running at the signal.
+type shutdownKey struct{}
+
+// errNotStarted is an order that was still waiting for a free slot at the
+// shutdown signal: it never reached a CA and is taken up at the next start.
+var errNotStarted = errors.New("not started: the agent is shutting down")
+
+// acquireSlot is Acquire that gives up with errNotStarted at the shutdown
+// signal ctx carries, if any.
+func (c *Concurrency) acquireSlot(ctx context.Context) (done func(error), err error) {
+	signal, ok := ctx.Value(shutdownKey{}).(context.Context)
+	if !ok {
+		return c.Acquire(ctx)
+	}
+	if signal.Err() != nil {
+		return nil, errNotStarted
+	}
+	waitCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(signal, func() { cancel(errNotStarted) })
+	defer stop()
+	done, err = c.Acquire(waitCtx)
+	if err != nil && errors.Is(context.Cause(waitCtx), errNotStarted) {
+		return nil, errNotStarted
+	}
+	return done, err
 }
 
 // forget drops a waiter that gave up; a wake it may have taken is passed on.
@@ -168,6 +202,10 @@ func slowDownReason(err error, took, slow time.Duration) string {
 	case err == nil && took > slow:
 		return "slow answer"
 	case err == nil, errors.Is(err, context.Canceled):
+		return ""
+	case failedValidation(err):
+		// The CA's verdict on the name: a validation is slow when the
+		// name's DNS or server is, not when the CA is.
 		return ""
 	}
 	if _, ok := acmeclient.RateLimitOf(err); ok {

@@ -3,11 +3,14 @@ package manager
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/go-acme/lego/v4/acme"
+
+	"github.com/certagent/certagent/agent/acmeclient"
 )
 
 func newTestConcurrency(clock *movableClock, floor, ceiling int) *Concurrency {
@@ -166,6 +169,25 @@ func TestConcurrencyLeavesTheLimitForFailuresOfTheName(t *testing.T) {
 	}
 }
 
+// A validation the CA failed is the name's doing however long it took: a
+// customer's DNS that times out makes the CA's validation slow, not the CA.
+func TestConcurrencyLeavesTheLimitForSlowFailedValidations(t *testing.T) {
+	clock := &movableClock{now: time.Now()}
+	c := newTestConcurrency(clock, 4, 32)
+	runOrders(t, c, clock, 4, time.Second, nil)
+	if c.Limit() != 8 {
+		t.Fatalf("limit %d, want 8", c.Limit())
+	}
+	timedOut := fmt.Errorf("authorizing a.example: %w", &acme.ProblemDetails{Type: "urn:ietf:params:acme:error:dns",
+		HTTPStatus: http.StatusBadRequest, Detail: "DNS problem: query timed out looking up A for a.example"})
+	runOrders(t, c, clock, 4, 40*time.Second, timedOut)
+	clock.Add(10 * time.Second)
+	runOrders(t, c, clock, 4, 40*time.Second, errUnauthorized)
+	if c.Limit() != 8 {
+		t.Errorf("limit %d after slow failed validations, want 8 (unchanged)", c.Limit())
+	}
+}
+
 func TestConcurrencyFixedNeverAdapts(t *testing.T) {
 	clock := &movableClock{now: time.Now()}
 	c := NewConcurrency(ConcurrencyConfig{Fixed: 3, Floor: 1, Ceiling: 50, Clock: clock, Logger: quietLogger()})
@@ -226,5 +248,31 @@ func TestConcurrencyHoldsTheOrderPastTheLimitUntilASlotFrees(t *testing.T) {
 	done(nil)
 	if c.Running() != 0 {
 		t.Errorf("%d running after every order ended, want 0", c.Running())
+	}
+}
+
+// The time an order spends publishing its DNS-01 answer and waiting for the
+// TXT record to be visible is the name's DNS provider's, not the CA's: a
+// provider that takes longer than Slow does not cut the limit.
+func TestConcurrencyDoesNotCountTheDNSAnswersTime(t *testing.T) {
+	clock := &movableClock{now: time.Now()}
+	c := newTestConcurrency(clock, 4, 32)
+	ctx := acmeclient.WithAnswerTime(context.Background())
+	var dones []func(error)
+	for range 4 {
+		done, err := c.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dones = append(dones, done)
+	}
+	clock.Add(40 * time.Second)
+	acmeclient.NoteAnswerTime(ctx, 35*time.Second)
+	dones[0](nil)
+	dones[1](&acme.ProblemDetails{Type: "urn:ietf:params:acme:error:malformed", HTTPStatus: http.StatusBadRequest})
+	dones[2](nil)
+	dones[3](nil)
+	if c.Limit() != 7 {
+		t.Errorf("limit %d after orders whose DNS answers took 35 s of their 40, want 7 (grown, no cut)", c.Limit())
 	}
 }

@@ -18,6 +18,7 @@ local cache = require("certagent.cache")
 local index = require("certagent.index")
 local stats = require("certagent.stats")
 local wait = require("certagent.wait")
+local rules = require("certagent.rules")
 local selftest = require("certagent.selftest")
 
 local log = ngx.log
@@ -54,6 +55,7 @@ function _M.init(config, key_builder)
     cfg = config
     keys = key_builder
     wait.init(config, poll)
+    rules.init(config, key_builder)
     return cache.init(config)
 end
 
@@ -215,9 +217,11 @@ end
 -- only with a token of the node's bucket: a flood of random names must
 -- neither cost a Redis write per handshake nor push the names of real
 -- visitors out of the capped stream. A name without a token is not marked,
--- so a later handshake records it. It returns true when the name is in the
--- stream or on its way there (this window), so an agent may take it.
-local function request(name)
+-- so a later handshake records it. Nor is a name no agent would take
+-- (certagent.rules); mark is what the lookup read of its issuing mark, whose
+-- refusal is remembered for the handshakes after this one. It returns true when the name is in the stream or
+-- on its way there (this window), so an agent may take it.
+local function request(name, mark)
     local dict = shared[cfg.requests_dict]
     if not dict then
         log(ERR, "certagent: lua_shared_dict ", cfg.requests_dict, " is not defined")
@@ -225,6 +229,16 @@ local function request(name)
     end
     count_miss()
     stats.incr("misses")
+    local judged = rules.judge(name)
+    if judged then
+        stats.incr("judged_" .. judged)
+        return false
+    end
+    if mark == wait.REFUSED then
+        -- Later handshakes are spared; this one still records the name
+        -- (once per window), as the refusal may predate new rules.
+        rules.refused(name)
+    end
     if dict:get(name) then
         return true
     end
@@ -375,6 +389,22 @@ local function lookup(rec, t)
     return known, SOURCE[layer]
 end
 
+-- rule_out takes what the caches do not know of name's records (nil) for
+-- ABSENT when Redis need not be asked: no agent would issue name
+-- (certagent.rules) and the name index says Redis has no such record. A
+-- name judged so costs no Redis command at all.
+local function rule_out(name, exact, wild_rec, wild)
+    if (exact == nil or (wild_rec and wild == nil)) and rules.judge(name) then
+        if exact == nil and index.absent(name) then
+            exact = ABSENT
+        end
+        if wild_rec and wild == nil and index.absent(wild_rec) then
+            wild = ABSENT
+        end
+    end
+    return exact, wild
+end
+
 -- ask fetches, in one round trip, the records of name and of its wildcard
 -- that the caches could not answer (nil from lookup), and caches the
 -- answers; with_mark adds name's issuing mark to the round trip. It returns
@@ -447,7 +477,7 @@ end
 -- what the lookup read of the issuing mark (nil: not read). It returns true
 -- when it served the certificate.
 local function missing(name, mark)
-    local recorded = request(name)
+    local recorded = request(name, mark)
     local entry = wait.await(name, mark, recorded)
     if entry then
         return serve(name, entry, "served_redis")
@@ -504,6 +534,7 @@ local function handle()
     if wild_rec then
         wild, wild_source = lookup(wild_rec, t)
     end
+    exact, wild = rule_out(name, exact, wild_rec, wild)
     if exact == ABSENT and (not wild_rec or wild ~= nil) then
         if wild == nil or wild == ABSENT then
             return missing(name, nil)
@@ -561,6 +592,7 @@ function _M.state(name, with_mark)
     if wild_rec then
         wild = lookup(wild_rec, t)
     end
+    exact, wild = rule_out(name, exact, wild_rec, wild)
     local err, mark
     exact, wild, err, mark = ask(name, exact, wild_rec, wild, t, with_mark)
     if err then
@@ -577,7 +609,8 @@ function _M.state(name, with_mark)
 end
 
 -- request records name in the requests stream (once per request_window, with
--- a token of the rate limit), as a handshake for it would; true when an
+-- a token of the rate limit, unless no agent would take it), as a handshake
+-- for it would; mark is what state read of its issuing mark. True when an
 -- agent may take it.
 _M.request = request
 

@@ -232,10 +232,17 @@ func runAction(c *cli.Context) error {
 		checker.Run(ctx)
 		close(checkerDone)
 	}()
+	announcer := manager.NewAnnouncer(manager.AnnouncerConfig{Store: st, Static: policy, Ask: ask != nil, Name: consumerName, Logger: log})
+	announcerDone := make(chan struct{})
+	go func() {
+		announcer.Run(ctx)
+		close(announcerDone)
+	}()
 	err = consumer.Run(ctx)
 	stop()
 	<-renewerDone
 	<-checkerDone
+	<-announcerDone
 	log.Info("agent stopped")
 	return err
 }
