@@ -7,7 +7,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -40,6 +39,22 @@ func (e *CorruptError) Unwrap() error { return ErrCorrupt }
 // checkRecord decodes the fields of the record stored under name and checks
 // that nginx can serve it for name and for every name it lists.
 func checkRecord(name, key string, f map[string]string) (*CertRecord, error) {
+	rec, err := summaryRecord(name, key, f)
+	if err != nil {
+		return nil, err
+	}
+	if reason := unservable(name, rec); reason != "" {
+		shown := *rec
+		shown.Key = ""
+		return nil, &CorruptError{Name: name, Key: key, Reason: reason, Record: &shown}
+	}
+	return rec, nil
+}
+
+// summaryRecord decodes the fields of the record stored under name that
+// need no parsing of the chain or key; what does not decode makes it
+// corrupt, with the names it lists when they read.
+func summaryRecord(name, key string, f map[string]string) (*CertRecord, error) {
 	rec, err := recordFromFields(f)
 	if err != nil {
 		partial := &CertRecord{}
@@ -47,11 +62,6 @@ func checkRecord(name, key string, f map[string]string) (*CertRecord, error) {
 			partial.Names = strings.Split(f["names"], ",")
 		}
 		return nil, &CorruptError{Name: name, Key: key, Reason: err.Error(), Record: partial}
-	}
-	if reason := unservable(name, rec); reason != "" {
-		shown := *rec
-		shown.Key = ""
-		return nil, &CorruptError{Name: name, Key: key, Reason: reason, Record: &shown}
 	}
 	return rec, nil
 }
@@ -172,35 +182,13 @@ const walkPage = 200
 
 // WalkCerts checks every stored certificate indexed with a not-after at or
 // before until, soonest first, calling fn for each. It reads the expiry
-// index a page at a time with one pipelined HGETALL per page, so memory
-// stays bounded however many are stored; a record of the wrong type is
-// reported as corrupt, naming its key. Records moved or written during the
-// walk may be missed or seen twice. An error from fn ends the walk.
+// index a page at a time (see walkExpiry) with one pipelined HGETALL per
+// page, so memory stays bounded however many are stored; a record of the
+// wrong type is reported as corrupt, naming its key. Records moved or
+// written during the walk may be missed or seen twice. An error from fn
+// ends the walk.
 func (s *Store) WalkCerts(ctx context.Context, until time.Time, fn func(CheckedRecord) error) error {
-	stop := strconv.FormatInt(until.Unix(), 10)
-	for offset := int64(0); ; offset += walkPage {
-		page, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
-			Key: s.keys.Expiry(), Start: "-inf", Stop: stop, ByScore: true, Offset: offset, Count: walkPage,
-		}).Result()
-		if err != nil {
-			return fmt.Errorf("reading the expiry index %s: %w", s.keys.Expiry(), err)
-		}
-		checked, err := s.readChecked(ctx, page)
-		if err != nil {
-			return err
-		}
-		for _, c := range checked {
-			if c.Record != nil {
-				c.Record.Key = ""
-			}
-			if err := fn(c); err != nil {
-				return err
-			}
-		}
-		if len(page) < walkPage {
-			return nil
-		}
-	}
+	return s.WalkCertsFrom(ctx, "", until, fn)
 }
 
 // readChecked reads and checks the records stored under names in one round
