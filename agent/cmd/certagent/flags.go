@@ -69,6 +69,8 @@ const (
 	envRenewInterval  = "CERTAGENT_RENEW_INTERVAL"
 	flagRenewRetry    = "renew-retry"
 	envRenewRetry     = "CERTAGENT_RENEW_RETRY"
+	flagRenewConc     = "renew-concurrency"
+	envRenewConc      = "CERTAGENT_RENEW_CONCURRENCY"
 	flagCheckInterval = "check-interval"
 	envCheckInterval  = "CERTAGENT_CHECK_INTERVAL"
 
@@ -164,6 +166,9 @@ const (
 	flagExpiring = "expiring"
 	flagStatus   = "status"
 	flagNext     = "next"
+	flagLimit    = "limit"
+	flagAfter    = "after"
+	flagCheck    = "check"
 )
 
 func redisFlags() []cli.Flag {
