@@ -54,6 +54,8 @@ func runCommand() *cli.Command {
 				Usage: "longest pause between two looks at the renewal schedule (it wakes earlier when a renewal is due sooner)"},
 			&cli.DurationFlag{Name: flagRenewRetry, EnvVars: []string{envRenewRetry}, Value: time.Minute,
 				Usage: "pause after a failed renewal; doubles per failure up to 6h, shorter as expiry nears"},
+			&cli.IntFlag{Name: flagRenewConc, EnvVars: []string{envRenewConc}, Value: manager.DefaultRenewWorkers,
+				Usage: "renewals run at once by this agent; the default keeps a few agents behind one address well within Let's Encrypt's request limits"},
 			&cli.DurationFlag{Name: flagCheckInterval, EnvVars: []string{envCheckInterval}, Value: 10 * time.Minute,
 				Usage: "pause between two checks of every stored certificate; a corrupt one is ordered again"},
 		}, gateFlags()),
@@ -90,6 +92,9 @@ func runAction(c *cli.Context) error {
 	preflight, err := newPreflight(c)
 	if err != nil {
 		return err
+	}
+	if n := c.Int(flagRenewConc); n < 1 {
+		return cli.Exit(fmt.Sprintf("certagent: --%s: %d is not a positive number", flagRenewConc, n), exitUsage)
 	}
 	if share := c.Float64(flagRenewalShare); share <= 0 || share >= 1 {
 		return cli.Exit(fmt.Sprintf("certagent: --%s: %v is not between 0 and 1", flagRenewalShare, share), exitUsage)
@@ -216,6 +221,7 @@ func runAction(c *cli.Context) error {
 		Logger:        log,
 		Interval:      c.Duration(flagRenewInterval),
 		RetryBase:     c.Duration(flagRenewRetry),
+		Workers:       c.Int(flagRenewConc),
 		ShutdownGrace: c.Duration(flagGrace),
 	})
 	renewer.Start(ctx)
