@@ -200,4 +200,3 @@ func (s *Store) readSummaries(ctx context.Context, names []string) ([]CheckedRec
 	}
 	return out, nil
 }
-
