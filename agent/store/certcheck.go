@@ -194,10 +194,23 @@ func (s *Store) WalkCerts(ctx context.Context, until time.Time, fn func(CheckedR
 // readChecked reads and checks the records stored under names in one round
 // trip. Only a failure to talk to Redis is returned as an error.
 func (s *Store) readChecked(ctx context.Context, names []string) ([]CheckedRecord, error) {
-	cmds := make([]*redis.MapStringStringCmd, len(names))
+	return s.readRecords(ctx, names, func(p redis.Pipeliner, key string) func() (map[string]string, error) {
+		return p.HGetAll(ctx, key).Result
+	}, checkRecord)
+}
+
+// readRecords reads the records stored under names in one round trip: query
+// queues the read of one key and gives its fields once the pipeline ran,
+// decode makes them a record. A key of the wrong type is corrupt, naming
+// it; a key that is gone is ErrNotFound. Only a failure to talk to Redis is
+// returned as an error.
+func (s *Store) readRecords(ctx context.Context, names []string,
+	query func(p redis.Pipeliner, key string) func() (map[string]string, error),
+	decode func(name, key string, f map[string]string) (*CertRecord, error)) ([]CheckedRecord, error) {
+	results := make([]func() (map[string]string, error), len(names))
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, name := range names {
-			cmds[i] = p.HGetAll(ctx, s.keys.Cert(name))
+			results[i] = query(p, s.keys.Cert(name))
 		}
 		return nil
 	})
@@ -205,10 +218,10 @@ func (s *Store) readChecked(ctx context.Context, names []string) ([]CheckedRecor
 		return nil, fmt.Errorf("reading certificates: %w", err)
 	}
 	out := make([]CheckedRecord, len(names))
-	for i, cmd := range cmds {
+	for i, result := range results {
 		name, key := names[i], s.keys.Cert(names[i])
 		out[i].Name = name
-		switch f, err := cmd.Result(); {
+		switch f, err := result(); {
 		case isWrongType(err):
 			out[i].Err = &CorruptError{Name: name, Key: key, Reason: s.wrongType(ctx, key)}
 		case err != nil:
@@ -216,7 +229,7 @@ func (s *Store) readChecked(ctx context.Context, names []string) ([]CheckedRecor
 		case len(f) == 0:
 			out[i].Err = fmt.Errorf("certificate for %s: %w", name, ErrNotFound)
 		default:
-			out[i].Record, out[i].Err = checkRecord(name, key, f)
+			out[i].Record, out[i].Err = decode(name, key, f)
 		}
 	}
 	return out, nil

@@ -162,41 +162,20 @@ func (s *Store) expiryPage(ctx context.Context, pos *expiryPos, n int64) ([]redi
 }
 
 // readSummaries reads the shown fields of the records stored under names in
-// one round trip. Only a failure to talk to Redis is returned as an error.
+// one round trip (HMGET). Only a failure to talk to Redis is returned as an
+// error.
 func (s *Store) readSummaries(ctx context.Context, names []string) ([]CheckedRecord, error) {
-	cmds := make([]*redis.SliceCmd, len(names))
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, name := range names {
-			cmds[i] = p.HMGet(ctx, s.keys.Cert(name), summaryFields...)
-		}
-		return nil
-	})
-	if err != nil && !isWrongType(err) {
-		return nil, fmt.Errorf("reading certificates: %w", err)
-	}
-	out := make([]CheckedRecord, len(names))
-	for i, cmd := range cmds {
-		name, key := names[i], s.keys.Cert(names[i])
-		out[i].Name = name
-		values, err := cmd.Result()
-		if isWrongType(err) {
-			out[i].Err = &CorruptError{Name: name, Key: key, Reason: s.wrongType(ctx, key)}
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("reading the certificate for %s: %w", name, err)
-		}
-		f := make(map[string]string, len(summaryFields))
-		for j, v := range values {
-			if str, ok := v.(string); ok {
-				f[summaryFields[j]] = str
+	return s.readRecords(ctx, names, func(p redis.Pipeliner, key string) func() (map[string]string, error) {
+		cmd := p.HMGet(ctx, key, summaryFields...)
+		return func() (map[string]string, error) {
+			values, err := cmd.Result()
+			f := make(map[string]string, len(summaryFields))
+			for j, v := range values {
+				if str, ok := v.(string); ok {
+					f[summaryFields[j]] = str
+				}
 			}
+			return f, err
 		}
-		if len(f) == 0 {
-			out[i].Err = fmt.Errorf("certificate for %s: %w", name, ErrNotFound)
-			continue
-		}
-		out[i].Record, out[i].Err = summaryRecord(name, key, f)
-	}
-	return out, nil
+	}, summaryRecord)
 }
