@@ -28,7 +28,8 @@ const statsLocation = `
                           require("certagent.changes").position() or "none", " ",
                           tostring(require("certagent.index").ready()), " ",
                           require("certagent.index").stats().names, " ",
-                          require("certagent.index").stats().builds)
+                          require("certagent.index").stats().builds, " ",
+                          ngx.shared.certagent_names:capacity() - ngx.shared.certagent_names:free_space())
             }
         }
 `
@@ -39,6 +40,7 @@ type cacheStats struct {
 	changesPosition                    string // "none" before the worker first read the stream
 	indexReady                         bool
 	indexNames, indexBuilds            int // the names of the last build, and how many finished
+	namesDictUsed                      int // bytes of the names dict in use (whole pages)
 }
 
 func (e *env) stats() cacheStats {
@@ -51,7 +53,7 @@ func (e *env) stats() cacheStats {
 	resp.Body.Close()
 	var s cacheStats
 	if _, err := fmt.Sscan(string(body), &s.lruCount, &s.lruCapacity, &s.sharedCerts, &s.redisModule, &s.changesPosition, &s.indexReady,
-		&s.indexNames, &s.indexBuilds); err != nil {
+		&s.indexNames, &s.indexBuilds, &s.namesDictUsed); err != nil {
 		e.t.Fatalf("stats %q: %v", body, err)
 	}
 	return s
@@ -64,7 +66,7 @@ func startWith(t *testing.T, opts testenv.NginxOptions) *env {
 }
 
 // startSeeded is startWith with seed writing to Redis before nginx starts.
-func startSeeded(t *testing.T, opts testenv.NginxOptions, seed func(e *env)) *env {
+func startSeeded(t testing.TB, opts testenv.NginxOptions, seed func(e *env)) *env {
 	t.Helper()
 	schema, err := schemadoc.Load()
 	if err != nil {

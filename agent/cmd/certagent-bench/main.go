@@ -59,6 +59,8 @@ func main() {
 		err = first(os.Args[2:])
 	case "first-report":
 		err = firstReport(os.Args[2:])
+	case "store":
+		err = storeRecords(os.Args[2:])
 	default:
 		usage()
 	}
@@ -76,6 +78,7 @@ func usage() {
   certagent-bench first [flags]  for each of M new names, the time from its first ClientHello to a served
                                  certificate that verifies for it (retrying after the fallback)
   certagent-bench first-report FILE   a table of first's JSON results in FILE (one a line)
+  certagent-bench store [flags]  store full certificate records through agent/store (list and renewal benchmarks)
 Run either with -h for its flags.`)
 	os.Exit(2)
 }
@@ -115,6 +118,12 @@ func newCA() (*x509.Certificate, *ecdsa.PrivateKey, []byte, error) {
 // leafFor makes an ECDSA P-256 leaf for name signed by the CA; the chain is
 // the leaf then the CA, as an ACME CA's chain has an intermediate.
 func leafFor(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM []byte) (certKey, error) {
+	return leafWith(name, ca, caKey, caPEM, time.Now().Add(-time.Hour), time.Now().Add(7*24*time.Hour))
+}
+
+// leafWith is leafFor valid from notBefore to notAfter.
+func leafWith(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM []byte, notBefore, notAfter time.Time) (certKey, error) {
+	notAfter = notAfter.Truncate(time.Second)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return certKey{}, err
@@ -123,12 +132,11 @@ func leafFor(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM [
 	if err != nil {
 		return certKey{}, err
 	}
-	notAfter := time.Now().Add(7 * 24 * time.Hour).Truncate(time.Second)
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: name},
 		DNSNames:     []string{name},
-		NotBefore:    time.Now().Add(-time.Hour),
+		NotBefore:    notBefore,
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
