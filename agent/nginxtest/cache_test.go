@@ -23,12 +23,13 @@ const statsLocation = `
         location = /_test/stats {
             content_by_lua_block {
                 local s = require("certagent.cache").stats()
+                local index = require("certagent.index")
+                -- A benchmark's baseline index may have no stats.
+                local is = index.stats and index.stats() or { names = 0, builds = 0 }
                 ngx.print(s.lru_count, " ", s.lru_capacity, " ", s.shared_certs, " ",
                           require("certagent.redis").client_name, " ",
                           require("certagent.changes").position() or "none", " ",
-                          tostring(require("certagent.index").ready()), " ",
-                          require("certagent.index").stats().names, " ",
-                          require("certagent.index").stats().builds, " ",
+                          tostring(index.ready()), " ", is.names, " ", is.builds, " ",
                           ngx.shared.certagent_names:capacity() - ngx.shared.certagent_names:free_space())
             }
         }
