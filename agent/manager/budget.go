@@ -362,6 +362,9 @@ func unanswered(err error) bool {
 	if errors.As(err, &outage) && outage.Err == nil {
 		return true // not asked: the fleet knows the CA is down
 	}
+	if errors.Is(err, errNotStarted) {
+		return true // not asked: the agent shut down first
+	}
 	var problem *acme.ProblemDetails
 	if errors.As(err, &problem) {
 		return false

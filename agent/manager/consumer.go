@@ -38,7 +38,10 @@ type ConsumerConfig struct {
 	// Name identifies this agent in the group; it must be stable across
 	// restarts so that entries this agent had taken are resumed. Required.
 	Name string
-	// Workers is how many orders run at once. Default: 4.
+	// Workers is how many names are handled at once. Default: the
+	// ceiling of the Manager's Concurrency, which then decides how many of
+	// them order at once (the others wait, marked as being issued); 4
+	// without one.
 	Workers int
 	// Block is how long one read waits for new entries. Default: 2 s.
 	Block time.Duration
@@ -83,6 +86,9 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
+		if cfg.Manager != nil && cfg.Manager.cfg.Concurrency != nil {
+			cfg.Workers = cfg.Manager.cfg.Concurrency.Ceiling()
+		}
 	}
 	if cfg.Block <= 0 {
 		cfg.Block = 2 * time.Second
@@ -127,6 +133,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// running orders the grace period before cancelling them.
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
+	// Orders still waiting for a slot at the signal do not start.
+	workCtx = context.WithValue(workCtx, shutdownKey{}, ctx)
 	workersDone := make(chan struct{})
 	go c.cancelAfterGrace(ctx, cancelWork, workersDone)
 	watchDone := make(chan struct{})
@@ -304,7 +312,6 @@ func (c *Consumer) retryLater(log *slog.Logger, what string, err error) (ack boo
 // short by shutdown or by Redis, in which case it stays pending.
 func (c *Consumer) handle(ctx context.Context, req store.Request) {
 	log := c.cfg.Logger.With("name", req.Name, "node", req.Node, "entry", req.ID)
-	c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventRequested, Name: req.Name, Node: req.Node})
 	if !c.decide(ctx, log, req) {
 		return
 	}
@@ -320,11 +327,8 @@ func (c *Consumer) handle(ctx context.Context, req store.Request) {
 
 func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Request) (ack bool) {
 	name, err := names.Normalize(req.Name)
-	if err == nil {
-		err = names.CheckIDNA(name)
-	}
 	if err != nil {
-		log.Warn("ignoring invalid name", "error", err)
+		c.refuseInvalid(ctx, log, req, err)
 		return true
 	}
 	st, now := c.cfg.Store, c.cfg.Manager.cfg.Clock.Now()
@@ -335,6 +339,7 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 	case err != nil:
 		return c.retryLater(log, "reading the failure record failed", err)
 	case now.Before(failure.NextAttempt):
+		c.requested(ctx, req, name)
 		log.Debug("name waits for its next attempt", "next_attempt", failure.NextAttempt.Format(time.RFC3339),
 			"last_error", failure.LastError)
 		c.markRefused(ctx, log, name, "waiting until "+failure.NextAttempt.UTC().Format(time.RFC3339)+": "+failure.LastError)
@@ -345,16 +350,16 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 		return c.retryLater(log, "deciding about the name failed", err)
 	}
 	if verdict.Unavailable {
+		c.requested(ctx, req, name)
 		log.Warn("name refused for now", "reason", verdict.Reason)
 		c.deferName(ctx, log, name, verdict.Reason, now.Add(c.cfg.AskRetry))
 		return true
 	}
 	if !verdict.Allowed {
-		c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
-			Reason: verdict.Source + ": " + verdict.Reason})
-		c.markRefused(ctx, log, name, verdict.Source+": "+verdict.Reason)
+		c.refuse(ctx, log, req, name, store.RefusedByPolicy, verdict.Source+": "+verdict.Reason)
 		return true
 	}
+	c.requested(ctx, req, name)
 	if !c.claim(name) {
 		return true // another worker of this agent is on it
 	}
@@ -429,6 +434,9 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 		log.Warn("lease lost during the order; the newer holder's certificate stays", "error", err)
 	case ctx.Err() != nil:
 		log.Warn("order cut short by shutdown; left pending", "error", err)
+		return false
+	case errors.Is(err, errNotStarted):
+		log.Info("order not started before shutdown; left pending")
 		return false
 	case acmeclient.IsOutage(err):
 		// The CA's fault, not the name's: no failure record, no backoff.

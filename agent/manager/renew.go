@@ -124,6 +124,8 @@ func (r *Renewer) Start(ctx context.Context) {
 	loopCtx, stop := context.WithCancel(ctx)
 	// Renewals get their own context so that Shutdown can give them a grace.
 	r.work, r.stopWork = context.WithCancel(context.WithoutCancel(ctx))
+	// Renewals still waiting for an order slot at Shutdown do not start.
+	r.work = context.WithValue(r.work, shutdownKey{}, loopCtx)
 	r.stop = stop
 	r.done = make(chan struct{})
 	go func() {
@@ -329,7 +331,7 @@ func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.Cer
 		r.cfg.Logger.Warn("renewal waits for the CA (or Redis) to answer again", "name", name,
 			"retry_at", now.Add(r.cfg.RetryBase).Format(time.RFC3339), "error", err)
 		return rec, Deferred, r.record(ctx, rec, state, now.Add(r.cfg.RetryBase))
-	case ctx.Err() != nil:
+	case ctx.Err() != nil, errors.Is(err, errNotStarted):
 		// Cut short by shutdown: not the certificate's failure. Due again
 		// at once for whichever agent runs next, not after the claim.
 		releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)

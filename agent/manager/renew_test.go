@@ -401,8 +401,19 @@ func TestIssueFallsBackToTheNextCA(t *testing.T) {
 	}
 }
 
+// endingIssuer counts the orders that have returned.
+type endingIssuer struct {
+	*fakeIssuer
+	ended atomic.Int64
+}
+
+func (e *endingIssuer) Obtain(ctx context.Context, names []string) (*acmeclient.Certificate, error) {
+	defer e.ended.Add(1)
+	return e.fakeIssuer.Obtain(ctx, names)
+}
+
 func TestRenewerStartAndShutdown(t *testing.T) {
-	issuer := &fakeIssuer{lifetime: time.Hour}
+	issuer := &endingIssuer{fakeIssuer: &fakeIssuer{lifetime: time.Hour}}
 	_, st, _ := newTestManager(t, issuer)
 	m := New(Config{Store: st, Issuer: issuer, Logger: quietLogger()})
 	ctx := context.Background()
@@ -410,8 +421,13 @@ func TestRenewerStartAndShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Renewal is due at once under a clock three quarters into the lifetime.
-	r := NewRenewer(RenewerConfig{Manager: m, Clock: fixedClock(rec.NotAfter.Add(-15 * time.Minute)), Interval: 50 * time.Millisecond})
+	// From now on an order takes half a second: the renewal below is still
+	// running when Shutdown comes, and cancelled after its grace.
+	issuer.delay = 500 * time.Millisecond
+	// Renewal is due at once under a clock three quarters into the lifetime;
+	// a failed one is tried again after RetryBase.
+	r := NewRenewer(RenewerConfig{Manager: m, Clock: fixedClock(rec.NotAfter.Add(-15 * time.Minute)),
+		Interval: 50 * time.Millisecond, RetryBase: 10 * time.Millisecond, ShutdownGrace: 100 * time.Millisecond})
 	r.Start(ctx)
 	defer r.Shutdown()
 	deadline := time.Now().Add(10 * time.Second)
@@ -421,7 +437,33 @@ func TestRenewerStartAndShutdown(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	r.Shutdown()
+	// Shutdown returns once the running renewal is cancelled after the
+	// grace ...
+	stopped := make(chan struct{})
+	go func() {
+		r.Shutdown()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return: the running renewal was not cancelled after the grace")
+	}
+	if started, ended := issuer.orders.Load(), issuer.ended.Load(); ended != started {
+		t.Errorf("Shutdown returned with %d of %d renewals still running", started-ended, started)
+	}
+	// ... and nothing runs after it: a certificate stored now (by another
+	// agent) is as due as the first, and a live scheduler would see it
+	// within its Interval and renew it.
+	other := New(Config{Store: st, Issuer: &fakeIssuer{lifetime: time.Hour}, Logger: quietLogger()})
+	orders := issuer.orders.Load()
+	if _, err := other.Issue(ctx, []string{"h.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * (50 * time.Millisecond))
+	if n := issuer.orders.Load(); n != orders {
+		t.Errorf("%d orders after Shutdown returned, want none", n-orders)
+	}
 }
 
 // TestRenewalPathsNeverScanKeys runs the scheduler's start (schedule fill),
@@ -571,5 +613,54 @@ func TestTwoAgentsShareTheDueCertificates(t *testing.T) {
 	}
 	if n := issuer.orders.Load(); n != 40 {
 		t.Errorf("%d orders, want 20 issuances and 20 renewals", n)
+	}
+}
+
+// On Shutdown a renewal still waiting for a free order slot (Concurrency)
+// does not start in the grace, and is not counted as the certificate's
+// failure.
+func TestRenewerShutdownStartsNoWaitingRenewal(t *testing.T) {
+	issuer := &fakeIssuer{lifetime: time.Hour}
+	_, st, _ := newTestManager(t, issuer)
+	slots := NewConcurrency(ConcurrencyConfig{Fixed: 1, Logger: quietLogger()})
+	m := New(Config{Store: st, Issuer: issuer, Logger: quietLogger(), Concurrency: slots})
+	ctx := context.Background()
+	rec, err := m.Issue(ctx, []string{"w.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := slots.Acquire(ctx) // every slot taken, as by running orders
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewRenewer(RenewerConfig{Manager: m, Clock: fixedClock(rec.NotAfter.Add(-15 * time.Minute)),
+		Interval: 50 * time.Millisecond, ShutdownGrace: 10 * time.Second, Logger: quietLogger()})
+	r.Start(ctx)
+	waitFor(t, "the renewal to wait for a slot", func() bool {
+		slots.mu.Lock()
+		defer slots.mu.Unlock()
+		return len(slots.waiting) == 1
+	})
+	shut := make(chan struct{})
+	go func() {
+		r.Shutdown()
+		close(shut)
+	}()
+	time.Sleep(200 * time.Millisecond)
+	held(nil) // the running order ends during the grace
+	select {
+	case <-shut:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Shutdown did not return")
+	}
+	if n := issuer.orders.Load(); n != 1 {
+		t.Errorf("%d orders, want 1 (the issuance): the waiting renewal started during the grace", n)
+	}
+	state, err := st.GetRenewal(ctx, "w.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if state.Failures != 0 {
+		t.Errorf("the renewal cut by shutdown counted as failure %d: %s", state.Failures, state.LastError)
 	}
 }

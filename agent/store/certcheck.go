@@ -182,7 +182,7 @@ const walkPage = 200
 
 // WalkCerts checks every stored certificate indexed with a not-after at or
 // before until, soonest first, calling fn for each. It reads the expiry
-// index a page at a time (see walkExpiry) with one pipelined HGETALL per
+// index a page at a time (see walkExpiryAfter) with one pipelined HGETALL per
 // page, so memory stays bounded however many are stored; a record of the
 // wrong type is reported as corrupt, naming its key. Records moved or
 // written during the walk may be missed or seen twice. An error from fn

@@ -32,7 +32,7 @@ const listPage = 500
 // stored is skipped. after must be in the expiry index (an error wrapping
 // ErrNotFound otherwise). An error from fn ends the walk and is returned.
 func (s *Store) ListCerts(ctx context.Context, after string, until time.Time, fn func(CheckedRecord) error) error {
-	return s.walkExpiry(ctx, after, until, listPage, s.readSummaries, func(c CheckedRecord) error {
+	return s.walkExpiryAfter(ctx, after, until, listPage, s.readSummaries, func(c CheckedRecord) error {
 		if errors.Is(c.Err, ErrNotFound) {
 			return nil
 		}
@@ -43,7 +43,7 @@ func (s *Store) ListCerts(ctx context.Context, after string, until time.Time, fn
 // WalkCertsFrom is WalkCerts starting after the name after ("" for the
 // first), which must be in the expiry index.
 func (s *Store) WalkCertsFrom(ctx context.Context, after string, until time.Time, fn func(CheckedRecord) error) error {
-	return s.walkExpiry(ctx, after, until, walkPage, s.readChecked, func(c CheckedRecord) error {
+	return s.walkExpiryAfter(ctx, after, until, walkPage, s.readChecked, func(c CheckedRecord) error {
 		if c.Record != nil {
 			c.Record.Key = ""
 		}
@@ -63,13 +63,13 @@ func (p expiryPos) before(z redis.Z) bool {
 	return p.score < z.Score || (p.score == z.Score && p.name < name)
 }
 
-// walkExpiry reads the expiry index a page at a time from after up to the
+// walkExpiryAfter reads the expiry index a page at a time from after up to the
 // score until, reads each page's records with read and calls fn for each.
 // Each page starts at the rank of the last entry seen (ZRANK, O(log n)), not
 // at an offset Redis would have to count up to, so a walk over a million
 // entries costs a million entries, not half a million pages of skipping.
 // Entries written or moved during the walk may be missed or seen twice.
-func (s *Store) walkExpiry(ctx context.Context, after string, until time.Time, page int64,
+func (s *Store) walkExpiryAfter(ctx context.Context, after string, until time.Time, page int64,
 	read func(context.Context, []string) ([]CheckedRecord, error), fn func(CheckedRecord) error) error {
 	var pos *expiryPos
 	if after != "" {

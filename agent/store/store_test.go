@@ -66,9 +66,16 @@ func TestCertRecordRoundTripAndSchema(t *testing.T) {
 			t.Errorf("%s is a %s, the document says %s", docKey, typ, doc["cert"].Type)
 		}
 		// nginx reads exactly these fields.
-		vals := r.Client.HMGet(ctx, docKey, "fullchain", "key", "not_after").Val()
+		vals := r.Client.HMGet(ctx, docKey, "fullchain", "key", "not_after", "chain_der", "key_der").Val()
 		if vals[0] != string(chain) || vals[1] != string(key) || vals[2] != strconv.FormatInt(notAfter.Unix(), 10) {
-			t.Errorf("%s: HMGET fullchain key not_after = %v", docKey, vals)
+			t.Errorf("%s: HMGET fullchain key not_after = %v", docKey, vals[:3])
+		}
+		// The same chain and key as DER: the certificates in a row, the
+		// key as PKCS #8.
+		chainBlock, _ := pem.Decode(chain)
+		keyBlock, _ := pem.Decode(key)
+		if vals[3] != string(chainBlock.Bytes) || vals[4] != string(keyBlock.Bytes) || keyBlock.Type != "PRIVATE KEY" {
+			t.Errorf("%s: chain_der and key_der are not the DER of fullchain and key", docKey)
 		}
 	}
 	expiryKey, _ := doc["expiry"].Key("t:")
@@ -226,15 +233,28 @@ func TestLock(t *testing.T) {
 		t.Error("lease still there after its owner released it")
 	}
 
-	// A short lease is kept alive while its holder works.
-	l3, err := st.AcquireLock(ctx, "b.example.com", 300*time.Millisecond)
+	// A lease is kept alive while its holder works: Redis sees its TTL
+	// raised again. Waiting for that, not for a fixed time, keeps the test
+	// true on a loaded machine; the schedule of the extensions is tested on
+	// simulated time (keepalive_test.go).
+	const ttl = 3 * time.Second
+	l3, err := st.AcquireLock(ctx, "b.example.com", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
 	kctx, cancel := context.WithCancel(ctx)
 	lost := make(chan error, 1)
 	go l3.KeepAlive(kctx, func(err error) { lost <- err })
-	time.Sleep(time.Second)
+	lockKey := st.Keys().Lock("b.example.com")
+	lowest := ttl
+	for extended := false; !extended; time.Sleep(50 * time.Millisecond) {
+		left, err := r.Client.PTTL(ctx, lockKey).Result()
+		if err != nil || left <= 0 {
+			t.Fatalf("the kept lease has PTTL %v (%v)", left, err)
+		}
+		extended = left > lowest+100*time.Millisecond
+		lowest = min(lowest, left)
+	}
 	if _, err := st.AcquireLock(ctx, "b.example.com", time.Minute); !errors.Is(err, ErrLockHeld) {
 		t.Errorf("lease kept alive was taken: %v", err)
 	}

@@ -74,7 +74,11 @@ func NewWebhook(cfg WebhookConfig, metrics *Metrics) (*Webhook, error) {
 }
 
 // Emit queues e for delivery.
-func (w *Webhook) Emit(ctx context.Context, e Event) { w.q.Emit(ctx, e) }
+func (w *Webhook) Emit(ctx context.Context, e Event) {
+	if Streamed(e.Type) {
+		w.q.Emit(ctx, e)
+	}
+}
 
 // Shutdown delivers what is queued for up to grace.
 func (w *Webhook) Shutdown(grace time.Duration) { w.q.Shutdown(grace) }

@@ -100,5 +100,5 @@ func storeRecords(args []string) error {
 
 // leafLiving is leafFor with a lifetime of which left remains.
 func leafLiving(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM []byte, lifetime, left time.Duration) (certKey, error) {
-	return leafWith(name, ca, caKey, caPEM, time.Now().Add(left-lifetime), time.Now().Add(left))
+	return leafValid(name, ca, caKey, caPEM, time.Now().Add(left-lifetime), time.Now().Add(left))
 }

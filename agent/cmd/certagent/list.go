@@ -71,16 +71,16 @@ func listAction(c *cli.Context) error {
 	switch want {
 	case "", statusValid, statusFailing, statusExpired, statusCorrupt:
 	default:
-		return cli.Exit(fmt.Sprintf("certagent list: unknown --%s %q (want valid, failing, expired or corrupt)", flagStatus, want), exitUsage)
+		return usageErrorf("certagent list: unknown --%s %q (want valid, failing, expired or corrupt)", flagStatus, want)
 	}
 	if c.Duration(flagExpiring) < 0 {
-		return cli.Exit(fmt.Sprintf("certagent list: --%s must not be negative", flagExpiring), exitUsage)
+		return usageErrorf("certagent list: --%s must not be negative", flagExpiring)
 	}
 	limit := c.Int(flagLimit)
 	if limit < 0 {
-		return cli.Exit(fmt.Sprintf("certagent list: --%s must not be negative", flagLimit), exitUsage)
+		return usageErrorf("certagent list: --%s must not be negative", flagLimit)
 	}
-	st, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
@@ -116,7 +116,7 @@ func listAction(c *cli.Context) error {
 	if err != nil && !errors.Is(err, errPageFull) {
 		// What was written so far stays written: a listing cut short says so.
 		_ = buf.Flush()
-		return cli.Exit(fmt.Sprintf("certagent list: %v", err), exitFailed)
+		return failedf("certagent list: %v", err)
 	}
 	if err := out.close(); err != nil {
 		return err

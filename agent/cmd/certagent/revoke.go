@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
@@ -59,6 +60,21 @@ func parseReason(s string) (uint, error) {
 	return 0, fmt.Errorf("unknown revocation reason %q (want %s)", s, reasonNames())
 }
 
+// revokeAtCA revokes rec with this site's account, and when the CA answers
+// that this account did not order it (another site's did: each site has its
+// own account, docs/peers.md), with the certificate's own key.
+func revokeAtCA(ctx context.Context, revoker manager.Revoker, rec *store.CertRecord, reason uint) error {
+	err := revoker.Revoke(ctx, []byte(rec.FullChain), reason)
+	byKey, ok := revoker.(manager.CertKeyRevoker)
+	if err == nil || !ok || !acmeclient.NotThisAccounts(err) {
+		return err
+	}
+	if keyErr := byKey.RevokeWithCertKey(ctx, []byte(rec.FullChain), []byte(rec.Key), reason); keyErr != nil {
+		return fmt.Errorf("%w; then with the certificate's key: %w", err, keyErr)
+	}
+	return nil
+}
+
 type revokeView struct {
 	Name     string    `json:"name"`
 	Serial   string    `json:"serial"`
@@ -73,11 +89,11 @@ func revokeAction(c *cli.Context) error {
 		return err
 	}
 	if len(args) != 1 {
-		return cli.Exit("certagent revoke: name exactly one NAME", exitUsage)
+		return usageErrorf("certagent revoke: name exactly one NAME")
 	}
 	reason, err := parseReason(c.String(flagReason))
 	if err != nil {
-		return cli.Exit("certagent revoke: "+err.Error(), exitUsage)
+		return usageErrorf("certagent revoke: %v", err)
 	}
 	s, err := openSession(c)
 	if err != nil {
@@ -87,7 +103,7 @@ func revokeAction(c *cli.Context) error {
 	ctx, st, mgr, events := s.ctx, s.store, s.mgr, s.events
 	rec, err := st.GetCert(ctx, args[0])
 	if errors.Is(err, store.ErrNotFound) {
-		return cli.Exit(fmt.Sprintf("certagent revoke: no certificate stored for %s", args[0]), exitFailed)
+		return failedf("certagent revoke: no certificate stored for %s", args[0])
 	}
 	if err != nil {
 		return err
@@ -98,11 +114,11 @@ func revokeAction(c *cli.Context) error {
 		if ca == "" {
 			ca = "an unknown CA (imported)"
 		}
-		return cli.Exit(fmt.Sprintf("certagent revoke: the certificate for %s was issued by %s, which is not among the configured directories (--%s, --%s)",
-			args[0], ca, flagDirectory, flagFallbacks), exitFailed)
+		return failedf("certagent revoke: the certificate for %s was issued by %s, which is not among the configured directories (--%s, --%s)",
+			args[0], ca, flagDirectory, flagFallbacks)
 	}
-	if err := revoker.Revoke(ctx, []byte(rec.FullChain), reason); err != nil {
-		return cli.Exit(fmt.Sprintf("certagent revoke: revoking certificate for %s: %v", args[0], err), exitFailed)
+	if err := revokeAtCA(ctx, revoker, rec, reason); err != nil {
+		return failedf("certagent revoke: revoking certificate for %s: %v", args[0], err)
 	}
 	events.Emit(ctx, telemetry.Event{Type: telemetry.EventRevoked, Name: args[0], Names: rec.Names,
 		NotAfter: rec.NotAfter, Fingerprint: rec.Fingerprint, Reason: c.String(flagReason)})
@@ -113,16 +129,16 @@ func revokeAction(c *cli.Context) error {
 		if err != nil {
 			// Better the fallback certificate than a revoked one.
 			deleted, derr := st.DeleteCert(ctx, args[0])
-			return cli.Exit(fmt.Sprintf("certagent revoke: serial %s revoked, but ordering its replacement failed (%v); deleted %v (%v)",
-				rec.Serial, err, deleted, derr), exitFailed)
+			return failedf("certagent revoke: serial %s revoked, but ordering its replacement failed (%v); deleted %v (%v)",
+				rec.Serial, err, deleted, derr)
 		}
 		v := viewOf(rec.Primary(), newRec)
 		view.Reissued = &v
 	} else {
 		deleted, err := st.DeleteCert(ctx, args[0])
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return cli.Exit(fmt.Sprintf("certagent revoke: serial %s revoked, but deleting it failed: %v (run `certagent delete %s`)",
-				rec.Serial, err, args[0]), exitFailed)
+			return failedf("certagent revoke: serial %s revoked, but deleting it failed: %v (run `certagent delete %s`)",
+				rec.Serial, err, args[0])
 		}
 		view.Deleted = deleted
 	}

@@ -30,35 +30,34 @@ func runCommand() *cli.Command {
 			"  CERTAGENT_ALLOW='*' CERTAGENT_ACME_DIRECTORY=letsencrypt-staging certagent run\n" +
 			"  certagent run --allow shop.example --profile shortlived --fallback-directory https://acme.other-ca.example/dir",
 		Flags: withFlags(redisFlags(), acmeFlags(), peerFlags(), peerServerFlags(), []cli.Flag{
-			&cli.StringFlag{Name: flagHTTPListen, EnvVars: []string{envHTTPListen},
+			&cli.StringFlag{Name: flagHTTPListen, EnvVars: envVars(flagHTTPListen),
 				Usage: "address for /metrics (Prometheus), /healthz and /readyz, e.g. 127.0.0.1:9464 (default: none)"},
-			&cli.StringFlag{Name: flagWebhookURL, EnvVars: []string{envWebhookURL},
+			&cli.StringFlag{Name: flagWebhookURL, EnvVars: envVars(flagWebhookURL),
 				Usage: "URL that receives every event as a signed JSON POST (default: none)"},
-			&cli.StringFlag{Name: flagWebhookSecret, EnvVars: []string{envWebhookSecret},
+			&cli.StringFlag{Name: flagWebhookSecret, EnvVars: envVars(flagWebhookSecret),
+				FilePath: secretFile(flagWebhookSecret), Action: trimSecret(flagWebhookSecret),
 				Usage: "HMAC-SHA256 key of the webhook's X-Certagent-Signature header; required with --" + flagWebhookURL},
-			&cli.StringSliceFlag{Name: flagAllow, EnvVars: []string{envAllow},
+			&cli.StringSliceFlag{Name: flagAllow, EnvVars: envVars(flagAllow),
 				Usage: "names that may get a certificate: exact names, *.example.com for every name below it, * for all; comma-separated. Nothing else is issued"},
-			&cli.StringFlag{Name: flagGroup, EnvVars: []string{envGroup}, Value: "certagent",
+			&cli.StringFlag{Name: flagGroup, EnvVars: envVars(flagGroup), Value: "certagent",
 				Usage: "consumer group shared by the agents"},
-			&cli.StringFlag{Name: flagConsumer, EnvVars: []string{envConsumer},
+			&cli.StringFlag{Name: flagConsumer, EnvVars: envVars(flagConsumer),
 				Usage: "this agent's stable name in the group (default: the host name)"},
-			&cli.IntFlag{Name: flagWorkers, EnvVars: []string{envWorkers}, Value: 4,
-				Usage: "orders run at once"},
-			&cli.DurationFlag{Name: flagGrace, EnvVars: []string{envGrace}, Value: 20 * time.Second,
+			&cli.DurationFlag{Name: flagGrace, EnvVars: envVars(flagGrace), Value: 20 * time.Second,
 				Usage: "on SIGTERM, how long running orders may finish before they are left for the next start"},
-			&cli.DurationFlag{Name: flagReclaim, EnvVars: []string{envReclaim}, Value: time.Minute,
+			&cli.DurationFlag{Name: flagReclaim, EnvVars: envVars(flagReclaim), Value: time.Minute,
 				Usage: "stream entries unacknowledged this long (their agent died, or another held the name's lease) are taken over"},
-			&cli.DurationFlag{Name: flagLockTTL, EnvVars: []string{envLockTTL}, Value: store.LockTTL,
+			&cli.DurationFlag{Name: flagLockTTL, EnvVars: envVars(flagLockTTL), Value: store.LockTTL, Action: atLeastDuration(flagLockTTL, 3*time.Second, "it is extended every third of it"),
 				Usage: "lease on a name while its order runs, extended every third of it; a killed agent blocks its names this long"},
-			&cli.DurationFlag{Name: flagRenewInterval, EnvVars: []string{envRenewInterval}, Value: time.Minute,
+			&cli.DurationFlag{Name: flagRenewInterval, EnvVars: envVars(flagRenewInterval), Value: time.Minute,
 				Usage: "longest pause between two looks at the renewal schedule (it wakes earlier when a renewal is due sooner)"},
-			&cli.DurationFlag{Name: flagRenewRetry, EnvVars: []string{envRenewRetry}, Value: time.Minute,
+			&cli.DurationFlag{Name: flagRenewRetry, EnvVars: envVars(flagRenewRetry), Value: time.Minute,
 				Usage: "pause after a failed renewal; doubles per failure up to 6h, shorter as expiry nears"},
-			&cli.IntFlag{Name: flagRenewConc, EnvVars: []string{envRenewConc}, Value: manager.DefaultRenewWorkers,
+			&cli.IntFlag{Name: flagRenewConc, EnvVars: envVars(flagRenewConc), Value: manager.DefaultRenewWorkers, Action: atLeastInt(flagRenewConc, 1),
 				Usage: "renewals run at once by this agent; the default keeps a few agents behind one address well within Let's Encrypt's request limits"},
-			&cli.DurationFlag{Name: flagCheckInterval, EnvVars: []string{envCheckInterval}, Value: 10 * time.Minute,
+			&cli.DurationFlag{Name: flagCheckInterval, EnvVars: envVars(flagCheckInterval), Value: 10 * time.Minute,
 				Usage: "pause between two checks of every stored certificate; a corrupt one is ordered again"},
-		}, gateFlags()),
+		}, concurrencyFlags(), gateFlags()),
 		Action: runAction,
 	}
 }
@@ -72,18 +71,18 @@ func runAction(c *cli.Context) error {
 	if file := c.String(flagAllowFile); file != "" {
 		more, err := manager.ReadRulesFile(file)
 		if err != nil {
-			return cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAllowFile, err), exitUsage)
+			return usageErrorf("certagent: --%s: %v", flagAllowFile, err)
 		}
 		rules = append(rules, more...)
 	}
 	policy, err := manager.ParsePolicy(rules)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAllow, err), exitUsage)
+		return usageErrorf("certagent: --%s: %v", flagAllow, err)
 	}
 	var ask *manager.Ask
 	if u := c.String(flagAskURL); u != "" {
 		if ask, err = manager.NewAsk(manager.AskConfig{URL: u, Timeout: c.Duration(flagAskTimeout)}); err != nil {
-			return cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAskURL, err), exitUsage)
+			return usageErrorf("certagent: --%s: %v", flagAskURL, err)
 		}
 	}
 	if policy.Empty() && ask == nil {
@@ -92,15 +91,6 @@ func runAction(c *cli.Context) error {
 	preflight, err := newPreflight(c)
 	if err != nil {
 		return err
-	}
-	if n := c.Int(flagRenewConc); n < 1 {
-		return cli.Exit(fmt.Sprintf("certagent: --%s: %d is not a positive number", flagRenewConc, n), exitUsage)
-	}
-	if share := c.Float64(flagRenewalShare); share <= 0 || share >= 1 {
-		return cli.Exit(fmt.Sprintf("certagent: --%s: %v is not between 0 and 1", flagRenewalShare, share), exitUsage)
-	}
-	if ttl := c.Duration(flagLockTTL); ttl < 3*time.Second {
-		return cli.Exit(fmt.Sprintf("certagent: --%s: %s is below 3s (it is extended every third of it)", flagLockTTL, ttl), exitUsage)
 	}
 	consumerName := c.String(flagConsumer)
 	if consumerName == "" {
@@ -178,7 +168,7 @@ func runAction(c *cli.Context) error {
 	}
 
 	log.Info("agent running", "consumer", consumerName, "group", c.String(flagGroup),
-		"directory", c.String(flagDirectory), "workers", c.Int(flagWorkers))
+		"directory", c.String(flagDirectory), "workers", workersText(c))
 	budgetCfg, err := budgetConfig(c)
 	if err != nil {
 		return err
@@ -240,10 +230,17 @@ func runAction(c *cli.Context) error {
 		checker.Run(ctx)
 		close(checkerDone)
 	}()
+	announcer := manager.NewAnnouncer(manager.AnnouncerConfig{Store: st, Static: policy, Ask: ask != nil, Name: consumerName, Logger: log})
+	announcerDone := make(chan struct{})
+	go func() {
+		announcer.Run(ctx)
+		close(announcerDone)
+	}()
 	err = consumer.Run(ctx)
 	stop()
 	<-renewerDone
 	<-checkerDone
+	<-announcerDone
 	log.Info("agent stopped")
 	return err
 }
@@ -253,7 +250,7 @@ func newPreflight(c *cli.Context) (*manager.Preflight, error) {
 	for _, a := range c.StringSlice(flagPreflightAddrs) {
 		addr, err := netip.ParseAddr(strings.TrimSpace(a))
 		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPreflightAddrs, err), exitUsage)
+			return nil, usageErrorf("certagent: --%s: %v", flagPreflightAddrs, err)
 		}
 		addrs = append(addrs, addr)
 	}
@@ -263,7 +260,7 @@ func newPreflight(c *cli.Context) (*manager.Preflight, error) {
 		Resolver:      c.String(flagDNSResolver),
 	})
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagDNSResolver, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagDNSResolver, err)
 	}
 	return p, nil
 }

@@ -25,7 +25,7 @@ import (
 func newLogger(c *cli.Context) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String(flagLogLevel))); err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagLogLevel, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagLogLevel, err)
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	var handler slog.Handler
@@ -35,7 +35,7 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 	case "json":
 		handler = slog.NewJSONHandler(os.Stderr, opts)
 	default:
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %q is neither text nor json", flagLogFormat, format), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %q is neither text nor json", flagLogFormat, format)
 	}
 	legolog.Logger = slog.NewLogLogger(handler.WithAttrs([]slog.Attr{slog.String("component", "lego")}), slog.LevelInfo)
 	return slog.New(handler), nil
@@ -61,14 +61,14 @@ func closeStore(st *store.Store) { _ = st.Client().Close() }
 func acmeConfigs(c *cli.Context) ([]acmeclient.Config, error) {
 	directories := append([]string{c.String(flagDirectory)}, c.StringSlice(flagFallbacks)...)
 	if err := acmeclient.CheckKeyType(c.String(flagKeyType)); err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagKeyType, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagKeyType, err)
 	}
 	var dnsProvider challenge.Provider
 	var dnsRules acmeclient.DNSRules
 	if name := c.String(flagDNS); name != "" {
 		var err error
 		if dnsProvider, err = acmeclient.NewDNSProvider(name); err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagDNS, err), exitUsage)
+			return nil, usageErrorf("certagent: --%s: %v", flagDNS, err)
 		}
 	}
 	for _, rule := range c.StringSlice(flagDNSNames) {
@@ -76,28 +76,28 @@ func acmeConfigs(c *cli.Context) ([]acmeclient.Config, error) {
 		if rule != "*" {
 			name, err := storedName(rule)
 			if err != nil {
-				return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagDNSNames, err), exitUsage)
+				return nil, usageErrorf("certagent: --%s: %v", flagDNSNames, err)
 			}
 			rule = name
 		}
 		dnsRules = append(dnsRules, rule)
 	}
 	if len(dnsRules) > 0 && dnsProvider == nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs --%s", flagDNSNames, flagDNS), exitUsage)
+		return nil, usageErrorf("certagent: --%s needs --%s", flagDNSNames, flagDNS)
 	}
 	// Mistakes in these would otherwise look like a CA that is down, which
 	// run retries for ever.
 	if _, err := acmeclient.LoadCARoots(c.StringSlice(flagCARoots)); err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagCARoots, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagCARoots, err)
 	}
 	if (c.String(flagEABKID) == "") != (c.String(flagEABHMAC) == "") {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s and --%s go together", flagEABKID, flagEABHMAC), exitUsage)
+		return nil, usageErrorf("certagent: --%s and --%s go together", flagEABKID, flagEABHMAC)
 	}
 	var cfgs []acmeclient.Config
 	for i, dir := range directories {
 		dir = acmeclient.ResolveDirectory(strings.TrimSpace(dir))
 		if !strings.HasPrefix(dir, "https://") && !strings.HasPrefix(dir, "http://") {
-			return nil, cli.Exit(fmt.Sprintf("certagent: %q is neither an ACME directory URL nor a preset (%s)", dir, presetNames()), exitUsage)
+			return nil, usageErrorf("certagent: %q is neither an ACME directory URL nor a preset (%s)", dir, presetNames())
 		}
 		cfg := acmeclient.Config{
 			DirectoryURL: dir,
@@ -132,7 +132,7 @@ func newTelemetry(c *cli.Context, st *store.Store, log *slog.Logger) (*telemetry
 		}, metrics)
 		if err != nil {
 			stream.Shutdown(0)
-			return nil, nil, nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v (set --%s)", flagWebhookURL, err, flagWebhookSecret), exitUsage)
+			return nil, nil, nil, usageErrorf("certagent: --%s: %v (set --%s)", flagWebhookURL, err, flagWebhookSecret)
 		}
 		sinks = append(sinks, webhook)
 		stops = append(stops, func() { webhook.Shutdown(5 * time.Second) })
@@ -175,7 +175,12 @@ func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.
 			return nil, err
 		}
 	}
+	concurrency, err := newConcurrency(c, log)
+	if err != nil {
+		return nil, err
+	}
 	return manager.New(manager.Config{
+		Concurrency:  concurrency,
 		Store:        st,
 		Issuer:       issuers[0],
 		Fallbacks:    issuers[1:],
@@ -213,10 +218,7 @@ type session struct {
 func openSession(c *cli.Context) (*session, error) {
 	s := &session{}
 	var err error
-	if s.log, err = newLogger(c); err != nil {
-		return nil, err
-	}
-	if s.store, err = openStore(c); err != nil {
+	if s.store, s.log, err = openStoreAndLogger(c); err != nil {
 		return nil, err
 	}
 	s.closes = append(s.closes, func() { closeStore(s.store) })
@@ -247,4 +249,19 @@ func (s *session) Close() {
 	for i := len(s.closes) - 1; i >= 0; i-- {
 		s.closes[i]()
 	}
+}
+
+// openStoreAndLogger is how every command that works on the stored state
+// begins: the logger of --log-level and --log-format, then the store.
+// closeStore releases the store.
+func openStoreAndLogger(c *cli.Context) (*store.Store, *slog.Logger, error) {
+	log, err := newLogger(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := openStore(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, log, nil
 }

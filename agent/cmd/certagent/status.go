@@ -19,14 +19,15 @@ func statusCommand() *cli.Command {
 		Usage: "the fleet at a glance: streams, certificates, failing names, next renewals",
 		Description: "Reads Redis only (no CA), a few keys whatever the number of certificates: the length of the " +
 			"stream of requested names and how many entries agents hold unacknowledged, the stream of changes, how " +
-			"many certificates are stored, expired or expiring within a week, the names whose last renewal failed, " +
-			"the names whose last order failed (the failure memory of `run`), and the next scheduled renewals. " +
-			"--check also parses every stored record, as `list --check` does, and counts the corrupt ones (the first " +
-			"are listed with why): that takes time in proportion to the certificates stored. Exits 1 when Redis " +
-			"cannot be read." +
+			"many requested names the agents refused because no rule allows them or they are not valid names " +
+			"(counted, not in the events stream), how many certificates are stored, expired or expiring within a " +
+			"week, the names whose last renewal failed, the names whose last order failed (the failure memory of " +
+			"`run`), and the next scheduled renewals. --check also parses every stored record, as `list --check` " +
+			"does, and counts the corrupt ones (the first are listed with why): that takes time in proportion to " +
+			"the certificates stored. Exits 1 when Redis cannot be read." +
 			"\n\nExamples:\n  certagent status\n  certagent status --check\n  certagent status --next 20 --json",
 		Flags: withFlags(redisFlags(), []cli.Flag{
-			&cli.StringFlag{Name: flagGroup, EnvVars: []string{envGroup}, Value: "certagent", Usage: "consumer group of the agents"},
+			&cli.StringFlag{Name: flagGroup, EnvVars: envVars(flagGroup), Value: "certagent", Usage: "consumer group of the agents"},
 			&cli.IntFlag{Name: flagNext, Value: 10, Usage: "how many failing names and next renewals to show"},
 			&cli.BoolFlag{Name: flagCheck, Usage: "also parse every stored record and count the corrupt ones (slow with many)"},
 			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"},
@@ -47,9 +48,12 @@ type statusView struct {
 	Pending          int64 `json:"pending"`
 	PendingConsumers int64 `json:"pending_consumers"`
 	Changes          int64 `json:"changes"`
-	Certificates     int64 `json:"certificates"`
-	Expired          int64 `json:"expired"`
-	ExpiringWeek     int64 `json:"expiring_within_7d"`
+	// Refused counts the names refused without an event each, by kind
+	// (policy, invalid).
+	Refused      map[string]store.RefusalCount `json:"refused"`
+	Certificates int64                         `json:"certificates"`
+	Expired      int64                         `json:"expired"`
+	ExpiringWeek int64                         `json:"expiring_within_7d"`
 	// Corrupt and CorruptRecords are only known with --check.
 	Corrupt         *int64        `json:"corrupt,omitempty"`
 	CorruptRecords  []statusEntry `json:"corrupt_records,omitempty"`
@@ -62,7 +66,7 @@ func statusAction(c *cli.Context) error {
 	if err := noArgs(c, "status"); err != nil {
 		return err
 	}
-	st, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
@@ -73,23 +77,26 @@ func statusAction(c *cli.Context) error {
 	v := statusView{FailingRenewals: []statusEntry{}, FailingOrders: []statusEntry{}, NextRenewals: []statusEntry{}}
 	streams, err := st.StreamStatus(ctx, c.String(flagGroup))
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	v.Requests, v.Pending, v.PendingConsumers, v.Changes = streams.Length, streams.Pending, streams.Consumers, streams.Changes
+	if v.Refused, err = st.RefusalCounts(ctx); err != nil {
+		return failedf("certagent status: %v", err)
+	}
 	var counts []int64
 	if v.Certificates, counts, err = st.CertCounts(ctx, now.Unix(), now.Add(7*24*time.Hour).Unix()); err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	v.Expired, v.ExpiringWeek = counts[0], counts[1]-counts[0]
 	if c.Bool(flagCheck) {
 		if err := countCorrupt(ctx, st, &v, limit); err != nil {
-			return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+			return failedf("certagent status: %v", err)
 		}
 	}
 
 	failing, err := st.FailingRenewals(ctx, limit)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	for _, f := range failing {
 		e := statusEntry{Name: f.Name, At: f.NotAfter}
@@ -100,14 +107,14 @@ func statusAction(c *cli.Context) error {
 	}
 	orders, err := st.ListFailures(ctx, limit)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	for _, f := range orders {
 		v.FailingOrders = append(v.FailingOrders, statusEntry{Name: f.Name, At: f.NextAttempt, Error: f.LastError, Count: f.Attempts})
 	}
 	next, err := st.NextRenewals(ctx, limit)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	for _, e := range next {
 		v.NextRenewals = append(v.NextRenewals, statusEntry{Name: e.Name, At: e.NotAfter})
@@ -120,6 +127,8 @@ func statusAction(c *cli.Context) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "requested names:\t%d in the stream, %d pending at %d agents\n", v.Requests, v.Pending, v.PendingConsumers)
 	fmt.Fprintf(tw, "changes stream:\t%d entries\n", v.Changes)
+	fmt.Fprintf(tw, "refused names:\t%s no rule allows, %s invalid\n",
+		refusalLine(v.Refused[store.RefusedByPolicy]), refusalLine(v.Refused[store.RefusedInvalid]))
 	corrupt := "corrupt not checked (--check)"
 	if v.Corrupt != nil {
 		corrupt = fmt.Sprintf("%d corrupt", *v.Corrupt)
@@ -160,6 +169,15 @@ func statusAction(c *cli.Context) error {
 	section("failing orders", "NEXT ATTEMPT", v.FailingOrders)
 	section("next renewal checks", "AT", v.NextRenewals)
 	return nil
+}
+
+// refusalLine shows a refusal count and, when there was one, the time of
+// the last.
+func refusalLine(c store.RefusalCount) string {
+	if c.Last.IsZero() {
+		return fmt.Sprint(c.Count)
+	}
+	return fmt.Sprintf("%d (last %s)", c.Count, c.Last.UTC().Format(time.RFC3339))
 }
 
 // countCorrupt parses every stored record and counts the corrupt ones into
