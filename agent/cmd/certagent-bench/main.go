@@ -71,6 +71,8 @@ func main() {
 		err = peersCatchup(os.Args[2:])
 	case "lego":
 		err = legoBaseline(os.Args[2:])
+	case "store":
+		err = storeRecords(os.Args[2:])
 	default:
 		usage()
 	}
@@ -94,6 +96,7 @@ func usage() {
   certagent-bench peers-serve [flags]    answer the peer API of one site
   certagent-bench peers-catchup [flags]  exchange inventories with a peers-serve site until in step, and report
   certagent-bench lego [flags]   the baseline of bulk issuance: N orders at once through bare lego (acme/api)
+  certagent-bench store [flags]  store full certificate records through agent/store (list and renewal benchmarks)
 Run either with -h for its flags.`)
 	os.Exit(2)
 }
