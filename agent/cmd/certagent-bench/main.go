@@ -43,6 +43,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/certagent/certagent/agent/store"
 )
 
 func main() {
@@ -171,18 +173,6 @@ func leafValid(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM
 	return certKey{chainPEM: chain, keyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), notAfter: notAfter}, nil
 }
 
-// pemBytes returns the DER of every PEM block in data, in a row.
-func pemBytes(data []byte) []byte {
-	var der []byte
-	for {
-		var b *pem.Block
-		if b, data = pem.Decode(data); b == nil {
-			return der
-		}
-		der = append(der, b.Bytes...)
-	}
-}
-
 func seed(args []string) error {
 	fs := flag.NewFlagSet("seed", flag.ExitOnError)
 	redisAddr := fs.String("redis", "127.0.0.1:6379", "Redis host:port")
@@ -240,7 +230,9 @@ func seed(args []string) error {
 			fields := []any{"fullchain", string(ck.chainPEM), "key", string(ck.keyPEM),
 				"not_after", strconv.FormatInt(ck.notAfter.Unix(), 10), "names", name}
 			if *withDER {
-				fields = append(fields, "chain_der", pemBytes(ck.chainPEM), "key_der", pemBytes(ck.keyPEM))
+				for field, v := range store.DERRecordFields(string(ck.chainPEM), string(ck.keyPEM)) {
+					fields = append(fields, field, v)
+				}
 			}
 			p.HSet(ctx, *prefix+"cert:"+name, fields...)
 		}
