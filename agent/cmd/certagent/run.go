@@ -123,7 +123,7 @@ func runAction(c *cli.Context) error {
 			if !ready.Load() {
 				return errors.New("not connected to the CA yet")
 			}
-			return st.Client().Ping(ctx).Err()
+			return st.Ping(ctx)
 		}, log)
 		if err != nil {
 			return fmt.Errorf("--%s: %w", flagHTTPListen, err)

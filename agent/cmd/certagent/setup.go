@@ -20,8 +20,9 @@ import (
 	"github.com/certagent/certagent/agent/telemetry"
 )
 
-// newLogger writes structured logs to stderr and routes lego's own log lines
-// into them, so one format reaches the operator's log pipeline.
+// newLogger writes structured logs to stderr and routes lego's and
+// go-redis's own log lines into them, so one format reaches the operator's
+// log pipeline.
 func newLogger(c *cli.Context) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String(flagLogLevel))); err != nil {
@@ -38,23 +39,20 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %q is neither text nor json", flagLogFormat, format), exitUsage)
 	}
 	legolog.Logger = slog.NewLogLogger(handler.WithAttrs([]slog.Attr{slog.String("component", "lego")}), slog.LevelInfo)
+	store.SetLogger(slog.New(handler.WithAttrs([]slog.Attr{slog.String("component", "redis")})))
 	return slog.New(handler), nil
 }
 
+// openStore opens the store of the Redis flags.
 func openStore(c *cli.Context) (*store.Store, error) {
-	rdb, err := newRedisClient(c)
+	st, err := store.Open(c.Context, storeConfig(c))
 	if err != nil {
-		return nil, err
+		return nil, storeOpenError(err)
 	}
-	if n := c.Int(flagWaitReplicas); n < 0 {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %d is negative", flagWaitReplicas, n), exitUsage)
-	}
-	st := store.New(rdb, store.Keys{Prefix: c.String(flagKeyPrefix)})
-	st.WaitForReplicas(c.Int(flagWaitReplicas))
 	return st, nil
 }
 
-func closeStore(st *store.Store) { _ = st.Client().Close() }
+func closeStore(st *store.Store) { _ = st.Close() }
 
 // acmeConfigs returns the client configuration of each CA, the primary
 // (--acme-directory) first, then the fallbacks in order.
