@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"sync"
 	"time"
+
+	"github.com/certagent/certagent/agent/internal/backoff"
 )
 
 // ErrAskUnavailable is returned when the ask URL cannot answer: the name is
@@ -77,7 +79,7 @@ func (a *Ask) Allows(ctx context.Context, name string) (bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil && ctx.Err() == nil {
-		a.pause = min(max(a.pause*2, time.Second), time.Minute)
+		a.pause = backoff.Doubling{First: time.Second, Most: time.Minute}.Next(a.pause)
 		a.downUntil = a.cfg.Clock.Now().Add(a.pause)
 		return false, fmt.Errorf("asking about %s: %w: %w", name, ErrAskUnavailable, err)
 	}

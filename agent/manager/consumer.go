@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/backoff"
 	"github.com/certagent/certagent/agent/names"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
@@ -73,7 +74,7 @@ type Consumer struct {
 	// failed under them are read again (zero: none), with retries pausing
 	// longer while Redis keeps failing.
 	retryAt time.Time
-	retries *backoff
+	retries *backoff.Backoff
 }
 
 // NewConsumer returns a Consumer for cfg.
@@ -112,7 +113,7 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 		cfg.CAWatch = 500 * time.Millisecond
 	}
 	return &Consumer{cfg: cfg, inFlight: map[string]bool{}, entries: map[string]bool{},
-		retries: newBackoff(500*time.Millisecond, redisRetryMost)}
+		retries: backoff.New(500*time.Millisecond, redisRetryMost)}
 }
 
 // redisRetryMost caps the pause between two attempts while Redis fails: a
@@ -179,7 +180,7 @@ func (c *Consumer) cancelAfterGrace(ctx context.Context, cancelWork context.Canc
 // pending on any consumer for ReclaimIdle (an agent killed with SIGKILL
 // leaves its entries there; so does a name whose lease another agent held).
 func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
-	backoff := newBackoff(500*time.Millisecond, redisRetryMost)
+	retry := backoff.New(500*time.Millisecond, redisRetryMost)
 	groupReady := false
 	// Entries delivered to this agent before a restart come first; the
 	// cursor walks the pending list once, as some entries stay pending.
@@ -188,7 +189,7 @@ func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 	for ctx.Err() == nil {
 		if !groupReady {
 			if err := c.cfg.Store.EnsureGroup(ctx, c.cfg.Group); err != nil {
-				c.pause(ctx, backoff, "creating the consumer group", err)
+				c.pause(ctx, retry, "creating the consumer group", err)
 				continue
 			}
 			groupReady = true
@@ -221,10 +222,10 @@ func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 			}
 			// The group disappears when Redis restarts without persistence.
 			groupReady = false
-			c.pause(ctx, backoff, "reading requested names", err)
+			c.pause(ctx, retry, "reading requested names", err)
 			continue
 		}
-		backoff.reset()
+		retry.Reset()
 		if pending {
 			if len(reqs) == 0 {
 				pending = false
@@ -263,8 +264,8 @@ func (c *Consumer) entryDone(id string) {
 	delete(c.entries, id)
 }
 
-func (c *Consumer) pause(ctx context.Context, b *backoff, what string, err error) {
-	wait := b.next()
+func (c *Consumer) pause(ctx context.Context, b *backoff.Backoff, what string, err error) {
+	wait := b.Next()
 	c.cfg.Logger.Error(what+" failed", "error", err, "retry_in", wait)
 	select {
 	case <-ctx.Done():
@@ -291,7 +292,7 @@ func (c *Consumer) retryDue() bool {
 func (c *Consumer) retryLater(log *slog.Logger, what string, err error) (ack bool) {
 	c.mu.Lock()
 	if c.retryAt.IsZero() {
-		c.retryAt = time.Now().Add(c.retries.next())
+		c.retryAt = time.Now().Add(c.retries.Next())
 	}
 	at := c.retryAt
 	c.mu.Unlock()
@@ -314,7 +315,7 @@ func (c *Consumer) handle(ctx context.Context, req store.Request) {
 		return
 	}
 	c.mu.Lock()
-	c.retries.reset()
+	c.retries.Reset()
 	c.mu.Unlock()
 }
 
@@ -518,21 +519,3 @@ func (c *Consumer) unclaim(name string) {
 	defer c.mu.Unlock()
 	delete(c.inFlight, name)
 }
-
-// backoff doubles a pause from min up to max.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max} }
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(b.cur*2, b.max)
-	}
-	return b.cur
-}
-
-func (b *backoff) reset() { b.cur = 0 }

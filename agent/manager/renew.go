@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/backoff"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -140,13 +141,13 @@ func (r *Renewer) Shutdown() {
 
 func (r *Renewer) loop(ctx context.Context) {
 	st := r.cfg.Manager.cfg.Store
-	pause := newBackoff(time.Second, r.cfg.Interval)
+	pause := backoff.New(time.Second, r.cfg.Interval)
 	filled := false
 	for ctx.Err() == nil {
 		if !filled {
 			added, err := st.ScheduleMissing(ctx, r.cfg.Clock.Now())
 			if err != nil {
-				r.wait(ctx, pause.next(), "filling the renewal schedule", err)
+				r.wait(ctx, pause.Next(), "filling the renewal schedule", err)
 				continue
 			}
 			if added > 0 {
@@ -156,10 +157,10 @@ func (r *Renewer) loop(ctx context.Context) {
 		}
 		n, err := r.Pass(r.work)
 		if err != nil {
-			r.wait(ctx, pause.next(), "reading the renewal schedule", err)
+			r.wait(ctx, pause.Next(), "reading the renewal schedule", err)
 			continue
 		}
-		pause.reset()
+		pause.Reset()
 		if int64(n) == r.cfg.Batch {
 			continue // more are due
 		}
@@ -415,11 +416,7 @@ func (r *Renewer) lifetimeRule(rec *store.CertRecord) time.Time {
 
 // retryPause is the wait after failures failed renewals in a row.
 func (r *Renewer) retryPause(rec *store.CertRecord, failures int, at time.Time) time.Duration {
-	pause := r.cfg.RetryBase
-	for i := 1; i < failures && pause < r.cfg.RetryMax; i++ {
-		pause *= 2
-	}
-	pause = min(pause, r.cfg.RetryMax)
+	pause := backoff.Doubling{First: r.cfg.RetryBase, Most: r.cfg.RetryMax}.After(failures)
 	if left := rec.NotAfter.Sub(at); left/4 < pause {
 		pause = max(left/4, r.cfg.RetryBase)
 	}

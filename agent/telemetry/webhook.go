@@ -15,6 +15,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/certagent/certagent/agent/internal/backoff"
 )
 
 // Webhook headers. The signature is HMAC-SHA256, keyed with the shared
@@ -32,7 +34,7 @@ type WebhookConfig struct {
 	// Attempts per event before it is dropped. Default: 5.
 	Attempts int
 	// FirstRetry is the pause after the first failure, doubling after each
-	// further one. Default: 1 s.
+	// further one up to webhookRetryMost. Default: 1 s.
 	FirstRetry time.Duration
 	// Client sends the calls. Default: a client with a 10 s timeout.
 	Client *http.Client
@@ -88,13 +90,15 @@ func Sign(secret string, timestamp int64, body []byte) string {
 	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
 }
 
+// webhookRetryMost caps the pause between two attempts at one event.
+const webhookRetryMost = time.Hour
+
 func (w *Webhook) deliver(ctx context.Context, e Event) {
 	body, err := json.Marshal(e)
 	if err != nil {
 		w.cfg.Logger.Error("encoding a webhook event", "error", err)
 		return
 	}
-	wait := w.cfg.FirstRetry
 	for attempt := 1; ; attempt++ {
 		err := w.post(ctx, body)
 		if err == nil {
@@ -107,9 +111,8 @@ func (w *Webhook) deliver(ctx context.Context, e Event) {
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(wait):
+		case <-time.After(backoff.Doubling{First: w.cfg.FirstRetry, Most: webhookRetryMost}.After(attempt)):
 		}
-		wait *= 2
 	}
 }
 
