@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/internal/backoff"
+	"github.com/certagent/certagent/agent/internal/clock"
 )
 
 // ErrAskUnavailable is returned when the ask URL cannot answer: the name is
@@ -30,7 +31,7 @@ type AskConfig struct {
 	// page it leads to.
 	Client *http.Client
 	// Clock. Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 }
 
 // Ask consults the operator's ask URL. After the URL failed to answer it is
@@ -60,7 +61,7 @@ func NewAsk(cfg AskConfig) (*Ask, error) {
 		}}
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	return &Ask{cfg: cfg, base: u}, nil
 }

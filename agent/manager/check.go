@@ -7,6 +7,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -16,7 +17,7 @@ type CheckerConfig struct {
 	// Logger receives events. Default: slog.Default().
 	Logger *slog.Logger
 	// Clock. Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 	// Interval is the pause between two walks over the stored
 	// certificates. Default: 10 minutes.
 	Interval time.Duration
@@ -39,7 +40,7 @@ func NewChecker(cfg CheckerConfig) *Checker {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = 10 * time.Minute

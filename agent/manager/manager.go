@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
 )
@@ -43,13 +44,6 @@ type Revoker interface {
 	Revoke(ctx context.Context, chainPEM []byte, reason uint) error
 }
 
-// Clock tells the time; tests replace it.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // Config configures a Manager.
 type Config struct {
 	Store  *store.Store
@@ -60,7 +54,7 @@ type Config struct {
 	// Logger receives events. Default: slog.Default().
 	Logger *slog.Logger
 	// Clock. Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 	// OrderTimeout bounds one order at one CA. Default: 2 minutes.
 	OrderTimeout time.Duration
 	// LockTTL is the lease on a name while its order runs. Default: store.LockTTL.
@@ -110,7 +104,7 @@ func New(cfg Config) *Manager {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.OrderTimeout <= 0 {
 		cfg.OrderTimeout = 2 * time.Minute

@@ -11,6 +11,7 @@ import (
 
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/backoff"
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -20,7 +21,7 @@ type RenewerConfig struct {
 	// Logger receives events. Default: the manager's logger.
 	Logger *slog.Logger
 	// Clock decides what is due. Default: the manager's clock.
-	Clock Clock
+	Clock clock.Clock
 	// Interval is the longest the scheduler sleeps between two looks at the
 	// schedule; it wakes earlier when the next scheduled time is sooner.
 	// Certificates stored by other agents are noticed within it. Default: 1 minute.

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -97,7 +98,7 @@ func checkRecord(name string, r Record, now time.Time) (*store.CertRecord, error
 	}
 	// The primary name is the key the record is indexed and renewed under:
 	// it must be one of the certificate's own names, not merely covered.
-	if !contains(leafNames, r.Primary) {
+	if !slices.Contains(leafNames, r.Primary) {
 		return nil, invalid("the primary name %s is not among the certificate's names %v", r.Primary, leafNames)
 	}
 	if !covers(leafNames, name) {
@@ -113,7 +114,7 @@ func checkRecord(name string, r Record, now time.Time) (*store.CertRecord, error
 	}
 	rec.Names = []string{r.Primary}
 	for _, n := range leafNames {
-		if !contains(rec.Names, n) {
+		if !slices.Contains(rec.Names, n) {
 			rec.Names = append(rec.Names, n)
 		}
 	}
@@ -163,7 +164,7 @@ func storedNames(dnsNames []string) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("the certificate's name %q: %v", raw, err)
 		}
-		if !contains(out, prefix+n) {
+		if !slices.Contains(out, prefix+n) {
 			out = append(out, prefix+n)
 		}
 	}
@@ -174,12 +175,3 @@ func storedNames(dnsNames []string) ([]string, error) {
 // of them is name, or a wildcard for name's parent (a wildcard covers one
 // label, as in TLS).
 func covers(leafNames []string, name string) bool { return names.Covers(leafNames, name) }
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -27,13 +28,6 @@ const (
 	maxInventoryAnswer = 64 << 20
 	maxAnswer          = MaxBody
 )
-
-// Clock tells the time; tests replace it.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
 
 // StatusError is a peer's answer with a 4xx or 5xx status.
 type StatusError struct {
@@ -65,7 +59,7 @@ type ClientConfig struct {
 	// Timeout bounds each call. Default: DefaultTimeout.
 	Timeout time.Duration
 	// Clock dates the signatures. Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 }
 
 // Client calls the peer API of one peer site (docs/peers.md). It is safe
@@ -76,7 +70,7 @@ type Client struct {
 	signer  *Signer
 	hc      *http.Client
 	timeout time.Duration
-	clock   Clock
+	clock   clock.Clock
 }
 
 // NewClient returns a client for the peer cfg describes. It refuses a URL
@@ -100,7 +94,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg.Timeout = DefaultTimeout
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	return &Client{
 		id: cfg.ID, base: strings.TrimRight(cfg.URL, "/"), signer: cfg.Signer,

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -77,7 +78,7 @@ type Config struct {
 	// Logger receives what happens with the peers. Default: slog.Default().
 	Logger *slog.Logger
 	// Clock. Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 	// Agent names this agent in the peer state it records. Default: the
 	// host name.
 	Agent string
@@ -155,7 +156,7 @@ func NewFleet(cfg Config) (*Fleet, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.Agent == "" {
 		cfg.Agent, _ = os.Hostname()

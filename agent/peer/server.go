@@ -11,10 +11,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -49,7 +51,7 @@ type ServerConfig struct {
 	Logger *slog.Logger
 	// Clock checks the requests' timestamps and the records' validity.
 	// Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 }
 
 // Server answers the peer API of docs/peers.md for one site: every request
@@ -92,7 +94,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	return &Server{cfg: cfg, peers: peers}, nil
 }
@@ -253,7 +255,7 @@ func (x *exchange) route(body []byte) {
 		x.refuse(http.StatusNotFound, "no such path", nil)
 		return
 	}
-	if !contains(allowed, x.r.Method) {
+	if !slices.Contains(allowed, x.r.Method) {
 		x.w.Header().Set("Allow", strings.Join(allowed, ", "))
 		x.refuse(http.StatusMethodNotAllowed, "method not allowed", nil)
 		return

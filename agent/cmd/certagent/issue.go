@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -197,7 +198,7 @@ func parseNamesFile(r io.Reader) (orders [][]string, problems []string) {
 				problems = append(problems, fmt.Sprintf("line %d: %v", line, err))
 				continue
 			}
-			if !contains(set, name) {
+			if !slices.Contains(set, name) {
 				set = append(set, name)
 			}
 		}
@@ -220,7 +221,7 @@ func parseNamesFile(r io.Reader) (orders [][]string, problems []string) {
 func checkSANCount(names []string) error {
 	var distinct []string
 	for _, name := range names {
-		if !contains(distinct, name) {
+		if !slices.Contains(distinct, name) {
 			distinct = append(distinct, name)
 		}
 	}
