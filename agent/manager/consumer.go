@@ -66,10 +66,10 @@ type Consumer struct {
 	cfg ConsumerConfig
 
 	mu       sync.Mutex
-	inFlight map[string]bool
+	inFlight claimSet
 	// entries holds the IDs of stream entries taken by this agent and not
 	// yet handled, so reclaiming does not hand an entry out twice.
-	entries map[string]bool
+	entries claimSet
 	// retryAt is when the entries this agent left pending because Redis
 	// failed under them are read again (zero: none), with retries pausing
 	// longer while Redis keeps failing.
@@ -112,7 +112,7 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 	if cfg.CAWatch <= 0 {
 		cfg.CAWatch = 500 * time.Millisecond
 	}
-	return &Consumer{cfg: cfg, inFlight: map[string]bool{}, entries: map[string]bool{},
+	return &Consumer{cfg: cfg,
 		retries: backoff.New(500*time.Millisecond, redisRetryMost)}
 }
 
@@ -144,7 +144,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			defer workers.Done()
 			for req := range jobs {
 				c.handle(workCtx, req)
-				c.entryDone(req.ID)
+				c.entries.release(req.ID)
 			}
 		}()
 	}
@@ -234,34 +234,17 @@ func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 			pendingAfter = reqs[len(reqs)-1].ID
 		}
 		for _, req := range reqs {
-			if !c.entryTaken(req.ID) {
+			if !c.entries.claim(req.ID) {
 				continue // already with a worker of this agent
 			}
 			select {
 			case jobs <- req:
 			case <-ctx.Done():
-				c.entryDone(req.ID)
+				c.entries.release(req.ID)
 				return
 			}
 		}
 	}
-}
-
-// entryTaken marks id as being handled by this agent; false if it already is.
-func (c *Consumer) entryTaken(id string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.entries[id] {
-		return false
-	}
-	c.entries[id] = true
-	return true
-}
-
-func (c *Consumer) entryDone(id string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.entries, id)
 }
 
 func (c *Consumer) pause(ctx context.Context, b *backoff.Backoff, what string, err error) {
@@ -504,18 +487,11 @@ func (c *Consumer) deferName(ctx context.Context, log *slog.Logger, name, reason
 	}
 }
 
+// claim takes name for this agent's workers; false if one has it.
 func (c *Consumer) claim(name string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.inFlight[name] {
-		return false
-	}
-	c.inFlight[name] = true
-	return true
+	return c.inFlight.claim(name)
 }
 
 func (c *Consumer) unclaim(name string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.inFlight, name)
+	c.inFlight.release(name)
 }

@@ -68,8 +68,7 @@ type Renewer struct {
 	stopWork context.CancelFunc
 	done     chan struct{}
 
-	mu       sync.Mutex
-	inFlight map[string]bool
+	inFlight claimSet
 }
 
 // NewRenewer returns a Renewer for cfg.
@@ -107,7 +106,7 @@ func NewRenewer(cfg RenewerConfig) *Renewer {
 	if cfg.ClaimFor <= 0 {
 		cfg.ClaimFor = 10 * time.Minute
 	}
-	return &Renewer{cfg: cfg, inFlight: map[string]bool{}}
+	return &Renewer{cfg: cfg}
 }
 
 // Start runs the scheduler in the background until Shutdown.
@@ -198,13 +197,13 @@ func (r *Renewer) Pass(ctx context.Context) (int, error) {
 	sem := make(chan struct{}, r.cfg.Workers)
 	var wg sync.WaitGroup
 	for _, e := range due {
-		if !r.claim(e.Name) {
+		if !r.inFlight.claim(e.Name) {
 			continue
 		}
 		// Of the fleet's agents that read this entry, one looks at it.
 		ok, err := r.cfg.Manager.cfg.Store.ClaimDue(ctx, e, r.cfg.Clock.Now().Add(r.cfg.ClaimFor))
 		if !ok || err != nil {
-			r.unclaim(e.Name)
+			r.inFlight.release(e.Name)
 			if err != nil {
 				wg.Wait()
 				return 0, err
@@ -214,7 +213,7 @@ func (r *Renewer) Pass(ctx context.Context) (int, error) {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func(name string) {
-			defer func() { <-sem; wg.Done(); r.unclaim(name) }()
+			defer func() { <-sem; wg.Done(); r.inFlight.release(name) }()
 			if _, _, err := r.look(ctx, name, false); err != nil && ctx.Err() == nil {
 				r.cfg.Logger.Error("renewal check", "name", name, "error", err)
 			}
@@ -438,20 +437,4 @@ func (r *Renewer) complain(rec *store.CertRecord, state *store.RenewalState, nex
 	default:
 		r.cfg.Logger.Warn("renewal failed; the current certificate is still served", attrs...)
 	}
-}
-
-func (r *Renewer) claim(name string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.inFlight[name] {
-		return false
-	}
-	r.inFlight[name] = true
-	return true
-}
-
-func (r *Renewer) unclaim(name string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.inFlight, name)
 }
