@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/testenv"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -50,13 +51,7 @@ func request(t *testing.T, r *redis.Client, st *store.Store, name string) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 20*time.Second, what, cond)
 }
 
 func pendingCount(t *testing.T, r *redis.Client, st *store.Store) int64 {
