@@ -49,8 +49,9 @@ func NewChecker(cfg CheckerConfig) *Checker {
 }
 
 // Run walks at once and then every Interval until ctx ends. A walk that
-// fails (Redis away) is logged and tried again at the next interval.
-func (c *Checker) Run(ctx context.Context) {
+// fails (Redis away) is logged and tried again at the next interval, so it
+// returns only nil.
+func (c *Checker) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		if _, err := c.Pass(ctx); err != nil && ctx.Err() == nil {
 			c.cfg.Logger.Error("checking the stored certificates failed", "error", err, "retry_in", c.cfg.Interval)
@@ -60,6 +61,7 @@ func (c *Checker) Run(ctx context.Context) {
 		case <-time.After(c.cfg.Interval):
 		}
 	}
+	return nil
 }
 
 // Pass walks every stored certificate once, makes each corrupt one due for

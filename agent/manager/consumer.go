@@ -248,6 +248,9 @@ func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 }
 
 func (c *Consumer) pause(ctx context.Context, b *backoff.Backoff, what string, err error) {
+	if ctx.Err() != nil {
+		return // shutting down: the error is the cancellation, not a failure
+	}
 	wait := b.Next()
 	c.cfg.Logger.Error(what+" failed", "error", err, "retry_in", wait)
 	select {

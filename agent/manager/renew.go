@@ -63,10 +63,9 @@ type RenewerConfig struct {
 type Renewer struct {
 	cfg RenewerConfig
 
-	stop     context.CancelFunc
-	work     context.Context
-	stopWork context.CancelFunc
-	done     chan struct{}
+	// work is the context of the renewals Run starts: it outlives Run's
+	// context by the shutdown grace.
+	work context.Context
 
 	inFlight claimSet
 }
@@ -109,34 +108,28 @@ func NewRenewer(cfg RenewerConfig) *Renewer {
 	return &Renewer{cfg: cfg}
 }
 
-// Start runs the scheduler in the background until Shutdown.
-func (r *Renewer) Start(ctx context.Context) {
-	loopCtx, stop := context.WithCancel(ctx)
-	// Renewals get their own context so that Shutdown can give them a grace.
-	r.work, r.stopWork = context.WithCancel(context.WithoutCancel(ctx))
-	r.stop = stop
-	r.done = make(chan struct{})
+// Run looks at the schedule until ctx ends, then lets running renewals
+// finish within the shutdown grace, counted from the end of ctx, cancels
+// those still running and returns.
+func (r *Renewer) Run(ctx context.Context) error {
+	// Renewals get their own context so that they get a grace after ctx.
+	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	r.work = work
+	done := make(chan struct{})
 	go func() {
-		defer close(r.done)
-		r.loop(loopCtx)
+		defer close(done)
+		r.loop(ctx)
 	}()
-}
-
-// Shutdown stops looking at the schedule, lets running renewals finish
-// within the shutdown grace, then cancels them and returns.
-func (r *Renewer) Shutdown() {
-	if r.stop == nil {
-		return
-	}
-	r.stop()
+	<-ctx.Done()
 	select {
-	case <-r.done:
+	case <-done:
 	case <-time.After(r.cfg.ShutdownGrace):
 		r.cfg.Logger.Warn("shutdown grace over, cancelling running renewals")
-		r.stopWork()
-		<-r.done
+		stopWork()
+		<-done
 	}
-	r.stopWork()
+	return nil
 }
 
 func (r *Renewer) loop(ctx context.Context) {
@@ -179,6 +172,9 @@ func (r *Renewer) loop(ctx context.Context) {
 }
 
 func (r *Renewer) wait(ctx context.Context, d time.Duration, what string, err error) {
+	if ctx.Err() != nil {
+		return // shutting down: the error is the cancellation, not a failure
+	}
 	r.cfg.Logger.Error(what+" failed", "error", err, "retry_in", d)
 	select {
 	case <-ctx.Done():

@@ -402,7 +402,7 @@ func TestIssueFallsBackToTheNextCA(t *testing.T) {
 	}
 }
 
-func TestRenewerStartAndShutdown(t *testing.T) {
+func TestRenewerRunStopsWhenItsContextEnds(t *testing.T) {
 	issuer := &fakeIssuer{lifetime: time.Hour}
 	_, st, _ := newTestManager(t, issuer)
 	m := New(Config{Store: st, Issuer: issuer, Logger: quietLogger()})
@@ -413,16 +413,27 @@ func TestRenewerStartAndShutdown(t *testing.T) {
 	}
 	// Renewal is due at once under a clock three quarters into the lifetime.
 	r := NewRenewer(RenewerConfig{Manager: m, Clock: fixedClock(rec.NotAfter.Add(-15 * time.Minute)), Interval: 50 * time.Millisecond})
-	r.Start(ctx)
-	defer r.Shutdown()
-	deadline := time.Now().Add(10 * time.Second)
-	for issuer.orders.Load() < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the running scheduler did not renew a due certificate")
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	waitFor(t, "the running scheduler to renew a due certificate", func() bool { return issuer.orders.Load() >= 2 })
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
 		}
-		time.Sleep(20 * time.Millisecond)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its context ended")
 	}
-	r.Shutdown()
+	// The certificate stays due under the fixed clock: a scheduler still
+	// running would order it again within its 50 ms interval.
+	orders := issuer.orders.Load()
+	time.Sleep(300 * time.Millisecond)
+	if n := issuer.orders.Load(); n != orders {
+		t.Errorf("%d orders after Run returned, want none", n-orders)
+	}
 }
 
 // TestRenewalPathsNeverScanKeys runs the scheduler's start (schedule fill),
@@ -572,5 +583,20 @@ func TestTwoAgentsShareTheDueCertificates(t *testing.T) {
 	}
 	if n := issuer.orders.Load(); n != 40 {
 		t.Errorf("%d orders, want 20 issuances and 20 renewals", n)
+	}
+}
+
+// A read of the schedule cut short by shutdown is not a failure: nothing
+// is logged (it used to log "filling the renewal schedule failed ...
+// context canceled" at every SIGTERM during start-up).
+func TestRenewerWaitIsQuietWhenShuttingDown(t *testing.T) {
+	f := newRenewFixture(t, &fakeIssuer{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	f.r.cfg.Logger = slog.New(slog.NewTextHandler(&syncWriter{w: f.logs}, nil))
+	f.r.wait(ctx, time.Hour, "filling the renewal schedule", ctx.Err())
+	f.r.wait(context.Background(), time.Millisecond, "reading the renewal schedule", errors.New("redis down"))
+	if logs := f.logs.String(); strings.Contains(logs, "filling") || !strings.Contains(logs, "reading the renewal schedule failed") {
+		t.Errorf("logged:\n%s\nwant only the real failure", logs)
 	}
 }

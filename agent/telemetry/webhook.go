@@ -40,7 +40,10 @@ type WebhookConfig struct {
 	Client *http.Client
 	// QueueSize bounds the events waiting for delivery. Default: 1000.
 	QueueSize int
-	Logger    *slog.Logger
+	// Grace is how long the queued events may take to be delivered once
+	// the webhook is stopped. Default: 5 s.
+	Grace  time.Duration
+	Logger *slog.Logger
 }
 
 // Webhook posts events as JSON to a URL, signed, retried with backoff, from a
@@ -50,7 +53,8 @@ type Webhook struct {
 	q   *queue
 }
 
-// NewWebhook starts the delivery goroutine; Shutdown stops it.
+// NewWebhook starts the delivery goroutine, so events are posted at once;
+// Run stops it.
 func NewWebhook(cfg WebhookConfig, metrics *Metrics) (*Webhook, error) {
 	if cfg.URL == "" || cfg.Secret == "" {
 		return nil, fmt.Errorf("a webhook needs a URL and a secret")
@@ -67,6 +71,9 @@ func NewWebhook(cfg WebhookConfig, metrics *Metrics) (*Webhook, error) {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 1000
 	}
+	if cfg.Grace <= 0 {
+		cfg.Grace = 5 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -78,8 +85,9 @@ func NewWebhook(cfg WebhookConfig, metrics *Metrics) (*Webhook, error) {
 // Emit queues e for delivery.
 func (w *Webhook) Emit(ctx context.Context, e Event) { w.q.Emit(ctx, e) }
 
-// Shutdown delivers what is queued for up to grace.
-func (w *Webhook) Shutdown(grace time.Duration) { w.q.Shutdown(grace) }
+// Run returns when ctx has ended and what was queued is delivered, or
+// after the grace.
+func (w *Webhook) Run(ctx context.Context) error { return w.q.runUntil(ctx, w.cfg.Grace) }
 
 // Sign returns the signature header value for body sent at timestamp.
 func Sign(secret string, timestamp int64, body []byte) string {
