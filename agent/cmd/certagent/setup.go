@@ -7,7 +7,6 @@ import (
 	"os"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/go-acme/lego/v4/challenge"
 	legolog "github.com/go-acme/lego/v4/log"
@@ -116,31 +115,42 @@ func acmeConfigs(c *cli.Context) ([]acmeclient.Config, error) {
 	return cfgs, nil
 }
 
-// newTelemetry builds the hub every order reports through: the log, the
-// events stream in Redis, Prometheus counters and, when --webhook-url is set,
-// the webhook. The returned function delivers what is queued and stops.
+// newTelemetry is buildTelemetry for a command that runs no daemon: the
+// returned function delivers what is queued and stops.
 func newTelemetry(c *cli.Context, st *store.Store, log *slog.Logger) (*telemetry.Hub, *telemetry.Metrics, func(), error) {
+	events, metrics, sinks, err := buildTelemetry(c, st, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	running := newStages(context.Background())
+	running.start(sinks...)
+	return events, metrics, running.stop, nil
+}
+
+// buildTelemetry builds the hub every order reports through: the log, the
+// events stream in Redis, Prometheus counters and, when --webhook-url is set,
+// the webhook. The sinks deliver at once; their runs return once their
+// context has ended and what is queued is delivered.
+func buildTelemetry(c *cli.Context, st *store.Store, log *slog.Logger) (*telemetry.Hub, *telemetry.Metrics, []func(context.Context) error, error) {
 	metrics := telemetry.NewMetrics()
-	stream := telemetry.NewStreamSink(st, metrics, log)
-	sinks := []telemetry.Sink{metrics, stream}
-	stops := []func(){func() { stream.Shutdown(2 * time.Second) }}
+	var webhook *telemetry.Webhook
 	if url := c.String(flagWebhookURL); url != "" {
-		webhook, err := telemetry.NewWebhook(telemetry.WebhookConfig{
+		var err error
+		webhook, err = telemetry.NewWebhook(telemetry.WebhookConfig{
 			URL: url, Secret: c.String(flagWebhookSecret), Logger: log,
 		}, metrics)
 		if err != nil {
-			stream.Shutdown(0)
 			return nil, nil, nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v (set --%s)", flagWebhookURL, err, flagWebhookSecret), exitUsage)
 		}
+	}
+	stream := telemetry.NewStreamSink(st, metrics, log)
+	sinks := []telemetry.Sink{metrics, stream}
+	runs := []func(context.Context) error{stream.Run}
+	if webhook != nil {
 		sinks = append(sinks, webhook)
-		stops = append(stops, func() { webhook.Shutdown(5 * time.Second) })
+		runs = append(runs, webhook.Run)
 	}
-	stop := func() {
-		for _, s := range stops {
-			s()
-		}
-	}
-	return telemetry.NewHub(log, sinks...), metrics, stop, nil
+	return telemetry.NewHub(log, sinks...), metrics, runs, nil
 }
 
 func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger, events *telemetry.Hub,
