@@ -7,12 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
-	"net/url"
 	"strings"
 	"time"
 
-	"github.com/go-acme/lego/v4/acme"
 	"golang.org/x/net/publicsuffix"
 
 	"github.com/certagent/certagent/agent/acmeclient"
@@ -299,7 +296,7 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 			"until", rl.Until.UTC().Format(time.RFC3339), "detail", rl.Detail)
 		return nil, &DeferredError{Until: rl.Until, Reason: fmt.Sprintf("the CA rate-limited %s %s: %s", kind, subject, rl.Detail)}
 	}
-	if failedValidation(err) && b.cfg.FailedPerName > 0 {
+	if acmeclient.FailedValidation(err) && b.cfg.FailedPerName > 0 {
 		for _, n := range names {
 			bg := b.failedBudget(n)
 			if nerr := st.NoteBudgetEvent(ctx, bg, b.m.cfg.Clock.Now(), eventID()); nerr != nil {
@@ -317,23 +314,6 @@ func (b *Budgets) rateLimited(err error) (*acmeclient.RateLimit, bool) {
 	return acmeclient.RateLimitOf(err)
 }
 
-// failedValidation tells a CA's refusal to validate a name (what its
-// failed-validation limit counts) from other failures.
-func failedValidation(err error) bool {
-	var problem *acme.ProblemDetails
-	if !errors.As(err, &problem) || acmeclient.AccountLost(err) {
-		// An account the CA refuses is unauthorized too, and no name's fault.
-		return false
-	}
-	switch problem.Type {
-	case "urn:ietf:params:acme:error:unauthorized", "urn:ietf:params:acme:error:connection",
-		"urn:ietf:params:acme:error:dns", "urn:ietf:params:acme:error:incorrectResponse",
-		"urn:ietf:params:acme:error:caa", "urn:ietf:params:acme:error:tls":
-		return true
-	}
-	return false
-}
-
 // neverReachedCA tells an order that failed before any CA created one
 // (Manager.issue's noOrderError) and got no answer from any CA: each was
 // not asked (the fleet knows it is down) or failed at the connection
@@ -343,32 +323,7 @@ func failedValidation(err error) bool {
 // here, and the CA's rateLimited answer covers that.
 func neverReachedCA(err error) bool {
 	var unplaced noOrderError
-	return errors.As(err, &unplaced) && unanswered(unplaced)
-}
-
-// unanswered tells an error of calls that got no HTTP answer; for errors
-// joined (one per CA), each of them.
-func unanswered(err error) bool {
-	if joined, ok := err.(interface{ Unwrap() []error }); ok {
-		errs := joined.Unwrap()
-		for _, e := range errs {
-			if !unanswered(e) {
-				return false
-			}
-		}
-		return len(errs) > 0
-	}
-	var outage *acmeclient.OutageError
-	if errors.As(err, &outage) && outage.Err == nil {
-		return true // not asked: the fleet knows the CA is down
-	}
-	var problem *acme.ProblemDetails
-	if errors.As(err, &problem) {
-		return false
-	}
-	var urlErr *url.Error
-	var opErr *net.OpError
-	return errors.As(err, &urlErr) || errors.As(err, &opErr)
+	return errors.As(err, &unplaced) && acmeclient.Unanswered(unplaced)
 }
 
 func eventID() string {
