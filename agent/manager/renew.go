@@ -277,19 +277,7 @@ func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.Cer
 	if state.RenewAt.IsZero() {
 		state.RenewAt = r.lifetimeRule(rec)
 	}
-	retryAt := time.Time{}
-	if state.Failures > 0 {
-		retryAt = state.LastFailure.Add(r.retryPause(rec, state.Failures, state.LastFailure))
-	}
-	due := !now.Before(state.RenewAt) && !now.Before(retryAt)
-	if !due && !force {
-		next := state.RenewAt
-		if retryAt.After(next) {
-			next = retryAt
-		}
-		if !state.ARINext.IsZero() && state.ARINext.Before(next) {
-			next = state.ARINext
-		}
+	if next, due := r.due(rec, state, now); !due && !force {
 		return rec, NotDue, r.record(ctx, rec, state, next)
 	}
 
@@ -329,6 +317,27 @@ func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.Cer
 	next := now.Add(r.retryPause(rec, state.Failures, now))
 	r.complain(rec, state, next, now)
 	return rec, Failed, errors.Join(fmt.Errorf("renewing certificate for %s: %w", name, err), r.record(ctx, rec, state, next))
+}
+
+// due tells whether rec is to be renewed at now: its renewal time has come
+// and the pause after its last failure is over. If not, next is when to
+// look again: then, or earlier when the CA's window is to be read again.
+func (r *Renewer) due(rec *store.CertRecord, state *store.RenewalState, now time.Time) (next time.Time, due bool) {
+	retryAt := time.Time{}
+	if state.Failures > 0 {
+		retryAt = state.LastFailure.Add(r.retryPause(rec, state.Failures, state.LastFailure))
+	}
+	if !now.Before(state.RenewAt) && !now.Before(retryAt) {
+		return time.Time{}, true
+	}
+	next = state.RenewAt
+	if retryAt.After(next) {
+		next = retryAt
+	}
+	if !state.ARINext.IsZero() && state.ARINext.Before(next) {
+		next = state.ARINext
+	}
+	return next, false
 }
 
 // renew orders the successor of rec, through the rate budgets when set.
