@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-acme/lego/v4/acme"
 	"github.com/go-acme/lego/v4/acme/api"
+	"github.com/go-acme/lego/v4/challenge"
 
 	"github.com/certagent/certagent/agent/internal/backoff"
 )
@@ -181,23 +182,9 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 		return nil
 	}
 	domain := authz.Identifier.Value
-	// Wildcards can only be validated through DNS; the rules pick DNS-01
-	// for other names too (names nginx does not answer HTTP for).
-	challType, solver := "http-01", c.solver
-	if authz.Wildcard || c.cfg.DNSNames.Match(domain) {
-		if c.cfg.DNSProvider == nil {
-			return fmt.Errorf("authorizing %s: it needs DNS-01 and no DNS provider is configured", domain)
-		}
-		challType, solver = "dns-01", c.cfg.DNSProvider
-	}
-	var chall *acme.Challenge
-	for i := range authz.Challenges {
-		if authz.Challenges[i].Type == challType {
-			chall = &authz.Challenges[i]
-		}
-	}
-	if chall == nil {
-		return fmt.Errorf("authorizing %s: the CA offers no %s challenge", domain, challType)
+	challType, solver, chall, err := c.challengeFor(authz)
+	if err != nil {
+		return err
 	}
 	keyAuth, err := c.core.GetKeyAuthorization(chall.Token)
 	if err != nil {
@@ -255,6 +242,26 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 		}
 	}
 	return err
+}
+
+// challengeFor picks the challenge of authz to answer and its solver.
+// Wildcards can only be validated through DNS; the rules pick DNS-01 for
+// other names too (names nginx does not answer HTTP for).
+func (c *Client) challengeFor(authz acme.Authorization) (string, challenge.Provider, *acme.Challenge, error) {
+	domain := authz.Identifier.Value
+	challType, solver := "http-01", c.solver
+	if authz.Wildcard || c.cfg.DNSNames.Match(domain) {
+		if c.cfg.DNSProvider == nil {
+			return "", nil, nil, fmt.Errorf("authorizing %s: it needs DNS-01 and no DNS provider is configured", domain)
+		}
+		challType, solver = "dns-01", c.cfg.DNSProvider
+	}
+	for i := range authz.Challenges {
+		if authz.Challenges[i].Type == challType {
+			return challType, solver, &authz.Challenges[i], nil
+		}
+	}
+	return "", nil, nil, fmt.Errorf("authorizing %s: the CA offers no %s challenge", domain, challType)
 }
 
 func (c *Client) waitOrder(ctx context.Context, orderURL string) (acme.ExtendedOrder, error) {
