@@ -40,6 +40,9 @@ func issueCommand() *cli.Command {
 	}
 }
 
+// issueAction orders the certificates of the arguments or of a file.
+// Long because the workers, the progress bar and the final report share
+// the views and the failure count it holds.
 func issueAction(c *cli.Context) error {
 	orders, err := issueOrders(c)
 	if err != nil {
