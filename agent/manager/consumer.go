@@ -10,6 +10,7 @@ import (
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/backoff"
 	"github.com/certagent/certagent/agent/names"
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
 )
@@ -19,12 +20,12 @@ type ConsumerConfig struct {
 	Store   *store.Store
 	Manager *Manager
 	// Policy holds the static allow rules; used when Decider is nil.
-	Policy *Policy
+	Policy *policy.Policy
 	// Decider decides which names may get a certificate. Default: Policy,
 	// the Redis allowlist and no ask URL.
-	Decider *Decider
+	Decider *policy.Decider
 	// Preflight checks DNS before an order. Default: none.
-	Preflight *Preflight
+	Preflight *policy.Preflight
 	// Budgets keeps orders within the CA's rate limits. Default: none (the
 	// CA's own limits apply).
 	Budgets *Budgets
@@ -95,7 +96,7 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Decider == nil {
-		cfg.Decider = NewDecider(DeciderConfig{Store: cfg.Store, Static: cfg.Policy})
+		cfg.Decider = policy.NewDecider(policy.DeciderConfig{Store: cfg.Store, Static: cfg.Policy})
 	}
 	if cfg.RetryFirst <= 0 {
 		cfg.RetryFirst = time.Minute
@@ -371,7 +372,7 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 			if ctx.Err() != nil {
 				return false
 			}
-			if errors.Is(err, ErrPreflightUnavailable) {
+			if errors.Is(err, policy.ErrPreflightUnavailable) {
 				log.Warn("pre-flight check not possible now; the name waits", "error", err)
 				c.deferName(ctx, log, name, err.Error(), c.cfg.Manager.cfg.Clock.Now().Add(c.cfg.AskRetry))
 				return true

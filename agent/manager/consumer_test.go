@@ -11,17 +11,18 @@ import (
 
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 )
 
 func startConsumer(t *testing.T, m *Manager, st *store.Store, rules ...string) (stop func()) {
 	t.Helper()
-	policy, err := ParsePolicy(rules)
+	allow, err := policy.ParsePolicy(rules)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := NewConsumer(ConsumerConfig{
-		Store: st, Manager: m, Policy: policy, Name: "test-agent",
+		Store: st, Manager: m, Policy: allow, Name: "test-agent",
 		Block: 100 * time.Millisecond, ShutdownGrace: 5 * time.Second, Logger: quietLogger(),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -121,9 +122,9 @@ func TestConsumerSurvivesRedisRestart(t *testing.T) {
 func TestConsumerShutdownLeavesCutOrdersPending(t *testing.T) {
 	issuer := &fakeIssuer{delay: time.Hour}
 	m, st, r := newTestManager(t, issuer)
-	policy, _ := ParsePolicy([]string{"*.example.com"})
+	allow, _ := policy.ParsePolicy([]string{"*.example.com"})
 	c := NewConsumer(ConsumerConfig{
-		Store: st, Manager: m, Policy: policy, Name: "test-agent",
+		Store: st, Manager: m, Policy: allow, Name: "test-agent",
 		Block: 100 * time.Millisecond, ShutdownGrace: 200 * time.Millisecond, Logger: quietLogger(),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -210,9 +211,9 @@ func (b *blockingIssuer) Obtain(ctx context.Context, names []string) (*acmeclien
 func TestConsumerGraceCountsFromTheSignal(t *testing.T) {
 	issuer := &blockingIssuer{started: make(chan string, 1), cancelled: make(chan string, 1)}
 	m, st, r := newTestManager(t, issuer)
-	policy, _ := ParsePolicy([]string{"*.example.com"})
+	allow, _ := policy.ParsePolicy([]string{"*.example.com"})
 	c := NewConsumer(ConsumerConfig{
-		Store: st, Manager: m, Policy: policy, Name: "test-agent", Workers: 1,
+		Store: st, Manager: m, Policy: allow, Name: "test-agent", Workers: 1,
 		Block: 10 * time.Second, ShutdownGrace: 300 * time.Millisecond, Logger: quietLogger(),
 	})
 	ctx, cancel := context.WithCancel(context.Background())

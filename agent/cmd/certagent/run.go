@@ -18,6 +18,7 @@ import (
 	"github.com/certagent/certagent/agent/internal/backoff"
 	"github.com/certagent/certagent/agent/manager"
 	"github.com/certagent/certagent/agent/peer"
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
 )
@@ -69,7 +70,7 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	policy, ask, err := allowPolicy(c, log)
+	static, ask, err := allowPolicy(c, log)
 	if err != nil {
 		return err
 	}
@@ -125,7 +126,7 @@ func runAction(c *cli.Context) error {
 	log.Info("agent running", "consumer", consumerName, "group", c.String(flagGroup),
 		"directory", c.String(flagDirectory), "workers", c.Int(flagWorkers))
 	consumer, renewer, err := newWorkers(c, st, log, mgr, metrics, workerGates{
-		policy: policy, ask: ask, preflight: preflight, consumerName: consumerName,
+		static: static, ask: ask, preflight: preflight, consumerName: consumerName,
 	})
 	if err != nil {
 		return err
@@ -214,36 +215,36 @@ func checkRunFlags(c *cli.Context) (consumerName string, err error) {
 
 // allowPolicy reads the allow rules of --allow and --allow-file, and the
 // ask URL.
-func allowPolicy(c *cli.Context, log *slog.Logger) (*manager.Policy, *manager.Ask, error) {
+func allowPolicy(c *cli.Context, log *slog.Logger) (*policy.Policy, *policy.Ask, error) {
 	rules := c.StringSlice(flagAllow)
 	if file := c.String(flagAllowFile); file != "" {
-		more, err := manager.ReadRulesFile(file)
+		more, err := policy.ReadRulesFile(file)
 		if err != nil {
 			return nil, nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAllowFile, err), exitUsage)
 		}
 		rules = append(rules, more...)
 	}
-	policy, err := manager.ParsePolicy(rules)
+	static, err := policy.ParsePolicy(rules)
 	if err != nil {
 		return nil, nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAllow, err), exitUsage)
 	}
-	var ask *manager.Ask
+	var ask *policy.Ask
 	if u := c.String(flagAskURL); u != "" {
-		if ask, err = manager.NewAsk(manager.AskConfig{URL: u, Timeout: c.Duration(flagAskTimeout)}); err != nil {
+		if ask, err = policy.NewAsk(policy.AskConfig{URL: u, Timeout: c.Duration(flagAskTimeout)}); err != nil {
 			return nil, nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAskURL, err), exitUsage)
 		}
 	}
-	if policy.Empty() && ask == nil {
+	if static.Empty() && ask == nil {
 		log.Warn("no allow rules and no ask URL: only names added with `certagent allow add` will get a certificate")
 	}
-	return policy, ask, nil
+	return static, ask, nil
 }
 
 // workerGates are what decides, before any order, whether a name gets one.
 type workerGates struct {
-	policy       *manager.Policy
-	ask          *manager.Ask
-	preflight    *manager.Preflight
+	static       *policy.Policy
+	ask          *policy.Ask
+	preflight    *policy.Preflight
 	consumerName string
 }
 
@@ -271,8 +272,8 @@ func newWorkers(c *cli.Context, st *store.Store, log *slog.Logger, mgr *manager.
 	consumer = manager.NewConsumer(manager.ConsumerConfig{
 		Store:   st,
 		Manager: mgr,
-		Decider: manager.NewDecider(manager.DeciderConfig{
-			Store: st, Static: g.policy, Ask: g.ask,
+		Decider: policy.NewDecider(policy.DeciderConfig{
+			Store: st, Static: g.static, Ask: g.ask,
 			AskTTL: c.Duration(flagAskTTL), DenyTTL: c.Duration(flagDenyTTL),
 		}),
 		Preflight:     g.preflight,
@@ -297,7 +298,7 @@ func newWorkers(c *cli.Context, st *store.Store, log *slog.Logger, mgr *manager.
 	return consumer, renewer, nil
 }
 
-func newPreflight(c *cli.Context) (*manager.Preflight, error) {
+func newPreflight(c *cli.Context) (*policy.Preflight, error) {
 	var addrs []netip.Addr
 	for _, a := range c.StringSlice(flagPreflightAddrs) {
 		addr, err := netip.ParseAddr(strings.TrimSpace(a))
@@ -306,7 +307,7 @@ func newPreflight(c *cli.Context) (*manager.Preflight, error) {
 		}
 		addrs = append(addrs, addr)
 	}
-	p, err := manager.NewPreflight(manager.PreflightConfig{
+	p, err := policy.NewPreflight(policy.PreflightConfig{
 		Addresses:     addrs,
 		CAAIdentities: c.StringSlice(flagPreflightCAA),
 		Resolver:      c.String(flagDNSResolver),
