@@ -9,6 +9,7 @@ import (
 
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/backoff"
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/names"
 	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
@@ -57,6 +58,8 @@ type ConsumerConfig struct {
 	// (Manager.WatchCAs): the delay between a CA answering its probe and
 	// the names that waited for it being queued again. Default: 500 ms.
 	CAWatch time.Duration
+	// Clock tells when a name may be tried again. Default: the manager's.
+	Clock clock.Clock
 	// Logger receives events. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -94,6 +97,9 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = cfg.Manager.Clock()
 	}
 	if cfg.Decider == nil {
 		cfg.Decider = policy.NewDecider(policy.DeciderConfig{Store: cfg.Store, Static: cfg.Policy})
@@ -292,7 +298,7 @@ func (c *Consumer) retryLater(log *slog.Logger, what string, err error) (ack boo
 // short by shutdown or by Redis, in which case it stays pending.
 func (c *Consumer) handle(ctx context.Context, req store.Request) {
 	log := c.cfg.Logger.With("name", req.Name, "node", req.Node, "entry", req.ID)
-	c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventRequested, Name: req.Name, Node: req.Node})
+	c.cfg.Manager.Emit(ctx, telemetry.Event{Type: telemetry.EventRequested, Name: req.Name, Node: req.Node})
 	if !c.decide(ctx, log, req) {
 		return
 	}
@@ -306,88 +312,123 @@ func (c *Consumer) handle(ctx context.Context, req store.Request) {
 	c.mu.Unlock()
 }
 
+// decide takes one requested name through the gate and, past it, orders
+// a certificate and acts on the outcome. It tells whether the entry is
+// done with (acknowledged) or stays pending.
 func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Request) (ack bool) {
+	name, failure, ack, pass := c.gate(ctx, log, req)
+	if !pass {
+		return ack
+	}
+	if !c.claim(name) {
+		return true // another worker of this agent is on it
+	}
+	defer c.unclaim(name)
+	if ack, pass := c.orderable(ctx, log, req, name); !pass {
+		return ack
+	}
+	var err error
+	if c.cfg.Budgets != nil {
+		_, err = c.cfg.Budgets.Issue(ctx, []string{name}, PriorityNew)
+	} else {
+		_, err = c.cfg.Manager.Issue(ctx, []string{name})
+	}
+	return c.outcome(ctx, log, req, name, failure, err)
+}
+
+// gate lets a valid name through that is not in backoff and that the
+// policy allows, with its failure record (nil without one). A name held
+// back is marked refused, and ack tells what becomes of its entry.
+func (c *Consumer) gate(ctx context.Context, log *slog.Logger, req store.Request) (name string, failure *store.Failure, ack, pass bool) {
 	name, err := names.Normalize(req.Name)
 	if err == nil {
 		err = names.CheckIDNA(name)
 	}
 	if err != nil {
 		log.Warn("ignoring invalid name", "error", err)
-		return true
+		return "", nil, true, false
 	}
-	st, now := c.cfg.Store, c.cfg.Manager.cfg.Clock.Now()
+	now := c.cfg.Clock.Now()
 	// A name in backoff is left alone by every agent until its next attempt.
-	failure, err := st.GetFailure(ctx, name)
+	failure, err = c.cfg.Store.GetFailure(ctx, name)
 	switch {
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCorrupt):
 	case err != nil:
-		return c.retryLater(log, "reading the failure record failed", err)
+		return "", nil, c.retryLater(log, "reading the failure record failed", err), false
 	case now.Before(failure.NextAttempt):
 		log.Debug("name waits for its next attempt", "next_attempt", failure.NextAttempt.Format(time.RFC3339),
 			"last_error", failure.LastError)
 		c.markRefused(ctx, log, name, "waiting until "+failure.NextAttempt.UTC().Format(time.RFC3339)+": "+failure.LastError)
-		return true
+		return "", nil, true, false
 	}
 	verdict, err := c.cfg.Decider.Decide(ctx, name)
 	if err != nil {
-		return c.retryLater(log, "deciding about the name failed", err)
+		return "", nil, c.retryLater(log, "deciding about the name failed", err), false
 	}
 	if verdict.Unavailable {
 		log.Warn("name refused for now", "reason", verdict.Reason)
 		c.deferName(ctx, log, name, verdict.Reason, now.Add(c.cfg.AskRetry))
-		return true
+		return "", nil, true, false
 	}
 	if !verdict.Allowed {
-		c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
+		c.cfg.Manager.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
 			Reason: verdict.Source + ": " + verdict.Reason})
 		c.markRefused(ctx, log, name, verdict.Source+": "+verdict.Reason)
-		return true
+		return "", nil, true, false
 	}
-	if !c.claim(name) {
-		return true // another worker of this agent is on it
-	}
-	defer c.unclaim(name)
+	return name, failure, false, true
+}
+
+// orderable tells whether the allowed name is to be ordered now: it has
+// no usable certificate, a CA is up, and the DNS pre-flight passes. It
+// marks the name as being issued, for nginx to hold its first handshake.
+func (c *Consumer) orderable(ctx context.Context, log *slog.Logger, req store.Request, name string) (ack, pass bool) {
 	need, err := c.cfg.Manager.NeedsCertificate(ctx, name)
 	if err != nil {
-		return c.retryLater(log, "checking the stored certificate failed", err)
+		return c.retryLater(log, "checking the stored certificate failed", err), false
 	}
 	if !need {
-		return true
+		return true, false
 	}
 	// With every CA down the name waits for one, without an order.
 	outage, err := c.cfg.Manager.CAsDown(ctx)
 	if err != nil {
-		return c.retryLater(log, "reading the state of the CAs failed", err)
+		return c.retryLater(log, "reading the state of the CAs failed", err), false
 	}
 	if outage != nil {
-		return c.waitForCA(ctx, log, req, name, outage)
+		return c.waitForCA(ctx, log, req, name, outage), false
 	}
 	// From here an order runs unless a check below says otherwise: nginx may
 	// hold the name's first handshake for it.
-	if err := st.MarkIssuing(ctx, name); err != nil {
+	if err := c.cfg.Store.MarkIssuing(ctx, name); err != nil {
 		log.Warn("marking the name as being issued", "error", err)
 	}
-	if c.cfg.Preflight != nil {
-		if err := c.cfg.Preflight.Check(ctx, name); err != nil {
-			if ctx.Err() != nil {
-				return false
-			}
-			if errors.Is(err, policy.ErrPreflightUnavailable) {
-				log.Warn("pre-flight check not possible now; the name waits", "error", err)
-				c.deferName(ctx, log, name, err.Error(), c.cfg.Manager.cfg.Clock.Now().Add(c.cfg.AskRetry))
-				return true
-			}
-			c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
-				Reason: "pre-flight: " + err.Error()})
-			c.fail(ctx, log, name, err)
-			return true
-		}
+	if c.cfg.Preflight == nil {
+		return false, true
 	}
-	if c.cfg.Budgets != nil {
-		_, err = c.cfg.Budgets.Issue(ctx, []string{name}, PriorityNew)
-	} else {
-		_, err = c.cfg.Manager.Issue(ctx, []string{name})
+	err = c.cfg.Preflight.Check(ctx, name)
+	switch {
+	case err == nil:
+		return false, true
+	case ctx.Err() != nil:
+		return false, false
+	case errors.Is(err, policy.ErrPreflightUnavailable):
+		log.Warn("pre-flight check not possible now; the name waits", "error", err)
+		c.deferName(ctx, log, name, err.Error(), c.cfg.Clock.Now().Add(c.cfg.AskRetry))
+		return true, false
 	}
+	c.cfg.Manager.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
+		Reason: "pre-flight: " + err.Error()})
+	c.fail(ctx, log, name, err)
+	return true, false
+}
+
+// outcome acts on the result of the order of name: clears the marks of a
+// success, leaves the entry pending when the order was cut short or another
+// agent has the name, waits for the CA or Redis, and otherwise records the
+// failure or the deferral.
+func (c *Consumer) outcome(ctx context.Context, log *slog.Logger, req store.Request, name string, failure *store.Failure, err error) (ack bool) {
+	st := c.cfg.Store
 	var deferred *DeferredError
 	switch {
 	case err == nil:
@@ -464,7 +505,7 @@ func (c *Consumer) adoptWaitingNames(ctx context.Context) {
 // stops holding handshakes for it.
 func (c *Consumer) fail(ctx context.Context, log *slog.Logger, name string, cause error) {
 	c.markRefused(ctx, log, name, cause.Error())
-	f, err := c.cfg.Store.RecordFailure(ctx, name, cause.Error(), c.cfg.Manager.cfg.Clock.Now(), func(n int) time.Duration {
+	f, err := c.cfg.Store.RecordFailure(ctx, name, cause.Error(), c.cfg.Clock.Now(), func(n int) time.Duration {
 		return RetryDelay(n, c.cfg.RetryFirst, c.cfg.RetryMost, defaultRandom)
 	})
 	if err != nil {
@@ -486,7 +527,7 @@ func (c *Consumer) markRefused(ctx context.Context, log *slog.Logger, name, reas
 // stops holding handshakes for it.
 func (c *Consumer) deferName(ctx context.Context, log *slog.Logger, name, reason string, until time.Time) {
 	c.markRefused(ctx, log, name, "deferred: "+reason)
-	if _, err := c.cfg.Store.DeferName(ctx, name, reason, c.cfg.Manager.cfg.Clock.Now(), until); err != nil {
+	if _, err := c.cfg.Store.DeferName(ctx, name, reason, c.cfg.Clock.Now(), until); err != nil {
 		log.Error("recording the deferral", "error", err)
 	}
 }

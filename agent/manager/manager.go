@@ -213,6 +213,13 @@ func (m *Manager) report(ctx context.Context, kind string, names []string, rec *
 	m.cfg.Events.Emit(ctx, e)
 }
 
+// Clock is the manager's clock, which the components working with it
+// share.
+func (m *Manager) Clock() clock.Clock { return m.cfg.Clock }
+
+// Emit reports e through the manager's events.
+func (m *Manager) Emit(ctx context.Context, e telemetry.Event) { m.cfg.Events.Emit(ctx, e) }
+
 func (m *Manager) issue(ctx context.Context, names []string, renewing *store.CertRecord) (*store.CertRecord, error) {
 	if len(names) == 0 {
 		return nil, errors.New("issuing: no names")
