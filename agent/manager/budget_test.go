@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/testenv"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -67,7 +68,7 @@ func TestBudgetsWithoutLimitsCountNothing(t *testing.T) {
 func TestBudgetsGiveBackTheSlotOfAnOrderWithoutACertificate(t *testing.T) {
 	issuer := &fakeIssuer{fail: errors.New("the CA refused the order")}
 	m, st, _ := newTestManager(t, issuer)
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	m.cfg.Clock = clock
 	b, err := NewBudgets(m, BudgetConfig{Account: "acct", OrdersPerAccount: 100, CertsPerDomain: 2,
 		RenewalShare: 0.01, OrderHold: 10 * time.Minute})

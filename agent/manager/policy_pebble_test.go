@@ -25,7 +25,7 @@ type caStack struct {
 	redis  *testenv.Redis
 	st     *store.Store
 	pebble *testenv.Pebble
-	clock  *movableClock
+	clock  *testenv.Clock
 }
 
 func startCAStack(t *testing.T) *caStack {
@@ -34,7 +34,7 @@ func startCAStack(t *testing.T) *caStack {
 	httpPort := testenv.FreePort(t)
 	p := testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort})
 	testenv.StartNginx(t, testenv.NginxOptions{RedisURL: r.URL, HTTPPort: httpPort})
-	return &caStack{redis: r, st: store.New(r.Client, store.Keys{}), pebble: p, clock: &movableClock{now: time.Now()}}
+	return &caStack{redis: r, st: store.New(r.Client, store.Keys{}), pebble: p, clock: testenv.NewClock(time.Now())}
 }
 
 // manager returns a Manager ordering from directory (Pebble or a front),

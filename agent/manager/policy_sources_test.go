@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,45 +11,9 @@ import (
 	"github.com/go-acme/lego/v4/acme"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/testenv"
 	"github.com/certagent/certagent/agent/store"
 )
-
-// movableClock is a clock tests set by hand.
-type movableClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *movableClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *movableClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
-// askServer answers the ask URL: allowed names get 200, others 404.
-type askServer struct {
-	mu      sync.Mutex
-	allowed map[string]bool
-	asked   atomic.Int64
-}
-
-func (a *askServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	a.asked.Add(1)
-	a.mu.Lock()
-	ok := a.allowed[r.URL.Query().Get("domain")]
-	a.mu.Unlock()
-	if !ok {
-		http.Error(w, "no", http.StatusNotFound)
-		return
-	}
-	fmt.Fprintln(w, "yes")
-}
 
 func TestRetryDelay(t *testing.T) {
 	prev := time.Duration(0)
@@ -101,7 +63,7 @@ func (l *limitedIssuer) RateLimited(err error) (*acmeclient.RateLimit, bool) {
 func TestBudgetsKeepAShareForRenewals(t *testing.T) {
 	issuer := &fakeIssuer{}
 	m, _, _ := newTestManager(t, issuer)
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	m.cfg.Clock = clock
 	b, err := NewBudgets(m, BudgetConfig{Account: "acct", OrdersPerAccount: 4, RenewalShare: 0.25, CertsPerDomain: 100})
 	if err != nil {
@@ -155,7 +117,7 @@ func TestBudgetsKeepAShareForRenewals(t *testing.T) {
 func TestRateLimitedParksTheScope(t *testing.T) {
 	issuer := &limitedIssuer{scope: acmeclient.ScopeAccount}
 	m, st, _ := newTestManager(t, issuer)
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	m.cfg.Clock = clock
 	m.cfg.Issuer = issuer
 	b, _ := NewBudgets(m, BudgetConfig{Account: "acct"})

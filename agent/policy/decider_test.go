@@ -16,24 +16,6 @@ import (
 	"github.com/certagent/certagent/agent/store"
 )
 
-// movableClock is a clock tests set by hand.
-type movableClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *movableClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *movableClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // askServer answers the ask URL: allowed names get 200, others 404.
 type askServer struct {
 	mu      sync.Mutex
@@ -61,7 +43,7 @@ func TestDeciderSources(t *testing.T) {
 	asker := &askServer{allowed: map[string]bool{"asked.example.net": true}}
 	srv := httptest.NewServer(asker)
 	defer srv.Close()
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	ask, err := NewAsk(AskConfig{URL: srv.URL + "/check?token=x", Timeout: 2 * time.Second, Clock: clock})
 	if err != nil {
 		t.Fatal(err)
