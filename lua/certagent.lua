@@ -72,6 +72,7 @@ function _M.init_worker()
         return
     end
     require("certagent.selftest").init_worker(cfg)
+    require("certagent.rules").init_worker()
     local ok, started, err = pcall(changes.init_worker)
     if not ok or not started then
         log(ERR, "certagent: ", tostring(ok and err or started),

@@ -199,7 +199,10 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 	// record that nothing trusts any more.
 	defer func() { _ = solver.CleanUp(domain, chall.Token, keyAuth) }()
 	if challType == "dns-01" {
-		if err := c.waitTXT(ctx, domain, keyAuth); err != nil {
+		err := c.waitTXT(ctx, domain, keyAuth)
+		// The DNS provider's time, not the CA's (manager.Concurrency).
+		NoteAnswerTime(ctx, time.Since(presented))
+		if err != nil {
 			return fmt.Errorf("authorizing %s: %w", domain, err)
 		}
 	}

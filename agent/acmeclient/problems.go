@@ -30,12 +30,13 @@ func FailedValidation(err error) bool {
 }
 
 // Unanswered tells an error of calls that got no HTTP answer; for errors
-// joined (one per CA), each of them.
-func Unanswered(err error) bool {
+// joined (one per CA), each of them. An error that is one of notAsked (the
+// caller's own reasons not to ask) counts as unanswered too.
+func Unanswered(err error, notAsked ...error) bool {
 	if joined, ok := err.(interface{ Unwrap() []error }); ok {
 		errs := joined.Unwrap()
 		for _, e := range errs {
-			if !Unanswered(e) {
+			if !Unanswered(e, notAsked...) {
 				return false
 			}
 		}
@@ -44,6 +45,11 @@ func Unanswered(err error) bool {
 	var outage *OutageError
 	if errors.As(err, &outage) && outage.Err == nil {
 		return true // not asked: the fleet knows the CA is down
+	}
+	for _, reason := range notAsked {
+		if errors.Is(err, reason) {
+			return true
+		}
 	}
 	var problem *acme.ProblemDetails
 	if errors.As(err, &problem) {

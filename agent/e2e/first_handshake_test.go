@@ -238,10 +238,11 @@ func TestHandshakeWaitFirstVisitorGetsTheRealCertificate(t *testing.T) {
 // TestHandshakeWaitDeniedNameGetsTheFallbackWithoutWaiting: a name the policy
 // refuses is served the fallback long before first_handshake_wait: its first
 // handshake is held only until the agent's refusal (or the grace, if the
-// refusal comes later), later ones not at all.
+// refusal comes later), later ones not at all. The agent has an ask URL that
+// says no, so nginx cannot judge the name itself (local_judge_test.go).
 func TestHandshakeWaitDeniedNameGetsTheFallbackWithoutWaiting(t *testing.T) {
 	s := startWaitStack(t, waitConfig(waitSeconds))
-	s.startAgent(t, "--allow", "*.example.test", "--consumer", "deny")
+	s.startAgent(t, "--allow", "*.example.test", "--consumer", "deny", "--ask-url", refusingAskURL(t))
 
 	const name = "denied.example.org"
 	chain, took := timedHandshake(t, s.nginx.HTTPSAddr, name)
@@ -324,13 +325,13 @@ func TestHandshakeWaitWithTheAgentDown(t *testing.T) {
 }
 
 // TestHandshakeWaitIsBoundedUnderAFloodOfUnknownNames: 200 handshakes at
-// once, each for a new name no rule allows; never more than
-// first_handshake_max_waiting of them are held, and every one completes with
-// the fallback.
+// once, each for a new name no rule allows and an ask URL refuses (so nginx
+// cannot judge them itself); never more than first_handshake_max_waiting of
+// them are held, and every one completes with the fallback.
 func TestHandshakeWaitIsBoundedUnderAFloodOfUnknownNames(t *testing.T) {
 	const maxWaiting, total = 8, 200
 	s := startWaitStack(t, waitConfig(waitSeconds, "first_handshake_max_waiting", strconv.Itoa(maxWaiting)))
-	s.startAgent(t, "--allow", "*.example.test", "--consumer", "flood")
+	s.startAgent(t, "--allow", "*.example.test", "--consumer", "flood", "--ask-url", refusingAskURL(t))
 
 	start := make(chan struct{})
 	var wg sync.WaitGroup

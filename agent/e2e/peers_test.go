@@ -80,7 +80,8 @@ func startSites(t *testing.T, ids []string, validatedAt string) *siteFleet {
 	for _, id := range ids {
 		s := &site{id: id, fleet: f, peerAddr: "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))}
 		s.stack = &stack{redis: testenv.StartRedis(t), agent: agentBin, pebble: f.pebble, ca: f.ca}
-		s.nginx = testenv.StartNginx(t, testenv.NginxOptions{RedisURL: s.redis.URL, HTTPPort: httpPorts[id]})
+		s.nginx = testenv.StartNginx(t, testenv.NginxOptions{RedisURL: s.redis.URL, HTTPPort: httpPorts[id],
+			HTTPServerExtra: "include " + filepath.Join(testenv.RepoRoot(), "nginx", "certagent-status.conf") + ";"})
 		s.store = store.New(s.redis.Client, store.Keys{})
 		f.sites = append(f.sites, s)
 	}

@@ -382,7 +382,8 @@ func (b *Budgets) rateLimited(err error) (*acmeclient.RateLimit, bool) {
 // here, and the CA's rateLimited answer covers that.
 func neverReachedCA(err error) bool {
 	var unplaced noOrderError
-	return errors.As(err, &unplaced) && acmeclient.Unanswered(unplaced)
+	// errNotStarted: not asked either, the agent shut down first.
+	return errors.As(err, &unplaced) && acmeclient.Unanswered(unplaced, errNotStarted)
 }
 
 func eventID() string {

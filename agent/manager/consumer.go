@@ -41,7 +41,10 @@ type ConsumerConfig struct {
 	// Name identifies this agent in the group; it must be stable across
 	// restarts so that entries this agent had taken are resumed. Required.
 	Name string
-	// Workers is how many orders run at once. Default: 4.
+	// Workers is how many names are handled at once. Default: the
+	// ceiling of the Manager's Concurrency, which then decides how many of
+	// them order at once (the others wait, marked as being issued); 4
+	// without one.
 	Workers int
 	// Block is how long one read waits for new entries. Default: 2 s.
 	Block time.Duration
@@ -88,6 +91,9 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
+		if cfg.Manager != nil && cfg.Manager.cfg.Concurrency != nil {
+			cfg.Workers = cfg.Manager.cfg.Concurrency.Ceiling()
+		}
 	}
 	if cfg.Block <= 0 {
 		cfg.Block = 2 * time.Second
@@ -135,6 +141,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// running orders the grace period before cancelling them.
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
+	// Orders still waiting for a slot at the signal do not start.
+	workCtx = context.WithValue(workCtx, shutdownKey{}, ctx)
 	workersDone := make(chan struct{})
 	go c.cancelAfterGrace(ctx, cancelWork, workersDone)
 	watchDone := make(chan struct{})
@@ -298,7 +306,6 @@ func (c *Consumer) retryLater(log *slog.Logger, what string, err error) (ack boo
 // short by shutdown or by Redis, in which case it stays pending.
 func (c *Consumer) handle(ctx context.Context, req store.Request) {
 	log := c.cfg.Logger.With("name", req.Name, "node", req.Node, "entry", req.ID)
-	c.cfg.Manager.Emit(ctx, telemetry.Event{Type: telemetry.EventRequested, Name: req.Name, Node: req.Node})
 	if !c.decide(ctx, log, req) {
 		return
 	}
@@ -341,11 +348,8 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 // back is marked refused, and ack tells what becomes of its entry.
 func (c *Consumer) gate(ctx context.Context, log *slog.Logger, req store.Request) (name string, failure *store.Failure, ack, pass bool) {
 	name, err := names.Normalize(req.Name)
-	if err == nil {
-		err = names.CheckIDNA(name)
-	}
 	if err != nil {
-		log.Warn("ignoring invalid name", "error", err)
+		c.refuseInvalid(ctx, log, req, err)
 		return "", nil, true, false
 	}
 	now := c.cfg.Clock.Now()
@@ -356,6 +360,7 @@ func (c *Consumer) gate(ctx context.Context, log *slog.Logger, req store.Request
 	case err != nil:
 		return "", nil, c.retryLater(log, "reading the failure record failed", err), false
 	case now.Before(failure.NextAttempt):
+		c.requested(ctx, req, name)
 		log.Debug("name waits for its next attempt", "next_attempt", failure.NextAttempt.Format(time.RFC3339),
 			"last_error", failure.LastError)
 		c.markRefused(ctx, log, name, "waiting until "+failure.NextAttempt.UTC().Format(time.RFC3339)+": "+failure.LastError)
@@ -366,16 +371,16 @@ func (c *Consumer) gate(ctx context.Context, log *slog.Logger, req store.Request
 		return "", nil, c.retryLater(log, "deciding about the name failed", err), false
 	}
 	if verdict.Unavailable {
+		c.requested(ctx, req, name)
 		log.Warn("name refused for now", "reason", verdict.Reason)
 		c.deferName(ctx, log, name, verdict.Reason, now.Add(c.cfg.AskRetry))
 		return "", nil, true, false
 	}
 	if !verdict.Allowed {
-		c.cfg.Manager.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
-			Reason: verdict.Source + ": " + verdict.Reason})
-		c.markRefused(ctx, log, name, verdict.Source+": "+verdict.Reason)
+		c.refuse(ctx, log, req, name, store.RefusedByPolicy, verdict.Source+": "+verdict.Reason)
 		return "", nil, true, false
 	}
+	c.requested(ctx, req, name)
 	return name, failure, false, true
 }
 
@@ -458,6 +463,9 @@ func (c *Consumer) outcome(ctx context.Context, log *slog.Logger, req store.Requ
 		log.Warn("lease lost during the order; the newer holder's certificate stays", "error", err)
 	case ctx.Err() != nil:
 		log.Warn("order cut short by shutdown; left pending", "error", err)
+		return false
+	case errors.Is(err, errNotStarted):
+		log.Info("order not started before shutdown; left pending")
 		return false
 	case acmeclient.IsOutage(err):
 		// The CA's fault, not the name's: no failure record, no backoff.

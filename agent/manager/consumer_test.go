@@ -250,3 +250,45 @@ func TestConsumerGraceCountsFromTheSignal(t *testing.T) {
 		t.Fatal("the consumer did not stop")
 	}
 }
+
+// On shutdown an order still waiting for a free slot (Concurrency) does not
+// start: the grace is for the orders running at the signal. Its entry stays
+// pending for the next start, without a failure recorded for the name.
+func TestConsumerShutdownStartsNoWaitingOrder(t *testing.T) {
+	issuer := &fakeIssuer{delay: time.Second}
+	r := testenv.StartRedis(t)
+	st := store.New(r.Client, store.Keys{})
+	m := New(Config{Store: st, Issuer: issuer, Logger: quietLogger(),
+		Concurrency: NewConcurrency(ConcurrencyConfig{Fixed: 1, Logger: quietLogger()})})
+	allow, _ := policy.ParsePolicy([]string{"*.example.com"})
+	c := NewConsumer(ConsumerConfig{
+		Store: st, Manager: m, Policy: allow, Name: "test-agent", Workers: 2,
+		Block: 100 * time.Millisecond, ShutdownGrace: 10 * time.Second, Logger: quietLogger(),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	request(t, r.Client, st, "first.example.com")
+	request(t, r.Client, st, "second.example.com")
+	waitFor(t, "one order running and one waiting for its slot", func() bool {
+		return issuer.orders.Load() == 1 && pendingCount(t, r.Client, st) == 2
+	})
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("shutdown did not end")
+	}
+	if n := issuer.orders.Load(); n != 1 {
+		t.Errorf("%d orders after shutdown, want 1: an order waiting for a slot started during the grace", n)
+	}
+	if n := pendingCount(t, r.Client, st); n != 1 {
+		t.Errorf("%d entries pending after shutdown, want 1 (the name that waited)", n)
+	}
+	bg := context.Background()
+	for _, name := range []string{"first.example.com", "second.example.com"} {
+		if f, err := st.GetFailure(bg, name); err == nil && f != nil {
+			t.Errorf("a failure recorded for %s: %+v", name, f)
+		}
+	}
+}

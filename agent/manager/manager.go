@@ -66,6 +66,9 @@ type Config struct {
 	// one of them holds is taken instead of ordering, and an order runs only
 	// under a lease a quorum of sites granted. Default: none, one site.
 	Peers Peers
+	// Concurrency bounds the orders running at once at the CAs, adapting
+	// to their pace (concurrency.go). Default: no bound beyond the callers'.
+	Concurrency *Concurrency
 }
 
 // Peers is what ordering needs of the fleet's other sites.
@@ -205,7 +208,7 @@ func (m *Manager) report(ctx context.Context, kind string, names []string, rec *
 		e.Names, e.NotAfter, e.Fingerprint = rec.Names, rec.NotAfter, rec.Fingerprint
 	case errors.Is(err, store.ErrLockHeld):
 		e.Type = telemetry.EventBusy
-	case errors.Is(err, ErrAlreadyRenewed), ctx.Err() != nil:
+	case errors.Is(err, ErrAlreadyRenewed), errors.Is(err, errNotStarted), ctx.Err() != nil:
 		return
 	default:
 		e.Type, e.Error = telemetry.EventFailed, err.Error()
@@ -427,7 +430,15 @@ func (m *Manager) fromPeers(ctx context.Context, names []string, renewing *store
 }
 
 // obtain runs one order against one CA within the order timeout.
-func (m *Manager) obtain(ctx context.Context, issuer Issuer, names []string, opts acmeclient.OrderOptions) (*acmeclient.Certificate, error) {
+func (m *Manager) obtain(ctx context.Context, issuer Issuer, names []string, opts acmeclient.OrderOptions) (cert *acmeclient.Certificate, err error) {
+	if m.cfg.Concurrency != nil {
+		ctx = acmeclient.WithAnswerTime(ctx)
+		done, waitErr := m.cfg.Concurrency.acquireSlot(ctx)
+		if waitErr != nil {
+			return nil, fmt.Errorf("waiting for a free order slot for %s: %w", names[0], waitErr)
+		}
+		defer func() { done(err) }() // the order's outcome adapts the limit
+	}
 	orderCtx, cancel := context.WithTimeoutCause(ctx, m.cfg.OrderTimeout,
 		fmt.Errorf("the order took longer than %s", m.cfg.OrderTimeout))
 	defer cancel()

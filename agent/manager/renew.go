@@ -115,7 +115,8 @@ func (r *Renewer) Run(ctx context.Context) error {
 	// Renewals get their own context so that they get a grace after ctx.
 	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
-	r.work = work
+	// Renewals still waiting for an order slot when ctx ends do not start.
+	r.work = context.WithValue(work, shutdownKey{}, ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -303,7 +304,7 @@ func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.Cer
 		r.cfg.Logger.Warn("renewal waits for the CA (or Redis) to answer again", "name", name,
 			"retry_at", now.Add(r.cfg.RetryBase).Format(time.RFC3339), "error", err)
 		return rec, Deferred, r.record(ctx, rec, state, now.Add(r.cfg.RetryBase))
-	case ctx.Err() != nil:
+	case ctx.Err() != nil, errors.Is(err, errNotStarted):
 		// Cut short by shutdown: not the certificate's failure. Due again
 		// at once for whichever agent runs next, not after the claim.
 		releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)

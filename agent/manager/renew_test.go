@@ -600,3 +600,51 @@ func TestRenewerWaitIsQuietWhenShuttingDown(t *testing.T) {
 		t.Errorf("logged:\n%s\nwant only the real failure", logs)
 	}
 }
+
+// When Run's context ends a renewal still waiting for a free order slot (Concurrency)
+// does not start in the grace, and is not counted as the certificate's
+// failure.
+func TestRenewerStopStartsNoWaitingRenewal(t *testing.T) {
+	issuer := &fakeIssuer{lifetime: time.Hour}
+	_, st, _ := newTestManager(t, issuer)
+	slots := NewConcurrency(ConcurrencyConfig{Fixed: 1, Logger: quietLogger()})
+	m := New(Config{Store: st, Issuer: issuer, Logger: quietLogger(), Concurrency: slots})
+	ctx := context.Background()
+	rec, err := m.Issue(ctx, []string{"w.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := slots.Acquire(ctx) // every slot taken, as by running orders
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewRenewer(RenewerConfig{Manager: m, Clock: fixedClock(rec.NotAfter.Add(-15 * time.Minute)),
+		Interval: 50 * time.Millisecond, ShutdownGrace: 10 * time.Second, Logger: quietLogger()})
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	waitFor(t, "the renewal to wait for a slot", func() bool {
+		slots.mu.Lock()
+		defer slots.mu.Unlock()
+		return len(slots.waiting) == 1
+	})
+	stop()
+	time.Sleep(200 * time.Millisecond)
+	held(nil) // the running order ends during the grace
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if n := issuer.orders.Load(); n != 1 {
+		t.Errorf("%d orders, want 1 (the issuance): the waiting renewal started during the grace", n)
+	}
+	state, err := st.GetRenewal(ctx, "w.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if state.Failures != 0 {
+		t.Errorf("the renewal cut by shutdown counted as failure %d: %s", state.Failures, state.LastError)
+	}
+}

@@ -7,8 +7,6 @@ package names
 import (
 	"fmt"
 	"strings"
-
-	"golang.org/x/net/idna"
 )
 
 // MaxLength is the longest name accepted, without the trailing dot.
@@ -20,8 +18,25 @@ const MaxLabelLength = 63
 // Normalize returns the canonical form of a host name: ASCII lowercase with one
 // trailing dot removed. It rejects anything that is not a DNS host name with at
 // least two labels: IP literals (v4 and v6), wildcards, underscores, spaces,
-// control characters and non-ASCII bytes (IDNA names arrive as xn-- labels).
+// control characters and non-ASCII bytes (IDNA names arrive as xn-- labels),
+// and names with an xn-- label that is not a valid IDNA2008 A-label
+// (CheckIDNA). Only names with an xn-- label pay for the IDNA check.
 func Normalize(raw string) (string, error) {
+	name, err := NormalizeLDH(raw)
+	if err != nil || !strings.Contains(name, "xn--") {
+		return name, err
+	}
+	if err := CheckIDNA(name); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// NormalizeLDH is Normalize without the IDNA check: the canonical form of a
+// name made of letters, digits and hyphens, whatever its xn-- labels decode
+// to. A name it accepts and Normalize refuses still has a key in Redis: the
+// agent marks it refused there, so nginx stops asking about it.
+func NormalizeLDH(raw string) (string, error) {
 	if raw == "" {
 		return "", fmt.Errorf("invalid name %q: empty", raw)
 	}
@@ -76,63 +91,6 @@ func Normalize(raw string) (string, error) {
 func allDigits(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
-// FromOperator normalizes a name an operator typed (a flag, an allow rule, a
-// CLI argument): Unicode names are converted to their xn-- form with the
-// IDNA lookup rules (UTS #46 mapping, so "Bücher.Example" and fullwidth
-// letters work), then Normalize applies, and every xn-- label must decode.
-// SNI never goes through here: clients send the xn-- form already.
-func FromOperator(raw string) (string, error) {
-	in := raw
-	if !isASCII(raw) {
-		ascii, err := idna.Lookup.ToASCII(raw)
-		if err != nil {
-			return "", fmt.Errorf("invalid name %q: not a valid internationalized name: %v", raw, err)
-		}
-		in = ascii
-	}
-	name, err := Normalize(in)
-	if err != nil {
-		if in != raw {
-			return "", fmt.Errorf("invalid name %q (as %q): %w", raw, in, err)
-		}
-		return "", err
-	}
-	if err := CheckIDNA(name); err != nil {
-		return "", err
-	}
-	return name, nil
-}
-
-// CheckIDNA rejects a normalized name with an xn-- label that is not the
-// canonical punycode of a valid IDNA label. The shared rules (and so the Lua
-// side) cannot tell; a CA refuses such a name, so the agent checks it before
-// an order.
-func CheckIDNA(name string) error {
-	for _, label := range strings.Split(name, ".") {
-		if !strings.HasPrefix(label, "xn--") {
-			continue
-		}
-		u, err := idna.Lookup.ToUnicode(label)
-		if err != nil {
-			return fmt.Errorf("invalid name %q: label %q is not valid punycode: %v", name, label, err)
-		}
-		back, err := idna.Lookup.ToASCII(u)
-		if err != nil || back != label {
-			return fmt.Errorf("invalid name %q: label %q is not the canonical form of %q", name, label, u)
-		}
-	}
-	return nil
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
 			return false
 		}
 	}

@@ -15,7 +15,8 @@ import (
 // TestNginxRunsAsTheLeastPrivilegeUser runs nginx as the user of
 // docs/redis-acl.md (the documented line itself): it serves certificates,
 // answers challenges, records names, reads issuing marks (the first
-// handshake's wait), follows the changes stream and lists the record names,
+// handshake's wait), follows the changes stream, reads the published rules
+// and the agents' heartbeat and lists the record names,
 // and the same user can write neither a certificate, nor a token, nor an
 // issuing mark, nor anything else.
 func TestNginxRunsAsTheLeastPrivilegeUser(t *testing.T) {
@@ -84,6 +85,23 @@ func TestNginxRunsAsTheLeastPrivilegeUser(t *testing.T) {
 	if status, _, body := e.request("GET", host, "/.well-known/acme-challenge/"+token); status != 200 || body != keyAuth {
 		t.Errorf("challenge as the nginx user: %d %q, want 200 %q", status, body, keyAuth)
 	}
+	// HMGET of the published rules and PTTL of the heartbeat: a name the
+	// rules cannot allow is no longer recorded.
+	reads := e.commands("hmget", "pttl")
+	e.beat(time.Minute)
+	e.publishRules(1, "*.example.test", "", "")
+	waitFor(t, "nginx to read the published rules", func() bool { return e.commands("hmget", "pttl") >= reads+2 })
+	e.mustHandshake("outside.example.org")
+	e.mustHandshake("recorded.example.test")
+	waitFor(t, "the name inside the rules in the requests stream", func() bool {
+		entries := e.streamEntries()
+		return len(entries) > 0 && entries[len(entries)-1].Values["name"] == "recorded.example.test"
+	})
+	for _, m := range e.streamEntries() {
+		if m.Values["name"] == "outside.example.org" {
+			t.Errorf("a name outside the published rules was recorded")
+		}
+	}
 	// No command of nginx was refused (SCAN of the name index included).
 	for _, line := range n.ErrorLogSince(logStart) {
 		if strings.Contains(line, "NOPERM") || strings.Contains(line, "permission") {
@@ -108,6 +126,8 @@ func TestNginxRunsAsTheLeastPrivilegeUser(t *testing.T) {
 		"SET of a token":              as.Set(ctx, tokenKey, "forged", time.Minute),
 		"SET of a new token":          as.Set(ctx, e.key("token", "name", "evil.example.test", "token", "t"), "x", time.Minute),
 		"SET of an issuing mark":      as.Set(ctx, e.key("issuing", "name", "evil.example.test"), "issuing", time.Minute),
+		"HSET of the rules":           as.HSet(ctx, e.key("rules"), "static", "*"),
+		"SET of the heartbeat":        as.Set(ctx, e.key("alive"), "forged", time.Minute),
 		"XADD to the changes stream":  as.XAdd(ctx, &redis.XAddArgs{Stream: e.key("changes"), Values: []any{"name", "a", "op", "delete"}}),
 		"XADD to a certificate key":   as.XAdd(ctx, &redis.XAddArgs{Stream: e.key("cert", "name", "evil2.example.test"), Values: []any{"a", "b"}}),
 		"reading the requests stream": as.XRange(ctx, e.key("requests"), "-", "+"),

@@ -46,12 +46,22 @@ const (
 // counts the lookups after a first handshake must not race it.
 func startWait(t *testing.T, luaConfig map[string]string, extra string) *env {
 	t.Helper()
+	return startWaitSeeded(t, luaConfig, extra, nil)
+}
+
+// startWaitSeeded is startWait with seed writing to Redis before nginx starts.
+func startWaitSeeded(t *testing.T, luaConfig map[string]string, extra string, seed func(e *env)) *env {
+	t.Helper()
 	schema, err := schemadoc.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := testenv.StartRedis(t)
 	prefix := "wt" + strconv.Itoa(os.Getpid()%1000) + ":"
+	e := &env{t: t, redis: r, prefix: prefix, schema: schema}
+	if seed != nil {
+		seed(e)
+	}
 	n := testenv.StartNginx(t, testenv.NginxOptions{
 		RedisURL:  r.URL,
 		KeyPrefix: prefix,
@@ -66,7 +76,7 @@ func startWait(t *testing.T, luaConfig map[string]string, extra string) *env {
 			t.Logf("nginx error log:\n%s", n.ErrorLog())
 		}
 	})
-	e := &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
+	e.nginx = n
 	e.waitChangesRead()
 	return e
 }

@@ -143,7 +143,7 @@ func checkName(name string, wildcard bool) error {
 	if normal != base {
 		return fmt.Errorf("name %q is not in normal form (%q)", name, normal)
 	}
-	return names.CheckIDNA(base)
+	return nil
 }
 
 // storedNames normalizes a leaf's DNS names as the store keys them.
@@ -158,9 +158,6 @@ func storedNames(dnsNames []string) ([]string, error) {
 			prefix, base = "*.", rest
 		}
 		n, err := names.Normalize(base)
-		if err == nil {
-			err = names.CheckIDNA(n)
-		}
 		if err != nil {
 			return nil, fmt.Errorf("the certificate's name %q: %v", raw, err)
 		}

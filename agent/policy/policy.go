@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/certagent/certagent/agent/names"
@@ -93,6 +94,23 @@ func (p *Policy) Allows(name string) bool {
 		}
 	}
 	return false
+}
+
+// Rules returns the policy as rules in the allowlist's grammar, sorted:
+// "*", exact names and "*.parent".
+func (p *Policy) Rules() []string {
+	var out []string
+	if p.all {
+		out = append(out, "*")
+	}
+	for name := range p.exact {
+		out = append(out, name)
+	}
+	for _, suffix := range p.suffixes {
+		out = append(out, "*"+suffix)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // Empty reports whether the policy allows nothing.

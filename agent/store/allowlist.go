@@ -14,7 +14,8 @@ import (
 
 // AddAllowRules adds rules (normalized exact names or "*.parent") to the
 // fleet's allowlist and bumps its generation, so every agent's cached denials
-// stop counting at once. It returns how many rules were new.
+// stop counting at once, and publishes the rules again (PublishRules), so
+// nginx judges by the new list at once. It returns how many rules were new.
 func (s *Store) AddAllowRules(ctx context.Context, rules ...string) (int64, error) {
 	return s.changeAllow(ctx, true, rules)
 }
@@ -28,24 +29,12 @@ func (s *Store) changeAllow(ctx context.Context, add bool, rules []string) (int6
 	if len(rules) == 0 {
 		return 0, nil
 	}
-	members := make([]any, len(rules))
-	for i, r := range rules {
-		members[i] = r
-	}
-	var n *redis.IntCmd
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		if add {
-			n = p.SAdd(ctx, s.keys.Allow(), members...)
-		} else {
-			n = p.SRem(ctx, s.keys.Allow(), members...)
-		}
-		p.Incr(ctx, s.keys.AllowGeneration())
-		return nil
-	})
+	op := map[bool]string{true: "add", false: "rm"}[add]
+	n, _, _, err := s.runAllowScript(ctx, op, "", "", rules)
 	if err != nil {
 		return 0, fmt.Errorf("changing the allowlist: %w", err)
 	}
-	return n.Val(), nil
+	return n, nil
 }
 
 // AllowRules returns the allowlist, sorted.

@@ -180,7 +180,7 @@ func (s *Store) ResumeWaiting(ctx context.Context) ([]string, error) {
 
 // MarkRefusedMany is MarkRefused for several names in one round trip.
 func (s *Store) MarkRefusedMany(ctx context.Context, names []string, reason string) error {
-	value := string(Refused) + " " + oneLine(reason)
+	value := refusedMark(reason)
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, n := range names {
 			p.Set(ctx, s.keys.Issuing(n), value, IssuingTTL)

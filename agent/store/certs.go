@@ -79,7 +79,7 @@ func NewCertRecord(fullChain, keyPEM []byte, primary string) (*CertRecord, error
 }
 
 func (r *CertRecord) fields() map[string]any {
-	return map[string]any{
+	f := map[string]any{
 		"fullchain":   r.FullChain,
 		"key":         r.Key,
 		"not_before":  strconv.FormatInt(r.NotBefore.Unix(), 10),
@@ -93,6 +93,10 @@ func (r *CertRecord) fields() map[string]any {
 		"cert_url":    r.CertURL,
 		"issued_at":   strconv.FormatInt(r.IssuedAt.Unix(), 10),
 	}
+	if chain, key, err := derFields(r.FullChain, r.Key); err == nil {
+		f["chain_der"], f["key_der"] = chain, key
+	}
+	return f
 }
 
 func recordFromFields(f map[string]string) (*CertRecord, error) {

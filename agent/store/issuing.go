@@ -37,11 +37,14 @@ func (s *Store) MarkIssuing(ctx context.Context, name string) error {
 // MarkRefused tells nginx that name will not get a certificate now, so a
 // first handshake stops waiting at once. reason is shown to operators.
 func (s *Store) MarkRefused(ctx context.Context, name, reason string) error {
-	if err := s.rdb.Set(ctx, s.keys.Issuing(name), string(Refused)+" "+oneLine(reason), IssuingTTL).Err(); err != nil {
+	if err := s.rdb.Set(ctx, s.keys.Issuing(name), refusedMark(reason), IssuingTTL).Err(); err != nil {
 		return fmt.Errorf("marking %s as refused: %w", name, err)
 	}
 	return nil
 }
+
+// refusedMark is the value of a Refused mark.
+func refusedMark(reason string) string { return string(Refused) + " " + oneLine(reason) }
 
 // ClearIssuing removes the mark of name once its certificate is stored (or
 // the agent lets go of it without a verdict).

@@ -56,6 +56,10 @@ func (k Keys) Changes() string { return k.prefix() + "changes" }
 // Events is the stream of what the agents did, for operators to follow.
 func (k Keys) Events() string { return k.prefix() + "events" }
 
+// Refusals counts the names the agents refused without an event each
+// (no rule allows them, or they are not valid names), for `certagent status`.
+func (k Keys) Refusals() string { return k.prefix() + "refusals" }
+
 // Expiry is the sorted set of primary names scored by not-after.
 func (k Keys) Expiry() string { return k.prefix() + "expiry" }
 
@@ -107,6 +111,14 @@ func (k Keys) Allow() string { return k.prefix() + "allow" }
 // AllowGeneration counts changes of the allowlist; a cached denial made under
 // an older generation is ignored, so `allow add` takes effect at once.
 func (k Keys) AllowGeneration() string { return k.prefix() + "allow-generation" }
+
+// Rules is the hash of the allow rules the agents publish for nginx, which
+// judges names by them without asking an agent.
+func (k Keys) Rules() string { return k.prefix() + "rules" }
+
+// Alive is refreshed by every running agent with a short TTL: while it
+// exists an agent takes names from the requests stream.
+func (k Keys) Alive() string { return k.prefix() + "alive" }
 
 // Denied is the shared negative cache: name was refused and is not evaluated
 // again until the key expires or the allowlist changes.

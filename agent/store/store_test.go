@@ -66,9 +66,16 @@ func TestCertRecordRoundTripAndSchema(t *testing.T) {
 			t.Errorf("%s is a %s, the document says %s", docKey, typ, doc["cert"].Type)
 		}
 		// nginx reads exactly these fields.
-		vals := r.Client.HMGet(ctx, docKey, "fullchain", "key", "not_after").Val()
+		vals := r.Client.HMGet(ctx, docKey, "fullchain", "key", "not_after", "chain_der", "key_der").Val()
 		if vals[0] != string(chain) || vals[1] != string(key) || vals[2] != strconv.FormatInt(notAfter.Unix(), 10) {
-			t.Errorf("%s: HMGET fullchain key not_after = %v", docKey, vals)
+			t.Errorf("%s: HMGET fullchain key not_after = %v", docKey, vals[:3])
+		}
+		// The same chain and key as DER: the certificates in a row, the
+		// key as PKCS #8.
+		chainBlock, _ := pem.Decode(chain)
+		keyBlock, _ := pem.Decode(key)
+		if vals[3] != string(chainBlock.Bytes) || vals[4] != string(keyBlock.Bytes) || keyBlock.Type != "PRIVATE KEY" {
+			t.Errorf("%s: chain_der and key_der are not the DER of fullchain and key", docKey)
 		}
 	}
 	expiryKey, _ := doc["expiry"].Key("t:")

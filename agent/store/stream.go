@@ -10,11 +10,54 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Request is one entry of the stream of requested names.
+// Request is one entry of the stream of requested names. Anyone who may
+// append to the stream writes its fields, so both went through cleanField.
 type Request struct {
 	ID   string // stream entry ID
 	Name string // as nginx wrote it; the consumer normalizes it again
 	Node string // the nginx host that saw the name
+}
+
+func requestOf(m redis.XMessage) Request {
+	name, _ := m.Values["name"].(string)
+	node, _ := m.Values["node"].(string)
+	return Request{ID: m.ID, Name: cleanField(name), Node: cleanField(node)}
+}
+
+// maxField is the longest stream field kept as it is: a host name of 253
+// characters, its trailing dot, and one more.
+const maxField = 255
+
+// cutField is how much of a longer field is kept, for the logs.
+const cutField = 64
+
+// cleanField returns v when it is at most maxField bytes of printable ASCII.
+// Anything else (a 100 KB value, CR or LF, a NUL, UTF-8) becomes a bounded
+// copy: the bytes outside printable ASCII as \xHH, cut after cutField bytes
+// with the length of the original. The copy is never a valid host name (a
+// backslash, or the ellipsis of the cut), so the check of a name still
+// refuses it, and a log line or an event quoting it stays short and on one
+// line.
+func cleanField(v string) string {
+	clean := len(v) <= maxField
+	for i := 0; clean && i < len(v); i++ {
+		clean = v[i] > ' ' && v[i] < 0x7f
+	}
+	if clean {
+		return v
+	}
+	var b strings.Builder
+	for i := 0; i < len(v) && i < cutField; i++ {
+		if c := v[i]; c > ' ' && c < 0x7f && c != '\\' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "\\x%02x", c)
+		}
+	}
+	if len(v) > cutField {
+		fmt.Fprintf(&b, "…[%d bytes]", len(v))
+	}
+	return b.String()
 }
 
 // EnsureGroup creates the consumer group at the start of the stream (creating
@@ -73,9 +116,7 @@ func (s *Store) readGroup(ctx context.Context, args *redis.XReadGroupArgs) ([]Re
 	var out []Request
 	for _, st := range streams {
 		for _, m := range st.Messages {
-			name, _ := m.Values["name"].(string)
-			node, _ := m.Values["node"].(string)
-			out = append(out, Request{ID: m.ID, Name: name, Node: node})
+			out = append(out, requestOf(m))
 		}
 	}
 	return out, nil
@@ -107,9 +148,7 @@ func (s *Store) ReclaimRequests(ctx context.Context, group, consumer string, min
 			return out, fmt.Errorf("reclaiming idle requested names: %w", err)
 		}
 		for _, m := range msgs {
-			name, _ := m.Values["name"].(string)
-			node, _ := m.Values["node"].(string)
-			out = append(out, Request{ID: m.ID, Name: name, Node: node})
+			out = append(out, requestOf(m))
 		}
 		// "0-0" means the whole pending list was scanned.
 		if next == "0-0" || next == "" || int64(len(out)) >= count {

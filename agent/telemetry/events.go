@@ -26,12 +26,22 @@ const (
 	// EventAccount: the CA no longer knew the ACME account (a CA reset), and
 	// this agent registered it again for the fleet.
 	EventAccount = "account_registered"
+	// EventRefused: a requested name that no allow rule allows, or that is
+	// not a valid host name (Kind: policy or invalid). A scanner sends
+	// thousands: they are counted and logged at debug level, never written
+	// to the events stream or the webhook one by one (Streamed), so they
+	// cannot push the issuance, renewal and failure events out.
+	EventRefused = "refused"
 )
+
+// Streamed reports whether events of type typ go to the events stream and
+// the webhook one by one.
+func Streamed(typ string) bool { return typ != EventRefused }
 
 // Event is one thing that happened to a name.
 type Event struct {
 	Type        string    `json:"type"`
-	Kind        string    `json:"kind,omitempty"` // of an order: issue or renew
+	Kind        string    `json:"kind,omitempty"` // of an order: issue or renew; of a refusal: policy or invalid
 	Name        string    `json:"name"`
 	Names       []string  `json:"names,omitempty"`
 	Node        string    `json:"node,omitempty"` // the nginx host, for requests
@@ -55,6 +65,7 @@ var messages = map[string]string{
 	EventBusy:      "another agent holds the lease",
 	EventFromPeer:  "certificate taken from a peer site",
 	EventAccount:   "the CA lost the ACME account: registered it again",
+	EventRefused:   "name refused",
 }
 
 // Sink receives events. Emit must not block on I/O.
@@ -93,7 +104,7 @@ func (h *Hub) Emit(ctx context.Context, e Event) {
 		level = slog.LevelError
 	case EventAccount:
 		level = slog.LevelWarn
-	case EventBusy:
+	case EventBusy, EventRefused:
 		level = slog.LevelDebug
 	}
 	msg, ok := messages[e.Type]

@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/certagent/certagent/agent/store"
 )
 
 // Metrics holds the agent's Prometheus collectors in a registry of its own.
@@ -17,6 +19,7 @@ type Metrics struct {
 	orderDuration *prometheus.HistogramVec
 	requests      prometheus.Counter
 	denied        prometheus.Counter
+	refused       *prometheus.CounterVec
 	busy          prometheus.Counter
 	revoked       prometheus.Counter
 	deleted       prometheus.Counter
@@ -45,12 +48,16 @@ func NewMetrics() *Metrics {
 		}, []string{"method", "result"}),
 		requests: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "certagent_requests_total",
-			Help: "Names read from the stream of requests.",
+			Help: "Names read from the stream of requests: taken up (an event requested each), or refused (also in certagent_refused_total).",
 		}),
 		denied: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "certagent_denied_total",
 			Help: "Requested names refused by the policy or a pre-flight check.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "certagent_refused_total",
+			Help: "Requested names refused without an event each, by kind: policy (no allow rule allows them) or invalid (not a valid host name).",
+		}, []string{"kind"}),
 		busy: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "certagent_lease_busy_total",
 			Help: "Orders not started because another agent held the name's lease.",
@@ -69,8 +76,11 @@ func NewMetrics() *Metrics {
 		Help: "Events a sink dropped because its queue was full.",
 	}, []string{"sink"})
 	m.dropped = func(sink string) { droppedVec.WithLabelValues(sink).Inc() }
-	reg.MustRegister(m.acmeRequests, m.orders, m.orderDuration, m.requests, m.denied, m.busy, m.revoked, m.deleted, droppedVec,
+	reg.MustRegister(m.acmeRequests, m.orders, m.orderDuration, m.requests, m.denied, m.refused, m.busy, m.revoked, m.deleted, droppedVec,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, kind := range []string{store.RefusedByPolicy, store.RefusedInvalid} {
+		m.refused.WithLabelValues(kind) // present at 0 from the start
+	}
 	for _, kind := range []string{"issue", "renew"} {
 		for _, result := range []string{"success", "failure"} {
 			m.orders.WithLabelValues(kind, result) // present at 0 from the start
@@ -86,6 +96,12 @@ func (m *Metrics) Emit(_ context.Context, e Event) {
 		m.requests.Inc()
 	case EventDenied:
 		m.denied.Inc()
+	case EventRefused:
+		m.requests.Inc()
+		m.refused.WithLabelValues(e.Kind).Inc()
+		if e.Kind == store.RefusedByPolicy {
+			m.denied.Inc()
+		}
 	case EventBusy:
 		m.busy.Inc()
 	case EventIssued:

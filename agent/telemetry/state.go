@@ -28,6 +28,9 @@ var (
 	descExpiring = prometheus.NewDesc("certagent_certificates_expiring_7d", "Stored certificates not expired yet that expire within 7 days.", nil, nil)
 	descEarliest = prometheus.NewDesc("certagent_certificate_earliest_expiry_timestamp_seconds", "The not-after of the certificate that expires first.", nil, nil)
 	descBudget   = prometheus.NewDesc("certagent_order_budget_left", "New orders the fleet's budget for the ACME account allows now.", nil, nil)
+	descWaiting  = prometheus.NewDesc("certagent_names_waiting_for_ca", "Requested names held until a CA the fleet found down answers again.", nil, nil)
+	descPeerUp   = prometheus.NewDesc("certagent_peer_up", "Whether the last call of this site's agents to the peer site was answered (1) or not (0).", []string{"peer"}, nil)
+	descPeerSync = prometheus.NewDesc("certagent_peer_last_sync_timestamp_seconds", "The last inventory exchange with the peer site (0: none since its agent started).", []string{"peer"}, nil)
 )
 
 // stateCollector reads the fleet's state from Redis at scrape time, with a
@@ -45,7 +48,8 @@ func NewStateCollector(cfg StateConfig) prometheus.Collector {
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descStream, descPending, descCerts, descExpired, descExpiring, descEarliest, descBudget} {
+	for _, d := range []*prometheus.Desc{descStream, descPending, descCerts, descExpired, descExpiring, descEarliest, descBudget,
+		descWaiting, descPeerUp, descPeerSync} {
 		ch <- d
 	}
 }
@@ -74,9 +78,40 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if first, err := c.cfg.Store.ListExpiring(ctx, time.Unix(math.MaxInt64/2, 0), 1); err == nil && len(first) == 1 {
 		gauge(descEarliest, float64(first[0].NotAfter.Unix()))
 	}
+	if n, err := c.cfg.Store.CountWaitingForCA(ctx); err == nil {
+		gauge(descWaiting, float64(n))
+	} else {
+		c.cfg.Logger.Warn("metrics: counting the names waiting for the CA", "error", err)
+	}
+	c.collectPeers(ctx, ch)
 	if c.cfg.OrdersLeft != nil {
 		if left, err := c.cfg.OrdersLeft(ctx); err == nil {
 			gauge(descBudget, float64(left))
 		}
+	}
+}
+
+// collectPeers reports the site's recorded view of its peer sites (the one
+// `certagent peers` shows): none without peers, and none for a record that
+// does not parse.
+func (c *stateCollector) collectPeers(ctx context.Context, ch chan<- prometheus.Metric) {
+	peers, err := c.cfg.Store.PeerStates(ctx)
+	if err != nil {
+		c.cfg.Logger.Warn("metrics: reading the state of the peer sites", "error", err)
+	}
+	for _, p := range peers {
+		if p.URL == "" {
+			continue // a record that did not parse: its ID only
+		}
+		up := 0.0
+		if p.Up {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descPeerUp, prometheus.GaugeValue, up, p.ID)
+		var synced float64
+		if !p.LastSync.IsZero() {
+			synced = float64(p.LastSync.Unix())
+		}
+		ch <- prometheus.MustNewConstMetric(descPeerSync, prometheus.GaugeValue, synced, p.ID)
 	}
 }

@@ -43,8 +43,12 @@ func NewStreamSink(st *store.Store, metrics *Metrics, log *slog.Logger) *StreamS
 	return &StreamSink{q: newQueue("stream", 10000, deliver, dropped)}
 }
 
-// Emit queues e.
-func (s *StreamSink) Emit(ctx context.Context, e Event) { s.q.Emit(ctx, e) }
+// Emit queues e, unless it is a refusal (counted, not streamed).
+func (s *StreamSink) Emit(ctx context.Context, e Event) {
+	if Streamed(e.Type) {
+		s.q.Emit(ctx, e)
+	}
+}
 
 // Run returns when ctx has ended and what was queued is written, or after
 // 2 s.

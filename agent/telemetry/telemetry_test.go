@@ -235,6 +235,34 @@ func TestStreamSinkWritesTheEventsStream(t *testing.T) {
 	}
 }
 
+// gatherState returns the gauges of the state collector reading st, by name
+// with each label as {name=value}.
+func gatherState(t *testing.T, st *store.Store) map[string]float64 {
+	t.Helper()
+	m := NewMetrics()
+	if err := m.Register(NewStateCollector(StateConfig{Store: st, Group: "certagent", Logger: quiet()})); err != nil {
+		t.Fatal(err)
+	}
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range fams {
+		for _, m := range f.Metric {
+			if m.Gauge == nil {
+				continue
+			}
+			key := f.GetName()
+			for _, l := range m.Label {
+				key += "{" + l.GetName() + "=" + l.GetValue() + "}"
+			}
+			got[key] = m.GetGauge().GetValue()
+		}
+	}
+	return got
+}
+
 func TestStateCountsExpiringApartFromExpired(t *testing.T) {
 	r := testenv.StartRedis(t)
 	st := store.New(r.Client, store.Keys{})
@@ -249,24 +277,42 @@ func TestStateCountsExpiringApartFromExpired(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	m := NewMetrics()
-	if err := m.Register(NewStateCollector(StateConfig{Store: st, Group: "certagent", Logger: quiet()})); err != nil {
-		t.Fatal(err)
-	}
-	fams, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, f := range fams {
-		if len(f.Metric) == 1 && f.Metric[0].Gauge != nil {
-			got[f.GetName()] = f.Metric[0].Gauge.GetValue()
-		}
-	}
+	got := gatherState(t, st)
 	if got["certagent_certificates"] != 3 || got["certagent_certificates_expired"] != 1 ||
 		got["certagent_certificates_expiring_7d"] != 1 {
 		t.Errorf("certificates %v, expired %v, expiring within 7 days %v; want 3, 1, 1",
 			got["certagent_certificates"], got["certagent_certificates_expired"], got["certagent_certificates_expiring_7d"])
+	}
+}
+
+func TestStateReportsWaitingNamesAndPeers(t *testing.T) {
+	r := testenv.StartRedis(t)
+	st := store.New(r.Client, store.Keys{})
+	ctx := context.Background()
+	for _, name := range []string{"a.example.com", "b.example.com"} {
+		if err := st.WaitForCA(ctx, name, "node-1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	synced := time.Unix(1_700_000_000, 0)
+	if err := st.SetPeerStates(ctx, []store.PeerState{
+		{ID: "east", URL: "https://east.example.com:8443", Up: true, LastSync: synced},
+		{ID: "west", URL: "https://west.example.com:8443"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := gatherState(t, st)
+	want := map[string]float64{
+		"certagent_names_waiting_for_ca":                        2,
+		"certagent_peer_up{peer=east}":                          1,
+		"certagent_peer_up{peer=west}":                          0,
+		"certagent_peer_last_sync_timestamp_seconds{peer=east}": float64(synced.Unix()),
+		"certagent_peer_last_sync_timestamp_seconds{peer=west}": 0,
+	}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (exposed: %v), want %v", k, g, ok, v)
+		}
 	}
 }
 

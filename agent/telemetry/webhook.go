@@ -83,7 +83,11 @@ func NewWebhook(cfg WebhookConfig, metrics *Metrics) (*Webhook, error) {
 }
 
 // Emit queues e for delivery.
-func (w *Webhook) Emit(ctx context.Context, e Event) { w.q.Emit(ctx, e) }
+func (w *Webhook) Emit(ctx context.Context, e Event) {
+	if Streamed(e.Type) {
+		w.q.Emit(ctx, e)
+	}
+}
 
 // Run returns when ctx has ended and what was queued is delivered, or
 // after the grace.

@@ -4,8 +4,15 @@
 --   1. a per-worker LRU of parsed certificates (cdata from ngx.ssl): a hit
 --      neither talks to Redis nor parses PEM, which is what makes a warm
 --      handshake cost what a static certificate costs;
---   2. a shared dict of the PEM text, so that one worker's Redis lookup serves
---      the others and a restarted worker starts warm.
+--   2. a shared dict of the record's text (its DER fields when it has them,
+--      else its PEM), so that one worker's Redis lookup serves the others and
+--      a restarted worker starts warm.
+
+-- A record written by a current agent carries its chain and key as DER
+-- besides the PEM (chain_der, key_der): parsing DER skips base64, the PEM
+-- framing and OpenSSL's generic key decoders, the larger part of a cold
+-- handshake's CPU (docs/benchmarks.md). A record without them (an older
+-- agent's) or with DER this worker cannot parse is read from its PEM.
 --
 -- Records found missing in Redis are remembered for negative_ttl in the
 -- requests dict (not in the certificate dict: a flood of unknown names must
@@ -21,11 +28,14 @@ local tostring = tostring
 local tonumber = tonumber
 local find = string.find
 local sub = string.sub
+local byte = string.byte
+local type = type
 local concat = table.concat
 local min = math.min
 local floor = math.floor
 
 local parse_pem_cert, parse_pem_priv_key
+local ffi_ok, ffi = pcall(require, "ffi")
 do
     -- ngx.ssl loads only in the http subsystem; init() is called there.
     local ok, ngx_ssl = pcall(require, "ngx.ssl")
@@ -54,7 +64,7 @@ local cfg, lru
 -- unexpected build) the check is skipped.
 local key_matches
 do
-    local ok, ffi = pcall(require, "ffi")
+    local ok = ffi_ok
     if ok then
         ok = pcall(ffi.cdef, [[
             int OPENSSL_sk_num(const void *sk);
@@ -82,6 +92,164 @@ do
     end
 end
 
+-- parse_der(chain_der, key_der) returns the chain and key cdata ngx.ssl's
+-- set_cert and set_priv_key take, as parse_pem_cert and parse_pem_priv_key
+-- return them (a STACK_OF(X509) and an EVP_PKEY, freed by the same
+-- functions of the Lua module when collected), or nil when the DER does not
+-- parse. Without the symbols it needs (an unexpected build) it is nil, and
+-- records are read from their PEM.
+local parse_der
+do
+    local C = ffi_ok and ffi.C
+    local ok = ffi_ok and pcall(ffi.cdef, [[
+        void *OPENSSL_sk_new_null(void);
+        int OPENSSL_sk_push(void *sk, const void *data);
+        void *d2i_X509(void **a, const unsigned char **pp, long length);
+        void X509_free(void *x509);
+        int X509_up_ref(void *x509);
+        void *d2i_PrivateKey(int type, void **a, const unsigned char **pp, long length);
+    ]])
+    -- The Lua module's own destructors: declared by ngx.ssl already on
+    -- some versions, hence one pcall each.
+    pcall(ffi.cdef, "void ngx_http_lua_ffi_free_cert(void *cdata);")
+    pcall(ffi.cdef, "void ngx_http_lua_ffi_free_priv_key(void *cdata);")
+    ok = ok and pcall(function()
+        return C.OPENSSL_sk_new_null and C.OPENSSL_sk_push and C.d2i_X509 and C.X509_free and C.X509_up_ref
+            and C.d2i_PrivateKey
+            and C.ngx_http_lua_ffi_free_cert and C.ngx_http_lua_ffi_free_priv_key and C.ERR_clear_error
+    end)
+    if ok then
+        local cursor = ffi.new("const unsigned char *[1]")
+        -- The key types certagent issues: EC (NID_X9_62_id_ecPublicKey)
+        -- first, then RSA; d2i_PrivateKey with the type skips OpenSSL 3's
+        -- search through every decoder.
+        local KEY_TYPES = { 408, 6 }
+
+        -- The intermediates: a handful of certificates shared by every chain
+        -- of a CA, each parsed once per worker and shared by reference
+        -- (X509_up_ref; freeing a chain drops its references). Parsing an
+        -- X.509 certificate is most of what is left of a cold handshake's
+        -- cost. Bounded: past INTERMEDIATES_MAX the table starts afresh.
+        local INTERMEDIATES_MAX = 64
+        local intermediates, intermediates_count = {}, 0
+
+        -- der_length returns the length of the DER element starting at
+        -- position i of s (its tag, length octets and content), or nil.
+        local function der_length(s, i)
+            local first = byte(s, i + 1)
+            if not first then
+                return nil
+            end
+            if first < 0x80 then
+                return 2 + first
+            end
+            local octets = first - 0x80
+            if octets < 1 or octets > 3 then
+                return nil
+            end
+            local len = 0
+            for k = 1, octets do
+                local b = byte(s, i + 1 + k)
+                if not b then
+                    return nil
+                end
+                len = len * 256 + b
+            end
+            return 2 + octets + len
+        end
+
+        local function parse_x509(der, i, n)
+            cursor[0] = ffi.cast("const unsigned char *", der) + (i - 1)
+            local x509 = C.d2i_X509(nil, cursor, n)
+            if x509 == nil or cursor[0] - ffi.cast("const unsigned char *", der) ~= i - 1 + n then
+                if x509 ~= nil then
+                    C.X509_free(x509)
+                end
+                return nil
+            end
+            return x509
+        end
+
+        -- intermediate returns a new reference to the parsed certificate
+        -- der[i, i+n-1], from the table when it was parsed before.
+        local function intermediate(der, i, n)
+            local key = sub(der, i, i + n - 1)
+            local x509 = intermediates[key]
+            if not x509 then
+                x509 = parse_x509(der, i, n)
+                if not x509 then
+                    return nil
+                end
+                if intermediates_count >= INTERMEDIATES_MAX then
+                    intermediates, intermediates_count = {}, 0
+                end
+                x509 = ffi.gc(x509, C.X509_free)
+                intermediates[key] = x509
+                intermediates_count = intermediates_count + 1
+            end
+            C.X509_up_ref(x509)
+            return x509
+        end
+
+        local function chain_of(der)
+            local sk = C.OPENSSL_sk_new_null()
+            if sk == nil then
+                return nil
+            end
+            sk = ffi.gc(sk, C.ngx_http_lua_ffi_free_cert)
+            local i, len = 1, #der
+            while i <= len do
+                local n = der_length(der, i)
+                if not n or i + n - 1 > len then
+                    return nil
+                end
+                local x509
+                if i == 1 then
+                    x509 = parse_x509(der, i, n) -- the leaf: its own
+                else
+                    x509 = intermediate(der, i, n)
+                end
+                if not x509 then
+                    return nil
+                end
+                if C.OPENSSL_sk_push(sk, x509) == 0 then
+                    C.X509_free(x509)
+                    return nil
+                end
+                i = i + n
+            end
+            return sk
+        end
+
+        local function key_of(der)
+            for i = 1, #KEY_TYPES do
+                cursor[0] = ffi.cast("const unsigned char *", der)
+                local pkey = C.d2i_PrivateKey(KEY_TYPES[i], nil, cursor, #der)
+                if pkey ~= nil then
+                    return ffi.gc(pkey, C.ngx_http_lua_ffi_free_priv_key)
+                end
+            end
+            return nil
+        end
+
+        parse_der = function(chain_der, key_der)
+            local chain = chain_of(chain_der)
+            local key = chain and key_of(key_der)
+            if not key then
+                C.ERR_clear_error()
+                return nil
+            end
+            return chain, key
+        end
+    end
+end
+
+-- is_text reports whether a reply field holds a string (not ngx.null, not
+-- empty).
+local function is_text(v)
+    return type(v) == "string" and v ~= ""
+end
+
 -- init creates the per-worker LRU. It runs in init_by_lua, before the fork:
 -- every worker gets its own copy.
 function _M.init(config)
@@ -94,34 +262,45 @@ function _M.init(config)
     return true
 end
 
--- parse turns the PEM fields of a record into a cache entry, or nil and why
--- the record is unusable.
-function _M.parse(fullchain, key_pem, not_after, fetched_at)
-    if type(fullchain) ~= "string" or type(key_pem) ~= "string" then
-        return nil, "fields fullchain or key missing"
-    end
+-- parse turns the fields of a record into a cache entry, or nil and why the
+-- record is unusable: its DER fields when it has them and they parse, else
+-- its PEM fields. The entry's der is true when it came from DER (what put
+-- keeps in the shared dict).
+function _M.parse(fullchain, key_pem, not_after, fetched_at, chain_der, key_der)
     if not not_after then
         return nil, "field not_after missing or not a number"
     end
-    local cert, err = parse_pem_cert(fullchain)
-    if not cert then
-        return nil, "fullchain: " .. tostring(err)
+    local cert, key, der
+    if parse_der and is_text(chain_der) and is_text(key_der) then
+        cert, key = parse_der(chain_der, key_der)
+        der = cert ~= nil and key_matches(cert, key)
     end
-    local key
-    key, err = parse_pem_priv_key(key_pem)
-    if not key then
-        return nil, "key: " .. tostring(err)
+    if not der then
+        if type(fullchain) ~= "string" or type(key_pem) ~= "string" then
+            return nil, "fields fullchain or key missing"
+        end
+        local err
+        cert, err = parse_pem_cert(fullchain)
+        if not cert then
+            return nil, "fullchain: " .. tostring(err)
+        end
+        key, err = parse_pem_priv_key(key_pem)
+        if not key then
+            return nil, "key: " .. tostring(err)
+        end
+        if not key_matches(cert, key) then
+            return nil, "the key does not belong to the first certificate of fullchain"
+        end
     end
-    if not key_matches(cert, key) then
-        return nil, "the key does not belong to the first certificate of fullchain"
-    end
-    return { cert = cert, key = key, not_after = not_after, fresh_until = fetched_at + cfg.cache_ttl }
+    return { cert = cert, key = key, not_after = not_after, fresh_until = fetched_at + cfg.cache_ttl, der = der }
 end
 
--- The shared dict holds "<fetched_at> <not_after> <length of fullchain> " ..
--- fullchain .. key: one string, one get.
-local function encode(fetched_at, not_after, fullchain, key_pem)
-    return concat({ floor(fetched_at), " ", not_after, " ", #fullchain, " ", fullchain, key_pem })
+-- The shared dict holds "<fetched_at> <not_after> <length of the chain> " ..
+-- chain .. key: one string, one get. The chain and key are DER when the
+-- length ends in "d", else PEM. (A worker of an older version, during a
+-- reload, reads no number from "<length>d" and asks Redis instead.)
+local function encode(fetched_at, not_after, chain, key, der)
+    return concat({ floor(fetched_at), " ", not_after, " ", #chain, der and "d " or " ", chain, key })
 end
 
 local function decode(value)
@@ -133,11 +312,12 @@ local function decode(value)
     end
     local fetched_at = tonumber(sub(value, 1, a - 1))
     local not_after = tonumber(sub(value, a + 1, b - 1))
-    local chain_len = tonumber(sub(value, b + 1, c - 1))
+    local der = byte(value, c - 1) == 100 -- "d"
+    local chain_len = tonumber(sub(value, b + 1, der and c - 2 or c - 1))
     if not fetched_at or not not_after or not chain_len then
         return nil
     end
-    return fetched_at, not_after, sub(value, c + 1, c + chain_len), sub(value, c + chain_len + 1)
+    return fetched_at, not_after, sub(value, c + 1, c + chain_len), sub(value, c + chain_len + 1), der
 end
 
 -- from_shared returns the entry the shared dict holds for rec (parsed and put
@@ -155,11 +335,16 @@ local function from_shared(rec, t, stale)
             return nil
         end
     end
-    local fetched_at, not_after, fullchain, key_pem = decode(value)
+    local fetched_at, not_after, chain, key, der = decode(value)
     if not fetched_at or not_after <= t then
         return nil
     end
-    local entry = _M.parse(fullchain, key_pem, not_after, fetched_at)
+    local entry
+    if der then
+        entry = _M.parse(nil, nil, not_after, fetched_at, chain, key)
+    else
+        entry = _M.parse(chain, key, not_after, fetched_at)
+    end
     if not entry then
         -- Only valid records are ever written there; treat it as not cached.
         dict:delete("c:" .. rec)
@@ -237,10 +422,11 @@ local function invalidated_since(rec, started)
 end
 
 -- put caches a record read from Redis at started: the parsed entry in the
--- LRU, the PEM text in the shared dict, both until min(cache_ttl, not_after),
--- and drops the record's missing marker (a held handshake found the record
--- before the changes stream said it was written).
-function _M.put(rec, entry, fullchain, key_pem, started)
+-- LRU, the fields it was parsed from (DER or PEM, entry.der) in the shared
+-- dict, both until min(cache_ttl, not_after), and drops the record's missing
+-- marker (a held handshake found the record before the changes stream said
+-- it was written).
+function _M.put(rec, entry, chain, key, started)
     if invalidated_since(rec, started) then
         return
     end
@@ -254,7 +440,7 @@ function _M.put(rec, entry, fullchain, key_pem, started)
     -- The shared copy lives until the certificate expires, so that it can be
     -- served stale while Redis is unreachable; freshness is checked on read.
     local dict = shared[cfg.certs_dict]
-    local ok, err = dict:set("c:" .. rec, encode(started, entry.not_after, fullchain, key_pem),
+    local ok, err = dict:set("c:" .. rec, encode(started, entry.not_after, chain, key, entry.der),
                              entry.not_after - t)
     if not ok then
         ngx.log(ngx.WARN, "certagent: lua_shared_dict ", cfg.certs_dict, ": caching ", rec, ": ", err)

@@ -4,10 +4,12 @@
 -- changes_interval seconds and drops those names from the cache, so a renewed,
 -- revoked or deleted certificate is served no longer than that, whatever
 -- cache_ttl says. A worker that finds entries it had not read trimmed away
--- drops its whole cache.
+-- drops its whole cache. An entry announcing a new version of the published
+-- allow rules makes the worker read them again (certagent.rules).
 local ngx = ngx
 local cache = require("certagent.cache")
 local index = require("certagent.index")
+local rules = require("certagent.rules")
 local redis = require("certagent.redis")
 local stats = require("certagent.stats")
 
@@ -92,6 +94,7 @@ local function flush(why, info)
     log(WARN, "certagent: ", why, "; dropping every cached certificate")
     cache.flush()
     index.invalidate()
+    rules.announce(nil) -- an announcement of new rules may be lost too
     remember(info and info.last or "0-0", info and info.added or 0)
 end
 
@@ -190,6 +193,8 @@ local function read(red)
             if fields[j] == "name" then
                 index.add(fields[j + 1])
                 cache.invalidate(fields[j + 1])
+            elseif fields[j] == "version" then
+                rules.announce(fields[j + 1]) -- a new version of the published allow rules
             end
         end
         id, pos = entry[1], pos + 1

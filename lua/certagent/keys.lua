@@ -34,6 +34,16 @@ function _M.requests(self)
     return self.prefix .. "requests"
 end
 
+-- rules is the hash of the allow rules the agents publish for nginx.
+function _M.rules(self)
+    return self.prefix .. "rules"
+end
+
+-- alive is the agents' heartbeat: it exists while an agent runs.
+function _M.alive(self)
+    return self.prefix .. "alive"
+end
+
 -- changes is the stream of names whose certificate the agent wrote or deleted.
 function _M.changes(self)
     return self.prefix .. "changes"

@@ -1,5 +1,6 @@
 -- Host name normalization, the same rules as the Go package agent/names
--- (checked against the shared table agent/names/testdata/names.json).
+-- (checked against the shared table agent/names/testdata/names.json). Names
+-- with an xn-- label also go through certagent.idna, loaded at the first one.
 local byte = string.byte
 local sub = string.sub
 local find = string.find
@@ -7,6 +8,8 @@ local lower = string.lower
 local format = string.format
 
 local _M = { _VERSION = "0.1.0" }
+
+local idna -- certagent.idna, required at the first name with an xn-- label
 
 local MAX_LENGTH = 253
 local MAX_LABEL = 63
@@ -18,7 +21,8 @@ end
 -- normalize(raw) returns the canonical name (ASCII lowercase, one trailing dot
 -- removed) or nil and an error for anything that is not a host name with at
 -- least two labels: IP literals, wildcards, underscores, spaces, control
--- characters and non-ASCII bytes are rejected.
+-- characters, non-ASCII bytes and xn-- labels that are not valid IDNA2008
+-- A-labels are rejected.
 function _M.normalize(raw)
     if type(raw) ~= "string" or raw == "" then
         return invalid(tostring(raw or ""), "empty")
@@ -80,6 +84,13 @@ function _M.normalize(raw)
     end
     if not find(last, "[^0-9]") then
         return invalid(raw, "last label is numeric (IP address?)")
+    end
+    if find(name, "xn--", 1, true) then
+        idna = idna or require("certagent.idna")
+        local ok, err = idna.check(name)
+        if not ok then
+            return invalid(raw, err)
+        end
     end
     return name
 end

@@ -43,7 +43,7 @@ function _M.handle()
     local hold = cfg.http_missing == "503" or cfg.http_redirect
     local state, err, mark = ssl.state(name, hold and cfg.first_handshake_wait > 0)
     if state == "no" then
-        local recorded = ssl.request(name)
+        local recorded = ssl.request(name, mark)
         if hold and ssl.await(name, mark, recorded) then
             state = "yes"
         end

@@ -9,7 +9,7 @@
 -- exact record wins over the wildcard.
 --
 -- A name without a certificate may then be held (certagent.wait) while the
--- agent issues it: the same round trip reads the agent's issuing mark.
+-- agent issues it; the wait reads the agent's issuing mark.
 local ngx = ngx
 local ngx_ssl = require("ngx.ssl")
 local names = require("certagent.names")
@@ -18,6 +18,7 @@ local cache = require("certagent.cache")
 local index = require("certagent.index")
 local stats = require("certagent.stats")
 local wait = require("certagent.wait")
+local rules = require("certagent.rules")
 local selftest = require("certagent.selftest")
 
 local log = ngx.log
@@ -54,6 +55,7 @@ function _M.init(config, key_builder)
     cfg = config
     keys = key_builder
     wait.init(config, poll)
+    rules.init(config, key_builder)
     return cache.init(config)
 end
 
@@ -215,9 +217,11 @@ end
 -- only with a token of the node's bucket: a flood of random names must
 -- neither cost a Redis write per handshake nor push the names of real
 -- visitors out of the capped stream. A name without a token is not marked,
--- so a later handshake records it. It returns true when the name is in the
--- stream or on its way there (this window), so an agent may take it.
-local function request(name)
+-- so a later handshake records it. Nor is a name no agent would take
+-- (certagent.rules); mark is what the lookup read of its issuing mark, whose
+-- refusal is remembered for the handshakes after this one. It returns true when the name is in the stream or
+-- on its way there (this window), so an agent may take it.
+local function request(name, mark)
     local dict = shared[cfg.requests_dict]
     if not dict then
         log(ERR, "certagent: lua_shared_dict ", cfg.requests_dict, " is not defined")
@@ -225,6 +229,16 @@ local function request(name)
     end
     count_miss()
     stats.incr("misses")
+    local judged = rules.judge(name)
+    if judged then
+        stats.incr("judged_" .. judged)
+        return false
+    end
+    if mark == wait.REFUSED then
+        -- Later handshakes are spared; this one still records the name
+        -- (once per window), as the refusal may predate new rules.
+        rules.refused(name)
+    end
     if dict:get(name) then
         return true
     end
@@ -263,7 +277,7 @@ local function fetch(recs, n, mark_name)
     end
     red:init_pipeline(mark_name and n + 1 or n)
     for i = 1, n do
-        red:hmget(keys:cert(recs[i]), "fullchain", "key", "not_after")
+        red:hmget(keys:cert(recs[i]), "fullchain", "key", "not_after", "chain_der", "key_der")
     end
     if mark_name then
         red:get(keys:issuing(mark_name))
@@ -304,11 +318,12 @@ local function learn(rec, reply, t, started)
     end
     local fullchain = reply[1] ~= null and reply[1] or nil
     local key_pem = reply[2] ~= null and reply[2] or nil
+    local chain_der, key_der = reply[4], reply[5] -- absent (ngx.null) in an older agent's record
     local entry, err
     if reply[1] == false then
         err = tostring(reply[2]) -- WRONGTYPE: not a hash
     else
-        entry, err = cache.parse(fullchain, key_pem, not_after, started)
+        entry, err = cache.parse(fullchain, key_pem, not_after, started, chain_der, key_der)
     end
     if not entry then
         cache.put_bad(rec)
@@ -316,7 +331,11 @@ local function learn(rec, reply, t, started)
             "); using the fallback certificate")
         return { bad = true }
     end
-    cache.put(rec, entry, fullchain, key_pem, started)
+    if entry.der then
+        cache.put(rec, entry, chain_der, key_der, started)
+    else
+        cache.put(rec, entry, fullchain, key_pem, started)
+    end
     return entry
 end
 
@@ -368,6 +387,22 @@ local function lookup(rec, t)
         return ABSENT
     end
     return known, SOURCE[layer]
+end
+
+-- rule_out takes what the caches do not know of name's records (nil) for
+-- ABSENT when Redis need not be asked: no agent would issue name
+-- (certagent.rules) and the name index says Redis has no such record. A
+-- name judged so costs no Redis command at all.
+local function rule_out(name, exact, wild_rec, wild)
+    if (exact == nil or (wild_rec and wild == nil)) and rules.judge(name) then
+        if exact == nil and index.absent(name) then
+            exact = ABSENT
+        end
+        if wild_rec and wild == nil and index.absent(wild_rec) then
+            wild = ABSENT
+        end
+    end
+    return exact, wild
 end
 
 -- ask fetches, in one round trip, the records of name and of its wildcard
@@ -442,11 +477,22 @@ end
 -- what the lookup read of the issuing mark (nil: not read). It returns true
 -- when it served the certificate.
 local function missing(name, mark)
-    local recorded = request(name)
+    local recorded = request(name, mark)
     local entry = wait.await(name, mark, recorded)
     if entry then
         return serve(name, entry, "served_redis")
     end
+end
+
+-- mark_of reads name's issuing mark, for the wait of a name Redis has no
+-- certificate for (nil when the wait is off or Redis failed: the wait then
+-- reads it itself).
+local function mark_of(name)
+    if not wait.enabled() then
+        return nil
+    end
+    local replies, _, mark = fetch({}, 0, name)
+    return replies and mark or nil
 end
 
 -- handle returns true when it set a certificate (or the handshake is
@@ -488,6 +534,7 @@ local function handle()
     if wild_rec then
         wild, wild_source = lookup(wild_rec, t)
     end
+    exact, wild = rule_out(name, exact, wild_rec, wild)
     if exact == ABSENT and (not wild_rec or wild ~= nil) then
         if wild == nil or wild == ABSENT then
             return missing(name, nil)
@@ -495,10 +542,12 @@ local function handle()
         return serve_usable(name, wild, wild_source)
     end
 
-    -- Ask Redis for what the cache does not know, in one round trip (and
-    -- for the issuing mark, in case the name has no certificate).
-    local err, mark
-    exact, wild, err, mark = ask(name, exact, wild_rec, wild, t, wait.enabled())
+    -- Ask Redis for what the cache does not know, in one round trip. The
+    -- issuing mark is not read with it: most names looked up have a
+    -- certificate, whose cold handshake then costs one command; a name found
+    -- without one has its mark read next (mark_of).
+    local err
+    exact, wild, err = ask(name, exact, wild_rec, wild, t, false)
     if err then
         local stale = cache.stale(name, t)
         if not stale and wild_rec then
@@ -522,7 +571,7 @@ local function handle()
     if wild and wild ~= ABSENT then
         return serve_usable(name, wild, wild_source or "served_redis")
     end
-    return missing(name, mark)
+    return missing(name, mark_of(name))
 end
 
 -- state returns what is stored for name, the way a handshake would look it
@@ -543,6 +592,7 @@ function _M.state(name, with_mark)
     if wild_rec then
         wild = lookup(wild_rec, t)
     end
+    exact, wild = rule_out(name, exact, wild_rec, wild)
     local err, mark
     exact, wild, err, mark = ask(name, exact, wild_rec, wild, t, with_mark)
     if err then
@@ -559,7 +609,8 @@ function _M.state(name, with_mark)
 end
 
 -- request records name in the requests stream (once per request_window, with
--- a token of the rate limit), as a handshake for it would; true when an
+-- a token of the rate limit, unless no agent would take it), as a handshake
+-- for it would; mark is what state read of its issuing mark. True when an
 -- agent may take it.
 _M.request = request
 

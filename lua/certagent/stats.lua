@@ -32,6 +32,9 @@ local series = {
     { "wait_grace", "certagent_nginx_wait_results_total", '{result="grace"}' },
     { "wait_deadline", "certagent_nginx_wait_results_total", '{result="deadline"}' },
     { "wait_error", "certagent_nginx_wait_results_total", '{result="error"}' },
+    { "wait_no_agent", "certagent_nginx_waits_skipped_total", '{reason="no_agent"}' },
+    { "judged_no_rule", "certagent_nginx_judged_total", '{reason="no_rule"}' },
+    { "judged_refused", "certagent_nginx_judged_total", '{reason="refused"}' },
     { "wait_turned_away", "certagent_nginx_waits_turned_away_total", "" },
     { "wait_pollers", "certagent_nginx_wait_pollers_total", "" },
     { "wait_polls", "certagent_nginx_wait_polls_total", "" },
@@ -57,6 +60,10 @@ local help = {
         "TLS handshakes (and port-80 requests) held while the agent issues their name's certificate.",
     certagent_nginx_wait_results_total =
         "Held handshakes and requests by how the wait ended: certificate, refused, grace (no issuing mark), deadline, error.",
+    certagent_nginx_waits_skipped_total =
+        "Handshakes and requests that would have been held, served at once because no agent's heartbeat counts.",
+    certagent_nginx_judged_total =
+        "Handshakes and requests for a name without a certificate neither recorded nor held, judged in nginx: no published rule can allow the name, or an agent refused it a moment ago.",
     certagent_nginx_waits_turned_away_total =
         "Handshakes and requests not held because first_handshake_max_waiting were already held in their worker.",
     certagent_nginx_wait_pollers_total =

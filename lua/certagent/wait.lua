@@ -8,17 +8,21 @@
 -- certificate is stored. A handshake is held
 --   - while the mark says "issuing", up to first_handshake_wait from its
 --     start;
---   - not at all when it says "refused", or when the name was refused or
---     found unmarked a moment ago (remembered for negative_ttl);
+--   - not at all when it says "refused", or when the name was refused (for
+--     request_window, certagent.rules) or found unmarked (for negative_ttl)
+--     a moment ago, or while no agent is alive (certagent.rules);
 --   - up to first_handshake_grace when there is no mark yet (the agent has
 --     not taken the name: it is down, or busy with others).
 --
 -- Bounded: at most first_handshake_max_waiting handshakes are held at once
 -- per worker, whatever their names; past that the fallback is served at
 -- once. Handshakes for one name in a worker share one wait: the first polls
--- Redis (the mark and the certificate records in one round trip, at
--- intervals from 25 ms doubling to 200 ms), the others wait on a semaphore
--- for its result. Everything yields (ngx.sleep, ngx.semaphore): the worker
+-- Redis (the mark and the certificate records in one round trip), the others
+-- wait on a semaphore for its result. The first poll comes after about as
+-- long as the agent took to answer the worker's last waits (from 2 to
+-- 25 ms), then the pause doubles up to 200 ms: a refusal, which the agent
+-- writes a millisecond or two after the name reaches it, ends the wait as
+-- soon as it is there. Everything yields (ngx.sleep, ngx.semaphore): the worker
 -- goes on serving other connections meanwhile.
 --
 -- A handshake whose client goes away while it is held can be ended by nginx
@@ -29,6 +33,7 @@
 local ngx = ngx
 local semaphore = require("ngx.semaphore")
 local stats = require("certagent.stats")
+local rules = require("certagent.rules")
 
 local log = ngx.log
 local ERR = ngx.ERR
@@ -47,8 +52,9 @@ local huge = math.huge
 
 local _M = { _VERSION = "0.1.0" }
 
-local FIRST_INTERVAL = 0.025 -- s between the first polls of a wait
-local MAX_INTERVAL = 0.2     -- s between later polls
+local FIRST_MIN = 0.002      -- s before the first poll of a wait, at least
+local FIRST_MAX = 0.025      -- s before the first poll, at most
+local MAX_INTERVAL = 0.05    -- s between later polls: a certificate is served within 50 ms of its write
 local SLACK = 1              -- s past a wait's deadline before it is taken for abandoned
 
 -- The marks, as the lookups report them: "issuing", "refused", "none" (no
@@ -68,6 +74,14 @@ local waits = {}
 local worker_id
 
 local mark_error_logged = false
+
+-- How long the agent took to answer (its mark seen, or the certificate) in
+-- this worker's last waits, smoothed: when the first poll is due.
+local answer_time = 0.005
+
+local function answered(took)
+    answer_time = answer_time + (took - answer_time) / 4
+end
 
 -- init is called by certagent.ssl with the configuration and the function
 -- that polls Redis for a name: poll(name) returns a usable certificate entry
@@ -117,9 +131,13 @@ local function memory_dict()
     return shared[cfg.requests_dict]
 end
 
--- remember notes for negative_ttl that name is not worth holding a
--- handshake for (refused, or no mark within the grace), for every worker.
+-- remember notes that name is not worth holding a handshake for, for every
+-- worker: refused (certagent.rules), or no mark within the grace (for
+-- negative_ttl).
 local function remember(name, what)
+    if what == REFUSED then
+        return rules.refused(name)
+    end
     local dict = memory_dict()
     if dict then
         dict:set("w:" .. name, what, cfg.negative_ttl)
@@ -157,7 +175,8 @@ local function run(name, mark, started)
     local deadline = started + cfg.first_handshake_wait
     local grace_end = min(started + cfg.first_handshake_grace, deadline)
     local seen = mark == ISSUING
-    local interval = FIRST_INTERVAL
+    local heard = seen
+    local interval = min(max(answer_time, FIRST_MIN), FIRST_MAX)
     local due = mark == nil -- the mark was not read: read it at once
     while true do
         if not due then
@@ -178,6 +197,10 @@ local function run(name, mark, started)
         local entry, m, err = poll(name)
         if err then
             return nil, "error"
+        end
+        if not heard and (entry or m == REFUSED or m == ISSUING) then
+            heard = true
+            answered(clock() - started)
         end
         if entry then
             return entry, "certificate"
@@ -251,6 +274,10 @@ function _M.await(name, mark, recorded)
         end
     end
 
+    if not rules.alive() then
+        stats.incr("wait_no_agent")
+        return nil
+    end
     local t = clock()
     prune(t)
     if count >= cfg.first_handshake_max_waiting then

@@ -7,9 +7,11 @@
 //	certagent-bench seed -redis 127.0.0.1:6379 -names 10000 -static-dir /tmp/b
 //	certagent-bench run -addr 127.0.0.1:8443 -c 8 -d 10s -sni bench.example.test
 //	certagent-bench first -addr 127.0.0.1:8443 -pattern 'n%d.first.test' -names 50 -p 20 -roots root.pem
+//	certagent-bench lego -directory https://127.0.0.1:14000/dir -ca-roots ca.pem -http 127.0.0.1:5002 -pattern 'l%d.test'
 //
 // first measures new names instead: for each, the time from its first
-// ClientHello until nginx serves a certificate that verifies for it.
+// ClientHello until nginx serves a certificate that verifies for it; lego
+// is its baseline: the same number of orders through bare lego.
 // scripts/bench-handshake and scripts/bench-first-handshake run the
 // scenarios of docs/benchmarks.md with it.
 package main
@@ -59,6 +61,8 @@ func main() {
 		err = first(os.Args[2:])
 	case "first-report":
 		err = firstReport(os.Args[2:])
+	case "lego":
+		err = legoBaseline(os.Args[2:])
 	default:
 		usage()
 	}
@@ -76,6 +80,7 @@ func usage() {
   certagent-bench first [flags]  for each of M new names, the time from its first ClientHello to a served
                                  certificate that verifies for it (retrying after the fallback)
   certagent-bench first-report FILE   a table of first's JSON results in FILE (one a line)
+  certagent-bench lego [flags]   the baseline of bulk issuance: N orders at once through bare lego (acme/api)
 Run either with -h for its flags.`)
 	os.Exit(2)
 }
@@ -145,6 +150,18 @@ func leafFor(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM [
 	return certKey{chainPEM: chain, keyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), notAfter: notAfter}, nil
 }
 
+// pemBytes returns the DER of every PEM block in data, in a row.
+func pemBytes(data []byte) []byte {
+	var der []byte
+	for {
+		var b *pem.Block
+		if b, data = pem.Decode(data); b == nil {
+			return der
+		}
+		der = append(der, b.Bytes...)
+	}
+}
+
 func seed(args []string) error {
 	fs := flag.NewFlagSet("seed", flag.ExitOnError)
 	redisAddr := fs.String("redis", "127.0.0.1:6379", "Redis host:port")
@@ -154,6 +171,7 @@ func seed(args []string) error {
 	single := fs.String("single", "", "one more name to store")
 	staticDir := fs.String("static-dir", "", "write static.pem/static.key (for -static-name) and fallback.pem/fallback.key here")
 	staticName := fs.String("static-name", "static.bench.test", "name of the static certificate")
+	withDER := fs.Bool("der", true, "store the chain and key as DER too, as the agent does (false: a record of an older agent)")
 	_ = fs.Parse(args)
 
 	ca, caKey, caPEM, err := newCA()
@@ -198,8 +216,12 @@ func seed(args []string) error {
 			}
 			// The fields nginx reads (docs/redis-schema.md); the agent writes
 			// the others, which the handshake path never looks at.
-			p.HSet(ctx, *prefix+"cert:"+name, "fullchain", string(ck.chainPEM), "key", string(ck.keyPEM),
-				"not_after", strconv.FormatInt(ck.notAfter.Unix(), 10), "names", name)
+			fields := []any{"fullchain", string(ck.chainPEM), "key", string(ck.keyPEM),
+				"not_after", strconv.FormatInt(ck.notAfter.Unix(), 10), "names", name}
+			if *withDER {
+				fields = append(fields, "chain_der", pemBytes(ck.chainPEM), "key_der", pemBytes(ck.keyPEM))
+			}
+			p.HSet(ctx, *prefix+"cert:"+name, fields...)
 		}
 		if _, err := p.Exec(ctx); err != nil {
 			return fmt.Errorf("storing certificates: %w", err)

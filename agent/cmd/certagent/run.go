@@ -46,8 +46,6 @@ func runCommand() *cli.Command {
 				Usage: "consumer group shared by the agents"},
 			&cli.StringFlag{Name: flagConsumer, EnvVars: []string{envConsumer},
 				Usage: "this agent's stable name in the group (default: the host name)"},
-			&cli.IntFlag{Name: flagWorkers, EnvVars: []string{envWorkers}, Value: 4,
-				Usage: "orders run at once"},
 			&cli.DurationFlag{Name: flagGrace, EnvVars: []string{envGrace}, Value: 20 * time.Second,
 				Usage: "on SIGTERM, how long running orders may finish before they are left for the next start"},
 			&cli.DurationFlag{Name: flagReclaim, EnvVars: []string{envReclaim}, Value: time.Minute,
@@ -60,7 +58,7 @@ func runCommand() *cli.Command {
 				Usage: "pause after a failed renewal; doubles per failure up to 6h, shorter as expiry nears"},
 			&cli.DurationFlag{Name: flagCheckInterval, EnvVars: []string{envCheckInterval}, Value: 10 * time.Minute,
 				Usage: "pause between two checks of every stored certificate; a corrupt one is ordered again"},
-		}, gateFlags()),
+		}, concurrencyFlags(), gateFlags()),
 		Action: runAction,
 	}
 }
@@ -124,7 +122,7 @@ func runAction(c *cli.Context) error {
 	}
 
 	log.Info("agent running", "consumer", consumerName, "group", c.String(flagGroup),
-		"directory", c.String(flagDirectory), "workers", c.Int(flagWorkers))
+		"directory", c.String(flagDirectory), "workers", workersText(c))
 	consumer, renewer, err := newWorkers(c, st, log, mgr, metrics, workerGates{
 		static: static, ask: ask, preflight: preflight, consumerName: consumerName,
 	})
@@ -133,9 +131,10 @@ func runAction(c *cli.Context) error {
 	}
 	ready.Store(true)
 	checker := manager.NewChecker(manager.CheckerConfig{Store: st, Logger: log, Interval: c.Duration(flagCheckInterval)})
+	announcer := manager.NewAnnouncer(manager.AnnouncerConfig{Store: st, Static: static, Ask: ask != nil, Name: consumerName, Logger: log})
 	// The consumer and the renewer get their shutdown grace at the same
 	// time, not one after the other, and both count it from the signal.
-	daemon.start(consumer.Run, renewer.Run, checker.Run)
+	daemon.start(consumer.Run, renewer.Run, checker.Run, announcer.Run)
 	err = daemon.wait(func() {
 		log.Info("shutting down: running orders and renewals may finish", "grace", c.Duration(flagGrace))
 	})

@@ -183,7 +183,12 @@ func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.
 			return nil, err
 		}
 	}
+	concurrency, err := newConcurrency(c, log)
+	if err != nil {
+		return nil, err
+	}
 	return manager.New(manager.Config{
+		Concurrency:  concurrency,
 		Store:        st,
 		Issuer:       issuers[0],
 		Fallbacks:    issuers[1:],

@@ -17,7 +17,8 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "the fleet at a glance: streams, certificates, failing names, next renewals",
 		Description: "Reads Redis only (no CA): the length of the stream of requested names and how many entries " +
-			"agents hold unacknowledged, the stream of changes, how many certificates are stored, expired, " +
+			"agents hold unacknowledged, the stream of changes, how many requested names the agents refused " +
+			"because no rule allows them or they are not valid names (counted, not in the events stream), how many certificates are stored, expired, " +
 			"expiring within a week or corrupt (every record is parsed; the first corrupt ones are listed with why), " +
 			"the names whose last renewal failed, the names whose last order failed (the failure memory of `run`), " +
 			"and the next scheduled renewals. Exits 1 when Redis cannot be read." +
@@ -39,18 +40,21 @@ type statusEntry struct {
 }
 
 type statusView struct {
-	Requests         int64         `json:"requests"`
-	Pending          int64         `json:"pending"`
-	PendingConsumers int64         `json:"pending_consumers"`
-	Changes          int64         `json:"changes"`
-	Certificates     int64         `json:"certificates"`
-	Expired          int64         `json:"expired"`
-	ExpiringWeek     int64         `json:"expiring_within_7d"`
-	Corrupt          int64         `json:"corrupt"`
-	CorruptRecords   []statusEntry `json:"corrupt_records"`
-	FailingRenewals  []statusEntry `json:"failing_renewals"`
-	FailingOrders    []statusEntry `json:"failing_orders"`
-	NextRenewals     []statusEntry `json:"next_renewals"`
+	Requests         int64 `json:"requests"`
+	Pending          int64 `json:"pending"`
+	PendingConsumers int64 `json:"pending_consumers"`
+	Changes          int64 `json:"changes"`
+	// Refused counts the names refused without an event each, by kind
+	// (policy, invalid).
+	Refused         map[string]store.RefusalCount `json:"refused"`
+	Certificates    int64                         `json:"certificates"`
+	Expired         int64                         `json:"expired"`
+	ExpiringWeek    int64                         `json:"expiring_within_7d"`
+	Corrupt         int64                         `json:"corrupt"`
+	CorruptRecords  []statusEntry                 `json:"corrupt_records"`
+	FailingRenewals []statusEntry                 `json:"failing_renewals"`
+	FailingOrders   []statusEntry                 `json:"failing_orders"`
+	NextRenewals    []statusEntry                 `json:"next_renewals"`
 }
 
 // statusAction prints the state of the stream, the schedule and the
@@ -75,6 +79,9 @@ func statusAction(c *cli.Context) error {
 		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
 	}
 	v.Requests, v.Pending, v.PendingConsumers, v.Changes = streams.Length, streams.Pending, streams.Consumers, streams.Changes
+	if v.Refused, err = st.RefusalCounts(ctx); err != nil {
+		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+	}
 	var counts []int64
 	if v.Certificates, counts, err = st.CertCounts(ctx, now.Unix(), now.Add(7*24*time.Hour).Unix()); err != nil {
 		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
@@ -127,6 +134,8 @@ func statusAction(c *cli.Context) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "requested names:\t%d in the stream, %d pending at %d agents\n", v.Requests, v.Pending, v.PendingConsumers)
 	fmt.Fprintf(tw, "changes stream:\t%d entries\n", v.Changes)
+	fmt.Fprintf(tw, "refused names:\t%s no rule allows, %s invalid\n",
+		refusalLine(v.Refused[store.RefusedByPolicy]), refusalLine(v.Refused[store.RefusedInvalid]))
 	fmt.Fprintf(tw, "certificates:\t%d stored, %d expired, %d expiring within 7 days, %d corrupt\n",
 		v.Certificates, v.Expired, v.ExpiringWeek, v.Corrupt)
 	if err := tw.Flush(); err != nil {
@@ -163,6 +172,15 @@ func statusAction(c *cli.Context) error {
 	section("failing orders", "NEXT ATTEMPT", v.FailingOrders)
 	section("next renewal checks", "AT", v.NextRenewals)
 	return nil
+}
+
+// refusalLine shows a refusal count and, when there was one, the time of
+// the last.
+func refusalLine(c store.RefusalCount) string {
+	if c.Last.IsZero() {
+		return fmt.Sprint(c.Count)
+	}
+	return fmt.Sprintf("%d (last %s)", c.Count, c.Last.UTC().Format(time.RFC3339))
 }
 
 func oneLine(s string) string {

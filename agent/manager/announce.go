@@ -1,0 +1,110 @@
+package manager
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/certagent/certagent/agent/policy"
+	"github.com/certagent/certagent/agent/store"
+)
+
+// AnnouncerConfig configures an Announcer.
+type AnnouncerConfig struct {
+	Store *store.Store
+	// Static are the agent's rules from flags, environment and file.
+	// Default: none.
+	Static *policy.Policy
+	// Ask says whether an ask URL decides for the names no rule allows.
+	Ask bool
+	// Name is this agent's name in the heartbeat. Required.
+	Name string
+	// Interval is the pause between two heartbeats; each counts for three.
+	// Default: 1 s.
+	Interval time.Duration
+	// Logger. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// Announcer tells nginx what it needs to judge names without an agent: it
+// publishes the agent's allow rules once (the fleet's, with the allowlist),
+// then keeps the heartbeat that says an agent takes names. nginx holds no
+// handshake while no heartbeat counts, and refuses at once the names no
+// published rule can allow.
+type Announcer struct {
+	cfg AnnouncerConfig
+}
+
+// NewAnnouncer returns an Announcer for cfg.
+func NewAnnouncer(cfg AnnouncerConfig) *Announcer {
+	if cfg.Static == nil {
+		cfg.Static, _ = policy.ParsePolicy(nil) // no rules: cannot fail
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Announcer{cfg: cfg}
+}
+
+// Run publishes the rules and beats every Interval until ctx ends. A
+// failure (Redis away) is logged once until Redis answers again; the
+// publication is tried again at every beat until it succeeds. The last beat
+// expires on its own after three intervals. It returns only nil.
+func (a *Announcer) Run(ctx context.Context) error {
+	published, failing := false, false
+	for ctx.Err() == nil {
+		err := a.beat(ctx, &published)
+		switch {
+		case err != nil && !failing && ctx.Err() == nil:
+			failing = true
+			a.cfg.Logger.Error("announcing this agent to nginx failed; nginx holds no handshake meanwhile", "error", err)
+		case err == nil && failing:
+			failing = false
+			a.cfg.Logger.Info("announcing this agent to nginx again")
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(a.cfg.Interval):
+		}
+	}
+	return nil
+}
+
+// beat beats, then publishes the rules if they are not yet: nginx reads
+// the heartbeat with the rules it is told about, and must find it.
+func (a *Announcer) beat(ctx context.Context, published *bool) error {
+	if err := a.cfg.Store.Beat(ctx, a.cfg.Name, 3*a.cfg.Interval); err != nil {
+		return err
+	}
+	if !*published {
+		if err := a.Publish(ctx); err != nil {
+			return err
+		}
+		*published = true
+	}
+	return nil
+}
+
+// Publish publishes the agent's rules as a new version.
+func (a *Announcer) Publish(ctx context.Context) error {
+	rules := a.cfg.Static.Rules()
+	var ask []string
+	if a.cfg.Ask {
+		ask = []string{"*"}
+	}
+	version, before, err := a.cfg.Store.PublishRules(ctx, store.PublishedRules{Static: rules, Ask: ask})
+	if err != nil {
+		return err
+	}
+	if len(before) > 0 && !slices.Equal(before, rules) {
+		a.cfg.Logger.Warn("the agents of this fleet run with different allow rules; nginx judges names by this agent's",
+			"rules", strings.Join(rules, " "), "before", strings.Join(before, " "))
+	}
+	a.cfg.Logger.Info("allow rules published for nginx", "version", version, "rules", len(rules), "ask", a.cfg.Ask)
+	return nil
+}

@@ -1,0 +1,63 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/certagent/certagent/agent/policy"
+	"github.com/certagent/certagent/agent/store"
+)
+
+// TestAnnouncerPublishesAndBeats: Run publishes the agent's rules (the ask
+// URL as "*") and keeps the heartbeat until its context ends; a second
+// agent with other rules says so.
+func TestAnnouncerPublishesAndBeats(t *testing.T) {
+	r := testenv.StartRedis(t)
+	st := store.New(r.Client, store.Keys{})
+	allow, err := policy.ParsePolicy([]string{"*.example.test", "shop.example.org", "*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		NewAnnouncer(AnnouncerConfig{Store: st, Static: allow, Ask: true, Name: "a1", Interval: 100 * time.Millisecond}).Run(ctx)
+		close(done)
+	}()
+	waitFor(t, "the rules published", func() bool {
+		rec, err := st.Rules(context.Background())
+		return err == nil && rec.Published
+	})
+	rec, _ := st.Rules(context.Background())
+	if want := []string{"*", "*.example.test", "shop.example.org"}; !slices.Equal(rec.Static, want) || !slices.Equal(rec.Ask, []string{"*"}) {
+		t.Errorf("published %+v, want static %v and ask *", rec, want)
+	}
+	if d, err := st.AliveFor(context.Background()); err != nil || d <= 0 || d > 300*time.Millisecond {
+		t.Errorf("heartbeat counts for %v (%v), want up to three intervals", d, err)
+	}
+	time.Sleep(400 * time.Millisecond) // past one beat's TTL: only new beats keep it
+	if d, _ := st.AliveFor(context.Background()); d <= 0 {
+		t.Error("the heartbeat ran out while the announcer ran")
+	}
+	cancel()
+	<-done
+	time.Sleep(400 * time.Millisecond)
+	if d, _ := st.AliveFor(context.Background()); d != 0 {
+		t.Errorf("the heartbeat counts for %v after the announcer stopped, want it run out", d)
+	}
+
+	var log bytes.Buffer
+	other := NewAnnouncer(AnnouncerConfig{Store: st, Name: "a2", Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	if err := other.Publish(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(log.String(), "different allow rules") {
+		t.Errorf("publishing other rules over the fleet's logged %q, want a warning", log.String())
+	}
+}

@@ -1,0 +1,148 @@
+package nginxtest
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/certagent/certagent/agent/internal/testenv"
+)
+
+// agentFields is the record as the agent writes it: the PEM fields and the
+// same chain and key as DER (chain_der, key_der; docs/redis-schema.md).
+func agentFields(t *testing.T, l leaf) map[string]any {
+	t.Helper()
+	f := leafFields(l)
+	var chain []byte
+	for rest := []byte(l.chainPEM); ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		chain = append(chain, b.Bytes...)
+	}
+	key, _ := pem.Decode([]byte(l.keyPEM))
+	if len(chain) == 0 || key == nil {
+		t.Fatal("the test leaf has no PEM")
+	}
+	f["chain_der"], f["key_der"] = chain, key.Bytes
+	return f
+}
+
+// TestCertificateServedFromItsDERFields: nginx parses a record's DER fields
+// when it has them (a record whose PEM is broken is served from its DER), its
+// PEM when the DER is missing (a record of an older agent) or does not parse,
+// and a worker whose LRU let the record go serves it again from the shared
+// dict, in the form it was parsed from.
+func TestCertificateServedFromItsDERFields(t *testing.T) {
+	e := startWith(t, testenv.NginxOptions{LuaConfig: map[string]string{"lru_size": "1"}})
+	notAfter := time.Now().Add(24 * time.Hour)
+	leaves := map[string]leaf{}
+	for _, name := range []string{"der.example.test", "brokender.example.test", "pemonly.example.test"} {
+		leaves[name] = newLeaf(t, name, []string{name}, notAfter)
+	}
+	derOnly := agentFields(t, leaves["der.example.test"])
+	derOnly["fullchain"], derOnly["key"] = "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n", "broken"
+	e.storeFields("der.example.test", derOnly)
+	brokenDER := agentFields(t, leaves["brokender.example.test"])
+	brokenDER["chain_der"], brokenDER["key_der"] = "\x30\x03garbage", "\x30\x01"
+	e.storeFields("brokender.example.test", brokenDER)
+	e.store("pemonly.example.test", leaves["pemonly.example.test"])
+	e.waitChangesRead()
+
+	// Round 0 reads Redis; in round 1 the worker's LRU (of one) holds at
+	// most the last name, so the others come from the shared dict, which
+	// keeps each record in the form it was parsed from: the broken PEM of
+	// der.example.test would not serve.
+	for round := range 2 {
+		for name, l := range leaves {
+			if got := e.mustHandshake(name); !got.Equal(l.cert) {
+				t.Errorf("round %d, %s: served %q, want its stored certificate", round, name, got.Subject.CommonName)
+			}
+		}
+		if s := e.stats(); s.sharedCerts != 3 || s.lruCount > 1 {
+			t.Errorf("round %d: %d certificates in the shared dict, %d in the LRU; want 3 and at most 1", round, s.sharedCerts, s.lruCount)
+		}
+	}
+	if log := e.nginx.ErrorLog(); strings.Contains(log, "unusable") {
+		t.Errorf("a record was found unusable:\n%s", log)
+	}
+}
+
+// TestColdHandshakeOfAStoredNameIsOneRedisCommand: the first handshake of a
+// stored name reads its record and nothing else (the issuing mark is read
+// only for a name found without a certificate).
+func TestColdHandshakeOfAStoredNameIsOneRedisCommand(t *testing.T) {
+	e := startWith(t, testenv.NginxOptions{})
+	notAfter := time.Now().Add(24 * time.Hour)
+	names := []string{"one.cold.example.test", "two.cold.example.test"}
+	leaves := map[string]leaf{}
+	for _, name := range names {
+		leaves[name] = newLeaf(t, name, []string{name}, notAfter)
+		e.storeFields(name, agentFields(t, leaves[name]))
+	}
+	e.waitChangesRead()
+	// The first lookup also learns that *.cold.example.test has no record.
+	e.mustHandshake(names[0])
+
+	hmget, get := e.commands("hmget"), e.commands("get")
+	if got := e.mustHandshake(names[1]); !got.Equal(leaves[names[1]].cert) {
+		t.Fatalf("served %q, want the stored certificate", got.Subject.CommonName)
+	}
+	if n := e.commands("hmget") - hmget; n != 1 {
+		t.Errorf("%d HMGETs for a cold handshake, want 1", n)
+	}
+	if n := e.commands("get") - get; n != 0 {
+		t.Errorf("%d GETs (the issuing mark) for a name with a certificate, want 0", n)
+	}
+}
+
+// TestChainsSharingAnIntermediateServeFromDER: records of one CA share its
+// parsed intermediate in a worker; each is served its own leaf with it, and
+// one dropped from the cache (its chain freed) leaves the others whole.
+func TestChainsSharingAnIntermediateServeFromDER(t *testing.T) {
+	e := startWith(t, testenv.NginxOptions{})
+	ca := testenv.NewCert(t, testenv.CertSpec{CommonName: "shared intermediate", IsCA: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(48 * time.Hour)})
+	names := []string{"a.shared.example.test", "b.shared.example.test", "c.shared.example.test"}
+	leaves := map[string]leaf{}
+	for _, name := range names {
+		c := testenv.NewCert(t, testenv.CertSpec{CommonName: name, DNSNames: []string{name},
+			NotAfter: time.Now().Add(24 * time.Hour), Parent: ca})
+		leaves[name] = leaf{cert: c.X509, chainPEM: string(c.ChainPEM()), keyPEM: string(c.KeyPEM), notAfter: c.X509.NotAfter}
+		e.storeFields(name, agentFields(t, leaves[name]))
+	}
+	e.waitChangesRead()
+	check := func(when string, names ...string) {
+		t.Helper()
+		for _, name := range names {
+			chain := e.mustHandshakeChain(name)
+			if len(chain) != 2 || !chain[0].Equal(leaves[name].cert) || !chain[1].Equal(ca.X509) {
+				t.Errorf("%s, %s: served a chain of %d, want its leaf and the shared intermediate", when, name, len(chain))
+			}
+		}
+	}
+	check("cold", names...)
+	e.remove(names[0])
+	e.waitChangesRead()
+	check("after one of them was dropped", names[1:]...)
+	e.storeFields(names[0], agentFields(t, leaves[names[0]]))
+	e.waitChangesRead()
+	check("stored again", names...)
+}
+
+// mustHandshakeChain returns the chain served for serverName.
+func (e *env) mustHandshakeChain(serverName string) []*x509.Certificate {
+	e.t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", e.nginx.HTTPSAddr,
+		&tls.Config{ServerName: serverName, InsecureSkipVerify: true})
+	if err != nil {
+		e.t.Fatalf("handshake with SNI %q: %v", serverName, err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates
+}
