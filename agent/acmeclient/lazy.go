@@ -155,6 +155,12 @@ func (l *Lazy) Revoke(ctx context.Context, chainPEM []byte, reason uint) error {
 	return l.withAccount(ctx, "revoking", func(c *Client) error { return c.Revoke(ctx, chainPEM, reason) })
 }
 
+// RevokeWithCertKey is the package's RevokeWithCertKey for the CA of l: no
+// account is loaded or registered.
+func (l *Lazy) RevokeWithCertKey(ctx context.Context, chainPEM, keyPEM []byte, reason uint) error {
+	return RevokeWithCertKey(ctx, l.cfg, chainPEM, keyPEM, reason)
+}
+
 // withAccount runs call with the client, connecting first if needed. When
 // the CA answers that the account is lost, the account is registered again
 // and call runs once more with the new client. Errors of call are returned

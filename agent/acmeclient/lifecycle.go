@@ -2,6 +2,7 @@ package acmeclient
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/asn1"
 	"encoding/base64"
@@ -143,6 +144,72 @@ func (c *Client) Revoke(ctx context.Context, chainPEM []byte, reason uint) error
 		return fmt.Errorf("revoking serial %s: %w", leaf.SerialNumber.Text(16), err)
 	}
 	return nil
+}
+
+// RevokeWithCertKey asks the CA of cfg to revoke the leaf of chainPEM with
+// a request signed by the leaf's own private key, keyPEM (RFC 8555, section
+// 7.6), instead of an account: any site that holds the certificate can
+// revoke it, whichever site's account ordered it.
+func RevokeWithCertKey(ctx context.Context, cfg Config, chainPEM, keyPEM []byte, reason uint) error {
+	leaf, key, err := leafAndKey(chainPEM, keyPEM)
+	if err != nil {
+		return err
+	}
+	if cfg, err = cfg.withDefaults(); err != nil {
+		return err
+	}
+	return revokeWithKey(ctx, cfg, leaf, key, reason)
+}
+
+// RevokeWithCertKey is the package's RevokeWithCertKey at c's CA.
+func (c *Client) RevokeWithCertKey(ctx context.Context, chainPEM, keyPEM []byte, reason uint) error {
+	leaf, key, err := leafAndKey(chainPEM, keyPEM)
+	if err != nil {
+		return err
+	}
+	return revokeWithKey(ctx, c.cfg, leaf, key, reason)
+}
+
+// leafAndKey parses the leaf of chainPEM and its key, to revoke it.
+func leafAndKey(chainPEM, keyPEM []byte) (*x509.Certificate, crypto.Signer, error) {
+	leaf, err := leafOf(chainPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("revoking: %w", err)
+	}
+	key, err := parseKey(keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("revoking serial %s with its own key: %w", leaf.SerialNumber.Text(16), err)
+	}
+	return leaf, key, nil
+}
+
+// revokeWithKey revokes leaf with a request signed by key, at the CA of cfg
+// (its defaults filled in).
+func revokeWithKey(ctx context.Context, cfg Config, leaf *x509.Certificate, key crypto.Signer, reason uint) error {
+	// Without an account URL, lego signs with the key itself in the JWK
+	// header, which is what the CA checks against the certificate.
+	core, err := newCore(ctx, cfg, "", key)
+	if err != nil {
+		return err
+	}
+	_, err = withContext(ctx, func() (struct{}, error) {
+		return struct{}{}, core.Certificates.Revoke(acme.RevokeCertMessage{
+			Certificate: base64.RawURLEncoding.EncodeToString(leaf.Raw),
+			Reason:      &reason,
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("revoking serial %s with its own key: %w", leaf.SerialNumber.Text(16), err)
+	}
+	return nil
+}
+
+// NotThisAccounts tells whether err is the CA refusing a revocation because
+// the account that signed it did not order the certificate (and holds no
+// authorization for its names): another site's account did.
+func NotThisAccounts(err error) bool {
+	var problem *acme.ProblemDetails
+	return errors.As(err, &problem) && problem.Type == problemUnauthorized
 }
 
 func leafOf(chainPEM []byte) (*x509.Certificate, error) {

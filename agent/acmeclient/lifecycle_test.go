@@ -276,3 +276,46 @@ func TestLazyConnectsOnceForConcurrentOrders(t *testing.T) {
 		t.Errorf("next use: %v after %d questions; want a new attempt", err, asked.Load())
 	}
 }
+
+// TestRevokeWithTheCertificateKey: an account that did not order a
+// certificate is refused its revocation (NotThisAccounts); the certificate's
+// own key revokes it, with no account, as another site does.
+func TestRevokeWithTheCertificateKey(t *testing.T) {
+	pebble, tokens := startCA(t)
+	ctx := context.Background()
+	cfg := Config{DirectoryURL: pebble.DirectoryURL, CARootFiles: []string{pebble.CARootsFile}}
+	orderer, err := New(ctx, cfg, &memAccounts{}, NewHTTP01Provider(tokens, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := orderer.Obtain(ctx, []string{"elsewhere.example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := New(ctx, cfg, &memAccounts{}, NewHTTP01Provider(tokens, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.AccountURI() == orderer.AccountURI() {
+		t.Fatal("both clients use one account")
+	}
+	err = other.Revoke(ctx, cert.FullChain, 0)
+	if err == nil || !NotThisAccounts(err) {
+		t.Fatalf("revocation by another account: %v, want the CA's unauthorized", err)
+	}
+	if err := RevokeWithCertKey(ctx, cfg, cert.FullChain, cert.KeyPEM, RevocationReasons["superseded"]); err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := parseChain(t, cert.FullChain)
+	if status, reason := pebble.CertStatus(t, leaf.SerialNumber.Text(16)); status != "Revoked" || reason != 4 {
+		t.Errorf("Pebble reports %q reason %d, want Revoked reason 4", status, reason)
+	}
+	// A key that is not the certificate's is refused by the CA.
+	second, err := orderer.Obtain(ctx, []string{"elsewhere.example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.RevokeWithCertKey(ctx, second.FullChain, cert.KeyPEM, 0); err == nil {
+		t.Error("revoked with another certificate's key")
+	}
+}

@@ -82,11 +82,16 @@ func (s *stack) handshake(t *testing.T, name string) []*x509.Certificate {
 // verifies reports whether chain is a certificate for name issued by Pebble.
 func (s *stack) verifies(t *testing.T, chain []*x509.Certificate, name string) error {
 	t.Helper()
+	return verifyChain(chain, name, s.pebble.Roots(t))
+}
+
+// verifyChain reports whether chain is a certificate for name under roots.
+func verifyChain(chain []*x509.Certificate, name string, roots *x509.CertPool) error {
 	intermediates := x509.NewCertPool()
 	for _, c := range chain[1:] {
 		intermediates.AddCert(c)
 	}
-	_, err := chain[0].Verify(x509.VerifyOptions{DNSName: name, Roots: s.pebble.Roots(t), Intermediates: intermediates})
+	_, err := chain[0].Verify(x509.VerifyOptions{DNSName: name, Roots: roots, Intermediates: intermediates})
 	return err
 }
 

@@ -329,6 +329,44 @@ func TestPeerSiteDownCatchesUp(t *testing.T) {
 	}
 }
 
+// TestRevokeAtAnotherSite: site b's account orders a certificate, and
+// `certagent revoke` at site a, whose own account did not order it, revokes
+// it all the same (signed with the certificate's key) and deletes it at
+// both sites.
+func TestRevokeAtAnotherSite(t *testing.T) {
+	f := startSites(t, []string{"a", "b"}, "b")
+	for _, s := range f.sites {
+		s.start(t)
+	}
+	f.waitPeersUp(t)
+	a, b := f.site("a"), f.site("b")
+	ctx := context.Background()
+
+	const name = "revoked-elsewhere.example.test"
+	b.handshake(t, name)
+	_, _ = f.waitServedEverywhere(t, name, 30*time.Second)
+	rec, err := a.store.GetCert(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := a.cli(t, "revoke", "--reason", "keyCompromise", name)
+	if code != 0 || !strings.Contains(out, "revoked   "+name) {
+		t.Fatalf("revoke at site a exited %d: %s%s", code, out, errOut)
+	}
+	if status, reason := f.pebble.CertStatus(t, rec.Serial); status != "Revoked" || reason != 1 {
+		t.Errorf("Pebble reports %s (reason %d), want Revoked (1)", status, reason)
+	}
+	for _, s := range f.sites {
+		waitUntil(t, "the revoked certificate's deletion at site "+s.id, func() bool {
+			_, err := s.store.GetCert(ctx, name)
+			return errors.Is(err, store.ErrNotFound)
+		})
+	}
+	if n := f.pebble.OrdersCreated(t); n != 1 {
+		t.Errorf("Pebble created %d orders, want 1", n)
+	}
+}
+
 // TestPeerAPIRefusesForgeries sends requests a site must refuse to a running
 // agent: each is answered 401 or 413 and nothing is written.
 func TestPeerAPIRefusesForgeries(t *testing.T) {

@@ -8,12 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/clock"
+	"github.com/certagent/certagent/agent/names"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
 )
@@ -42,6 +42,13 @@ type RenewalInfoIssuer interface {
 // implements it.
 type Revoker interface {
 	Revoke(ctx context.Context, chainPEM []byte, reason uint) error
+}
+
+// CertKeyRevoker is a Revoker that can also sign a revocation with the
+// certificate's own key (RFC 8555, section 7.6): the way to revoke a
+// certificate another site's account ordered. *acmeclient.Lazy is one.
+type CertKeyRevoker interface {
+	RevokeWithCertKey(ctx context.Context, chainPEM, keyPEM []byte, reason uint) error
 }
 
 // Config configures a Manager.
@@ -78,7 +85,9 @@ type Peers interface {
 	// held here). It returns nil, nil when no reachable peer has one.
 	Existing(ctx context.Context, names []string, have *store.CertRecord) (*store.CertRecord, error)
 	// Lease takes the lease on name at enough sites that no other site can
-	// order it at the same time, or returns an error saying who holds it.
+	// order it at the same time, or returns an error saying why not; the
+	// error wraps store.ErrLockHeld when another site holds the name (and
+	// orders it), not when too few sites answered.
 	Lease(ctx context.Context, name string) (PeerLease, error)
 }
 
@@ -400,6 +409,13 @@ func (m *Manager) fromPeers(ctx context.Context, names []string, renewing *store
 	primary := names[0]
 	lease, err := m.cfg.Peers.Lease(ctx, primary)
 	if err != nil {
+		if !errors.Is(err, store.ErrLockHeld) {
+			// No site holds the name (too few answered): no order runs for
+			// it anywhere, so nginx does not hold its first handshakes.
+			if err := m.cfg.Store.MarkRefused(ctx, primary, "too few sites answer to lease it; tried again later"); err != nil {
+				m.cfg.Logger.Warn("marking the name as not being issued", "name", primary, "error", err)
+			}
+		}
 		return nil, nil, fmt.Errorf("locking %s across sites: %w: %w", primary, store.ErrLockHeld, err)
 	}
 	leaseCtx, stop := context.WithCancel(ctx)
@@ -472,8 +488,8 @@ func (m *Manager) Store() *store.Store { return m.cfg.Store }
 // serves the fallback for it and prefers the exact record to the wildcard).
 func (m *Manager) NeedsCertificate(ctx context.Context, name string) (bool, error) {
 	candidates := []string{name}
-	if i := strings.IndexByte(name, '.'); i > 0 && strings.Count(name[i+1:], ".") >= 1 {
-		candidates = append(candidates, "*"+name[i:])
+	if parent, ok := names.WildcardParent(name); ok {
+		candidates = append(candidates, "*."+parent)
 	}
 	now := m.cfg.Clock.Now()
 	for _, candidate := range candidates {

@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -116,11 +117,32 @@ func TestIssueOrdersOnlyUnderTheLeaseOfAQuorum(t *testing.T) {
 	m, st, r := newTestManager(t, issuer)
 	ctx := context.Background()
 
-	peers := &fakePeers{refuse: errors.New("site b holds it")}
+	// Too few sites answer: nobody holds the name, so nginx is told not to
+	// hold its first handshakes.
+	peers := &fakePeers{refuse: errors.New("b and c not reached")}
 	m.cfg.Peers = peers
+	if err := st.MarkIssuing(ctx, "q.example.com"); err != nil {
+		t.Fatal(err)
+	}
 	_, err := m.Issue(ctx, []string{"q.example.com"})
 	if !errors.Is(err, store.ErrLockHeld) {
+		t.Fatalf("lease short of the quorum: %v, want ErrLockHeld", err)
+	}
+	if mark, _, _ := st.IssuingMark(ctx, "q.example.com"); mark != store.Refused {
+		t.Errorf("mark %q with nobody holding the lease, want %q", mark, store.Refused)
+	}
+	// Another site holds it and orders it: the mark stays, the certificate
+	// comes from that site.
+	peers.refuse = fmt.Errorf("site b holds it: %w", store.ErrLockHeld)
+	if err := st.MarkIssuing(ctx, "q.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Issue(ctx, []string{"q.example.com"})
+	if !errors.Is(err, store.ErrLockHeld) {
 		t.Fatalf("lease refused by the other sites: %v, want ErrLockHeld", err)
+	}
+	if mark, _, _ := st.IssuingMark(ctx, "q.example.com"); mark != store.Issuing {
+		t.Errorf("mark %q while another site holds the lease, want %q", mark, store.Issuing)
 	}
 	if issuer.orders.Load() != 0 {
 		t.Error("ordered without the quorum's lease")

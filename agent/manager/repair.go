@@ -110,7 +110,7 @@ func repairNames(name string, corrupt *store.CorruptError) []string {
 		return []string{name}
 	}
 	for _, n := range corrupt.Record.Names {
-		base, _ := names.WildcardParent(n)
+		base, _ := names.CutWildcard(n)
 		if normal, err := names.Normalize(base); err != nil || normal != base {
 			return []string{name}
 		}

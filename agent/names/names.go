@@ -97,17 +97,30 @@ func allDigits(s string) bool {
 	return true
 }
 
+// WildcardParent returns the parent whose wildcard "*.<parent>" covers
+// name: name without its first label, when that still has at least two
+// labels ("a.b.example" -> "b.example"; no "*.example", which no CA issues).
+// A wildcard name has none. nginx's lookup applies the same rule
+// (lua/certagent/names.lua).
+func WildcardParent(name string) (string, bool) {
+	if strings.HasPrefix(name, "*.") {
+		return "", false
+	}
+	i := strings.IndexByte(name, '.')
+	if i <= 0 || !strings.Contains(name[i+1:], ".") {
+		return "", false
+	}
+	return name[i+1:], true
+}
+
 // Covers reports whether a certificate for certNames (normalized, wildcards
 // as "*.<parent>") is valid for name, as a TLS client sees it: one of them is
-// name, or a wildcard for name's parent (a wildcard covers one label). A
-// wildcard name is covered only by itself.
+// name, or the wildcard of name's WildcardParent (a wildcard covers one
+// label). A wildcard name is covered only by itself.
 func Covers(certNames []string, name string) bool {
-	parent := ""
-	if i := strings.IndexByte(name, '.'); i > 0 && !strings.HasPrefix(name, "*.") {
-		parent = name[i+1:]
-	}
+	parent, wild := WildcardParent(name)
 	for _, n := range certNames {
-		if n == name || (parent != "" && n == "*."+parent) {
+		if n == name || (wild && n == "*."+parent) {
 			return true
 		}
 	}

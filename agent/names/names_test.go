@@ -134,3 +134,19 @@ func FuzzNormalize(f *testing.F) {
 		}
 	})
 }
+
+func TestWildcardParent(t *testing.T) {
+	for name, want := range map[string]string{
+		"a.b.example": "b.example", "www.example.com": "example.com", "example.com": "", "com": "",
+		"*.example.com": "", ".example.com": "", "a.b.c.example": "b.c.example",
+	} {
+		got, ok := WildcardParent(name)
+		if got != want || ok != (want != "") {
+			t.Errorf("WildcardParent(%q) = %q, %v; want %q", name, got, ok, want)
+		}
+	}
+	// No "*.com": a wildcard for a public suffix covers nothing.
+	if Covers([]string{"*.com"}, "example.com") || !Covers([]string{"*.example.com"}, "a.example.com") {
+		t.Error("Covers does not follow WildcardParent")
+	}
+}

@@ -9,9 +9,11 @@ import (
 // name one label below example.com, as in TLS.
 const wildcardPrefix = "*."
 
-// WildcardParent returns the parent of a wildcard name ("example.com" for
+// CutWildcard returns the parent of a wildcard name ("example.com" for
 // "*.example.com") and true; for any other name, name and false.
-func WildcardParent(name string) (parent string, ok bool) {
+// (WildcardParent goes the other way: the parent whose wildcard covers a
+// name.)
+func CutWildcard(name string) (parent string, ok bool) {
 	return strings.CutPrefix(name, wildcardPrefix)
 }
 
@@ -24,7 +26,7 @@ func Wildcard(parent string) string { return wildcardPrefix + parent }
 // leftmost label only, so a parent that holds another "*" is refused
 // naming the whole name, not the parent.
 func NormalizeWildcard(name string, normalize func(string) (string, error)) (string, error) {
-	parent, ok := WildcardParent(name)
+	parent, ok := CutWildcard(name)
 	if !ok {
 		return normalize(name)
 	}

@@ -22,10 +22,10 @@ func TestNormalizeWildcard(t *testing.T) {
 			t.Errorf("NormalizeWildcard(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
 		}
 	}
-	if p, ok := WildcardParent("*.example.com"); !ok || p != "example.com" || Wildcard(p) != "*.example.com" {
-		t.Errorf("WildcardParent(*.example.com) = %q, %v", p, ok)
+	if p, ok := CutWildcard("*.example.com"); !ok || p != "example.com" || Wildcard(p) != "*.example.com" {
+		t.Errorf("CutWildcard(*.example.com) = %q, %v", p, ok)
 	}
-	if _, ok := WildcardParent("example.com"); ok {
+	if _, ok := CutWildcard("example.com"); ok {
 		t.Error("example.com is taken for a wildcard")
 	}
 }

@@ -101,7 +101,7 @@ func checkRecord(name string, r Record, now time.Time) (*store.CertRecord, error
 	if !slices.Contains(leafNames, r.Primary) {
 		return nil, invalid("the primary name %s is not among the certificate's names %v", r.Primary, leafNames)
 	}
-	if !covers(leafNames, name) {
+	if !names.Covers(leafNames, name) {
 		return nil, invalid("the certificate's names %v do not cover it", leafNames)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(pair.PrivateKey)
@@ -167,8 +167,3 @@ func storedNames(dnsNames []string) ([]string, error) {
 	}
 	return out, nil
 }
-
-// covers reports whether a certificate for leafNames is valid for name: one
-// of them is name, or a wildcard for name's parent (a wildcard covers one
-// label, as in TLS).
-func covers(leafNames []string, name string) bool { return names.Covers(leafNames, name) }

@@ -23,8 +23,18 @@ func siteStore(t *testing.T) (*store.Store, redis.UniversalClient) {
 // signed by an intermediate, starts at notBefore and lasts 90 days.
 func issued(t *testing.T, notBefore time.Time, names ...string) Record {
 	t.Helper()
-	ca := testenv.NewCert(t, testenv.CertSpec{CommonName: "test CA", IsCA: true,
-		NotBefore: notBefore.Add(-time.Hour), NotAfter: notBefore.Add(365 * 24 * time.Hour)})
+	return issuedBy(t, testCA(t, notBefore), notBefore, names...)
+}
+
+// testCA is a CA that can issue certificates valid from notBefore.
+func testCA(t *testing.T, notBefore time.Time) *testenv.Cert {
+	return testenv.NewCert(t, testenv.CertSpec{CommonName: "test CA", IsCA: true,
+		NotBefore: notBefore.Add(-100 * 24 * time.Hour), NotAfter: notBefore.Add(365 * 24 * time.Hour)})
+}
+
+// issuedBy is issued with the CA ca.
+func issuedBy(t *testing.T, ca *testenv.Cert, notBefore time.Time, names ...string) Record {
+	t.Helper()
 	leaf := testenv.NewCert(t, testenv.CertSpec{CommonName: names[0], DNSNames: names, Parent: ca,
 		NotBefore: notBefore, NotAfter: notBefore.Add(90 * 24 * time.Hour)})
 	return Record{FullChain: string(leaf.ChainPEM()), Key: string(leaf.KeyPEM), Primary: names[0],

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,12 +22,11 @@ import (
 // DefaultTimeout bounds each call to a peer when no timeout is configured.
 const DefaultTimeout = 5 * time.Second
 
-// Answer size limits. An inventory lists every certificate of a site (about
-// 200 bytes each) and its tombstones; every other answer is one record at
-// most.
+// Answer size limits: one record at most, or one inventory page
+// (MaxInventoryPage entries of each kind, about 250 bytes each).
 const (
-	maxInventoryAnswer = 64 << 20
-	maxAnswer          = MaxBody
+	maxAnswer     = MaxBody
+	maxPageAnswer = 4 * MaxBody
 )
 
 // StatusError is a peer's answer with a 4xx or 5xx status.
@@ -36,6 +36,8 @@ type StatusError struct {
 	Path    string // below PathPrefix
 	Status  int
 	Message string // the answer's ErrorBody, or the start of its body
+
+	holderSite string // a 409 to a lease request: who holds the name there
 }
 
 func (e *StatusError) Error() string {
@@ -151,13 +153,39 @@ func (c *Client) DeleteToken(ctx context.Context, name, token string) error {
 	return nil
 }
 
-// Inventory lists the certificates the peer holds and its tombstones.
-func (c *Client) Inventory(ctx context.Context) (*Inventory, error) {
-	var inv Inventory
-	if err := c.call(ctx, http.MethodGet, "inventory", nil, &inv, maxInventoryAnswer); err != nil {
+// Digests asks the peer for the sums of its certificates in windows of
+// width seconds from from to to (0: no end).
+func (c *Client) Digests(ctx context.Context, from, to, width int64) (*InventoryDigests, error) {
+	q := rangeQuery(from, to, map[string]int64{"width": width})
+	var d InventoryDigests
+	if err := c.call(ctx, http.MethodGet, "inventory/digests?"+q.Encode(), nil, &d, maxPageAnswer); err != nil {
+		return nil, fmt.Errorf("fetching the inventory digests of %s: %w", c.id, err)
+	}
+	return &d, nil
+}
+
+// Entries asks the peer for a page of the certificates and tombstones whose
+// not-after falls in [from, to) (to 0: no end).
+func (c *Client) Entries(ctx context.Context, from, to, offset, limit int64) (*InventoryPage, error) {
+	q := rangeQuery(from, to, map[string]int64{"offset": offset, "limit": limit})
+	var page InventoryPage
+	if err := c.call(ctx, http.MethodGet, "inventory/entries?"+q.Encode(), nil, &page, maxPageAnswer); err != nil {
 		return nil, fmt.Errorf("fetching the inventory of %s: %w", c.id, err)
 	}
-	return &inv, nil
+	return &page, nil
+}
+
+// rangeQuery is the query of an inventory request for [from, to) (to 0:
+// no end) with more integer parameters.
+func rangeQuery(from, to int64, more map[string]int64) url.Values {
+	q := url.Values{"from": {strconv.FormatInt(from, 10)}}
+	if to != 0 {
+		q.Set("to", strconv.FormatInt(to, 10))
+	}
+	for key, v := range more {
+		q.Set(key, strconv.FormatInt(v, 10))
+	}
+	return q
 }
 
 // GetCert fetches the record the peer holds for name; an error wraps
@@ -199,25 +227,34 @@ func (c *Client) DeleteCert(ctx context.Context, name, fingerprint string) (bool
 // TakeLease asks the peer for the lease on name for holder. It returns
 // false, without an error, when the peer leased the name to someone else.
 func (c *Client) TakeLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
+	granted, _, err := c.lease(ctx, http.MethodPost, "leasing", name, holder, ttl)
+	return granted, err
+}
+
+// TakeLeaseOrHolder is TakeLease that also returns, when the peer refuses,
+// the site whose agent holds the name there ("" when the peer does not say).
+func (c *Client) TakeLeaseOrHolder(ctx context.Context, name, holder string, ttl time.Duration) (bool, string, error) {
 	return c.lease(ctx, http.MethodPost, "leasing", name, holder, ttl)
 }
 
 // ExtendLease extends holder's lease on name at the peer. It returns false,
 // without an error, when holder no longer has it there.
 func (c *Client) ExtendLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
-	return c.lease(ctx, http.MethodPut, "extending the lease on", name, holder, ttl)
+	granted, _, err := c.lease(ctx, http.MethodPut, "extending the lease on", name, holder, ttl)
+	return granted, err
 }
 
-func (c *Client) lease(ctx context.Context, method, doing, name, holder string, ttl time.Duration) (bool, error) {
+func (c *Client) lease(ctx context.Context, method, doing, name, holder string, ttl time.Duration) (bool, string, error) {
 	var res LeaseResult
 	body := LeaseRequest{Holder: holder, TTLSeconds: int(ttl / time.Second)}
 	if err := c.call(ctx, method, "leases/"+seg(name), body, &res, maxAnswer); err != nil {
-		if statusOf(err) == http.StatusConflict {
-			return false, nil
+		var se *StatusError
+		if errors.As(err, &se) && se.Status == http.StatusConflict {
+			return false, se.holderSite, nil
 		}
-		return false, fmt.Errorf("%s %s at %s: %w", doing, name, c.id, err)
+		return false, "", fmt.Errorf("%s %s at %s: %w", doing, name, c.id, err)
 	}
-	return res.Granted, nil
+	return res.Granted, "", nil
 }
 
 // ReleaseLease gives holder's lease on name at the peer up.
@@ -234,6 +271,9 @@ func (c *Client) ReleaseLease(ctx context.Context, name, holder string) error {
 func newHTTPClient(roots *x509.CertPool) *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	// An inventory exchange pulls pullWorkers certificates from a peer at
+	// once: each keeps its connection instead of a TLS handshake per pull.
+	t.MaxIdleConnsPerHost = 2 * pullWorkers
 	return &http.Client{Transport: t}
 }
 
@@ -290,9 +330,12 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any, lim
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		se := &StatusError{Peer: c.id, Method: method, Path: strings.SplitN(path, "?", 2)[0], Status: resp.StatusCode}
-		var eb ErrorBody
+		var eb struct {
+			ErrorBody
+			HolderSite string `json:"holder_site"`
+		}
 		if json.Unmarshal(answer, &eb) == nil && eb.Error != "" {
-			se.Message = eb.Error
+			se.Message, se.holderSite = eb.Error, eb.HolderSite
 		} else {
 			se.Message = strings.TrimSpace(string(answer[:min(len(answer), 200)]))
 		}

@@ -107,7 +107,8 @@ func TestClientSpeaksEveryRoute(t *testing.T) {
 		"GET health":                      reply(200, Health{Site: "b", Time: 42, Certificates: 3}),
 		"PUT tokens/a.example.com/T0k":    reply(204, nil),
 		"DELETE tokens/a.example.com/T0k": reply(204, nil),
-		"GET inventory":                   reply(200, Inventory{Site: "b", Certificates: []InventoryEntry{{Name: "a.example.com", Fingerprint: "ff"}}}),
+		"GET inventory/entries":           reply(200, InventoryPage{Site: "b", Certificates: []InventoryEntry{{Name: "a.example.com", Fingerprint: "ff"}}}),
+		"GET inventory/digests":           reply(200, InventoryDigests{Site: "b", Width: 60, Windows: []WindowDigest{{Start: 120, Count: 2, Digest: "00"}}}),
 		"GET certs/a.example.com":         reply(200, rec),
 		"GET certs/*.example.com":         reply(200, rec),
 		"PUT certs/a.example.com":         reply(200, PushResult{Stored: false, Reason: "same"}),
@@ -128,8 +129,11 @@ func TestClientSpeaksEveryRoute(t *testing.T) {
 	if err := c.DeleteToken(ctx, "a.example.com", "T0k"); err != nil {
 		t.Error(err)
 	}
-	if inv, err := c.Inventory(ctx); err != nil || len(inv.Certificates) != 1 || inv.Certificates[0].Fingerprint != "ff" {
-		t.Errorf("Inventory = %+v, %v", inv, err)
+	if inv, err := c.Entries(ctx, 100, 0, 0, 50); err != nil || len(inv.Certificates) != 1 || inv.Certificates[0].Fingerprint != "ff" {
+		t.Errorf("Entries = %+v, %v", inv, err)
+	}
+	if d, err := c.Digests(ctx, 100, 200, 60); err != nil || len(d.Windows) != 1 || d.Windows[0].Count != 2 {
+		t.Errorf("Digests = %+v, %v", d, err)
 	}
 	if r, err := c.GetCert(ctx, "a.example.com"); err != nil || *r != rec {
 		t.Errorf("GetCert = %+v, %v", r, err)
@@ -157,7 +161,8 @@ func TestClientSpeaksEveryRoute(t *testing.T) {
 		{"GET", PathPrefix + "health", ""},
 		{"PUT", PathPrefix + "tokens/a.example.com/T0k", `{"key_authorization":"T0k.thumb","ttl_seconds":600}`},
 		{"DELETE", PathPrefix + "tokens/a.example.com/T0k", ""},
-		{"GET", PathPrefix + "inventory", ""},
+		{"GET", PathPrefix + "inventory/entries?from=100&limit=50&offset=0", ""},
+		{"GET", PathPrefix + "inventory/digests?from=100&to=200&width=60", ""},
 		{"GET", PathPrefix + "certs/a.example.com", ""},
 		{"GET", PathPrefix + "certs/%2A.example.com", ""},
 		{"PUT", PathPrefix + "certs/a.example.com", string(mustJSON(t, rec))},
@@ -195,7 +200,7 @@ func mustJSON(t *testing.T, v any) []byte {
 func TestClientTurnsRefusalsIntoErrors(t *testing.T) {
 	srv, _ := fakePeer(t, map[string]http.HandlerFunc{
 		"PUT certs/a.example.com": reply(422, ErrorBody{Error: "the leaf does not cover a.example.com"}),
-		"GET inventory":           reply(500, ErrorBody{Error: "redis down"}),
+		"GET inventory/digests":   reply(500, ErrorBody{Error: "redis down"}),
 		"GET certs/big.example.com": func(w http.ResponseWriter, r *http.Request) {
 			w.Write([]byte(`{"fullchain":"` + strings.Repeat("x", MaxBody) + `"}`))
 		},
@@ -213,8 +218,8 @@ func TestClientTurnsRefusalsIntoErrors(t *testing.T) {
 	if !errors.As(err, &se) || se.Status != 422 || se.Peer != "b" || se.Message != "the leaf does not cover a.example.com" {
 		t.Errorf("PushCert refused: %v", err)
 	}
-	if _, err := c.Inventory(ctx); !errors.As(err, &se) || se.Status != 500 || !strings.Contains(err.Error(), "redis down") {
-		t.Errorf("Inventory with a 500: %v", err)
+	if _, err := c.Digests(ctx, 1, 0, 60); !errors.As(err, &se) || se.Status != 500 || !strings.Contains(err.Error(), "redis down") {
+		t.Errorf("Digests with a 500: %v", err)
 	}
 	if _, err := c.GetCert(ctx, "none.example.com"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetCert of a missing record: %v, want ErrNotFound", err)
@@ -236,7 +241,7 @@ func TestClientTurnsRefusalsIntoErrors(t *testing.T) {
 	// A peer that does not know this site answers 401.
 	other, _ := NewSigner("z", fleetSecret)
 	c.signer = other
-	if _, err := c.Inventory(ctx); !errors.As(err, &se) || se.Status != 401 {
+	if _, err := c.Digests(ctx, 1, 0, 60); !errors.As(err, &se) || se.Status != 401 {
 		t.Errorf("unknown site: %v, want 401", err)
 	}
 }

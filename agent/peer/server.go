@@ -11,7 +11,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
+	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -24,8 +25,8 @@ import (
 // holder that dies blocks the name for a bounded time whatever it asked for.
 const MaxLeaseTTL = 300 * time.Second
 
-// Timeouts and limits of the peer API's HTTPS server. An inventory answer
-// lists every certificate of the site; everything else is one record at most.
+// Timeouts and limits of the peer API's HTTPS server. Every answer is one
+// record or one inventory page at most.
 const (
 	serverReadHeaderTimeout = 10 * time.Second
 	serverReadTimeout       = 30 * time.Second
@@ -60,6 +61,8 @@ type ServerConfig struct {
 type Server struct {
 	cfg   ServerConfig
 	peers map[string]bool
+
+	mux *http.ServeMux
 
 	mu  sync.Mutex
 	srv *http.Server
@@ -96,7 +99,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.System{}
 	}
-	return &Server{cfg: cfg, peers: peers}, nil
+	srv := &Server{cfg: cfg, peers: peers}
+	srv.mux = srv.routes()
+	return srv, nil
 }
 
 // Start serves the API over HTTPS (TLS 1.2 and later) on addr with the
@@ -166,6 +171,7 @@ type exchange struct {
 	r    *http.Request
 	site string // as claimed until verified
 	now  time.Time
+	body []byte // read in full before the signature is checked
 }
 
 // ServeHTTP answers one request of the peer API. Nothing is written to the
@@ -203,7 +209,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x.refuse(http.StatusUnauthorized, "replayed", ErrReplayed)
 		return
 	}
-	x.route(body)
+	x.body = body
+	x.route()
 }
 
 // authReason is the short reason a refused signature is answered with: enough
@@ -221,67 +228,107 @@ func authReason(err error) string {
 	}
 }
 
-// route checks the path and the method and calls the handler. Paths are
-// split before their segments are unescaped, so an escaped '/' cannot
-// change the route; names must then be in normal form, tokens valid.
-func (x *exchange) route(body []byte) {
-	rest, ok := strings.CutPrefix(x.r.URL.EscapedPath(), PathPrefix)
-	if !ok {
+// routes is the peer API: every pattern of docs/peers.md. Go's ServeMux
+// matches the escaped path segment by segment before it unescapes the
+// wildcards, so an escaped '/' cannot change the route; names must then be in
+// normal form and tokens valid, which the handlers check. The patterns
+// ending in {$} catch an empty name or token, a malformed request rather
+// than an unknown path.
+func (s *Server) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	handle := func(pattern string, h func(x *exchange)) {
+		mux.HandleFunc(pattern, func(_ http.ResponseWriter, r *http.Request) {
+			x := r.Context().Value(exchangeKey{}).(*exchange)
+			x.r = r // with the path's wildcards
+			h(x)
+		})
+	}
+	const p = PathPrefix
+	handle("GET "+p+"health", (*exchange).health)
+	handle("GET "+p+"inventory/digests", (*exchange).digests)
+	handle("GET "+p+"inventory/entries", (*exchange).entries)
+	handle("PUT "+p+"tokens/{name}/{token}", withToken((*exchange).putToken))
+	handle("DELETE "+p+"tokens/{name}/{token}", withToken((*exchange).deleteToken))
+	handle(p+"tokens/{name}/{$}", func(x *exchange) { x.refuse(http.StatusBadRequest, "malformed token", nil) })
+	handle("GET "+p+"certs/{name}", withName(true, (*exchange).getCert))
+	handle("PUT "+p+"certs/{name}", withName(true, (*exchange).putCert))
+	handle("DELETE "+p+"certs/{name}", withName(true, (*exchange).deleteCert))
+	handle("POST "+p+"leases/{name}", withName(true, (*exchange).takeLease))
+	handle("PUT "+p+"leases/{name}", withName(true, (*exchange).extendLease))
+	handle("DELETE "+p+"leases/{name}", withName(true, (*exchange).releaseLease))
+	for _, empty := range []string{"certs/{$}", "leases/{$}"} {
+		handle(p+empty, func(x *exchange) { x.refuse(http.StatusBadRequest, "the name is not in normal form", nil) })
+	}
+	return mux
+}
+
+// exchangeKey carries the verified exchange from ServeHTTP to the handler
+// the ServeMux picked.
+type exchangeKey struct{}
+
+// route hands a verified request to its handler, and answers an unknown
+// path (404) or method (405, with Allow) as a refusal, in JSON and logged,
+// like every other one. A path that is not clean is unknown: the ServeMux
+// would redirect it, and a redirected request is not signed for its target.
+func (x *exchange) route() {
+	r := x.r
+	if p := r.URL.EscapedPath(); path.Clean(p) != p && path.Clean(p)+"/" != p {
 		x.refuse(http.StatusNotFound, "no such path", nil)
 		return
 	}
-	segs := strings.Split(rest, "/")
-	for i, seg := range segs {
-		v, err := url.PathUnescape(seg)
-		if err != nil {
-			x.refuse(http.StatusBadRequest, "malformed path", err)
+	h, pattern := x.s.mux.Handler(r)
+	// The ServeMux would redirect ".../certs" to ".../certs/".
+	redirect := strings.HasSuffix(pattern, "/{$}") && !strings.HasSuffix(r.URL.EscapedPath(), "/")
+	if pattern == "" || redirect {
+		probe := &statusProbe{header: http.Header{}}
+		if !redirect {
+			h.ServeHTTP(probe, r)
+		}
+		if probe.status == http.StatusMethodNotAllowed {
+			x.w.Header().Set("Allow", probe.header.Get("Allow"))
+			x.refuse(http.StatusMethodNotAllowed, "method not allowed", nil)
 			return
 		}
-		segs[i] = v
-	}
-	var allowed []string
-	switch {
-	case len(segs) == 1 && segs[0] == "health":
-		allowed = []string{http.MethodGet}
-	case len(segs) == 1 && segs[0] == "inventory":
-		allowed = []string{http.MethodGet}
-	case len(segs) == 3 && segs[0] == "tokens":
-		allowed = []string{http.MethodPut, http.MethodDelete}
-	case len(segs) == 2 && segs[0] == "certs":
-		allowed = []string{http.MethodGet, http.MethodPut, http.MethodDelete}
-	case len(segs) == 2 && segs[0] == "leases":
-		allowed = []string{http.MethodPost, http.MethodPut, http.MethodDelete}
-	default:
 		x.refuse(http.StatusNotFound, "no such path", nil)
 		return
 	}
-	if !slices.Contains(allowed, x.r.Method) {
-		x.w.Header().Set("Allow", strings.Join(allowed, ", "))
-		x.refuse(http.StatusMethodNotAllowed, "method not allowed", nil)
-		return
-	}
-	if len(segs) > 1 {
-		if err := checkName(segs[1], segs[0] != "tokens"); err != nil {
+	x.s.mux.ServeHTTP(x.w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
+}
+
+// statusProbe records what the ServeMux answers a request it has no
+// handler for, so that the refusal can be written in the API's own form.
+type statusProbe struct {
+	header http.Header
+	status int
+}
+
+func (p *statusProbe) Header() http.Header         { return p.header }
+func (p *statusProbe) Write(b []byte) (int, error) { return len(b), nil }
+func (p *statusProbe) WriteHeader(status int)      { p.status = status }
+
+// withName checks the {name} of the path (wildcard: "*." allowed) before h.
+func withName(wildcard bool, h func(x *exchange, name string)) func(*exchange) {
+	return func(x *exchange) {
+		name := x.r.PathValue("name")
+		if err := checkName(name, wildcard); err != nil {
 			x.refuse(http.StatusBadRequest, "the name is not in normal form", err)
 			return
 		}
+		h(x, name)
 	}
-	switch segs[0] {
-	case "health":
-		x.health()
-	case "inventory":
-		x.inventory()
-	case "tokens":
-		if err := checkToken(segs[2]); err != nil {
+}
+
+// withToken checks the {name} (no wildcard: tokens are for exact names) and
+// the {token} of the path before h.
+func withToken(h func(x *exchange, name, token string)) func(*exchange) {
+	return withName(false, func(x *exchange, name string) {
+		token := x.r.PathValue("token")
+		if err := checkToken(token); err != nil {
 			x.refuse(http.StatusBadRequest, "malformed token", err)
 			return
 		}
-		x.token(segs[1], segs[2], body)
-	case "certs":
-		x.cert(segs[1], body)
-	case "leases":
-		x.lease(segs[1], body)
-	}
+		h(x, name, token)
+	})
 }
 
 func (x *exchange) health() {
@@ -293,42 +340,99 @@ func (x *exchange) health() {
 	x.answer(http.StatusOK, Health{Site: x.s.cfg.Site, Time: x.now.Unix(), Certificates: total})
 }
 
-func (x *exchange) inventory() {
-	ctx := x.r.Context()
-	certs, err := x.s.cfg.Store.Inventory(ctx)
+// digests answers the sums of the certificates in windows of the expiry
+// index (inventory.go).
+func (x *exchange) digests() {
+	from, to, ok := x.timeRange()
+	if !ok {
+		return
+	}
+	width, ok := x.queryInt("width", 1, 1<<40)
+	if !ok {
+		return
+	}
+	windows, err := x.s.cfg.Store.InventoryDigests(x.r.Context(), from, to, width)
+	switch {
+	case errors.Is(err, store.ErrTooManyWindows):
+		x.refuse(http.StatusBadRequest, "too many windows: ask for a wider width or a shorter range", nil)
+		return
+	case err != nil:
+		x.fail(err)
+		return
+	}
+	x.answer(http.StatusOK, InventoryDigests{Site: x.s.cfg.Site, Width: width, Windows: windowDigests(windows)})
+}
+
+// entries answers a page of the certificates and tombstones of a range of
+// the expiry index.
+func (x *exchange) entries() {
+	from, to, ok := x.timeRange()
+	if !ok {
+		return
+	}
+	offset, ok := x.queryInt("offset", 0, 1<<40)
+	if !ok {
+		return
+	}
+	limit, ok := x.queryInt("limit", 1, MaxInventoryPage)
+	if !ok {
+		return
+	}
+	ctx, st := x.r.Context(), x.s.cfg.Store
+	certs, moreCerts, err := st.InventoryPage(ctx, from, to, offset, limit)
 	if err != nil {
 		x.fail(err)
 		return
 	}
-	tombs, err := x.s.cfg.Store.Tombstones(ctx, x.now)
+	tombs, moreTombs, err := st.TombstonesPage(ctx, max(from, x.now.Unix()), to, offset, limit)
 	if err != nil {
 		x.fail(err)
 		return
 	}
-	inv := Inventory{Site: x.s.cfg.Site,
+	page := InventoryPage{Site: x.s.cfg.Site, More: moreCerts || moreTombs,
 		Certificates: make([]InventoryEntry, 0, len(certs)), Tombstones: make([]Tombstone, 0, len(tombs))}
 	for _, c := range certs {
-		inv.Certificates = append(inv.Certificates, InventoryEntry{Name: c.Name, Names: c.Names,
+		page.Certificates = append(page.Certificates, InventoryEntry{Name: c.Name, Names: c.Names,
 			Fingerprint: c.Fingerprint, NotBefore: c.NotBefore.Unix(), NotAfter: c.NotAfter.Unix()})
 	}
 	for _, t := range tombs {
-		inv.Tombstones = append(inv.Tombstones, Tombstone{Name: t.Name, Fingerprint: t.Fingerprint, Until: t.Until.Unix()})
+		page.Tombstones = append(page.Tombstones, Tombstone{Name: t.Name, Fingerprint: t.Fingerprint, Until: t.Until.Unix()})
 	}
-	x.answer(http.StatusOK, inv)
+	x.answer(http.StatusOK, page)
 }
 
-func (x *exchange) token(name, token string, body []byte) {
-	ctx := x.r.Context()
-	if x.r.Method == http.MethodDelete {
-		if err := x.s.cfg.Store.DeleteToken(ctx, name, token); err != nil {
-			x.fail(err)
-			return
-		}
-		x.answer(http.StatusNoContent, nil)
-		return
+// timeRange reads from (required) and to (optional, 0: no end) of an
+// inventory query, in Unix seconds.
+func (x *exchange) timeRange() (from, to int64, ok bool) {
+	if from, ok = x.queryInt("from", 0, 1<<40); !ok {
+		return 0, 0, false
 	}
+	if !x.r.URL.Query().Has("to") {
+		return from, 0, true
+	}
+	if to, ok = x.queryInt("to", from+1, 1<<40); !ok {
+		return 0, 0, false
+	}
+	return from, to, true
+}
+
+// queryInt reads one integer query parameter within [lo, hi].
+func (x *exchange) queryInt(key string, lo, hi int64) (int64, bool) {
+	raw, ok := x.queryValue(key)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || n < lo || n > hi {
+		x.refuse(http.StatusBadRequest, fmt.Sprintf("%s must be an integer from %d to %d", key, lo, hi), nil)
+		return 0, false
+	}
+	return n, true
+}
+
+func (x *exchange) putToken(name, token string) {
 	var push TokenPush
-	if !x.decode(body, &push) {
+	if !x.decode(&push) {
 		return
 	}
 	if err := checkKeyAuthorization(token, push.KeyAuthorization); err != nil {
@@ -340,7 +444,7 @@ func (x *exchange) token(name, token string, body []byte) {
 		return
 	}
 	ttl := capSeconds(push.TTLSeconds, MaxTokenTTL)
-	if err := x.s.cfg.Store.PutTokenFor(ctx, name, token, push.KeyAuthorization, ttl); err != nil {
+	if err := x.s.cfg.Store.PutTokenFor(x.r.Context(), name, token, push.KeyAuthorization, ttl); err != nil {
 		x.fail(err)
 		return
 	}
@@ -348,96 +452,124 @@ func (x *exchange) token(name, token string, body []byte) {
 	x.answer(http.StatusNoContent, nil)
 }
 
-func (x *exchange) cert(name string, body []byte) {
-	ctx := x.r.Context()
-	switch x.r.Method {
-	case http.MethodGet:
-		rec, err := x.s.cfg.Store.GetCert(ctx, name)
-		switch {
-		case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCorrupt):
-			// Not a refusal: the peer asks whether this site holds one.
-			x.answer(http.StatusNotFound, ErrorBody{Error: "no certificate for " + name})
-		case err != nil:
-			x.fail(err)
-		default:
-			x.answer(http.StatusOK, RecordOf(rec))
-		}
-	case http.MethodPut:
-		var r Record
-		if !x.decode(body, &r) {
-			return
-		}
-		res, err := Accept(ctx, x.s.cfg.Store, name, r, x.now)
-		switch {
-		case errors.Is(err, ErrInvalidRecord):
-			x.refuse(http.StatusUnprocessableEntity, err.Error(), nil)
-			return
-		case err != nil:
-			x.fail(err)
-			return
-		}
-		if res.Stored {
-			x.s.cfg.Logger.Info("stored a certificate from a peer site", "site", x.site, "name", name)
-		}
-		x.answer(http.StatusOK, res)
-	case http.MethodDelete:
-		fingerprint, ok := x.queryValue("fingerprint")
-		if !ok {
-			return
-		}
-		if len(fingerprint) != 64 || strings.Trim(fingerprint, "0123456789abcdef") != "" {
-			x.refuse(http.StatusBadRequest, "the fingerprint is not 64 lowercase hex digits", nil)
-			return
-		}
-		deleted, err := x.s.cfg.Store.DeleteCertIfFingerprint(ctx, name, fingerprint)
-		if err != nil {
-			x.fail(err)
-			return
-		}
-		x.s.cfg.Logger.Info("a peer site deleted a certificate", "site", x.site, "name", name,
-			"fingerprint", fingerprint, "held", deleted)
-		x.answer(http.StatusOK, DeleteResult{Deleted: deleted})
+func (x *exchange) deleteToken(name, token string) {
+	if err := x.s.cfg.Store.DeleteToken(x.r.Context(), name, token); err != nil {
+		x.fail(err)
+		return
+	}
+	x.answer(http.StatusNoContent, nil)
+}
+
+func (x *exchange) getCert(name string) {
+	rec, err := x.s.cfg.Store.GetCert(x.r.Context(), name)
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCorrupt):
+		// Not a refusal: the peer asks whether this site holds one.
+		x.answer(http.StatusNotFound, ErrorBody{Error: "no certificate for " + name})
+	case err != nil:
+		x.fail(err)
+	default:
+		x.answer(http.StatusOK, RecordOf(rec))
 	}
 }
 
-func (x *exchange) lease(name string, body []byte) {
-	ctx := x.r.Context()
-	if x.r.Method == http.MethodDelete {
-		holder, ok := x.queryValue("holder")
-		if !ok || !x.checkHolder(holder) {
-			return
-		}
-		if err := x.s.cfg.Store.ReleaseLease(ctx, name, holder); err != nil {
-			x.fail(err)
-			return
-		}
-		x.answer(http.StatusNoContent, nil)
+func (x *exchange) putCert(name string) {
+	var r Record
+	if !x.decode(&r) {
 		return
 	}
+	res, err := Accept(x.r.Context(), x.s.cfg.Store, name, r, x.now)
+	switch {
+	case errors.Is(err, ErrInvalidRecord):
+		x.refuse(http.StatusUnprocessableEntity, err.Error(), nil)
+		return
+	case err != nil:
+		x.fail(err)
+		return
+	}
+	if res.Stored {
+		x.s.cfg.Logger.Info("stored a certificate from a peer site", "site", x.site, "name", name)
+	}
+	x.answer(http.StatusOK, res)
+}
+
+func (x *exchange) deleteCert(name string) {
+	fingerprint, ok := x.queryValue("fingerprint")
+	if !ok {
+		return
+	}
+	if len(fingerprint) != 64 || strings.Trim(fingerprint, "0123456789abcdef") != "" {
+		x.refuse(http.StatusBadRequest, "the fingerprint is not 64 lowercase hex digits", nil)
+		return
+	}
+	deleted, err := x.s.cfg.Store.DeleteCertIfFingerprint(x.r.Context(), name, fingerprint)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	x.s.cfg.Logger.Info("a peer site deleted a certificate", "site", x.site, "name", name,
+		"fingerprint", fingerprint, "held", deleted)
+	x.answer(http.StatusOK, DeleteResult{Deleted: deleted})
+}
+
+func (x *exchange) takeLease(name string) {
+	x.leaseWith(name, x.s.cfg.Store.TakeLease)
+}
+
+func (x *exchange) extendLease(name string) {
+	x.leaseWith(name, x.s.cfg.Store.ExtendLease)
+}
+
+// leaseWith takes or extends the lease on name for the holder of the body.
+// A conflict names the site that holds the name, so that sites racing for a
+// new name can tell who gives way (lease.go).
+func (x *exchange) leaseWith(name string, op func(ctx context.Context, name, holder string, ttl time.Duration) error) {
 	var req LeaseRequest
-	if !x.decode(body, &req) || !x.checkHolder(req.Holder) {
+	if !x.decode(&req) || !x.checkHolder(req.Holder) {
 		return
 	}
 	if req.TTLSeconds < 1 {
 		x.refuse(http.StatusBadRequest, "ttl_seconds must be positive", nil)
 		return
 	}
-	ttl := capSeconds(req.TTLSeconds, MaxLeaseTTL)
-	var err error
-	if x.r.Method == http.MethodPost {
-		err = x.s.cfg.Store.TakeLease(ctx, name, req.Holder, ttl)
-	} else {
-		err = x.s.cfg.Store.ExtendLease(ctx, name, req.Holder, ttl)
-	}
+	ctx := x.r.Context()
+	err := op(ctx, name, req.Holder, capSeconds(req.TTLSeconds, MaxLeaseTTL))
 	switch {
 	case errors.Is(err, store.ErrLockHeld), errors.Is(err, store.ErrLockLost):
 		// Not a refusal of the request: the name is someone else's now.
-		x.answer(http.StatusConflict, LeaseResult{Error: "the name is leased to another holder"})
+		x.answer(http.StatusConflict, LeaseResult{Error: "the name is leased to another holder",
+			HolderSite: x.holderSite(ctx, name)})
 	case err != nil:
 		x.fail(err)
 	default:
 		x.answer(http.StatusOK, LeaseResult{Granted: true})
 	}
+}
+
+// holderSite is the site whose agent holds name's lease here: the site part
+// of a peer's "<site>/<random>" holder, this site for one of its own agents,
+// "" when nobody holds it any more (or Redis does not say).
+func (x *exchange) holderSite(ctx context.Context, name string) string {
+	holder, err := x.s.cfg.Store.LeaseHolder(ctx, name)
+	if err != nil || holder == "" {
+		return ""
+	}
+	if site, _, ok := strings.Cut(holder, "/"); ok {
+		return site
+	}
+	return x.s.cfg.Site
+}
+
+func (x *exchange) releaseLease(name string) {
+	holder, ok := x.queryValue("holder")
+	if !ok || !x.checkHolder(holder) {
+		return
+	}
+	if err := x.s.cfg.Store.ReleaseLease(x.r.Context(), name, holder); err != nil {
+		x.fail(err)
+		return
+	}
+	x.answer(http.StatusNoContent, nil)
 }
 
 // capSeconds is seconds as a duration, at most limit. It compares before it
@@ -472,8 +604,8 @@ func (x *exchange) queryValue(key string) (string, bool) {
 	return vals[0], true
 }
 
-func (x *exchange) decode(body []byte, v any) bool {
-	if err := json.Unmarshal(body, v); err != nil {
+func (x *exchange) decode(v any) bool {
+	if err := json.Unmarshal(x.body, v); err != nil {
 		x.refuse(http.StatusBadRequest, "the body is not the expected JSON", err)
 		return false
 	}

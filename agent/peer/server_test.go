@@ -219,10 +219,16 @@ func TestServerAnswersEveryRoute(t *testing.T) {
 	if status := h.call(http.MethodGet, "certs/b.example.com", nil, &missing); status != http.StatusNotFound || missing.Error == "" {
 		t.Errorf("GET of a certificate not held: %d %+v", status, missing)
 	}
-	var inv Inventory
-	if status := h.call(http.MethodGet, "inventory", nil, &inv); status != http.StatusOK || inv.Site != "a" ||
-		len(inv.Certificates) != 1 || inv.Tombstones == nil {
+	var inv InventoryPage
+	entries := "inventory/entries?from=" + strconv.FormatInt(now.Unix(), 10) + "&offset=0&limit=10"
+	if status := h.call(http.MethodGet, entries, nil, &inv); status != http.StatusOK || inv.Site != "a" ||
+		len(inv.Certificates) != 1 || inv.Tombstones == nil || inv.More {
 		t.Fatalf("inventory: %d %+v", status, inv)
+	}
+	var digests InventoryDigests
+	if status := h.call(http.MethodGet, "inventory/digests?from=0&width=1", nil, &digests); status != http.StatusOK ||
+		len(digests.Windows) != 1 || digests.Windows[0].Count != 1 || digests.Windows[0].Start != inv.Certificates[0].NotAfter {
+		t.Fatalf("digests: %d %+v", status, digests)
 	}
 	if e := inv.Certificates[0]; e.Name != "a.example.com" || e.Fingerprint != fp || len(e.Names) != 2 ||
 		e.NotBefore != now.Add(-time.Hour).Unix() || e.NotAfter != now.Add(-time.Hour+90*24*time.Hour).Unix() {
@@ -239,8 +245,8 @@ func TestServerAnswersEveryRoute(t *testing.T) {
 	if h.rdb.Exists(ctx, h.st.Keys().Cert("a.example.com"), h.st.Keys().Cert("www.a.example.com")).Val() != 0 {
 		t.Error("the certificate survived its deletion")
 	}
-	inv = Inventory{}
-	h.call(http.MethodGet, "inventory", nil, &inv)
+	inv = InventoryPage{}
+	h.call(http.MethodGet, entries, nil, &inv)
 	if len(inv.Certificates) != 0 || len(inv.Tombstones) != 1 || inv.Tombstones[0].Fingerprint != fp ||
 		inv.Tombstones[0].Name != "a.example.com" || inv.Tombstones[0].Until != now.Add(-time.Hour+90*24*time.Hour).Unix() {
 		t.Errorf("inventory after the delete: %+v", inv)
@@ -298,8 +304,8 @@ func TestClientAndServerAgree(t *testing.T) {
 	if got, err := c.GetCert(ctx, "*.example.com"); err != nil || got.FullChain == "" {
 		t.Fatalf("GetCert: %v", err)
 	}
-	if inv, err := c.Inventory(ctx); err != nil || len(inv.Certificates) != 1 {
-		t.Fatalf("Inventory: %+v, %v", inv, err)
+	if inv, err := c.Entries(ctx, time.Now().Unix(), 0, 0, 10); err != nil || len(inv.Certificates) != 1 {
+		t.Fatalf("Entries: %+v, %v", inv, err)
 	}
 	if ok, err := c.TakeLease(ctx, "*.example.com", "b/1", time.Minute); err != nil || !ok {
 		t.Fatalf("TakeLease: %v, %v", ok, err)
@@ -490,8 +496,9 @@ func TestServerLeases(t *testing.T) {
 	}
 	owner := h.rdb.Get(ctx, lockKey).Val()
 	var lease LeaseResult
-	if status := h.call(http.MethodPost, "leases/a.example.com", LeaseRequest{Holder: "b/1", TTLSeconds: 60}, &lease); status != http.StatusConflict || lease.Granted {
-		t.Errorf("POST while a local agent holds it: %d %+v", status, lease)
+	if status := h.call(http.MethodPost, "leases/a.example.com", LeaseRequest{Holder: "b/1", TTLSeconds: 60}, &lease); status != http.StatusConflict ||
+		lease.Granted || lease.HolderSite != "a" {
+		t.Errorf("POST while a local agent holds it: %d %+v, want 409 naming this site", status, lease)
 	}
 	if status := h.call(http.MethodPut, "leases/a.example.com", LeaseRequest{Holder: "b/1", TTLSeconds: 60}, nil); status != http.StatusConflict {
 		t.Errorf("PUT of a lease not held: %d", status)
@@ -511,8 +518,9 @@ func TestServerLeases(t *testing.T) {
 	}
 	c, _ := NewSigner("c", apiSecret)
 	body, _ := json.Marshal(LeaseRequest{Holder: "c/1", TTLSeconds: 60})
-	if status, _ := h.send(h.request(http.MethodPost, PathPrefix+"leases/a.example.com", body, c, time.Now())); status != http.StatusConflict {
-		t.Errorf("POST by another site while b holds it: %d", status)
+	status, answer := h.send(h.request(http.MethodPost, PathPrefix+"leases/a.example.com", body, c, time.Now()))
+	if err := json.Unmarshal(answer, &lease); status != http.StatusConflict || err != nil || lease.HolderSite != "b" {
+		t.Errorf("POST by another site while b holds it: %d %s, want 409 naming b", status, answer)
 	}
 	for _, tc := range []struct {
 		method, path string

@@ -215,104 +215,18 @@ func (f *Fleet) fanOut(ctx context.Context, c store.Change) {
 	}
 }
 
-// SyncNow exchanges inventories with every peer once: it applies each
-// peer's tombstones here, and pulls each certificate a peer holds that is
-// missing here or newer than the one held here, unless it was deleted here.
-// It records the outcome in the peer state and returns what failed.
+// SyncNow exchanges inventories with every peer once (inventory.go): it
+// applies each peer's tombstones here, and pulls each certificate a peer
+// holds that is missing here or newer than the one held here, unless it was
+// deleted here. It records the outcome in the peer state and returns what
+// failed.
 func (f *Fleet) SyncNow(ctx context.Context) error {
 	now := f.cfg.Clock.Now()
-	dead, err := f.cfg.Store.Tombstones(ctx, now)
-	if err != nil {
-		return fmt.Errorf("exchanging inventories: %w", err)
-	}
-	deadHere := make(map[string]bool, len(dead))
-	for _, t := range dead {
-		deadHere[t.Fingerprint+":"+t.Name] = true
-	}
 	// Each call to a peer inside notes its own outcome: a failure to store
 	// here must not mark the peer down.
 	errs := parallel(ctx, f.peers, func(ctx context.Context, _ int, p *peerConn) error {
-		return f.syncWith(ctx, p, deadHere, now)
+		return f.syncWith(ctx, p, now)
 	})
 	f.saveStates(ctx)
 	return errors.Join(errs...)
-}
-
-// syncWith exchanges inventories with one peer. deadHere holds this site's
-// tombstones as "fingerprint:name"; it is only read.
-func (f *Fleet) syncWith(ctx context.Context, p *peerConn, deadHere map[string]bool, now time.Time) error {
-	st, log, id := f.cfg.Store, f.cfg.Logger, p.client.ID()
-	inv, err := p.client.Inventory(ctx)
-	f.note(ctx, p, err)
-	if err != nil {
-		return err
-	}
-	var failed []error
-	for _, t := range inv.Tombstones {
-		if deadHere[t.Fingerprint+":"+t.Name] || t.Until < now.Unix() {
-			continue
-		}
-		deleted, err := st.DeleteCertIfFingerprint(ctx, t.Name, t.Fingerprint)
-		if err != nil {
-			failed = append(failed, err)
-			continue
-		}
-		if deleted {
-			log.Info("deleted a certificate a peer site deleted", "name", t.Name, "peer", id, "fingerprint", t.Fingerprint)
-		}
-	}
-
-	var want []InventoryEntry
-	for _, e := range inv.Certificates {
-		if e.NotAfter > now.Unix() && !tombstonedIn(deadHere, e) {
-			want = append(want, e)
-		}
-	}
-	names := make([]string, len(want))
-	for i, e := range want {
-		names[i] = e.Name
-	}
-	held, err := st.HeldVersions(ctx, names)
-	if err != nil {
-		return fmt.Errorf("exchanging inventories with %s: %w", id, err)
-	}
-	var pulled int64
-	for i, e := range want {
-		// A missing or corrupt record is replaced by any valid one.
-		if h := held[i]; h.OK && (h.Fingerprint == e.Fingerprint || !h.NotBefore.Before(time.Unix(e.NotBefore, 0))) {
-			continue
-		}
-		r, err := p.client.GetCert(ctx, e.Name)
-		f.note(ctx, p, err)
-		if err != nil {
-			if !errors.Is(err, store.ErrNotFound) { // deleted there since
-				failed = append(failed, err)
-			}
-			continue
-		}
-		res, err := Accept(ctx, st, e.Name, *r, now)
-		if err != nil {
-			failed = append(failed, fmt.Errorf("pulling the certificate for %s from %s: %w", e.Name, id, err))
-			continue
-		}
-		if res.Stored {
-			pulled++
-			log.Info("pulled a certificate from a peer site", "name", e.Name, "peer", id, "fingerprint", e.Fingerprint)
-		}
-	}
-	p.count(pulled, 0, f.cfg.Clock.Now())
-	return errors.Join(failed...)
-}
-
-// tombstonedIn reports whether e was deleted here under any of its names.
-func tombstonedIn(deadHere map[string]bool, e InventoryEntry) bool {
-	if deadHere[e.Fingerprint+":"+e.Name] {
-		return true
-	}
-	for _, n := range e.Names {
-		if deadHere[e.Fingerprint+":"+n] {
-			return true
-		}
-	}
-	return false
 }

@@ -58,11 +58,38 @@ type Tombstone struct {
 	Until       int64  `json:"until"`
 }
 
-// Inventory answers GET /peer/v1/inventory.
-type Inventory struct {
+// MaxInventoryPage bounds the certificates (and, apart, the tombstones) of
+// one inventory page: about 250 bytes each, so a page stays under 1 MB.
+const MaxInventoryPage = 2000
+
+// WindowDigest sums up the certificates a site holds whose not-after falls
+// in [Start, Start+width): their count, and the XOR of a truncated SHA-256
+// of each one's name and not-after, in hex. Two sites holding the same
+// certificates there answer the same.
+type WindowDigest struct {
+	Start  int64  `json:"start"`
+	Count  int64  `json:"count"`
+	Digest string `json:"digest"`
+}
+
+// InventoryDigests answers GET /peer/v1/inventory/digests?from=F&to=T&width=W
+// (to is optional: no end): the windows of W seconds that hold a
+// certificate, in order.
+type InventoryDigests struct {
+	Site    string         `json:"site"`
+	Width   int64          `json:"width"`
+	Windows []WindowDigest `json:"windows"`
+}
+
+// InventoryPage answers GET /peer/v1/inventory/entries?from=F&to=T&offset=O&limit=L:
+// the certificates whose not-after falls in [F, T), and the tombstones
+// that expire there, each list skipping its first O and holding at most L.
+// More is true while either list goes on.
+type InventoryPage struct {
 	Site         string           `json:"site"`
 	Certificates []InventoryEntry `json:"certificates"`
 	Tombstones   []Tombstone      `json:"tombstones"`
+	More         bool             `json:"more"`
 }
 
 // LeaseRequest is the body of POST (take) and PUT (extend)
@@ -78,6 +105,9 @@ type LeaseRequest struct {
 type LeaseResult struct {
 	Granted bool   `json:"granted"`
 	Error   string `json:"error,omitempty"`
+	// HolderSite names, with a 409, the site whose agent holds the name
+	// there ("" when unknown).
+	HolderSite string `json:"holder_site,omitempty"`
 }
 
 // ErrorBody is the body of every 4xx and 5xx answer.

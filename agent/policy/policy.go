@@ -35,7 +35,7 @@ func ParsePolicy(rules []string) (*Policy, error) {
 			if err != nil {
 				return nil, err
 			}
-			if parent, ok := names.WildcardParent(canonical); ok {
+			if parent, ok := names.CutWildcard(canonical); ok {
 				p.suffixes = append(p.suffixes, "."+parent)
 			} else {
 				p.exact[canonical] = true

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -20,45 +22,147 @@ type InventoryEntry struct {
 	NotAfter    time.Time
 }
 
-// inventoryPage is how many names one round trip of Inventory reads.
+// inventoryPage is how many names one round trip of the inventory reads.
 const inventoryPage = 500
 
-// Inventory lists every stored certificate under its primary name, walking
-// the expiry index a page at a time with one pipelined HMGET of the fields
-// it needs per page. It costs O(n) and does not block Redis; a certificate
-// written or deleted meanwhile may be missed or seen in its old state, which
-// the next exchange repairs. Missing and corrupt records are left out, and
-// so are index entries whose record is now a copy of another certificate
-// (that one is listed under its own primary name).
-func (s *Store) Inventory(ctx context.Context) ([]InventoryEntry, error) {
-	var out []InventoryEntry
-	seen := map[string]bool{}
-	for start := int64(0); ; start += inventoryPage {
-		page, err := s.rdb.ZRange(ctx, s.keys.Expiry(), start, start+inventoryPage-1).Result()
-		if err != nil {
-			return nil, fmt.Errorf("listing the certificates: %w", err)
-		}
-		cmds := make([]*redis.SliceCmd, len(page))
-		_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, name := range page {
-				cmds[i] = p.HMGet(ctx, s.keys.Cert(name), "names", "fingerprint", "not_before", "not_after")
+// MaxInventoryWindows bounds the windows one InventoryDigests call returns,
+// so an answer stays small whatever width a caller asks for.
+const MaxInventoryWindows = 4096
+
+// ErrTooManyWindows is returned when the certificates spread over more than
+// MaxInventoryWindows windows of the width asked for.
+var ErrTooManyWindows = errors.New("the certificates spread over too many windows")
+
+// InventoryWindow sums up the certificates whose not-after falls in
+// [Start, Start+width): how many, and a digest of their names and
+// not-afters that two sites holding the same certificates compute alike.
+type InventoryWindow struct {
+	Start  int64
+	Count  int64
+	Digest [16]byte
+}
+
+// InventoryDigests walks the expiry index from from (inclusive) to to
+// (exclusive; 0: no end), a page at a time, and sums it up in windows of
+// width seconds aligned on multiples of width; empty windows are left out.
+// It reads only the index (names and not-afters, never a record), so it
+// costs O(n) of Redis and O(windows) of memory. The digest is the XOR of
+// each entry's SHA-256 of name and not-after, truncated: it does not depend
+// on the order, and a renewal (a new not-after) changes it. A certificate
+// written meanwhile may be missed or counted twice; the next exchange sees it.
+func (s *Store) InventoryDigests(ctx context.Context, from, to, width int64) ([]InventoryWindow, error) {
+	if width < 1 {
+		return nil, fmt.Errorf("summing up the certificates: window width %d", width)
+	}
+	var out []InventoryWindow
+	err := s.walkExpiry(ctx, from, to, 0, 0, func(page []redis.Z) error {
+		for _, z := range page {
+			name, _ := z.Member.(string)
+			score := int64(z.Score)
+			start := score - score%width
+			if n := len(out); n == 0 || out[n-1].Start != start {
+				if n == MaxInventoryWindows {
+					return ErrTooManyWindows
+				}
+				out = append(out, InventoryWindow{Start: start})
 			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("listing the certificates: %w", err)
-		}
-		for i, cmd := range cmds {
-			// Entries move down the index while it is walked: one may show twice.
-			if e, ok := inventoryEntry(page[i], cmd.Val()); ok && !seen[e.Name] {
-				seen[e.Name] = true
-				out = append(out, e)
+			w := &out[len(out)-1]
+			w.Count++
+			sum := sha256.Sum256([]byte(name + "\x00" + strconv.FormatInt(score, 10)))
+			for i := range w.Digest {
+				w.Digest[i] ^= sum[i]
 			}
 		}
-		if len(page) < inventoryPage {
-			return out, nil
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("summing up the certificates: %w", err)
+	}
+	return out, nil
+}
+
+// InventoryPage lists at most limit certificates whose not-after falls in
+// [from, to) (to 0: no end), skipping the first offset index entries of that
+// range, with one pipelined HMGET of the fields it needs. more reports
+// whether the range goes on after this page. Missing and corrupt records are
+// left out, and so are index entries whose record is now a copy of another
+// certificate (that one is listed under its own primary name).
+func (s *Store) InventoryPage(ctx context.Context, from, to, offset, limit int64) (entries []InventoryEntry, more bool, err error) {
+	var names []string
+	err = s.walkExpiry(ctx, from, to, offset, limit+1, func(page []redis.Z) error {
+		for _, z := range page {
+			name, _ := z.Member.(string)
+			names = append(names, name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("listing the certificates: %w", err)
+	}
+	if more = int64(len(names)) > limit; more {
+		names = names[:limit]
+	}
+	cmds := make([]*redis.SliceCmd, len(names))
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, name := range names {
+			cmds[i] = p.HMGet(ctx, s.keys.Cert(name), "names", "fingerprint", "not_before", "not_after")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("listing the certificates: %w", err)
+	}
+	for i, cmd := range cmds {
+		if e, ok := inventoryEntry(names[i], cmd.Val()); ok {
+			entries = append(entries, e)
 		}
 	}
+	return entries, more, nil
+}
+
+// walkExpiry calls fn with the entries of the expiry index scored in
+// [from, to) (to 0: no end), in order, a page at a time, after skipping
+// offset of them and up to limit (0: all). It walks by rank from the first
+// entry at from, so each page costs O(log n + page) whatever the ties.
+func (s *Store) walkExpiry(ctx context.Context, from, to, offset, limit int64, fn func([]redis.Z) error) error {
+	rank, err := s.rdb.ZCount(ctx, s.keys.Expiry(), "-inf", "("+strconv.FormatInt(from, 10)).Result()
+	if err != nil {
+		return err
+	}
+	rank += offset
+	for seen := int64(0); limit == 0 || seen < limit; {
+		size := int64(inventoryPage)
+		if limit > 0 {
+			size = min(size, limit-seen)
+		}
+		page, err := s.rdb.ZRangeWithScores(ctx, s.keys.Expiry(), rank, rank+size-1).Result()
+		if err != nil {
+			return err
+		}
+		end := len(page)
+		if to != 0 {
+			for end > 0 && int64(page[end-1].Score) >= to {
+				end--
+			}
+		}
+		// An entry below from moved in meanwhile (the index is not frozen):
+		// it belongs to another range.
+		kept := page[:end]
+		for len(kept) > 0 && int64(kept[0].Score) < from {
+			kept = kept[1:]
+		}
+		if len(kept) > 0 {
+			if err := fn(kept); err != nil {
+				return err
+			}
+		}
+		seen += int64(len(kept))
+		rank += int64(len(page))
+		if int64(len(page)) < size || end < len(page) {
+			return nil
+		}
+	}
+	return nil
 }
 
 // inventoryEntry decodes the HMGET of names, fingerprint, not_before and

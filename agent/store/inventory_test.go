@@ -11,7 +11,7 @@ import (
 func TestInventoryListsEveryCertificateOnce(t *testing.T) {
 	st, r := newStore(t)
 	ctx := context.Background()
-	if inv, err := st.Inventory(ctx); err != nil || len(inv) != 0 {
+	if inv, err := allPages(ctx, st, 0); err != nil || len(inv) != 0 {
 		t.Fatalf("empty store: %v, %v", inv, err)
 	}
 	// More than a page, one of them with two names.
@@ -37,7 +37,7 @@ func TestInventoryListsEveryCertificateOnce(t *testing.T) {
 	r.Client.HSet(ctx, st.Keys().Cert("bad.example.com"), "names", "bad.example.com", "not_after", "soon")
 	r.Client.ZAdd(ctx, st.Keys().Expiry(), redisZ(base.Unix(), "bad.example.com"))
 
-	inv, err := st.Inventory(ctx)
+	inv, err := allPages(ctx, st, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,6 +54,75 @@ func TestInventoryListsEveryCertificateOnce(t *testing.T) {
 			t.Errorf("%s: %+v, want %+v", e.Name, e, rec)
 		}
 		delete(want, e.Name)
+	}
+}
+
+// allPages reads every certificate from from on, a page of 97 at a time.
+func allPages(ctx context.Context, st *Store, from int64) ([]InventoryEntry, error) {
+	var out []InventoryEntry
+	for offset := int64(0); ; offset += 97 {
+		page, more, err := st.InventoryPage(ctx, from, 0, offset, 97)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, page...)
+		if !more {
+			return out, nil
+		}
+	}
+}
+
+func TestInventoryDigestsSumUpWindows(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	add := func(s *Store, name string, notAfter int64) {
+		t.Helper()
+		if err := s.rdb.ZAdd(ctx, s.keys.Expiry(), redisZ(notAfter, name)).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Ties at one second, more than a page of them, and spread entries.
+	for i := range inventoryPage + 10 {
+		add(st, "tie"+strconv.Itoa(i)+".example.com", 1000)
+	}
+	for i := range 50 {
+		add(st, "n"+strconv.Itoa(i)+".example.com", 1000+int64(i)*100)
+	}
+	got, err := st.InventoryDigests(ctx, 1000, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Windows [1000,2000), ..., [5000,6000): 10 entries each, and the ties.
+	if len(got) != 5 || got[0].Start != 1000 || got[0].Count != inventoryPage+10+10 || got[4].Start != 5000 || got[4].Count != 10 {
+		t.Fatalf("windows %+v", got)
+	}
+	// From and to cut the range; a window is aligned on its width.
+	part, err := st.InventoryDigests(ctx, 1500, 3000, 1000)
+	if err != nil || len(part) != 2 || part[0].Start != 1000 || part[0].Count != 5 || part[1].Count != 10 {
+		t.Fatalf("part: %+v, %v", part, err)
+	}
+	// Another store with the same entries, written in another order, sums
+	// up alike; one renewal (a new not-after) changes one window.
+	other := New(r.Client, Keys{Prefix: "other:"})
+	for i := 49; i >= 0; i-- {
+		add(other, "n"+strconv.Itoa(i)+".example.com", 1000+int64(i)*100)
+	}
+	for i := range inventoryPage + 10 {
+		add(other, "tie"+strconv.Itoa(i)+".example.com", 1000)
+	}
+	same, _ := other.InventoryDigests(ctx, 1000, 0, 1000)
+	if len(same) != len(got) || same[0] != got[0] || same[4] != got[4] {
+		t.Fatalf("the same entries sum up differently: %+v, %+v", same, got)
+	}
+	add(other, "n33.example.com", 4301)
+	renewed, _ := other.InventoryDigests(ctx, 1000, 0, 1000)
+	for i := range renewed {
+		if (renewed[i] == got[i]) == (i == 3) {
+			t.Errorf("window %d after a renewal in it: %+v, before %+v", i, renewed[i], got[i])
+		}
+	}
+	if _, err := st.InventoryDigests(ctx, 0, 0, 0); err == nil {
+		t.Error("a width of 0 was accepted")
 	}
 }
 

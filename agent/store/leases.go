@@ -3,7 +3,10 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Leases held by a named holder: a peer site asks this site for the lease on
@@ -36,4 +39,17 @@ func (s *Store) ExtendLease(ctx context.Context, name, holder string, ttl time.D
 // otherwise.
 func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
 	return s.release(ctx, name, holder)
+}
+
+// LeaseHolder returns who holds the lease on name: a peer site's
+// "<site>/<random>", a local agent's owner id, or "" when nobody does.
+func (s *Store) LeaseHolder(ctx context.Context, name string) (string, error) {
+	holder, err := s.rdb.Get(ctx, s.keys.Lock(name)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading who holds the lease on %s: %w", name, err)
+	}
+	return holder, nil
 }

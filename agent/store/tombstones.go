@@ -84,6 +84,32 @@ func (s *Store) Tombstones(ctx context.Context, now time.Time) ([]Tombstone, err
 	if err != nil {
 		return nil, fmt.Errorf("reading the tombstones: %w", err)
 	}
+	return tombstonesOf(zs), nil
+}
+
+// TombstonesPage lists at most limit tombstones whose certificates expire in
+// [from, to) (to 0: no end), soonest first, after skipping offset of them;
+// more reports whether the range goes on.
+func (s *Store) TombstonesPage(ctx context.Context, from, to, offset, limit int64) (out []Tombstone, more bool, err error) {
+	stop := "+inf"
+	if to != 0 {
+		stop = "(" + strconv.FormatInt(to, 10)
+	}
+	zs, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+		Key: s.keys.Tombstones(), Start: strconv.FormatInt(from, 10), Stop: stop, ByScore: true,
+		Offset: offset, Count: limit + 1,
+	}).Result()
+	if err != nil {
+		return nil, false, fmt.Errorf("reading the tombstones: %w", err)
+	}
+	if more = int64(len(zs)) > limit; more {
+		zs = zs[:limit]
+	}
+	return tombstonesOf(zs), more, nil
+}
+
+// tombstonesOf decodes the members of the tombstones set with their scores.
+func tombstonesOf(zs []redis.Z) []Tombstone {
 	out := make([]Tombstone, 0, len(zs))
 	for _, z := range zs {
 		member, _ := z.Member.(string)
@@ -93,5 +119,5 @@ func (s *Store) Tombstones(ctx context.Context, now time.Time) ([]Tombstone, err
 		}
 		out = append(out, Tombstone{Name: name, Fingerprint: fingerprint, Until: time.Unix(int64(z.Score), 0).UTC()})
 	}
-	return out, nil
+	return out
 }

@@ -61,6 +61,12 @@ func main() {
 		err = first(os.Args[2:])
 	case "first-report":
 		err = firstReport(os.Args[2:])
+	case "peers-seed":
+		err = peersSeed(os.Args[2:])
+	case "peers-serve":
+		err = peersServe(os.Args[2:])
+	case "peers-catchup":
+		err = peersCatchup(os.Args[2:])
 	case "lego":
 		err = legoBaseline(os.Args[2:])
 	default:
@@ -80,6 +86,9 @@ func usage() {
   certagent-bench first [flags]  for each of M new names, the time from its first ClientHello to a served
                                  certificate that verifies for it (retrying after the fallback)
   certagent-bench first-report FILE   a table of first's JSON results in FILE (one a line)
+  certagent-bench peers-seed [flags]     store certificates through the agent's store (as orders do)
+  certagent-bench peers-serve [flags]    answer the peer API of one site
+  certagent-bench peers-catchup [flags]  exchange inventories with a peers-serve site until in step, and report
   certagent-bench lego [flags]   the baseline of bulk issuance: N orders at once through bare lego (acme/api)
 Run either with -h for its flags.`)
 	os.Exit(2)
@@ -120,6 +129,11 @@ func newCA() (*x509.Certificate, *ecdsa.PrivateKey, []byte, error) {
 // leafFor makes an ECDSA P-256 leaf for name signed by the CA; the chain is
 // the leaf then the CA, as an ACME CA's chain has an intermediate.
 func leafFor(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM []byte) (certKey, error) {
+	return leafValid(name, ca, caKey, caPEM, time.Now().Add(-time.Hour), time.Now().Add(7*24*time.Hour))
+}
+
+// leafValid is leafFor valid from notBefore to notAfter.
+func leafValid(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM []byte, notBefore, notAfter time.Time) (certKey, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return certKey{}, err
@@ -128,12 +142,12 @@ func leafFor(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM [
 	if err != nil {
 		return certKey{}, err
 	}
-	notAfter := time.Now().Add(7 * 24 * time.Hour).Truncate(time.Second)
+	notAfter = notAfter.Truncate(time.Second)
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: name},
 		DNSNames:     []string{name},
-		NotBefore:    time.Now().Add(-time.Hour),
+		NotBefore:    notBefore,
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},

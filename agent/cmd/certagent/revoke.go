@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
@@ -59,6 +60,21 @@ func parseReason(s string) (uint, error) {
 	return 0, fmt.Errorf("unknown revocation reason %q (want %s)", s, reasonNames())
 }
 
+// revokeAtCA revokes rec with this site's account, and when the CA answers
+// that this account did not order it (another site's did: each site has its
+// own account, docs/peers.md), with the certificate's own key.
+func revokeAtCA(ctx context.Context, revoker manager.Revoker, rec *store.CertRecord, reason uint) error {
+	err := revoker.Revoke(ctx, []byte(rec.FullChain), reason)
+	byKey, ok := revoker.(manager.CertKeyRevoker)
+	if err == nil || !ok || !acmeclient.NotThisAccounts(err) {
+		return err
+	}
+	if keyErr := byKey.RevokeWithCertKey(ctx, []byte(rec.FullChain), []byte(rec.Key), reason); keyErr != nil {
+		return fmt.Errorf("%w; then with the certificate's key: %w", err, keyErr)
+	}
+	return nil
+}
+
 type revokeView struct {
 	Name     string    `json:"name"`
 	Serial   string    `json:"serial"`
@@ -101,7 +117,7 @@ func revokeAction(c *cli.Context) error {
 		return cli.Exit(fmt.Sprintf("certagent revoke: the certificate for %s was issued by %s, which is not among the configured directories (--%s, --%s)",
 			args[0], ca, flagDirectory, flagFallbacks), exitFailed)
 	}
-	if err := revoker.Revoke(ctx, []byte(rec.FullChain), reason); err != nil {
+	if err := revokeAtCA(ctx, revoker, rec, reason); err != nil {
 		return cli.Exit(fmt.Sprintf("certagent revoke: revoking certificate for %s: %v", args[0], err), exitFailed)
 	}
 	events.Emit(ctx, telemetry.Event{Type: telemetry.EventRevoked, Name: args[0], Names: rec.Names,

@@ -1,0 +1,269 @@
+package peer
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/certagent/certagent/agent/store"
+)
+
+// How an inventory exchange narrows down what differs (docs/peers.md). Both
+// sites sum up their certificates by not-after in windows of topWidth
+// seconds (about 12 days: a few dozen windows, a few KB, for any number of
+// certificates); a window whose sums differ is split in windowSplit
+// narrower ones, until it holds at most listBelow certificates (or is one
+// second wide), and then it is listed, a page of listPage at a time.
+const (
+	topWidth    = 1 << 20
+	windowSplit = 16
+	listBelow   = 1000
+	listPage    = 1000
+	// pullWorkers is how many certificates are fetched from one peer at
+	// once: enough to keep a link busy, few enough for a peer's Redis.
+	pullWorkers = 8
+)
+
+// windowDigests is the store's windows as they travel.
+func windowDigests(windows []store.InventoryWindow) []WindowDigest {
+	out := make([]WindowDigest, len(windows))
+	for i, w := range windows {
+		out[i] = WindowDigest{Start: w.Start, Count: w.Count, Digest: hex.EncodeToString(w.Digest[:])}
+	}
+	return out
+}
+
+// inventoryRun is one inventory exchange with one peer: what it found and did.
+type inventoryRun struct {
+	f   *Fleet
+	p   *peerConn
+	now time.Time
+
+	listed  atomic.Int64 // entries the peer listed
+	pulled  atomic.Int64 // certificates stored here
+	deleted atomic.Int64 // certificates deleted here by the peer's tombstones
+	windows int64        // windows listed
+
+	mu       sync.Mutex
+	failed   []error // the first maxReported failures
+	failures int
+}
+
+// maxReported bounds the failures one exchange keeps to report: a peer
+// that fails every pull must not fill the memory with errors.
+const maxReported = 5
+
+func (r *inventoryRun) fail(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.failures++
+	if len(r.failed) < maxReported {
+		r.failed = append(r.failed, err)
+	}
+}
+
+// syncWith exchanges inventories with one peer: it compares the sums of the
+// two sites' certificates window by window, lists the windows that differ,
+// applies the peer's tombstones there and pulls the certificates that are
+// missing here or newer than the ones held here, unless they were deleted
+// here. Memory stays within a few pages, whatever the number of
+// certificates; one summary is logged.
+func (f *Fleet) syncWith(ctx context.Context, p *peerConn, now time.Time) error {
+	started := time.Now()
+	r := &inventoryRun{f: f, p: p, now: now}
+	err := r.compare(ctx, now.Unix(), 0, topWidth)
+	if err != nil {
+		r.fail(err)
+	}
+	p.count(r.pulled.Load(), 0, f.cfg.Clock.Now())
+	level := f.cfg.Logger.Debug
+	if r.pulled.Load() > 0 || r.deleted.Load() > 0 || r.failures > 0 {
+		level = f.cfg.Logger.Info
+	}
+	level("exchanged inventories with a peer site", "peer", p.client.ID(), "windows_listed", r.windows,
+		"entries_listed", r.listed.Load(), "pulled", r.pulled.Load(), "deleted", r.deleted.Load(),
+		"failed", r.failures, "took", time.Since(started).Round(time.Millisecond))
+	if r.failures > len(r.failed) {
+		r.failed = append(r.failed, fmt.Errorf("and %d more failures", r.failures-len(r.failed)))
+	}
+	return errors.Join(r.failed...)
+}
+
+// compare compares the windows of width seconds in [from, to) (to 0: no
+// end) of both sites, and goes into each one that differs.
+func (r *inventoryRun) compare(ctx context.Context, from, to, width int64) error {
+	remote, err := r.p.client.Digests(ctx, from, to, width)
+	r.f.note(ctx, r.p, err)
+	if err != nil {
+		return err
+	}
+	local, err := r.f.cfg.Store.InventoryDigests(ctx, from, to, width)
+	if err != nil {
+		return fmt.Errorf("exchanging inventories with %s: %w", r.p.client.ID(), err)
+	}
+	for _, w := range differing(remote.Windows, windowDigests(local)) {
+		wFrom, wTo := max(w.Start, from), w.Start+width
+		if to != 0 {
+			wTo = min(wTo, to)
+		}
+		if w.Count <= listBelow || width == 1 {
+			err = r.list(ctx, wFrom, wTo)
+		} else {
+			err = r.compare(ctx, wFrom, wTo, max(width/windowSplit, 1))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// differing returns the windows whose sums differ, by start, with the
+// peer's count (0 when only this site holds certificates there: the peer
+// may still hold tombstones for them).
+func differing(remote, local []WindowDigest) []WindowDigest {
+	var out []WindowDigest
+	i, j := 0, 0
+	for i < len(remote) || j < len(local) {
+		switch {
+		case j == len(local) || i < len(remote) && remote[i].Start < local[j].Start:
+			out = append(out, remote[i])
+			i++
+		case i == len(remote) || local[j].Start < remote[i].Start:
+			out = append(out, WindowDigest{Start: local[j].Start})
+			j++
+		default:
+			if remote[i] != local[j] {
+				out = append(out, remote[i])
+			}
+			i++
+			j++
+		}
+	}
+	return out
+}
+
+// list reads the peer's entries in [from, to) a page at a time and applies
+// each page.
+func (r *inventoryRun) list(ctx context.Context, from, to int64) error {
+	r.windows++
+	for offset := int64(0); ; offset += listPage {
+		page, err := r.p.client.Entries(ctx, from, to, offset, listPage)
+		r.f.note(ctx, r.p, err)
+		if err != nil {
+			return err
+		}
+		r.listed.Add(int64(len(page.Certificates) + len(page.Tombstones)))
+		if err := r.apply(ctx, page); err != nil {
+			return err
+		}
+		if !page.More {
+			return nil
+		}
+	}
+}
+
+// apply applies one page of a peer's inventory here: its tombstones, then
+// its certificates. Only a failure of this site's store stops the exchange;
+// a certificate that cannot be pulled is counted as failed.
+func (r *inventoryRun) apply(ctx context.Context, page *InventoryPage) error {
+	st, log, id := r.f.cfg.Store, r.f.cfg.Logger, r.p.client.ID()
+	for _, t := range page.Tombstones {
+		if t.Until < r.now.Unix() {
+			continue
+		}
+		if dead, err := st.Tombstoned(ctx, t.Fingerprint, t.Name); err != nil || dead {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		deleted, err := st.DeleteCertIfFingerprint(ctx, t.Name, t.Fingerprint)
+		if err != nil {
+			return err
+		}
+		if deleted {
+			r.deleted.Add(1)
+			log.Debug("deleted a certificate a peer site deleted", "name", t.Name, "peer", id, "fingerprint", t.Fingerprint)
+		}
+	}
+	want, err := r.wanted(ctx, page.Certificates)
+	if err != nil {
+		return err
+	}
+	r.pull(ctx, want)
+	return nil
+}
+
+// wanted returns the entries of a page to pull: valid now, missing here or
+// newer than the record held, and not deleted here under any of their names.
+func (r *inventoryRun) wanted(ctx context.Context, entries []InventoryEntry) ([]InventoryEntry, error) {
+	st := r.f.cfg.Store
+	names := make([]string, len(entries))
+	for i, e := range entries {
+		names[i] = e.Name
+	}
+	held, err := st.HeldVersions(ctx, names)
+	if err != nil {
+		return nil, fmt.Errorf("exchanging inventories with %s: %w", r.p.client.ID(), err)
+	}
+	var want []InventoryEntry
+	for i, e := range entries {
+		// A missing or corrupt record is replaced by any valid one.
+		if h := held[i]; e.NotAfter <= r.now.Unix() ||
+			h.OK && (h.Fingerprint == e.Fingerprint || !h.NotBefore.Before(time.Unix(e.NotBefore, 0))) {
+			continue
+		}
+		dead, err := st.Tombstoned(ctx, e.Fingerprint, append([]string{e.Name}, e.Names...)...)
+		if err != nil {
+			return nil, fmt.Errorf("exchanging inventories with %s: %w", r.p.client.ID(), err)
+		}
+		if !dead {
+			want = append(want, e)
+		}
+	}
+	return want, nil
+}
+
+// pull fetches and stores the entries, pullWorkers at a time.
+func (r *inventoryRun) pull(ctx context.Context, entries []InventoryEntry) {
+	next := make(chan InventoryEntry)
+	var wg sync.WaitGroup
+	for range min(pullWorkers, len(entries)) {
+		wg.Go(func() {
+			for e := range next {
+				r.pullOne(ctx, e)
+			}
+		})
+	}
+	for _, e := range entries {
+		next <- e
+	}
+	close(next)
+	wg.Wait()
+}
+
+func (r *inventoryRun) pullOne(ctx context.Context, e InventoryEntry) {
+	id := r.p.client.ID()
+	rec, err := r.p.client.GetCert(ctx, e.Name)
+	r.f.note(ctx, r.p, err)
+	if err != nil {
+		if !errors.Is(err, store.ErrNotFound) { // deleted there since
+			r.fail(err)
+		}
+		return
+	}
+	res, err := Accept(ctx, r.f.cfg.Store, e.Name, *rec, r.now)
+	if err != nil {
+		r.fail(fmt.Errorf("pulling the certificate for %s from %s: %w", e.Name, id, err))
+		return
+	}
+	if res.Stored {
+		r.pulled.Add(1)
+		r.f.cfg.Logger.Debug("pulled a certificate from a peer site", "name", e.Name, "peer", id, "fingerprint", e.Fingerprint)
+	}
+}
