@@ -37,6 +37,13 @@ func killScenario(t *testing.T, agents, allowed, denied int, spread, killEvery, 
 	kills := 0
 	stop := make(chan struct{})
 	killerDone := make(chan struct{})
+	// Stopped on every path: a failure below must not leave the killer
+	// restarting agents (and logging) after the test has returned.
+	stopKiller := sync.OnceFunc(func() {
+		close(stop)
+		<-killerDone
+	})
+	defer stopKiller()
 	go func() {
 		defer close(killerDone)
 		for i := 0; ; i++ {
@@ -62,8 +69,7 @@ func killScenario(t *testing.T, agents, allowed, denied int, spread, killEvery, 
 		}
 	}
 	took := s.waitAllStored(t, st, want, limit)
-	close(stop)
-	<-killerDone
+	stopKiller()
 	waitDrained(t, s.redis.Client, st.Keys().Requests(), limit)
 
 	for _, n := range refused {

@@ -185,7 +185,7 @@ func TestRevokedAndDeletedCertificatesStopBeingServed(t *testing.T) {
 	}
 
 	out, errOut, code := s.cli(t, "revoke", "--reason", "keyCompromise", "revoke.example.test")
-	if code != 0 || !strings.Contains(out, "revoked   revoke.example.test") {
+	if code != 0 || !strings.Contains(out, "revoked   revoke.example.test") || !strings.Contains(out, "signed_with=account") {
 		t.Fatalf("revoke exited %d: %s%s", code, out, errOut)
 	}
 	if out, errOut, code = s.cli(t, "delete", "delete.example.test"); code != 0 || !strings.Contains(out, "deleted   delete.example.test") {

@@ -5,9 +5,9 @@ package e2e
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"math/rand/v2"
 	"syscall"
 	"testing"
 	"time"
@@ -17,7 +17,7 @@ import (
 
 // The status series of names judged in nginx (lua/certagent/stats.lua).
 const (
-	metricJudged  = "certagent_nginx_judged_total"       // {reason}: neither recorded nor held
+	metricJudged  = "certagent_nginx_judged_total"        // {reason}: neither recorded nor held
 	metricSkipped = "certagent_nginx_waits_skipped_total" // {reason="no_agent"}
 )
 

@@ -353,6 +353,10 @@ func TestRevokeAtAnotherSite(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "revoked   "+name) {
 		t.Fatalf("revoke at site a exited %d: %s%s", code, out, errOut)
 	}
+	// The operator learns that this site's account could not do it.
+	if !strings.Contains(out, "signed_with=certificate-key") {
+		t.Errorf("revoke at site a does not say the certificate's key signed it:\n%s", out)
+	}
 	if status, reason := f.pebble.CertStatus(t, rec.Serial); status != "Revoked" || reason != 1 {
 		t.Errorf("Pebble reports %s (reason %d), want Revoked (1)", status, reason)
 	}

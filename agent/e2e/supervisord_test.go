@@ -80,8 +80,20 @@ func TestSupervisordOnAPlainHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	reaped := make(chan struct{})
+	go func() {
+		exited <- cmd.Wait()
+		close(reaped)
+	}()
 	t.Cleanup(func() {
+		// supervisord puts each program in a process group of its own:
+		// killing its group would leave nginx, Redis and the agent
+		// running. Until Wait has reaped supervisord its pid is not reused.
+		select {
+		case <-reaped:
+		default:
+			testenv.KillTree(cmd.Process.Pid)
+		}
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		if t.Failed() {
 			out, _ := os.ReadFile(logPath)

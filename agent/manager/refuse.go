@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 
 	"github.com/certagent/certagent/agent/names"
@@ -40,9 +41,17 @@ func (c *Consumer) requested(ctx context.Context, req store.Request, name string
 // under that form, the key nginx reads for it; otherwise nginx could not
 // have recorded it and there is nothing to mark.
 func (c *Consumer) refuseInvalid(ctx context.Context, log *slog.Logger, req store.Request, cause error) {
+	if req.NoName {
+		// Not an empty name: no name at all (another writer's entry).
+		cause = errNoNameField
+	}
 	key, err := names.NormalizeLDH(req.Name)
 	if err != nil {
 		key = ""
 	}
 	c.refuse(ctx, log, req, key, store.RefusedInvalid, cause.Error())
 }
+
+// errNoNameField is why an entry of the requests stream without a name
+// field is refused.
+var errNoNameField = errors.New("the requests stream entry has no name field")

@@ -402,8 +402,19 @@ func TestIssueFallsBackToTheNextCA(t *testing.T) {
 	}
 }
 
+// endingIssuer counts the orders that have returned.
+type endingIssuer struct {
+	*fakeIssuer
+	ended atomic.Int64
+}
+
+func (e *endingIssuer) Obtain(ctx context.Context, names []string) (*acmeclient.Certificate, error) {
+	defer e.ended.Add(1)
+	return e.fakeIssuer.Obtain(ctx, names)
+}
+
 func TestRenewerRunStopsWhenItsContextEnds(t *testing.T) {
-	issuer := &fakeIssuer{lifetime: time.Hour}
+	issuer := &endingIssuer{fakeIssuer: &fakeIssuer{lifetime: time.Hour}}
 	_, st, _ := newTestManager(t, issuer)
 	m := New(Config{Store: st, Issuer: issuer, Logger: quietLogger()})
 	ctx := context.Background()
@@ -411,26 +422,46 @@ func TestRenewerRunStopsWhenItsContextEnds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Renewal is due at once under a clock three quarters into the lifetime.
-	r := NewRenewer(RenewerConfig{Manager: m, Clock: fixedClock(rec.NotAfter.Add(-15 * time.Minute)), Interval: 50 * time.Millisecond})
+	// From now on an order takes half a second: the renewal below is still
+	// running when Run's context ends, and cancelled after its grace.
+	issuer.delay = 500 * time.Millisecond
+	// Renewal is due at once under a clock three quarters into the lifetime;
+	// a failed one is tried again after RetryBase.
+	r := NewRenewer(RenewerConfig{Manager: m, Clock: fixedClock(rec.NotAfter.Add(-15 * time.Minute)),
+		Interval: 50 * time.Millisecond, RetryBase: 10 * time.Millisecond, ShutdownGrace: 100 * time.Millisecond})
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	done := make(chan error, 1)
-	go func() { done <- r.Run(runCtx) }()
-	waitFor(t, "the running scheduler to renew a due certificate", func() bool { return issuer.orders.Load() >= 2 })
+	stopped := make(chan error, 1)
+	go func() { stopped <- r.Run(runCtx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for issuer.orders.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the running scheduler did not renew a due certificate")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Run returns once the running renewal is cancelled after the grace ...
 	stop()
 	select {
-	case err := <-done:
+	case err := <-stopped:
 		if err != nil {
 			t.Fatalf("Run: %v", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after its context ended")
+		t.Fatal("Run did not return: the running renewal was not cancelled after the grace")
 	}
-	// The certificate stays due under the fixed clock: a scheduler still
-	// running would order it again within its 50 ms interval.
+	if started, ended := issuer.orders.Load(), issuer.ended.Load(); ended != started {
+		t.Errorf("Run returned with %d of %d renewals still running", started-ended, started)
+	}
+	// ... and nothing runs after it: a certificate stored now (by another
+	// agent) is as due as the first, and a live scheduler would see it
+	// within its Interval and renew it.
+	other := New(Config{Store: st, Issuer: &fakeIssuer{lifetime: time.Hour}, Logger: quietLogger()})
 	orders := issuer.orders.Load()
-	time.Sleep(300 * time.Millisecond)
+	if _, err := other.Issue(ctx, []string{"h.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * (50 * time.Millisecond))
 	if n := issuer.orders.Load(); n != orders {
 		t.Errorf("%d orders after Run returned, want none", n-orders)
 	}

@@ -185,25 +185,33 @@ func TestRenewedCertificateReachesEveryWorker(t *testing.T) {
 	// Two workers, and a cache_ttl far beyond the test: only the changes
 	// stream can bring the renewed certificate.
 	e := startWith(t, testenv.NginxOptions{WorkerProcesses: 2, LuaConfig: map[string]string{"cache_ttl": "3600"}})
-	old := newLeaf(t, "first issue", []string{"renew.example.test"}, time.Now().Add(24*time.Hour))
-	e.store("renew.example.test", old)
-	for i := 0; i < 10; i++ {
-		if got := e.mustHandshake("renew.example.test"); !got.Equal(old.cert) {
-			t.Fatalf("served %q, want the first certificate", got.Subject.CommonName)
+	// Both workers: 20 handshakes in a row get the renewal.
+	e.renewalReachesEveryWorker("renew.example.test", 10, 20)
+}
+
+// renewalReachesEveryWorker stores a certificate for name, makes warm
+// handshakes of it (into the workers' caches), stores a renewal and waits
+// until inARow handshakes in a row get the renewal.
+func (e *env) renewalReachesEveryWorker(name string, warm, inARow int) {
+	e.t.Helper()
+	old := newLeaf(e.t, "first issue", []string{name}, time.Now().Add(24*time.Hour))
+	e.store(name, old)
+	for i := 0; i < warm; i++ {
+		if got := e.mustHandshake(name); !got.Equal(old.cert) {
+			e.t.Fatalf("served %q, want the first certificate", got.Subject.CommonName)
 		}
 	}
-	renewed := newLeaf(t, "renewal", []string{"renew.example.test"}, time.Now().Add(48*time.Hour))
-	e.store("renew.example.test", renewed)
+	renewed := newLeaf(e.t, "renewal", []string{name}, time.Now().Add(48*time.Hour))
+	e.store(name, renewed)
 	either := func(cn string) bool { return cn == "first issue" || cn == "renewal" }
-	// Both workers: 20 handshakes in a row get the renewal.
-	inARow := 0
-	e.servedLoop("renew.example.test", "the renewed certificate from every worker", either, func(cn string) bool {
+	got := 0
+	e.servedLoop(name, "the renewed certificate from every worker", either, func(cn string) bool {
 		if cn != "renewal" {
-			inARow = 0
+			got = 0
 			return false
 		}
-		inARow++
-		return inARow >= 20
+		got++
+		return got >= inARow
 	})
 }
 

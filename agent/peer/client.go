@@ -29,6 +29,9 @@ const (
 	maxPageAnswer = 4 * MaxBody
 )
 
+// errAnswerTooLarge is a peer's answer over the size a call takes.
+var errAnswerTooLarge = errors.New("the answer is too large")
+
 // StatusError is a peer's answer with a 4xx or 5xx status.
 type StatusError struct {
 	Peer    string // the peer site's id
@@ -326,7 +329,7 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any, lim
 		return fmt.Errorf("reading the answer: %w", err)
 	}
 	if int64(len(answer)) > limit {
-		return fmt.Errorf("the answer is over %d bytes", limit)
+		return fmt.Errorf("%w: over %d bytes", errAnswerTooLarge, limit)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		se := &StatusError{Peer: c.id, Method: method, Path: strings.SplitN(path, "?", 2)[0], Status: resp.StatusCode}

@@ -148,11 +148,16 @@ func differing(remote, local []WindowDigest) []WindowDigest {
 }
 
 // list reads the peer's entries in [from, to) a page at a time and applies
-// each page.
+// each page. A page over the answer limit (certificates with many long
+// names) is asked again half as long, down to one entry.
 func (r *inventoryRun) list(ctx context.Context, from, to int64) error {
 	r.windows++
-	for offset := int64(0); ; offset += listPage {
-		page, err := r.p.client.Entries(ctx, from, to, offset, listPage)
+	for offset, limit := int64(0), int64(listPage); ; offset += limit {
+		page, err := r.p.client.Entries(ctx, from, to, offset, limit)
+		for errors.Is(err, errAnswerTooLarge) && limit > 1 {
+			limit /= 2
+			page, err = r.p.client.Entries(ctx, from, to, offset, limit)
+		}
 		r.f.note(ctx, r.p, err)
 		if err != nil {
 			return err

@@ -155,3 +155,36 @@ func TestDifferingWindows(t *testing.T) {
 		t.Errorf("the same windows differ: %v", got)
 	}
 }
+
+// TestInventoryPagesOfManyNamedCertificatesFitTheAnswerLimit: certificates
+// with a hundred long names each, expiring in the same second, make a page
+// of listPage entries larger than a client takes at once. The exchange
+// still brings them over, in smaller pages, rather than failing on that
+// window at every exchange.
+func TestInventoryPagesOfManyNamedCertificatesFitTheAnswerLimit(t *testing.T) {
+	watchdog(t, 3*time.Minute)
+	ctx := context.Background()
+	sites := startSites(t, func(c *Config) { c.SyncInterval = time.Hour }, "a", "b")
+	a, b := sites["a"], sites["b"]
+	now := time.Now()
+	ca := testCA(t, now)
+	label := strings.Repeat("x", 60)
+	const certs, perCert = 220, 100
+	var primaries []string
+	for i := range certs {
+		names := make([]string, perCert)
+		for j := range names {
+			names[j] = fmt.Sprintf("%s.%s.%s.s%03d-%03d.example.com", label, label, label, i, j)
+		}
+		a.store(t, issuedBy(t, ca, now.Add(-time.Hour), names...))
+		primaries = append(primaries, names[0])
+	}
+	if err := b.fleet.SyncNow(ctx); err != nil {
+		t.Fatalf("exchange at b: %v", err)
+	}
+	for _, name := range primaries {
+		if !b.holds(name, "") {
+			t.Fatalf("b misses %s after the exchange", name)
+		}
+	}
+}

@@ -37,8 +37,8 @@ type Lease struct {
 
 // How sites racing for one name settle it: a site that is refused, and does
 // not give way, asks the refusing peers again after a random pause of
-// raceRetryMin to raceRetryMax, until raceFor has passed since its first
-// request. Long enough for the sites that give way to release what they
+// raceRetryMin to raceRetryMax, until raceFor has passed since the first
+// round's answers. Long enough for the sites that give way to release what they
 // got; short enough that the first visitors still get the certificate
 // within a first handshake's wait.
 const (
@@ -77,8 +77,15 @@ func (f *Fleet) Lease(ctx context.Context, name string) (*Lease, error) {
 	l := &Lease{f: f, name: name, holder: f.cfg.Site + "/" + hex.EncodeToString(raw[:]),
 		taken: time.Now(), done: make(chan struct{})}
 	ask := f.peers
+	// The race window runs from the first answers: a first round that
+	// waited out the timeout of a peer that is down must not use it up
+	// before the sites that give way have released the name.
+	var raceStart time.Time
 	for {
 		r := l.ask(ctx, ask)
+		if raceStart.IsZero() {
+			raceStart = time.Now()
+		}
 		l.granted = append(l.granted, r.got...)
 		l.unsure = append(l.unsure, r.failed...)
 		// A peer that did not answer in time may have granted it all the
@@ -91,7 +98,7 @@ func (f *Fleet) Lease(ctx context.Context, name string) (*Lease, error) {
 			return l, nil
 		}
 		yield := l.givesWay(r.holders)
-		if yield || len(r.refused) == 0 || time.Since(l.taken) >= raceFor || !sleepRandom(ctx, raceRetryMin, raceRetryMax) {
+		if yield || len(r.refused) == 0 || time.Since(raceStart) >= raceFor || !sleepRandom(ctx, raceRetryMin, raceRetryMax) {
 			return nil, l.shortOfQuorum(ctx, r, short, yield)
 		}
 		ask = r.refused
@@ -142,6 +149,17 @@ func (l *Lease) givesWay(holders map[string]int) bool {
 // shortOfQuorum releases what the lease got and says why it fell short.
 func (l *Lease) shortOfQuorum(ctx context.Context, r leaseRound, short, yield bool) error {
 	f := l.f
+	// The peers that did not answer are released apart: one that is down
+	// would otherwise keep this call, and so the caller's own lease on the
+	// name, for a whole timeout, past the race window of the site that
+	// wins it.
+	unsure := l.unsure
+	l.unsure = nil
+	go func() {
+		cctx, cancel := f.cleanupContext(ctx)
+		defer cancel()
+		l.releaseAt(cctx, unsure)
+	}()
 	cctx, cancel := f.cleanupContext(ctx)
 	defer cancel()
 	if err := l.Release(cctx); err != nil {
@@ -159,7 +177,7 @@ func (l *Lease) shortOfQuorum(ctx context.Context, r leaseRound, short, yield bo
 		causes = append(causes, ErrGaveWay)
 	}
 	return fmt.Errorf("leasing %s across sites: %d of %d sites granted it, %d %s%s: %w",
-		l.name, len(l.granted)+1, len(f.peers)+1, f.quorum, why, naming("refused by", r.refused, "not reached", l.unsure),
+		l.name, len(l.granted)+1, len(f.peers)+1, f.quorum, why, naming("refused by", r.refused, "not reached", unsure),
 		errors.Join(causes...))
 }
 
@@ -305,8 +323,13 @@ func (l *Lease) isHeld() bool {
 // and stops KeepAlive.
 func (l *Lease) Release(ctx context.Context) error {
 	l.once.Do(func() { close(l.done) })
-	errs := l.f.each(ctx, slices.Concat(l.granted, l.unsure), func(ctx context.Context, _ int, p *peerConn) error {
+	errs := l.releaseAt(ctx, slices.Concat(l.granted, l.unsure))
+	return errors.Join(errs[:len(l.granted)]...)
+}
+
+// releaseAt gives the lease up at peers, all at once.
+func (l *Lease) releaseAt(ctx context.Context, peers []*peerConn) []error {
+	return l.f.each(ctx, peers, func(ctx context.Context, _ int, p *peerConn) error {
 		return p.client.ReleaseLease(ctx, l.name, l.holder)
 	})
-	return errors.Join(errs[:len(l.granted)]...)
 }

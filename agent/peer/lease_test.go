@@ -111,10 +111,10 @@ func TestLeaseKeepAliveAndRelease(t *testing.T) {
 		defer close(kept)
 		lease.KeepAlive(kctx, func(err error) { lostCalls <- err })
 	}()
-	time.Sleep(5 * time.Second) // past the 3 s TTL
+	waitExtendedAt(t, "k.example.com", b, c)
 	for _, s := range []*testSite{b, c} {
 		if got := holderAt(s, "k.example.com"); got != lease.Holder() {
-			t.Errorf("after the TTL, %s holds %q, want %s", s.id, got, lease.Holder())
+			t.Errorf("after an extension, %s holds %q, want %s", s.id, got, lease.Holder())
 		}
 	}
 	if _, err := b.fleet.Lease(ctx, "k.example.com"); !errors.Is(err, ErrNoQuorum) {
@@ -367,4 +367,49 @@ func TestLeaseThreeSitesRacingSettleOnOne(t *testing.T) {
 		}
 	}
 	t.Logf("winners: %v", winners)
+}
+
+// TestLeaseRaceSettlesWithASiteUnanswering: of three sites, c takes longer
+// than the peer timeout to answer (a host gone, its packets dropped), and a
+// and b ask for the same name at once. The first round of each lasts the
+// whole timeout, longer than the race window; a, the lower id, still asks
+// b again once b has given way, and wins, rather than both giving up and
+// leaving the name to --reclaim-idle.
+func TestLeaseRaceSettlesWithASiteUnanswering(t *testing.T) {
+	watchdog(t, 2*time.Minute)
+	ctx := context.Background()
+	sites := startSites(t, func(c *Config) { c.Timeout = raceFor + 500*time.Millisecond }, "a", "b", "c")
+	a, b, c := sites["a"], sites["b"], sites["c"]
+	c.api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // never answers within the caller's timeout
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	})
+	for round := range 3 {
+		name := fmt.Sprintf("unanswered%d.example.com", round)
+		racers := []*testSite{a, b}
+		leases := make([]*Lease, len(racers))
+		errs := make([]error, len(racers))
+		var wg sync.WaitGroup
+		for i, s := range racers {
+			wg.Go(func() {
+				local, err := s.st.AcquireLock(ctx, name, store.LockTTL)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				leases[i], errs[i] = s.fleet.Lease(ctx, name)
+				if errs[i] != nil {
+					local.Release(ctx)
+				}
+			})
+		}
+		wg.Wait()
+		if leases[0] == nil || leases[1] != nil {
+			t.Fatalf("round %d: a won %v, b won %v (%v); want a alone", round, leases[0] != nil, leases[1] != nil, errs)
+		}
+		leases[0].Release(ctx)
+		a.rdb.Del(ctx, a.st.Keys().Lock(name))
+	}
 }

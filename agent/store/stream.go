@@ -16,12 +16,15 @@ type Request struct {
 	ID   string // stream entry ID
 	Name string // as nginx wrote it; the consumer normalizes it again
 	Node string // the nginx host that saw the name
+	// NoName says the entry has no name field (nginx always writes one):
+	// Name is then empty, and no name anyone asked for.
+	NoName bool
 }
 
 func requestOf(m redis.XMessage) Request {
-	name, _ := m.Values["name"].(string)
+	name, ok := m.Values["name"].(string)
 	node, _ := m.Values["node"].(string)
-	return Request{ID: m.ID, Name: cleanField(name), Node: cleanField(node)}
+	return Request{ID: m.ID, Name: cleanField(name), Node: cleanField(node), NoName: !ok}
 }
 
 // maxField is the longest stream field kept as it is: a host name of 253

@@ -472,6 +472,17 @@ function _M.invalidate(rec)
     lru:delete(rec)
 end
 
+-- forget drops rec from this worker's LRU only: the worker that read the
+-- changes entry has dropped it from the rest (invalidate).
+function _M.forget(rec)
+    lru:delete(rec)
+end
+
+-- forget_all empties this worker's LRU only (flush did the rest).
+function _M.forget_all()
+    lru:flush_all()
+end
+
 -- flush drops every certificate this worker and the shared dict hold (the
 -- changes stream lost entries this worker had not read). Missing-record
 -- markers expire on their own within negative_ttl.

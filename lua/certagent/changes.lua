@@ -1,11 +1,16 @@
 -- Follows the changes stream (docs/redis-schema.md): the agent appends a name
 -- there in the same transaction as every write or deletion of its certificate
--- record. Each worker reads the entries after the last one it has seen every
--- changes_interval seconds and drops those names from the cache, so a renewed,
--- revoked or deleted certificate is served no longer than that, whatever
--- cache_ttl says. A worker that finds entries it had not read trimmed away
--- drops its whole cache. An entry announcing a new version of the published
--- allow rules makes the worker read them again (certagent.rules).
+-- record. One worker of the node, the holder of a lock in the certificate
+-- dict, reads the entries after the last one the node has seen every
+-- changes_interval seconds and drops those names from the node's shared
+-- cache; it writes what every worker must also drop from its own LRU to a
+-- log in the same dict, which every worker reads (a few dict reads, no
+-- Redis). So a renewed, revoked or deleted certificate is served no longer
+-- than that, whatever cache_ttl says, for one Redis read per node instead of
+-- one per worker. When entries the node had not read were trimmed away, the
+-- whole cache is dropped, in every worker. An entry announcing a new version
+-- of the published allow rules makes every worker read them again
+-- (certagent.rules).
 local ngx = ngx
 local cache = require("certagent.cache")
 local index = require("certagent.index")
@@ -22,25 +27,78 @@ local exiting = ngx.worker.exiting
 local every = ngx.timer.every
 local timer_at = ngx.timer.at
 local type = type
+local pairs = pairs
 local pcall = pcall
+local max = math.max
+local min = math.min
 local tonumber = tonumber
 local tostring = tostring
 local match = string.match
 
-local _M = { _VERSION = "0.1.0" }
+local _M = { _VERSION = "0.2.0" }
 
 -- Entries read per command; a worker further behind reads again at once.
 local BATCH = 500
 -- Reads per poll at most, so that one poll cannot monopolise the worker.
 local MAX_READS = 20
 
+-- The certificate dict's keys of this module. The reader holds READER (its
+-- pid) for READER_TTL past its last poll, so that a reader that died is
+-- replaced. The log is LOG_EPOCH (which names it: a new one after the dict
+-- was emptied), LOG_SEQ (its last event's number) and LOG_EVENT .. n, "<field>
+-- <value>", kept LOG_TTL seconds and never at the expense of a cached
+-- certificate (safe_set): a worker that falls further behind, or finds the
+-- dict was too full for an event, drops its whole LRU.
+local READER = "changes:reader"
+local LOG_EPOCH = "changes:epoch"
+local LOG_SEQ = "changes:seq"
+local LOG_EVENT = "changes:event:"
+local LOG_TTL = 10
+-- How often each worker reads the log, at most: its LRU follows the node's
+-- reads within this.
+local FOLLOW_PERIOD = 0.2
+
+-- kinds says what a field of a changes entry makes the node do, by field
+-- name: node(value) once for the node, in the worker that read it (the
+-- shared dicts), and worker(value) in every worker, from the log (its own
+-- memory). When entries were lost, node_reset runs in the reader and
+-- worker_reset in every worker. A new kind of change is one more entry.
+local kinds = {
+    name = {
+        node = function(name)
+            index.add(name)
+            cache.invalidate(name)
+        end,
+        worker = cache.forget,
+        node_reset = function()
+            cache.flush()
+            index.invalidate()
+        end,
+        worker_reset = cache.forget_all,
+    },
+    -- A new version of the published allow rules: every worker reads them
+    -- again; after lost entries too, which may have held an announcement.
+    version = {
+        worker = rules.announce,
+        worker_reset = function()
+            rules.announce(nil)
+        end,
+    },
+}
+_M.kinds = kinds
+
 local cfg, keys
--- This worker's position: the ID of the last entry it has applied and its
--- number in the stream (XINFO entries-added counts from 1). nil until the
--- first successful poll.
+-- The node's position while this worker reads for it: the ID of the last
+-- entry applied and its number in the stream (XINFO entries-added counts
+-- from 1). Loaded from the shared dict at each poll, since the reader may
+-- change.
 local last_id, last_pos
 local polling = false
 local failing = false
+-- This worker's place in the log, and the last entry of the stream whose
+-- changes it has applied (nil before its first read of the log).
+local log_epoch, log_seq, applied_id
+local epochs = 0
 
 function _M.init(config, key_builder)
     cfg = config
@@ -90,11 +148,47 @@ local function remember(id, pos)
     dict:set("changes:pos", pos)
 end
 
+-- new_log starts a new log: every worker that read the last one runs
+-- worker_reset, as the node dropped what it knew.
+local function new_log(dict)
+    epochs = epochs + 1
+    dict:set(LOG_EPOCH, ngx.worker.pid() .. "." .. ngx.now() .. "." .. epochs)
+    dict:set(LOG_SEQ, 0)
+end
+
+-- publish appends an event for every worker to the log.
+local function publish(dict, field, value)
+    if not dict:get(LOG_EPOCH) then
+        new_log(dict)
+    end
+    local n = dict:incr(LOG_SEQ, 1, 0)
+    if not n or not dict:safe_set(LOG_EVENT .. n, field .. " " .. value, LOG_TTL) then
+        new_log(dict) -- a full dict: the workers cannot follow, they start over
+    end
+end
+
+-- apply does what one field of an entry asks (kinds).
+local function apply(dict, field, value)
+    local kind = kinds[field]
+    if not kind then
+        return
+    end
+    if kind.node then
+        kind.node(value)
+    end
+    if kind.worker then
+        publish(dict, field, value)
+    end
+end
+
 local function flush(why, info)
     log(WARN, "certagent: ", why, "; dropping every cached certificate")
-    cache.flush()
-    index.invalidate()
-    rules.announce(nil) -- an announcement of new rules may be lost too
+    for _, kind in pairs(kinds) do
+        if kind.node_reset then
+            kind.node_reset()
+        end
+    end
+    new_log(shared[cfg.certs_dict])
     remember(info and info.last or "0-0", info and info.added or 0)
 end
 
@@ -147,6 +241,7 @@ local function start(red)
     if not reply then
         if err and match(tostring(err), "no such key") then
             cache.flush()
+            new_log(dict)
             remember("0-0", 0)
             return true
         end
@@ -154,6 +249,7 @@ local function start(red)
     end
     local info = stream_info(reply)
     cache.flush()
+    new_log(dict)
     remember(info.last or "0-0", info.added or 0)
     return true
 end
@@ -186,16 +282,12 @@ local function read(red)
     end
     local entries = entries_reply[1][2]
     local id, pos = last_id, last_pos
+    local dict = shared[cfg.certs_dict]
     for i = 1, #entries do
         local entry = entries[i]
         local fields = entry[2]
         for j = 1, #fields - 1, 2 do
-            if fields[j] == "name" then
-                index.add(fields[j + 1])
-                cache.invalidate(fields[j + 1])
-            elseif fields[j] == "version" then
-                rules.announce(fields[j + 1]) -- a new version of the published allow rules
-            end
+            apply(dict, fields[j], fields[j + 1])
         end
         id, pos = entry[1], pos + 1
     end
@@ -207,6 +299,12 @@ local function poll_once()
     local red, err = redis.connect(cfg)
     local ok = red ~= nil
     local res
+    -- Where the node is, whichever worker read last.
+    local dict = shared[cfg.certs_dict]
+    last_id, last_pos = dict:get("changes:last"), dict:get("changes:pos")
+    if not (last_id and last_pos) then
+        last_id, last_pos = nil, nil
+    end
     if ok and not last_id then
         ok, err, res = start(red)
     end
@@ -235,8 +333,70 @@ local function poll_once()
     return ok, err
 end
 
+-- follow applies the log's events after this worker's place to its own
+-- memory (kinds' worker), or worker_reset when it cannot: the log is new or
+-- has lost events it had not read.
+local function follow()
+    local dict = shared[cfg.certs_dict]
+    -- Read first: the events of every entry up to it are in the log by now.
+    local position = dict:get("changes:last")
+    local epoch, seq = dict:get(LOG_EPOCH), dict:get(LOG_SEQ) or 0
+    local complete = log_seq ~= nil and epoch == log_epoch
+    for i = (log_seq or seq) + 1, complete and seq or 0 do
+        local event = dict:get(LOG_EVENT .. i)
+        local field, value
+        if event then
+            field, value = match(event, "^(%S+) (.*)$")
+        end
+        if not field then
+            complete = false
+            break
+        end
+        local kind = kinds[field]
+        if kind and kind.worker then
+            kind.worker(value)
+        end
+    end
+    -- A new worker has nothing cached yet, and starts at the log's end.
+    if log_seq ~= nil and not complete then
+        for _, kind in pairs(kinds) do
+            if kind.worker_reset then
+                kind.worker_reset()
+            end
+        end
+    end
+    log_epoch, log_seq, applied_id = epoch, seq, position
+end
+
+-- reading takes or keeps the node's reader lock for this worker, or tells
+-- that another worker holds it.
+local function reading()
+    local dict = shared[cfg.certs_dict]
+    local pid = ngx.worker.pid()
+    local ttl = max(3 * cfg.changes_interval, 3)
+    local holder = dict:get(READER)
+    if holder == pid then
+        dict:set(READER, pid, ttl)
+        return true
+    end
+    return holder == nil and dict:add(READER, pid, ttl)
+end
+
+-- stop_reading frees the lock of an exiting worker, so that another reads
+-- at once (a reload) rather than after the lock's time.
+local function stop_reading()
+    local dict = shared[cfg.certs_dict]
+    if dict:get(READER) == ngx.worker.pid() then
+        dict:delete(READER)
+    end
+end
+
 local function poll(premature)
-    if premature or polling or exiting() then
+    if premature or exiting() then
+        stop_reading()
+        return
+    end
+    if polling or not reading() then
         return
     end
     -- ngx.timer.every does not wait for the previous run to end.
@@ -247,6 +407,7 @@ local function poll(premature)
         ok, err = false, ok
     end
     if ok then
+        follow()
         if failing then
             failing = false
             log(WARN, "certagent: reading the changes stream again")
@@ -268,18 +429,33 @@ local function poll(premature)
     end
 end
 
--- position returns the ID of the last changes entry this worker has applied,
--- or nil before its first successful read.
-function _M.position()
-    return last_id
+local function follow_tick(premature)
+    if premature then
+        return
+    end
+    local ok, err = pcall(follow)
+    if not ok then
+        log(ERR, "certagent: reading the node's log of changes: ", tostring(err))
+    end
 end
 
--- init_worker starts this worker's poll: once at once (a new worker catches
--- up before its first interval), then every changes_interval seconds.
+-- position returns the ID of the last changes entry whose changes this
+-- worker has applied, or nil before the node's first successful read.
+function _M.position()
+    return applied_id
+end
+
+-- init_worker starts this worker's part: a poll at once (a new node catches
+-- up before its first interval) and every changes_interval seconds, which
+-- reads Redis when this worker holds the reader lock, and the reading of
+-- the node's log.
 function _M.init_worker()
     local ok, err = timer_at(0, poll)
     if ok then
         ok, err = every(cfg.changes_interval, poll)
+    end
+    if ok then
+        ok, err = every(min(cfg.changes_interval, FOLLOW_PERIOD), follow_tick)
     end
     if not ok then
         return nil, "starting the changes poll: " .. tostring(err)

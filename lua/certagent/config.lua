@@ -38,10 +38,11 @@ local defaults = {
     lru_size = 2000,            -- parsed certificates cached per worker (about 13 KB each)
     cache_ttl = 3600,           -- s a cached certificate is served before Redis is asked again
     negative_ttl = 5,           -- s a record found missing in Redis is remembered as missing
-    changes_interval = 1,       -- s between two reads of the changes stream by each worker
+    changes_interval = 1,       -- s between two reads of the changes stream by the node (one worker)
     error_ttl = 5,              -- s an unusable record (corrupt PEM) is remembered, to log it once
     name_index = true,          -- keep every record name in names_dict, for floods of unknown names
-    index_threshold = 20,       -- handshakes per second per node for names without a certificate from which the index answers
+    index_threshold = 20,       -- handshakes per second per node for names without a certificate
+                                -- from which the index answers
     names_dict = "certagent_names",       -- lua_shared_dict: the names Redis has a certificate for
     certs_dict = "certagent_certs",       -- lua_shared_dict: certificates shared by the workers
     requests_dict = "certagent_requests", -- lua_shared_dict: stream dedup, rate counter, missing records

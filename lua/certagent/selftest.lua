@@ -154,7 +154,8 @@ local function attempt(dict, target, label, preamble)
     if ok then
         -- The server's first record: its hello once the certificate
         -- callback returned, or an alert, or nothing (closed).
-        ok, err = sock:receive(5)
+        local _
+        _, err = sock:receive(5)
     end
     sock:close()
     if not dict:get(REACHED) then

@@ -126,12 +126,11 @@ retry_kept = function(premature)
         retry_names, retry_count = {}, 0
         return
     end
-    local red, err = redis.connect(cfg)
+    local red = redis.connect(cfg)
     local recorded = 0
     if red then
         for name in pairs(retry_names) do
-            local res
-            res, err = append(red, name)
+            local res = append(red, name)
             if not res then
                 break
             end

@@ -49,9 +49,11 @@ local gauges = {
 
 local help = {
     certagent_nginx_certificates_served_total =
-        "TLS handshakes answered with a stored certificate, by where it was found (stale: the cache during a Redis error).",
+        "TLS handshakes answered with a stored certificate, by where it was found (stale: the cache during a " ..
+            "Redis error).",
     certagent_nginx_misses_total = "TLS handshakes for a name without a certificate.",
-    certagent_nginx_fallback_total = "TLS handshakes answered with the server's own (fallback) certificate, for any reason.",
+    certagent_nginx_fallback_total =
+        "TLS handshakes answered with the server's own (fallback) certificate, for any reason.",
     certagent_nginx_names_recorded_total = "Names appended to the requests stream.",
     certagent_nginx_redis_errors_total =
         "Failed Redis round trips: certificate lookups, stream appends, challenge lookups, changes stream reads.",
@@ -59,16 +61,19 @@ local help = {
     certagent_nginx_waits_total =
         "TLS handshakes (and port-80 requests) held while the agent issues their name's certificate.",
     certagent_nginx_wait_results_total =
-        "Held handshakes and requests by how the wait ended: certificate, refused, grace (no issuing mark), deadline, error.",
+        "Held handshakes and requests by how the wait ended: certificate, refused, grace (no issuing mark), " ..
+            "deadline, error.",
     certagent_nginx_waits_skipped_total =
         "Handshakes and requests that would have been held, served at once because no agent's heartbeat counts.",
     certagent_nginx_judged_total =
-        "Handshakes and requests for a name without a certificate neither recorded nor held, judged in nginx: no published rule can allow the name, or an agent refused it a moment ago.",
+        "Handshakes and requests for a name without a certificate neither recorded nor held, judged in nginx: " ..
+            "no published rule can allow the name, or an agent refused it a moment ago.",
     certagent_nginx_waits_turned_away_total =
         "Handshakes and requests not held because first_handshake_max_waiting were already held in their worker.",
     certagent_nginx_wait_pollers_total =
         "Waits that polled Redis: one per name per worker, however many handshakes share it.",
-    certagent_nginx_wait_polls_total = "Redis round trips of waiting handshakes (issuing mark and certificate records).",
+    certagent_nginx_wait_polls_total =
+        "Redis round trips of waiting handshakes (issuing mark and certificate records).",
     certagent_nginx_waiting = "Handshakes and requests held right now, per worker.",
     certagent_nginx_waiting_highest = "The most handshakes and requests held at once, per worker, since nginx started.",
 }

@@ -72,7 +72,7 @@ func accountShowAction(c *cli.Context) error {
 	if err := noArgs(c, "account show"); err != nil {
 		return err
 	}
-	st, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
@@ -85,8 +85,8 @@ func accountShowAction(c *cli.Context) error {
 	defer stop()
 	info, err := st.GetAccount(ctx, cfgs[0].DirectoryURL, cfgs[0].Email)
 	if errors.Is(err, store.ErrNotFound) {
-		return cli.Exit(fmt.Sprintf("certagent account: no account stored for %q at %s (`certagent account register` creates it)",
-			cfgs[0].Email, cfgs[0].DirectoryURL), exitFailed)
+		return failedf("certagent account: no account stored for %q at %s (`certagent account register` creates it)",
+			cfgs[0].Email, cfgs[0].DirectoryURL)
 	}
 	if err != nil {
 		return err
@@ -106,12 +106,12 @@ func accountShowAction(c *cli.Context) error {
 	}
 	switch {
 	case v.CAStatus == "none":
-		return cli.Exit(fmt.Sprintf("certagent account: the CA at %s knows no account for the stored key "+
-			"(the agents register it again at their next order; `certagent account register` does it now)", v.Directory), exitFailed)
+		return failedf("certagent account: the CA at %s knows no account for the stored key "+
+			"(the agents register it again at their next order; `certagent account register` does it now)", v.Directory)
 	case v.CAError != "":
-		return cli.Exit(fmt.Sprintf("certagent account: asking the CA: %s", v.CAError), exitFailed)
+		return failedf("certagent account: asking the CA: %s", v.CAError)
 	case !v.Registered:
-		return cli.Exit(fmt.Sprintf("certagent account: the CA says the account is %s", v.CAStatus), exitFailed)
+		return failedf("certagent account: the CA says the account is %s", v.CAStatus)
 	}
 	return nil
 }
@@ -120,7 +120,7 @@ func accountRegisterAction(c *cli.Context) error {
 	if err := noArgs(c, "account register"); err != nil {
 		return err
 	}
-	st, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
@@ -138,7 +138,7 @@ func accountRegisterAction(c *cli.Context) error {
 	// CA for it registers it again when the CA has lost it.
 	status, err := acmeclient.NewLazy(cfg, st, acmeclient.NewHTTP01Provider(st, 0)).Account(ctx)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent account: %v", err), exitFailed)
+		return failedf("certagent account: %v", err)
 	}
 	if changed != nil {
 		fmt.Fprintf(c.App.ErrWriter, "certagent account: the CA no longer knew %s; now registered as %s\n",
@@ -154,7 +154,7 @@ func accountRegisterAction(c *cli.Context) error {
 		return err
 	}
 	if !v.Registered {
-		return cli.Exit(fmt.Sprintf("certagent account: the CA says the account is %s", v.CAStatus), exitFailed)
+		return failedf("certagent account: the CA says the account is %s", v.CAStatus)
 	}
 	return nil
 }

@@ -49,18 +49,18 @@ func allowChange(add bool) cli.ActionFunc {
 			return err
 		}
 		if len(args) == 0 {
-			return cli.Exit("certagent allow "+verb+": name at least one RULE", exitUsage)
+			return usageErrorf("certagent allow %s: name at least one RULE", verb)
 		}
 		// Every rule is checked before anything is written: one typo changes nothing.
 		rules := make([]string, 0, len(args))
 		for _, raw := range args {
 			rule, err := policy.ParseRule(raw)
 			if err != nil {
-				return cli.Exit(fmt.Sprintf("certagent allow %s: %v", verb, err), exitUsage)
+				return usageErrorf("certagent allow %s: %v", verb, err)
 			}
 			rules = append(rules, rule)
 		}
-		st, err := openStore(c)
+		st, _, err := openStoreAndLogger(c)
 		if err != nil {
 			return err
 		}
@@ -84,7 +84,7 @@ func allowList(c *cli.Context) error {
 	if err := noArgs(c, "allow ls"); err != nil {
 		return err
 	}
-	st, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"strings"
 	"time"
 
@@ -39,11 +38,6 @@ func budgetConfig(c *cli.Context) (manager.BudgetConfig, error) {
 		// under a lease that outlives a killed agent by the lease's TTL.
 		OrderHold: c.Duration(flagTimeout)*time.Duration(1+len(c.StringSlice(flagFallbacks))) + c.Duration(flagLockTTL),
 	}
-	for _, f := range []string{flagLimitOrders, flagLimitCerts, flagLimitFailed} {
-		if c.Int(f) < 0 {
-			return cfg, cli.Exit(fmt.Sprintf("certagent: --%s: %d is below zero", f, c.Int(f)), exitUsage)
-		}
-	}
 	switch mode := c.String(flagRateLimits); mode {
 	case rateLimitsAuto:
 		if manager.IsLetsEncrypt(directory) {
@@ -53,7 +47,7 @@ func budgetConfig(c *cli.Context) (manager.BudgetConfig, error) {
 		cfg = manager.LetsEncryptLimits(cfg)
 	case rateLimitsNone:
 	default:
-		return cfg, cli.Exit(fmt.Sprintf("certagent: --%s: %q is not auto, letsencrypt or none", flagRateLimits, mode), exitUsage)
+		return cfg, usageErrorf("certagent: --%s: %q is not auto, letsencrypt or none", flagRateLimits, mode)
 	}
 	return cfg, nil
 }

@@ -12,19 +12,17 @@ import (
 // The flags of run that bound the orders at once (manager.Concurrency).
 const (
 	flagWorkersMin = "workers-min"
-	envWorkersMin  = "CERTAGENT_WORKERS_MIN"
 	flagWorkersMax = "workers-max"
-	envWorkersMax  = "CERTAGENT_WORKERS_MAX"
 )
 
 func concurrencyFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.IntFlag{Name: flagWorkers, EnvVars: []string{envWorkers}, DefaultText: "adaptive",
+		&cli.IntFlag{Name: flagWorkers, EnvVars: envVars(flagWorkers), DefaultText: "adaptive", Action: atLeastInt(flagWorkers, 0),
 			Usage: "orders run at once, fixed; without it (or with 0) the number adapts to the CA's pace between --" +
 				flagWorkersMin + " and --" + flagWorkersMax},
-		&cli.IntFlag{Name: flagWorkersMin, EnvVars: []string{envWorkersMin}, Value: 4,
+		&cli.IntFlag{Name: flagWorkersMin, EnvVars: envVars(flagWorkersMin), Value: 4, Action: atLeastInt(flagWorkersMin, 0),
 			Usage: "fewest orders at once while adapting: where it starts and how far rateLimited, 5xx and slow answers push it down"},
-		&cli.IntFlag{Name: flagWorkersMax, EnvVars: []string{envWorkersMax}, Value: 32,
+		&cli.IntFlag{Name: flagWorkersMax, EnvVars: envVars(flagWorkersMax), Value: 32, Action: atLeastInt(flagWorkersMax, 0),
 			Usage: "most orders at once while adapting (the fleet's rate budgets still count every order)"},
 	}
 }
@@ -36,13 +34,8 @@ func newConcurrency(c *cli.Context, log *slog.Logger) (*manager.Concurrency, err
 	if ceiling == 0 {
 		return nil, nil // not run: the command's own workers bound it
 	}
-	for _, f := range []string{flagWorkers, flagWorkersMin, flagWorkersMax} {
-		if c.Int(f) < 0 {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %d is below zero", f, c.Int(f)), exitUsage)
-		}
-	}
 	if floor > ceiling {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s %d is above --%s %d", flagWorkersMin, floor, flagWorkersMax, ceiling), exitUsage)
+		return nil, usageErrorf("certagent: --%s %d is above --%s %d", flagWorkersMin, floor, flagWorkersMax, ceiling)
 	}
 	return manager.NewConcurrency(manager.ConcurrencyConfig{
 		Floor: floor, Ceiling: ceiling, Fixed: c.Int(flagWorkers), Logger: log,

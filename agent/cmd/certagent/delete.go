@@ -33,17 +33,13 @@ func deleteAction(c *cli.Context) error {
 		return err
 	}
 	if len(args) != 1 {
-		return cli.Exit("certagent delete: name exactly one NAME", exitUsage)
+		return usageErrorf("certagent delete: name exactly one NAME")
 	}
-	st, err := openStore(c)
+	st, log, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
 	defer closeStore(st)
-	log, err := newLogger(c)
-	if err != nil {
-		return err
-	}
 	events, _, stopEvents, err := newTelemetry(c, st, log)
 	if err != nil {
 		return err
@@ -51,7 +47,7 @@ func deleteAction(c *cli.Context) error {
 	defer stopEvents()
 	deleted, err := st.DeleteCert(c.Context, args[0])
 	if errors.Is(err, store.ErrNotFound) {
-		return cli.Exit(fmt.Sprintf("certagent delete: no certificate stored for %s", args[0]), exitFailed)
+		return failedf("certagent delete: no certificate stored for %s", args[0])
 	}
 	if err != nil {
 		return err

@@ -36,19 +36,19 @@ func exportAction(c *cli.Context) error {
 		return err
 	}
 	if len(args) != 1 {
-		return cli.Exit("certagent export: name exactly one NAME", exitUsage)
+		return usageErrorf("certagent export: name exactly one NAME")
 	}
 	if c.String(flagOut) == "" {
-		return cli.Exit("certagent export: --out DIR is required", exitUsage)
+		return usageErrorf("certagent export: --out DIR is required")
 	}
-	st, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
 	defer closeStore(st)
 	rec, err := st.GetCert(c.Context, args[0])
 	if errors.Is(err, store.ErrNotFound) {
-		return cli.Exit(fmt.Sprintf("certagent export: no certificate stored for %s", args[0]), exitFailed)
+		return failedf("certagent export: no certificate stored for %s", args[0])
 	}
 	if err != nil {
 		return err
@@ -69,7 +69,7 @@ func exportAction(c *cli.Context) error {
 	}
 	dir := c.String(flagOut)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return cli.Exit(fmt.Sprintf("certagent export: %v", err), exitFailed)
+		return failedf("certagent export: %v", err)
 	}
 	files := []struct {
 		name string
@@ -83,7 +83,7 @@ func exportAction(c *cli.Context) error {
 	}
 	for _, f := range files {
 		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
-			return cli.Exit(fmt.Sprintf("certagent export: %v", err), exitFailed)
+			return failedf("certagent export: %v", err)
 		}
 	}
 	fmt.Fprintf(c.App.Writer, "exported  %s  to %s (fullchain.pem, cert.pem, chain.pem, privkey.pem)\n", args[0], dir)

@@ -55,14 +55,14 @@ type importPair struct {
 func importAction(c *cli.Context) error {
 	dir, certFile, keyFile := c.String(flagCertbot), c.String(flagCert), c.String(flagKey)
 	if c.NArg() > 0 || (dir == "") == (certFile == "" && keyFile == "") || (dir == "" && (certFile == "" || keyFile == "")) {
-		return cli.Exit("certagent import: give either --certbot DIR or both --cert FILE and --key FILE", exitUsage)
+		return usageErrorf("certagent import: give either --certbot DIR or both --cert FILE and --key FILE")
 	}
 	var pairs []importPair
 	var problems []string
 	if dir != "" {
 		var err error
 		if pairs, err = certbotPairs(dir); err != nil {
-			return cli.Exit("certagent import: "+err.Error(), exitUsage)
+			return usageErrorf("certagent import: %v", err)
 		}
 	} else {
 		pairs = []importPair{{source: certFile, chainPath: certFile, keyPath: keyFile}}
@@ -78,10 +78,10 @@ func importAction(c *cli.Context) error {
 		recs = append(recs, rec)
 	}
 	if len(problems) > 0 {
-		return cli.Exit("certagent import: nothing was imported:\n  "+strings.Join(problems, "\n  "), exitUsage)
+		return usageErrorf("certagent import: nothing was imported:\n  %s", strings.Join(problems, "\n  "))
 	}
 
-	st, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
@@ -142,9 +142,16 @@ func checkPair(p *importPair, now time.Time) (*store.CertRecord, error) {
 	if p.keyPEM, err = os.ReadFile(p.keyPath); err != nil {
 		return nil, err
 	}
+	// Which file is wrong, before tls.X509KeyPair, whose errors do not say.
+	if !hasPEM(p.chainPEM, func(t string) bool { return t == "CERTIFICATE" }) {
+		return nil, fmt.Errorf("%s is not a PEM certificate chain (no CERTIFICATE block)", p.chainPath)
+	}
+	if !hasPEM(p.keyPEM, func(t string) bool { return strings.HasSuffix(t, "PRIVATE KEY") }) {
+		return nil, fmt.Errorf("%s is not a PEM private key (no PRIVATE KEY block)", p.keyPath)
+	}
 	pair, err := tls.X509KeyPair(p.chainPEM, p.keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("the key does not match the certificate, or a file is not PEM: %w", err)
+		return nil, fmt.Errorf("the key in %s does not match the certificate in %s: %w", p.keyPath, p.chainPath, err)
 	}
 	leaf := pair.Leaf
 	if leaf == nil {
@@ -203,6 +210,19 @@ func storeImported(ctx context.Context, st *store.Store, rec *store.CertRecord, 
 		return "", err
 	}
 	return "imported", nil
+}
+
+// hasPEM reports whether data holds a PEM block of a type that want accepts.
+func hasPEM(data []byte, want func(blockType string) bool) bool {
+	for {
+		var block *pem.Block
+		if block, data = pem.Decode(data); block == nil {
+			return false
+		}
+		if want(block.Type) {
+			return true
+		}
+	}
 }
 
 // pkcs8 encodes key as the schema wants it and names its type.

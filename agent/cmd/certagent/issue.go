@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 
 	"github.com/certagent/certagent/agent/acmeclient"
 )
@@ -124,10 +125,10 @@ func issueAction(c *cli.Context) error {
 		}
 	}
 	if ctx.Err() != nil {
-		return cli.Exit("certagent issue: interrupted", exitFailed)
+		return failedf("certagent issue: interrupted")
 	}
 	if failed > 0 {
-		return cli.Exit(fmt.Sprintf("certagent issue: %d of %d orders failed", failed, len(orders)), exitFailed)
+		return failedf("certagent issue: %d of %d orders failed", failed, len(orders))
 	}
 	return nil
 }
@@ -143,20 +144,20 @@ func issueOrders(c *cli.Context) ([][]string, error) {
 	}
 	file := c.String(flagFromFile)
 	if (len(args) == 0) == (file == "") {
-		return nil, cli.Exit("certagent issue: name at least one NAME, or give --from-file", exitUsage)
+		return nil, usageErrorf("certagent issue: name at least one NAME, or give --from-file")
 	}
 	if file == "" {
 		var requested []string
 		for _, arg := range args {
 			name, err := storedName(arg)
 			if err != nil {
-				return nil, cli.Exit(fmt.Sprintf("certagent issue: %v", err), exitUsage)
+				return nil, usageErrorf("certagent issue: %v", err)
 			}
 			requested = append(requested, name)
 		}
 		if c.Bool(flagSAN) {
 			if err := checkSANCount(requested); err != nil {
-				return nil, cli.Exit(fmt.Sprintf("certagent issue: --san: %v; nothing was ordered", err), exitUsage)
+				return nil, usageErrorf("certagent issue: --san: %v; nothing was ordered", err)
 			}
 			return [][]string{requested}, nil
 		}
@@ -170,17 +171,17 @@ func issueOrders(c *cli.Context) ([][]string, error) {
 	if file != "-" {
 		f, err := os.Open(file)
 		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent issue: %v", err), exitUsage)
+			return nil, usageErrorf("certagent issue: %v", err)
 		}
 		defer f.Close()
 		r = f
 	}
 	orders, problems := parseNamesFile(r)
 	if len(problems) > 0 {
-		return nil, cli.Exit("certagent issue: nothing was ordered:\n  "+strings.Join(problems, "\n  "), exitUsage)
+		return nil, usageErrorf("certagent issue: nothing was ordered:\n  %s", strings.Join(problems, "\n  "))
 	}
 	if len(orders) == 0 {
-		return nil, cli.Exit(fmt.Sprintf("certagent issue: %s names no certificate", file), exitUsage)
+		return nil, usageErrorf("certagent issue: %s names no certificate", file)
 	}
 	return orders, nil
 }
@@ -234,15 +235,12 @@ func checkSANCount(names []string) error {
 	return nil
 }
 
-// isTerminal reports whether w is a character device (a terminal), without a
-// dependency: redirected output gets plain lines instead of a bar.
+// isTerminal reports whether w is a terminal: redirected output gets plain
+// lines instead of a bar. Asking the terminal driver (x/term), not the file
+// mode: /dev/null is a character device too.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	info, err := f.Stat()
-	return err == nil && info.Mode()&os.ModeCharDevice != 0
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // progressBar redraws one line: [#####.....] done/total, failures.

@@ -88,9 +88,22 @@ func TestCheckPair(t *testing.T) {
 	if _, err := checkPair(&importPair{chainPath: chain, keyPath: key}, time.Now().Add(48*time.Hour)); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Errorf("expired: %v", err)
 	}
+	// Each mistake is told apart: a key of another certificate, a chain or
+	// a key that is not PEM (or a key given as the chain).
 	garbage := write("garbage.pem", []byte("not a certificate"))
-	if _, err := checkPair(&importPair{chainPath: garbage, keyPath: key}, time.Now()); err == nil {
-		t.Error("garbage chain accepted")
+	for _, tc := range []struct {
+		what, chain, key, want string
+	}{
+		{"a chain that is not PEM", garbage, key, garbage + " is not a PEM certificate chain"},
+		{"a key that is not PEM", chain, garbage, garbage + " is not a PEM private key"},
+		{"the key given as the chain", key, key, key + " is not a PEM certificate chain"},
+		{"the chain given as the key", chain, chain, chain + " is not a PEM private key"},
+		{"a key of another certificate", chain, otherKey, "the key in " + otherKey + " does not match the certificate in " + chain},
+	} {
+		_, err := checkPair(&importPair{chainPath: tc.chain, keyPath: tc.key}, time.Now())
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.what, err, tc.want)
+		}
 	}
 }
 
@@ -110,8 +123,13 @@ func TestProgressBarAndTerminalDetection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if isTerminal(f) || isTerminal(&out) {
-		t.Error("a file or a buffer taken for a terminal: bulk output would be a progress bar instead of lines")
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	if isTerminal(f) || isTerminal(&out) || isTerminal(null) {
+		t.Error("a file, a buffer or /dev/null taken for a terminal: bulk output would be a progress bar instead of lines")
 	}
 }
 

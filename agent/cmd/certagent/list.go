@@ -48,12 +48,12 @@ func listAction(c *cli.Context) error {
 	switch want {
 	case "", statusValid, statusFailing, statusExpired, statusCorrupt:
 	default:
-		return cli.Exit(fmt.Sprintf("certagent list: unknown --%s %q (want valid, failing, expired or corrupt)", flagStatus, want), exitUsage)
+		return usageErrorf("certagent list: unknown --%s %q (want valid, failing, expired or corrupt)", flagStatus, want)
 	}
 	if c.Duration(flagExpiring) < 0 {
-		return cli.Exit(fmt.Sprintf("certagent list: --%s must not be negative", flagExpiring), exitUsage)
+		return usageErrorf("certagent list: --%s must not be negative", flagExpiring)
 	}
-	st, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
@@ -74,7 +74,7 @@ func listAction(c *cli.Context) error {
 		return nil
 	})
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent list: %v", err), exitFailed)
+		return failedf("certagent list: %v", err)
 	}
 	if c.Bool(flagJSON) {
 		return writeJSON(c.App.Writer, views)

@@ -9,14 +9,16 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit may be set at build time (scripts/build-bin):
+// -ldflags "-X main.version=v1.2.3 -X main.commit=<git rev-parse HEAD>".
+// Without them --version says what the go command recorded (versionString).
+var version, commit string
 
 func main() {
 	app := &cli.App{
 		Name:    "certagent",
 		Usage:   "certificates on demand for nginx fleets, through Redis",
-		Version: version,
+		Version: versionString(version, commit, readBuildInfo()),
 		Commands: []*cli.Command{
 			runCommand(),
 			issueCommand(),
@@ -36,12 +38,13 @@ func main() {
 	// A flag that does not parse is bad usage: exit 2 like every other, for
 	// the global flags, the commands and their subcommands (account, allow).
 	app.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
-		return cli.Exit(fmt.Sprintf("certagent: %v", err), exitUsage)
+		return usageErrorf("certagent: %v", err)
 	}
 	setUsageErrors(app.Commands, "certagent")
+	setCategories(app.Commands)
 	// So is an unknown command or subcommand (urfave/cli would exit 3).
 	app.CommandNotFound = func(_ *cli.Context, command string) {
-		cli.HandleExitCoder(cli.Exit(fmt.Sprintf("certagent: no command %q (see certagent --help)", command), exitUsage))
+		cli.HandleExitCoder(usageErrorf("certagent: no command %q (see certagent --help)", command))
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "certagent:", err)
@@ -55,7 +58,7 @@ func setUsageErrors(cmds []*cli.Command, parent string) {
 	for _, cmd := range cmds {
 		name := parent + " " + cmd.Name
 		cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
-			return cli.Exit(fmt.Sprintf("%s: %v", name, err), exitUsage)
+			return usageErrorf("%s: %v", name, err)
 		}
 		setUsageErrors(cmd.Subcommands, name)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -26,7 +25,7 @@ func nameArgs(c *cli.Context, command string) ([]string, error) {
 	for _, arg := range args {
 		name, err := storedName(arg)
 		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent %s: %v", command, err), exitUsage)
+			return nil, usageErrorf("certagent %s: %v", command, err)
 		}
 		out = append(out, name)
 	}
@@ -34,8 +33,10 @@ func nameArgs(c *cli.Context, command string) ([]string, error) {
 }
 
 // interspersedFlags lets flags follow the arguments, as in `export NAME
-// --out DIR`: urfave/cli stops parsing flags at the first argument, so the
+// --out DIR`: urfave/cli v2 stops parsing flags at the first argument, so the
 // flags left among the arguments are set here and the rest returned.
+// (urfave/cli v3 parses flags anywhere; moving to it, which changes every
+// command's signature, removes this function.)
 func interspersedFlags(c *cli.Context) ([]string, error) {
 	known := map[string]cli.Flag{}
 	for _, f := range c.Command.Flags {
@@ -58,19 +59,19 @@ func interspersedFlags(c *cli.Context) ([]string, error) {
 		name, value, hasValue := strings.Cut(strings.TrimLeft(arg, "-"), "=")
 		f, ok := known[name]
 		if !ok {
-			return nil, cli.Exit(fmt.Sprintf("certagent %s: unknown flag %s", c.Command.Name, arg), exitUsage)
+			return nil, usageErrorf("certagent %s: unknown flag %s", c.Command.Name, arg)
 		}
 		if _, isBool := f.(*cli.BoolFlag); isBool && !hasValue {
 			value = "true"
 		} else if !hasValue {
 			if i+1 == len(args) {
-				return nil, cli.Exit(fmt.Sprintf("certagent %s: flag %s needs a value", c.Command.Name, arg), exitUsage)
+				return nil, usageErrorf("certagent %s: flag %s needs a value", c.Command.Name, arg)
 			}
 			i++
 			value = args[i]
 		}
 		if err := c.Set(name, value); err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent %s: %s: %v", c.Command.Name, arg, err), exitUsage)
+			return nil, usageErrorf("certagent %s: %s: %v", c.Command.Name, arg, err)
 		}
 	}
 	return rest, nil
@@ -85,7 +86,7 @@ func noArgs(c *cli.Context, command string) error {
 		return err
 	}
 	if len(args) > 0 {
-		return cli.Exit(fmt.Sprintf("certagent %s: takes no arguments, got %q", command, strings.Join(args, " ")), exitUsage)
+		return usageErrorf("certagent %s: takes no arguments, got %q", command, strings.Join(args, " "))
 	}
 	return nil
 }

@@ -50,25 +50,21 @@ func peersAction(c *cli.Context) error {
 	if err := noArgs(c, "peers"); err != nil {
 		return err
 	}
-	st, err := openStore(c)
+	st, log, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
 	defer closeStore(st)
-	log, err := newLogger(c)
-	if err != nil {
-		return err
-	}
 	fleet, _, err := newFleet(c, st, log)
 	if err != nil {
 		return err
 	}
 	if fleet == nil {
-		return cli.Exit(fmt.Sprintf("certagent peers: no peer sites configured (--%s, --%s)", flagSite, flagPeer), exitUsage)
+		return usageErrorf("certagent peers: no peer sites configured (--%s, --%s)", flagSite, flagPeer)
 	}
 	recorded, err := st.PeerStates(c.Context)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent peers: %v", err), exitFailed)
+		return failedf("certagent peers: %v", err)
 	}
 	seen := map[string]store.PeerState{}
 	for _, s := range recorded {
@@ -124,7 +120,7 @@ func peersAction(c *cli.Context) error {
 	}
 	for _, v := range views {
 		if !v.Up {
-			return cli.Exit("", exitFailed)
+			return failedf("")
 		}
 	}
 	return nil

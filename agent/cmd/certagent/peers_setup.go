@@ -26,7 +26,7 @@ func newFleet(c *cli.Context, st *store.Store, log *slog.Logger) (*peer.Fleet, *
 	}
 	fleet, err := peer.NewFleet(*cfg)
 	if err != nil {
-		return nil, nil, cli.Exit(fmt.Sprintf("certagent: peer sites: %v", err), exitUsage)
+		return nil, nil, usageErrorf("certagent: peer sites: %v", err)
 	}
 	return fleet, cfg, nil
 }
@@ -36,38 +36,38 @@ func peerConfig(c *cli.Context, st *store.Store, log *slog.Logger) (*peer.Config
 	site := strings.TrimSpace(c.String(flagSite))
 	peers, err := peer.ParsePeers(c.StringSlice(flagPeer))
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeer, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagPeer, err)
 	}
 	if file := c.String(flagPeersFile); file != "" {
 		more, err := peer.ReadPeersFile(file)
 		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeersFile, err), exitUsage)
+			return nil, usageErrorf("certagent: --%s: %v", flagPeersFile, err)
 		}
 		peers = append(peers, more...)
 	}
 	if site == "" {
 		if len(peers) > 0 {
-			return nil, cli.Exit(fmt.Sprintf("certagent: peer sites need --%s, this site's id", flagSite), exitUsage)
+			return nil, usageErrorf("certagent: peer sites need --%s, this site's id", flagSite)
 		}
 		// Answering peers without being one would run a single site that
 		// the other sites never reach, and say nothing.
 		if c.String(flagPeerListen) != "" {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs --%s, this site's id, and the peer sites",
-				flagPeerListen, flagSite), exitUsage)
+			return nil, usageErrorf("certagent: --%s needs --%s, this site's id, and the peer sites",
+				flagPeerListen, flagSite)
 		}
 		return nil, nil
 	}
 	secretFile := c.String(flagPeerSecretFile)
 	if secretFile == "" {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs --%s", flagSite, flagPeerSecretFile), exitUsage)
+		return nil, usageErrorf("certagent: --%s needs --%s", flagSite, flagPeerSecretFile)
 	}
 	secret, err := os.ReadFile(secretFile)
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeerSecretFile, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagPeerSecretFile, err)
 	}
 	roots, err := peerRoots(c.StringSlice(flagPeerCA))
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeerCA, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagPeerCA, err)
 	}
 	return &peer.Config{
 		Site:         site,
@@ -95,8 +95,8 @@ func startPeers(ctx context.Context, c *cli.Context, fleet *peer.Fleet, cfg *pee
 	}
 	certFile, keyFile := c.String(flagPeerTLSCert), c.String(flagPeerTLSKey)
 	if certFile == "" || keyFile == "" {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs --%s and --%s (the peer API is HTTPS only)",
-			flagPeerListen, flagPeerTLSCert, flagPeerTLSKey), exitUsage)
+		return nil, usageErrorf("certagent: --%s needs --%s and --%s (the peer API is HTTPS only)",
+			flagPeerListen, flagPeerTLSCert, flagPeerTLSKey)
 	}
 	ids := make([]string, 0, len(cfg.Peers))
 	for _, p := range cfg.Peers {
@@ -104,10 +104,10 @@ func startPeers(ctx context.Context, c *cli.Context, fleet *peer.Fleet, cfg *pee
 	}
 	server, err := peer.NewServer(peer.ServerConfig{Site: cfg.Site, Secret: cfg.Secret, Peers: ids, Store: st, Logger: log})
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeerListen, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagPeerListen, err)
 	}
 	if err := server.Start(addr, certFile, keyFile); err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPeerListen, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagPeerListen, err)
 	}
 	syncer := peer.NewSyncer(fleet)
 	syncer.Start(ctx)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/urfave/cli/v2"
 
@@ -13,18 +12,19 @@ import (
 // through Sentinel or as a Cluster client. They go with redisFlags.
 func redisModeFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: flagSentinelMaster, EnvVars: []string{envSentinelMaster},
+		&cli.StringFlag{Name: flagSentinelMaster, EnvVars: envVars(flagSentinelMaster),
 			Usage: "Sentinel: the master name to follow (with --" + flagSentinels + "); --" + flagRedisURL + " then gives only user, password, database and TLS"},
-		&cli.StringSliceFlag{Name: flagSentinels, EnvVars: []string{envSentinels},
+		&cli.StringSliceFlag{Name: flagSentinels, EnvVars: envVars(flagSentinels),
 			Usage: "Sentinel: host:port of the sentinels; comma-separated"},
-		&cli.StringFlag{Name: flagSentinelPass, EnvVars: []string{envSentinelPass},
+		&cli.StringFlag{Name: flagSentinelPass, EnvVars: envVars(flagSentinelPass),
+			FilePath: secretFile(flagSentinelPass), Action: trimSecret(flagSentinelPass),
 			Usage: "Sentinel: password of the sentinels themselves, if they require one"},
-		&cli.StringSliceFlag{Name: flagCluster, EnvVars: []string{envCluster},
+		&cli.StringSliceFlag{Name: flagCluster, EnvVars: envVars(flagCluster),
 			Usage: "Cluster: host:port of some cluster nodes; comma-separated. --" + flagRedisURL + " then gives only user, password and TLS, and --" +
 				flagKeyPrefix + " must hold a hash tag such as {certagent}:"},
-		&cli.StringFlag{Name: flagRedisCA, EnvVars: []string{envRedisCA},
+		&cli.StringFlag{Name: flagRedisCA, EnvVars: envVars(flagRedisCA),
 			Usage: "PEM file of the roots that sign Redis's TLS certificate (rediss://), instead of the system roots"},
-		&cli.IntFlag{Name: flagWaitReplicas, EnvVars: []string{envWaitReplicas},
+		&cli.IntFlag{Name: flagWaitReplicas, EnvVars: envVars(flagWaitReplicas), Action: atLeastInt(flagWaitReplicas, 0),
 			Usage: "replicas an HTTP-01 token must reach (Redis WAIT, at most 1 s) before the CA is asked to validate; set it when nginx reads from replicas"},
 	}
 }
@@ -54,7 +54,7 @@ var settingFlags = map[store.Setting]string{
 func storeOpenError(err error) error {
 	var cfgErr *store.ConfigError
 	if errors.As(err, &cfgErr) {
-		return cli.Exit(fmt.Sprintf("certagent: --%s: %v", settingFlags[cfgErr.Setting], cfgErr.Err), exitUsage)
+		return usageErrorf("certagent: --%s: %v", settingFlags[cfgErr.Setting], cfgErr.Err)
 	}
 	return err
 }

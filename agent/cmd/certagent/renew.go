@@ -45,10 +45,10 @@ func renewAction(c *cli.Context) error {
 	}
 	due := c.Bool(flagDue)
 	if due == (len(requested) > 0) {
-		return cli.Exit("certagent renew: name the certificates to renew, or give --due", exitUsage)
+		return usageErrorf("certagent renew: name the certificates to renew, or give --due")
 	}
 	if due && c.Bool(flagForce) {
-		return cli.Exit("certagent renew: --force applies to named certificates, not to --due", exitUsage)
+		return usageErrorf("certagent renew: --force applies to named certificates, not to --due")
 	}
 	s, err := openSession(c)
 	if err != nil {
@@ -113,7 +113,7 @@ func renewAction(c *cli.Context) error {
 		}
 	}
 	if failed > 0 {
-		return cli.Exit(fmt.Sprintf("certagent renew: %d of %d renewals failed", failed, len(views)), exitFailed)
+		return failedf("certagent renew: %d of %d renewals failed", failed, len(views))
 	}
 	return nil
 }

@@ -60,27 +60,37 @@ func parseReason(s string) (uint, error) {
 	return 0, fmt.Errorf("unknown revocation reason %q (want %s)", s, reasonNames())
 }
 
+// What signed a revocation the CA accepted, as revoke reports it.
+const (
+	signedWithAccount = "account"
+	signedWithCertKey = "certificate-key"
+)
+
 // revokeAtCA revokes rec with this site's account, and when the CA answers
 // that this account did not order it (another site's did: each site has its
-// own account, docs/peers.md), with the certificate's own key.
-func revokeAtCA(ctx context.Context, revoker manager.Revoker, rec *store.CertRecord, reason uint) error {
+// own account, docs/peers.md), with the certificate's own key. It returns
+// which of the two signed the revocation.
+func revokeAtCA(ctx context.Context, revoker manager.Revoker, rec *store.CertRecord, reason uint) (string, error) {
 	err := revoker.Revoke(ctx, []byte(rec.FullChain), reason)
 	byKey, ok := revoker.(manager.CertKeyRevoker)
 	if err == nil || !ok || !acmeclient.NotThisAccounts(err) {
-		return err
+		return signedWithAccount, err
 	}
 	if keyErr := byKey.RevokeWithCertKey(ctx, []byte(rec.FullChain), []byte(rec.Key), reason); keyErr != nil {
-		return fmt.Errorf("%w; then with the certificate's key: %w", err, keyErr)
+		return "", fmt.Errorf("%w; then with the certificate's key: %w", err, keyErr)
 	}
-	return nil
+	return signedWithCertKey, nil
 }
 
 type revokeView struct {
-	Name     string    `json:"name"`
-	Serial   string    `json:"serial"`
-	Revoked  bool      `json:"revoked"`
-	Deleted  []string  `json:"deleted,omitempty"`
-	Reissued *certView `json:"reissued,omitempty"`
+	Name    string `json:"name"`
+	Serial  string `json:"serial"`
+	Revoked bool   `json:"revoked"`
+	// SignedWith is what signed the revocation: this site's ACME account,
+	// or the certificate's own key (another site's account ordered it).
+	SignedWith string    `json:"signed_with"`
+	Deleted    []string  `json:"deleted,omitempty"`
+	Reissued   *certView `json:"reissued,omitempty"`
 }
 
 func revokeAction(c *cli.Context) error {
@@ -89,11 +99,11 @@ func revokeAction(c *cli.Context) error {
 		return err
 	}
 	if len(args) != 1 {
-		return cli.Exit("certagent revoke: name exactly one NAME", exitUsage)
+		return usageErrorf("certagent revoke: name exactly one NAME")
 	}
 	reason, err := parseReason(c.String(flagReason))
 	if err != nil {
-		return cli.Exit("certagent revoke: "+err.Error(), exitUsage)
+		return usageErrorf("certagent revoke: %v", err)
 	}
 	s, err := openSession(c)
 	if err != nil {
@@ -103,7 +113,7 @@ func revokeAction(c *cli.Context) error {
 	ctx, st, mgr, events := s.ctx, s.store, s.mgr, s.events
 	rec, err := st.GetCert(ctx, args[0])
 	if errors.Is(err, store.ErrNotFound) {
-		return cli.Exit(fmt.Sprintf("certagent revoke: no certificate stored for %s", args[0]), exitFailed)
+		return failedf("certagent revoke: no certificate stored for %s", args[0])
 	}
 	if err != nil {
 		return err
@@ -114,38 +124,39 @@ func revokeAction(c *cli.Context) error {
 		if ca == "" {
 			ca = "an unknown CA (imported)"
 		}
-		return cli.Exit(fmt.Sprintf("certagent revoke: the certificate for %s was issued by %s, which is not among the configured directories (--%s, --%s)",
-			args[0], ca, flagDirectory, flagFallbacks), exitFailed)
+		return failedf("certagent revoke: the certificate for %s was issued by %s, which is not among the configured directories (--%s, --%s)",
+			args[0], ca, flagDirectory, flagFallbacks)
 	}
-	if err := revokeAtCA(ctx, revoker, rec, reason); err != nil {
-		return cli.Exit(fmt.Sprintf("certagent revoke: revoking certificate for %s: %v", args[0], err), exitFailed)
+	signedWith, err := revokeAtCA(ctx, revoker, rec, reason)
+	if err != nil {
+		return failedf("certagent revoke: revoking certificate for %s: %v", args[0], err)
 	}
 	events.Emit(ctx, telemetry.Event{Type: telemetry.EventRevoked, Name: args[0], Names: rec.Names,
 		NotAfter: rec.NotAfter, Fingerprint: rec.Fingerprint, Reason: c.String(flagReason)})
-	view := revokeView{Name: args[0], Serial: rec.Serial, Revoked: true}
+	view := revokeView{Name: args[0], Serial: rec.Serial, Revoked: true, SignedWith: signedWith}
 	// A revoked certificate must not stay served: replace it or remove it.
 	if c.Bool(flagReissue) {
 		newRec, err := mgr.Issue(ctx, rec.Names)
 		if err != nil {
 			// Better the fallback certificate than a revoked one.
 			deleted, derr := st.DeleteCert(ctx, args[0])
-			return cli.Exit(fmt.Sprintf("certagent revoke: serial %s revoked, but ordering its replacement failed (%v); deleted %v (%v)",
-				rec.Serial, err, deleted, derr), exitFailed)
+			return failedf("certagent revoke: serial %s revoked, but ordering its replacement failed (%v); deleted %v (%v)",
+				rec.Serial, err, deleted, derr)
 		}
 		v := viewOf(rec.Primary(), newRec)
 		view.Reissued = &v
 	} else {
 		deleted, err := st.DeleteCert(ctx, args[0])
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return cli.Exit(fmt.Sprintf("certagent revoke: serial %s revoked, but deleting it failed: %v (run `certagent delete %s`)",
-				rec.Serial, err, args[0]), exitFailed)
+			return failedf("certagent revoke: serial %s revoked, but deleting it failed: %v (run `certagent delete %s`)",
+				rec.Serial, err, args[0])
 		}
 		view.Deleted = deleted
 	}
 	if c.Bool(flagJSON) {
 		return writeJSON(c.App.Writer, view)
 	}
-	fmt.Fprintf(c.App.Writer, "revoked   %s  serial=%s\n", view.Name, view.Serial)
+	fmt.Fprintf(c.App.Writer, "revoked   %s  serial=%s  signed_with=%s\n", view.Name, view.Serial, view.SignedWith)
 	if view.Reissued != nil {
 		fmt.Fprintf(c.App.Writer, "reissued  %s  serial=%s  not_after=%s\n", view.Name, view.Reissued.Serial,
 			view.Reissued.NotAfter.Format("2006-01-02T15:04:05Z"))

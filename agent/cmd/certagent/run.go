@@ -34,29 +34,30 @@ func runCommand() *cli.Command {
 			"  CERTAGENT_ALLOW='*' CERTAGENT_ACME_DIRECTORY=letsencrypt-staging certagent run\n" +
 			"  certagent run --allow shop.example --profile shortlived --fallback-directory https://acme.other-ca.example/dir",
 		Flags: withFlags(redisFlags(), acmeFlags(), peerFlags(), peerServerFlags(), []cli.Flag{
-			&cli.StringFlag{Name: flagHTTPListen, EnvVars: []string{envHTTPListen},
+			&cli.StringFlag{Name: flagHTTPListen, EnvVars: envVars(flagHTTPListen),
 				Usage: "address for /metrics (Prometheus), /healthz and /readyz, e.g. 127.0.0.1:9464 (default: none)"},
-			&cli.StringFlag{Name: flagWebhookURL, EnvVars: []string{envWebhookURL},
+			&cli.StringFlag{Name: flagWebhookURL, EnvVars: envVars(flagWebhookURL),
 				Usage: "URL that receives every event as a signed JSON POST (default: none)"},
-			&cli.StringFlag{Name: flagWebhookSecret, EnvVars: []string{envWebhookSecret},
+			&cli.StringFlag{Name: flagWebhookSecret, EnvVars: envVars(flagWebhookSecret),
+				FilePath: secretFile(flagWebhookSecret), Action: trimSecret(flagWebhookSecret),
 				Usage: "HMAC-SHA256 key of the webhook's X-Certagent-Signature header; required with --" + flagWebhookURL},
-			&cli.StringSliceFlag{Name: flagAllow, EnvVars: []string{envAllow},
+			&cli.StringSliceFlag{Name: flagAllow, EnvVars: envVars(flagAllow),
 				Usage: "names that may get a certificate: exact names, *.example.com for every name below it, * for all; comma-separated. Nothing else is issued"},
-			&cli.StringFlag{Name: flagGroup, EnvVars: []string{envGroup}, Value: "certagent",
+			&cli.StringFlag{Name: flagGroup, EnvVars: envVars(flagGroup), Value: "certagent",
 				Usage: "consumer group shared by the agents"},
-			&cli.StringFlag{Name: flagConsumer, EnvVars: []string{envConsumer},
+			&cli.StringFlag{Name: flagConsumer, EnvVars: envVars(flagConsumer),
 				Usage: "this agent's stable name in the group (default: the host name)"},
-			&cli.DurationFlag{Name: flagGrace, EnvVars: []string{envGrace}, Value: 20 * time.Second,
+			&cli.DurationFlag{Name: flagGrace, EnvVars: envVars(flagGrace), Value: 20 * time.Second,
 				Usage: "on SIGTERM, how long running orders may finish before they are left for the next start"},
-			&cli.DurationFlag{Name: flagReclaim, EnvVars: []string{envReclaim}, Value: time.Minute,
+			&cli.DurationFlag{Name: flagReclaim, EnvVars: envVars(flagReclaim), Value: time.Minute,
 				Usage: "stream entries unacknowledged this long (their agent died, or another held the name's lease) are taken over"},
-			&cli.DurationFlag{Name: flagLockTTL, EnvVars: []string{envLockTTL}, Value: store.LockTTL,
+			&cli.DurationFlag{Name: flagLockTTL, EnvVars: envVars(flagLockTTL), Value: store.LockTTL, Action: atLeastDuration(flagLockTTL, 3*time.Second, "it is extended every third of it"),
 				Usage: "lease on a name while its order runs, extended every third of it; a killed agent blocks its names this long"},
-			&cli.DurationFlag{Name: flagRenewInterval, EnvVars: []string{envRenewInterval}, Value: time.Minute,
+			&cli.DurationFlag{Name: flagRenewInterval, EnvVars: envVars(flagRenewInterval), Value: time.Minute,
 				Usage: "longest pause between two looks at the renewal schedule (it wakes earlier when a renewal is due sooner)"},
-			&cli.DurationFlag{Name: flagRenewRetry, EnvVars: []string{envRenewRetry}, Value: time.Minute,
+			&cli.DurationFlag{Name: flagRenewRetry, EnvVars: envVars(flagRenewRetry), Value: time.Minute,
 				Usage: "pause after a failed renewal; doubles per failure up to 6h, shorter as expiry nears"},
-			&cli.DurationFlag{Name: flagCheckInterval, EnvVars: []string{envCheckInterval}, Value: 10 * time.Minute,
+			&cli.DurationFlag{Name: flagCheckInterval, EnvVars: envVars(flagCheckInterval), Value: 10 * time.Minute,
 				Usage: "pause between two checks of every stored certificate; a corrupt one is ordered again"},
 		}, concurrencyFlags(), gateFlags()),
 		Action: runAction,
@@ -76,7 +77,7 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	consumerName, err := checkRunFlags(c)
+	consumerName, err := consumerNameOf(c)
 	if err != nil {
 		return err
 	}
@@ -194,22 +195,17 @@ func connectManager(ctx context.Context, c *cli.Context, st *store.Store, log *s
 	}
 }
 
-// checkRunFlags refuses the settings of run that no start could use, and
-// returns the consumer name.
-func checkRunFlags(c *cli.Context) (consumerName string, err error) {
-	if share := c.Float64(flagRenewalShare); share <= 0 || share >= 1 {
-		return "", cli.Exit(fmt.Sprintf("certagent: --%s: %v is not between 0 and 1", flagRenewalShare, share), exitUsage)
+// consumerNameOf is --consumer, or the host name.
+func consumerNameOf(c *cli.Context) (string, error) {
+	name := c.String(flagConsumer)
+	if name != "" {
+		return name, nil
 	}
-	if ttl := c.Duration(flagLockTTL); ttl < 3*time.Second {
-		return "", cli.Exit(fmt.Sprintf("certagent: --%s: %s is below 3s (it is extended every third of it)", flagLockTTL, ttl), exitUsage)
+	name, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("--%s not set and no host name: %w", flagConsumer, err)
 	}
-	consumerName = c.String(flagConsumer)
-	if consumerName == "" {
-		if consumerName, err = os.Hostname(); err != nil {
-			return "", fmt.Errorf("--%s not set and no host name: %w", flagConsumer, err)
-		}
-	}
-	return consumerName, nil
+	return name, nil
 }
 
 // allowPolicy reads the allow rules of --allow and --allow-file, and the
@@ -219,18 +215,18 @@ func allowPolicy(c *cli.Context, log *slog.Logger) (*policy.Policy, *policy.Ask,
 	if file := c.String(flagAllowFile); file != "" {
 		more, err := policy.ReadRulesFile(file)
 		if err != nil {
-			return nil, nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAllowFile, err), exitUsage)
+			return nil, nil, usageErrorf("certagent: --%s: %v", flagAllowFile, err)
 		}
 		rules = append(rules, more...)
 	}
 	static, err := policy.ParsePolicy(rules)
 	if err != nil {
-		return nil, nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAllow, err), exitUsage)
+		return nil, nil, usageErrorf("certagent: --%s: %v", flagAllow, err)
 	}
 	var ask *policy.Ask
 	if u := c.String(flagAskURL); u != "" {
 		if ask, err = policy.NewAsk(policy.AskConfig{URL: u, Timeout: c.Duration(flagAskTimeout)}); err != nil {
-			return nil, nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagAskURL, err), exitUsage)
+			return nil, nil, usageErrorf("certagent: --%s: %v", flagAskURL, err)
 		}
 	}
 	if static.Empty() && ask == nil {
@@ -302,7 +298,7 @@ func newPreflight(c *cli.Context) (*policy.Preflight, error) {
 	for _, a := range c.StringSlice(flagPreflightAddrs) {
 		addr, err := netip.ParseAddr(strings.TrimSpace(a))
 		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagPreflightAddrs, err), exitUsage)
+			return nil, usageErrorf("certagent: --%s: %v", flagPreflightAddrs, err)
 		}
 		addrs = append(addrs, addr)
 	}
@@ -312,7 +308,7 @@ func newPreflight(c *cli.Context) (*policy.Preflight, error) {
 		Resolver:      c.String(flagDNSResolver),
 	})
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagDNSResolver, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagDNSResolver, err)
 	}
 	return p, nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
 	"sort"
@@ -25,7 +24,7 @@ import (
 func newLogger(c *cli.Context) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String(flagLogLevel))); err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagLogLevel, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagLogLevel, err)
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	var handler slog.Handler
@@ -35,7 +34,7 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 	case "json":
 		handler = slog.NewJSONHandler(os.Stderr, opts)
 	default:
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %q is neither text nor json", flagLogFormat, format), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %q is neither text nor json", flagLogFormat, format)
 	}
 	legolog.Logger = slog.NewLogLogger(handler.WithAttrs([]slog.Attr{slog.String("component", "lego")}), slog.LevelInfo)
 	store.SetLogger(slog.New(handler.WithAttrs([]slog.Attr{slog.String("component", "redis")})))
@@ -58,14 +57,14 @@ func closeStore(st *store.Store) { _ = st.Close() }
 func acmeConfigs(c *cli.Context) ([]acmeclient.Config, error) {
 	directories := append([]string{c.String(flagDirectory)}, c.StringSlice(flagFallbacks)...)
 	if err := acmeclient.CheckKeyType(c.String(flagKeyType)); err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagKeyType, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagKeyType, err)
 	}
 	var dnsProvider challenge.Provider
 	var dnsRules acmeclient.DNSRules
 	if name := c.String(flagDNS); name != "" {
 		var err error
 		if dnsProvider, err = acmeclient.NewDNSProvider(name); err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagDNS, err), exitUsage)
+			return nil, usageErrorf("certagent: --%s: %v", flagDNS, err)
 		}
 	}
 	for _, rule := range c.StringSlice(flagDNSNames) {
@@ -73,28 +72,28 @@ func acmeConfigs(c *cli.Context) ([]acmeclient.Config, error) {
 		if rule != "*" {
 			name, err := storedName(rule)
 			if err != nil {
-				return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagDNSNames, err), exitUsage)
+				return nil, usageErrorf("certagent: --%s: %v", flagDNSNames, err)
 			}
 			rule = name
 		}
 		dnsRules = append(dnsRules, rule)
 	}
 	if len(dnsRules) > 0 && dnsProvider == nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs --%s", flagDNSNames, flagDNS), exitUsage)
+		return nil, usageErrorf("certagent: --%s needs --%s", flagDNSNames, flagDNS)
 	}
 	// Mistakes in these would otherwise look like a CA that is down, which
 	// run retries for ever.
 	if _, err := acmeclient.LoadCARoots(c.StringSlice(flagCARoots)); err != nil {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagCARoots, err), exitUsage)
+		return nil, usageErrorf("certagent: --%s: %v", flagCARoots, err)
 	}
 	if (c.String(flagEABKID) == "") != (c.String(flagEABHMAC) == "") {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s and --%s go together", flagEABKID, flagEABHMAC), exitUsage)
+		return nil, usageErrorf("certagent: --%s and --%s go together", flagEABKID, flagEABHMAC)
 	}
 	var cfgs []acmeclient.Config
 	for i, dir := range directories {
 		dir = acmeclient.ResolveDirectory(strings.TrimSpace(dir))
 		if !strings.HasPrefix(dir, "https://") && !strings.HasPrefix(dir, "http://") {
-			return nil, cli.Exit(fmt.Sprintf("certagent: %q is neither an ACME directory URL nor a preset (%s)", dir, presetNames()), exitUsage)
+			return nil, usageErrorf("certagent: %q is neither an ACME directory URL nor a preset (%s)", dir, presetNames())
 		}
 		cfg := acmeclient.Config{
 			DirectoryURL: dir,
@@ -140,7 +139,7 @@ func buildTelemetry(c *cli.Context, st *store.Store, log *slog.Logger) (*telemet
 			URL: url, Secret: c.String(flagWebhookSecret), Logger: log,
 		}, metrics)
 		if err != nil {
-			return nil, nil, nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v (set --%s)", flagWebhookURL, err, flagWebhookSecret), exitUsage)
+			return nil, nil, nil, usageErrorf("certagent: --%s: %v (set --%s)", flagWebhookURL, err, flagWebhookSecret)
 		}
 	}
 	stream := telemetry.NewStreamSink(st, metrics, log)
@@ -226,10 +225,7 @@ type session struct {
 func openSession(c *cli.Context) (*session, error) {
 	s := &session{}
 	var err error
-	if s.log, err = newLogger(c); err != nil {
-		return nil, err
-	}
-	if s.store, err = openStore(c); err != nil {
+	if s.store, s.log, err = openStoreAndLogger(c); err != nil {
 		return nil, err
 	}
 	s.closes = append(s.closes, func() { closeStore(s.store) })
@@ -260,4 +256,19 @@ func (s *session) Close() {
 	for i := len(s.closes) - 1; i >= 0; i-- {
 		s.closes[i]()
 	}
+}
+
+// openStoreAndLogger is how every command that works on the stored state
+// begins: the logger of --log-level and --log-format, then the store.
+// closeStore releases the store.
+func openStoreAndLogger(c *cli.Context) (*store.Store, *slog.Logger, error) {
+	log, err := newLogger(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := openStore(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, log, nil
 }

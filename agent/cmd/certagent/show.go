@@ -48,10 +48,10 @@ func showAction(c *cli.Context) error {
 		return err
 	}
 	if len(args) != 1 {
-		return cli.Exit("certagent show: name exactly one NAME", exitUsage)
+		return usageErrorf("certagent show: name exactly one NAME")
 	}
 	name := args[0]
-	st, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
@@ -91,10 +91,10 @@ func showAction(c *cli.Context) error {
 	}
 	switch {
 	case v.certView == nil:
-		return cli.Exit(fmt.Sprintf("certagent show: no certificate stored for %s", name), exitFailed)
+		return failedf("certagent show: no certificate stored for %s", name)
 	case v.Status == statusCorrupt:
-		return cli.Exit(fmt.Sprintf("certagent show: the record stored for %s is corrupt (nginx serves the fallback): %s",
-			name, v.Reason), exitFailed)
+		return failedf("certagent show: the record stored for %s is corrupt (nginx serves the fallback): %s",
+			name, v.Reason)
 	}
 	return nil
 }

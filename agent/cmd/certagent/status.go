@@ -24,7 +24,7 @@ func statusCommand() *cli.Command {
 			"and the next scheduled renewals. Exits 1 when Redis cannot be read." +
 			"\n\nExamples:\n  certagent status\n  certagent status --next 20 --json",
 		Flags: withFlags(redisFlags(), []cli.Flag{
-			&cli.StringFlag{Name: flagGroup, EnvVars: []string{envGroup}, Value: "certagent", Usage: "consumer group of the agents"},
+			&cli.StringFlag{Name: flagGroup, EnvVars: envVars(flagGroup), Value: "certagent", Usage: "consumer group of the agents"},
 			&cli.IntFlag{Name: flagNext, Value: 10, Usage: "how many failing names and next renewals to show"},
 			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"},
 		}),
@@ -64,7 +64,7 @@ func statusAction(c *cli.Context) error {
 	if err := noArgs(c, "status"); err != nil {
 		return err
 	}
-	st, err := openStore(c)
+	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
 	}
@@ -76,15 +76,15 @@ func statusAction(c *cli.Context) error {
 		NextRenewals: []statusEntry{}}
 	streams, err := st.StreamStatus(ctx, c.String(flagGroup))
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	v.Requests, v.Pending, v.PendingConsumers, v.Changes = streams.Length, streams.Pending, streams.Consumers, streams.Changes
 	if v.Refused, err = st.RefusalCounts(ctx); err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	var counts []int64
 	if v.Certificates, counts, err = st.CertCounts(ctx, now.Unix(), now.Add(7*24*time.Hour).Unix()); err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	v.Expired, v.ExpiringWeek = counts[0], counts[1]-counts[0]
 	err = st.WalkCerts(ctx, time.Unix(math.MaxInt64/2, 0), func(r store.CheckedRecord) error {
@@ -98,12 +98,12 @@ func statusAction(c *cli.Context) error {
 		return nil
 	})
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 
 	failing, err := st.FailingRenewals(ctx, limit)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	for _, f := range failing {
 		e := statusEntry{Name: f.Name, At: f.NotAfter}
@@ -114,14 +114,14 @@ func statusAction(c *cli.Context) error {
 	}
 	orders, err := st.ListFailures(ctx, limit)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	for _, f := range orders {
 		v.FailingOrders = append(v.FailingOrders, statusEntry{Name: f.Name, At: f.NextAttempt, Error: f.LastError, Count: f.Attempts})
 	}
 	next, err := st.NextRenewals(ctx, limit)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("certagent status: %v", err), exitFailed)
+		return failedf("certagent status: %v", err)
 	}
 	for _, e := range next {
 		v.NextRenewals = append(v.NextRenewals, statusEntry{Name: e.Name, At: e.NotAfter})
