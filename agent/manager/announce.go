@@ -75,13 +75,15 @@ func (a *Announcer) Run(ctx context.Context) error {
 	return nil
 }
 
-// beat beats, then publishes the rules if they are not yet: nginx reads
-// the heartbeat with the rules it is told about, and must find it.
+// beat beats, then publishes the rules if they are not yet, or no more
+// (Redis restarted without persistence): nginx reads the heartbeat with the
+// rules it is told about, and must find it.
 func (a *Announcer) beat(ctx context.Context, published *bool) error {
-	if err := a.cfg.Store.Beat(ctx, a.cfg.Name, 3*a.cfg.Interval); err != nil {
+	there, err := a.cfg.Store.Beat(ctx, a.cfg.Name, 3*a.cfg.Interval)
+	if err != nil {
 		return err
 	}
-	if !*published {
+	if !*published || !there {
 		if err := a.Publish(ctx); err != nil {
 			return err
 		}

@@ -61,3 +61,32 @@ func TestAnnouncerPublishesAndBeats(t *testing.T) {
 		t.Errorf("publishing other rules over the fleet's logged %q, want a warning", log.String())
 	}
 }
+
+// TestAnnouncerPublishesAgainAfterRedisLostTheRules: a Redis restarted
+// without persistence (here FLUSHALL) loses the published rules; the running
+// announcer publishes them again at its next beat, so nginx goes on judging
+// names locally without waiting for an agent's restart.
+func TestAnnouncerPublishesAgainAfterRedisLostTheRules(t *testing.T) {
+	r := testenv.StartRedis(t)
+	st := store.New(r.Client, store.Keys{})
+	allow, err := policy.ParsePolicy([]string{"*.example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	defer func() { cancel(); <-done }()
+	go func() {
+		NewAnnouncer(AnnouncerConfig{Store: st, Static: allow, Name: "a1", Interval: 50 * time.Millisecond}).Run(ctx)
+		close(done)
+	}()
+	published := func() bool {
+		rec, err := st.Rules(context.Background())
+		return err == nil && rec.Published && slices.Equal(rec.Static, []string{"*.example.test"})
+	}
+	waitFor(t, "the rules published", published)
+	if err := r.Client.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the rules published again after Redis lost them", published)
+}

@@ -15,6 +15,13 @@ import (
 type ConcurrencyConfig struct {
 	// Floor and Ceiling bound the orders at once. Defaults: 4 and 32.
 	Floor, Ceiling int
+	// Start is the orders at once before any has ended, within Floor and
+	// Ceiling. Default: 16. A burst of new names (a deployment, a fleet
+	// moving its names over) is then ordered at once instead of waiting
+	// for the limit to double up from the floor, round after round, while
+	// first visitors wait; the budgets cap what reaches the CA either way,
+	// and the first refusal halves the limit.
+	Start int
 	// Fixed, above zero, runs exactly this many orders at once and never
 	// adapts (certagent run --workers N).
 	Fixed int
@@ -33,7 +40,7 @@ type ConcurrencyConfig struct {
 }
 
 // Concurrency is the number of orders this agent runs at once, adapted to
-// the CA's pace the way TCP adapts its window (AIMD): it starts at the floor,
+// the CA's pace the way TCP adapts its window (AIMD): it starts at Start,
 // grows by one per order that succeeds quickly (doubling each round) until
 // the first cut, then by one per round; it halves, never below the floor, on
 // a rateLimited answer, a CA failure (5xx, no answer) or an order slower than
@@ -64,6 +71,10 @@ func NewConcurrency(cfg ConcurrencyConfig) *Concurrency {
 		cfg.Ceiling = 32
 	}
 	cfg.Ceiling = max(cfg.Ceiling, cfg.Floor)
+	if cfg.Start <= 0 {
+		cfg.Start = defaultStart
+	}
+	cfg.Start = min(max(cfg.Start, cfg.Floor), cfg.Ceiling)
 	if cfg.Slow <= 0 {
 		cfg.Slow = 30 * time.Second
 	}
@@ -76,8 +87,11 @@ func NewConcurrency(cfg ConcurrencyConfig) *Concurrency {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Concurrency{cfg: cfg, limit: float64(cfg.Floor)}
+	return &Concurrency{cfg: cfg, limit: float64(cfg.Start)}
 }
+
+// defaultStart is ConcurrencyConfig.Start's default.
+const defaultStart = 16
 
 // Ceiling is the most orders that can ever run at once.
 func (c *Concurrency) Ceiling() int { return c.cfg.Ceiling }

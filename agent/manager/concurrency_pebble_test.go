@@ -71,7 +71,7 @@ func mostAtOnce(orders []testenv.ProxyOrder) int {
 // ceiling; a rateLimited answer halves it, and so does a 500 after the calm.
 func TestConcurrencyAtTheStrictCAGrowsThenBacksOffOnRateLimitedAnd5xx(t *testing.T) {
 	s := startCAStack(t)
-	proxy, c := s.adaptiveThroughProxy(t, ConcurrencyConfig{Floor: 2, Ceiling: 6, Calm: time.Millisecond}, BudgetConfig{})
+	proxy, c := s.adaptiveThroughProxy(t, ConcurrencyConfig{Floor: 2, Start: 2, Ceiling: 6, Calm: time.Millisecond}, BudgetConfig{})
 
 	names := burstNames("burst", 16)
 	s.burst(t, names)

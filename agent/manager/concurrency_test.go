@@ -15,7 +15,7 @@ import (
 )
 
 func newTestConcurrency(clock *testenv.Clock, floor, ceiling int) *Concurrency {
-	return NewConcurrency(ConcurrencyConfig{Floor: floor, Ceiling: ceiling, Slow: 10 * time.Second,
+	return NewConcurrency(ConcurrencyConfig{Floor: floor, Start: floor, Ceiling: ceiling, Slow: 10 * time.Second,
 		Calm: 5 * time.Second, Clock: clock, Logger: quietLogger()})
 }
 
@@ -47,6 +47,24 @@ var (
 	errUnauthorized = &acme.ProblemDetails{Type: "urn:ietf:params:acme:error:unauthorized",
 		HTTPStatus: http.StatusForbidden, Detail: "Invalid response from http://a.example/.well-known/acme-challenge/x"}
 )
+
+func TestConcurrencyStartsHighEnoughForABurstWithinItsBounds(t *testing.T) {
+	for _, tc := range []struct{ floor, start, ceiling, want int }{
+		{4, 0, 32, 16}, // the defaults: a burst of 16 new names is ordered at once
+		{4, 0, 10, 10},
+		{20, 0, 32, 20},
+		{2, 5, 32, 5},
+	} {
+		c := NewConcurrency(ConcurrencyConfig{Floor: tc.floor, Start: tc.start, Ceiling: tc.ceiling, Logger: quietLogger()})
+		if got := c.Limit(); got != tc.want {
+			t.Errorf("floor %d, start %d, ceiling %d: starts at %d, want %d", tc.floor, tc.start, tc.ceiling, got, tc.want)
+		}
+	}
+	c := NewConcurrency(ConcurrencyConfig{Fixed: 3, Logger: quietLogger()})
+	if got := c.Limit(); got != 3 {
+		t.Errorf("fixed at 3: starts at %d", got)
+	}
+}
 
 func TestConcurrencyGrowsFromTheFloorToTheCeilingWhileOrdersSucceedQuickly(t *testing.T) {
 	clock := testenv.NewClock(time.Now())

@@ -15,6 +15,16 @@ import (
 	"github.com/certagent/certagent/agent/store"
 )
 
+// DefaultRenewWorkers is how many renewals an agent runs at once unless told
+// otherwise. A renewal is about ten requests to the CA over a few seconds
+// (order, authorization, challenge, polls, finalize, download, renewal
+// info), so 8 at once is some 20 to 40 requests a second: four agents behind
+// one address stay well under Let's Encrypt's 250 requests a second per
+// address for /acme/, while renewals, which send `replaces`, are exempt
+// from its limits on new orders. The rate budgets (--limit-orders and the
+// others) still count each renewal.
+const DefaultRenewWorkers = 8
+
 // RenewerConfig configures a Renewer.
 type RenewerConfig struct {
 	Manager *Manager
@@ -23,12 +33,13 @@ type RenewerConfig struct {
 	// Clock decides what is due. Default: the manager's clock.
 	Clock clock.Clock
 	// Interval is the longest the scheduler sleeps between two looks at the
-	// schedule; it wakes earlier when the next scheduled time is sooner.
-	// Certificates stored by other agents are noticed within it. Default: 1 minute.
+	// schedule; it wakes earlier when the next scheduled time is sooner, and
+	// when the stream of changes tells of a certificate written (by an
+	// import, a peer site, another agent). Default: 1 minute.
 	Interval time.Duration
 	// Batch is how many due names one read of the schedule takes. Default: 100.
 	Batch int64
-	// Workers is how many renewals run at once. Default: 2.
+	// Workers is how many renewals run at once. Default: DefaultRenewWorkers.
 	Workers int
 	// RetryBase is the pause after a first failed renewal; it doubles with
 	// each failure in a row up to RetryMax, and never exceeds a quarter of the
@@ -85,7 +96,7 @@ func NewRenewer(cfg RenewerConfig) *Renewer {
 		cfg.Batch = 100
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 2
+		cfg.Workers = DefaultRenewWorkers
 	}
 	if cfg.RetryBase <= 0 {
 		cfg.RetryBase = time.Minute
@@ -137,6 +148,9 @@ func (r *Renewer) loop(ctx context.Context) {
 	st := r.cfg.Manager.cfg.Store
 	pause := backoff.New(time.Second, r.cfg.Interval)
 	filled := false
+	// Followed from before the first look, so that nothing written during
+	// it waits for the next Interval.
+	after, _ := st.LastChangeID(ctx)
 	for ctx.Err() == nil {
 		if !filled {
 			added, err := st.ScheduleMissing(ctx, r.cfg.Clock.Now())
@@ -165,10 +179,7 @@ func (r *Renewer) loop(ctx context.Context) {
 				sleep = max(d, 100*time.Millisecond)
 			}
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(sleep):
-		}
+		after = r.sleep(ctx, sleep, after)
 	}
 }
 

@@ -20,26 +20,13 @@ import (
 // and the same user can write neither a certificate, nor a token, nor an
 // issuing mark, nor anything else.
 func TestNginxRunsAsTheLeastPrivilegeUser(t *testing.T) {
-	schema, err := schemadoc.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
 	r := testenv.StartRedis(t)
 	ctx := context.Background()
 	const prefix = "certagent:"
 	testenv.SetACL(t, "certagent-nginx", prefix, "ng1nx pw", r.Client)
 	// The default user keeps full rights: the test writes as the agent would.
-	n := testenv.StartNginx(t, testenv.NginxOptions{
-		RedisURL:  "redis://certagent-nginx:ng1nx%20pw@" + r.Addr + "/0",
-		Env:       map[string]string{"CERTAGENT_NODE": testNode},
-		LuaConfig: map[string]string{"changes_interval": "1"},
-	})
-	e := &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("nginx error log:\n%s", n.ErrorLog())
-		}
-	})
+	e := startAsNginxUser(t, r, prefix)
+	n := e.nginx
 	logStart := n.ErrorLogSize()
 
 	// HMGET of a certificate.
@@ -146,4 +133,62 @@ func TestNginxRunsAsTheLeastPrivilegeUser(t *testing.T) {
 	if got, _ := r.Client.Get(ctx, tokenKey).Result(); got != keyAuth {
 		t.Error("the token changed")
 	}
+}
+
+// TestNginxWithAnACLWithoutTheRules: an installation that updated nginx's
+// Lua but not its ACL line (no read of rules and alive) behaves as before
+// the rules: every name is recorded, none is judged out, no handshake fails.
+func TestNginxWithAnACLWithoutTheRules(t *testing.T) {
+	r := testenv.StartRedis(t)
+	const prefix = "certagent:"
+	var args []any
+	for _, a := range testenv.ACLFromDoc(t, "certagent-nginx", prefix, "ng1nx pw") {
+		if a == "%R~"+prefix+"rules" || a == "%R~"+prefix+"alive" {
+			continue
+		}
+		args = append(args, a)
+	}
+	if full := testenv.ACLFromDoc(t, "certagent-nginx", prefix, "ng1nx pw"); len(args) != len(full)-2 {
+		t.Fatalf("the documented ACL %v has no separate patterns for rules and alive", full)
+	}
+	if err := r.Client.Do(context.Background(), args...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e := startAsNginxUser(t, r, prefix)
+	e.beat(time.Minute)
+	e.publishRules(1, "*.example.test", "", "")
+	time.Sleep(1500 * time.Millisecond) // past a read of the changes stream and its announcement
+	if c := e.mustHandshake("outside.example.org"); !e.isFallback(c) {
+		t.Fatalf("served %q, want the fallback", c.Subject.CommonName)
+	}
+	waitFor(t, "the name recorded as before the rules", func() bool {
+		for _, m := range e.streamEntries() {
+			if m.Values["name"] == "outside.example.org" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// startAsNginxUser starts nginx on r as the user certagent-nginx (password
+// "ng1nx pw"), whose ACL the test has set.
+func startAsNginxUser(t *testing.T, r *testenv.Redis, prefix string) *env {
+	t.Helper()
+	schema, err := schemadoc.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := testenv.StartNginx(t, testenv.NginxOptions{
+		RedisURL:  "redis://certagent-nginx:ng1nx%20pw@" + r.Addr + "/0",
+		Env:       map[string]string{"CERTAGENT_NODE": testNode},
+		LuaConfig: map[string]string{"changes_interval": "1"},
+	})
+	e := &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("nginx error log:\n%s", n.ErrorLog())
+		}
+	})
+	return e
 }

@@ -246,8 +246,8 @@ func TestRefusalRememberedAndNotAskedAgain(t *testing.T) {
 	e.mustHandshake(later)
 	e.wantCounters("after the remembered refusal", map[string]float64{waits: 1, judgedRefused: 11})
 
-	// New rules void the memory: the name may be held again (it is in
-	// the stream for this request_window already).
+	// New rules void the memory: the name may be held again (and is
+	// recorded again, under the new rules).
 	reads := e.commands("hmget")
 	e.publishRules(2, "*.allowed.test", "", "")
 	waitFor(t, "the worker to read the new rules", func() bool { return e.commands("hmget") > reads })
@@ -260,4 +260,26 @@ func TestRefusalRememberedAndNotAskedAgain(t *testing.T) {
 	}
 	done()
 	e.wantCounters("after new rules", map[string]float64{waits: 2, judgedRefused: 11})
+}
+
+// TestNewRulesRecordANameAgain: a name recorded and refused under the old
+// rules (here an ask URL's no) is recorded again at its next handshake once
+// new rules are published (the operator added it to the allowlist), not a
+// whole request_window later: no agent would otherwise hear of it again.
+func TestNewRulesRecordANameAgain(t *testing.T) {
+	e := startJudging(t, "", time.Minute, func(e *env) { e.publishRules(1, "", "", "*") })
+	const name = "asked.other.test"
+	e.mustHandshake(name)
+	waitFor(t, "the name in the stream", func() bool { return len(e.namesIn()) == 1 })
+	e.mark(name, "refused policy: the ask URL said no")
+	e.mustHandshake(name)
+	if n := len(e.namesIn()); n != 1 {
+		t.Fatalf("under the same rules the name was recorded %d times, want once", n)
+	}
+
+	reads := e.commands("hmget")
+	e.publishRules(2, "", name, "*")
+	waitFor(t, "the worker to read the new rules", func() bool { return e.commands("hmget") > reads })
+	e.mustHandshake(name)
+	waitFor(t, "the name recorded again under the new rules", func() bool { return len(e.namesIn()) == 2 })
 }

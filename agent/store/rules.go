@@ -21,6 +21,11 @@ const (
 
 // allowScript changes the allowlist and republishes the rules in one step,
 // so the record nginx judges by never lags the set the agents decide by.
+// nginx reads the record again only for a version above its own: a record
+// written anew (a new fleet, or a Redis that lost it) starts at the Redis
+// time in microseconds, above any version a lost record can have had (it
+// would take more than one publication a microsecond to catch up). An
+// integer below 2^53: exact in nginx's Lua numbers too.
 // KEYS: allow, allow-generation, rules, changes. ARGV: op ("add", "rm" or
 // "agent"), changes MAXLEN, static rules, ask rules, then the rules to add
 // or remove. "agent" writes the agent's static and ask fields. A change of
@@ -49,7 +54,14 @@ end
 local members = redis.call("SMEMBERS", KEYS[1])
 table.sort(members)
 redis.call("HSET", KEYS[3], "allow", table.concat(members, " "))
-local v = redis.call("HINCRBY", KEYS[3], "version", 1)
+local v
+if redis.call("HEXISTS", KEYS[3], "version") == 1 then
+  v = redis.call("HINCRBY", KEYS[3], "version", 1)
+else
+  local t = redis.call("TIME")
+  v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  redis.call("HSET", KEYS[3], "version", string.format("%.0f", v))
+end
 redis.call("XADD", KEYS[4], "MAXLEN", "~", ARGV[2], "*", "op", "rules", "version", v)
 return {n, v, before or ""}
 `)
@@ -116,12 +128,21 @@ func (s *Store) Rules(ctx context.Context) (RulesRecord, error) {
 	return rec, nil
 }
 
-// Beat records that an agent is alive for ttl; any agent's beat counts.
-func (s *Store) Beat(ctx context.Context, agent string, ttl time.Duration) error {
-	if err := s.rdb.Set(ctx, s.keys.Alive(), agent, ttl).Err(); err != nil {
-		return fmt.Errorf("recording that %s is alive: %w", agent, err)
+// Beat records that an agent is alive for ttl; any agent's beat counts. In
+// the same round trip it reads whether the rules are published, so that an
+// agent publishes them again when Redis lost them (a restart without
+// persistence).
+func (s *Store) Beat(ctx context.Context, agent string, ttl time.Duration) (published bool, err error) {
+	var exists *redis.BoolCmd
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, s.keys.Alive(), agent, ttl)
+		exists = p.HExists(ctx, s.keys.Rules(), rulesStatic)
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("recording that %s is alive: %w", agent, err)
 	}
-	return nil
+	return exists.Val(), nil
 }
 
 // AliveFor returns how long the last beat of any agent still counts; 0 when

@@ -238,13 +238,23 @@ local function request(name, mark)
         -- (once per window), as the refusal may predate new rules.
         rules.refused(name)
     end
-    if dict:get(name) then
+    -- The window holds the version of the rules the name was recorded
+    -- under: under new ones (the allowlist changed) an agent may decide
+    -- otherwise, and hears of the name at once instead of a window later.
+    local version = rules.version() or 0
+    local recorded = dict:get(name)
+    if recorded == version then
         return true
     end
     if not take_token(dict) then
         return false
     end
-    local ok, err = dict:add(name, true, cfg.request_window)
+    local ok, err
+    if recorded == nil then
+        ok, err = dict:add(name, version, cfg.request_window)
+    else
+        ok, err = dict:set(name, version, cfg.request_window)
+    end
     if not ok then
         if err ~= "exists" then
             log(ERR, "certagent: shared dict ", cfg.requests_dict, ": ", err)

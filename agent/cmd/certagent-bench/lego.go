@@ -128,10 +128,8 @@ func legoOrder(core *api.Core, name string, answers *sync.Map) error {
 			return fmt.Errorf("starting validation of %s: %w", name, err)
 		}
 	}
-	// The order, not each authorization, is polled until it is ready: Pebble
-	// can deadlock when an authorization is polled while a new order scans
-	// the authorizations (its Authz handler locks the authorization, then the
-	// store), which ends a bulk run at 20 at once within a few hundred orders.
+	// The order, not each authorization, is polled until it is ready, as
+	// certagent's client does: one request follows all the authorizations.
 	if err := shortPolls(func() (bool, error) {
 		o, err := core.Orders.Get(order.Location)
 		if err == nil && o.Status == acme.StatusInvalid {

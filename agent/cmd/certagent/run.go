@@ -57,6 +57,8 @@ func runCommand() *cli.Command {
 				Usage: "longest pause between two looks at the renewal schedule (it wakes earlier when a renewal is due sooner)"},
 			&cli.DurationFlag{Name: flagRenewRetry, EnvVars: envVars(flagRenewRetry), Value: time.Minute,
 				Usage: "pause after a failed renewal; doubles per failure up to 6h, shorter as expiry nears"},
+			&cli.IntFlag{Name: flagRenewConc, EnvVars: envVars(flagRenewConc), Value: manager.DefaultRenewWorkers, Action: atLeastInt(flagRenewConc, 1),
+				Usage: "renewals run at once by this agent; the default keeps a few agents behind one address well within Let's Encrypt's request limits"},
 			&cli.DurationFlag{Name: flagCheckInterval, EnvVars: envVars(flagCheckInterval), Value: 10 * time.Minute,
 				Usage: "pause between two checks of every stored certificate; a corrupt one is ordered again"},
 		}, concurrencyFlags(), gateFlags()),
@@ -288,6 +290,7 @@ func newWorkers(c *cli.Context, st *store.Store, log *slog.Logger, mgr *manager.
 		Logger:        log,
 		Interval:      c.Duration(flagRenewInterval),
 		RetryBase:     c.Duration(flagRenewRetry),
+		Workers:       c.Int(flagRenewConc),
 		ShutdownGrace: c.Duration(flagGrace),
 	})
 	return consumer, renewer, nil
