@@ -15,6 +15,8 @@ import (
 	"github.com/go-acme/lego/v4/acme"
 	"github.com/go-acme/lego/v4/acme/api"
 	"github.com/go-acme/lego/v4/challenge"
+
+	"github.com/certagent/certagent/agent/internal/backoff"
 )
 
 // Obtain orders one certificate for names (the first is the subject) with a
@@ -336,6 +338,7 @@ func (c *Client) waitOrder(ctx context.Context, orderURL string) (acme.ExtendedO
 // poll calls check after wait, doubling wait up to maxWait, until it reports
 // done, fails, or ctx ends.
 func poll(ctx context.Context, wait, maxWait time.Duration, check func() (bool, error)) error {
+	doubling := backoff.Doubling{First: wait, Most: maxWait}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
@@ -348,7 +351,7 @@ func poll(ctx context.Context, wait, maxWait time.Duration, check func() (bool, 
 		if err != nil || done {
 			return err
 		}
-		wait = min(wait*2, maxWait)
+		wait = doubling.Next(wait)
 		timer.Reset(wait)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/clock"
 )
 
 // ConcurrencyConfig configures a Concurrency.
@@ -33,7 +34,7 @@ type ConcurrencyConfig struct {
 	// cut, not one per order. Default: 5 s.
 	Calm time.Duration
 	// Clock. Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 	// Logger hears of every cut. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -81,7 +82,7 @@ func NewConcurrency(cfg ConcurrencyConfig) *Concurrency {
 		cfg.Calm = 5 * time.Second
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -203,7 +204,7 @@ func slowDownReason(err error, took, slow time.Duration) string {
 		return "slow answer"
 	case err == nil, errors.Is(err, context.Canceled):
 		return ""
-	case failedValidation(err):
+	case acmeclient.FailedValidation(err):
 		// The CA's verdict on the name: a validation is slow when the
 		// name's DNS or server is, not when the CA is.
 		return ""

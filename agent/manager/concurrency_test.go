@@ -11,16 +11,17 @@ import (
 	"github.com/go-acme/lego/v4/acme"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/testenv"
 )
 
-func newTestConcurrency(clock *movableClock, floor, ceiling int) *Concurrency {
+func newTestConcurrency(clock *testenv.Clock, floor, ceiling int) *Concurrency {
 	return NewConcurrency(ConcurrencyConfig{Floor: floor, Start: floor, Ceiling: ceiling, Slow: 10 * time.Second,
 		Calm: 5 * time.Second, Clock: clock, Logger: quietLogger()})
 }
 
 // runOrders takes n slots at once (failing the test if fewer are free),
 // lets took pass on the clock and ends each with outcome.
-func runOrders(t *testing.T, c *Concurrency, clock *movableClock, n int, took time.Duration, outcome error) {
+func runOrders(t *testing.T, c *Concurrency, clock *testenv.Clock, n int, took time.Duration, outcome error) {
 	t.Helper()
 	var dones []func(error)
 	for range n {
@@ -66,7 +67,7 @@ func TestConcurrencyStartsHighEnoughForABurstWithinItsBounds(t *testing.T) {
 }
 
 func TestConcurrencyGrowsFromTheFloorToTheCeilingWhileOrdersSucceedQuickly(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 4, 20)
 	var limits []int
 	for range 4 {
@@ -98,7 +99,7 @@ func TestConcurrencyHalvesOnRateLimitedServerErrorsAndSlowAnswers(t *testing.T) 
 		{"slow failure", 11 * time.Second, errors.New("polling the order: context deadline exceeded")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clock := &movableClock{now: time.Now()}
+			clock := testenv.NewClock(time.Now())
 			c := newTestConcurrency(clock, 2, 32)
 			runOrders(t, c, clock, 2, time.Second, nil)
 			runOrders(t, c, clock, 4, time.Second, nil)
@@ -115,7 +116,7 @@ func TestConcurrencyHalvesOnRateLimitedServerErrorsAndSlowAnswers(t *testing.T) 
 }
 
 func TestConcurrencyCutsOncePerCalmAndNeverBelowTheFloor(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 3, 32)
 	runOrders(t, c, clock, 3, time.Second, nil)
 	runOrders(t, c, clock, 6, time.Second, nil)
@@ -140,7 +141,7 @@ func TestConcurrencyCutsOncePerCalmAndNeverBelowTheFloor(t *testing.T) {
 }
 
 func TestConcurrencyAfterACutGrowsByOnePerRound(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 4, 32)
 	runOrders(t, c, clock, 4, time.Second, nil)
 	runOrders(t, c, clock, 1, time.Second, errRateLimited) // 8 -> 4
@@ -160,7 +161,7 @@ func TestConcurrencyAfterACutGrowsByOnePerRound(t *testing.T) {
 }
 
 func TestConcurrencyLeavesTheLimitForFailuresOfTheName(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 4, 32)
 	runOrders(t, c, clock, 4, time.Second, errUnauthorized)
 	runOrders(t, c, clock, 4, time.Second, context.Canceled)
@@ -172,7 +173,7 @@ func TestConcurrencyLeavesTheLimitForFailuresOfTheName(t *testing.T) {
 // A validation the CA failed is the name's doing however long it took: a
 // customer's DNS that times out makes the CA's validation slow, not the CA.
 func TestConcurrencyLeavesTheLimitForSlowFailedValidations(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 4, 32)
 	runOrders(t, c, clock, 4, time.Second, nil)
 	if c.Limit() != 8 {
@@ -189,7 +190,7 @@ func TestConcurrencyLeavesTheLimitForSlowFailedValidations(t *testing.T) {
 }
 
 func TestConcurrencyFixedNeverAdapts(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := NewConcurrency(ConcurrencyConfig{Fixed: 3, Floor: 1, Ceiling: 50, Clock: clock, Logger: quietLogger()})
 	runOrders(t, c, clock, 3, time.Second, nil)
 	runOrders(t, c, clock, 3, time.Second, nil)
@@ -203,7 +204,7 @@ func TestConcurrencyFixedNeverAdapts(t *testing.T) {
 }
 
 func TestConcurrencyHoldsTheOrderPastTheLimitUntilASlotFrees(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 1, 1)
 	done, err := c.Acquire(context.Background())
 	if err != nil {
@@ -255,7 +256,7 @@ func TestConcurrencyHoldsTheOrderPastTheLimitUntilASlotFrees(t *testing.T) {
 // TXT record to be visible is the name's DNS provider's, not the CA's: a
 // provider that takes longer than Slow does not cut the limit.
 func TestConcurrencyDoesNotCountTheDNSAnswersTime(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 4, 32)
 	ctx := acmeclient.WithAnswerTime(context.Background())
 	var dones []func(error)

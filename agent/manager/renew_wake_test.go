@@ -18,8 +18,7 @@ func TestRenewerLooksAtAWrittenCertificateAtOnce(t *testing.T) {
 	m, st, _ := newTestManager(t, issuer)
 	ctx := context.Background()
 	r := NewRenewer(RenewerConfig{Manager: m, Interval: time.Hour})
-	r.Start(ctx)
-	defer r.Shutdown()
+	defer runRenewer(r)()
 	// The scheduler's first look (an empty schedule) is over, it sleeps.
 	time.Sleep(300 * time.Millisecond)
 
@@ -51,15 +50,30 @@ func TestRenewerLooksAtAWrittenCertificateAtOnce(t *testing.T) {
 	}
 }
 
-// Shutdown is not held by the wait on the stream of changes.
-func TestRenewerShutdownWhileWaitingForChanges(t *testing.T) {
+// Stopping is not held by the wait on the stream of changes.
+func TestRenewerStopsWhileWaitingForChanges(t *testing.T) {
 	m, _, _ := newTestManager(t, &fakeIssuer{lifetime: time.Hour})
 	r := NewRenewer(RenewerConfig{Manager: m, Interval: time.Hour})
-	r.Start(context.Background())
+	stop := runRenewer(r)
 	time.Sleep(200 * time.Millisecond)
 	start := time.Now()
-	r.Shutdown()
+	stop()
 	if took := time.Since(start); took > 3*changeBlock {
-		t.Errorf("Shutdown took %v", took)
+		t.Errorf("stopping took %v", took)
+	}
+}
+
+// runRenewer runs r until the returned function, which returns once Run
+// has.
+func runRenewer(r *Renewer) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = r.Run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
 	}
 }

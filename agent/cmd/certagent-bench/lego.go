@@ -25,6 +25,8 @@ import (
 
 	"github.com/go-acme/lego/v4/acme"
 	"github.com/go-acme/lego/v4/acme/api"
+
+	"github.com/certagent/certagent/agent/internal/backoff"
 )
 
 func legoBaseline(args []string) error {
@@ -168,13 +170,12 @@ func legoOrder(core *api.Core, name string, answers *sync.Map) error {
 // shortPolls calls check after 25 ms, then doubling up to 1 s, for at most
 // 30 s: the schedule of certagent's client.
 func shortPolls(check func() (bool, error)) error {
-	wait, deadline := 25*time.Millisecond, time.Now().Add(30*time.Second)
+	pause, deadline := backoff.New(25*time.Millisecond, time.Second), time.Now().Add(30*time.Second)
 	for time.Now().Before(deadline) {
-		time.Sleep(wait)
+		time.Sleep(pause.Next())
 		if done, err := check(); err != nil || done {
 			return err
 		}
-		wait = min(wait*2, time.Second)
 	}
 	return errors.New("no final answer within 30 s")
 }

@@ -266,6 +266,9 @@ type result struct {
 	ServerCPUTotal float64 `json:"server_cpu_seconds"`
 }
 
+// run measures handshakes against nginx with the flags of one scenario.
+// Long because its flags and the measurement they configure are one unit;
+// the handshakes themselves are done elsewhere.
 func run(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:443", "nginx TLS address")
@@ -567,7 +570,8 @@ func cpuSeconds(pids []int) (float64, error) {
 // median rate, and the median over its runs of the rate and server CPU as
 // ratios to the baseline (the first label) run just before each.
 // Rounds of the same scenarios interleaved with the baseline keep the ratios
-// honest on a machine whose speed drifts.
+// honest on a machine whose speed drifts. Long because it is one table
+// computed and printed in one pass.
 func report(args []string) error {
 	if len(args) != 1 {
 		return errors.New("report FILE")

@@ -62,6 +62,9 @@ type statusView struct {
 	NextRenewals    []statusEntry `json:"next_renewals"`
 }
 
+// statusAction prints the state of the stream, the schedule and the
+// failures. Long because it fills the one statusView section by section,
+// in the order the text output prints them.
 func statusAction(c *cli.Context) error {
 	if err := noArgs(c, "status"); err != nil {
 		return err
