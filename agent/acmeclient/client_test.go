@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/go-acme/lego/v4/acme"
 )
 
 // memTokens is an HTTP-01 responder standing in for nginx, so that these
@@ -24,6 +25,8 @@ type memTokens struct {
 	tokens map[string]string
 	puts   int
 	broken bool // answer nothing over HTTP, as an nginx that cannot read them
+	// brokenHost answers nothing over HTTP for that name only.
+	brokenHost string
 	// loseNext drops the next token once it has been read back, as a
 	// Redis restart that missed the last writes does; lost counts them.
 	loseNext bool
@@ -76,7 +79,7 @@ func (m *memTokens) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	token := strings.TrimPrefix(r.URL.Path, "/.well-known/acme-challenge/")
 	m.mu.Lock()
 	keyAuth, ok := m.tokens[host+"/"+token]
-	broken := m.broken
+	broken := m.broken || host == m.brokenHost
 	unavailable := m.unavailable > 0
 	if unavailable {
 		m.unavailable--
@@ -245,6 +248,26 @@ func TestObtainFailsClearlyWhenValidationFails(t *testing.T) {
 	_, err = client.Obtain(context.Background(), []string{"unserved.example.test"})
 	if err == nil || !strings.Contains(err.Error(), "obtaining certificate for unserved.example.test") {
 		t.Fatalf("error %v: want a wrapped validation failure", err)
+	}
+}
+
+// TestObtainNamesTheAuthorizationThatFailed: the order is polled, not each
+// authorization, and when it turns invalid the error is the failed
+// authorization's, with the CA's problem, as when each was polled; every
+// answer was published and is withdrawn.
+func TestObtainNamesTheAuthorizationThatFailed(t *testing.T) {
+	p := startPebbleClient(t)
+	p.tokens.brokenHost = "bad.example.test"
+	_, err := p.client.Obtain(context.Background(), []string{"good.example.test", "bad.example.test"})
+	var problem *acme.ProblemDetails
+	if err == nil || !strings.Contains(err.Error(), "authorizing bad.example.test") || !errors.As(err, &problem) ||
+		problem.Type != "urn:ietf:params:acme:error:unauthorized" {
+		t.Fatalf("error %v: want the failed authorization's, with the CA's unauthorized problem", err)
+	}
+	p.tokens.mu.Lock()
+	defer p.tokens.mu.Unlock()
+	if p.tokens.puts != 2 || len(p.tokens.tokens) != 0 {
+		t.Errorf("%d answers published, %d left after the order: want 2 and 0", p.tokens.puts, len(p.tokens.tokens))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -93,12 +94,12 @@ func TestProfilesARIReplacesAndRevocation(t *testing.T) {
 	}
 }
 
-// TestRenewalGoesAheadWhenTheCARefusesTheHint: Pebble looks the replaced
-// certificate up by the hex of its serial without the DER sign byte, so the
-// ARI id of a serial whose first byte is 0x80 or more (correct per RFC 9773:
-// the DER integer starts with 0x00) makes it refuse the order. Its serials are
-// random below 2^63, so about one in 256 is such; the test builds that id from
-// an ordinary one. The renewal must still happen, without the hint.
+// TestRenewalGoesAheadWhenTheCARefusesTheHint: a CA that cannot match the
+// replaced certificate refuses the whole order (Pebble before v2.10.3 did so
+// for the ARI id of a serial whose first byte is 0x80 or more, correct per
+// RFC 9773 with the DER integer's leading 0x00; v2.10.3 strips that byte). The
+// test names a serial the CA never issued, which it refuses the same way. The
+// renewal must still happen, without the hint.
 func TestRenewalGoesAheadWhenTheCARefusesTheHint(t *testing.T) {
 	pebble, tokens := startCA(t)
 	ctx := context.Background()
@@ -112,8 +113,8 @@ func TestRenewalGoesAheadWhenTheCARefusesTheHint(t *testing.T) {
 		t.Fatal(err)
 	}
 	leaf, _ := parseChain(t, first.FullChain)
-	signed := append([]byte{0}, leaf.SerialNumber.Bytes()...)
-	id := base64.RawURLEncoding.EncodeToString(leaf.AuthorityKeyId) + "." + base64.RawURLEncoding.EncodeToString(signed)
+	unknown := new(big.Int).Add(leaf.SerialNumber, big.NewInt(1))
+	id := base64.RawURLEncoding.EncodeToString(leaf.AuthorityKeyId) + "." + base64.RawURLEncoding.EncodeToString(unknown.Bytes())
 
 	second, err := client.ObtainWith(ctx, []string{"hint.example.test"}, OrderOptions{Replaces: id})
 	if err != nil {

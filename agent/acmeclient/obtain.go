@@ -14,6 +14,9 @@ import (
 
 	"github.com/go-acme/lego/v4/acme"
 	"github.com/go-acme/lego/v4/acme/api"
+	"github.com/go-acme/lego/v4/challenge"
+
+	"github.com/certagent/certagent/agent/internal/backoff"
 )
 
 // Obtain orders one certificate for names (the first is the subject) with a
@@ -110,10 +113,8 @@ func (c *Client) newOrder(ctx context.Context, names []string, opts OrderOptions
 func (c *Client) complete(ctx context.Context, names []string, order acme.ExtendedOrder, key crypto.Signer,
 	journal OrderJournal) (*Certificate, error) {
 	if order.Status == acme.StatusPending {
-		for _, authzURL := range order.Authorizations {
-			if err := c.authorize(ctx, authzURL); err != nil {
-				return nil, err
-			}
+		if err := c.authorizeAll(ctx, order); err != nil {
+			return nil, err
 		}
 		order.Status = acme.StatusReady
 	}
@@ -169,14 +170,73 @@ func (c *Client) complete(ctx context.Context, names []string, order acme.Extend
 	}, nil
 }
 
-// authorize completes one authorization by HTTP-01 unless it is valid already.
-func (c *Client) authorize(ctx context.Context, authzURL string) error {
+// authorizeAll answers every authorization of order that is not valid yet
+// and waits until the order is ready. It polls the order, not each
+// authorization: RFC 8555 (section 7.1.6) makes an order ready once all its
+// authorizations are valid and invalid once one fails, so one request per
+// poll follows them all, and the authorizations' answers are validated at
+// the same time instead of one after the other. Only when the order fails is
+// each started authorization read again, for its challenge's error.
+func (c *Client) authorizeAll(ctx context.Context, order acme.ExtendedOrder) error {
+	var started []*startedAuthz
+	defer func() {
+		// The answers are no longer needed once the order is decided; a
+		// failed clean-up only leaves a token that expires by itself or a
+		// TXT record that nothing trusts any more.
+		for _, a := range started {
+			_ = a.solver.CleanUp(a.domain, a.token, a.keyAuth)
+		}
+	}()
+	first := c.cfg.FirstPoll
+	for _, authzURL := range order.Authorizations {
+		a, err := c.startAuthz(ctx, authzURL)
+		if err != nil {
+			return err
+		}
+		if a == nil {
+			continue // valid already
+		}
+		started = append(started, a)
+		first = max(first, a.retryAfter)
+	}
+	if len(started) == 0 {
+		return nil
+	}
+	err := poll(ctx, first, c.cfg.MaxPoll, func() (bool, error) {
+		o, err := withContext(ctx, func() (acme.ExtendedOrder, error) { return c.core.Orders.Get(order.Location) })
+		if err != nil {
+			return false, fmt.Errorf("authorizing %s: polling the order: %w", started[0].domain, err)
+		}
+		switch o.Status {
+		case acme.StatusPending:
+			return false, nil
+		case acme.StatusInvalid:
+			return false, c.authzFailure(ctx, started, o)
+		}
+		return true, nil // ready, or further along
+	})
+	return err
+}
+
+// startedAuthz is an authorization whose answer is published and whose
+// validation was asked for.
+type startedAuthz struct {
+	url, domain, challType, token, keyAuth string
+	solver                                 challenge.Provider
+	presented                              time.Time
+	retryAfter                             time.Duration // the CA's first Retry-After, if any
+}
+
+// startAuthz publishes the answer to the authorization at authzURL (HTTP-01
+// unless it needs DNS-01) and asks the CA to validate it; nil when the
+// authorization is valid already.
+func (c *Client) startAuthz(ctx context.Context, authzURL string) (*startedAuthz, error) {
 	authz, err := withContext(ctx, func() (acme.Authorization, error) { return c.core.Authorizations.Get(authzURL) })
 	if err != nil {
-		return fmt.Errorf("reading authorization: %w", err)
+		return nil, fmt.Errorf("reading authorization: %w", err)
 	}
 	if authz.Status == acme.StatusValid {
-		return nil
+		return nil, nil
 	}
 	domain := authz.Identifier.Value
 	// Wildcards can only be validated through DNS; the rules pick DNS-01
@@ -184,7 +244,7 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 	challType, solver := "http-01", c.solver
 	if authz.Wildcard || c.cfg.DNSNames.Match(domain) {
 		if c.cfg.DNSProvider == nil {
-			return fmt.Errorf("authorizing %s: it needs DNS-01 and no DNS provider is configured", domain)
+			return nil, fmt.Errorf("authorizing %s: it needs DNS-01 and no DNS provider is configured", domain)
 		}
 		challType, solver = "dns-01", c.cfg.DNSProvider
 	}
@@ -195,67 +255,65 @@ func (c *Client) authorize(ctx context.Context, authzURL string) error {
 		}
 	}
 	if chall == nil {
-		return fmt.Errorf("authorizing %s: the CA offers no %s challenge", domain, challType)
+		return nil, fmt.Errorf("authorizing %s: the CA offers no %s challenge", domain, challType)
 	}
 	keyAuth, err := c.core.GetKeyAuthorization(chall.Token)
 	if err != nil {
-		return fmt.Errorf("authorizing %s: %w", domain, err)
+		return nil, fmt.Errorf("authorizing %s: %w", domain, err)
 	}
-	presented := time.Now()
+	a := &startedAuthz{url: authzURL, domain: domain, challType: challType, token: chall.Token, keyAuth: keyAuth,
+		solver: solver, presented: time.Now()}
 	if err := solver.Present(domain, chall.Token, keyAuth); err != nil {
-		return fmt.Errorf("authorizing %s: presenting the %s answer: %w", domain, challType, err)
+		return nil, fmt.Errorf("authorizing %s: presenting the %s answer: %w", domain, challType, err)
 	}
-	// The answer is no longer needed once the authorization is final; a
-	// failed clean-up only leaves a token that expires by itself or a TXT
-	// record that nothing trusts any more.
-	defer func() { _ = solver.CleanUp(domain, chall.Token, keyAuth) }()
 	if challType == "dns-01" {
 		err := c.waitTXT(ctx, domain, keyAuth)
 		// The DNS provider's time, not the CA's (manager.Concurrency).
-		NoteAnswerTime(ctx, time.Since(presented))
+		NoteAnswerTime(ctx, time.Since(a.presented))
 		if err != nil {
-			return fmt.Errorf("authorizing %s: %w", domain, err)
+			_ = solver.CleanUp(domain, chall.Token, keyAuth)
+			return nil, fmt.Errorf("authorizing %s: %w", domain, err)
 		}
 	}
-
-	first := c.cfg.FirstPoll
 	// A resumed order's challenge may be under validation already: the CA
 	// refuses to start it twice, and the answer is published again above.
 	if chall.Status == acme.StatusPending || chall.Status == "" {
-		started, err := withContext(ctx, func() (acme.ExtendedChallenge, error) { return c.core.Challenges.New(chall.URL) })
+		resp, err := withContext(ctx, func() (acme.ExtendedChallenge, error) { return c.core.Challenges.New(chall.URL) })
 		if err != nil {
-			return fmt.Errorf("authorizing %s: starting validation: %w", domain, err)
+			_ = solver.CleanUp(domain, chall.Token, keyAuth)
+			return nil, fmt.Errorf("authorizing %s: starting validation: %w", domain, err)
 		}
-		if d, err := api.ParseRetryAfter(started.RetryAfter); err == nil && d > 0 {
-			first = min(d, 30*time.Second)
+		if d, err := api.ParseRetryAfter(resp.RetryAfter); err == nil && d > 0 {
+			a.retryAfter = min(d, 30*time.Second)
 		}
 	}
-	failed := false
-	err = poll(ctx, first, c.cfg.MaxPoll, func() (bool, error) {
-		authz, err := withContext(ctx, func() (acme.Authorization, error) { return c.core.Authorizations.Get(authzURL) })
+	return a, nil
+}
+
+// authzFailure is the error of an invalid order: the error of the first
+// authorization that failed (wrapping ErrAnswerLost when the token store
+// lost or could not serve its answer), else the order's own.
+func (c *Client) authzFailure(ctx context.Context, started []*startedAuthz, order acme.ExtendedOrder) error {
+	for _, a := range started {
+		authz, err := withContext(ctx, func() (acme.Authorization, error) { return c.core.Authorizations.Get(a.url) })
 		if err != nil {
-			return false, fmt.Errorf("authorizing %s: polling: %w", domain, err)
+			return fmt.Errorf("authorizing %s: reading the failed authorization: %w", a.domain, err)
 		}
-		switch authz.Status {
-		case acme.StatusValid:
-			return true, nil
-		case acme.StatusPending, acme.StatusProcessing:
-			return false, nil
+		if authz.Status == acme.StatusValid || authz.Status == acme.StatusPending {
+			continue
 		}
-		failed = true
+		err = fmt.Errorf("authorizing %s: authorization is %s", a.domain, authz.Status)
 		for _, ch := range authz.Challenges {
-			if ch.Type == challType && ch.Error != nil {
-				return false, fmt.Errorf("authorizing %s: %w", domain, ch.Error)
+			if ch.Type == a.challType && ch.Error != nil {
+				err = fmt.Errorf("authorizing %s: %w", a.domain, ch.Error)
 			}
 		}
-		return false, fmt.Errorf("authorizing %s: authorization is %s", domain, authz.Status)
-	})
-	if failed {
-		if checker, ok := solver.(answerChecker); ok && checker.AnswerLost(domain, chall.Token, keyAuth, presented) {
+		if checker, ok := a.solver.(answerChecker); ok && checker.AnswerLost(a.domain, a.token, a.keyAuth, a.presented) {
 			return fmt.Errorf("%w: %w", ErrAnswerLost, err)
 		}
+		return err
 	}
-	return err
+	return fmt.Errorf("the order is invalid: %w", order.Err())
 }
 
 func (c *Client) waitOrder(ctx context.Context, orderURL string) (acme.ExtendedOrder, error) {
@@ -280,6 +338,7 @@ func (c *Client) waitOrder(ctx context.Context, orderURL string) (acme.ExtendedO
 // poll calls check after wait, doubling wait up to maxWait, until it reports
 // done, fails, or ctx ends.
 func poll(ctx context.Context, wait, maxWait time.Duration, check func() (bool, error)) error {
+	doubling := backoff.Doubling{First: wait, Most: maxWait}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
@@ -292,7 +351,7 @@ func poll(ctx context.Context, wait, maxWait time.Duration, check func() (bool, 
 		if err != nil || done {
 			return err
 		}
-		wait = min(wait*2, maxWait)
+		wait = doubling.Next(wait)
 		timer.Reset(wait)
 	}
 }

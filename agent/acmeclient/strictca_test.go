@@ -103,10 +103,8 @@ func TestStrictCAIssuesA65ByteName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, authz := range order.Authorizations {
-		if err := s.client.authorize(ctx, authz); err != nil {
-			t.Fatal(err)
-		}
+	if err := s.client.authorizeAll(ctx, order); err != nil {
+		t.Fatal(err)
 	}
 	key, err := generateKey("ec256")
 	if err != nil {

@@ -44,7 +44,7 @@ type listed struct {
 	Reason string `json:"reason"`
 }
 
-// Every kind of corrupt record is `corrupt`, with why, in list, show and
+// Every kind of corrupt record is `corrupt`, with why, in list --check, show and
 // status, as text and JSON, a key of the wrong type included (named, and
 // not fatal to list); no output shows a private key; nginx serves the
 // fallback for each.
@@ -62,9 +62,9 @@ func TestCorruptRecordsInListShowAndStatus(t *testing.T) {
 		s.corrupt(t, c, corruptName(c))
 	}
 
-	out, errOut, code := s.cli(t, "list", "--json")
+	out, errOut, code := s.cli(t, "list", "--check", "--json")
 	if code != 0 {
-		t.Fatalf("list --json exited %d: %s", code, errOut)
+		t.Fatalf("list --check --json exited %d: %s", code, errOut)
 	}
 	var views []listed
 	if err := json.Unmarshal([]byte(out), &views); err != nil {
@@ -86,10 +86,21 @@ func TestCorruptRecordsInListShowAndStatus(t *testing.T) {
 	if v := got[corruptName(corruptions[len(corruptions)-1])]; !strings.Contains(v.Reason, "certagent:cert:wrong-type.example.test") {
 		t.Errorf("the key of the wrong type is not named: %q", v.Reason)
 	}
-	table, _, code := s.cli(t, "list")
-	t.Logf("certagent list:\n%s", table)
+	table, _, code := s.cli(t, "list", "--check")
+	t.Logf("certagent list --check:\n%s", table)
 	if code != 0 || strings.Count(table, " corrupt ") != len(corruptions) || !strings.Contains(table, "PROBLEM") {
 		t.Errorf("list exited %d:\n%s", code, table)
+	}
+	// Without --check, list reads no chain and no key: it finds what the
+	// fields alone tell, the key that is not a hash.
+	out, _, _ = s.cli(t, "list", "--json")
+	if err := json.Unmarshal([]byte(out), &views); err != nil || len(views) != len(corruptions)+1 {
+		t.Errorf("list --json: %v\n%s", err, out)
+	}
+	for _, v := range views {
+		if want := v.Name == corruptName(corruptions[len(corruptions)-1]); want != (v.Status == "corrupt") {
+			t.Errorf("list without --check: %+v", v)
+		}
 	}
 	out, _, _ = s.cli(t, "list", "--status", "corrupt", "--json")
 	if err := json.Unmarshal([]byte(out), &views); err != nil || len(views) != len(corruptions) {
@@ -113,7 +124,7 @@ func TestCorruptRecordsInListShowAndStatus(t *testing.T) {
 		}
 	}
 
-	out, _, code = s.cli(t, "status", "--json")
+	out, _, code = s.cli(t, "status", "--check", "--json")
 	var st struct {
 		Certificates int64 `json:"certificates"`
 		Corrupt      int64 `json:"corrupt"`
@@ -126,8 +137,8 @@ func TestCorruptRecordsInListShowAndStatus(t *testing.T) {
 		len(st.Records) != len(corruptions) || st.Records[0].Error == "" {
 		t.Errorf("status --json: exit %d, %v: %s", code, err, out)
 	}
-	text, _, code := s.cli(t, "status")
-	t.Logf("certagent status:\n%s", text)
+	text, _, code := s.cli(t, "status", "--check")
+	t.Logf("certagent status --check:\n%s", text)
 	if code != 0 || !strings.Contains(text, fmt.Sprintf("%d corrupt", len(corruptions))) || !strings.Contains(text, "corrupt records") {
 		t.Errorf("status exited %d:\n%s", code, text)
 	}

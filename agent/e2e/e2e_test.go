@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -166,17 +165,7 @@ func TestFirstHandshakeGetsFallbackThenTheIssuedCertificate(t *testing.T) {
 	}
 
 	// SIGTERM stops the agent cleanly.
-	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-agent.exited:
-		if err != nil {
-			t.Errorf("agent exited with %v after SIGTERM, want 0", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("agent still running 30 s after SIGTERM")
-	}
+	stopAgent(t, agent)
 	logText, _ := os.ReadFile(logPath)
 	if strings.Contains(string(logText), "PRIVATE KEY") {
 		t.Error("a private key appeared in the agent's log")

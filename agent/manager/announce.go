@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -13,7 +14,7 @@ type AnnouncerConfig struct {
 	Store *store.Store
 	// Static are the agent's rules from flags, environment and file.
 	// Default: none.
-	Static *Policy
+	Static *policy.Policy
 	// Ask says whether an ask URL decides for the names no rule allows.
 	Ask bool
 	// Name is this agent's name in the heartbeat. Required.
@@ -43,7 +44,7 @@ type Announcer struct {
 // NewAnnouncer returns an Announcer for cfg.
 func NewAnnouncer(cfg AnnouncerConfig) *Announcer {
 	if cfg.Static == nil {
-		cfg.Static = &Policy{exact: map[string]bool{}}
+		cfg.Static, _ = policy.ParsePolicy(nil) // no rules: cannot fail
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = time.Second
@@ -60,8 +61,8 @@ func NewAnnouncer(cfg AnnouncerConfig) *Announcer {
 // Run publishes the rules and beats every Interval until ctx ends. A
 // failure (Redis away) is logged once until Redis answers again; the
 // publication is tried again at every beat until it succeeds. The last beat
-// expires on its own after three intervals.
-func (a *Announcer) Run(ctx context.Context) {
+// expires on its own after three intervals. It returns only nil.
+func (a *Announcer) Run(ctx context.Context) error {
 	published, failing := false, false
 	for ctx.Err() == nil {
 		err := a.beat(ctx, &published)
@@ -78,6 +79,7 @@ func (a *Announcer) Run(ctx context.Context) {
 		case <-time.After(a.cfg.Interval):
 		}
 	}
+	return nil
 }
 
 // beat beats, then publishes the rules if they are not yet, or no more

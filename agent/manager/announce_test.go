@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -15,14 +16,14 @@ import (
 func TestAnnouncerPublishesAndBeats(t *testing.T) {
 	r := testenv.StartRedis(t)
 	st := store.New(r.Client, store.Keys{})
-	policy, err := ParsePolicy([]string{"*.example.test", "shop.example.org", "*"})
+	allow, err := policy.ParsePolicy([]string{"*.example.test", "shop.example.org", "*"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		NewAnnouncer(AnnouncerConfig{Store: st, Static: policy, Ask: true, Name: "a1", Interval: 100 * time.Millisecond}).Run(ctx)
+		NewAnnouncer(AnnouncerConfig{Store: st, Static: allow, Ask: true, Name: "a1", Interval: 100 * time.Millisecond}).Run(ctx)
 		close(done)
 	}()
 	waitFor(t, "the rules published", func() bool {
@@ -96,7 +97,7 @@ func TestAnnouncerKeepsItsRulesInTheUnion(t *testing.T) {
 func TestAnnouncerPublishesAgainAfterRedisLostTheRules(t *testing.T) {
 	r := testenv.StartRedis(t)
 	st := store.New(r.Client, store.Keys{})
-	policy, err := ParsePolicy([]string{"*.example.test"})
+	allow, err := policy.ParsePolicy([]string{"*.example.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +105,7 @@ func TestAnnouncerPublishesAgainAfterRedisLostTheRules(t *testing.T) {
 	done := make(chan struct{})
 	defer func() { cancel(); <-done }()
 	go func() {
-		NewAnnouncer(AnnouncerConfig{Store: st, Static: policy, Name: "a1", Interval: 50 * time.Millisecond}).Run(ctx)
+		NewAnnouncer(AnnouncerConfig{Store: st, Static: allow, Name: "a1", Interval: 50 * time.Millisecond}).Run(ctx)
 		close(done)
 	}()
 	published := func() bool {

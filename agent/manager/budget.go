@@ -7,12 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
-	"net/url"
 	"strings"
 	"time"
 
-	"github.com/go-acme/lego/v4/acme"
 	"golang.org/x/net/publicsuffix"
 
 	"github.com/certagent/certagent/agent/acmeclient"
@@ -182,11 +179,27 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 	if len(names) == 0 {
 		return nil, errors.New("issuing: no names")
 	}
-	st, now := b.m.cfg.Store, b.m.cfg.Clock.Now()
-	orders := b.ordersBudget()
-	var certs []store.Budget
+	now := b.m.cfg.Clock.Now()
+	certs, scopes := b.budgetsFor(names)
+	if err := b.checkParked(ctx, now, scopes); err != nil {
+		return nil, err
+	}
+	if err := b.checkFailedValidations(ctx, names, now); err != nil {
+		return nil, err
+	}
+	res, err := b.reserve(ctx, now, prio, certs)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := order(ctx)
+	return b.settle(ctx, names, res, rec, err)
+}
+
+// budgetsFor returns the certificate budgets of the registered domains of
+// names, and every scope the CA may have rate-limited for them.
+func (b *Budgets) budgetsFor(names []string) (certs []store.Budget, scopes []store.Scope) {
 	seen := map[string]bool{}
-	scopes := []store.Scope{{Kind: "orders", Subject: b.cfg.Account}}
+	scopes = []store.Scope{{Kind: "orders", Subject: b.cfg.Account}}
 	for _, n := range names {
 		scopes = append(scopes, store.Scope{Kind: "failed", Subject: n})
 		if d := RegisteredDomain(n); !seen[d] {
@@ -196,118 +209,161 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 			scopes = append(scopes, store.Scope{Kind: "certs", Subject: d})
 		}
 	}
-	until, scope, err := st.ParkedUntil(ctx, now, scopes...)
+	return certs, scopes
+}
+
+// checkParked defers the order while the CA's rate limit on any of scopes
+// holds.
+func (b *Budgets) checkParked(ctx context.Context, now time.Time, scopes []store.Scope) error {
+	until, scope, err := b.m.cfg.Store.ParkedUntil(ctx, now, scopes...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if !until.IsZero() {
-		return nil, &DeferredError{Until: until, Reason: fmt.Sprintf("the CA rate-limited %s %s", scope.Kind, scope.Subject)}
+		return &DeferredError{Until: until, Reason: fmt.Sprintf("the CA rate-limited %s %s", scope.Kind, scope.Subject)}
 	}
+	return nil
+}
+
+// checkFailedValidations defers the order while a name has used up its
+// failed validations.
+func (b *Budgets) checkFailedValidations(ctx context.Context, names []string, now time.Time) error {
 	for _, n := range names {
 		failed := b.failedBudget(n)
 		if failed.Limit == 0 {
-			break
+			return nil
 		}
-		ok, free, err := st.TakeBudget(ctx, failed, now, 0, "", false)
+		ok, free, err := b.m.cfg.Store.TakeBudget(ctx, failed, now, 0, "", false)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if !ok {
-			return nil, &DeferredError{Until: free, Reason: fmt.Sprintf("%d failed validations of %s within %s", failed.Limit, n, failed.Window)}
+			return &DeferredError{Until: free, Reason: fmt.Sprintf("%d failed validations of %s within %s", failed.Limit, n, failed.Window)}
 		}
 	}
+	return nil
+}
 
-	member := eventID()
-	var ordersTaken bool
-	var certsTaken []store.Budget
-	// giveBack returns the certificate slots; with the orders slot too when
-	// nothing reached the CA.
-	giveBack := func(withOrder bool) {
-		returned := certsTaken
-		if withOrder && ordersTaken {
-			returned = append(returned, orders)
-		}
-		for _, bg := range returned {
-			if err := st.ReturnBudget(context.WithoutCancel(ctx), bg, member); err != nil {
-				b.m.cfg.Logger.Warn("returning a rate budget", "budget", bg.String(), "error", err)
-			}
-		}
-	}
-	for _, bg := range append([]store.Budget{orders}, certs...) {
+// reservation is the slots one order holds in the rate budgets until it is
+// settled.
+type reservation struct {
+	b          *Budgets
+	member     string
+	now        time.Time
+	orders     store.Budget
+	orderTaken bool
+	certs      []store.Budget
+}
+
+// reserve takes a slot of the account's orders budget and of each domain's
+// certificates budget, leaving the reserve of prio free; nothing is held
+// when one of them is spent.
+func (b *Budgets) reserve(ctx context.Context, now time.Time, prio Priority, certs []store.Budget) (*reservation, error) {
+	res := &reservation{b: b, member: eventID(), now: now, orders: b.ordersBudget()}
+	for _, bg := range append([]store.Budget{res.orders}, certs...) {
 		if bg.Limit == 0 {
 			continue
 		}
-		ok, free, err := st.TakeBudget(ctx, bg, now, b.reserved(bg.Limit, prio), member, true)
+		ok, free, err := b.m.cfg.Store.TakeBudget(ctx, bg, now, b.reserved(bg.Limit, prio), res.member, true)
 		if err != nil {
-			giveBack(true)
+			res.giveBack(ctx, true)
 			return nil, err
 		}
 		if !ok {
-			giveBack(true)
+			res.giveBack(ctx, true)
 			return nil, &DeferredError{Until: free, Reason: fmt.Sprintf("the %s budget (%d per %s) is spent", bg, bg.Limit, bg.Window)}
 		}
 		if bg.Kind == "orders" {
-			ordersTaken = true
+			res.orderTaken = true
 		} else {
-			certsTaken = append(certsTaken, bg)
+			res.certs = append(res.certs, bg)
 		}
 	}
+	return res, nil
+}
 
-	// confirm keeps the certificate slots: the CA issued a certificate.
-	confirm := func() {
-		for _, bg := range certsTaken {
-			if cerr := st.ConfirmBudget(context.WithoutCancel(ctx), bg, member, now); cerr != nil {
-				b.m.cfg.Logger.Warn("counting a certificate against its rate budget", "budget", bg.String(), "error", cerr)
-			}
+// giveBack returns the certificate slots; with the orders slot too when
+// nothing reached the CA.
+func (r *reservation) giveBack(ctx context.Context, withOrder bool) {
+	returned := r.certs
+	if withOrder && r.orderTaken {
+		returned = append(returned, r.orders)
+	}
+	for _, bg := range returned {
+		if err := r.b.m.cfg.Store.ReturnBudget(context.WithoutCancel(ctx), bg, r.member); err != nil {
+			r.b.m.cfg.Logger.Warn("returning a rate budget", "budget", bg.String(), "error", err)
 		}
 	}
+}
 
-	rec, err := order(ctx)
+// confirm keeps the certificate slots: the CA issued a certificate.
+func (r *reservation) confirm(ctx context.Context) {
+	for _, bg := range r.certs {
+		if err := r.b.m.cfg.Store.ConfirmBudget(context.WithoutCancel(ctx), bg, r.member, r.now); err != nil {
+			r.b.m.cfg.Logger.Warn("counting a certificate against its rate budget", "budget", bg.String(), "error", err)
+		}
+	}
+}
+
+// settle keeps or returns the slots of res by the outcome of the order,
+// and reads its error for the CA's rate limits and failed validations.
+func (b *Budgets) settle(ctx context.Context, names []string, res *reservation, rec *store.CertRecord, err error) (*store.CertRecord, error) {
 	if errors.Is(err, errFromPeer) {
 		// A peer site's certificate was taken: the CA issued nothing and
 		// was sent no order.
-		giveBack(true)
+		res.giveBack(ctx, true)
 		return rec, nil
 	}
 	var issued issuedError
 	if err == nil || errors.As(err, &issued) {
 		// Stored or not, the certificate counts at the CA.
-		confirm()
+		res.confirm(ctx)
 		return rec, err
 	}
 	if errors.Is(err, store.ErrLockHeld) || errors.Is(err, ErrAlreadyRenewed) {
 		// Another agent holds the name, or renewed it already: nothing was
 		// ordered. The record another agent stored goes back with the error.
-		giveBack(true)
+		res.giveBack(ctx, true)
 		return rec, err
 	}
 	// No certificate came of the order. It counts as a new order unless it
 	// failed before the CA created one, with no answer from the CA at all.
-	giveBack(neverReachedCA(err))
+	res.giveBack(ctx, neverReachedCA(err))
 	if rl, ok := b.rateLimited(err); ok {
-		kind, subject := "orders", b.cfg.Account
-		switch rl.Scope {
-		case acmeclient.ScopeDomain:
-			kind, subject = "certs", RegisteredDomain(names[0])
-		case acmeclient.ScopeName:
-			kind, subject = "failed", names[0]
-		}
-		if perr := st.Park(ctx, kind, subject, rl.Until); perr != nil {
-			return nil, errors.Join(err, perr)
-		}
-		b.m.cfg.Logger.Warn("the CA rate-limited us", "scope", kind, "subject", subject,
-			"until", rl.Until.UTC().Format(time.RFC3339), "detail", rl.Detail)
-		return nil, &DeferredError{Until: rl.Until, Reason: fmt.Sprintf("the CA rate-limited %s %s: %s", kind, subject, rl.Detail)}
+		return nil, b.park(ctx, names, rl, err)
 	}
-	if failedValidation(err) && b.cfg.FailedPerName > 0 {
-		for _, n := range names {
-			bg := b.failedBudget(n)
-			if nerr := st.NoteBudgetEvent(ctx, bg, b.m.cfg.Clock.Now(), eventID()); nerr != nil {
-				b.m.cfg.Logger.Warn("counting a failed validation", "name", n, "error", nerr)
-			}
-		}
+	if acmeclient.FailedValidation(err) && b.cfg.FailedPerName > 0 {
+		b.countFailedValidation(ctx, names)
 	}
 	return nil, err
+}
+
+// park holds back every order of the scope the CA rate-limited until it
+// says, and defers this one.
+func (b *Budgets) park(ctx context.Context, names []string, rl *acmeclient.RateLimit, err error) error {
+	kind, subject := "orders", b.cfg.Account
+	switch rl.Scope {
+	case acmeclient.ScopeDomain:
+		kind, subject = "certs", RegisteredDomain(names[0])
+	case acmeclient.ScopeName:
+		kind, subject = "failed", names[0]
+	}
+	if perr := b.m.cfg.Store.Park(ctx, kind, subject, rl.Until); perr != nil {
+		return errors.Join(err, perr)
+	}
+	b.m.cfg.Logger.Warn("the CA rate-limited us", "scope", kind, "subject", subject,
+		"until", rl.Until.UTC().Format(time.RFC3339), "detail", rl.Detail)
+	return &DeferredError{Until: rl.Until, Reason: fmt.Sprintf("the CA rate-limited %s %s: %s", kind, subject, rl.Detail)}
+}
+
+// countFailedValidation counts a refused validation against each name.
+func (b *Budgets) countFailedValidation(ctx context.Context, names []string) {
+	for _, n := range names {
+		bg := b.failedBudget(n)
+		if err := b.m.cfg.Store.NoteBudgetEvent(ctx, bg, b.m.cfg.Clock.Now(), eventID()); err != nil {
+			b.m.cfg.Logger.Warn("counting a failed validation", "name", n, "error", err)
+		}
+	}
 }
 
 func (b *Budgets) rateLimited(err error) (*acmeclient.RateLimit, bool) {
@@ -315,23 +371,6 @@ func (b *Budgets) rateLimited(err error) (*acmeclient.RateLimit, bool) {
 		return rl.RateLimited(err)
 	}
 	return acmeclient.RateLimitOf(err)
-}
-
-// failedValidation tells a CA's refusal to validate a name (what its
-// failed-validation limit counts) from other failures.
-func failedValidation(err error) bool {
-	var problem *acme.ProblemDetails
-	if !errors.As(err, &problem) || acmeclient.AccountLost(err) {
-		// An account the CA refuses is unauthorized too, and no name's fault.
-		return false
-	}
-	switch problem.Type {
-	case "urn:ietf:params:acme:error:unauthorized", "urn:ietf:params:acme:error:connection",
-		"urn:ietf:params:acme:error:dns", "urn:ietf:params:acme:error:incorrectResponse",
-		"urn:ietf:params:acme:error:caa", "urn:ietf:params:acme:error:tls":
-		return true
-	}
-	return false
 }
 
 // neverReachedCA tells an order that failed before any CA created one
@@ -343,35 +382,8 @@ func failedValidation(err error) bool {
 // here, and the CA's rateLimited answer covers that.
 func neverReachedCA(err error) bool {
 	var unplaced noOrderError
-	return errors.As(err, &unplaced) && unanswered(unplaced)
-}
-
-// unanswered tells an error of calls that got no HTTP answer; for errors
-// joined (one per CA), each of them.
-func unanswered(err error) bool {
-	if joined, ok := err.(interface{ Unwrap() []error }); ok {
-		errs := joined.Unwrap()
-		for _, e := range errs {
-			if !unanswered(e) {
-				return false
-			}
-		}
-		return len(errs) > 0
-	}
-	var outage *acmeclient.OutageError
-	if errors.As(err, &outage) && outage.Err == nil {
-		return true // not asked: the fleet knows the CA is down
-	}
-	if errors.Is(err, errNotStarted) {
-		return true // not asked: the agent shut down first
-	}
-	var problem *acme.ProblemDetails
-	if errors.As(err, &problem) {
-		return false
-	}
-	var urlErr *url.Error
-	var opErr *net.OpError
-	return errors.As(err, &urlErr) || errors.As(err, &opErr)
+	// errNotStarted: not asked either, the agent shut down first.
+	return errors.As(err, &unplaced) && acmeclient.Unanswered(unplaced, errNotStarted)
 }
 
 func eventID() string {

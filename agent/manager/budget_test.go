@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/go-acme/lego/v4/acme"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/testenv"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -66,7 +68,7 @@ func TestBudgetsWithoutLimitsCountNothing(t *testing.T) {
 func TestBudgetsGiveBackTheSlotOfAnOrderWithoutACertificate(t *testing.T) {
 	issuer := &fakeIssuer{fail: errors.New("the CA refused the order")}
 	m, st, _ := newTestManager(t, issuer)
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	m.cfg.Clock = clock
 	b, err := NewBudgets(m, BudgetConfig{Account: "acct", OrdersPerAccount: 100, CertsPerDomain: 2,
 		RenewalShare: 0.01, OrderHold: 10 * time.Minute})
@@ -276,7 +278,8 @@ func TestNeverReachedCATellsUnansweredOrders(t *testing.T) {
 // the certificate the CA has issued.
 type takenOverIssuer struct {
 	fakeIssuer
-	st *store.Store
+	st  *store.Store
+	rdb redis.UniversalClient
 }
 
 func (f *takenOverIssuer) Obtain(ctx context.Context, names []string) (*acmeclient.Certificate, error) {
@@ -285,7 +288,7 @@ func (f *takenOverIssuer) Obtain(ctx context.Context, names []string) (*acmeclie
 		return nil, err
 	}
 	// The lease runs out unseen and another agent takes the name.
-	if err := f.st.Client().Del(ctx, f.st.Keys().Lock(names[0])).Err(); err != nil {
+	if err := f.rdb.Del(ctx, f.st.Keys().Lock(names[0])).Err(); err != nil {
 		return nil, err
 	}
 	if _, err := f.st.AcquireLock(ctx, names[0], time.Minute); err != nil {
@@ -298,8 +301,8 @@ func (f *takenOverIssuer) Obtain(ctx context.Context, names []string) (*acmeclie
 // it is not stored (the fenced write refused it): the CA counted it.
 func TestBudgetsKeepTheSlotOfACertificateIssuedButNotStored(t *testing.T) {
 	issuer := &takenOverIssuer{}
-	m, st, _ := newTestManager(t, issuer)
-	issuer.st = st
+	m, st, r := newTestManager(t, issuer)
+	issuer.st, issuer.rdb = st, r.Client
 	b, err := NewBudgets(m, BudgetConfig{Account: "acct", CertsPerDomain: 5, RenewalShare: 0.01})
 	if err != nil {
 		t.Fatal(err)

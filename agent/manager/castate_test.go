@@ -12,6 +12,7 @@ import (
 
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -34,8 +35,8 @@ func TestNamesRequestedWhileTheCAIsDownAreIssuedWhenItReturns(t *testing.T) {
 	s := startCAStack(t)
 	proxy := testenv.StartCAProxy(t, s.pebble)
 	m := s.manager(t, proxy.DirectoryURL, proxy.CARootsFile)
-	policy, _ := ParsePolicy([]string{"*.example.test"})
-	s.consume(t, ConsumerConfig{Manager: m, Policy: policy, CAWatch: 100 * time.Millisecond,
+	allow, _ := policy.ParsePolicy([]string{"*.example.test"})
+	s.consume(t, ConsumerConfig{Manager: m, Policy: allow, CAWatch: 100 * time.Millisecond,
 		RetryFirst: time.Hour})
 	ctx := context.Background()
 	s.request(t, "before.example.test")
@@ -114,8 +115,8 @@ func TestRedisFailureTakingTheLeaseLeavesTheNameQueued(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rdb.ConfigSet(context.Background(), "maxmemory", "0") })
-	policy, _ := ParsePolicy([]string{"*.example.test"})
-	s.consume(t, ConsumerConfig{Manager: m, Policy: policy})
+	allow, _ := policy.ParsePolicy([]string{"*.example.test"})
+	s.consume(t, ConsumerConfig{Manager: m, Policy: allow})
 	waitFor(t, "the consumer reading", func() bool {
 		consumers, err := rdb.XInfoConsumers(ctx, s.st.Keys().Requests(), "certagent").Result()
 		return err == nil && len(consumers) == 1
@@ -166,8 +167,8 @@ func TestFallbackCATakesOverWhileTheFirstIsDown(t *testing.T) {
 	}
 	m := New(Config{Store: s.st, Issuer: lazy(proxy.DirectoryURL, proxy.CARootsFile),
 		Fallbacks: []Issuer{lazy(s.pebble.DirectoryURL, s.pebble.CARootsFile)}, Logger: quietLogger(), Clock: s.clock})
-	policy, _ := ParsePolicy([]string{"*.example.test"})
-	s.consume(t, ConsumerConfig{Manager: m, Policy: policy, CAWatch: 100 * time.Millisecond})
+	allow, _ := policy.ParsePolicy([]string{"*.example.test"})
+	s.consume(t, ConsumerConfig{Manager: m, Policy: allow, CAWatch: 100 * time.Millisecond})
 	ctx := context.Background()
 	issuedBy := func(name string) string {
 		rec, err := s.st.GetCert(ctx, name)

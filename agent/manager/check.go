@@ -7,6 +7,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -16,7 +17,7 @@ type CheckerConfig struct {
 	// Logger receives events. Default: slog.Default().
 	Logger *slog.Logger
 	// Clock. Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 	// Interval is the pause between two walks over the stored
 	// certificates. Default: 10 minutes.
 	Interval time.Duration
@@ -39,7 +40,7 @@ func NewChecker(cfg CheckerConfig) *Checker {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = 10 * time.Minute
@@ -48,8 +49,9 @@ func NewChecker(cfg CheckerConfig) *Checker {
 }
 
 // Run walks at once and then every Interval until ctx ends. A walk that
-// fails (Redis away) is logged and tried again at the next interval.
-func (c *Checker) Run(ctx context.Context) {
+// fails (Redis away) is logged and tried again at the next interval, so it
+// returns only nil.
+func (c *Checker) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		if _, err := c.Pass(ctx); err != nil && ctx.Err() == nil {
 			c.cfg.Logger.Error("checking the stored certificates failed", "error", err, "retry_in", c.cfg.Interval)
@@ -59,6 +61,7 @@ func (c *Checker) Run(ctx context.Context) {
 		case <-time.After(c.cfg.Interval):
 		}
 	}
+	return nil
 }
 
 // Pass walks every stored certificate once, makes each corrupt one due for

@@ -21,7 +21,7 @@ func TestCorruptRecordsAreFoundAndReplaced(t *testing.T) {
 	f := newRenewFixture(t, issuer)
 	ctx := context.Background()
 	checker := NewChecker(CheckerConfig{Store: f.st, Logger: quietLogger(), Clock: f.clock})
-	rdb := f.st.Client()
+	rdb := f.rdb
 
 	var corrupted []string
 	for i, c := range testenv.Corruptions(t) {
@@ -117,7 +117,7 @@ func TestARepairedRecordIsNotOrderedTwice(t *testing.T) {
 	if _, err := f.m.Issue(ctx, []string{"a.example.com"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.st.Client().HDel(ctx, f.st.Keys().Cert("a.example.com"), "key").Err(); err != nil {
+	if err := f.rdb.HDel(ctx, f.st.Keys().Cert("a.example.com"), "key").Err(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.m.Repair(ctx, []string{"a.example.com"}); err != nil {
@@ -170,7 +170,7 @@ func TestCorruptRecordReplacementWaitsForTheRateBudgets(t *testing.T) {
 	if _, err := budgets.Issue(ctx, []string{"a.example.com"}, PriorityRenewal); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.st.Client().HDel(ctx, f.st.Keys().Cert("a.example.com"), "key").Err(); err != nil {
+	if err := f.rdb.HDel(ctx, f.st.Keys().Cert("a.example.com"), "key").Err(); err != nil {
 		t.Fatal(err)
 	}
 	_, out, err := f.r.RenewName(ctx, "a.example.com", false)

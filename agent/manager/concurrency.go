@@ -8,12 +8,20 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/clock"
 )
 
 // ConcurrencyConfig configures a Concurrency.
 type ConcurrencyConfig struct {
 	// Floor and Ceiling bound the orders at once. Defaults: 4 and 32.
 	Floor, Ceiling int
+	// Start is the orders at once before any has ended, within Floor and
+	// Ceiling. Default: 16. A burst of new names (a deployment, a fleet
+	// moving its names over) is then ordered at once instead of waiting
+	// for the limit to double up from the floor, round after round, while
+	// first visitors wait; the budgets cap what reaches the CA either way,
+	// and the first refusal halves the limit.
+	Start int
 	// Fixed, above zero, runs exactly this many orders at once and never
 	// adapts (certagent run --workers N).
 	Fixed int
@@ -26,13 +34,13 @@ type ConcurrencyConfig struct {
 	// cut, not one per order. Default: 5 s.
 	Calm time.Duration
 	// Clock. Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 	// Logger hears of every cut. Default: slog.Default().
 	Logger *slog.Logger
 }
 
 // Concurrency is the number of orders this agent runs at once, adapted to
-// the CA's pace the way TCP adapts its window (AIMD): it starts at the floor,
+// the CA's pace the way TCP adapts its window (AIMD): it starts at Start,
 // grows by one per order that succeeds quickly (doubling each round) until
 // the first cut, then by one per round; it halves, never below the floor, on
 // a rateLimited answer, a CA failure (5xx, no answer) or an order slower than
@@ -63,6 +71,10 @@ func NewConcurrency(cfg ConcurrencyConfig) *Concurrency {
 		cfg.Ceiling = 32
 	}
 	cfg.Ceiling = max(cfg.Ceiling, cfg.Floor)
+	if cfg.Start <= 0 {
+		cfg.Start = defaultStart
+	}
+	cfg.Start = min(max(cfg.Start, cfg.Floor), cfg.Ceiling)
 	if cfg.Slow <= 0 {
 		cfg.Slow = 30 * time.Second
 	}
@@ -70,13 +82,16 @@ func NewConcurrency(cfg ConcurrencyConfig) *Concurrency {
 		cfg.Calm = 5 * time.Second
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Concurrency{cfg: cfg, limit: float64(cfg.Floor)}
+	return &Concurrency{cfg: cfg, limit: float64(cfg.Start)}
 }
+
+// defaultStart is ConcurrencyConfig.Start's default.
+const defaultStart = 16
 
 // Ceiling is the most orders that can ever run at once.
 func (c *Concurrency) Ceiling() int { return c.cfg.Ceiling }
@@ -189,7 +204,7 @@ func slowDownReason(err error, took, slow time.Duration) string {
 		return "slow answer"
 	case err == nil, errors.Is(err, context.Canceled):
 		return ""
-	case failedValidation(err):
+	case acmeclient.FailedValidation(err):
 		// The CA's verdict on the name: a validation is slow when the
 		// name's DNS or server is, not when the CA is.
 		return ""

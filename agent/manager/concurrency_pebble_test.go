@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -24,8 +25,8 @@ func (s *caStack) adaptiveThroughProxy(t *testing.T, conc ConcurrencyConfig, bud
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy, _ := ParsePolicy([]string{"*.example.test"})
-	s.consume(t, ConsumerConfig{Manager: m, Policy: policy, Budgets: budgets})
+	allow, _ := policy.ParsePolicy([]string{"*.example.test"})
+	s.consume(t, ConsumerConfig{Manager: m, Policy: allow, Budgets: budgets})
 	return proxy, c
 }
 
@@ -70,7 +71,7 @@ func mostAtOnce(orders []testenv.ProxyOrder) int {
 // ceiling; a rateLimited answer halves it, and so does a 500 after the calm.
 func TestConcurrencyAtTheStrictCAGrowsThenBacksOffOnRateLimitedAnd5xx(t *testing.T) {
 	s := startCAStack(t)
-	proxy, c := s.adaptiveThroughProxy(t, ConcurrencyConfig{Floor: 2, Ceiling: 6, Calm: time.Millisecond}, BudgetConfig{})
+	proxy, c := s.adaptiveThroughProxy(t, ConcurrencyConfig{Floor: 2, Start: 2, Ceiling: 6, Calm: time.Millisecond}, BudgetConfig{})
 
 	names := burstNames("burst", 16)
 	s.burst(t, names)

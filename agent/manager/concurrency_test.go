@@ -11,16 +11,17 @@ import (
 	"github.com/go-acme/lego/v4/acme"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/testenv"
 )
 
-func newTestConcurrency(clock *movableClock, floor, ceiling int) *Concurrency {
-	return NewConcurrency(ConcurrencyConfig{Floor: floor, Ceiling: ceiling, Slow: 10 * time.Second,
+func newTestConcurrency(clock *testenv.Clock, floor, ceiling int) *Concurrency {
+	return NewConcurrency(ConcurrencyConfig{Floor: floor, Start: floor, Ceiling: ceiling, Slow: 10 * time.Second,
 		Calm: 5 * time.Second, Clock: clock, Logger: quietLogger()})
 }
 
 // runOrders takes n slots at once (failing the test if fewer are free),
 // lets took pass on the clock and ends each with outcome.
-func runOrders(t *testing.T, c *Concurrency, clock *movableClock, n int, took time.Duration, outcome error) {
+func runOrders(t *testing.T, c *Concurrency, clock *testenv.Clock, n int, took time.Duration, outcome error) {
 	t.Helper()
 	var dones []func(error)
 	for range n {
@@ -47,8 +48,26 @@ var (
 		HTTPStatus: http.StatusForbidden, Detail: "Invalid response from http://a.example/.well-known/acme-challenge/x"}
 )
 
+func TestConcurrencyStartsHighEnoughForABurstWithinItsBounds(t *testing.T) {
+	for _, tc := range []struct{ floor, start, ceiling, want int }{
+		{4, 0, 32, 16}, // the defaults: a burst of 16 new names is ordered at once
+		{4, 0, 10, 10},
+		{20, 0, 32, 20},
+		{2, 5, 32, 5},
+	} {
+		c := NewConcurrency(ConcurrencyConfig{Floor: tc.floor, Start: tc.start, Ceiling: tc.ceiling, Logger: quietLogger()})
+		if got := c.Limit(); got != tc.want {
+			t.Errorf("floor %d, start %d, ceiling %d: starts at %d, want %d", tc.floor, tc.start, tc.ceiling, got, tc.want)
+		}
+	}
+	c := NewConcurrency(ConcurrencyConfig{Fixed: 3, Logger: quietLogger()})
+	if got := c.Limit(); got != 3 {
+		t.Errorf("fixed at 3: starts at %d", got)
+	}
+}
+
 func TestConcurrencyGrowsFromTheFloorToTheCeilingWhileOrdersSucceedQuickly(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 4, 20)
 	var limits []int
 	for range 4 {
@@ -80,7 +99,7 @@ func TestConcurrencyHalvesOnRateLimitedServerErrorsAndSlowAnswers(t *testing.T) 
 		{"slow failure", 11 * time.Second, errors.New("polling the order: context deadline exceeded")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clock := &movableClock{now: time.Now()}
+			clock := testenv.NewClock(time.Now())
 			c := newTestConcurrency(clock, 2, 32)
 			runOrders(t, c, clock, 2, time.Second, nil)
 			runOrders(t, c, clock, 4, time.Second, nil)
@@ -97,7 +116,7 @@ func TestConcurrencyHalvesOnRateLimitedServerErrorsAndSlowAnswers(t *testing.T) 
 }
 
 func TestConcurrencyCutsOncePerCalmAndNeverBelowTheFloor(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 3, 32)
 	runOrders(t, c, clock, 3, time.Second, nil)
 	runOrders(t, c, clock, 6, time.Second, nil)
@@ -122,7 +141,7 @@ func TestConcurrencyCutsOncePerCalmAndNeverBelowTheFloor(t *testing.T) {
 }
 
 func TestConcurrencyAfterACutGrowsByOnePerRound(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 4, 32)
 	runOrders(t, c, clock, 4, time.Second, nil)
 	runOrders(t, c, clock, 1, time.Second, errRateLimited) // 8 -> 4
@@ -142,7 +161,7 @@ func TestConcurrencyAfterACutGrowsByOnePerRound(t *testing.T) {
 }
 
 func TestConcurrencyLeavesTheLimitForFailuresOfTheName(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 4, 32)
 	runOrders(t, c, clock, 4, time.Second, errUnauthorized)
 	runOrders(t, c, clock, 4, time.Second, context.Canceled)
@@ -154,7 +173,7 @@ func TestConcurrencyLeavesTheLimitForFailuresOfTheName(t *testing.T) {
 // A validation the CA failed is the name's doing however long it took: a
 // customer's DNS that times out makes the CA's validation slow, not the CA.
 func TestConcurrencyLeavesTheLimitForSlowFailedValidations(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 4, 32)
 	runOrders(t, c, clock, 4, time.Second, nil)
 	if c.Limit() != 8 {
@@ -171,7 +190,7 @@ func TestConcurrencyLeavesTheLimitForSlowFailedValidations(t *testing.T) {
 }
 
 func TestConcurrencyFixedNeverAdapts(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := NewConcurrency(ConcurrencyConfig{Fixed: 3, Floor: 1, Ceiling: 50, Clock: clock, Logger: quietLogger()})
 	runOrders(t, c, clock, 3, time.Second, nil)
 	runOrders(t, c, clock, 3, time.Second, nil)
@@ -185,7 +204,7 @@ func TestConcurrencyFixedNeverAdapts(t *testing.T) {
 }
 
 func TestConcurrencyHoldsTheOrderPastTheLimitUntilASlotFrees(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 1, 1)
 	done, err := c.Acquire(context.Background())
 	if err != nil {
@@ -237,7 +256,7 @@ func TestConcurrencyHoldsTheOrderPastTheLimitUntilASlotFrees(t *testing.T) {
 // TXT record to be visible is the name's DNS provider's, not the CA's: a
 // provider that takes longer than Slow does not cut the limit.
 func TestConcurrencyDoesNotCountTheDNSAnswersTime(t *testing.T) {
-	clock := &movableClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	c := newTestConcurrency(clock, 4, 32)
 	ctx := acmeclient.WithAnswerTime(context.Background())
 	var dones []func(error)

@@ -8,7 +8,10 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/backoff"
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/names"
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
 )
@@ -18,12 +21,12 @@ type ConsumerConfig struct {
 	Store   *store.Store
 	Manager *Manager
 	// Policy holds the static allow rules; used when Decider is nil.
-	Policy *Policy
+	Policy *policy.Policy
 	// Decider decides which names may get a certificate. Default: Policy,
 	// the Redis allowlist and no ask URL.
-	Decider *Decider
+	Decider *policy.Decider
 	// Preflight checks DNS before an order. Default: none.
-	Preflight *Preflight
+	Preflight *policy.Preflight
 	// Budgets keeps orders within the CA's rate limits. Default: none (the
 	// CA's own limits apply).
 	Budgets *Budgets
@@ -58,6 +61,8 @@ type ConsumerConfig struct {
 	// (Manager.WatchCAs): the delay between a CA answering its probe and
 	// the names that waited for it being queued again. Default: 500 ms.
 	CAWatch time.Duration
+	// Clock tells when a name may be tried again. Default: the manager's.
+	Clock clock.Clock
 	// Logger receives events. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -68,15 +73,15 @@ type Consumer struct {
 	cfg ConsumerConfig
 
 	mu       sync.Mutex
-	inFlight map[string]bool
+	inFlight claimSet
 	// entries holds the IDs of stream entries taken by this agent and not
 	// yet handled, so reclaiming does not hand an entry out twice.
-	entries map[string]bool
+	entries claimSet
 	// retryAt is when the entries this agent left pending because Redis
 	// failed under them are read again (zero: none), with retries pausing
 	// longer while Redis keeps failing.
 	retryAt time.Time
-	retries *backoff
+	retries *backoff.Backoff
 }
 
 // NewConsumer returns a Consumer for cfg.
@@ -99,8 +104,11 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = cfg.Manager.Clock()
+	}
 	if cfg.Decider == nil {
-		cfg.Decider = NewDecider(DeciderConfig{Store: cfg.Store, Static: cfg.Policy})
+		cfg.Decider = policy.NewDecider(policy.DeciderConfig{Store: cfg.Store, Static: cfg.Policy})
 	}
 	if cfg.RetryFirst <= 0 {
 		cfg.RetryFirst = time.Minute
@@ -117,8 +125,8 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 	if cfg.CAWatch <= 0 {
 		cfg.CAWatch = 500 * time.Millisecond
 	}
-	return &Consumer{cfg: cfg, inFlight: map[string]bool{}, entries: map[string]bool{},
-		retries: newBackoff(500*time.Millisecond, redisRetryMost)}
+	return &Consumer{cfg: cfg,
+		retries: backoff.New(500*time.Millisecond, redisRetryMost)}
 }
 
 // redisRetryMost caps the pause between two attempts while Redis fails: a
@@ -151,7 +159,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			defer workers.Done()
 			for req := range jobs {
 				c.handle(workCtx, req)
-				c.entryDone(req.ID)
+				c.entries.release(req.ID)
 			}
 		}()
 	}
@@ -187,7 +195,7 @@ func (c *Consumer) cancelAfterGrace(ctx context.Context, cancelWork context.Canc
 // pending on any consumer for ReclaimIdle (an agent killed with SIGKILL
 // leaves its entries there; so does a name whose lease another agent held).
 func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
-	backoff := newBackoff(500*time.Millisecond, redisRetryMost)
+	retry := backoff.New(500*time.Millisecond, redisRetryMost)
 	groupReady := false
 	// Entries delivered to this agent before a restart come first; the
 	// cursor walks the pending list once, as some entries stay pending.
@@ -196,7 +204,7 @@ func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 	for ctx.Err() == nil {
 		if !groupReady {
 			if err := c.cfg.Store.EnsureGroup(ctx, c.cfg.Group); err != nil {
-				c.pause(ctx, backoff, "creating the consumer group", err)
+				c.pause(ctx, retry, "creating the consumer group", err)
 				continue
 			}
 			groupReady = true
@@ -229,10 +237,10 @@ func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 			}
 			// The group disappears when Redis restarts without persistence.
 			groupReady = false
-			c.pause(ctx, backoff, "reading requested names", err)
+			c.pause(ctx, retry, "reading requested names", err)
 			continue
 		}
-		backoff.reset()
+		retry.Reset()
 		if pending {
 			if len(reqs) == 0 {
 				pending = false
@@ -241,38 +249,24 @@ func (c *Consumer) read(ctx context.Context, jobs chan<- store.Request) {
 			pendingAfter = reqs[len(reqs)-1].ID
 		}
 		for _, req := range reqs {
-			if !c.entryTaken(req.ID) {
+			if !c.entries.claim(req.ID) {
 				continue // already with a worker of this agent
 			}
 			select {
 			case jobs <- req:
 			case <-ctx.Done():
-				c.entryDone(req.ID)
+				c.entries.release(req.ID)
 				return
 			}
 		}
 	}
 }
 
-// entryTaken marks id as being handled by this agent; false if it already is.
-func (c *Consumer) entryTaken(id string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.entries[id] {
-		return false
+func (c *Consumer) pause(ctx context.Context, b *backoff.Backoff, what string, err error) {
+	if ctx.Err() != nil {
+		return // shutting down: the error is the cancellation, not a failure
 	}
-	c.entries[id] = true
-	return true
-}
-
-func (c *Consumer) entryDone(id string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.entries, id)
-}
-
-func (c *Consumer) pause(ctx context.Context, b *backoff, what string, err error) {
-	wait := b.next()
+	wait := b.Next()
 	c.cfg.Logger.Error(what+" failed", "error", err, "retry_in", wait)
 	select {
 	case <-ctx.Done():
@@ -299,7 +293,7 @@ func (c *Consumer) retryDue() bool {
 func (c *Consumer) retryLater(log *slog.Logger, what string, err error) (ack bool) {
 	c.mu.Lock()
 	if c.retryAt.IsZero() {
-		c.retryAt = time.Now().Add(c.retries.next())
+		c.retryAt = time.Now().Add(c.retries.Next())
 	}
 	at := c.retryAt
 	c.mu.Unlock()
@@ -321,90 +315,125 @@ func (c *Consumer) handle(ctx context.Context, req store.Request) {
 		return
 	}
 	c.mu.Lock()
-	c.retries.reset()
+	c.retries.Reset()
 	c.mu.Unlock()
 }
 
+// decide takes one requested name through the gate and, past it, orders
+// a certificate and acts on the outcome. It tells whether the entry is
+// done with (acknowledged) or stays pending.
 func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Request) (ack bool) {
-	name, err := names.Normalize(req.Name)
-	if err != nil {
-		c.refuseInvalid(ctx, log, req, err)
-		return true
+	name, failure, ack, pass := c.gate(ctx, log, req)
+	if !pass {
+		return ack
 	}
-	st, now := c.cfg.Store, c.cfg.Manager.cfg.Clock.Now()
-	// A name in backoff is left alone by every agent until its next attempt.
-	failure, err := st.GetFailure(ctx, name)
-	switch {
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCorrupt):
-	case err != nil:
-		return c.retryLater(log, "reading the failure record failed", err)
-	case now.Before(failure.NextAttempt):
-		c.requested(ctx, req, name)
-		log.Debug("name waits for its next attempt", "next_attempt", failure.NextAttempt.Format(time.RFC3339),
-			"last_error", failure.LastError)
-		c.markRefused(ctx, log, name, "waiting until "+failure.NextAttempt.UTC().Format(time.RFC3339)+": "+failure.LastError)
-		return true
-	}
-	verdict, err := c.cfg.Decider.Decide(ctx, name)
-	if err != nil {
-		return c.retryLater(log, "deciding about the name failed", err)
-	}
-	if verdict.Unavailable {
-		c.requested(ctx, req, name)
-		log.Warn("name refused for now", "reason", verdict.Reason)
-		c.deferName(ctx, log, name, verdict.Reason, now.Add(c.cfg.AskRetry))
-		return true
-	}
-	if !verdict.Allowed {
-		c.refuse(ctx, log, req, name, store.RefusedByPolicy, verdict.Source+": "+verdict.Reason)
-		return true
-	}
-	c.requested(ctx, req, name)
 	if !c.claim(name) {
 		return true // another worker of this agent is on it
 	}
 	defer c.unclaim(name)
-	need, err := c.cfg.Manager.NeedsCertificate(ctx, name)
-	if err != nil {
-		return c.retryLater(log, "checking the stored certificate failed", err)
+	if ack, pass := c.orderable(ctx, log, req, name); !pass {
+		return ack
 	}
-	if !need {
-		return true
-	}
-	// With every CA down the name waits for one, without an order.
-	outage, err := c.cfg.Manager.CAsDown(ctx)
-	if err != nil {
-		return c.retryLater(log, "reading the state of the CAs failed", err)
-	}
-	if outage != nil {
-		return c.waitForCA(ctx, log, req, name, outage)
-	}
-	// From here an order runs unless a check below says otherwise: nginx may
-	// hold the name's first handshake for it.
-	if err := st.MarkIssuing(ctx, name); err != nil {
-		log.Warn("marking the name as being issued", "error", err)
-	}
-	if c.cfg.Preflight != nil {
-		if err := c.cfg.Preflight.Check(ctx, name); err != nil {
-			if ctx.Err() != nil {
-				return false
-			}
-			if errors.Is(err, ErrPreflightUnavailable) {
-				log.Warn("pre-flight check not possible now; the name waits", "error", err)
-				c.deferName(ctx, log, name, err.Error(), c.cfg.Manager.cfg.Clock.Now().Add(c.cfg.AskRetry))
-				return true
-			}
-			c.cfg.Manager.cfg.Events.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
-				Reason: "pre-flight: " + err.Error()})
-			c.fail(ctx, log, name, err)
-			return true
-		}
-	}
+	var err error
 	if c.cfg.Budgets != nil {
 		_, err = c.cfg.Budgets.Issue(ctx, []string{name}, PriorityNew)
 	} else {
 		_, err = c.cfg.Manager.Issue(ctx, []string{name})
 	}
+	return c.outcome(ctx, log, req, name, failure, err)
+}
+
+// gate lets a valid name through that is not in backoff and that the
+// policy allows, with its failure record (nil without one). A name held
+// back is marked refused, and ack tells what becomes of its entry.
+func (c *Consumer) gate(ctx context.Context, log *slog.Logger, req store.Request) (name string, failure *store.Failure, ack, pass bool) {
+	name, err := names.Normalize(req.Name)
+	if err != nil {
+		c.refuseInvalid(ctx, log, req, err)
+		return "", nil, true, false
+	}
+	now := c.cfg.Clock.Now()
+	// A name in backoff is left alone by every agent until its next attempt.
+	failure, err = c.cfg.Store.GetFailure(ctx, name)
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCorrupt):
+	case err != nil:
+		return "", nil, c.retryLater(log, "reading the failure record failed", err), false
+	case now.Before(failure.NextAttempt):
+		c.requested(ctx, req, name)
+		log.Debug("name waits for its next attempt", "next_attempt", failure.NextAttempt.Format(time.RFC3339),
+			"last_error", failure.LastError)
+		c.markRefused(ctx, log, name, "waiting until "+failure.NextAttempt.UTC().Format(time.RFC3339)+": "+failure.LastError)
+		return "", nil, true, false
+	}
+	verdict, err := c.cfg.Decider.Decide(ctx, name)
+	if err != nil {
+		return "", nil, c.retryLater(log, "deciding about the name failed", err), false
+	}
+	if verdict.Unavailable {
+		c.requested(ctx, req, name)
+		log.Warn("name refused for now", "reason", verdict.Reason)
+		c.deferName(ctx, log, name, verdict.Reason, now.Add(c.cfg.AskRetry))
+		return "", nil, true, false
+	}
+	if !verdict.Allowed {
+		c.refuse(ctx, log, req, name, store.RefusedByPolicy, verdict.Source+": "+verdict.Reason)
+		return "", nil, true, false
+	}
+	c.requested(ctx, req, name)
+	return name, failure, false, true
+}
+
+// orderable tells whether the allowed name is to be ordered now: it has
+// no usable certificate, a CA is up, and the DNS pre-flight passes. It
+// marks the name as being issued, for nginx to hold its first handshake.
+func (c *Consumer) orderable(ctx context.Context, log *slog.Logger, req store.Request, name string) (ack, pass bool) {
+	need, err := c.cfg.Manager.NeedsCertificate(ctx, name)
+	if err != nil {
+		return c.retryLater(log, "checking the stored certificate failed", err), false
+	}
+	if !need {
+		return true, false
+	}
+	// With every CA down the name waits for one, without an order.
+	outage, err := c.cfg.Manager.CAsDown(ctx)
+	if err != nil {
+		return c.retryLater(log, "reading the state of the CAs failed", err), false
+	}
+	if outage != nil {
+		return c.waitForCA(ctx, log, req, name, outage), false
+	}
+	// From here an order runs unless a check below says otherwise: nginx may
+	// hold the name's first handshake for it.
+	if err := c.cfg.Store.MarkIssuing(ctx, name); err != nil {
+		log.Warn("marking the name as being issued", "error", err)
+	}
+	if c.cfg.Preflight == nil {
+		return false, true
+	}
+	err = c.cfg.Preflight.Check(ctx, name)
+	switch {
+	case err == nil:
+		return false, true
+	case ctx.Err() != nil:
+		return false, false
+	case errors.Is(err, policy.ErrPreflightUnavailable):
+		log.Warn("pre-flight check not possible now; the name waits", "error", err)
+		c.deferName(ctx, log, name, err.Error(), c.cfg.Clock.Now().Add(c.cfg.AskRetry))
+		return true, false
+	}
+	c.cfg.Manager.Emit(ctx, telemetry.Event{Type: telemetry.EventDenied, Name: name, Node: req.Node,
+		Reason: "pre-flight: " + err.Error()})
+	c.fail(ctx, log, name, err)
+	return true, false
+}
+
+// outcome acts on the result of the order of name: clears the marks of a
+// success, leaves the entry pending when the order was cut short or another
+// agent has the name, waits for the CA or Redis, and otherwise records the
+// failure or the deferral.
+func (c *Consumer) outcome(ctx context.Context, log *slog.Logger, req store.Request, name string, failure *store.Failure, err error) (ack bool) {
+	st := c.cfg.Store
 	var deferred *DeferredError
 	switch {
 	case err == nil:
@@ -484,7 +513,7 @@ func (c *Consumer) adoptWaitingNames(ctx context.Context) {
 // stops holding handshakes for it.
 func (c *Consumer) fail(ctx context.Context, log *slog.Logger, name string, cause error) {
 	c.markRefused(ctx, log, name, cause.Error())
-	f, err := c.cfg.Store.RecordFailure(ctx, name, cause.Error(), c.cfg.Manager.cfg.Clock.Now(), func(n int) time.Duration {
+	f, err := c.cfg.Store.RecordFailure(ctx, name, cause.Error(), c.cfg.Clock.Now(), func(n int) time.Duration {
 		return RetryDelay(n, c.cfg.RetryFirst, c.cfg.RetryMost, defaultRandom)
 	})
 	if err != nil {
@@ -506,41 +535,16 @@ func (c *Consumer) markRefused(ctx context.Context, log *slog.Logger, name, reas
 // stops holding handshakes for it.
 func (c *Consumer) deferName(ctx context.Context, log *slog.Logger, name, reason string, until time.Time) {
 	c.markRefused(ctx, log, name, "deferred: "+reason)
-	if _, err := c.cfg.Store.DeferName(ctx, name, reason, c.cfg.Manager.cfg.Clock.Now(), until); err != nil {
+	if _, err := c.cfg.Store.DeferName(ctx, name, reason, c.cfg.Clock.Now(), until); err != nil {
 		log.Error("recording the deferral", "error", err)
 	}
 }
 
+// claim takes name for this agent's workers; false if one has it.
 func (c *Consumer) claim(name string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.inFlight[name] {
-		return false
-	}
-	c.inFlight[name] = true
-	return true
+	return c.inFlight.claim(name)
 }
 
 func (c *Consumer) unclaim(name string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.inFlight, name)
+	c.inFlight.release(name)
 }
-
-// backoff doubles a pause from min up to max.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max} }
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(b.cur*2, b.max)
-	}
-	return b.cur
-}
-
-func (b *backoff) reset() { b.cur = 0 }

@@ -11,17 +11,18 @@ import (
 
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 )
 
 func startConsumer(t *testing.T, m *Manager, st *store.Store, rules ...string) (stop func()) {
 	t.Helper()
-	policy, err := ParsePolicy(rules)
+	allow, err := policy.ParsePolicy(rules)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := NewConsumer(ConsumerConfig{
-		Store: st, Manager: m, Policy: policy, Name: "test-agent",
+		Store: st, Manager: m, Policy: allow, Name: "test-agent",
 		Block: 100 * time.Millisecond, ShutdownGrace: 5 * time.Second, Logger: quietLogger(),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -51,13 +52,7 @@ func request(t *testing.T, r *redis.Client, st *store.Store, name string) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 20*time.Second, what, cond)
 }
 
 func pendingCount(t *testing.T, r *redis.Client, st *store.Store) int64 {
@@ -127,9 +122,9 @@ func TestConsumerSurvivesRedisRestart(t *testing.T) {
 func TestConsumerShutdownLeavesCutOrdersPending(t *testing.T) {
 	issuer := &fakeIssuer{delay: time.Hour}
 	m, st, r := newTestManager(t, issuer)
-	policy, _ := ParsePolicy([]string{"*.example.com"})
+	allow, _ := policy.ParsePolicy([]string{"*.example.com"})
 	c := NewConsumer(ConsumerConfig{
-		Store: st, Manager: m, Policy: policy, Name: "test-agent",
+		Store: st, Manager: m, Policy: allow, Name: "test-agent",
 		Block: 100 * time.Millisecond, ShutdownGrace: 200 * time.Millisecond, Logger: quietLogger(),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -216,9 +211,9 @@ func (b *blockingIssuer) Obtain(ctx context.Context, names []string) (*acmeclien
 func TestConsumerGraceCountsFromTheSignal(t *testing.T) {
 	issuer := &blockingIssuer{started: make(chan string, 1), cancelled: make(chan string, 1)}
 	m, st, r := newTestManager(t, issuer)
-	policy, _ := ParsePolicy([]string{"*.example.com"})
+	allow, _ := policy.ParsePolicy([]string{"*.example.com"})
 	c := NewConsumer(ConsumerConfig{
-		Store: st, Manager: m, Policy: policy, Name: "test-agent", Workers: 1,
+		Store: st, Manager: m, Policy: allow, Name: "test-agent", Workers: 1,
 		Block: 10 * time.Second, ShutdownGrace: 300 * time.Millisecond, Logger: quietLogger(),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -265,9 +260,9 @@ func TestConsumerShutdownStartsNoWaitingOrder(t *testing.T) {
 	st := store.New(r.Client, store.Keys{})
 	m := New(Config{Store: st, Issuer: issuer, Logger: quietLogger(),
 		Concurrency: NewConcurrency(ConcurrencyConfig{Fixed: 1, Logger: quietLogger()})})
-	policy, _ := ParsePolicy([]string{"*.example.com"})
+	allow, _ := policy.ParsePolicy([]string{"*.example.com"})
 	c := NewConsumer(ConsumerConfig{
-		Store: st, Manager: m, Policy: policy, Name: "test-agent", Workers: 2,
+		Store: st, Manager: m, Policy: allow, Name: "test-agent", Workers: 2,
 		Block: 100 * time.Millisecond, ShutdownGrace: 10 * time.Second, Logger: quietLogger(),
 	})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -3,6 +3,8 @@ package manager
 import (
 	"math/rand/v2"
 	"time"
+
+	"github.com/certagent/certagent/agent/internal/backoff"
 )
 
 // RetryDelay is the pause after the attempts-th failure in a row: first
@@ -10,11 +12,7 @@ import (
 // names that failed together (a CA outage) do not all come back at once. The
 // jitter never makes a pause shorter than the one before it.
 func RetryDelay(attempts int, first, most time.Duration, random func() float64) time.Duration {
-	d := first
-	for i := 1; i < attempts && d < most; i++ {
-		d *= 2
-	}
-	d = min(d, most)
+	d := backoff.Doubling{First: first, Most: most}.After(attempts)
 	return d - time.Duration(float64(d)/4*random())
 }
 

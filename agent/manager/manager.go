@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/names"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
@@ -50,13 +51,6 @@ type CertKeyRevoker interface {
 	RevokeWithCertKey(ctx context.Context, chainPEM, keyPEM []byte, reason uint) error
 }
 
-// Clock tells the time; tests replace it.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // Config configures a Manager.
 type Config struct {
 	Store  *store.Store
@@ -67,7 +61,7 @@ type Config struct {
 	// Logger receives events. Default: slog.Default().
 	Logger *slog.Logger
 	// Clock. Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 	// OrderTimeout bounds one order at one CA. Default: 2 minutes.
 	OrderTimeout time.Duration
 	// LockTTL is the lease on a name while its order runs. Default: store.LockTTL.
@@ -122,7 +116,7 @@ func New(cfg Config) *Manager {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.OrderTimeout <= 0 {
 		cfg.OrderTimeout = 2 * time.Minute
@@ -231,49 +225,34 @@ func (m *Manager) report(ctx context.Context, kind string, names []string, rec *
 	m.cfg.Events.Emit(ctx, e)
 }
 
+// Clock is the manager's clock, which the components working with it
+// share.
+func (m *Manager) Clock() clock.Clock { return m.cfg.Clock }
+
+// Emit reports e through the manager's events.
+func (m *Manager) Emit(ctx context.Context, e telemetry.Event) { m.cfg.Events.Emit(ctx, e) }
+
 func (m *Manager) issue(ctx context.Context, names []string, renewing *store.CertRecord) (*store.CertRecord, error) {
 	if len(names) == 0 {
 		return nil, errors.New("issuing: no names")
 	}
 	primary := names[0]
-	lock, err := m.cfg.Store.AcquireLock(ctx, primary, m.cfg.LockTTL)
+	l, err := m.lease(ctx, primary)
 	if err != nil {
 		return nil, err
 	}
-	keepCtx, stopKeeping := context.WithCancelCause(ctx)
-	defer stopKeeping(nil)
-	go lock.KeepAlive(keepCtx, func(err error) {
-		stopKeeping(fmt.Errorf("%w: the lease on %s could not be kept: %w", ErrInterrupted, primary, err))
-	})
-	defer func() {
-		// Stop extending first: an extension after the release would report
-		// the lease lost. The release must happen even when ctx is over.
-		stopKeeping(nil)
-		releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		m.releasing.Store(primary, struct{}{})
-		if err := lock.ReleaseSoon(releaseCtx, func() { m.releasing.Delete(primary) }); err != nil {
-			m.cfg.Logger.Warn("releasing lock (retried in the background while Redis cannot take it)", "name", primary,
-				"error", err)
-		}
-	}()
+	defer l.release(ctx)
 
 	var replaces string
 	if renewing != nil {
-		// Another agent may have renewed it between our read and the lease.
-		current, err := m.cfg.Store.GetCert(keepCtx, primary)
-		if err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrCorrupt) {
-			return nil, fmt.Errorf("renewing certificate for %s: %w", primary, err)
+		current, id, err := m.stillToRenew(l.ctx, primary, renewing)
+		if err != nil {
+			return current, err
 		}
-		if err == nil && current.Fingerprint != renewing.Fingerprint {
-			return current, fmt.Errorf("renewing certificate for %s: %w", primary, ErrAlreadyRenewed)
-		}
-		// Without an ARI id (imported from a CA without AKI) the order is a
-		// plain new order.
-		replaces, _ = acmeclient.CertID([]byte(renewing.FullChain))
+		replaces = id
 	}
 	if m.cfg.Peers != nil {
-		rec, release, err := m.fromPeers(keepCtx, names, renewing, stopKeeping)
+		rec, release, err := m.fromPeers(l.ctx, names, renewing, l.stop)
 		if rec != nil {
 			return rec, errFromPeer
 		}
@@ -282,48 +261,123 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 		}
 		defer release()
 	}
+	cert, issuer, err := m.orderFromCAs(l, names, renewing, replaces)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := m.storeIssued(ctx, l, primary, cert, issuer)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case cert.Replaces != "":
+		m.cfg.Logger.Debug("the CA was told which certificate this one replaces", "name", primary, "replaces", cert.Replaces)
+	case replaces != "" && issuer.DirectoryURL() == renewing.CA:
+		m.cfg.Logger.Info("renewed without the ARI hint: the CA has no ARI or refused it", "name", primary, "replaces", replaces)
+	}
+	return rec, nil
+}
 
-	var cert *acmeclient.Certificate
-	var issuer Issuer
+// heldLease is the lease on a name while its order runs: ctx ends (with
+// ErrInterrupted as its cause) when the lease cannot be kept.
+type heldLease struct {
+	m    *Manager
+	name string
+	lock *store.Lock
+	ctx  context.Context
+	stop context.CancelCauseFunc
+}
+
+// lease takes the lease on name and keeps extending it until release.
+func (m *Manager) lease(ctx context.Context, name string) (*heldLease, error) {
+	lock, err := m.cfg.Store.AcquireLock(ctx, name, m.cfg.LockTTL)
+	if err != nil {
+		return nil, err
+	}
+	keepCtx, stopKeeping := context.WithCancelCause(ctx)
+	go lock.KeepAlive(keepCtx, func(err error) {
+		stopKeeping(fmt.Errorf("%w: the lease on %s could not be kept: %w", ErrInterrupted, name, err))
+	})
+	return &heldLease{m: m, name: name, lock: lock, ctx: keepCtx, stop: stopKeeping}, nil
+}
+
+// release stops extending the lease first (an extension after the release
+// would report the lease lost), then releases it, even when ctx is over.
+func (l *heldLease) release(ctx context.Context) {
+	l.stop(nil)
+	releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	l.m.releasing.Store(l.name, struct{}{})
+	if err := l.lock.ReleaseSoon(releaseCtx, func() { l.m.releasing.Delete(l.name) }); err != nil {
+		l.m.cfg.Logger.Warn("releasing lock (retried in the background while Redis cannot take it)", "name", l.name,
+			"error", err)
+	}
+}
+
+// stillToRenew checks, under the lease, that no other agent renewed the
+// certificate since it was read (ErrAlreadyRenewed with the current one),
+// and returns the ARI id of the one being replaced: empty for a
+// certificate without one (imported from a CA without AKI), ordered anew.
+func (m *Manager) stillToRenew(ctx context.Context, primary string, renewing *store.CertRecord) (*store.CertRecord, string, error) {
+	current, err := m.cfg.Store.GetCert(ctx, primary)
+	if err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrCorrupt) {
+		return nil, "", fmt.Errorf("renewing certificate for %s: %w", primary, err)
+	}
+	if err == nil && current.Fingerprint != renewing.Fingerprint {
+		return current, "", fmt.Errorf("renewing certificate for %s: %w", primary, ErrAlreadyRenewed)
+	}
+	replaces, _ := acmeclient.CertID([]byte(renewing.FullChain))
+	return nil, replaces, nil
+}
+
+// orderFromCAs asks each CA in turn, skipping those the fleet knows to be
+// down, until one issues. Its error is a noOrderError when no CA created
+// an order.
+func (m *Manager) orderFromCAs(l *heldLease, names []string, renewing *store.CertRecord, replaces string) (*acmeclient.Certificate, Issuer, error) {
+	primary := names[0]
 	var errs []error
 	var recorded bool // an order was created at a CA (and recorded with the lease)
 	for _, candidate := range m.issuers() {
 		// A CA the fleet knows to be down is not asked (castate.go).
-		if outage := m.caDown(keepCtx, candidate); outage != nil {
+		if outage := m.caDown(l.ctx, candidate); outage != nil {
 			errs = append(errs, outage)
 			continue
 		}
-		opts := acmeclient.OrderOptions{Journal: leaseJournal{lock: lock, log: m.cfg.Logger, name: primary, recorded: &recorded}}
+		opts := acmeclient.OrderOptions{Journal: leaseJournal{lock: l.lock, log: m.cfg.Logger, name: primary, recorded: &recorded}}
 		if renewing != nil && renewing.CA == candidate.DirectoryURL() {
 			opts.Replaces = replaces
 		}
 		if _, journaled := candidate.(OptionsIssuer); !journaled {
 			recorded = true // it keeps no journal: whether it created an order is unknown
 		}
-		cert, err = m.obtain(keepCtx, candidate, names, opts)
-		m.noteCA(keepCtx, candidate, err)
+		cert, err := m.obtain(l.ctx, candidate, names, opts)
+		m.noteCA(l.ctx, candidate, err)
 		if err == nil {
-			issuer = candidate
-			break
+			return cert, candidate, nil
 		}
 		errs = append(errs, err)
-		if context.Cause(keepCtx) != nil {
+		if context.Cause(l.ctx) != nil {
 			break
 		}
 		if len(errs) < len(m.issuers()) {
 			m.cfg.Logger.Warn("CA failed, trying the next one", "name", primary, "ca", candidate.DirectoryURL(), "error", err)
 		}
 	}
-	if cert == nil {
-		if cause := context.Cause(keepCtx); errors.Is(cause, ErrInterrupted) {
-			errs = append(errs, cause)
-		}
-		if !recorded {
-			return nil, noOrderError{errs}
-		}
-		return nil, errors.Join(errs...)
+	if cause := context.Cause(l.ctx); errors.Is(cause, ErrInterrupted) {
+		errs = append(errs, cause)
 	}
-	if cause := context.Cause(keepCtx); cause != nil {
+	if !recorded {
+		return nil, nil, noOrderError{errs}
+	}
+	return nil, nil, errors.Join(errs...)
+}
+
+// storeIssued stores what issuer issued, fenced by the lease: if the lease
+// was lost and another agent took the name since, its newer result stays
+// and this one is dropped (store.ErrFenced). Every error is an issuedError:
+// the CA has issued a certificate.
+func (m *Manager) storeIssued(ctx context.Context, l *heldLease, primary string, cert *acmeclient.Certificate, issuer Issuer) (*store.CertRecord, error) {
+	if cause := context.Cause(l.ctx); cause != nil {
 		return nil, issuedError{fmt.Errorf("obtaining certificate for %s: %w", primary, cause)}
 	}
 	rec, err := store.NewCertRecord(cert.FullChain, cert.KeyPEM, primary)
@@ -334,19 +388,11 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	rec.CA = issuer.DirectoryURL()
 	rec.CertURL = cert.CertURL
 	rec.IssuedAt = m.cfg.Clock.Now()
-	// Fenced: if the lease was lost and another agent took the name since,
-	// its newer result stays and this one is dropped (store.ErrFenced).
-	if err := lock.PutCert(ctx, rec); err != nil {
+	if err := l.lock.PutCert(ctx, rec); err != nil {
 		if !errors.Is(err, store.ErrFenced) {
 			err = fmt.Errorf("%w: %w", ErrInterrupted, err)
 		}
 		return nil, issuedError{err}
-	}
-	switch {
-	case cert.Replaces != "":
-		m.cfg.Logger.Debug("the CA was told which certificate this one replaces", "name", primary, "replaces", cert.Replaces)
-	case replaces != "" && issuer.DirectoryURL() == renewing.CA:
-		m.cfg.Logger.Info("renewed without the ARI hint: the CA has no ARI or refused it", "name", primary, "replaces", replaces)
 	}
 	return rec, nil
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/internal/testenv"
 	"github.com/certagent/certagent/agent/store"
 )
@@ -147,7 +148,7 @@ func TestNeedsCertificate(t *testing.T) {
 	if !need("due.example.com") {
 		t.Error("certificate with a quarter of its life left: want needed")
 	}
-	m.cfg.Clock = systemClock{}
+	m.cfg.Clock = clock.System{}
 	if need("due.example.com") {
 		t.Error("fresh certificate: want not needed")
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -24,7 +25,7 @@ type caStack struct {
 	redis  *testenv.Redis
 	st     *store.Store
 	pebble *testenv.Pebble
-	clock  *movableClock
+	clock  *testenv.Clock
 }
 
 func startCAStack(t *testing.T) *caStack {
@@ -33,7 +34,7 @@ func startCAStack(t *testing.T) *caStack {
 	httpPort := testenv.FreePort(t)
 	p := testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort})
 	testenv.StartNginx(t, testenv.NginxOptions{RedisURL: r.URL, HTTPPort: httpPort})
-	return &caStack{redis: r, st: store.New(r.Client, store.Keys{}), pebble: p, clock: &movableClock{now: time.Now()}}
+	return &caStack{redis: r, st: store.New(r.Client, store.Keys{}), pebble: p, clock: testenv.NewClock(time.Now())}
 }
 
 // manager returns a Manager ordering from directory (Pebble or a front),
@@ -111,15 +112,15 @@ func TestPreflightRefusesNamesThatResolveElsewhereOrForbidTheCA(t *testing.T) {
 		"policies": []map[string]string{{"tag": "issue", "value": "other-ca.example; account=1"}}})
 	s.pebble.SetDNS(t, "/add-caa", map[string]any{"host": "mine.example.test.",
 		"policies": []map[string]string{{"tag": "issue", "value": "pebble.example"}}})
-	pre, err := NewPreflight(PreflightConfig{
+	pre, err := policy.NewPreflight(policy.PreflightConfig{
 		Addresses: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, CAAIdentities: []string{"Pebble.Example."},
 		Resolver: s.pebble.DNSAddr, Timeout: 2 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy, _ := ParsePolicy([]string{"*.example.test"})
-	s.consume(t, ConsumerConfig{Manager: s.manager(t, s.pebble.DirectoryURL, s.pebble.CARootsFile), Policy: policy, Preflight: pre})
+	allow, _ := policy.ParsePolicy([]string{"*.example.test"})
+	s.consume(t, ConsumerConfig{Manager: s.manager(t, s.pebble.DirectoryURL, s.pebble.CARootsFile), Policy: allow, Preflight: pre})
 
 	for name, want := range map[string]string{
 		"elsewhere.example.test": "resolves to 192.0.2.10, none of them an address of this fleet",
@@ -151,10 +152,10 @@ func TestBackoffGrowsAndSurvivesARestart(t *testing.T) {
 	// Nothing answers HTTP-01 on 127.0.0.2: every validation fails.
 	const name = "unreachable.example.test"
 	s.pebble.SetDNS(t, "/add-a", map[string]any{"host": name + ".", "addresses": []string{"127.0.0.2"}})
-	policy, _ := ParsePolicy([]string{"*.example.test"})
+	allow, _ := policy.ParsePolicy([]string{"*.example.test"})
 	m := s.manager(t, s.pebble.DirectoryURL, s.pebble.CARootsFile)
 	budgets, _ := NewBudgets(m, BudgetConfig{Account: "acct"})
-	stop := s.consume(t, ConsumerConfig{Manager: m, Policy: policy, Budgets: budgets})
+	stop := s.consume(t, ConsumerConfig{Manager: m, Policy: allow, Budgets: budgets})
 
 	s.request(t, name)
 	first := s.failure(t, name)
@@ -175,7 +176,7 @@ func TestBackoffGrowsAndSurvivesARestart(t *testing.T) {
 	stop()
 	m2 := s.manager(t, s.pebble.DirectoryURL, s.pebble.CARootsFile)
 	budgets2, _ := NewBudgets(m2, BudgetConfig{Account: "acct"})
-	s.consume(t, ConsumerConfig{Manager: m2, Policy: policy, Budgets: budgets2})
+	s.consume(t, ConsumerConfig{Manager: m2, Policy: allow, Budgets: budgets2})
 	s.request(t, name)
 	if n := s.pebble.OrdersCreated(t); n != 1 {
 		t.Errorf("%d orders: the restarted agent forgot the backoff", n)
@@ -203,12 +204,12 @@ func TestBackoffGrowsAndSurvivesARestart(t *testing.T) {
 func TestAskURLDownMeansDenyAndALaterRetry(t *testing.T) {
 	s := startCAStack(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	ask, err := NewAsk(AskConfig{URL: "http://" + addr + "/ask", Timeout: 2 * time.Second, Clock: s.clock})
+	ask, err := policy.NewAsk(policy.AskConfig{URL: "http://" + addr + "/ask", Timeout: 2 * time.Second, Clock: s.clock})
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := s.manager(t, s.pebble.DirectoryURL, s.pebble.CARootsFile)
-	s.consume(t, ConsumerConfig{Manager: m, Decider: NewDecider(DeciderConfig{Store: s.st, Ask: ask})})
+	s.consume(t, ConsumerConfig{Manager: m, Decider: policy.NewDecider(policy.DeciderConfig{Store: s.st, Ask: ask})})
 
 	const name = "asked.example.test"
 	s.request(t, name)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -55,7 +56,7 @@ func (s *caStack) consumeThroughProxy(t *testing.T) *testenv.CAProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy, _ := ParsePolicy([]string{"*.example.test"})
-	s.consume(t, ConsumerConfig{Manager: m, Policy: policy, Budgets: budgets})
+	allow, _ := policy.ParsePolicy([]string{"*.example.test"})
+	s.consume(t, ConsumerConfig{Manager: m, Policy: allow, Budgets: budgets})
 	return proxy
 }

@@ -7,17 +7,18 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 )
 
 func startReclaimingConsumer(t *testing.T, m *Manager, st *store.Store, name string, idle time.Duration) (stop func()) {
 	t.Helper()
-	policy, err := ParsePolicy([]string{"*.example.com"})
+	allow, err := policy.ParsePolicy([]string{"*.example.com"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := NewConsumer(ConsumerConfig{
-		Store: st, Manager: m, Policy: policy, Name: name, ReclaimIdle: idle,
+		Store: st, Manager: m, Policy: allow, Name: name, ReclaimIdle: idle,
 		Block: 100 * time.Millisecond, ShutdownGrace: 5 * time.Second, Logger: quietLogger(),
 	})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -10,8 +10,20 @@ import (
 	"time"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/backoff"
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/store"
 )
+
+// DefaultRenewWorkers is how many renewals an agent runs at once unless told
+// otherwise. A renewal is about ten requests to the CA over a few seconds
+// (order, authorization, challenge, polls, finalize, download, renewal
+// info), so 8 at once is some 20 to 40 requests a second: four agents behind
+// one address stay well under Let's Encrypt's 250 requests a second per
+// address for /acme/, while renewals, which send `replaces`, are exempt
+// from its limits on new orders. The rate budgets (--limit-orders and the
+// others) still count each renewal.
+const DefaultRenewWorkers = 8
 
 // RenewerConfig configures a Renewer.
 type RenewerConfig struct {
@@ -19,14 +31,15 @@ type RenewerConfig struct {
 	// Logger receives events. Default: the manager's logger.
 	Logger *slog.Logger
 	// Clock decides what is due. Default: the manager's clock.
-	Clock Clock
+	Clock clock.Clock
 	// Interval is the longest the scheduler sleeps between two looks at the
-	// schedule; it wakes earlier when the next scheduled time is sooner.
-	// Certificates stored by other agents are noticed within it. Default: 1 minute.
+	// schedule; it wakes earlier when the next scheduled time is sooner, and
+	// when the stream of changes tells of a certificate written (by an
+	// import, a peer site, another agent). Default: 1 minute.
 	Interval time.Duration
 	// Batch is how many due names one read of the schedule takes. Default: 100.
 	Batch int64
-	// Workers is how many renewals run at once. Default: 2.
+	// Workers is how many renewals run at once. Default: DefaultRenewWorkers.
 	Workers int
 	// RetryBase is the pause after a first failed renewal; it doubles with
 	// each failure in a row up to RetryMax, and never exceeds a quarter of the
@@ -61,13 +74,11 @@ type RenewerConfig struct {
 type Renewer struct {
 	cfg RenewerConfig
 
-	stop     context.CancelFunc
-	work     context.Context
-	stopWork context.CancelFunc
-	done     chan struct{}
+	// work is the context of the renewals Run starts: it outlives Run's
+	// context by the shutdown grace.
+	work context.Context
 
-	mu       sync.Mutex
-	inFlight map[string]bool
+	inFlight claimSet
 }
 
 // NewRenewer returns a Renewer for cfg.
@@ -85,7 +96,7 @@ func NewRenewer(cfg RenewerConfig) *Renewer {
 		cfg.Batch = 100
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 2
+		cfg.Workers = DefaultRenewWorkers
 	}
 	if cfg.RetryBase <= 0 {
 		cfg.RetryBase = time.Minute
@@ -105,50 +116,46 @@ func NewRenewer(cfg RenewerConfig) *Renewer {
 	if cfg.ClaimFor <= 0 {
 		cfg.ClaimFor = 10 * time.Minute
 	}
-	return &Renewer{cfg: cfg, inFlight: map[string]bool{}}
+	return &Renewer{cfg: cfg}
 }
 
-// Start runs the scheduler in the background until Shutdown.
-func (r *Renewer) Start(ctx context.Context) {
-	loopCtx, stop := context.WithCancel(ctx)
-	// Renewals get their own context so that Shutdown can give them a grace.
-	r.work, r.stopWork = context.WithCancel(context.WithoutCancel(ctx))
-	// Renewals still waiting for an order slot at Shutdown do not start.
-	r.work = context.WithValue(r.work, shutdownKey{}, loopCtx)
-	r.stop = stop
-	r.done = make(chan struct{})
+// Run looks at the schedule until ctx ends, then lets running renewals
+// finish within the shutdown grace, counted from the end of ctx, cancels
+// those still running and returns.
+func (r *Renewer) Run(ctx context.Context) error {
+	// Renewals get their own context so that they get a grace after ctx.
+	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	// Renewals still waiting for an order slot when ctx ends do not start.
+	r.work = context.WithValue(work, shutdownKey{}, ctx)
+	done := make(chan struct{})
 	go func() {
-		defer close(r.done)
-		r.loop(loopCtx)
+		defer close(done)
+		r.loop(ctx)
 	}()
-}
-
-// Shutdown stops looking at the schedule, lets running renewals finish
-// within the shutdown grace, then cancels them and returns.
-func (r *Renewer) Shutdown() {
-	if r.stop == nil {
-		return
-	}
-	r.stop()
+	<-ctx.Done()
 	select {
-	case <-r.done:
+	case <-done:
 	case <-time.After(r.cfg.ShutdownGrace):
 		r.cfg.Logger.Warn("shutdown grace over, cancelling running renewals")
-		r.stopWork()
-		<-r.done
+		stopWork()
+		<-done
 	}
-	r.stopWork()
+	return nil
 }
 
 func (r *Renewer) loop(ctx context.Context) {
 	st := r.cfg.Manager.cfg.Store
-	pause := newBackoff(time.Second, r.cfg.Interval)
+	pause := backoff.New(time.Second, r.cfg.Interval)
 	filled := false
+	// Followed from before the first look, so that nothing written during
+	// it waits for the next Interval.
+	after, _ := st.LastChangeID(ctx)
 	for ctx.Err() == nil {
 		if !filled {
 			added, err := st.ScheduleMissing(ctx, r.cfg.Clock.Now())
 			if err != nil {
-				r.wait(ctx, pause.next(), "filling the renewal schedule", err)
+				r.wait(ctx, pause.Next(), "filling the renewal schedule", err)
 				continue
 			}
 			if added > 0 {
@@ -158,10 +165,10 @@ func (r *Renewer) loop(ctx context.Context) {
 		}
 		n, err := r.Pass(r.work)
 		if err != nil {
-			r.wait(ctx, pause.next(), "reading the renewal schedule", err)
+			r.wait(ctx, pause.Next(), "reading the renewal schedule", err)
 			continue
 		}
-		pause.reset()
+		pause.Reset()
 		if int64(n) == r.cfg.Batch {
 			continue // more are due
 		}
@@ -172,14 +179,14 @@ func (r *Renewer) loop(ctx context.Context) {
 				sleep = max(d, 100*time.Millisecond)
 			}
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(sleep):
-		}
+		after = r.sleep(ctx, sleep, after)
 	}
 }
 
 func (r *Renewer) wait(ctx context.Context, d time.Duration, what string, err error) {
+	if ctx.Err() != nil {
+		return // shutting down: the error is the cancellation, not a failure
+	}
 	r.cfg.Logger.Error(what+" failed", "error", err, "retry_in", d)
 	select {
 	case <-ctx.Done():
@@ -198,13 +205,13 @@ func (r *Renewer) Pass(ctx context.Context) (int, error) {
 	sem := make(chan struct{}, r.cfg.Workers)
 	var wg sync.WaitGroup
 	for _, e := range due {
-		if !r.claim(e.Name) {
+		if !r.inFlight.claim(e.Name) {
 			continue
 		}
 		// Of the fleet's agents that read this entry, one looks at it.
 		ok, err := r.cfg.Manager.cfg.Store.ClaimDue(ctx, e, r.cfg.Clock.Now().Add(r.cfg.ClaimFor))
 		if !ok || err != nil {
-			r.unclaim(e.Name)
+			r.inFlight.release(e.Name)
 			if err != nil {
 				wg.Wait()
 				return 0, err
@@ -214,7 +221,7 @@ func (r *Renewer) Pass(ctx context.Context) (int, error) {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func(name string) {
-			defer func() { <-sem; wg.Done(); r.unclaim(name) }()
+			defer func() { <-sem; wg.Done(); r.inFlight.release(name) }()
 			if _, _, err := r.look(ctx, name, false); err != nil && ctx.Err() == nil {
 				r.cfg.Logger.Error("renewal check", "name", name, "error", err)
 			}
@@ -282,19 +289,7 @@ func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.Cer
 	if state.RenewAt.IsZero() {
 		state.RenewAt = r.lifetimeRule(rec)
 	}
-	retryAt := time.Time{}
-	if state.Failures > 0 {
-		retryAt = state.LastFailure.Add(r.retryPause(rec, state.Failures, state.LastFailure))
-	}
-	due := !now.Before(state.RenewAt) && !now.Before(retryAt)
-	if !due && !force {
-		next := state.RenewAt
-		if retryAt.After(next) {
-			next = retryAt
-		}
-		if !state.ARINext.IsZero() && state.ARINext.Before(next) {
-			next = state.ARINext
-		}
+	if next, due := r.due(rec, state, now); !due && !force {
 		return rec, NotDue, r.record(ctx, rec, state, next)
 	}
 
@@ -334,6 +329,27 @@ func (r *Renewer) look(ctx context.Context, name string, force bool) (*store.Cer
 	next := now.Add(r.retryPause(rec, state.Failures, now))
 	r.complain(rec, state, next, now)
 	return rec, Failed, errors.Join(fmt.Errorf("renewing certificate for %s: %w", name, err), r.record(ctx, rec, state, next))
+}
+
+// due tells whether rec is to be renewed at now: its renewal time has come
+// and the pause after its last failure is over. If not, next is when to
+// look again: then, or earlier when the CA's window is to be read again.
+func (r *Renewer) due(rec *store.CertRecord, state *store.RenewalState, now time.Time) (next time.Time, due bool) {
+	retryAt := time.Time{}
+	if state.Failures > 0 {
+		retryAt = state.LastFailure.Add(r.retryPause(rec, state.Failures, state.LastFailure))
+	}
+	if !now.Before(state.RenewAt) && !now.Before(retryAt) {
+		return time.Time{}, true
+	}
+	next = state.RenewAt
+	if retryAt.After(next) {
+		next = retryAt
+	}
+	if !state.ARINext.IsZero() && state.ARINext.Before(next) {
+		next = state.ARINext
+	}
+	return next, false
 }
 
 // renew orders the successor of rec, through the rate budgets when set.
@@ -417,11 +433,7 @@ func (r *Renewer) lifetimeRule(rec *store.CertRecord) time.Time {
 
 // retryPause is the wait after failures failed renewals in a row.
 func (r *Renewer) retryPause(rec *store.CertRecord, failures int, at time.Time) time.Duration {
-	pause := r.cfg.RetryBase
-	for i := 1; i < failures && pause < r.cfg.RetryMax; i++ {
-		pause *= 2
-	}
-	pause = min(pause, r.cfg.RetryMax)
+	pause := backoff.Doubling{First: r.cfg.RetryBase, Most: r.cfg.RetryMax}.After(failures)
 	if left := rec.NotAfter.Sub(at); left/4 < pause {
 		pause = max(left/4, r.cfg.RetryBase)
 	}
@@ -442,20 +454,4 @@ func (r *Renewer) complain(rec *store.CertRecord, state *store.RenewalState, nex
 	default:
 		r.cfg.Logger.Warn("renewal failed; the current certificate is still served", attrs...)
 	}
-}
-
-func (r *Renewer) claim(name string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.inFlight[name] {
-		return false
-	}
-	r.inFlight[name] = true
-	return true
-}
-
-func (r *Renewer) unclaim(name string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.inFlight, name)
 }

@@ -90,6 +90,7 @@ func (a *ariIssuer) RenewalInfo(_ context.Context, chain []byte) (*acmeclient.Re
 
 type renewFixture struct {
 	st    *store.Store
+	rdb   redis.UniversalClient // the store's Redis, for what a test breaks on purpose
 	m     *Manager
 	r     *Renewer
 	clock *manualClock
@@ -98,8 +99,8 @@ type renewFixture struct {
 
 func newRenewFixture(t *testing.T, issuer Issuer, fallbacks ...Issuer) *renewFixture {
 	t.Helper()
-	_, st, _ := newTestManager(t, issuer)
-	f := &renewFixture{st: st, clock: &manualClock{now: time.Now()}, logs: &bytes.Buffer{}}
+	_, st, r := newTestManager(t, issuer)
+	f := &renewFixture{st: st, rdb: r.Client, clock: &manualClock{now: time.Now()}, logs: &bytes.Buffer{}}
 	log := slog.New(slog.NewTextHandler(&syncWriter{w: f.logs}, nil))
 	f.m = New(Config{Store: st, Issuer: issuer, Fallbacks: fallbacks, Logger: log, Clock: f.clock})
 	f.r = NewRenewer(RenewerConfig{Manager: f.m, RetryBase: time.Minute, RetryMax: time.Hour})
@@ -191,7 +192,7 @@ func TestRenewerLifetimeRuleWithoutARI(t *testing.T) {
 	if strings.Join(renewed.Names, ",") != "a.example.com,www.a.example.com" {
 		t.Errorf("renewed names %v: want the same SAN set, primary first", renewed.Names)
 	}
-	if n := f.st.Client().Exists(ctx, f.st.Keys().Lock("a.example.com")).Val(); n != 0 {
+	if n := f.rdb.Exists(ctx, f.st.Keys().Lock("a.example.com")).Val(); n != 0 {
 		t.Error("the lease is held after the renewal")
 	}
 }
@@ -412,7 +413,7 @@ func (e *endingIssuer) Obtain(ctx context.Context, names []string) (*acmeclient.
 	return e.fakeIssuer.Obtain(ctx, names)
 }
 
-func TestRenewerStartAndShutdown(t *testing.T) {
+func TestRenewerRunStopsWhenItsContextEnds(t *testing.T) {
 	issuer := &endingIssuer{fakeIssuer: &fakeIssuer{lifetime: time.Hour}}
 	_, st, _ := newTestManager(t, issuer)
 	m := New(Config{Store: st, Issuer: issuer, Logger: quietLogger()})
@@ -422,14 +423,16 @@ func TestRenewerStartAndShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	// From now on an order takes half a second: the renewal below is still
-	// running when Shutdown comes, and cancelled after its grace.
+	// running when Run's context ends, and cancelled after its grace.
 	issuer.delay = 500 * time.Millisecond
 	// Renewal is due at once under a clock three quarters into the lifetime;
 	// a failed one is tried again after RetryBase.
 	r := NewRenewer(RenewerConfig{Manager: m, Clock: fixedClock(rec.NotAfter.Add(-15 * time.Minute)),
 		Interval: 50 * time.Millisecond, RetryBase: 10 * time.Millisecond, ShutdownGrace: 100 * time.Millisecond})
-	r.Start(ctx)
-	defer r.Shutdown()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	stopped := make(chan error, 1)
+	go func() { stopped <- r.Run(runCtx) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for issuer.orders.Load() < 2 {
 		if time.Now().After(deadline) {
@@ -437,20 +440,18 @@ func TestRenewerStartAndShutdown(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	// Shutdown returns once the running renewal is cancelled after the
-	// grace ...
-	stopped := make(chan struct{})
-	go func() {
-		r.Shutdown()
-		close(stopped)
-	}()
+	// Run returns once the running renewal is cancelled after the grace ...
+	stop()
 	select {
-	case <-stopped:
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("Shutdown did not return: the running renewal was not cancelled after the grace")
+		t.Fatal("Run did not return: the running renewal was not cancelled after the grace")
 	}
 	if started, ended := issuer.orders.Load(), issuer.ended.Load(); ended != started {
-		t.Errorf("Shutdown returned with %d of %d renewals still running", started-ended, started)
+		t.Errorf("Run returned with %d of %d renewals still running", started-ended, started)
 	}
 	// ... and nothing runs after it: a certificate stored now (by another
 	// agent) is as due as the first, and a live scheduler would see it
@@ -462,7 +463,7 @@ func TestRenewerStartAndShutdown(t *testing.T) {
 	}
 	time.Sleep(20 * (50 * time.Millisecond))
 	if n := issuer.orders.Load(); n != orders {
-		t.Errorf("%d orders after Shutdown returned, want none", n-orders)
+		t.Errorf("%d orders after Run returned, want none", n-orders)
 	}
 }
 
@@ -478,7 +479,7 @@ func TestRenewalPathsNeverScanKeys(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	rdb := f.st.Client()
+	rdb := f.rdb
 	if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -557,7 +558,7 @@ func TestAStaleScheduleEntryOfASecondaryNameIsDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	// As if s.example.com had been the primary name of an earlier certificate.
-	f.st.Client().ZAdd(ctx, f.st.Keys().Renewals(), redis.Z{Score: 0, Member: "s.example.com"})
+	f.rdb.ZAdd(ctx, f.st.Keys().Renewals(), redis.Z{Score: 0, Member: "s.example.com"})
 	f.pass(t)
 	if n := f.pass(t); n != 0 {
 		t.Errorf("%d names still due after a pass; the secondary name's entry must go", n)
@@ -616,10 +617,25 @@ func TestTwoAgentsShareTheDueCertificates(t *testing.T) {
 	}
 }
 
-// On Shutdown a renewal still waiting for a free order slot (Concurrency)
+// A read of the schedule cut short by shutdown is not a failure: nothing
+// is logged (it used to log "filling the renewal schedule failed ...
+// context canceled" at every SIGTERM during start-up).
+func TestRenewerWaitIsQuietWhenShuttingDown(t *testing.T) {
+	f := newRenewFixture(t, &fakeIssuer{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	f.r.cfg.Logger = slog.New(slog.NewTextHandler(&syncWriter{w: f.logs}, nil))
+	f.r.wait(ctx, time.Hour, "filling the renewal schedule", ctx.Err())
+	f.r.wait(context.Background(), time.Millisecond, "reading the renewal schedule", errors.New("redis down"))
+	if logs := f.logs.String(); strings.Contains(logs, "filling") || !strings.Contains(logs, "reading the renewal schedule failed") {
+		t.Errorf("logged:\n%s\nwant only the real failure", logs)
+	}
+}
+
+// When Run's context ends a renewal still waiting for a free order slot (Concurrency)
 // does not start in the grace, and is not counted as the certificate's
 // failure.
-func TestRenewerShutdownStartsNoWaitingRenewal(t *testing.T) {
+func TestRenewerStopStartsNoWaitingRenewal(t *testing.T) {
 	issuer := &fakeIssuer{lifetime: time.Hour}
 	_, st, _ := newTestManager(t, issuer)
 	slots := NewConcurrency(ConcurrencyConfig{Fixed: 1, Logger: quietLogger()})
@@ -635,23 +651,22 @@ func TestRenewerShutdownStartsNoWaitingRenewal(t *testing.T) {
 	}
 	r := NewRenewer(RenewerConfig{Manager: m, Clock: fixedClock(rec.NotAfter.Add(-15 * time.Minute)),
 		Interval: 50 * time.Millisecond, ShutdownGrace: 10 * time.Second, Logger: quietLogger()})
-	r.Start(ctx)
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
 	waitFor(t, "the renewal to wait for a slot", func() bool {
 		slots.mu.Lock()
 		defer slots.mu.Unlock()
 		return len(slots.waiting) == 1
 	})
-	shut := make(chan struct{})
-	go func() {
-		r.Shutdown()
-		close(shut)
-	}()
+	stop()
 	time.Sleep(200 * time.Millisecond)
 	held(nil) // the running order ends during the grace
 	select {
-	case <-shut:
+	case <-done:
 	case <-time.After(30 * time.Second):
-		t.Fatal("Shutdown did not return")
+		t.Fatal("Run did not return")
 	}
 	if n := issuer.orders.Load(); n != 1 {
 		t.Errorf("%d orders, want 1 (the issuance): the waiting renewal started during the grace", n)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/certagent/certagent/agent/names"
@@ -111,7 +110,7 @@ func repairNames(name string, corrupt *store.CorruptError) []string {
 		return []string{name}
 	}
 	for _, n := range corrupt.Record.Names {
-		base := strings.TrimPrefix(n, "*.")
+		base, _ := names.CutWildcard(n)
 		if normal, err := names.Normalize(base); err != nil || normal != base {
 			return []string{name}
 		}

@@ -4,7 +4,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"hash/crc32"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,8 +14,9 @@ import (
 	"github.com/certagent/certagent/agent/internal/testenv"
 )
 
-// agentFields is the record as the agent writes it: the PEM fields and the
-// same chain and key as DER (chain_der, key_der; docs/redis-schema.md).
+// agentFields is the record as the agent writes it: the PEM fields, the
+// same chain and key as DER (chain_der, key_der) and the CRC-32 of the PEM
+// they were made from (der_crc32; docs/redis-schema.md).
 func agentFields(t *testing.T, l leaf) map[string]any {
 	t.Helper()
 	f := leafFields(l)
@@ -30,24 +33,36 @@ func agentFields(t *testing.T, l leaf) map[string]any {
 		t.Fatal("the test leaf has no PEM")
 	}
 	f["chain_der"], f["key_der"] = chain, key.Bytes
+	f["der_crc32"] = pemCRC(l.chainPEM, l.keyPEM)
 	return f
 }
 
+// pemCRC is der_crc32 for the PEM fields fullchain and key.
+func pemCRC(fullchain, key string) string {
+	return strconv.FormatUint(uint64(crc32.ChecksumIEEE([]byte(fullchain+key))), 10)
+}
+
 // TestCertificateServedFromItsDERFields: nginx parses a record's DER fields
-// when it has them (a record whose PEM is broken is served from its DER), its
-// PEM when the DER is missing (a record of an older agent) or does not parse,
-// and a worker whose LRU let the record go serves it again from the shared
-// dict, in the form it was parsed from.
+// when they were made from its PEM (der_crc32 says so: a record whose PEM is
+// broken is then served from its DER), its PEM when the DER is missing (a
+// record of an older agent), does not parse, or was made from another PEM
+// (the PEM replaced by hand: the new certificate is served, not the old
+// one), and a worker whose LRU let the record go serves it again from the
+// shared dict, in the form it was parsed from.
 func TestCertificateServedFromItsDERFields(t *testing.T) {
 	e := startWith(t, testenv.NginxOptions{LuaConfig: map[string]string{"lru_size": "1"}})
 	notAfter := time.Now().Add(24 * time.Hour)
 	leaves := map[string]leaf{}
-	for _, name := range []string{"der.example.test", "brokender.example.test", "pemonly.example.test"} {
+	for _, name := range []string{"der.example.test", "brokender.example.test", "pemonly.example.test", "edited.example.test"} {
 		leaves[name] = newLeaf(t, name, []string{name}, notAfter)
 	}
 	derOnly := agentFields(t, leaves["der.example.test"])
 	derOnly["fullchain"], derOnly["key"] = "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n", "broken"
+	derOnly["der_crc32"] = pemCRC(derOnly["fullchain"].(string), derOnly["key"].(string))
 	e.storeFields("der.example.test", derOnly)
+	edited := agentFields(t, newLeaf(t, "edited.example.test", []string{"edited.example.test"}, notAfter))
+	edited["fullchain"], edited["key"] = leaves["edited.example.test"].chainPEM, leaves["edited.example.test"].keyPEM
+	e.storeFields("edited.example.test", edited)
 	brokenDER := agentFields(t, leaves["brokender.example.test"])
 	brokenDER["chain_der"], brokenDER["key_der"] = "\x30\x03garbage", "\x30\x01"
 	e.storeFields("brokender.example.test", brokenDER)
@@ -64,8 +79,8 @@ func TestCertificateServedFromItsDERFields(t *testing.T) {
 				t.Errorf("round %d, %s: served %q, want its stored certificate", round, name, got.Subject.CommonName)
 			}
 		}
-		if s := e.stats(); s.sharedCerts != 3 || s.lruCount > 1 {
-			t.Errorf("round %d: %d certificates in the shared dict, %d in the LRU; want 3 and at most 1", round, s.sharedCerts, s.lruCount)
+		if s := e.stats(); s.sharedCerts != len(leaves) || s.lruCount > 1 {
+			t.Errorf("round %d: %d certificates in the shared dict, %d in the LRU; want %d and at most 1", round, s.sharedCerts, s.lruCount, len(leaves))
 		}
 	}
 	if log := e.nginx.ErrorLog(); strings.Contains(log, "unusable") {

@@ -22,7 +22,7 @@ import (
 const testNode = "node-under-test"
 
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	redis  *testenv.Redis
 	nginx  *testenv.Nginx
 	prefix string
@@ -75,7 +75,7 @@ type leaf struct {
 }
 
 // newLeaf makes a CA and a leaf it signed for names, valid until notAfter.
-func newLeaf(t *testing.T, cn string, names []string, notAfter time.Time) leaf {
+func newLeaf(t testing.TB, cn string, names []string, notAfter time.Time) leaf {
 	t.Helper()
 	ca := testenv.NewCert(t, testenv.CertSpec{CommonName: "certagent test CA", IsCA: true,
 		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(48 * time.Hour)})
@@ -186,15 +186,9 @@ func (e *env) streamEntries() []redis.XMessage {
 }
 
 // waitFor polls cond until it holds or a generous deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 15*time.Second, what, cond)
 }
 
 // settle gives the out-of-band XADD timers time to run before a test asserts

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -30,13 +31,6 @@ const (
 
 // errAnswerTooLarge is a peer's answer over the size a call takes.
 var errAnswerTooLarge = errors.New("the answer is too large")
-
-// Clock tells the time; tests replace it.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
 
 // StatusError is a peer's answer with a 4xx or 5xx status.
 type StatusError struct {
@@ -70,7 +64,7 @@ type ClientConfig struct {
 	// Timeout bounds each call. Default: DefaultTimeout.
 	Timeout time.Duration
 	// Clock dates the signatures. Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 }
 
 // Client calls the peer API of one peer site (docs/peers.md). It is safe
@@ -81,7 +75,7 @@ type Client struct {
 	signer  *Signer
 	hc      *http.Client
 	timeout time.Duration
-	clock   Clock
+	clock   clock.Clock
 }
 
 // NewClient returns a client for the peer cfg describes. It refuses a URL
@@ -105,7 +99,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg.Timeout = DefaultTimeout
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	return &Client{
 		id: cfg.ID, base: strings.TrimRight(cfg.URL, "/"), signer: cfg.Signer,

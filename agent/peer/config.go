@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -71,7 +72,7 @@ type Config struct {
 	// Logger receives what happens with the peers. Default: slog.Default().
 	Logger *slog.Logger
 	// Clock. Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 	// Agent names this agent in the peer state it records. Default: the
 	// host name.
 	Agent string
@@ -124,7 +125,7 @@ func NewFleet(cfg Config) (*Fleet, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.Agent == "" {
 		cfg.Agent, _ = os.Hostname()

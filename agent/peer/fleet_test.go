@@ -31,13 +31,7 @@ func watchdog(t *testing.T, d time.Duration) {
 // eventually waits up to d for ok to hold.
 func eventually(t *testing.T, d time.Duration, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(t, d, what, ok)
 }
 
 // testSite is one site of a fleet under test: its store (a key prefix of

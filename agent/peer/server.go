@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/certagent/certagent/agent/internal/clock"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -51,7 +52,7 @@ type ServerConfig struct {
 	Logger *slog.Logger
 	// Clock checks the requests' timestamps and the records' validity.
 	// Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 }
 
 // Server answers the peer API of docs/peers.md for one site: every request
@@ -96,7 +97,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	srv := &Server{cfg: cfg, peers: peers}
 	srv.mux = srv.routes()

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/certagent/certagent/agent/internal/backoff"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -153,7 +154,7 @@ func (s *Syncer) follow(ctx context.Context, after string) {
 				return
 			case <-time.After(pause):
 			}
-			pause = min(2*pause, followRetryMax)
+			pause = backoff.Doubling{First: followRetryMin, Most: followRetryMax}.Next(pause)
 			continue
 		}
 		pause = followRetryMin

@@ -7,7 +7,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -40,6 +39,22 @@ func (e *CorruptError) Unwrap() error { return ErrCorrupt }
 // checkRecord decodes the fields of the record stored under name and checks
 // that nginx can serve it for name and for every name it lists.
 func checkRecord(name, key string, f map[string]string) (*CertRecord, error) {
+	rec, err := summaryRecord(name, key, f)
+	if err != nil {
+		return nil, err
+	}
+	if reason := unservable(name, rec); reason != "" {
+		shown := *rec
+		shown.Key = ""
+		return nil, &CorruptError{Name: name, Key: key, Reason: reason, Record: &shown}
+	}
+	return rec, nil
+}
+
+// summaryRecord decodes the fields of the record stored under name that
+// need no parsing of the chain or key; what does not decode makes it
+// corrupt, with the names it lists when they read.
+func summaryRecord(name, key string, f map[string]string) (*CertRecord, error) {
 	rec, err := recordFromFields(f)
 	if err != nil {
 		partial := &CertRecord{}
@@ -47,11 +62,6 @@ func checkRecord(name, key string, f map[string]string) (*CertRecord, error) {
 			partial.Names = strings.Split(f["names"], ",")
 		}
 		return nil, &CorruptError{Name: name, Key: key, Reason: err.Error(), Record: partial}
-	}
-	if reason := unservable(name, rec); reason != "" {
-		shown := *rec
-		shown.Key = ""
-		return nil, &CorruptError{Name: name, Key: key, Reason: reason, Record: &shown}
 	}
 	return rec, nil
 }
@@ -172,44 +182,35 @@ const walkPage = 200
 
 // WalkCerts checks every stored certificate indexed with a not-after at or
 // before until, soonest first, calling fn for each. It reads the expiry
-// index a page at a time with one pipelined HGETALL per page, so memory
-// stays bounded however many are stored; a record of the wrong type is
-// reported as corrupt, naming its key. Records moved or written during the
-// walk may be missed or seen twice. An error from fn ends the walk.
+// index a page at a time (see walkExpiryAfter) with one pipelined HGETALL per
+// page, so memory stays bounded however many are stored; a record of the
+// wrong type is reported as corrupt, naming its key. Records moved or
+// written during the walk may be missed or seen twice. An error from fn
+// ends the walk.
 func (s *Store) WalkCerts(ctx context.Context, until time.Time, fn func(CheckedRecord) error) error {
-	stop := strconv.FormatInt(until.Unix(), 10)
-	for offset := int64(0); ; offset += walkPage {
-		page, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
-			Key: s.keys.Expiry(), Start: "-inf", Stop: stop, ByScore: true, Offset: offset, Count: walkPage,
-		}).Result()
-		if err != nil {
-			return fmt.Errorf("reading the expiry index %s: %w", s.keys.Expiry(), err)
-		}
-		checked, err := s.readChecked(ctx, page)
-		if err != nil {
-			return err
-		}
-		for _, c := range checked {
-			if c.Record != nil {
-				c.Record.Key = ""
-			}
-			if err := fn(c); err != nil {
-				return err
-			}
-		}
-		if len(page) < walkPage {
-			return nil
-		}
-	}
+	return s.WalkCertsFrom(ctx, "", until, fn)
 }
 
 // readChecked reads and checks the records stored under names in one round
 // trip. Only a failure to talk to Redis is returned as an error.
 func (s *Store) readChecked(ctx context.Context, names []string) ([]CheckedRecord, error) {
-	cmds := make([]*redis.MapStringStringCmd, len(names))
+	return s.readRecords(ctx, names, func(p redis.Pipeliner, key string) func() (map[string]string, error) {
+		return p.HGetAll(ctx, key).Result
+	}, checkRecord)
+}
+
+// readRecords reads the records stored under names in one round trip: query
+// queues the read of one key and gives its fields once the pipeline ran,
+// decode makes them a record. A key of the wrong type is corrupt, naming
+// it; a key that is gone is ErrNotFound. Only a failure to talk to Redis is
+// returned as an error.
+func (s *Store) readRecords(ctx context.Context, names []string,
+	query func(p redis.Pipeliner, key string) func() (map[string]string, error),
+	decode func(name, key string, f map[string]string) (*CertRecord, error)) ([]CheckedRecord, error) {
+	results := make([]func() (map[string]string, error), len(names))
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, name := range names {
-			cmds[i] = p.HGetAll(ctx, s.keys.Cert(name))
+			results[i] = query(p, s.keys.Cert(name))
 		}
 		return nil
 	})
@@ -217,10 +218,10 @@ func (s *Store) readChecked(ctx context.Context, names []string) ([]CheckedRecor
 		return nil, fmt.Errorf("reading certificates: %w", err)
 	}
 	out := make([]CheckedRecord, len(names))
-	for i, cmd := range cmds {
+	for i, result := range results {
 		name, key := names[i], s.keys.Cert(names[i])
 		out[i].Name = name
-		switch f, err := cmd.Result(); {
+		switch f, err := result(); {
 		case isWrongType(err):
 			out[i].Err = &CorruptError{Name: name, Key: key, Reason: s.wrongType(ctx, key)}
 		case err != nil:
@@ -228,7 +229,7 @@ func (s *Store) readChecked(ctx context.Context, names []string) ([]CheckedRecor
 		case len(f) == 0:
 			out[i].Err = fmt.Errorf("certificate for %s: %w", name, ErrNotFound)
 		default:
-			out[i].Record, out[i].Err = checkRecord(name, key, f)
+			out[i].Record, out[i].Err = decode(name, key, f)
 		}
 	}
 	return out, nil

@@ -4,7 +4,30 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"hash/crc32"
+	"strconv"
 )
+
+// DERRecordFields returns the fields a record carries beside its PEM for
+// nginx (chain_der, key_der, der_crc32), none when the PEM does not convert.
+// Every certificate write of the store adds them; tools that write records
+// themselves (the benchmarks) call it too.
+func DERRecordFields(fullChain, keyPEM string) map[string]any {
+	chain, key, err := derFields(fullChain, keyPEM)
+	if err != nil {
+		return nil
+	}
+	return map[string]any{"chain_der": chain, "key_der": key, "der_crc32": derCRC(fullChain, keyPEM)}
+}
+
+// derCRC is the CRC-32 (IEEE, as nginx's ngx.crc32_long) of the PEM fields
+// the DER fields were made from, in decimal (der_crc32). nginx uses the DER
+// only when it matches: a record whose PEM was replaced without its DER (by
+// hand, or by a tool that knows only the PEM fields) is served from its PEM,
+// never from the DER of the certificate it held before.
+func derCRC(fullChain, keyPEM string) string {
+	return strconv.FormatUint(uint64(crc32.ChecksumIEEE([]byte(fullChain+keyPEM))), 10)
+}
 
 // derFields returns the record's chain and key as DER, the form nginx parses
 // fastest (docs/redis-schema.md, chain_der and key_der): the chain's

@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -93,9 +94,7 @@ func (r *CertRecord) fields() map[string]any {
 		"cert_url":    r.CertURL,
 		"issued_at":   strconv.FormatInt(r.IssuedAt.Unix(), 10),
 	}
-	if chain, key, err := derFields(r.FullChain, r.Key); err == nil {
-		f["chain_der"], f["key_der"] = chain, key
-	}
+	maps.Copy(f, DERRecordFields(r.FullChain, r.Key))
 	return f
 }
 

@@ -35,6 +35,3 @@ func (s *Store) Keys() Keys { return s.keys }
 // yet. When fewer replicas answer in time (after a failover left none, say),
 // the order goes on rather than waiting for them. Default: 0, no waiting.
 func (s *Store) WaitForReplicas(n int) { s.tokenReplicas = n }
-
-// Client returns the Redis client of the store.
-func (s *Store) Client() redis.UniversalClient { return s.rdb }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/pem"
 	"errors"
+	"hash/crc32"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,7 +67,7 @@ func TestCertRecordRoundTripAndSchema(t *testing.T) {
 			t.Errorf("%s is a %s, the document says %s", docKey, typ, doc["cert"].Type)
 		}
 		// nginx reads exactly these fields.
-		vals := r.Client.HMGet(ctx, docKey, "fullchain", "key", "not_after", "chain_der", "key_der").Val()
+		vals := r.Client.HMGet(ctx, docKey, "fullchain", "key", "not_after", "chain_der", "key_der", "der_crc32").Val()
 		if vals[0] != string(chain) || vals[1] != string(key) || vals[2] != strconv.FormatInt(notAfter.Unix(), 10) {
 			t.Errorf("%s: HMGET fullchain key not_after = %v", docKey, vals[:3])
 		}
@@ -76,6 +77,11 @@ func TestCertRecordRoundTripAndSchema(t *testing.T) {
 		keyBlock, _ := pem.Decode(key)
 		if vals[3] != string(chainBlock.Bytes) || vals[4] != string(keyBlock.Bytes) || keyBlock.Type != "PRIVATE KEY" {
 			t.Errorf("%s: chain_der and key_der are not the DER of fullchain and key", docKey)
+		}
+		// Their CRC-32, which nginx computes again (ngx.crc32_long) to
+		// use the DER only for the PEM it was made from.
+		if want := strconv.FormatUint(uint64(crc32.ChecksumIEEE(append(append([]byte{}, chain...), key...))), 10); vals[5] != want {
+			t.Errorf("%s: der_crc32 = %v, want %s", docKey, vals[5], want)
 		}
 	}
 	expiryKey, _ := doc["expiry"].Key("t:")

@@ -53,14 +53,22 @@ func NewServer(addr string, metrics *Metrics, ready func(context.Context) error,
 // Addr is where the server listens.
 func (s *Server) Addr() string { return s.listener.Addr().String() }
 
-// Start serves in the background.
-func (s *Server) Start() {
+// serverShutdown bounds the wait for the requests in flight once the
+// server is stopped.
+const serverShutdown = 2 * time.Second
+
+// Run serves until ctx ends, then waits up to 2 s for the requests in
+// flight. A server that fails is logged, not returned: issuance goes on
+// without its endpoints.
+func (s *Server) Run(ctx context.Context) error {
 	go func() {
 		if err := s.srv.Serve(s.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("metrics and health endpoint stopped; issuance goes on", "error", err)
 		}
 	}()
+	<-ctx.Done()
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), serverShutdown)
+	defer cancel()
+	_ = s.srv.Shutdown(shutdownCtx)
+	return nil
 }
-
-// Shutdown stops serving.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }

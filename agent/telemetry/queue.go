@@ -52,9 +52,16 @@ func (q *queue) run() {
 	}
 }
 
-// Shutdown stops taking events and delivers those queued for up to grace;
+// runUntil waits until ctx ends and then shuts the queue down with grace.
+func (q *queue) runUntil(ctx context.Context, grace time.Duration) error {
+	<-ctx.Done()
+	q.shutdown(grace)
+	return nil
+}
+
+// shutdown stops taking events and delivers those queued for up to grace;
 // then it cancels the delivery in progress and drops the rest.
-func (q *queue) Shutdown(grace time.Duration) {
+func (q *queue) shutdown(grace time.Duration) {
 	q.mu.Lock()
 	if !q.closed {
 		q.closed = true

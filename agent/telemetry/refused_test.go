@@ -3,7 +3,6 @@ package telemetry
 import (
 	"context"
 	"testing"
-	"time"
 
 	"github.com/certagent/certagent/agent/internal/testenv"
 	"github.com/certagent/certagent/agent/store"
@@ -23,7 +22,7 @@ func TestRefusalsAreCountedNotStreamed(t *testing.T) {
 	}
 	hub.Emit(ctx, Event{Type: EventRefused, Kind: store.RefusedInvalid, Name: "xn--a.example"})
 	hub.Emit(ctx, Event{Type: EventIssued, Kind: "issue", Name: "a.example.com"})
-	sink.Shutdown(10 * time.Second)
+	drain(sink.Run)
 
 	msgs, err := r.Client.XRange(ctx, st.Keys().Events(), "-", "+").Result()
 	if err != nil || len(msgs) != 1 || msgs[0].Values["type"] != EventIssued {

@@ -14,7 +14,12 @@ type StreamSink struct {
 	q *queue
 }
 
-// NewStreamSink starts the delivery goroutine; Shutdown stops it.
+// streamGrace is how long the queued events may take to be written once
+// the sink is stopped.
+const streamGrace = 2 * time.Second
+
+// NewStreamSink starts the delivery goroutine, so events are written at
+// once; Run stops it.
 func NewStreamSink(st *store.Store, metrics *Metrics, log *slog.Logger) *StreamSink {
 	if log == nil {
 		log = slog.Default()
@@ -45,5 +50,6 @@ func (s *StreamSink) Emit(ctx context.Context, e Event) {
 	}
 }
 
-// Shutdown writes what is queued for up to grace.
-func (s *StreamSink) Shutdown(grace time.Duration) { s.q.Shutdown(grace) }
+// Run returns when ctx has ended and what was queued is written, or after
+// 2 s.
+func (s *StreamSink) Run(ctx context.Context) error { return s.q.runUntil(ctx, streamGrace) }

@@ -78,8 +78,7 @@ func TestMetricsFollowEventsAndServeHealth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.Start()
-	defer srv.Shutdown(context.Background())
+	runUntilCleanup(t, srv.Run)
 
 	hub := NewHub(quiet(), m)
 	ctx := context.Background()
@@ -159,7 +158,7 @@ func TestWebhookSignsRetriesAndNeverBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	wh.Emit(context.Background(), Event{Type: EventIssued, Name: "a.example.com", At: time.Now()})
-	wh.Shutdown(10 * time.Second)
+	drain(wh.Run)
 	mu.Lock()
 	defer mu.Unlock()
 	if len(received) != 1 || received[0].Type != EventIssued || received[0].Name != "a.example.com" {
@@ -183,7 +182,7 @@ func TestWebhookQueueDropsWhenFull(t *testing.T) {
 	defer receiver.Close()
 	defer close(release)
 	m := NewMetrics()
-	wh, err := NewWebhook(WebhookConfig{URL: receiver.URL, Secret: "x", QueueSize: 2, Attempts: 1, Logger: quiet()}, m)
+	wh, err := NewWebhook(WebhookConfig{URL: receiver.URL, Secret: "x", QueueSize: 2, Attempts: 1, Grace: 50 * time.Millisecond, Logger: quiet()}, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,12 +202,11 @@ func TestWebhookQueueDropsWhenFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.Start()
-	defer srv.Shutdown(context.Background())
+	runUntilCleanup(t, srv.Run)
 	if got := counter(t, scrape(t, srv.Addr()), "certagent_events_dropped_total", map[string]string{"sink": "webhook"}); got < 40 {
 		t.Errorf("%v events dropped, want at least 40 of 50 with a queue of 2", got)
 	}
-	wh.Shutdown(50 * time.Millisecond)
+	drain(wh.Run)
 }
 
 func TestStreamSinkWritesTheEventsStream(t *testing.T) {
@@ -219,7 +217,7 @@ func TestStreamSinkWritesTheEventsStream(t *testing.T) {
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	hub.Emit(context.Background(), Event{Type: EventIssued, Kind: "issue", Name: "a.example.com",
 		Names: []string{"a.example.com"}, NotAfter: at.Add(time.Hour), Fingerprint: "ab", At: at})
-	sink.Shutdown(10 * time.Second)
+	drain(sink.Run)
 	msgs, err := r.Client.XRange(context.Background(), st.Keys().Events(), "-", "+").Result()
 	if err != nil || len(msgs) != 1 {
 		t.Fatalf("events stream: %v %v", msgs, err)
@@ -316,4 +314,25 @@ func TestStateReportsWaitingNamesAndPeers(t *testing.T) {
 			t.Errorf("%s = %v (exposed: %v), want %v", k, g, ok, v)
 		}
 	}
+}
+
+// runUntilCleanup runs a component until the test ends.
+func runUntilCleanup(t *testing.T, run func(context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
+// drain stops a sink at once: it delivers what is queued within its grace.
+func drain(run func(context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = run(ctx)
 }

@@ -15,6 +15,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/certagent/certagent/agent/internal/backoff"
 )
 
 // Webhook headers. The signature is HMAC-SHA256, keyed with the shared
@@ -32,13 +34,16 @@ type WebhookConfig struct {
 	// Attempts per event before it is dropped. Default: 5.
 	Attempts int
 	// FirstRetry is the pause after the first failure, doubling after each
-	// further one. Default: 1 s.
+	// further one up to webhookRetryMost. Default: 1 s.
 	FirstRetry time.Duration
 	// Client sends the calls. Default: a client with a 10 s timeout.
 	Client *http.Client
 	// QueueSize bounds the events waiting for delivery. Default: 1000.
 	QueueSize int
-	Logger    *slog.Logger
+	// Grace is how long the queued events may take to be delivered once
+	// the webhook is stopped. Default: 5 s.
+	Grace  time.Duration
+	Logger *slog.Logger
 }
 
 // Webhook posts events as JSON to a URL, signed, retried with backoff, from a
@@ -48,7 +53,8 @@ type Webhook struct {
 	q   *queue
 }
 
-// NewWebhook starts the delivery goroutine; Shutdown stops it.
+// NewWebhook starts the delivery goroutine, so events are posted at once;
+// Run stops it.
 func NewWebhook(cfg WebhookConfig, metrics *Metrics) (*Webhook, error) {
 	if cfg.URL == "" || cfg.Secret == "" {
 		return nil, fmt.Errorf("a webhook needs a URL and a secret")
@@ -65,6 +71,9 @@ func NewWebhook(cfg WebhookConfig, metrics *Metrics) (*Webhook, error) {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 1000
 	}
+	if cfg.Grace <= 0 {
+		cfg.Grace = 5 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -80,8 +89,9 @@ func (w *Webhook) Emit(ctx context.Context, e Event) {
 	}
 }
 
-// Shutdown delivers what is queued for up to grace.
-func (w *Webhook) Shutdown(grace time.Duration) { w.q.Shutdown(grace) }
+// Run returns when ctx has ended and what was queued is delivered, or
+// after the grace.
+func (w *Webhook) Run(ctx context.Context) error { return w.q.runUntil(ctx, w.cfg.Grace) }
 
 // Sign returns the signature header value for body sent at timestamp.
 func Sign(secret string, timestamp int64, body []byte) string {
@@ -92,13 +102,15 @@ func Sign(secret string, timestamp int64, body []byte) string {
 	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
 }
 
+// webhookRetryMost caps the pause between two attempts at one event.
+const webhookRetryMost = time.Hour
+
 func (w *Webhook) deliver(ctx context.Context, e Event) {
 	body, err := json.Marshal(e)
 	if err != nil {
 		w.cfg.Logger.Error("encoding a webhook event", "error", err)
 		return
 	}
-	wait := w.cfg.FirstRetry
 	for attempt := 1; ; attempt++ {
 		err := w.post(ctx, body)
 		if err == nil {
@@ -111,9 +123,8 @@ func (w *Webhook) deliver(ctx context.Context, e Event) {
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(wait):
+		case <-time.After(backoff.Doubling{First: w.cfg.FirstRetry, Most: webhookRetryMost}.After(attempt)):
 		}
-		wait *= 2
 	}
 }
 

@@ -28,6 +28,7 @@ local null = ngx.null
 local now = ngx.time
 local timer_at = ngx.timer.at
 local shared = ngx.shared
+local crc32_long = ngx.crc32_long
 local tonumber = tonumber
 local tostring = tostring
 local type = type
@@ -286,7 +287,7 @@ local function fetch(recs, n, mark_name)
     end
     red:init_pipeline(mark_name and n + 1 or n)
     for i = 1, n do
-        red:hmget(keys:cert(recs[i]), "fullchain", "key", "not_after", "chain_der", "key_der")
+        red:hmget(keys:cert(recs[i]), "fullchain", "key", "not_after", "chain_der", "key_der", "der_crc32")
     end
     if mark_name then
         red:get(keys:issuing(mark_name))
@@ -313,6 +314,13 @@ local function fetch(recs, n, mark_name)
     return replies, nil, mark
 end
 
+-- der_of_pem tells whether a record's DER fields were made from its PEM
+-- fields: der_crc32 is their CRC-32 (docs/redis-schema.md).
+local function der_of_pem(fullchain, key_pem, crc)
+    return type(crc) == "string" and type(fullchain) == "string" and type(key_pem) == "string"
+        and tonumber(crc) == crc32_long(fullchain .. key_pem)
+end
+
 -- learn turns the HMGET reply for rec into the cache's answer (an entry, a
 -- bad marker or ABSENT) and caches it.
 local function learn(rec, reply, t, started)
@@ -328,6 +336,9 @@ local function learn(rec, reply, t, started)
     local fullchain = reply[1] ~= null and reply[1] or nil
     local key_pem = reply[2] ~= null and reply[2] or nil
     local chain_der, key_der = reply[4], reply[5] -- absent (ngx.null) in an older agent's record
+    if not der_of_pem(fullchain, key_pem, reply[6]) then
+        chain_der, key_der = nil, nil -- the PEM was replaced without its DER: serve the PEM
+    end
     local entry, err
     if reply[1] == false then
         err = tostring(reply[2]) -- WRONGTYPE: not a hash

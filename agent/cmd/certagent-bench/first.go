@@ -48,6 +48,7 @@ type firstResult struct {
 type nameTiming struct {
 	real       bool
 	firstTry   bool
+	began      time.Time     // the first ClientHello
 	elapsed    time.Duration // first ClientHello to the verified certificate
 	first      time.Duration // the first handshake alone
 	handshakes int
@@ -68,6 +69,8 @@ func first(args []string) error {
 	maxTLS := fs.String("tls", "", "1.2 or 1.3 to fix the version (default: the newest both speak)")
 	name := fs.String("scenario", "", "label of this run")
 	jsonOut := fs.Bool("json", false, "print the result as JSON")
+	traceFile := fs.String("trace", "", "append one JSON line per name to this file: when its first ClientHello went out "+
+		"and when a verified certificate came back (for `certagent-bench timeline`)")
 	_ = fs.Parse(args)
 
 	if *pattern == "" || *count <= 0 || *parallel <= 0 {
@@ -82,9 +85,18 @@ func first(args []string) error {
 		return err
 	}
 
+	trace, err := openTrace(*traceFile)
+	if err != nil {
+		return err
+	}
 	r := inParallel(*pattern, *start, *count, *parallel, func(n string) nameTiming {
-		return untilVerified(*addr, n, cfg, roots, *deadline, *retry)
+		t := untilVerified(*addr, n, cfg, roots, *deadline, *retry)
+		trace.add(n, t)
+		return t
 	})
+	if err := trace.close(); err != nil {
+		return err
+	}
 	r.Scenario, r.Parallel = *name, *parallel
 	if *jsonOut {
 		return json.NewEncoder(os.Stdout).Encode(r)
@@ -180,7 +192,7 @@ func untilVerified(addr, name string, base *tls.Config, roots *x509.CertPool, de
 			_ = conn.SetDeadline(time.Now().Add(deadline + 10*time.Second))
 			hsStart := time.Now()
 			if began.IsZero() {
-				began = hsStart
+				began, t.began = hsStart, hsStart
 			}
 			err = tc.Handshake()
 			if t.handshakes == 0 {

@@ -25,6 +25,8 @@ import (
 
 	"github.com/go-acme/lego/v4/acme"
 	"github.com/go-acme/lego/v4/acme/api"
+
+	"github.com/certagent/certagent/agent/internal/backoff"
 )
 
 func legoBaseline(args []string) error {
@@ -126,10 +128,8 @@ func legoOrder(core *api.Core, name string, answers *sync.Map) error {
 			return fmt.Errorf("starting validation of %s: %w", name, err)
 		}
 	}
-	// The order, not each authorization, is polled until it is ready: Pebble
-	// can deadlock when an authorization is polled while a new order scans
-	// the authorizations (its Authz handler locks the authorization, then the
-	// store), which ends a bulk run at 20 at once within a few hundred orders.
+	// The order, not each authorization, is polled until it is ready, as
+	// certagent's client does: one request follows all the authorizations.
 	if err := shortPolls(func() (bool, error) {
 		o, err := core.Orders.Get(order.Location)
 		if err == nil && o.Status == acme.StatusInvalid {
@@ -170,13 +170,12 @@ func legoOrder(core *api.Core, name string, answers *sync.Map) error {
 // shortPolls calls check after 25 ms, then doubling up to 1 s, for at most
 // 30 s: the schedule of certagent's client.
 func shortPolls(check func() (bool, error)) error {
-	wait, deadline := 25*time.Millisecond, time.Now().Add(30*time.Second)
+	pause, deadline := backoff.New(25*time.Millisecond, time.Second), time.Now().Add(30*time.Second)
 	for time.Now().Before(deadline) {
-		time.Sleep(wait)
+		time.Sleep(pause.Next())
 		if done, err := check(); err != nil || done {
 			return err
 		}
-		wait = min(wait*2, time.Second)
 	}
 	return errors.New("no final answer within 30 s")
 }

@@ -43,6 +43,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/certagent/certagent/agent/store"
 )
 
 func main() {
@@ -61,6 +63,8 @@ func main() {
 		err = first(os.Args[2:])
 	case "first-report":
 		err = firstReport(os.Args[2:])
+	case "timeline":
+		err = timeline(os.Args[2:])
 	case "peers-seed":
 		err = peersSeed(os.Args[2:])
 	case "peers-serve":
@@ -69,6 +73,8 @@ func main() {
 		err = peersCatchup(os.Args[2:])
 	case "lego":
 		err = legoBaseline(os.Args[2:])
+	case "store":
+		err = storeRecords(os.Args[2:])
 	default:
 		usage()
 	}
@@ -86,10 +92,13 @@ func usage() {
   certagent-bench first [flags]  for each of M new names, the time from its first ClientHello to a served
                                  certificate that verifies for it (retrying after the fallback)
   certagent-bench first-report FILE   a table of first's JSON results in FILE (one a line)
+  certagent-bench timeline TRACE AGENT-LOG   the stages of first's names (first -trace TRACE; the agent's
+                                 log at debug level): stream, agent, order, back to the handshake
   certagent-bench peers-seed [flags]     store certificates through the agent's store (as orders do)
   certagent-bench peers-serve [flags]    answer the peer API of one site
   certagent-bench peers-catchup [flags]  exchange inventories with a peers-serve site until in step, and report
   certagent-bench lego [flags]   the baseline of bulk issuance: N orders at once through bare lego (acme/api)
+  certagent-bench store [flags]  store full certificate records through agent/store (list and renewal benchmarks)
 Run either with -h for its flags.`)
 	os.Exit(2)
 }
@@ -164,18 +173,6 @@ func leafValid(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM
 	return certKey{chainPEM: chain, keyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), notAfter: notAfter}, nil
 }
 
-// pemBytes returns the DER of every PEM block in data, in a row.
-func pemBytes(data []byte) []byte {
-	var der []byte
-	for {
-		var b *pem.Block
-		if b, data = pem.Decode(data); b == nil {
-			return der
-		}
-		der = append(der, b.Bytes...)
-	}
-}
-
 func seed(args []string) error {
 	fs := flag.NewFlagSet("seed", flag.ExitOnError)
 	redisAddr := fs.String("redis", "127.0.0.1:6379", "Redis host:port")
@@ -233,7 +230,9 @@ func seed(args []string) error {
 			fields := []any{"fullchain", string(ck.chainPEM), "key", string(ck.keyPEM),
 				"not_after", strconv.FormatInt(ck.notAfter.Unix(), 10), "names", name}
 			if *withDER {
-				fields = append(fields, "chain_der", pemBytes(ck.chainPEM), "key_der", pemBytes(ck.keyPEM))
+				for field, v := range store.DERRecordFields(string(ck.chainPEM), string(ck.keyPEM)) {
+					fields = append(fields, field, v)
+				}
 			}
 			p.HSet(ctx, *prefix+"cert:"+name, fields...)
 		}
@@ -267,6 +266,9 @@ type result struct {
 	ServerCPUTotal float64 `json:"server_cpu_seconds"`
 }
 
+// run measures handshakes against nginx with the flags of one scenario.
+// Long because its flags and the measurement they configure are one unit;
+// the handshakes themselves are done elsewhere.
 func run(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:443", "nginx TLS address")
@@ -568,7 +570,8 @@ func cpuSeconds(pids []int) (float64, error) {
 // median rate, and the median over its runs of the rate and server CPU as
 // ratios to the baseline (the first label) run just before each.
 // Rounds of the same scenarios interleaved with the baseline keep the ratios
-// honest on a machine whose speed drifts.
+// honest on a machine whose speed drifts. Long because it is one table
+// computed and printed in one pass.
 func report(args []string) error {
 	if len(args) != 1 {
 		return errors.New("report FILE")

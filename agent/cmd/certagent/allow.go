@@ -6,7 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/certagent/certagent/agent/manager"
+	"github.com/certagent/certagent/agent/policy"
 )
 
 // allowCommand manages the allowlist in Redis. Every running agent reads it
@@ -54,7 +54,7 @@ func allowChange(add bool) cli.ActionFunc {
 		// Every rule is checked before anything is written: one typo changes nothing.
 		rules := make([]string, 0, len(args))
 		for _, raw := range args {
-			rule, err := manager.ParseRule(raw)
+			rule, err := policy.ParseRule(raw)
 			if err != nil {
 				return usageErrorf("certagent allow %s: %v", verb, err)
 			}

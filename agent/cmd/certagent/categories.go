@@ -40,7 +40,7 @@ var categories = map[string]string{
 	flagGroup: catAgent, flagConsumer: catAgent, flagWorkers: catAgent, flagWorkersMin: catAgent,
 	flagWorkersMax: catAgent, flagGrace: catAgent, flagReclaim: catAgent, flagLockTTL: catAgent,
 
-	flagRenewInterval: catRenewal, flagRenewRetry: catRenewal, flagCheckInterval: catRenewal,
+	flagRenewInterval: catRenewal, flagRenewRetry: catRenewal, flagCheckInterval: catRenewal, flagRenewConc: catRenewal,
 
 	flagSite: catPeerSites, flagPeer: catPeerSites, flagPeersFile: catPeerSites, flagPeerSecretFile: catPeerSites,
 	flagPeerCA: catPeerSites, flagPeerTokenRule: catPeerSites, flagPeerQuorum: catPeerSites,

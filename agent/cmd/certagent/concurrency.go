@@ -21,7 +21,7 @@ func concurrencyFlags() []cli.Flag {
 			Usage: "orders run at once, fixed; without it (or with 0) the number adapts to the CA's pace between --" +
 				flagWorkersMin + " and --" + flagWorkersMax},
 		&cli.IntFlag{Name: flagWorkersMin, EnvVars: envVars(flagWorkersMin), Value: 4, Action: atLeastInt(flagWorkersMin, 0),
-			Usage: "fewest orders at once while adapting: where it starts and how far rateLimited, 5xx and slow answers push it down"},
+			Usage: "fewest orders at once while adapting: how far rateLimited, 5xx and slow answers push it down (it starts at 16, kept within the bounds)"},
 		&cli.IntFlag{Name: flagWorkersMax, EnvVars: envVars(flagWorkersMax), Value: 32, Action: atLeastInt(flagWorkersMax, 0),
 			Usage: "most orders at once while adapting (the fleet's rate budgets still count every order)"},
 	}

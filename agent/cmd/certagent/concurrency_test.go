@@ -35,10 +35,11 @@ func TestWorkersFlagsBoundTheOrdersAtOnce(t *testing.T) {
 		args           []string
 		start, ceiling int
 	}{
-		{nil, 4, 32}, // adaptive by default, from the floor
-		{[]string{"--workers-min", "2", "--workers-max", "8"}, 2, 8},
+		{nil, 16, 32}, // adaptive by default, starting high enough for a burst
+		{[]string{"--workers-min", "2", "--workers-max", "8"}, 8, 8},
 		{[]string{"--workers", "6"}, 6, 6}, // fixed
-		{[]string{"--workers", "0", "--workers-max", "10"}, 4, 10},
+		{[]string{"--workers", "0", "--workers-max", "10"}, 10, 10},
+		{[]string{"--workers-min", "20"}, 20, 32},
 	} {
 		conc, err := concurrencyOf(t, c.args...)
 		if err != nil {

@@ -43,6 +43,7 @@ const (
 
 	flagRenewInterval = "renew-interval"
 	flagRenewRetry    = "renew-retry"
+	flagRenewConc     = "renew-concurrency"
 	flagCheckInterval = "check-interval"
 
 	flagAllow    = "allow"
@@ -100,6 +101,9 @@ const (
 	flagExpiring = "expiring"
 	flagStatus   = "status"
 	flagNext     = "next"
+	flagLimit    = "limit"
+	flagAfter    = "after"
+	flagCheck    = "check"
 )
 
 // The environment names that are not envVars of their flag's name: they name

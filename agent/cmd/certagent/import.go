@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -182,7 +183,7 @@ func checkPair(p *importPair, now time.Time) (*store.CertRecord, error) {
 		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
 	}
 	primary := names[0]
-	if cn, err := storedName(leaf.Subject.CommonName); err == nil && contains(names, cn) {
+	if cn, err := storedName(leaf.Subject.CommonName); err == nil && slices.Contains(names, cn) {
 		primary = cn
 	}
 	rec, err := store.NewCertRecord(chain, keyPEM, primary)
@@ -238,15 +239,6 @@ func pkcs8(key crypto.PrivateKey) ([]byte, string, error) {
 		keyType = map[int]string{2048: "rsa2048", 4096: "rsa4096"}[k.N.BitLen()]
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), keyType, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 func without(list []string, s string) []string {

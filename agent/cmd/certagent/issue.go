@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -40,6 +41,9 @@ func issueCommand() *cli.Command {
 	}
 }
 
+// issueAction orders the certificates of the arguments or of a file.
+// Long because the workers, the progress bar and the final report share
+// the views and the failure count it holds.
 func issueAction(c *cli.Context) error {
 	orders, err := issueOrders(c)
 	if err != nil {
@@ -198,7 +202,7 @@ func parseNamesFile(r io.Reader) (orders [][]string, problems []string) {
 				problems = append(problems, fmt.Sprintf("line %d: %v", line, err))
 				continue
 			}
-			if !contains(set, name) {
+			if !slices.Contains(set, name) {
 				set = append(set, name)
 			}
 		}
@@ -221,7 +225,7 @@ func parseNamesFile(r io.Reader) (orders [][]string, problems []string) {
 func checkSANCount(names []string) error {
 	var distinct []string
 	for _, name := range names {
-		if !contains(distinct, name) {
+		if !slices.Contains(distinct, name) {
 			distinct = append(distinct, name)
 		}
 	}

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"math"
+	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -18,27 +23,45 @@ const (
 	statusCorrupt = "corrupt" // nginx cannot serve it (the fallback is served); the agent orders it again
 )
 
+// tableBlock is how many lines of the table are aligned together: the
+// table is written as it is read, so memory stays flat however many
+// certificates are stored.
+const tableBlock = 500
+
 func listCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "list",
 		Usage: "list stored certificates, soonest expiry first",
 		Description: "One line per certificate (under its primary name): expiry, time left, status (valid, failing: " +
-			"its last renewal failed, expired, corrupt: nginx cannot serve the record and serves the fallback), issuer, " +
-			"fingerprint and, for a corrupt record, why. Every record is parsed: its chain, its key, that the key is the " +
-			"certificate's and that the certificate covers its names. A key of the wrong type is listed as corrupt " +
-			"under its name. --expiring reads only the part of the expiry index it needs. Exits 2 on bad arguments." +
+			"its last renewal failed, expired, corrupt: the record cannot be served and nginx serves the fallback), " +
+			"issuer, fingerprint and, for a corrupt record, why. It reads only the fields it shows, a page at a " +
+			"time, and writes as it reads: memory stays flat however many are stored. Such a record is corrupt when " +
+			"its fields do not decode or its key in Redis is not a hash; --check also parses every record's chain " +
+			"and key (that the key is the certificate's, that the certificate covers its names), as nginx does, " +
+			"reading the keys (never shown); --status corrupt implies it. --expiring reads only the part of the " +
+			"expiry index it needs. --limit N shows N lines and then, on stderr, the --after NAME that continues; " +
+			"--after NAME starts after that name. --json writes one JSON array, an element as each record is read. " +
+			"Exits 2 on bad arguments, 1 when --after names no stored certificate." +
 			"\n\nExamples:\n" +
 			"  certagent list\n" +
+			"  certagent list --limit 100\n" +
+			"  certagent list --limit 100 --after c99.example.com\n" +
 			"  certagent list --expiring 72h\n" +
 			"  certagent list --status corrupt --json",
 		Flags: withFlags(redisFlags(), []cli.Flag{
 			&cli.DurationFlag{Name: flagExpiring, Usage: "only certificates expiring within this duration (e.g. 72h)"},
 			&cli.StringFlag{Name: flagStatus, Usage: "only certificates with this status: valid, failing, expired or corrupt"},
-			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"},
+			&cli.IntFlag{Name: flagLimit, Usage: "show at most this many (0: all)"},
+			&cli.StringFlag{Name: flagAfter, Usage: "start after this name (the last one of the previous page)"},
+			&cli.BoolFlag{Name: flagCheck, Usage: "also parse each record's chain and key, as nginx does (slower)"},
+			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON: an array, written as the records are read"},
 		}),
 		Action: listAction,
 	}
 }
+
+// errPageFull ends a walk once --limit lines are shown and one more matched.
+var errPageFull = errors.New("page full")
 
 func listAction(c *cli.Context) error {
 	if err := noArgs(c, "list"); err != nil {
@@ -53,6 +76,10 @@ func listAction(c *cli.Context) error {
 	if c.Duration(flagExpiring) < 0 {
 		return usageErrorf("certagent list: --%s must not be negative", flagExpiring)
 	}
+	limit := c.Int(flagLimit)
+	if limit < 0 {
+		return usageErrorf("certagent list: --%s must not be negative", flagLimit)
+	}
 	st, _, err := openStoreAndLogger(c)
 	if err != nil {
 		return err
@@ -64,23 +91,114 @@ func listAction(c *cli.Context) error {
 	if d := c.Duration(flagExpiring); d > 0 {
 		until = now.Add(d)
 	}
+	walk := st.ListCerts
+	if c.Bool(flagCheck) || want == statusCorrupt {
+		walk = st.WalkCertsFrom
+	}
 	failing := failingNames(c, st)
-	views := []certView{}
-	err = st.WalkCerts(c.Context, until, func(r store.CheckedRecord) error {
+	buf := bufio.NewWriter(c.App.Writer)
+	var out listWriter = newTableWriter(buf, now)
+	if c.Bool(flagJSON) {
+		out = &jsonArrayWriter{w: buf}
+	}
+	shown, last := 0, ""
+	err = walk(c.Context, c.String(flagAfter), until, func(r store.CheckedRecord) error {
 		v, ok := storedView(r.Name, r.Record, r.Err, failing[r.Name], now)
-		if ok && (want == "" || v.Status == want) {
-			views = append(views, v)
+		if !ok || (want != "" && v.Status != want) {
+			return nil
 		}
-		return nil
+		if limit > 0 && shown == limit {
+			return errPageFull
+		}
+		shown, last = shown+1, r.Name
+		return out.add(v)
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, errPageFull) {
+		// What was written so far stays written: a listing cut short says so.
+		_ = buf.Flush()
 		return failedf("certagent list: %v", err)
 	}
-	if c.Bool(flagJSON) {
-		return writeJSON(c.App.Writer, views)
+	if err := out.close(); err != nil {
+		return err
 	}
-	return writeTable(c.App.Writer, views, now)
+	if err := buf.Flush(); err != nil {
+		return err
+	}
+	if errors.Is(err, errPageFull) {
+		fmt.Fprintf(c.App.ErrWriter, "certagent list: more after this page: --%s %s\n", flagAfter, last)
+	}
+	return nil
 }
+
+// listWriter writes list's output one certificate at a time.
+type listWriter interface {
+	add(certView) error
+	close() error
+}
+
+// jsonArrayWriter writes a JSON array an element at a time, indented as
+// writeJSON indents a whole one.
+type jsonArrayWriter struct {
+	w io.Writer
+	n int
+}
+
+func (a *jsonArrayWriter) add(v certView) error {
+	b, err := json.MarshalIndent(v, "  ", "  ")
+	if err != nil {
+		return err
+	}
+	sep := ",\n  "
+	if a.n == 0 {
+		sep = "[\n  "
+	}
+	a.n++
+	if _, err := io.WriteString(a.w, sep); err != nil {
+		return err
+	}
+	_, err = a.w.Write(b)
+	return err
+}
+
+func (a *jsonArrayWriter) close() error {
+	end := "\n]\n"
+	if a.n == 0 {
+		end = "[]\n"
+	}
+	_, err := io.WriteString(a.w, end)
+	return err
+}
+
+// tableWriter prints one aligned line per certificate, tableBlock lines
+// aligned together; a corrupt record shows what of it could be read, and
+// why it cannot be served.
+type tableWriter struct {
+	w   io.Writer
+	tw  *tabwriter.Writer
+	now time.Time
+	n   int
+}
+
+func newTableWriter(w io.Writer, now time.Time) *tableWriter {
+	t := &tableWriter{w: w, now: now, tw: tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)}
+	fmt.Fprintln(t.tw, "NAME\tNOT AFTER\tLEFT\tSTATUS\tISSUER\tFINGERPRINT\tPROBLEM")
+	return t
+}
+
+func (t *tableWriter) add(v certView) error {
+	notAfter, remaining := "-", "-"
+	if !v.NotAfter.IsZero() {
+		notAfter, remaining = v.NotAfter.Format(time.RFC3339), left(v.NotAfter.Sub(t.now))
+	}
+	fmt.Fprintf(t.tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, notAfter, remaining, v.Status,
+		dash(v.Issuer), dash(shortFingerprint(v.Fingerprint)), oneLine(v.Reason))
+	if t.n++; t.n%tableBlock == 0 {
+		return t.tw.Flush()
+	}
+	return nil
+}
+
+func (t *tableWriter) close() error { return t.tw.Flush() }
 
 // failingNames returns the names whose last renewal failed. When the index
 // cannot be read (a key of the wrong type), it says so, naming the key, and

@@ -11,14 +11,7 @@ import (
 // storedName normalizes a NAME argument that refers to a stored certificate:
 // any name an operator may type, or a wildcard "*.parent".
 func storedName(raw string) (string, error) {
-	if rest, ok := strings.CutPrefix(raw, "*."); ok {
-		parent, err := names.FromOperator(rest)
-		if err != nil {
-			return "", err
-		}
-		return "*." + parent, nil
-	}
-	return names.FromOperator(raw)
+	return names.NormalizeWildcard(raw, names.FromOperator)
 }
 
 // nameArgs normalizes every argument of c (flags among them are applied),

@@ -43,6 +43,9 @@ type peerView struct {
 	Agent       string    `json:"agent,omitempty"`
 }
 
+// peersAction prints this site's view of its peers. Long because it
+// merges three sources (the configuration, the stored peer states and the
+// probes) into one table.
 func peersAction(c *cli.Context) error {
 	if err := noArgs(c, "peers"); err != nil {
 		return err

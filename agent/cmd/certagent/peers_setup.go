@@ -85,10 +85,13 @@ func peerConfig(c *cli.Context, st *store.Store, log *slog.Logger) (*peer.Config
 
 // startPeers runs, for `certagent run --peer-listen`, the peer API and the
 // loops that push this site's changes and pull what the peers hold.
-func startPeers(ctx context.Context, c *cli.Context, fleet *peer.Fleet, cfg *peer.Config, st *store.Store, log *slog.Logger) (stop func(), err error) {
+// startPeers opens the peer API and starts the sync with the peer sites,
+// which stops at the end of ctx. The peer API serves until the context of
+// the returned run ends (after the workers, which may still ask the peers).
+func startPeers(ctx context.Context, c *cli.Context, fleet *peer.Fleet, cfg *peer.Config, st *store.Store, log *slog.Logger) (run func(context.Context) error, err error) {
 	addr := c.String(flagPeerListen)
 	if addr == "" {
-		return func() {}, nil
+		return nil, nil
 	}
 	certFile, keyFile := c.String(flagPeerTLSCert), c.String(flagPeerTLSKey)
 	if certFile == "" || keyFile == "" {
@@ -109,11 +112,13 @@ func startPeers(ctx context.Context, c *cli.Context, fleet *peer.Fleet, cfg *pee
 	syncer := peer.NewSyncer(fleet)
 	syncer.Start(ctx)
 	log.Info("peer API listening", "site", cfg.Site, "address", server.Addr(), "peers", strings.Join(ids, ","))
-	return func() {
+	return func(ctx context.Context) error {
+		<-ctx.Done()
 		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = syncer.Shutdown(shutdownCtx)
 		_ = server.Shutdown(shutdownCtx)
+		return nil
 	}, nil
 }
 

@@ -1,16 +1,11 @@
 package main
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
-	"fmt"
-	"net/url"
-	"os"
-	"strings"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
+
+	"github.com/certagent/certagent/agent/store"
 )
 
 // redisModeFlags choose how the agent reaches Redis besides --redis-url:
@@ -34,98 +29,32 @@ func redisModeFlags() []cli.Flag {
 	}
 }
 
-// newRedisClient builds the client of the configured mode. Every mode has
-// ContextTimeoutEnabled, so a context deadline bounds each command.
-func newRedisClient(c *cli.Context) (redis.UniversalClient, error) {
-	opts, err := redis.ParseURL(c.String(flagRedisURL))
-	if err != nil {
-		// url.Error quotes the whole URL, password included: keep only why.
-		var urlErr *url.Error
-		if errors.As(err, &urlErr) {
-			err = urlErr.Err
-		}
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagRedisURL, err), exitUsage)
-	}
-	if file := c.String(flagRedisCA); file != "" {
-		if opts.TLSConfig == nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s needs a rediss:// --%s", flagRedisCA, flagRedisURL), exitUsage)
-		}
-		pemData, err := os.ReadFile(file)
-		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagRedisCA, err), exitUsage)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pemData) {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: no PEM certificate in %s", flagRedisCA, file), exitUsage)
-		}
-		opts.TLSConfig.RootCAs = pool
-	}
-	master, sentinels, cluster := c.String(flagSentinelMaster), c.StringSlice(flagSentinels), c.StringSlice(flagCluster)
-	switch {
-	case master != "" && len(cluster) > 0:
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s and --%s exclude each other", flagSentinelMaster, flagCluster), exitUsage)
-	case (master == "") != (len(sentinels) == 0):
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s and --%s go together", flagSentinelMaster, flagSentinels), exitUsage)
-	case master != "":
-		// The sentinels tell which node is the master; the URL's host is
-		// not used. A failover makes the client reconnect to the new one.
-		var tlsConfig *tls.Config
-		if opts.TLSConfig != nil {
-			// Each node has its own address: verify names, not one host.
-			tlsConfig = opts.TLSConfig.Clone()
-			tlsConfig.ServerName = ""
-		}
-		return redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName: master, SentinelAddrs: trimAll(sentinels), SentinelPassword: c.String(flagSentinelPass),
-			Username: opts.Username, Password: opts.Password, DB: opts.DB, TLSConfig: tlsConfig,
-			ContextTimeoutEnabled: true,
-		}), nil
-	case len(cluster) > 0:
-		if opts.DB != 0 {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: Redis Cluster has only database 0", flagRedisURL), exitUsage)
-		}
-		if err := checkClusterPrefix(c.String(flagKeyPrefix)); err != nil {
-			return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %v", flagKeyPrefix, err), exitUsage)
-		}
-		var tlsConfig *tls.Config
-		if opts.TLSConfig != nil {
-			tlsConfig = opts.TLSConfig.Clone()
-			tlsConfig.ServerName = ""
-		}
-		return redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs: trimAll(cluster), Username: opts.Username, Password: opts.Password, TLSConfig: tlsConfig,
-			ContextTimeoutEnabled: true,
-		}), nil
-	default:
-		opts.ContextTimeoutEnabled = true
-		return redis.NewClient(opts), nil
+// storeConfig is how the agent reaches Redis, from the flags of redisFlags.
+func storeConfig(c *cli.Context) store.Config {
+	return store.Config{
+		URL: c.String(flagRedisURL), CAFile: c.String(flagRedisCA),
+		SentinelMaster: c.String(flagSentinelMaster), Sentinels: c.StringSlice(flagSentinels),
+		SentinelPassword: c.String(flagSentinelPass), Cluster: c.StringSlice(flagCluster),
+		KeyPrefix: c.String(flagKeyPrefix), WaitReplicas: c.Int(flagWaitReplicas),
 	}
 }
 
-// checkClusterPrefix refuses a key prefix without a hash tag. The agent
-// writes a certificate, its indexes and the changes stream in one MULTI and
-// fences it with WATCH; Redis Cluster runs those only on keys of one slot.
-// A hash tag at the start of every key ({certagent}:cert:..., ...) puts all
-// keys in one slot: the Cluster then gives failover, not sharding, which
-// fits a data set of a few KB a certificate.
-func checkClusterPrefix(prefix string) error {
-	open := strings.IndexByte(prefix, '{')
-	if open < 0 {
-		return fmt.Errorf("%q has no hash tag: in Redis Cluster every key must hash to one slot; use e.g. {certagent}:", prefix)
-	}
-	end := strings.IndexByte(prefix[open+1:], '}')
-	if end <= 0 {
-		return fmt.Errorf("%q has no non-empty hash tag {...}: in Redis Cluster every key must hash to one slot; use e.g. {certagent}:", prefix)
-	}
-	return nil
+// settingFlags names the flag behind each setting of store.Config.
+var settingFlags = map[store.Setting]string{
+	store.SettingURL:          flagRedisURL,
+	store.SettingCAFile:       flagRedisCA,
+	store.SettingSentinel:     flagSentinelMaster,
+	store.SettingCluster:      flagCluster,
+	store.SettingKeyPrefix:    flagKeyPrefix,
+	store.SettingWaitReplicas: flagWaitReplicas,
 }
 
-func trimAll(list []string) []string {
-	out := make([]string, 0, len(list))
-	for _, s := range list {
-		if s = strings.TrimSpace(s); s != "" {
-			out = append(out, s)
-		}
+// storeOpenError turns a configuration the store refused into a usage
+// error naming the flag.
+func storeOpenError(err error) error {
+	var cfgErr *store.ConfigError
+	if errors.As(err, &cfgErr) {
+		return usageErrorf("certagent: --%s: %v", settingFlags[cfgErr.Setting], cfgErr.Err)
 	}
-	return out
+	return err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -14,7 +15,10 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/certagent/certagent/agent/internal/backoff"
 	"github.com/certagent/certagent/agent/manager"
+	"github.com/certagent/certagent/agent/peer"
+	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
 )
@@ -53,6 +57,8 @@ func runCommand() *cli.Command {
 				Usage: "longest pause between two looks at the renewal schedule (it wakes earlier when a renewal is due sooner)"},
 			&cli.DurationFlag{Name: flagRenewRetry, EnvVars: envVars(flagRenewRetry), Value: time.Minute,
 				Usage: "pause after a failed renewal; doubles per failure up to 6h, shorter as expiry nears"},
+			&cli.IntFlag{Name: flagRenewConc, EnvVars: envVars(flagRenewConc), Value: manager.DefaultRenewWorkers, Action: atLeastInt(flagRenewConc, 1),
+				Usage: "renewals run at once by this agent; the default keeps a few agents behind one address well within Let's Encrypt's request limits"},
 			&cli.DurationFlag{Name: flagCheckInterval, EnvVars: envVars(flagCheckInterval), Value: 10 * time.Minute,
 				Usage: "pause between two checks of every stored certificate; a corrupt one is ordered again"},
 		}, concurrencyFlags(), gateFlags()),
@@ -65,36 +71,17 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	rules := c.StringSlice(flagAllow)
-	if file := c.String(flagAllowFile); file != "" {
-		more, err := manager.ReadRulesFile(file)
-		if err != nil {
-			return usageErrorf("certagent: --%s: %v", flagAllowFile, err)
-		}
-		rules = append(rules, more...)
-	}
-	policy, err := manager.ParsePolicy(rules)
+	static, ask, err := allowPolicy(c, log)
 	if err != nil {
-		return usageErrorf("certagent: --%s: %v", flagAllow, err)
-	}
-	var ask *manager.Ask
-	if u := c.String(flagAskURL); u != "" {
-		if ask, err = manager.NewAsk(manager.AskConfig{URL: u, Timeout: c.Duration(flagAskTimeout)}); err != nil {
-			return usageErrorf("certagent: --%s: %v", flagAskURL, err)
-		}
-	}
-	if policy.Empty() && ask == nil {
-		log.Warn("no allow rules and no ask URL: only names added with `certagent allow add` will get a certificate")
+		return err
 	}
 	preflight, err := newPreflight(c)
 	if err != nil {
 		return err
 	}
-	consumerName := c.String(flagConsumer)
-	if consumerName == "" {
-		if consumerName, err = os.Hostname(); err != nil {
-			return fmt.Errorf("--%s not set and no host name: %w", flagConsumer, err)
-		}
+	consumerName, err := consumerNameOf(c)
+	if err != nil {
+		return err
 	}
 	st, err := openStore(c)
 	if err != nil {
@@ -102,31 +89,20 @@ func runAction(c *cli.Context) error {
 	}
 	defer closeStore(st)
 
-	ctx, stop := withSignals(c.Context)
+	signals, stop := withSignals(c.Context)
 	defer stop()
+	daemon := newStages(signals)
+	defer daemon.stop()
+	ctx := daemon.ctx
 
-	events, metrics, stopEvents, err := newTelemetry(c, st, log)
+	events, metrics, sinks, err := buildTelemetry(c, st, log)
 	if err != nil {
 		return err
 	}
-	defer stopEvents()
+	daemon.start(sinks...)
 	var ready atomic.Bool
-	if addr := c.String(flagHTTPListen); addr != "" {
-		srv, err := telemetry.NewServer(addr, metrics, func(ctx context.Context) error {
-			if !ready.Load() {
-				return errors.New("not connected to the CA yet")
-			}
-			return st.Client().Ping(ctx).Err()
-		}, log)
-		if err != nil {
-			return fmt.Errorf("--%s: %w", flagHTTPListen, err)
-		}
-		srv.Start()
-		defer func() {
-			shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(shutdownCtx)
-		}()
+	if err := startHTTP(daemon, c, st, metrics, log, &ready); err != nil {
+		return err
 	}
 
 	fleet, peerCfg, err := newFleet(c, st, log)
@@ -134,46 +110,152 @@ func runAction(c *cli.Context) error {
 		return err
 	}
 	if fleet != nil {
-		stopPeers, err := startPeers(ctx, c, fleet, peerCfg, st, log)
+		runPeers, err := startPeers(ctx, c, fleet, peerCfg, st, log)
 		if err != nil {
 			return err
 		}
-		defer stopPeers()
+		if runPeers != nil {
+			daemon.start(runPeers)
+		}
 	}
 
-	// Redis or the CA may be down at start; keep trying instead of exiting,
-	// with a pause that grows so neither is hammered, up to the pause of the
-	// running agents' probes, so the names queued meanwhile follow the CA's
-	// return within seconds.
-	var mgr *manager.Manager
-	for wait := time.Second; ; wait = min(wait*2, manager.CAProbeMost) {
-		mgr, err = newManager(ctx, c, st, log, events, metrics, fleet)
-		if err == nil {
-			break
-		}
-		// A configuration error (directory, key type, DNS provider) is bad
-		// usage: exit 2 at once instead of retrying what waiting cannot fix.
-		var usage cli.ExitCoder
-		if errors.As(err, &usage) {
-			return err
-		}
-		log.Error("starting", "error", err, "retry_in", wait)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
+	mgr, err := connectManager(ctx, c, st, log, events, metrics, fleet)
+	if mgr == nil {
+		return err // a usage error, or a signal during start-up
 	}
 
 	log.Info("agent running", "consumer", consumerName, "group", c.String(flagGroup),
 		"directory", c.String(flagDirectory), "workers", workersText(c))
-	budgetCfg, err := budgetConfig(c)
+	consumer, renewer, err := newWorkers(c, st, log, mgr, metrics, workerGates{
+		static: static, ask: ask, preflight: preflight, consumerName: consumerName,
+	})
 	if err != nil {
 		return err
 	}
+	ready.Store(true)
+	checker := manager.NewChecker(manager.CheckerConfig{Store: st, Logger: log, Interval: c.Duration(flagCheckInterval)})
+	announcer := manager.NewAnnouncer(manager.AnnouncerConfig{Store: st, Static: static, Ask: ask != nil, Name: consumerName, Logger: log})
+	// The consumer and the renewer get their shutdown grace at the same
+	// time, not one after the other, and both count it from the signal.
+	daemon.start(consumer.Run, renewer.Run, checker.Run, announcer.Run)
+	err = daemon.wait(func() {
+		log.Info("shutting down: running orders and renewals may finish", "grace", c.Duration(flagGrace))
+	})
+	log.Info("agent stopped")
+	return err
+}
+
+// startHTTP serves /metrics, /healthz and /readyz on --http-listen, if set,
+// in a stage of the daemon; /readyz passes once ready is set and Redis
+// answers.
+func startHTTP(daemon *stages, c *cli.Context, st *store.Store, metrics *telemetry.Metrics, log *slog.Logger, ready *atomic.Bool) error {
+	addr := c.String(flagHTTPListen)
+	if addr == "" {
+		return nil
+	}
+	srv, err := telemetry.NewServer(addr, metrics, func(ctx context.Context) error {
+		if !ready.Load() {
+			return errors.New("not connected to the CA yet")
+		}
+		return st.Ping(ctx)
+	}, log)
+	if err != nil {
+		return fmt.Errorf("--%s: %w", flagHTTPListen, err)
+	}
+	daemon.start(srv.Run)
+	return nil
+}
+
+// connectManager builds the manager, retrying while Redis or the CA is down
+// at start instead of exiting, with a pause that grows so neither is
+// hammered, up to the pause of the running agents' probes, so the names
+// queued meanwhile follow the CA's return within seconds. It returns a nil
+// manager when ctx ends first, with the error of a configuration that
+// waiting cannot fix (directory, key type, DNS provider): bad usage, exit 2.
+func connectManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger, events *telemetry.Hub,
+	metrics *telemetry.Metrics, fleet *peer.Fleet) (*manager.Manager, error) {
+	retry := backoff.New(time.Second, manager.CAProbeMost)
+	for {
+		mgr, err := newManager(ctx, c, st, log, events, metrics, fleet)
+		if err == nil {
+			return mgr, nil
+		}
+		var usage cli.ExitCoder
+		if errors.As(err, &usage) {
+			return nil, err
+		}
+		if ctx.Err() != nil {
+			return nil, nil // stopped during start-up: not a failure
+		}
+		wait := retry.Next()
+		log.Error("starting", "error", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// consumerNameOf is --consumer, or the host name.
+func consumerNameOf(c *cli.Context) (string, error) {
+	name := c.String(flagConsumer)
+	if name != "" {
+		return name, nil
+	}
+	name, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("--%s not set and no host name: %w", flagConsumer, err)
+	}
+	return name, nil
+}
+
+// allowPolicy reads the allow rules of --allow and --allow-file, and the
+// ask URL.
+func allowPolicy(c *cli.Context, log *slog.Logger) (*policy.Policy, *policy.Ask, error) {
+	rules := c.StringSlice(flagAllow)
+	if file := c.String(flagAllowFile); file != "" {
+		more, err := policy.ReadRulesFile(file)
+		if err != nil {
+			return nil, nil, usageErrorf("certagent: --%s: %v", flagAllowFile, err)
+		}
+		rules = append(rules, more...)
+	}
+	static, err := policy.ParsePolicy(rules)
+	if err != nil {
+		return nil, nil, usageErrorf("certagent: --%s: %v", flagAllow, err)
+	}
+	var ask *policy.Ask
+	if u := c.String(flagAskURL); u != "" {
+		if ask, err = policy.NewAsk(policy.AskConfig{URL: u, Timeout: c.Duration(flagAskTimeout)}); err != nil {
+			return nil, nil, usageErrorf("certagent: --%s: %v", flagAskURL, err)
+		}
+	}
+	if static.Empty() && ask == nil {
+		log.Warn("no allow rules and no ask URL: only names added with `certagent allow add` will get a certificate")
+	}
+	return static, ask, nil
+}
+
+// workerGates are what decides, before any order, whether a name gets one.
+type workerGates struct {
+	static       *policy.Policy
+	ask          *policy.Ask
+	preflight    *policy.Preflight
+	consumerName string
+}
+
+// newWorkers builds the stream consumer and the renewer over mgr, sharing
+// the rate budgets, whose state the metrics show.
+func newWorkers(c *cli.Context, st *store.Store, log *slog.Logger, mgr *manager.Manager, metrics *telemetry.Metrics,
+	g workerGates) (consumer *manager.Consumer, renewer *manager.Renewer, err error) {
+	budgetCfg, err := budgetConfig(c)
+	if err != nil {
+		return nil, nil, err
+	}
 	budgets, err := manager.NewBudgets(mgr, budgetCfg)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	var ordersLeft func(context.Context) (int, error)
 	if budgets.CountsOrders() {
@@ -182,67 +264,39 @@ func runAction(c *cli.Context) error {
 	if err := metrics.Register(telemetry.NewStateCollector(telemetry.StateConfig{
 		Store: st, Group: c.String(flagGroup), OrdersLeft: ordersLeft, Logger: log,
 	})); err != nil {
-		return err
+		return nil, nil, err
 	}
-	ready.Store(true)
-	consumer := manager.NewConsumer(manager.ConsumerConfig{
+	consumer = manager.NewConsumer(manager.ConsumerConfig{
 		Store:   st,
 		Manager: mgr,
-		Decider: manager.NewDecider(manager.DeciderConfig{
-			Store: st, Static: policy, Ask: ask,
+		Decider: policy.NewDecider(policy.DeciderConfig{
+			Store: st, Static: g.static, Ask: g.ask,
 			AskTTL: c.Duration(flagAskTTL), DenyTTL: c.Duration(flagDenyTTL),
 		}),
-		Preflight:     preflight,
+		Preflight:     g.preflight,
 		Budgets:       budgets,
 		RetryFirst:    c.Duration(flagRetryFirst),
 		RetryMost:     c.Duration(flagRetryMax),
 		Group:         c.String(flagGroup),
-		Name:          consumerName,
+		Name:          g.consumerName,
 		Workers:       c.Int(flagWorkers),
 		ShutdownGrace: c.Duration(flagGrace),
 		ReclaimIdle:   c.Duration(flagReclaim),
 		Logger:        log,
 	})
-	renewer := manager.NewRenewer(manager.RenewerConfig{
+	renewer = manager.NewRenewer(manager.RenewerConfig{
 		Manager:       mgr,
 		Budgets:       budgets,
 		Logger:        log,
 		Interval:      c.Duration(flagRenewInterval),
 		RetryBase:     c.Duration(flagRenewRetry),
+		Workers:       c.Int(flagRenewConc),
 		ShutdownGrace: c.Duration(flagGrace),
 	})
-	renewer.Start(ctx)
-	// Both get their shutdown grace at the same time, not one after the
-	// other, and both count it from the signal.
-	renewerDone := make(chan struct{})
-	go func() {
-		<-ctx.Done()
-		log.Info("shutting down: running orders and renewals may finish", "grace", c.Duration(flagGrace))
-		renewer.Shutdown()
-		close(renewerDone)
-	}()
-	checker := manager.NewChecker(manager.CheckerConfig{Store: st, Logger: log, Interval: c.Duration(flagCheckInterval)})
-	checkerDone := make(chan struct{})
-	go func() {
-		checker.Run(ctx)
-		close(checkerDone)
-	}()
-	announcer := manager.NewAnnouncer(manager.AnnouncerConfig{Store: st, Static: policy, Ask: ask != nil, Name: consumerName, Logger: log})
-	announcerDone := make(chan struct{})
-	go func() {
-		announcer.Run(ctx)
-		close(announcerDone)
-	}()
-	err = consumer.Run(ctx)
-	stop()
-	<-renewerDone
-	<-checkerDone
-	<-announcerDone
-	log.Info("agent stopped")
-	return err
+	return consumer, renewer, nil
 }
 
-func newPreflight(c *cli.Context) (*manager.Preflight, error) {
+func newPreflight(c *cli.Context) (*policy.Preflight, error) {
 	var addrs []netip.Addr
 	for _, a := range c.StringSlice(flagPreflightAddrs) {
 		addr, err := netip.ParseAddr(strings.TrimSpace(a))
@@ -251,7 +305,7 @@ func newPreflight(c *cli.Context) (*manager.Preflight, error) {
 		}
 		addrs = append(addrs, addr)
 	}
-	p, err := manager.NewPreflight(manager.PreflightConfig{
+	p, err := policy.NewPreflight(policy.PreflightConfig{
 		Addresses:     addrs,
 		CAAIdentities: c.StringSlice(flagPreflightCAA),
 		Resolver:      c.String(flagDNSResolver),

@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/go-acme/lego/v4/challenge"
 	legolog "github.com/go-acme/lego/v4/log"
@@ -20,8 +18,9 @@ import (
 	"github.com/certagent/certagent/agent/telemetry"
 )
 
-// newLogger writes structured logs to stderr and routes lego's own log lines
-// into them, so one format reaches the operator's log pipeline.
+// newLogger writes structured logs to stderr and routes lego's and
+// go-redis's own log lines into them, so one format reaches the operator's
+// log pipeline.
 func newLogger(c *cli.Context) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String(flagLogLevel))); err != nil {
@@ -38,23 +37,20 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 		return nil, usageErrorf("certagent: --%s: %q is neither text nor json", flagLogFormat, format)
 	}
 	legolog.Logger = slog.NewLogLogger(handler.WithAttrs([]slog.Attr{slog.String("component", "lego")}), slog.LevelInfo)
+	store.SetLogger(slog.New(handler.WithAttrs([]slog.Attr{slog.String("component", "redis")})))
 	return slog.New(handler), nil
 }
 
+// openStore opens the store of the Redis flags.
 func openStore(c *cli.Context) (*store.Store, error) {
-	rdb, err := newRedisClient(c)
+	st, err := store.Open(c.Context, storeConfig(c))
 	if err != nil {
-		return nil, err
+		return nil, storeOpenError(err)
 	}
-	if n := c.Int(flagWaitReplicas); n < 0 {
-		return nil, cli.Exit(fmt.Sprintf("certagent: --%s: %d is negative", flagWaitReplicas, n), exitUsage)
-	}
-	st := store.New(rdb, store.Keys{Prefix: c.String(flagKeyPrefix)})
-	st.WaitForReplicas(c.Int(flagWaitReplicas))
 	return st, nil
 }
 
-func closeStore(st *store.Store) { _ = st.Client().Close() }
+func closeStore(st *store.Store) { _ = st.Close() }
 
 // acmeConfigs returns the client configuration of each CA, the primary
 // (--acme-directory) first, then the fallbacks in order.
@@ -118,31 +114,42 @@ func acmeConfigs(c *cli.Context) ([]acmeclient.Config, error) {
 	return cfgs, nil
 }
 
-// newTelemetry builds the hub every order reports through: the log, the
-// events stream in Redis, Prometheus counters and, when --webhook-url is set,
-// the webhook. The returned function delivers what is queued and stops.
+// newTelemetry is buildTelemetry for a command that runs no daemon: the
+// returned function delivers what is queued and stops.
 func newTelemetry(c *cli.Context, st *store.Store, log *slog.Logger) (*telemetry.Hub, *telemetry.Metrics, func(), error) {
+	events, metrics, sinks, err := buildTelemetry(c, st, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	running := newStages(context.Background())
+	running.start(sinks...)
+	return events, metrics, running.stop, nil
+}
+
+// buildTelemetry builds the hub every order reports through: the log, the
+// events stream in Redis, Prometheus counters and, when --webhook-url is set,
+// the webhook. The sinks deliver at once; their runs return once their
+// context has ended and what is queued is delivered.
+func buildTelemetry(c *cli.Context, st *store.Store, log *slog.Logger) (*telemetry.Hub, *telemetry.Metrics, []func(context.Context) error, error) {
 	metrics := telemetry.NewMetrics()
-	stream := telemetry.NewStreamSink(st, metrics, log)
-	sinks := []telemetry.Sink{metrics, stream}
-	stops := []func(){func() { stream.Shutdown(2 * time.Second) }}
+	var webhook *telemetry.Webhook
 	if url := c.String(flagWebhookURL); url != "" {
-		webhook, err := telemetry.NewWebhook(telemetry.WebhookConfig{
+		var err error
+		webhook, err = telemetry.NewWebhook(telemetry.WebhookConfig{
 			URL: url, Secret: c.String(flagWebhookSecret), Logger: log,
 		}, metrics)
 		if err != nil {
-			stream.Shutdown(0)
 			return nil, nil, nil, usageErrorf("certagent: --%s: %v (set --%s)", flagWebhookURL, err, flagWebhookSecret)
 		}
+	}
+	stream := telemetry.NewStreamSink(st, metrics, log)
+	sinks := []telemetry.Sink{metrics, stream}
+	runs := []func(context.Context) error{stream.Run}
+	if webhook != nil {
 		sinks = append(sinks, webhook)
-		stops = append(stops, func() { webhook.Shutdown(5 * time.Second) })
+		runs = append(runs, webhook.Run)
 	}
-	stop := func() {
-		for _, s := range stops {
-			s()
-		}
-	}
-	return telemetry.NewHub(log, sinks...), metrics, stop, nil
+	return telemetry.NewHub(log, sinks...), metrics, runs, nil
 }
 
 func newManager(ctx context.Context, c *cli.Context, st *store.Store, log *slog.Logger, events *telemetry.Hub,

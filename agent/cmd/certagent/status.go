@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -16,16 +17,19 @@ func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
 		Usage: "the fleet at a glance: streams, certificates, failing names, next renewals",
-		Description: "Reads Redis only (no CA): the length of the stream of requested names and how many entries " +
-			"agents hold unacknowledged, the stream of changes, how many requested names the agents refused " +
-			"because no rule allows them or they are not valid names (counted, not in the events stream), how many certificates are stored, expired, " +
-			"expiring within a week or corrupt (every record is parsed; the first corrupt ones are listed with why), " +
-			"the names whose last renewal failed, the names whose last order failed (the failure memory of `run`), " +
-			"and the next scheduled renewals. Exits 1 when Redis cannot be read." +
-			"\n\nExamples:\n  certagent status\n  certagent status --next 20 --json",
+		Description: "Reads Redis only (no CA), a few keys whatever the number of certificates: the length of the " +
+			"stream of requested names and how many entries agents hold unacknowledged, the stream of changes, how " +
+			"many requested names the agents refused because no rule allows them or they are not valid names " +
+			"(counted, not in the events stream), how many certificates are stored, expired or expiring within a " +
+			"week, the names whose last renewal failed, the names whose last order failed (the failure memory of " +
+			"`run`), and the next scheduled renewals. --check also parses every stored record, as `list --check` " +
+			"does, and counts the corrupt ones (the first are listed with why): that takes time in proportion to " +
+			"the certificates stored. Exits 1 when Redis cannot be read." +
+			"\n\nExamples:\n  certagent status\n  certagent status --check\n  certagent status --next 20 --json",
 		Flags: withFlags(redisFlags(), []cli.Flag{
 			&cli.StringFlag{Name: flagGroup, EnvVars: envVars(flagGroup), Value: "certagent", Usage: "consumer group of the agents"},
 			&cli.IntFlag{Name: flagNext, Value: 10, Usage: "how many failing names and next renewals to show"},
+			&cli.BoolFlag{Name: flagCheck, Usage: "also parse every stored record and count the corrupt ones (slow with many)"},
 			&cli.BoolFlag{Name: flagJSON, Usage: "print JSON"},
 		}),
 		Action: statusAction,
@@ -46,17 +50,21 @@ type statusView struct {
 	Changes          int64 `json:"changes"`
 	// Refused counts the names refused without an event each, by kind
 	// (policy, invalid).
-	Refused         map[string]store.RefusalCount `json:"refused"`
-	Certificates    int64                         `json:"certificates"`
-	Expired         int64                         `json:"expired"`
-	ExpiringWeek    int64                         `json:"expiring_within_7d"`
-	Corrupt         int64                         `json:"corrupt"`
-	CorruptRecords  []statusEntry                 `json:"corrupt_records"`
-	FailingRenewals []statusEntry                 `json:"failing_renewals"`
-	FailingOrders   []statusEntry                 `json:"failing_orders"`
-	NextRenewals    []statusEntry                 `json:"next_renewals"`
+	Refused      map[string]store.RefusalCount `json:"refused"`
+	Certificates int64                         `json:"certificates"`
+	Expired      int64                         `json:"expired"`
+	ExpiringWeek int64                         `json:"expiring_within_7d"`
+	// Corrupt and CorruptRecords are only known with --check.
+	Corrupt         *int64        `json:"corrupt,omitempty"`
+	CorruptRecords  []statusEntry `json:"corrupt_records,omitempty"`
+	FailingRenewals []statusEntry `json:"failing_renewals"`
+	FailingOrders   []statusEntry `json:"failing_orders"`
+	NextRenewals    []statusEntry `json:"next_renewals"`
 }
 
+// statusAction prints the state of the stream, the schedule and the
+// failures. Long because it fills the one statusView section by section,
+// in the order the text output prints them.
 func statusAction(c *cli.Context) error {
 	if err := noArgs(c, "status"); err != nil {
 		return err
@@ -69,8 +77,7 @@ func statusAction(c *cli.Context) error {
 	ctx := c.Context
 	limit := int64(max(c.Int(flagNext), 1))
 	now := time.Now()
-	v := statusView{CorruptRecords: []statusEntry{}, FailingRenewals: []statusEntry{}, FailingOrders: []statusEntry{},
-		NextRenewals: []statusEntry{}}
+	v := statusView{FailingRenewals: []statusEntry{}, FailingOrders: []statusEntry{}, NextRenewals: []statusEntry{}}
 	streams, err := st.StreamStatus(ctx, c.String(flagGroup))
 	if err != nil {
 		return failedf("certagent status: %v", err)
@@ -84,18 +91,10 @@ func statusAction(c *cli.Context) error {
 		return failedf("certagent status: %v", err)
 	}
 	v.Expired, v.ExpiringWeek = counts[0], counts[1]-counts[0]
-	err = st.WalkCerts(ctx, time.Unix(math.MaxInt64/2, 0), func(r store.CheckedRecord) error {
-		var corrupt *store.CorruptError
-		if errors.As(r.Err, &corrupt) {
-			v.Corrupt++
-			if int64(len(v.CorruptRecords)) < limit {
-				v.CorruptRecords = append(v.CorruptRecords, statusEntry{Name: r.Name, Error: corrupt.Reason})
-			}
+	if c.Bool(flagCheck) {
+		if err := countCorrupt(ctx, st, &v, limit); err != nil {
+			return failedf("certagent status: %v", err)
 		}
-		return nil
-	})
-	if err != nil {
-		return failedf("certagent status: %v", err)
 	}
 
 	failing, err := st.FailingRenewals(ctx, limit)
@@ -133,8 +132,12 @@ func statusAction(c *cli.Context) error {
 	fmt.Fprintf(tw, "changes stream:\t%d entries\n", v.Changes)
 	fmt.Fprintf(tw, "refused names:\t%s no rule allows, %s invalid\n",
 		refusalLine(v.Refused[store.RefusedByPolicy]), refusalLine(v.Refused[store.RefusedInvalid]))
-	fmt.Fprintf(tw, "certificates:\t%d stored, %d expired, %d expiring within 7 days, %d corrupt\n",
-		v.Certificates, v.Expired, v.ExpiringWeek, v.Corrupt)
+	corrupt := "corrupt not checked (--check)"
+	if v.Corrupt != nil {
+		corrupt = fmt.Sprintf("%d corrupt", *v.Corrupt)
+	}
+	fmt.Fprintf(tw, "certificates:\t%d stored, %d expired, %d expiring within 7 days, %s\n",
+		v.Certificates, v.Expired, v.ExpiringWeek, corrupt)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -178,6 +181,23 @@ func refusalLine(c store.RefusalCount) string {
 		return fmt.Sprint(c.Count)
 	}
 	return fmt.Sprintf("%d (last %s)", c.Count, c.Last.UTC().Format(time.RFC3339))
+}
+
+// countCorrupt parses every stored record and counts the corrupt ones into
+// v, keeping the first limit of them with why.
+func countCorrupt(ctx context.Context, st *store.Store, v *statusView, limit int64) error {
+	var n int64
+	v.Corrupt, v.CorruptRecords = &n, []statusEntry{}
+	return st.WalkCerts(ctx, time.Unix(math.MaxInt64/2, 0), func(r store.CheckedRecord) error {
+		var corrupt *store.CorruptError
+		if errors.As(r.Err, &corrupt) {
+			n++
+			if int64(len(v.CorruptRecords)) < limit {
+				v.CorruptRecords = append(v.CorruptRecords, statusEntry{Name: r.Name, Error: corrupt.Reason})
+			}
+		}
+		return nil
+	})
 }
 
 func oneLine(s string) string {

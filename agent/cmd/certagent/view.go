@@ -90,22 +90,6 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// writeTable prints one aligned line per certificate; a corrupt record
-// shows what of it could be read, and why it cannot be served.
-func writeTable(w io.Writer, views []certView, now time.Time) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tNOT AFTER\tLEFT\tSTATUS\tISSUER\tFINGERPRINT\tPROBLEM")
-	for _, v := range views {
-		notAfter, remaining := "-", "-"
-		if !v.NotAfter.IsZero() {
-			notAfter, remaining = v.NotAfter.Format(time.RFC3339), left(v.NotAfter.Sub(now))
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, notAfter, remaining, v.Status,
-			dash(v.Issuer), dash(shortFingerprint(v.Fingerprint)), oneLine(v.Reason))
-	}
-	return tw.Flush()
-}
-
 func dash(s string) string {
 	if s == "" {
 		return "-"

@@ -112,7 +112,8 @@ type Nginx struct {
 
 // StartNginx writes a configuration into a temporary directory, starts nginx
 // (one worker unless told otherwise, daemon off) and waits until both ports accept connections. It is
-// stopped when the test ends.
+// stopped when the test ends. Long because the configuration it writes is
+// one template, read best in one piece.
 func StartNginx(t testing.TB, opts NginxOptions) *Nginx {
 	t.Helper()
 	stack := opts.Stack

@@ -203,9 +203,10 @@ func (p *Pebble) startPebble(bin, dir, certFile, keyFile string, opts PebbleOpti
 }
 
 // Alive fetches the directory with a short timeout (3 s unless ctx has an
-// earlier deadline). Pebble v2.10.1 can deadlock under parallel load; a test
-// that waits for issuance can call this to fail with a clear message instead
-// of hanging until the go test timeout.
+// earlier deadline). Pebble can deadlock under parallel load (v2.10.1 did
+// when an order was polled; v2.10.3 fixed that one); a test that waits for
+// issuance can call this to fail with a clear message instead of hanging
+// until the go test timeout.
 func (p *Pebble) Alive(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, pebbleAliveLimit)
 	defer cancel()

@@ -1,4 +1,4 @@
-package manager
+package policy
 
 import (
 	"bufio"
@@ -35,7 +35,7 @@ func ParsePolicy(rules []string) (*Policy, error) {
 			if err != nil {
 				return nil, err
 			}
-			if parent, ok := strings.CutPrefix(canonical, "*."); ok {
+			if parent, ok := names.CutWildcard(canonical); ok {
 				p.suffixes = append(p.suffixes, "."+parent)
 			} else {
 				p.exact[canonical] = true
@@ -50,14 +50,7 @@ func ParsePolicy(rules []string) (*Policy, error) {
 // "*" alone: allowing every name is a flag, not an allowlist entry.
 func ParseRule(rule string) (string, error) {
 	rule = strings.TrimSpace(rule)
-	if parent, ok := strings.CutPrefix(rule, "*."); ok {
-		name, err := names.FromOperator(parent)
-		if err != nil {
-			return "", fmt.Errorf("allow rule %q: %w", rule, err)
-		}
-		return "*." + name, nil
-	}
-	name, err := names.FromOperator(rule)
+	name, err := names.NormalizeWildcard(rule, names.FromOperator)
 	if err != nil {
 		return "", fmt.Errorf("allow rule %q: %w", rule, err)
 	}

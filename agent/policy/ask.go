@@ -1,4 +1,4 @@
-package manager
+package policy
 
 import (
 	"context"
@@ -9,6 +9,9 @@ import (
 	"net/url"
 	"sync"
 	"time"
+
+	"github.com/certagent/certagent/agent/internal/backoff"
+	"github.com/certagent/certagent/agent/internal/clock"
 )
 
 // ErrAskUnavailable is returned when the ask URL cannot answer: the name is
@@ -28,7 +31,7 @@ type AskConfig struct {
 	// page it leads to.
 	Client *http.Client
 	// Clock. Default: the system clock.
-	Clock Clock
+	Clock clock.Clock
 }
 
 // Ask consults the operator's ask URL. After the URL failed to answer it is
@@ -58,7 +61,7 @@ func NewAsk(cfg AskConfig) (*Ask, error) {
 		}}
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System{}
 	}
 	return &Ask{cfg: cfg, base: u}, nil
 }
@@ -77,7 +80,7 @@ func (a *Ask) Allows(ctx context.Context, name string) (bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil && ctx.Err() == nil {
-		a.pause = min(max(a.pause*2, time.Second), time.Minute)
+		a.pause = backoff.Doubling{First: time.Second, Most: time.Minute}.Next(a.pause)
 		a.downUntil = a.cfg.Clock.Now().Add(a.pause)
 		return false, fmt.Errorf("asking about %s: %w: %w", name, ErrAskUnavailable, err)
 	}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// traceLine is one name of a `first -trace` file: when its first
+// ClientHello went out and when a verified certificate came back.
+type traceLine struct {
+	Name  string    `json:"name"`
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end,omitzero"`
+}
+
+// traceWriter appends the traceLines of `first -trace`; a nil one writes
+// nothing.
+type traceWriter struct {
+	mu  sync.Mutex
+	f   *os.File
+	enc *json.Encoder
+	err error
+}
+
+func openTrace(path string) (*traceWriter, error) {
+	if path == "" {
+		return nil, nil
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening trace %s: %w", path, err)
+	}
+	return &traceWriter{f: f, enc: json.NewEncoder(f)}, nil
+}
+
+// add records name; one that got no verified certificate has no end.
+func (w *traceWriter) add(name string, t nameTiming) {
+	if w == nil {
+		return
+	}
+	line := traceLine{Name: name, Start: t.began}
+	if t.real {
+		line.End = t.began.Add(t.elapsed)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.enc.Encode(line); err != nil && w.err == nil {
+		w.err = fmt.Errorf("writing trace: %w", err)
+	}
+}
+
+func (w *traceWriter) close() error {
+	if w == nil {
+		return nil
+	}
+	return errors.Join(w.err, w.f.Close())
+}
+
+// agentEvent is what the agent's log says of one name: when its stream
+// entry reached the agent ("name requested", logged at debug level) and
+// when its certificate was stored ("certificate issued", with how long the
+// order ran, lease and slot included).
+type agentEvent struct {
+	requested, issued time.Time
+	took              time.Duration
+}
+
+// timeline splits the time from first ClientHello to verified certificate
+// of every name of a `first -trace` file into the pipeline's stages, from the
+// agent's log (text format, debug level), and prints their p50 and p95.
+func timeline(args []string) error {
+	if len(args) != 2 {
+		return errors.New("timeline TRACE AGENT-LOG")
+	}
+	traces, err := readTrace(args[0])
+	if err != nil {
+		return err
+	}
+	events, err := readAgentLog(args[1])
+	if err != nil {
+		return err
+	}
+	stages := []struct {
+		label string
+		of    func(traceLine, agentEvent) time.Duration
+	}{
+		{"ClientHello to the agent reading the entry (Lua, XADD, stream read)",
+			func(t traceLine, e agentEvent) time.Duration { return e.requested.Sub(t.Start) }},
+		{"entry read to order start (policy, budgets, failure record)",
+			func(t traceLine, e agentEvent) time.Duration { return e.issued.Add(-e.took).Sub(e.requested) }},
+		{"order: lease, slot, ACME, certificate write",
+			func(_ traceLine, e agentEvent) time.Duration { return e.took }},
+		{"certificate written to verified handshake (wait's poll, TLS)",
+			func(t traceLine, e agentEvent) time.Duration { return t.End.Sub(e.issued) }},
+		{"total: ClientHello to verified certificate",
+			func(t traceLine, _ agentEvent) time.Duration { return t.End.Sub(t.Start) }},
+	}
+	matched := 0
+	values := make([][]time.Duration, len(stages))
+	for _, t := range traces {
+		e, ok := events[t.Name]
+		if !ok || e.requested.IsZero() || e.issued.IsZero() || t.End.IsZero() {
+			continue
+		}
+		matched++
+		for i, s := range stages {
+			values[i] = append(values[i], s.of(t, e))
+		}
+	}
+	fmt.Printf("%d of %d names traced through the agent's log\n\n", matched, len(traces))
+	fmt.Println("| stage | p50 ms | p95 ms |")
+	fmt.Println("|---|---|---|")
+	for i, s := range stages {
+		sort.Slice(values[i], func(a, b int) bool { return values[i][a] < values[i][b] })
+		fmt.Printf("| %s | %.0f | %.0f |\n", s.label, percentile(values[i], 0.50), percentile(values[i], 0.95))
+	}
+	return nil
+}
+
+func readTrace(path string) ([]traceLine, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []traceLine
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var t traceLine
+		if err := json.Unmarshal(sc.Bytes(), &t); err != nil {
+			return nil, fmt.Errorf("reading trace %s: %w", path, err)
+		}
+		out = append(out, t)
+	}
+	return out, sc.Err()
+}
+
+// readAgentLog collects the events of every name from a text-format log.
+func readAgentLog(path string) (map[string]agentEvent, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	events := map[string]agentEvent{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := sc.Text()
+		requested := strings.Contains(line, `msg="name requested"`)
+		if !requested && !strings.Contains(line, `msg="certificate issued"`) {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, logField(line, "time"))
+		if err != nil {
+			return nil, fmt.Errorf("reading agent log %s: %w", path, err)
+		}
+		name := logField(line, "name")
+		e := events[name]
+		if requested {
+			if e.requested.IsZero() { // the first request counts
+				e.requested = at
+			}
+		} else {
+			took, _ := strconv.ParseFloat(logField(line, "took_seconds"), 64)
+			e.issued, e.took = at, time.Duration(took*float64(time.Second))
+		}
+		events[name] = e
+	}
+	return events, sc.Err()
+}
+
+// logField is the value of key in a key=value log line (unquoted values).
+func logField(line, key string) string {
+	i := strings.Index(line, " "+key+"=")
+	if i < 0 {
+		if !strings.HasPrefix(line, key+"=") {
+			return ""
+		}
+		i = -1
+	}
+	v := line[i+len(key)+2:]
+	if j := strings.IndexByte(v, ' '); j >= 0 {
+		v = v[:j]
+	}
+	return strings.Trim(v, `"`)
+}
