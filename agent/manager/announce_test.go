@@ -56,14 +56,14 @@ func TestAnnouncerKeepsItsRulesInTheUnion(t *testing.T) {
 	r := testenv.StartRedis(t)
 	st := store.New(r.Client, store.Keys{})
 	run := func(name string, rules ...string) (stop func()) {
-		policy, err := ParsePolicy(rules)
+		allow, err := policy.ParsePolicy(rules)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() {
-			NewAnnouncer(AnnouncerConfig{Store: st, Static: policy, Name: name, Interval: 20 * time.Millisecond,
+			_ = NewAnnouncer(AnnouncerConfig{Store: st, Static: allow, Name: name, Interval: 20 * time.Millisecond,
 				Forget: 300 * time.Millisecond, Logger: quietLogger()}).Run(ctx)
 			close(done)
 		}()
