@@ -79,9 +79,13 @@ func startJudging(t *testing.T, static string, beatTTL time.Duration, seed func(
 // rules is still served, and a name inside them is still recorded and held
 // until its certificate is stored.
 func TestNamesOutsideTheRulesCostNothing(t *testing.T) {
-	const stored = "kept.outside.test"
+	const stored, wildcard = "kept.outside.test", "*.wild.outside.test"
 	keptLeaf := newLeaf(t, stored, []string{stored}, time.Now().Add(24*time.Hour))
-	e := startJudging(t, "*.allowed.test", time.Minute, func(e *env) { e.store(stored, keptLeaf) })
+	wildLeaf := newLeaf(t, wildcard, []string{wildcard}, time.Now().Add(24*time.Hour))
+	e := startJudging(t, "*.allowed.test", time.Minute, func(e *env) {
+		e.store(stored, keptLeaf)
+		e.store(wildcard, wildLeaf)
+	})
 
 	before := e.handshakeCommands()
 	const n = 1000
@@ -105,6 +109,11 @@ func TestNamesOutsideTheRulesCostNothing(t *testing.T) {
 
 	if got := e.mustHandshake(stored); !got.Equal(keptLeaf.cert) {
 		t.Errorf("%s: a stored certificate outside the rules got %q, want it served", stored, got.Subject.CommonName)
+	}
+	for _, name := range []string{"a.wild.outside.test", "B.Wild.Outside.Test"} {
+		if got := e.mustHandshake(name); !got.Equal(wildLeaf.cert) {
+			t.Errorf("%s: a stored wildcard outside the rules got %q, want it served", name, got.Subject.CommonName)
+		}
 	}
 
 	const allowed = "shop.allowed.test"

@@ -366,6 +366,12 @@ function _M.hot(rec, t)
     return nil
 end
 
+-- held reports whether this worker's LRU has anything for rec (a
+-- certificate, expired or not, or an unusable record's marker).
+function _M.held(rec)
+    return lru:get(rec) ~= nil
+end
+
 -- get returns what the cache knows about the record rec at time t: a fresh
 -- entry ({cert, key, not_after}), a { bad = true } marker, ABSENT, or nil
 -- when Redis must be asked. An entry comes with the layer that held it

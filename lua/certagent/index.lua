@@ -116,9 +116,9 @@ local function hashes(rec)
     return u32(h, 1), u32(h, 5), u32(h, 9)
 end
 
--- in_filter reports whether every probe bit of rec is set in its block.
-local function in_filter(d, rec)
-    local blocks = d:get(BLOCKS)
+-- in_filter reports whether every probe bit of rec is set in its block of
+-- the filter's blocks (the dict's BLOCKS).
+local function in_filter(d, blocks, rec)
     if not blocks or blocks == 0 then
         return false
     end
@@ -143,7 +143,21 @@ function _M.absent(rec)
         return false
     end
     local d = dict()
-    return usable(d) and not d:get(rec) and not in_filter(d, rec)
+    return usable(d) and not d:get(rec) and not in_filter(d, d:get(BLOCKS), rec)
+end
+
+-- absent_both is absent(a) and (not b or absent(b)), with the index's state
+-- read once: the exact record and the wildcard of a handshake's name.
+function _M.absent_both(a, b)
+    if not cfg.name_index then
+        return false
+    end
+    local d = dict()
+    if not usable(d) or d:get(a) or (b and d:get(b)) then
+        return false
+    end
+    local blocks = d:get(BLOCKS)
+    return not in_filter(d, blocks, a) and not (b and in_filter(d, blocks, b))
 end
 
 -- invalidate marks the index incomplete; the next poll builds it again.

@@ -207,11 +207,17 @@ local function version()
     return current and current.version or 0
 end
 
+-- outside reports whether no published rule can allow name (nothing is
+-- published: false). It asks nothing of any dict.
+function _M.outside(name)
+    local r = current
+    return r ~= nil and not may_allow(r, name)
+end
+
 -- judge returns why name is not worth recording or holding (NO_RULE,
 -- REFUSED), or nil when an agent may issue it.
 function _M.judge(name)
-    local r = current
-    if r and not may_allow(r, name) then
+    if _M.outside(name) then
         return NO_RULE
     end
     local dict = memory()

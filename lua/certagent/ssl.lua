@@ -2,6 +2,10 @@
 -- name, or leave the server's own (fallback) certificate in place. A name
 -- without a certificate is appended to the requests stream, out of band.
 --
+-- A name no published rule can allow (certagent.rules) and that neither
+-- this worker's LRU nor the name index (certagent.index) knows a record for
+-- is answered first, with the fallback: it can have no certificate.
+--
 -- Lookup order for a.b.example: the cache (certagent.cache: this worker's
 -- LRU, then the shared dict) for the records "a.b.example" and "*.b.example",
 -- the name index (certagent.index) for records Redis does not have, then one
@@ -425,6 +429,18 @@ local function rule_out(name, exact, wild_rec, wild)
     return exact, wild
 end
 
+-- unstored reports whether neither name's record nor its wildcard's can be
+-- in Redis: this worker's LRU holds neither (raw, the SNI as sent, was
+-- looked up there already) and the name index says Redis has neither.
+local function unstored(name, raw)
+    local parent = names.parent(name)
+    local wild_rec = parent and "*." .. parent
+    if (name ~= raw and cache.held(name)) or (wild_rec and cache.held(wild_rec)) then
+        return false
+    end
+    return index.absent_both(name, wild_rec)
+end
+
 -- ask fetches, in one round trip, the records of name and of its wildcard
 -- that the caches could not answer (nil from lookup), and caches the
 -- answers; with_mark adds name's issuing mark to the round trip. It returns
@@ -542,6 +558,16 @@ local function handle()
             return selftest.answer(cfg)
         end
         return -- IP literal, garbage: fallback, nothing recorded
+    end
+    -- A name no published rule can allow, with nothing stored for it, is
+    -- answered before any other lookup: a flood of such names (a scanner,
+    -- random SNI) costs no shared cache read, no Redis command and no
+    -- request. Its misses do not count towards flooding(): it needs no
+    -- Redis whatever the rate.
+    if rules.outside(name) and unstored(name, raw) then
+        stats.incr("misses")
+        stats.incr("judged_" .. rules.NO_RULE)
+        return
     end
 
     local exact, exact_source = lookup(name, t)
