@@ -1,10 +1,17 @@
 package nginxtest
 
 import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"hash/crc32"
+	"math/big"
 	"net"
 	"strconv"
 	"strings"
@@ -160,4 +167,76 @@ func (e *env) mustHandshakeChain(serverName string) []*x509.Certificate {
 	}
 	defer conn.Close()
 	return conn.ConnectionState().PeerCertificates
+}
+
+// selfSignedLeaf is a leaf for name signed by its own key, a key of the
+// given type, valid until notAfter.
+func selfSignedLeaf(t *testing.T, name string, key crypto.Signer, notAfter time.Time) leaf {
+	t.Helper()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
+		DNSNames: []string{name}, NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter,
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaf{cert: cert, notAfter: notAfter,
+		chainPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		keyPEM:   string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}))}
+}
+
+// TestKeysOfEachTypeServeFromDER: a record's PKCS #8 key_der is read for
+// each key type the agent issues (EC P-256 and P-384, RSA), with its PEM
+// fields broken so that only the DER can serve it; a key_der of another
+// certificate's key, or one cut short, is not served with the certificate.
+func TestKeysOfEachTypeServeFromDER(t *testing.T) {
+	e := startWith(t, testenv.NginxOptions{})
+	notAfter := time.Now().Add(24 * time.Hour)
+	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	rsa2048, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaves := map[string]leaf{
+		"p256.keys.example.test": selfSignedLeaf(t, "p256.keys.example.test", p256, notAfter),
+		"p384.keys.example.test": selfSignedLeaf(t, "p384.keys.example.test", p384, notAfter),
+		"rsa.keys.example.test":  selfSignedLeaf(t, "rsa.keys.example.test", rsa2048, notAfter),
+	}
+	derOnly := func(l leaf) map[string]any {
+		f := agentFields(t, l)
+		f["fullchain"], f["key"] = "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n", "broken"
+		f["der_crc32"] = pemCRC(f["fullchain"].(string), f["key"].(string))
+		return f
+	}
+	for name, l := range leaves {
+		e.storeFields(name, derOnly(l))
+	}
+	otherKey := derOnly(selfSignedLeaf(t, "otherkey.keys.example.test", p256, notAfter))
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	otherKey["key_der"], _ = x509.MarshalPKCS8PrivateKey(other)
+	e.storeFields("otherkey.keys.example.test", otherKey)
+	cut := derOnly(selfSignedLeaf(t, "cut.keys.example.test", p384, notAfter))
+	cut["key_der"] = cut["key_der"].([]byte)[:40]
+	e.storeFields("cut.keys.example.test", cut)
+	e.waitChangesRead()
+
+	for name, l := range leaves {
+		if got := e.mustHandshake(name); !got.Equal(l.cert) {
+			t.Errorf("%s: served %q, want its stored certificate", name, got.Subject.CommonName)
+		}
+	}
+	for _, name := range []string{"otherkey.keys.example.test", "cut.keys.example.test"} {
+		if got := e.mustHandshake(name); !e.isFallback(got) {
+			t.Errorf("%s: served %q, want the fallback", name, got.Subject.CommonName)
+		}
+	}
 }

@@ -109,6 +109,21 @@ do
         int X509_up_ref(void *x509);
         void *d2i_PrivateKey(int type, void **a, const unsigned char **pp, long length);
     ]])
+    -- OpenSSL's key-type functions (deprecated in OpenSSL 3, still
+    -- exported): without them keys are read by d2i_PrivateKey alone.
+    local legacy_keys = ok and pcall(ffi.cdef, [[
+        void *EC_KEY_new_by_curve_name(int nid);
+        void *d2i_ECPrivateKey(void **key, const unsigned char **in, long len);
+        void EC_KEY_free(void *key);
+        void *d2i_RSAPrivateKey(void **a, const unsigned char **in, long len);
+        void RSA_free(void *rsa);
+        void *EVP_PKEY_new(void);
+        int EVP_PKEY_assign(void *pkey, int type, void *key);
+        void EVP_PKEY_free(void *pkey);
+    ]]) and pcall(function()
+        return C.EC_KEY_new_by_curve_name and C.d2i_ECPrivateKey and C.EC_KEY_free and C.d2i_RSAPrivateKey
+            and C.RSA_free and C.EVP_PKEY_new and C.EVP_PKEY_assign and C.EVP_PKEY_free
+    end)
     -- The Lua module's own destructors: declared by ngx.ssl already on
     -- some versions, hence one pcall each.
     pcall(ffi.cdef, "void ngx_http_lua_ffi_free_cert(void *cdata);")
@@ -133,15 +148,16 @@ do
         local INTERMEDIATES_MAX = 64
         local intermediates, intermediates_count = {}, 0
 
-        -- der_length returns the length of the DER element starting at
-        -- position i of s (its tag, length octets and content), or nil.
-        local function der_length(s, i)
-            local first = byte(s, i + 1)
+        -- der_element returns the tag of the DER element starting at
+        -- position i of s, the position of its content and the content's
+        -- length, or nil.
+        local function der_element(s, i)
+            local tag, first = byte(s, i, i + 1)
             if not first then
                 return nil
             end
             if first < 0x80 then
-                return 2 + first
+                return tag, i + 2, first
             end
             local octets = first - 0x80
             if octets < 1 or octets > 3 then
@@ -155,7 +171,14 @@ do
                 end
                 len = len * 256 + b
             end
-            return 2 + octets + len
+            return tag, i + 2 + octets, len
+        end
+
+        -- der_length returns the length of the DER element starting at
+        -- position i of s (its tag, length octets and content), or nil.
+        local function der_length(s, i)
+            local _, content, len = der_element(s, i)
+            return content and content - i + len
         end
 
         local function parse_x509(der, i, n)
@@ -221,7 +244,90 @@ do
             return sk
         end
 
+        -- The AlgorithmIdentifier contents of a PKCS #8 key that
+        -- typed_key reads, and how: OpenSSL 3's d2i_PrivateKey decodes
+        -- through its provider decoders, about ten times the CPU of the
+        -- key type's own d2i (an EC key: 140 against 12 µs on the machine
+        -- of docs/benchmarks.md). The key signs as fast either way.
+        local ALGORITHMS = {
+            -- id-ecPublicKey, prime256v1 (NID 415) / secp384r1 (NID 715)
+            ["\6\7\42\134\72\206\61\2\1\6\8\42\134\72\206\61\3\1\7"] = { ec = 415 },
+            ["\6\7\42\134\72\206\61\2\1\6\5\43\129\4\0\34"] = { ec = 715 },
+            -- rsaEncryption, NULL parameters
+            ["\6\9\42\134\72\134\247\13\1\1\1\5\0"] = { rsa = true },
+        }
+        local EVP_PKEY_EC, EVP_PKEY_RSA = 408, 6
+        local box = ffi.new("void *[1]")
+
+        -- pkcs8 returns the AlgorithmIdentifier contents of the PKCS #8
+        -- PrivateKeyInfo der and the position and length of its inner key,
+        -- or nil.
+        local function pkcs8(der)
+            local tag, i = der_element(der, 1)
+            if tag ~= 0x30 then
+                return nil
+            end
+            local version_tag, v, vlen = der_element(der, i)
+            if version_tag ~= 0x02 then
+                return nil
+            end
+            local alg_tag, a, alen = der_element(der, v + vlen)
+            if alg_tag ~= 0x30 then
+                return nil
+            end
+            local key_tag, k, klen = der_element(der, a + alen)
+            if key_tag ~= 0x04 or k + klen - 1 > #der then
+                return nil
+            end
+            return sub(der, a, a + alen - 1), k, klen
+        end
+
+        -- typed_key reads a PKCS #8 EC (P-256, P-384) or RSA key with the
+        -- key type's own d2i, or returns nil (another type, or it does not
+        -- parse: d2i_PrivateKey then tries).
+        local function typed_key(der)
+            local alg, k, klen = pkcs8(der)
+            local how = alg and ALGORITHMS[alg]
+            if not how then
+                return nil
+            end
+            local key, key_type, free
+            cursor[0] = ffi.cast("const unsigned char *", der) + (k - 1)
+            if how.ec then
+                -- The inner ECPrivateKey of PKCS #8 may leave out the curve:
+                -- the key is read into one made with it.
+                box[0] = C.EC_KEY_new_by_curve_name(how.ec)
+                if box[0] == nil then
+                    return nil
+                end
+                key, key_type, free = box[0], EVP_PKEY_EC, C.EC_KEY_free
+                if C.d2i_ECPrivateKey(box, cursor, klen) == nil then
+                    free(key)
+                    return nil
+                end
+            else
+                key, key_type, free = C.d2i_RSAPrivateKey(nil, cursor, klen), EVP_PKEY_RSA, C.RSA_free
+                if key == nil then
+                    return nil
+                end
+            end
+            local pkey = C.EVP_PKEY_new()
+            if cursor[0] - ffi.cast("const unsigned char *", der) ~= k - 1 + klen or pkey == nil
+                or C.EVP_PKEY_assign(pkey, key_type, key) ~= 1 then
+                free(key)
+                if pkey ~= nil then
+                    C.EVP_PKEY_free(pkey)
+                end
+                return nil
+            end
+            return ffi.gc(pkey, C.ngx_http_lua_ffi_free_priv_key)
+        end
+
         local function key_of(der)
+            local typed = legacy_keys and typed_key(der)
+            if typed then
+                return typed
+            end
             for i = 1, #KEY_TYPES do
                 cursor[0] = ffi.cast("const unsigned char *", der)
                 local pkey = C.d2i_PrivateKey(KEY_TYPES[i], nil, cursor, #der)
