@@ -55,7 +55,9 @@ func (s *Store) InventoryDigests(ctx context.Context, from, to, width int64) ([]
 		return nil, fmt.Errorf("summing up the certificates: window width %d", width)
 	}
 	var out []InventoryWindow
-	err := s.walkExpiry(ctx, from, to, 0, 0, func(page []redis.Z) error {
+	w := fromScore(from, to)
+	w.page = inventoryPage
+	err := s.walkExpiry(ctx, w, func(page []redis.Z) error {
 		for _, z := range page {
 			name, _ := z.Member.(string)
 			score := int64(z.Score)
@@ -89,7 +91,9 @@ func (s *Store) InventoryDigests(ctx context.Context, from, to, width int64) ([]
 // certificate (that one is listed under its own primary name).
 func (s *Store) InventoryPage(ctx context.Context, from, to, offset, limit int64) (entries []InventoryEntry, more bool, err error) {
 	var names []string
-	err = s.walkExpiry(ctx, from, to, offset, limit+1, func(page []redis.Z) error {
+	w := fromScore(from, to)
+	w.offset, w.limit, w.page = offset, limit+1, inventoryPage
+	err = s.walkExpiry(ctx, w, func(page []redis.Z) error {
 		for _, z := range page {
 			name, _ := z.Member.(string)
 			names = append(names, name)
@@ -118,51 +122,6 @@ func (s *Store) InventoryPage(ctx context.Context, from, to, offset, limit int64
 		}
 	}
 	return entries, more, nil
-}
-
-// walkExpiry calls fn with the entries of the expiry index scored in
-// [from, to) (to 0: no end), in order, a page at a time, after skipping
-// offset of them and up to limit (0: all). It walks by rank from the first
-// entry at from, so each page costs O(log n + page) whatever the ties.
-func (s *Store) walkExpiry(ctx context.Context, from, to, offset, limit int64, fn func([]redis.Z) error) error {
-	rank, err := s.rdb.ZCount(ctx, s.keys.Expiry(), "-inf", "("+strconv.FormatInt(from, 10)).Result()
-	if err != nil {
-		return err
-	}
-	rank += offset
-	for seen := int64(0); limit == 0 || seen < limit; {
-		size := int64(inventoryPage)
-		if limit > 0 {
-			size = min(size, limit-seen)
-		}
-		page, err := s.rdb.ZRangeWithScores(ctx, s.keys.Expiry(), rank, rank+size-1).Result()
-		if err != nil {
-			return err
-		}
-		end := len(page)
-		if to != 0 {
-			for end > 0 && int64(page[end-1].Score) >= to {
-				end--
-			}
-		}
-		// An entry below from moved in meanwhile (the index is not frozen):
-		// it belongs to another range.
-		kept := page[:end]
-		for len(kept) > 0 && int64(kept[0].Score) < from {
-			kept = kept[1:]
-		}
-		if len(kept) > 0 {
-			if err := fn(kept); err != nil {
-				return err
-			}
-		}
-		seen += int64(len(kept))
-		rank += int64(len(page))
-		if int64(len(page)) < size || end < len(page) {
-			return nil
-		}
-	}
-	return nil
 }
 
 // inventoryEntry decodes the HMGET of names, fingerprint, not_before and
