@@ -205,7 +205,7 @@ func (r *inventoryRun) apply(ctx context.Context, page *InventoryPage) error {
 }
 
 // wanted returns the entries of a page to pull: valid now, missing here or
-// newer than the record held, and not deleted here under any of their names.
+// superseding the record held (store.Supersedes), and not deleted here under any of their names.
 func (r *inventoryRun) wanted(ctx context.Context, entries []InventoryEntry) ([]InventoryEntry, error) {
 	st := r.f.cfg.Store
 	names := make([]string, len(entries))
@@ -220,7 +220,7 @@ func (r *inventoryRun) wanted(ctx context.Context, entries []InventoryEntry) ([]
 	for i, e := range entries {
 		// A missing or corrupt record is replaced by any valid one.
 		if h := held[i]; e.NotAfter <= r.now.Unix() ||
-			h.OK && (h.Fingerprint == e.Fingerprint || !h.NotBefore.Before(time.Unix(e.NotBefore, 0))) {
+			h.OK && !store.Supersedes(e.Fingerprint, time.Unix(e.NotBefore, 0), h.Fingerprint, h.NotBefore) {
 			continue
 		}
 		dead, err := st.Tombstoned(ctx, e.Fingerprint, append([]string{e.Name}, e.Names...)...)

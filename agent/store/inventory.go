@@ -34,8 +34,9 @@ const MaxInventoryWindows = 4096
 var ErrTooManyWindows = errors.New("the certificates spread over too many windows")
 
 // InventoryWindow sums up the certificates whose not-after falls in
-// [Start, Start+width): how many, and a digest of their names and
-// not-afters that two sites holding the same certificates compute alike.
+// [Start, Start+width): how many, and a digest of their names, not-afters
+// and fingerprints that two sites holding the same certificates compute
+// alike.
 type InventoryWindow struct {
 	Start  int64
 	Count  int64
@@ -45,11 +46,13 @@ type InventoryWindow struct {
 // InventoryDigests walks the expiry index from from (inclusive) to to
 // (exclusive; 0: no end), a page at a time, and sums it up in windows of
 // width seconds aligned on multiples of width; empty windows are left out.
-// It reads only the index (names and not-afters, never a record), so it
-// costs O(n) of Redis and O(windows) of memory. The digest is the XOR of
-// each entry's SHA-256 of name and not-after, truncated: it does not depend
-// on the order, and a renewal (a new not-after) changes it. A certificate
-// written meanwhile may be missed or counted twice; the next exchange sees it.
+// It reads the index and each record's fingerprint (one pipelined HGET a
+// page), never a whole record, so it costs O(n) of Redis and O(windows) of
+// memory. The digest is the XOR of each entry's SHA-256 of name, not-after
+// and fingerprint, truncated: it does not depend on the order, a renewal (a
+// new not-after) changes it, and so does another certificate for the same
+// names and not-after (two orders at two sites). A certificate written
+// meanwhile may be missed or counted twice; the next exchange sees it.
 func (s *Store) InventoryDigests(ctx context.Context, from, to, width int64) ([]InventoryWindow, error) {
 	if width < 1 {
 		return nil, fmt.Errorf("summing up the certificates: window width %d", width)
@@ -58,27 +61,61 @@ func (s *Store) InventoryDigests(ctx context.Context, from, to, width int64) ([]
 	w := fromScore(from, to)
 	w.page = inventoryPage
 	err := s.walkExpiry(ctx, w, func(page []redis.Z) error {
-		for _, z := range page {
-			name, _ := z.Member.(string)
-			score := int64(z.Score)
-			start := score - score%width
-			if n := len(out); n == 0 || out[n-1].Start != start {
-				if n == MaxInventoryWindows {
-					return ErrTooManyWindows
-				}
-				out = append(out, InventoryWindow{Start: start})
-			}
-			w := &out[len(out)-1]
-			w.Count++
-			sum := sha256.Sum256([]byte(name + "\x00" + strconv.FormatInt(score, 10)))
-			for i := range w.Digest {
-				w.Digest[i] ^= sum[i]
+		fingerprints, err := s.fingerprints(ctx, page)
+		if err != nil {
+			return err
+		}
+		for i, z := range page {
+			if out, err = addToWindow(out, z, fingerprints[i], width); err != nil {
+				return err
 			}
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("summing up the certificates: %w", err)
+	}
+	return out, nil
+}
+
+// addToWindow adds the index entry z, whose record has fingerprint, to the
+// last window of out, or to a new one when z's not-after is past it.
+func addToWindow(out []InventoryWindow, z redis.Z, fingerprint string, width int64) ([]InventoryWindow, error) {
+	name, _ := z.Member.(string)
+	score := int64(z.Score)
+	start := score - score%width
+	if n := len(out); n == 0 || out[n-1].Start != start {
+		if n == MaxInventoryWindows {
+			return nil, ErrTooManyWindows
+		}
+		out = append(out, InventoryWindow{Start: start})
+	}
+	w := &out[len(out)-1]
+	w.Count++
+	sum := sha256.Sum256([]byte(name + "\x00" + strconv.FormatInt(score, 10) + "\x00" + fingerprint))
+	for i := range w.Digest {
+		w.Digest[i] ^= sum[i]
+	}
+	return out, nil
+}
+
+// fingerprints reads the fingerprint of the record indexed under each entry
+// of page, in one round trip ("" for a record missing, or without one).
+func (s *Store) fingerprints(ctx context.Context, page []redis.Z) ([]string, error) {
+	cmds := make([]*redis.StringCmd, len(page))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, z := range page {
+			name, _ := z.Member.(string)
+			cmds[i] = p.HGet(ctx, s.keys.Cert(name), "fingerprint")
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("reading the fingerprints: %w", err)
+	}
+	out := make([]string, len(page))
+	for i, cmd := range cmds {
+		out[i] = cmd.Val()
 	}
 	return out, nil
 }

@@ -121,6 +121,17 @@ func TestInventoryDigestsSumUpWindows(t *testing.T) {
 			t.Errorf("window %d after a renewal in it: %+v, before %+v", i, renewed[i], got[i])
 		}
 	}
+	// Another certificate for the same name and not-after (another
+	// fingerprint) changes its window too.
+	if err := other.rdb.HSet(ctx, other.keys.Cert("n12.example.com"), "fingerprint", "ab12").Err(); err != nil {
+		t.Fatal(err)
+	}
+	refetched, _ := other.InventoryDigests(ctx, 1000, 0, 1000)
+	for i := range refetched {
+		if (refetched[i] == renewed[i]) == (i == 1) {
+			t.Errorf("window %d after another certificate in it: %+v, before %+v", i, refetched[i], renewed[i])
+		}
+	}
 	if _, err := st.InventoryDigests(ctx, 0, 0, 0); err == nil {
 		t.Error("a width of 0 was accepted")
 	}

@@ -14,13 +14,25 @@ const (
 	// ReasonSame: the record held for the primary name has the same
 	// fingerprint.
 	ReasonSame = "same"
-	// ReasonOlder: the record held for the primary name is not older (its
-	// not-before is the same or later).
+	// ReasonOlder: the record held for the primary name is not older (see
+	// Supersedes).
 	ReasonOlder = "older"
 	// ReasonTombstoned: the certificate was deleted here under one of its
 	// names.
 	ReasonTombstoned = "tombstoned"
 )
+
+// Supersedes reports whether the certificate with fingerprint and notBefore
+// replaces the one held (heldFingerprint, heldNotBefore): the later
+// not-before wins, and of two with the same not-before (two orders in one
+// second) the greater fingerprint, so that every site keeps the same one.
+// The same certificate does not supersede itself.
+func Supersedes(fingerprint string, notBefore time.Time, heldFingerprint string, heldNotBefore time.Time) bool {
+	if c := notBefore.Compare(heldNotBefore); c != 0 {
+		return c > 0
+	}
+	return fingerprint > heldFingerprint
+}
 
 // watchAttempts bounds how often a conditional write is tried again when a
 // concurrent write to a watched key made Redis drop its transaction.
@@ -29,7 +41,7 @@ const watchAttempts = 5
 // PutCertIfNewer stores rec like PutCert (every copy, the indexes, the
 // changes entries), but only when its fingerprint is not tombstoned under
 // any of its names and the record held for its primary name is missing,
-// corrupt or has an earlier not-before. Otherwise it stores nothing and
+// corrupt or is superseded by rec (Supersedes). Otherwise it stores nothing and
 // says why (ReasonSame, ReasonOlder, ReasonTombstoned). The check and the
 // write are one transaction: a record or a tombstone written in between
 // makes it look again.
@@ -59,7 +71,7 @@ func (s *Store) PutCertIfNewer(ctx context.Context, rec *CertRecord) (stored boo
 				case held.Fingerprint == rec.Fingerprint:
 					reason = ReasonSame
 					return nil
-				case !held.NotBefore.Before(rec.NotBefore):
+				case !Supersedes(rec.Fingerprint, rec.NotBefore, held.Fingerprint, held.NotBefore):
 					reason = ReasonOlder
 					return nil
 				}

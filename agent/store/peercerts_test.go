@@ -64,10 +64,21 @@ func TestPutCertIfNewer(t *testing.T) {
 		}
 		put(current, false, ReasonSame)
 		put(recordFrom(t, day.Add(-time.Hour), "a.example.com"), false, ReasonOlder)
-		// The same not-before is not newer either.
-		put(recordFrom(t, day, "a.example.com"), false, ReasonOlder)
 		if held("a.example.com") != current.Fingerprint {
 			t.Fatal("an older record replaced the newer one")
+		}
+		// Of two with the same not-before, the greater fingerprint wins,
+		// whichever comes first, so that every site keeps the same one.
+		tie := recordFrom(t, day, "a.example.com")
+		winner := max(tie.Fingerprint, current.Fingerprint)
+		if tie.Fingerprint == winner {
+			put(tie, true, "")
+			put(current, false, ReasonOlder)
+		} else {
+			put(tie, false, ReasonOlder)
+		}
+		if held("a.example.com") != winner {
+			t.Fatal("the same not-before: the smaller fingerprint is held")
 		}
 
 		newer := recordFrom(t, day.Add(time.Hour), "a.example.com", "b.example.com")
