@@ -209,7 +209,7 @@ func (r *inventoryRun) apply(ctx context.Context, page *InventoryPage) error {
 			}
 			continue
 		}
-		deleted, err := st.DeleteCertIfFingerprint(ctx, t.Name, t.Fingerprint)
+		deleted, _, err := st.DeleteCertIfFingerprint(ctx, t.Name, t.Fingerprint)
 		if err != nil {
 			return err
 		}
