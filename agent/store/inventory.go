@@ -100,24 +100,44 @@ func addToWindow(out []InventoryWindow, z redis.Z, fingerprint string, width int
 }
 
 // fingerprints reads the fingerprint of the record indexed under each entry
-// of page, in one round trip ("" for a record missing, or without one).
+// of page, in one round trip ("" for a record missing, without one, or not a
+// hash).
 func (s *Store) fingerprints(ctx context.Context, page []redis.Z) ([]string, error) {
 	cmds := make([]*redis.StringCmd, len(page))
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	// Each command's error is looked at below.
+	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, z := range page {
 			name, _ := z.Member.(string)
 			cmds[i] = p.HGet(ctx, s.keys.Cert(name), "fingerprint")
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("reading the fingerprints: %w", err)
-	}
 	out := make([]string, len(page))
 	for i, cmd := range cmds {
-		out[i] = cmd.Val()
+		missing, err := recordRead(cmd.Err())
+		if err != nil {
+			return nil, fmt.Errorf("reading the fingerprints: %w", err)
+		}
+		if !missing {
+			out[i] = cmd.Val()
+		}
 	}
 	return out, nil
+}
+
+// recordRead sorts out the error of one read of a record in a pipeline:
+// missing when there is no record (redis.Nil) or the key is not a hash (a
+// corrupt record, which must not stop the reads of the others); else err,
+// a failure to talk to Redis.
+func recordRead(err error) (missing bool, _ error) {
+	switch {
+	case err == nil:
+		return false, nil
+	case errors.Is(err, redis.Nil), isWrongType(err):
+		return true, nil
+	default:
+		return false, err
+	}
 }
 
 // InventoryPage lists at most limit certificates whose not-after falls in
@@ -144,16 +164,21 @@ func (s *Store) InventoryPage(ctx context.Context, from, to, offset, limit int64
 		names = names[:limit]
 	}
 	cmds := make([]*redis.SliceCmd, len(names))
-	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	// Each command's error is looked at below.
+	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, name := range names {
 			cmds[i] = p.HMGet(ctx, s.keys.Cert(name), "names", "fingerprint", "not_before", "not_after")
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, false, fmt.Errorf("listing the certificates: %w", err)
-	}
 	for i, cmd := range cmds {
+		missing, err := recordRead(cmd.Err())
+		if err != nil {
+			return nil, false, fmt.Errorf("listing the certificates: %w", err)
+		}
+		if missing {
+			continue
+		}
 		if e, ok := inventoryEntry(names[i], cmd.Val()); ok {
 			entries = append(entries, e)
 		}
@@ -200,17 +225,21 @@ func (s *Store) HeldVersions(ctx context.Context, names []string) ([]HeldVersion
 	for start := 0; start < len(names); start += inventoryPage {
 		page := names[start:min(start+inventoryPage, len(names))]
 		cmds := make([]*redis.SliceCmd, len(page))
-		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		// Each command's error is looked at below.
+		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, name := range page {
 				cmds[i] = p.HMGet(ctx, s.keys.Cert(name), "fingerprint", "not_before", "not_after", "issued_at")
 			}
 			return nil
 		})
-		if err != nil {
-			return nil, fmt.Errorf("reading the certificates held: %w", err)
-		}
 		for i, cmd := range cmds {
-			out[start+i] = heldVersion(cmd.Val())
+			missing, err := recordRead(cmd.Err())
+			if err != nil {
+				return nil, fmt.Errorf("reading the certificates held: %w", err)
+			}
+			if !missing {
+				out[start+i] = heldVersion(cmd.Val())
+			}
 		}
 	}
 	return out, nil
