@@ -100,5 +100,5 @@ func usable(leaf *store.CertRecord, want []string, have *store.CertRecord, now t
 	if now.Before(leaf.NotBefore) || leaf.NotAfter.Sub(now) <= leaf.NotAfter.Sub(leaf.NotBefore)/3 {
 		return false
 	}
-	return have == nil || (leaf.Fingerprint != have.Fingerprint && leaf.NotBefore.After(have.NotBefore))
+	return have == nil || store.Supersedes(leaf.Fingerprint, leaf.NotBefore, have.Fingerprint, have.NotBefore)
 }

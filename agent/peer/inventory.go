@@ -111,7 +111,7 @@ func (r *inventoryRun) compare(ctx context.Context, from, to, width int64) error
 			wTo = min(wTo, to)
 		}
 		if w.Count <= listBelow || width == 1 {
-			err = r.list(ctx, wFrom, wTo)
+			err = r.list(ctx, wFrom, wTo, w.Count)
 		} else {
 			err = r.compare(ctx, wFrom, wTo, max(width/windowSplit, 1))
 		}
@@ -147,10 +147,11 @@ func differing(remote, local []WindowDigest) []WindowDigest {
 	return out
 }
 
-// list reads the peer's entries in [from, to) a page at a time and applies
-// each page. A page over the answer limit (certificates with many long
-// names) is asked again half as long, down to one entry.
-func (r *inventoryRun) list(ctx context.Context, from, to int64) error {
+// list reads the peer's entries in [from, to), where it counted count
+// certificates, a page at a time and applies each page. A page over the
+// answer limit (certificates with many long names) is asked again half as
+// long, down to one entry.
+func (r *inventoryRun) list(ctx context.Context, from, to, count int64) error {
 	r.windows++
 	for offset, limit := int64(0), int64(listPage); ; offset += limit {
 		page, err := r.p.client.Entries(ctx, from, to, offset, limit)
@@ -169,7 +170,28 @@ func (r *inventoryRun) list(ctx context.Context, from, to int64) error {
 		if !page.More {
 			return nil
 		}
+		if err := r.goesOn(page, from, to, count, offset+limit, limit); err != nil {
+			return err
+		}
 	}
+}
+
+// errEndlessInventory is a peer listing a window on and on.
+var errEndlessInventory = errors.New("the peer's inventory does not end")
+
+// goesOn checks that a page after which the peer says its window of count
+// certificates goes on, listed up to end, can be believed. The certificates
+// end within count entries (and a page more for those written meanwhile);
+// past them only tombstones go on, and then the page is full of them. A
+// broken or hostile peer answering more pages for ever, empty ones for
+// example, would otherwise keep the exchange going without end.
+func (r *inventoryRun) goesOn(page *InventoryPage, from, to, count, end, limit int64) error {
+	if end < count+listPage || int64(len(page.Tombstones)) == limit {
+		return nil
+	}
+	return fmt.Errorf("exchanging inventories with %s: %w: it says [%d, %d) goes on past %d entries, where it "+
+		"counted %d certificates, with a page of %d certificates and %d tombstones: stopped listing it",
+		r.p.client.ID(), errEndlessInventory, from, to, end, count, len(page.Certificates), len(page.Tombstones))
 }
 
 // apply applies one page of a peer's inventory here: its tombstones, then
@@ -187,7 +209,7 @@ func (r *inventoryRun) apply(ctx context.Context, page *InventoryPage) error {
 			}
 			continue
 		}
-		deleted, err := st.DeleteCertIfFingerprint(ctx, t.Name, t.Fingerprint)
+		deleted, _, err := st.DeleteCertIfFingerprint(ctx, t.Name, t.Fingerprint)
 		if err != nil {
 			return err
 		}
@@ -205,7 +227,7 @@ func (r *inventoryRun) apply(ctx context.Context, page *InventoryPage) error {
 }
 
 // wanted returns the entries of a page to pull: valid now, missing here or
-// newer than the record held, and not deleted here under any of their names.
+// superseding the record held (store.Supersedes), and not deleted here under any of their names.
 func (r *inventoryRun) wanted(ctx context.Context, entries []InventoryEntry) ([]InventoryEntry, error) {
 	st := r.f.cfg.Store
 	names := make([]string, len(entries))
@@ -220,7 +242,7 @@ func (r *inventoryRun) wanted(ctx context.Context, entries []InventoryEntry) ([]
 	for i, e := range entries {
 		// A missing or corrupt record is replaced by any valid one.
 		if h := held[i]; e.NotAfter <= r.now.Unix() ||
-			h.OK && (h.Fingerprint == e.Fingerprint || !h.NotBefore.Before(time.Unix(e.NotBefore, 0))) {
+			h.OK && !store.Supersedes(e.Fingerprint, time.Unix(e.NotBefore, 0), h.Fingerprint, h.NotBefore) {
 			continue
 		}
 		dead, err := st.Tombstoned(ctx, e.Fingerprint, append([]string{e.Name}, e.Names...)...)

@@ -2,9 +2,13 @@ package peer
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -186,5 +190,81 @@ func TestInventoryPagesOfManyNamedCertificatesFitTheAnswerLimit(t *testing.T) {
 		if !b.holds(name, "") {
 			t.Fatalf("b misses %s after the exchange", name)
 		}
+	}
+}
+
+// inventoryPeer is a fake peer site b whose digests put count certificates
+// in one window from now on, and whose entries handler answers each page.
+func inventoryPeer(t *testing.T, count int64, entries func(offset, limit int64) InventoryPage) (*Fleet, *atomic.Int64) {
+	t.Helper()
+	var pages atomic.Int64
+	now := time.Now().Unix()
+	srv, _ := fakePeer(t, map[string]http.HandlerFunc{
+		"GET inventory/digests": reply(http.StatusOK, InventoryDigests{Site: "b", Width: topWidth,
+			Windows: []WindowDigest{{Start: now - now%topWidth, Count: count, Digest: strings.Repeat("ab", 16)}}}),
+		"GET inventory/entries": func(w http.ResponseWriter, r *http.Request) {
+			pages.Add(1)
+			q := r.URL.Query()
+			offset, _ := strconv.ParseInt(q.Get("offset"), 10, 64)
+			limit, _ := strconv.ParseInt(q.Get("limit"), 10, 64)
+			reply(http.StatusOK, entries(offset, limit))(w, r)
+		},
+	})
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	st, _ := siteStore(t)
+	f, err := NewFleet(Config{Site: "a", Secret: fleetSecret, RootCAs: roots, Store: st, Timeout: 2 * time.Second,
+		Logger: slog.New(slog.DiscardHandler), Peers: []PeerConfig{{ID: "b", URL: srv.URL}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, &pages
+}
+
+// TestEndlessInventoryPagesAreCutShort: a peer that answers every page of a
+// window with nothing and "more" (broken, or hostile) does not keep the
+// exchange going: it stops, with an error that says why, after the pages
+// the certificates it counted there can fill.
+func TestEndlessInventoryPagesAreCutShort(t *testing.T) {
+	watchdog(t, time.Minute)
+	for _, count := range []int64{0, 3, listBelow} {
+		f, pages := inventoryPeer(t, count, func(_, _ int64) InventoryPage {
+			return InventoryPage{Site: "b", Certificates: []InventoryEntry{}, Tombstones: []Tombstone{}, More: true}
+		})
+		err := f.SyncNow(context.Background())
+		if !errors.Is(err, errEndlessInventory) || !strings.Contains(err.Error(), "stopped listing it") {
+			t.Fatalf("count %d: SyncNow = %v, want the endless inventory cut short", count, err)
+		}
+		if want := (count+listPage)/listPage + 1; pages.Load() > want {
+			t.Errorf("count %d: %d pages asked for, want at most %d", count, pages.Load(), want)
+		}
+	}
+}
+
+// TestInventoryTombstonesGoOnPastTheCertificates: a window with more
+// tombstones than certificates is listed to its end: pages full of
+// tombstones go on past the certificates the peer counted.
+func TestInventoryTombstonesGoOnPastTheCertificates(t *testing.T) {
+	watchdog(t, time.Minute)
+	const tombstones = 2*listPage + 500
+	until := time.Now().Add(24 * time.Hour).Unix()
+	f, pages := inventoryPeer(t, 1, func(offset, limit int64) InventoryPage {
+		page := InventoryPage{Site: "b", Certificates: []InventoryEntry{}, More: offset+limit < tombstones}
+		for i := offset; i < min(offset+limit, tombstones); i++ {
+			page.Tombstones = append(page.Tombstones, Tombstone{Name: fmt.Sprintf("t%d.example.com", i),
+				Fingerprint: fmt.Sprintf("%064x", i), Until: until})
+		}
+		return page
+	})
+	if err := f.SyncNow(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if pages.Load() != 3 {
+		t.Errorf("%d pages listed, want 3", pages.Load())
+	}
+	dead, err := f.cfg.Store.Tombstoned(context.Background(), fmt.Sprintf("%064x", tombstones-1),
+		fmt.Sprintf("t%d.example.com", tombstones-1))
+	if err != nil || !dead {
+		t.Errorf("the last page's tombstone: %v, %v", dead, err)
 	}
 }

@@ -502,13 +502,19 @@ func (x *exchange) deleteCert(name string) {
 		x.refuse(http.StatusBadRequest, "the fingerprint is not 64 lowercase hex digits", nil)
 		return
 	}
-	deleted, err := x.s.cfg.Store.DeleteCertIfFingerprint(x.r.Context(), name, fingerprint)
+	deleted, tombstoned, err := x.s.cfg.Store.DeleteCertIfFingerprint(x.r.Context(), name, fingerprint)
 	if err != nil {
 		x.fail(err)
 		return
 	}
-	x.s.cfg.Logger.Info("a peer site deleted a certificate", "site", x.site, "name", name,
-		"fingerprint", fingerprint, "held", deleted)
+	log := x.s.cfg.Logger.Info
+	if !tombstoned {
+		// Not held here, and the tombstones are full (see
+		// store.UnknownTombstoneRoom): a flood of deletions would show here.
+		log = x.s.cfg.Logger.Warn
+	}
+	log("a peer site deleted a certificate", "site", x.site, "name", name,
+		"fingerprint", fingerprint, "held", deleted, "tombstoned", tombstoned)
 	x.answer(http.StatusOK, DeleteResult{Deleted: deleted})
 }
 

@@ -4,11 +4,15 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/certagent/certagent/agent/internal/testenv"
+	"github.com/certagent/certagent/agent/store"
 )
 
 // countPushes makes the site count the certificates pushed to it.
@@ -280,5 +284,57 @@ func TestSyncNowDoesNotReadTheRecordsItHolds(t *testing.T) {
 		if st.Pulled != 0 || st.LastSync.IsZero() {
 			t.Errorf("a's view of %s: %+v, want an exchange that pulled nothing", st.ID, st)
 		}
+	}
+}
+
+// TestExchangeFindsAnotherCertificateForTheSameDates: two sites holding
+// different certificates for the same names and the same not-after (two
+// orders, one at each site) are found out of step, and both keep the one
+// store.Supersedes picks: the later not-before, and of two with the same
+// dates the greater fingerprint.
+func TestExchangeFindsAnotherCertificateForTheSameDates(t *testing.T) {
+	watchdog(t, time.Minute)
+	ctx := context.Background()
+	sites := startSites(t, func(c *Config) { c.SyncInterval = time.Hour }, "a", "b")
+	a, b := sites["a"], sites["b"]
+	start := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
+	end := start.Add(90 * 24 * time.Hour)
+	ca := testCA(t, start)
+	leaf := func(notBefore time.Time, names ...string) Record {
+		c := testenv.NewCert(t, testenv.CertSpec{CommonName: names[0], DNSNames: names, Parent: ca,
+			NotBefore: notBefore, NotAfter: end})
+		return Record{FullChain: string(c.ChainPEM()), Key: string(c.KeyPEM), Primary: names[0], KeyType: "ec256"}
+	}
+	// Later not-before at b; the same dates at both for the second name.
+	earlier := a.store(t, leaf(start, "d.example.com", "www.d.example.com"))
+	later := b.store(t, leaf(start.Add(time.Hour), "d.example.com", "www.d.example.com"))
+	tieA := a.store(t, leaf(start, "e.example.com"))
+	tieB := b.store(t, leaf(start, "e.example.com"))
+	if earlier.NotAfter != later.NotAfter || tieA.Fingerprint == tieB.Fingerprint {
+		t.Fatal("the test certificates do not share their not-after")
+	}
+	tie := max(tieA.Fingerprint, tieB.Fingerprint)
+	digests := func(s *testSite) []store.InventoryWindow {
+		w, err := s.st.InventoryDigests(ctx, 0, 0, topWidth)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	if slices.Equal(digests(a), digests(b)) {
+		t.Fatal("two sites holding other certificates for the same names and dates sum up alike")
+	}
+	for _, s := range []*testSite{a, b, a} {
+		if err := s.fleet.SyncNow(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []*testSite{a, b} {
+		if !s.holds("www.d.example.com", later.Fingerprint) || !s.holds("e.example.com", tie) {
+			t.Errorf("site %s does not hold the superseding certificates", s.id)
+		}
+	}
+	if !slices.Equal(digests(a), digests(b)) {
+		t.Error("the sites are not in step after exchanging inventories")
 	}
 }

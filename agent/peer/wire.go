@@ -64,7 +64,7 @@ const MaxInventoryPage = 2000
 
 // WindowDigest sums up the certificates a site holds whose not-after falls
 // in [Start, Start+width): their count, and the XOR of a truncated SHA-256
-// of each one's name and not-after, in hex. Two sites holding the same
+// of each one's name, not-after and fingerprint, in hex. Two sites holding the same
 // certificates there answer the same.
 type WindowDigest struct {
 	Start  int64  `json:"start"`

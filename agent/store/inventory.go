@@ -34,8 +34,9 @@ const MaxInventoryWindows = 4096
 var ErrTooManyWindows = errors.New("the certificates spread over too many windows")
 
 // InventoryWindow sums up the certificates whose not-after falls in
-// [Start, Start+width): how many, and a digest of their names and
-// not-afters that two sites holding the same certificates compute alike.
+// [Start, Start+width): how many, and a digest of their names, not-afters
+// and fingerprints that two sites holding the same certificates compute
+// alike.
 type InventoryWindow struct {
 	Start  int64
 	Count  int64
@@ -45,32 +46,28 @@ type InventoryWindow struct {
 // InventoryDigests walks the expiry index from from (inclusive) to to
 // (exclusive; 0: no end), a page at a time, and sums it up in windows of
 // width seconds aligned on multiples of width; empty windows are left out.
-// It reads only the index (names and not-afters, never a record), so it
-// costs O(n) of Redis and O(windows) of memory. The digest is the XOR of
-// each entry's SHA-256 of name and not-after, truncated: it does not depend
-// on the order, and a renewal (a new not-after) changes it. A certificate
-// written meanwhile may be missed or counted twice; the next exchange sees it.
+// It reads the index and each record's fingerprint (one pipelined HGET a
+// page), never a whole record, so it costs O(n) of Redis and O(windows) of
+// memory. The digest is the XOR of each entry's SHA-256 of name, not-after
+// and fingerprint, truncated: it does not depend on the order, a renewal (a
+// new not-after) changes it, and so does another certificate for the same
+// names and not-after (two orders at two sites). A certificate written
+// meanwhile may be missed or counted twice; the next exchange sees it.
 func (s *Store) InventoryDigests(ctx context.Context, from, to, width int64) ([]InventoryWindow, error) {
 	if width < 1 {
 		return nil, fmt.Errorf("summing up the certificates: window width %d", width)
 	}
 	var out []InventoryWindow
-	err := s.walkExpiry(ctx, from, to, 0, 0, func(page []redis.Z) error {
-		for _, z := range page {
-			name, _ := z.Member.(string)
-			score := int64(z.Score)
-			start := score - score%width
-			if n := len(out); n == 0 || out[n-1].Start != start {
-				if n == MaxInventoryWindows {
-					return ErrTooManyWindows
-				}
-				out = append(out, InventoryWindow{Start: start})
-			}
-			w := &out[len(out)-1]
-			w.Count++
-			sum := sha256.Sum256([]byte(name + "\x00" + strconv.FormatInt(score, 10)))
-			for i := range w.Digest {
-				w.Digest[i] ^= sum[i]
+	w := fromScore(from, to)
+	w.page = inventoryPage
+	err := s.walkExpiry(ctx, w, func(page []redis.Z) error {
+		fingerprints, err := s.fingerprints(ctx, page)
+		if err != nil {
+			return err
+		}
+		for i, z := range page {
+			if out, err = addToWindow(out, z, fingerprints[i], width); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -81,6 +78,68 @@ func (s *Store) InventoryDigests(ctx context.Context, from, to, width int64) ([]
 	return out, nil
 }
 
+// addToWindow adds the index entry z, whose record has fingerprint, to the
+// last window of out, or to a new one when z's not-after is past it.
+func addToWindow(out []InventoryWindow, z redis.Z, fingerprint string, width int64) ([]InventoryWindow, error) {
+	name, _ := z.Member.(string)
+	score := int64(z.Score)
+	start := score - score%width
+	if n := len(out); n == 0 || out[n-1].Start != start {
+		if n == MaxInventoryWindows {
+			return nil, ErrTooManyWindows
+		}
+		out = append(out, InventoryWindow{Start: start})
+	}
+	w := &out[len(out)-1]
+	w.Count++
+	sum := sha256.Sum256([]byte(name + "\x00" + strconv.FormatInt(score, 10) + "\x00" + fingerprint))
+	for i := range w.Digest {
+		w.Digest[i] ^= sum[i]
+	}
+	return out, nil
+}
+
+// fingerprints reads the fingerprint of the record indexed under each entry
+// of page, in one round trip ("" for a record missing, without one, or not a
+// hash).
+func (s *Store) fingerprints(ctx context.Context, page []redis.Z) ([]string, error) {
+	cmds := make([]*redis.StringCmd, len(page))
+	// Each command's error is looked at below.
+	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, z := range page {
+			name, _ := z.Member.(string)
+			cmds[i] = p.HGet(ctx, s.keys.Cert(name), "fingerprint")
+		}
+		return nil
+	})
+	out := make([]string, len(page))
+	for i, cmd := range cmds {
+		missing, err := recordRead(cmd.Err())
+		if err != nil {
+			return nil, fmt.Errorf("reading the fingerprints: %w", err)
+		}
+		if !missing {
+			out[i] = cmd.Val()
+		}
+	}
+	return out, nil
+}
+
+// recordRead sorts out the error of one read of a record in a pipeline:
+// missing when there is no record (redis.Nil) or the key is not a hash (a
+// corrupt record, which must not stop the reads of the others); else err,
+// a failure to talk to Redis.
+func recordRead(err error) (missing bool, _ error) {
+	switch {
+	case err == nil:
+		return false, nil
+	case errors.Is(err, redis.Nil), isWrongType(err):
+		return true, nil
+	default:
+		return false, err
+	}
+}
+
 // InventoryPage lists at most limit certificates whose not-after falls in
 // [from, to) (to 0: no end), skipping the first offset index entries of that
 // range, with one pipelined HMGET of the fields it needs. more reports
@@ -89,7 +148,9 @@ func (s *Store) InventoryDigests(ctx context.Context, from, to, width int64) ([]
 // certificate (that one is listed under its own primary name).
 func (s *Store) InventoryPage(ctx context.Context, from, to, offset, limit int64) (entries []InventoryEntry, more bool, err error) {
 	var names []string
-	err = s.walkExpiry(ctx, from, to, offset, limit+1, func(page []redis.Z) error {
+	w := fromScore(from, to)
+	w.offset, w.limit, w.page = offset, limit+1, inventoryPage
+	err = s.walkExpiry(ctx, w, func(page []redis.Z) error {
 		for _, z := range page {
 			name, _ := z.Member.(string)
 			names = append(names, name)
@@ -103,66 +164,26 @@ func (s *Store) InventoryPage(ctx context.Context, from, to, offset, limit int64
 		names = names[:limit]
 	}
 	cmds := make([]*redis.SliceCmd, len(names))
-	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	// Each command's error is looked at below.
+	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, name := range names {
 			cmds[i] = p.HMGet(ctx, s.keys.Cert(name), "names", "fingerprint", "not_before", "not_after")
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, false, fmt.Errorf("listing the certificates: %w", err)
-	}
 	for i, cmd := range cmds {
+		missing, err := recordRead(cmd.Err())
+		if err != nil {
+			return nil, false, fmt.Errorf("listing the certificates: %w", err)
+		}
+		if missing {
+			continue
+		}
 		if e, ok := inventoryEntry(names[i], cmd.Val()); ok {
 			entries = append(entries, e)
 		}
 	}
 	return entries, more, nil
-}
-
-// walkExpiry calls fn with the entries of the expiry index scored in
-// [from, to) (to 0: no end), in order, a page at a time, after skipping
-// offset of them and up to limit (0: all). It walks by rank from the first
-// entry at from, so each page costs O(log n + page) whatever the ties.
-func (s *Store) walkExpiry(ctx context.Context, from, to, offset, limit int64, fn func([]redis.Z) error) error {
-	rank, err := s.rdb.ZCount(ctx, s.keys.Expiry(), "-inf", "("+strconv.FormatInt(from, 10)).Result()
-	if err != nil {
-		return err
-	}
-	rank += offset
-	for seen := int64(0); limit == 0 || seen < limit; {
-		size := int64(inventoryPage)
-		if limit > 0 {
-			size = min(size, limit-seen)
-		}
-		page, err := s.rdb.ZRangeWithScores(ctx, s.keys.Expiry(), rank, rank+size-1).Result()
-		if err != nil {
-			return err
-		}
-		end := len(page)
-		if to != 0 {
-			for end > 0 && int64(page[end-1].Score) >= to {
-				end--
-			}
-		}
-		// An entry below from moved in meanwhile (the index is not frozen):
-		// it belongs to another range.
-		kept := page[:end]
-		for len(kept) > 0 && int64(kept[0].Score) < from {
-			kept = kept[1:]
-		}
-		if len(kept) > 0 {
-			if err := fn(kept); err != nil {
-				return err
-			}
-		}
-		seen += int64(len(kept))
-		rank += int64(len(page))
-		if int64(len(page)) < size || end < len(page) {
-			return nil
-		}
-	}
-	return nil
 }
 
 // inventoryEntry decodes the HMGET of names, fingerprint, not_before and
@@ -204,17 +225,21 @@ func (s *Store) HeldVersions(ctx context.Context, names []string) ([]HeldVersion
 	for start := 0; start < len(names); start += inventoryPage {
 		page := names[start:min(start+inventoryPage, len(names))]
 		cmds := make([]*redis.SliceCmd, len(page))
-		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		// Each command's error is looked at below.
+		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, name := range page {
 				cmds[i] = p.HMGet(ctx, s.keys.Cert(name), "fingerprint", "not_before", "not_after", "issued_at")
 			}
 			return nil
 		})
-		if err != nil {
-			return nil, fmt.Errorf("reading the certificates held: %w", err)
-		}
 		for i, cmd := range cmds {
-			out[start+i] = heldVersion(cmd.Val())
+			missing, err := recordRead(cmd.Err())
+			if err != nil {
+				return nil, fmt.Errorf("reading the certificates held: %w", err)
+			}
+			if !missing {
+				out[start+i] = heldVersion(cmd.Val())
+			}
 		}
 	}
 	return out, nil

@@ -121,6 +121,17 @@ func TestInventoryDigestsSumUpWindows(t *testing.T) {
 			t.Errorf("window %d after a renewal in it: %+v, before %+v", i, renewed[i], got[i])
 		}
 	}
+	// Another certificate for the same name and not-after (another
+	// fingerprint) changes its window too.
+	if err := other.rdb.HSet(ctx, other.keys.Cert("n12.example.com"), "fingerprint", "ab12").Err(); err != nil {
+		t.Fatal(err)
+	}
+	refetched, _ := other.InventoryDigests(ctx, 1000, 0, 1000)
+	for i := range refetched {
+		if (refetched[i] == renewed[i]) == (i == 1) {
+			t.Errorf("window %d after another certificate in it: %+v, before %+v", i, refetched[i], renewed[i])
+		}
+	}
 	if _, err := st.InventoryDigests(ctx, 0, 0, 0); err == nil {
 		t.Error("a width of 0 was accepted")
 	}
@@ -178,5 +189,37 @@ func TestHeldVersionsReadsFingerprintsAndDates(t *testing.T) {
 	}
 	if got, err := st.HeldVersions(ctx, nil); err != nil || len(got) != 0 {
 		t.Errorf("no names: %v, %v", got, err)
+	}
+}
+
+// TestInventoryReadsGoPastARecordOfAnotherType: a certificate key that is
+// not a hash (a corrupt record) in the expiry index stops none of the
+// inventory's reads: the digests count it without a fingerprint, a page
+// leaves it out, and it is held as nothing valid.
+func TestInventoryReadsGoPastARecordOfAnotherType(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	rec := recordFrom(t, time.Now().Add(-time.Hour), "good.example.com")
+	if err := st.PutCert(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	bad := "bad.example.com"
+	if err := r.Client.Set(ctx, st.keys.Cert(bad), "not a hash", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Client.ZAdd(ctx, st.keys.Expiry(), redisZ(rec.NotAfter.Unix(), bad)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	windows, err := st.InventoryDigests(ctx, 0, 0, 1<<40)
+	if err != nil || len(windows) != 1 || windows[0].Count != 2 {
+		t.Errorf("digests: %+v, %v; want one window of 2", windows, err)
+	}
+	entries, more, err := st.InventoryPage(ctx, 0, 0, 0, 10)
+	if err != nil || more || len(entries) != 1 || entries[0].Name != "good.example.com" {
+		t.Errorf("page: %+v, %v, %v; want good.example.com alone", entries, more, err)
+	}
+	held, err := st.HeldVersions(ctx, []string{bad, "good.example.com"})
+	if err != nil || held[0].OK || held[1].Fingerprint != rec.Fingerprint {
+		t.Errorf("held: %+v, %v", held, err)
 	}
 }

@@ -3,8 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -51,52 +49,21 @@ func (s *Store) WalkCertsFrom(ctx context.Context, after string, until time.Time
 	})
 }
 
-// expiryPos is a place in the expiry index: its entries are ordered by
-// not-after, then by name.
-type expiryPos struct {
-	score float64
-	name  string
-}
-
-func (p expiryPos) before(z redis.Z) bool {
-	name, _ := z.Member.(string)
-	return p.score < z.Score || (p.score == z.Score && p.name < name)
-}
-
-// walkExpiryAfter reads the expiry index a page at a time from after up to the
-// score until, reads each page's records with read and calls fn for each.
-// Each page starts at the rank of the last entry seen (ZRANK, O(log n)), not
-// at an offset Redis would have to count up to, so a walk over a million
-// entries costs a million entries, not half a million pages of skipping.
-// Entries written or moved during the walk may be missed or seen twice.
+// walkExpiryAfter reads the expiry index a page at a time (walkExpiry) from
+// after ("": the first) up to the score until, reads each page's records
+// with read and calls fn for each.
 func (s *Store) walkExpiryAfter(ctx context.Context, after string, until time.Time, page int64,
 	read func(context.Context, []string) ([]CheckedRecord, error), fn func(CheckedRecord) error) error {
-	var pos *expiryPos
-	if after != "" {
-		score, err := s.rdb.ZScore(ctx, s.keys.Expiry(), after).Result()
-		switch {
-		case errors.Is(err, redis.Nil):
-			return fmt.Errorf("starting after %s: %w in the expiry index %s", after, ErrNotFound, s.keys.Expiry())
-		case err != nil:
-			return fmt.Errorf("reading the expiry index %s for %s: %w", s.keys.Expiry(), after, err)
-		}
-		pos = &expiryPos{score: score, name: after}
+	start, err := s.afterName(ctx, after)
+	if err != nil {
+		return err
 	}
-	for {
-		entries, err := s.expiryPage(ctx, pos, page)
-		if err != nil {
-			return fmt.Errorf("reading the expiry index %s: %w", s.keys.Expiry(), err)
-		}
-		names := make([]string, 0, len(entries))
-		for _, z := range entries {
-			if z.Score > float64(until.Unix()) {
-				break
-			}
-			name, _ := z.Member.(string)
-			names = append(names, name)
-		}
-		if len(names) == 0 {
-			return nil
+	end := float64(until.Unix())
+	w := expiryWalk{start: start, page: page, past: func(score float64) bool { return score > end }}
+	return s.walkExpiry(ctx, w, func(zs []redis.Z) error {
+		names := make([]string, len(zs))
+		for i, z := range zs {
+			names[i], _ = z.Member.(string)
 		}
 		checked, err := read(ctx, names)
 		if err != nil {
@@ -107,58 +74,8 @@ func (s *Store) walkExpiryAfter(ctx context.Context, after string, until time.Ti
 				return err
 			}
 		}
-		if len(names) < len(entries) || int64(len(entries)) < page {
-			return nil
-		}
-		last := entries[len(entries)-1]
-		pos = &expiryPos{score: last.Score, name: names[len(names)-1]}
-	}
-}
-
-// expiryPage returns up to n entries of the expiry index that come after
-// pos (nil: from the first), with their scores.
-func (s *Store) expiryPage(ctx context.Context, pos *expiryPos, n int64) ([]redis.Z, error) {
-	key := s.keys.Expiry()
-	start := int64(0)
-	if pos != nil {
-		var rank *redis.IntCmd
-		var score *redis.FloatCmd
-		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			rank = p.ZRank(ctx, key, pos.name)
-			score = p.ZScore(ctx, key, pos.name)
-			return nil
-		})
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return nil, err
-		}
-		if r, err := rank.Result(); err == nil && score.Val() == pos.score {
-			start = r + 1
-		} else {
-			// The last entry seen was removed or moved meanwhile: start at
-			// the first entry of its not-after and skip up to it below.
-			below, err := s.rdb.ZCount(ctx, key, "-inf", "("+strconv.FormatFloat(pos.score, 'f', -1, 64)).Result()
-			if err != nil {
-				return nil, err
-			}
-			start = below
-		}
-	}
-	for {
-		zs, err := s.rdb.ZRangeWithScores(ctx, key, start, start+n-1).Result()
-		if err != nil || pos == nil {
-			return zs, err
-		}
-		// Entries written before pos since its rank was read shift the
-		// page: drop what was already seen.
-		skip := 0
-		for skip < len(zs) && !pos.before(zs[skip]) {
-			skip++
-		}
-		if skip < len(zs) || int64(len(zs)) < n {
-			return zs[skip:], nil
-		}
-		start += n
-	}
+		return nil
+	})
 }
 
 // readSummaries reads the shown fields of the records stored under names in

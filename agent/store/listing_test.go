@@ -126,10 +126,11 @@ func TestListCertsPagesInIndexOrder(t *testing.T) {
 	}
 }
 
-// The last entry of a page removed or moved while the listing reads the
-// next page: the walk goes on from where it was, and no name comes twice.
+// The last entry of a page removed or moved, or an entry written before it,
+// while the listing reads the next page: the walk goes on from where it
+// was, and no name comes twice.
 func TestListCertsSurvivesTheCursorsEntryMoving(t *testing.T) {
-	for _, move := range []string{"removed", "moved"} {
+	for _, move := range []string{"removed", "moved", "written before"} {
 		t.Run(move, func(t *testing.T) {
 			st, _ := newStore(t)
 			want := storeMany(t, st, listPage+50, 3)
@@ -141,8 +142,11 @@ func TestListCertsSurvivesTheCursorsEntryMoving(t *testing.T) {
 				if c.Name != cursor {
 					return nil
 				}
-				if move == "removed" {
+				switch move {
+				case "removed":
 					return st.rdb.ZRem(ctx, st.keys.Expiry(), cursor).Err()
+				case "written before":
+					return st.rdb.ZAdd(ctx, st.keys.Expiry(), redis.Z{Score: 1, Member: "early.example.test"}).Err()
 				}
 				return st.rdb.ZAdd(ctx, st.keys.Expiry(), redis.Z{Score: 1, Member: cursor}).Err()
 			})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -14,13 +15,25 @@ const (
 	// ReasonSame: the record held for the primary name has the same
 	// fingerprint.
 	ReasonSame = "same"
-	// ReasonOlder: the record held for the primary name is not older (its
-	// not-before is the same or later).
+	// ReasonOlder: the record held for the primary name is not older (see
+	// Supersedes).
 	ReasonOlder = "older"
 	// ReasonTombstoned: the certificate was deleted here under one of its
 	// names.
 	ReasonTombstoned = "tombstoned"
 )
+
+// Supersedes reports whether the certificate with fingerprint and notBefore
+// replaces the one held (heldFingerprint, heldNotBefore): the later
+// not-before wins, and of two with the same not-before (two orders in one
+// second) the greater fingerprint, so that every site keeps the same one.
+// The same certificate does not supersede itself.
+func Supersedes(fingerprint string, notBefore time.Time, heldFingerprint string, heldNotBefore time.Time) bool {
+	if c := notBefore.Compare(heldNotBefore); c != 0 {
+		return c > 0
+	}
+	return fingerprint > heldFingerprint
+}
 
 // watchAttempts bounds how often a conditional write is tried again when a
 // concurrent write to a watched key made Redis drop its transaction.
@@ -29,7 +42,7 @@ const watchAttempts = 5
 // PutCertIfNewer stores rec like PutCert (every copy, the indexes, the
 // changes entries), but only when its fingerprint is not tombstoned under
 // any of its names and the record held for its primary name is missing,
-// corrupt or has an earlier not-before. Otherwise it stores nothing and
+// corrupt or is superseded by rec (Supersedes). Otherwise it stores nothing and
 // says why (ReasonSame, ReasonOlder, ReasonTombstoned). The check and the
 // write are one transaction: a record or a tombstone written in between
 // makes it look again.
@@ -59,7 +72,7 @@ func (s *Store) PutCertIfNewer(ctx context.Context, rec *CertRecord) (stored boo
 				case held.Fingerprint == rec.Fingerprint:
 					reason = ReasonSame
 					return nil
-				case !held.NotBefore.Before(rec.NotBefore):
+				case !Supersedes(rec.Fingerprint, rec.NotBefore, held.Fingerprint, held.NotBefore):
 					reason = ReasonOlder
 					return nil
 				}
@@ -83,27 +96,29 @@ func (s *Store) PutCertIfNewer(ctx context.Context, rec *CertRecord) (stored boo
 // either way, so that the certificate cannot come back here from another
 // site. The tombstone is kept under the held record's primary name until its
 // not-after; when this site does not hold the certificate, under name for
-// UnknownTombstoneLife (an existing tombstone of it keeps its time).
-func (s *Store) DeleteCertIfFingerprint(ctx context.Context, name, fingerprint string) (deleted bool, err error) {
+// UnknownTombstoneLife (an existing tombstone of it keeps its time), and
+// only while fewer than UnknownTombstoneRoom tombstones are live: a peer
+// could otherwise fill Redis with deletions of names never held here.
+// tombstoned reports whether fingerprint is tombstoned under name now.
+func (s *Store) DeleteCertIfFingerprint(ctx context.Context, name, fingerprint string) (deleted, tombstoned bool, err error) {
 	certKey := s.keys.Cert(name)
 	err = s.watchRetry(ctx, func(tx *redis.Tx) error {
-		deleted = false
-		f, err := tx.HGetAll(ctx, certKey).Result()
+		now := time.Now()
+		held, copies, err := s.heldWithFingerprint(ctx, tx, name, fingerprint)
 		if err != nil {
-			return fmt.Errorf("reading the record held: %w", err)
+			return err
 		}
-		var held *CertRecord
-		var copies []string
-		if len(f) > 0 {
-			// A corrupt record cannot be shown to have the fingerprint.
-			if rec, err := recordFromFields(f); err == nil && rec.Fingerprint == fingerprint && len(rec.Names) > 0 {
-				held = rec
-				if copies, err = s.matchingCopies(ctx, tx, rec, name); err != nil {
-					return err
-				}
+		if held == nil {
+			full, err := s.tombstonesFull(ctx, tx, now)
+			if err != nil {
+				return err
+			}
+			if full {
+				deleted = false
+				tombstoned, err = s.tombstoned(ctx, tx, fingerprint, []string{name})
+				return err
 			}
 		}
-		now := time.Now()
 		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			if held != nil {
 				s.queueCertDelete(ctx, p, held, copies)
@@ -113,13 +128,45 @@ func (s *Store) DeleteCertIfFingerprint(ctx context.Context, name, fingerprint s
 			}
 			return nil
 		})
-		deleted = err == nil && held != nil
+		deleted, tombstoned = err == nil && held != nil, err == nil
 		return err
 	}, certKey)
 	if err != nil {
-		return false, fmt.Errorf("deleting the certificate for %s: %w", name, err)
+		return false, false, fmt.Errorf("deleting the certificate for %s: %w", name, err)
 	}
-	return deleted, nil
+	return deleted, tombstoned, nil
+}
+
+// heldWithFingerprint returns the record held for name, and the names its
+// copies are under, if it has fingerprint (nil otherwise: a corrupt record
+// cannot be shown to have it).
+func (s *Store) heldWithFingerprint(ctx context.Context, tx *redis.Tx, name, fingerprint string) (*CertRecord, []string, error) {
+	f, err := tx.HGetAll(ctx, s.keys.Cert(name)).Result()
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the record held: %w", err)
+	}
+	if len(f) == 0 {
+		return nil, nil, nil
+	}
+	rec, err := recordFromFields(f)
+	if err != nil || rec.Fingerprint != fingerprint || len(rec.Names) == 0 {
+		return nil, nil, nil
+	}
+	copies, err := s.matchingCopies(ctx, tx, rec, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rec, copies, nil
+}
+
+// tombstonesFull reports whether UnknownTombstoneRoom tombstones are live
+// at now.
+func (s *Store) tombstonesFull(ctx context.Context, tx *redis.Tx, now time.Time) (bool, error) {
+	n, err := tx.ZCount(ctx, s.keys.Tombstones(), strconv.FormatInt(now.Unix(), 10), "+inf").Result()
+	if err != nil {
+		return false, fmt.Errorf("counting the tombstones: %w", err)
+	}
+	return n >= UnknownTombstoneRoom, nil
 }
 
 // watchRetry runs fn in a transaction that WATCHes keys, and runs it again

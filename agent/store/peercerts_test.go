@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -64,10 +65,21 @@ func TestPutCertIfNewer(t *testing.T) {
 		}
 		put(current, false, ReasonSame)
 		put(recordFrom(t, day.Add(-time.Hour), "a.example.com"), false, ReasonOlder)
-		// The same not-before is not newer either.
-		put(recordFrom(t, day, "a.example.com"), false, ReasonOlder)
 		if held("a.example.com") != current.Fingerprint {
 			t.Fatal("an older record replaced the newer one")
+		}
+		// Of two with the same not-before, the greater fingerprint wins,
+		// whichever comes first, so that every site keeps the same one.
+		tie := recordFrom(t, day, "a.example.com")
+		winner := max(tie.Fingerprint, current.Fingerprint)
+		if tie.Fingerprint == winner {
+			put(tie, true, "")
+			put(current, false, ReasonOlder)
+		} else {
+			put(tie, false, ReasonOlder)
+		}
+		if held("a.example.com") != winner {
+			t.Fatal("the same not-before: the smaller fingerprint is held")
 		}
 
 		newer := recordFrom(t, day.Add(time.Hour), "a.example.com", "b.example.com")
@@ -110,9 +122,9 @@ func TestDeleteCertIfFingerprint(t *testing.T) {
 
 	// Another fingerprint: kept, but that fingerprint is tombstoned, for a
 	// bounded while since its not-after is unknown here.
-	deleted, err := st.DeleteCertIfFingerprint(ctx, "b.example.com", other.Fingerprint)
-	if err != nil || deleted {
-		t.Fatalf("DeleteCertIfFingerprint(other) = %v, %v; want false", deleted, err)
+	deleted, tombstoned, err := st.DeleteCertIfFingerprint(ctx, "b.example.com", other.Fingerprint)
+	if err != nil || deleted || !tombstoned {
+		t.Fatalf("DeleteCertIfFingerprint(other) = %v, %v, %v; want not deleted, tombstoned", deleted, tombstoned, err)
 	}
 	if got, err := st.GetCert(ctx, "b.example.com"); err != nil || got.Fingerprint != rec.Fingerprint {
 		t.Fatalf("the held record changed: %v", err)
@@ -127,7 +139,7 @@ func TestDeleteCertIfFingerprint(t *testing.T) {
 	}
 	// Told again later: the tombstone keeps its time.
 	r.Client.ZAdd(ctx, st.keys.Tombstones(), redisZ(other.NotAfter.Unix(), member))
-	if _, err := st.DeleteCertIfFingerprint(ctx, "b.example.com", other.Fingerprint); err != nil {
+	if _, _, err := st.DeleteCertIfFingerprint(ctx, "b.example.com", other.Fingerprint); err != nil {
 		t.Fatal(err)
 	}
 	if got := r.Client.ZScore(ctx, st.keys.Tombstones(), member).Val(); got != float64(other.NotAfter.Unix()) {
@@ -136,9 +148,9 @@ func TestDeleteCertIfFingerprint(t *testing.T) {
 
 	// The held fingerprint, named through a secondary name: every copy goes,
 	// tombstoned under the primary name until the not-after.
-	deleted, err = st.DeleteCertIfFingerprint(ctx, "b.example.com", rec.Fingerprint)
-	if err != nil || !deleted {
-		t.Fatalf("DeleteCertIfFingerprint(held) = %v, %v; want true", deleted, err)
+	deleted, tombstoned, err = st.DeleteCertIfFingerprint(ctx, "b.example.com", rec.Fingerprint)
+	if err != nil || !deleted || !tombstoned {
+		t.Fatalf("DeleteCertIfFingerprint(held) = %v, %v, %v; want deleted and tombstoned", deleted, tombstoned, err)
 	}
 	for _, name := range rec.Names {
 		if _, err := st.GetCert(ctx, name); !errors.Is(err, ErrNotFound) {
@@ -156,10 +168,65 @@ func TestDeleteCertIfFingerprint(t *testing.T) {
 	}
 
 	// Nothing held at all.
-	if deleted, err := st.DeleteCertIfFingerprint(ctx, "z.example.com", rec.Fingerprint); err != nil || deleted {
+	if deleted, _, err := st.DeleteCertIfFingerprint(ctx, "z.example.com", rec.Fingerprint); err != nil || deleted {
 		t.Errorf("nothing held: %v, %v", deleted, err)
 	}
 	if ok, _ := st.Tombstoned(ctx, rec.Fingerprint, "z.example.com"); !ok {
 		t.Error("the fingerprint is not tombstoned under the name asked for")
 	}
+}
+
+// TestUnknownTombstonesAreBounded: deletions of certificates this site does
+// not hold (a peer can send them for any number of names) stop adding
+// tombstones once UnknownTombstoneRoom are live; a certificate held here is
+// still deleted and tombstoned, and expired tombstones make room again.
+func TestUnknownTombstonesAreBounded(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	until := time.Now().Add(time.Hour).Unix()
+	for start := 0; start < UnknownTombstoneRoom-1; start += 10_000 {
+		zs := make([]redis.Z, 0, 10_000)
+		for i := start; i < min(start+10_000, UnknownTombstoneRoom-1); i++ {
+			zs = append(zs, redisZ(until, fmt.Sprintf("%064x:n%d.example.com", i, i)))
+		}
+		if err := r.Client.ZAdd(ctx, st.keys.Tombstones(), zs...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fp := func(i int) string { return fmt.Sprintf("%064x", UnknownTombstoneRoom+i) }
+	del := func(name, fingerprint string, wantDeleted, wantTombstoned bool) {
+		t.Helper()
+		deleted, tombstoned, err := st.DeleteCertIfFingerprint(ctx, name, fingerprint)
+		if err != nil || deleted != wantDeleted || tombstoned != wantTombstoned {
+			t.Fatalf("DeleteCertIfFingerprint(%s) = %v, %v, %v; want %v, %v", name, deleted, tombstoned, err,
+				wantDeleted, wantTombstoned)
+		}
+	}
+	// The last room, then none: the set stays at the room.
+	del("u1.example.com", fp(1), false, true)
+	for i := 2; i < 50; i++ {
+		del(fmt.Sprintf("u%d.example.com", i), fp(i), false, false)
+	}
+	del("u1.example.com", fp(1), false, true) // already tombstoned
+	if n := r.Client.ZCard(ctx, st.keys.Tombstones()).Val(); n != UnknownTombstoneRoom {
+		t.Errorf("%d tombstones, want %d", n, UnknownTombstoneRoom)
+	}
+	// A certificate held here is deleted and tombstoned all the same.
+	rec := recordFrom(t, time.Now().Add(-time.Hour), "held.example.com")
+	if err := st.PutCert(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	del("held.example.com", rec.Fingerprint, true, true)
+	if dead, err := st.Tombstoned(ctx, rec.Fingerprint, "held.example.com"); err != nil || !dead {
+		t.Errorf("the held certificate's tombstone: %v, %v", dead, err)
+	}
+	// Expired tombstones do not count: two expire (the held one took one
+	// more place), and there is room again.
+	for i := range 2 {
+		member := fmt.Sprintf("%064x:n%d.example.com", i, i)
+		if err := r.Client.ZAdd(ctx, st.keys.Tombstones(), redisZ(time.Now().Add(-time.Hour).Unix(), member)).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	del("u2.example.com", fp(2), false, true)
 }

@@ -187,19 +187,37 @@ func (s *Store) Reschedule(ctx context.Context, name string, next time.Time) err
 // certificate stored under it is indexed under another (primary) name: an
 // entry left behind when a certificate's primary name changed.
 func (s *Store) UnscheduleSecondary(ctx context.Context, name string) error {
-	certKey := s.keys.Cert(name)
-	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+	return s.unscheduleUnless(ctx, name, func(tx *redis.Tx, certKey string) (bool, error) {
 		names, err := tx.HGet(ctx, certKey, "names").Result()
 		if errors.Is(err, redis.Nil) {
-			return nil // gone: Unschedule's case
+			return true, nil // gone: Unschedule's case
 		}
-		if err != nil {
+		// Kept when it is the primary after all.
+		return err != nil || strings.SplitN(names, ",", 2)[0] == name, err
+	})
+}
+
+// Unschedule removes name from the renewal schedule if no certificate is
+// stored under it (checked in the same transaction, so a certificate written
+// meanwhile keeps its place).
+func (s *Store) Unschedule(ctx context.Context, name string) error {
+	return s.unscheduleUnless(ctx, name, func(tx *redis.Tx, certKey string) (bool, error) {
+		n, err := tx.Exists(ctx, certKey).Result()
+		return err != nil || n != 0, err
+	})
+}
+
+// unscheduleUnless removes name from the renewal schedule unless keep, which
+// reads the certificate key in the transaction that WATCHes it, says it
+// stays. A write to the key meanwhile leaves the schedule as it is: the
+// next check looks again.
+func (s *Store) unscheduleUnless(ctx context.Context, name string, keep func(*redis.Tx, string) (bool, error)) error {
+	certKey := s.keys.Cert(name)
+	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+		if kept, err := keep(tx, certKey); kept || err != nil {
 			return err
 		}
-		if strings.SplitN(names, ",", 2)[0] == name {
-			return nil // primary after all
-		}
-		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		_, err := tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			s.dropSchedule(ctx, p, name)
 			return nil
 		})
@@ -217,28 +235,6 @@ func (s *Store) dropSchedule(ctx context.Context, p redis.Pipeliner, name string
 	p.ZRem(ctx, s.keys.Renewals(), name)
 	p.ZRem(ctx, s.keys.RenewalFailures(), name)
 	p.Del(ctx, s.keys.Renewal(name))
-}
-
-// Unschedule removes name from the renewal schedule if no certificate is
-// stored under it (checked in the same transaction, so a certificate written
-// meanwhile keeps its place).
-func (s *Store) Unschedule(ctx context.Context, name string) error {
-	certKey := s.keys.Cert(name)
-	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
-		n, err := tx.Exists(ctx, certKey).Result()
-		if err != nil || n != 0 {
-			return err
-		}
-		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			s.dropSchedule(ctx, p, name)
-			return nil
-		})
-		return err
-	}, certKey)
-	if err != nil && !errors.Is(err, redis.TxFailedErr) {
-		return fmt.Errorf("unscheduling %s: %w", name, err)
-	}
-	return nil
 }
 
 // FailingRenewals returns the names whose last renewal failed, most recent

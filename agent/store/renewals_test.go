@@ -158,3 +158,39 @@ func TestClaimDueGivesAnEntryToOneCaller(t *testing.T) {
 		t.Errorf("the claim does not run out: %v", later)
 	}
 }
+
+// TestUnscheduleKeepsWhatIsStored: Unschedule drops a schedule entry only
+// when no certificate is stored under the name, UnscheduleSecondary only
+// when the one stored there is indexed under another (primary) name.
+func TestUnscheduleKeepsWhatIsStored(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Second)
+	putTestCert(t, st, now, "p.example.com", "s.example.com")
+	// Schedule entries for a secondary name and for a name never stored.
+	for _, name := range []string{"s.example.com", "gone.example.com"} {
+		if err := r.Client.ZAdd(ctx, st.Keys().Renewals(), redisZ(now.Unix(), name)).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scheduled := func(name string) bool {
+		return r.Client.ZScore(ctx, st.Keys().Renewals(), name).Err() == nil
+	}
+	for _, name := range []string{"p.example.com", "s.example.com", "gone.example.com"} {
+		if err := st.UnscheduleSecondary(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !scheduled("p.example.com") || scheduled("s.example.com") || !scheduled("gone.example.com") {
+		t.Errorf("after UnscheduleSecondary: primary %v, secondary %v, gone %v; want true, false, true",
+			scheduled("p.example.com"), scheduled("s.example.com"), scheduled("gone.example.com"))
+	}
+	for _, name := range []string{"p.example.com", "gone.example.com"} {
+		if err := st.Unschedule(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !scheduled("p.example.com") || scheduled("gone.example.com") {
+		t.Errorf("after Unschedule: stored %v, gone %v; want true, false", scheduled("p.example.com"), scheduled("gone.example.com"))
+	}
+}

@@ -15,6 +15,15 @@ import (
 // it), so its not-after is unknown: the longest validity a public CA issues.
 const UnknownTombstoneLife = 398 * 24 * time.Hour
 
+// UnknownTombstoneRoom is how many live tombstones this site keeps before it
+// stops tombstoning certificates it does not hold (a deletion a peer sent
+// first, or a peer's tombstone in an inventory): those cost Redis for 398
+// days, and a peer could send them for any number of names. Past it, such a
+// certificate can still come back from a site that missed the deletion, until
+// the next inventory exchange with the site that deleted it (which keeps its
+// own tombstone) deletes it here. About 150 bytes each: 15 MB.
+const UnknownTombstoneRoom = 100_000
+
 // Tombstone is a certificate deleted or revoked at this site (or at a peer
 // site, and so here too): no peer push and no inventory exchange may store
 // it again until Until, its not-after.

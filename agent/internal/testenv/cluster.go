@@ -14,7 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// redisNode is one redis-server process of a Cluster or Sentinel setup.
+// redisNode is one redis-server process: a Redis, or one of a Cluster or Sentinel setup.
 type redisNode struct {
 	Addr string
 	port int

@@ -3,12 +3,8 @@ package testenv
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -20,12 +16,9 @@ type Redis struct {
 	URL    string // redis://127.0.0.1:port/0
 	Client *redis.Client
 
-	t     testing.TB
-	bin   string
-	dir   string
-	port  int
-	extra []string
-	cmd   *exec.Cmd
+	t    testing.TB
+	bin  string
+	node *redisNode
 }
 
 // StartRedis starts a redis-server with no persistence on a free port.
@@ -38,8 +31,10 @@ func StartRedis(t testing.TB) *Redis {
 // across Stop and Start (e.g. "--appendonly", "yes" to survive a restart).
 func StartRedisArgs(t testing.TB, extra ...string) *Redis {
 	t.Helper()
-	r := &Redis{t: t, bin: Require(t, "redis-server"), dir: t.TempDir(), port: FreePort(t), extra: extra}
-	r.Addr = "127.0.0.1:" + strconv.Itoa(r.port)
+	port := FreePort(t)
+	r := &Redis{t: t, bin: Require(t, "redis-server"),
+		node: &redisNode{Addr: "127.0.0.1:" + strconv.Itoa(port), port: port, dir: t.TempDir(), args: extra}}
+	r.Addr = r.node.Addr
 	r.URL = "redis://" + r.Addr + "/0"
 	r.Start()
 	r.Client = redis.NewClient(&redis.Options{Addr: r.Addr, ContextTimeoutEnabled: true})
@@ -53,38 +48,13 @@ func StartRedisArgs(t testing.TB, extra ...string) *Redis {
 // Start starts the server again after Stop (or the first time).
 func (r *Redis) Start() {
 	r.t.Helper()
-	if r.cmd != nil {
-		return
-	}
-	logFile, err := os.OpenFile(filepath.Join(r.dir, "redis.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	// Later arguments win, so extra can override the defaults.
-	cmd := exec.Command(r.bin, append([]string{
-		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.dir,
-		"--daemonize", "no", "--protected-mode", "no"}, r.extra...)...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		r.t.Fatalf("starting redis-server: %v", err)
-	}
-	r.cmd = cmd
-	if err := WaitTCP(r.Addr, 10*time.Second); err != nil {
-		r.Stop()
-		r.t.Fatalf("redis-server: %v (log in %s)", err, r.dir)
+	if r.node.cmd == nil {
+		r.node.start(r.t, r.bin)
 	}
 }
 
 // Stop kills the server; connections to Addr are refused until Start.
-func (r *Redis) Stop() {
-	if r.cmd == nil {
-		return
-	}
-	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
-	r.cmd = nil
-}
+func (r *Redis) Stop() { r.node.stop() }
 
 // CommandCalls returns how many times Redis has run cmd (lowercase, e.g. "xadd")
 // since start or the last CONFIG RESETSTAT, from INFO commandstats.
