@@ -79,6 +79,14 @@ type Renewer struct {
 	work context.Context
 
 	inFlight claimSet
+	// slots holds one token per renewal running (Workers at most), across
+	// looks at the schedule: a look does not wait for the renewals of the
+	// one before, so one renewal stuck on a CA that does not answer (until
+	// its request's or its order's timeout) holds one worker, not the
+	// schedule.
+	slots chan struct{}
+	// running counts the renewals started and not yet ended.
+	running sync.WaitGroup
 }
 
 // NewRenewer returns a Renewer for cfg.
@@ -116,7 +124,7 @@ func NewRenewer(cfg RenewerConfig) *Renewer {
 	if cfg.ClaimFor <= 0 {
 		cfg.ClaimFor = 10 * time.Minute
 	}
-	return &Renewer{cfg: cfg}
+	return &Renewer{cfg: cfg, slots: make(chan struct{}, cfg.Workers)}
 }
 
 // Run looks at the schedule until ctx ends, then lets running renewals
@@ -132,6 +140,7 @@ func (r *Renewer) Run(ctx context.Context) error {
 	go func() {
 		defer close(done)
 		r.loop(ctx)
+		r.running.Wait()
 	}()
 	<-ctx.Done()
 	select {
@@ -163,7 +172,7 @@ func (r *Renewer) loop(ctx context.Context) {
 			}
 			filled = true
 		}
-		n, err := r.Pass(r.work)
+		n, err := r.dispatch(r.work)
 		if err != nil {
 			r.wait(ctx, pause.Next(), "reading the renewal schedule", err)
 			continue
@@ -173,6 +182,11 @@ func (r *Renewer) loop(ctx context.Context) {
 			continue // more are due
 		}
 		sleep := r.cfg.Interval
+		if len(r.slots) > 0 {
+			// A renewal still running may reschedule its name sooner (a
+			// failure's pause) than the schedule says now.
+			sleep = min(sleep, busyLook)
+		}
 		if next, err := st.NextRenewals(ctx, 1); err == nil && len(next) == 1 {
 			// The score is in whole seconds: wake just after it.
 			if d := next[0].NotAfter.Add(time.Second).Sub(r.cfg.Clock.Now()); d < sleep {
@@ -182,6 +196,9 @@ func (r *Renewer) loop(ctx context.Context) {
 		after = r.sleep(ctx, sleep, after)
 	}
 }
+
+// busyLook is the longest the loop sleeps while renewals run.
+const busyLook = time.Second
 
 func (r *Renewer) wait(ctx context.Context, d time.Duration, what string, err error) {
 	if ctx.Err() != nil {
@@ -196,16 +213,31 @@ func (r *Renewer) wait(ctx context.Context, d time.Duration, what string, err er
 
 // Pass looks once at every name whose scheduled time has come (at most
 // Batch of them), renewing those that are due, and returns how many it
-// looked at. It returns an error only when the schedule cannot be read.
+// looked at once every renewal it started has ended. It returns an error
+// only when the schedule cannot be read.
 func (r *Renewer) Pass(ctx context.Context) (int, error) {
+	n, err := r.dispatch(ctx)
+	r.running.Wait()
+	return n, err
+}
+
+// dispatch starts a renewal for each name whose scheduled time has come (at
+// most Batch of them) as soon as a worker is free, and returns how many it
+// looked at without waiting for them to end: the loop's next look finds
+// the workers still busy and the names they hold claimed (ClaimDue moves
+// them ahead by ClaimFor), so it takes the next ones.
+func (r *Renewer) dispatch(ctx context.Context) (int, error) {
 	due, err := r.cfg.Manager.cfg.Store.RenewalDue(ctx, r.cfg.Clock.Now(), r.cfg.Batch)
 	if err != nil {
 		return 0, err
 	}
-	sem := make(chan struct{}, r.cfg.Workers)
-	var wg sync.WaitGroup
+	looked := len(due)
 	for _, e := range due {
 		if !r.inFlight.claim(e.Name) {
+			// Still being renewed here (its renewal put it back in the
+			// schedule as it ended): not counted, so that a batch of such
+			// names does not read as "more are due" again and again.
+			looked--
 			continue
 		}
 		// Of the fleet's agents that read this entry, one looks at it.
@@ -213,22 +245,27 @@ func (r *Renewer) Pass(ctx context.Context) (int, error) {
 		if !ok || err != nil {
 			r.inFlight.release(e.Name)
 			if err != nil {
-				wg.Wait()
 				return 0, err
 			}
 			continue
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(name string) {
-			defer func() { <-sem; wg.Done(); r.inFlight.release(name) }()
-			if _, _, err := r.look(ctx, name, false); err != nil && ctx.Err() == nil {
-				r.cfg.Logger.Error("renewal check", "name", name, "error", err)
-			}
-		}(e.Name)
+		r.slots <- struct{}{}
+		r.running.Add(1)
+		go r.renewDue(ctx, e.Name)
 	}
-	wg.Wait()
-	return len(due), nil
+	return looked, nil
+}
+
+// renewDue looks at one claimed due name in a worker's slot.
+func (r *Renewer) renewDue(ctx context.Context, name string) {
+	defer func() {
+		<-r.slots
+		r.inFlight.release(name)
+		r.running.Done()
+	}()
+	if _, _, err := r.look(ctx, name, false); err != nil && ctx.Err() == nil {
+		r.cfg.Logger.Error("renewal check", "name", name, "error", err)
+	}
 }
 
 // Outcome says what RenewName did.

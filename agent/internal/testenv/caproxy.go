@@ -68,6 +68,8 @@ type CAProxy struct {
 	hangEnd       chan struct{}
 	requests      atomic.Int64
 	newOrderCalls atomic.Int64
+
+	guard pebbleGuard
 }
 
 // ProxyOrder is one order seen by the proxy.
@@ -181,6 +183,7 @@ func (cp *CAProxy) serve(next http.Handler) func(http.ResponseWriter, *http.Requ
 			cp.writeProblem(w, p)
 			return
 		}
+		defer cp.guard.enter(r.URL.Path)()
 		next.ServeHTTP(w, r)
 	}
 }
