@@ -265,3 +265,28 @@ func TestHungRedisIsTriedOnceASecond(t *testing.T) {
 			handshakes, slow, len(tries), bound, strings.Join(tries, "\n"))
 	}
 }
+
+// TestBriefRedisStallIsNoOutage: a Redis that stalls for less than a second
+// (CLIENT PAUSE for 400 ms, longer than read_timeout) while the changes poll
+// reads from it starts no outage: a timer keeps no visitor waiting and waits
+// for the reply, so the worker's handshakes go on asking Redis.
+func TestBriefRedisStallIsNoOutage(t *testing.T) {
+	e := startWith(t, testenv.NginxOptions{LuaConfig: map[string]string{"changes_interval": "0.1"}})
+	e.waitChangesRead()
+	offset := e.nginx.ErrorLogSize()
+	// Polled every 100 ms: a poll is in flight during the pause.
+	if err := e.redis.Client.Do(context.Background(), "CLIENT", "PAUSE", "400", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond)
+	l := newLeaf(t, "stall.outage.test", []string{"stall.outage.test"}, time.Now().Add(24*time.Hour))
+	e.store("stall.outage.test", l)
+	e.waitChangesRead() // polls after the pause
+	if log := strings.Join(e.nginx.ErrorLogSince(offset), "\n"); strings.Contains(log, "timed out") ||
+		strings.Contains(log, "cannot be reached") {
+		t.Errorf("a stall of 400 ms was taken for an outage:\n%s", log)
+	}
+	if got := e.mustHandshake("stall.outage.test"); got.SerialNumber.Cmp(l.cert.SerialNumber) != 0 {
+		t.Errorf("after the stall stall.outage.test got %q, want its stored certificate", got.Subject.CommonName)
+	}
+}

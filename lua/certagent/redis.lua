@@ -19,6 +19,7 @@ local rawget = rawget
 local require = require
 local tostring = tostring
 local floor = math.floor
+local max = math.max
 local min = math.min
 local md5 = ngx.md5
 local get_phase = ngx.get_phase
@@ -32,6 +33,13 @@ local _M = { _VERSION = "0.1.0" }
 local REQUEST_RETRY = 1 -- s between two tries of handshakes and requests
 local RETRY_FIRST = 1   -- s from the first failure to the timers' next try
 local RETRY_MAX = 30    -- s between two tries of the timers at most
+-- ms a timer's command may take to be answered, at least. read_timeout is
+-- what a visitor's handshake may wait; a timer (the changes poll, the
+-- requests stream, the name index) keeps no visitor waiting, and its
+-- timeout starts an outage for every handshake of the worker: a Redis that
+-- stalls for a few hundred milliseconds (a fork for a snapshot, a slow
+-- command, a busy host) is not unreachable.
+local TIMER_READ_TIMEOUT = 1000
 
 -- This worker's outage: nil while Redis answers, else { since, skipped,
 -- request_at, timer_at, delay }: when a handshake or request may try next,
@@ -167,8 +175,12 @@ function _M.connect(cfg, ungated)
     -- rawget: lua-resty-redis turns any unknown method name into a Redis
     -- command, so "red.set_timeouts" is never nil. Before 0.28 (Debian's
     -- nginx.redis is 0.27) only set_timeout exists.
+    local read_timeout = cfg.read_timeout
+    if get_phase() == "timer" then
+        read_timeout = max(read_timeout, TIMER_READ_TIMEOUT)
+    end
     if has_set_timeouts then
-        red:set_timeouts(cfg.connect_timeout, cfg.read_timeout, cfg.read_timeout)
+        red:set_timeouts(cfg.connect_timeout, read_timeout, read_timeout)
     else
         red:set_timeout(cfg.connect_timeout)
     end
@@ -186,7 +198,7 @@ function _M.connect(cfg, ungated)
         return nil, err
     end
     if not has_set_timeouts then
-        red:set_timeout(cfg.read_timeout)
+        red:set_timeout(read_timeout)
     end
 
     local reused = red:get_reused_times()
