@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -56,6 +57,11 @@ func startWaitSeeded(t *testing.T, luaConfig map[string]string, extra string, se
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The tests count how waits end: a handshake's command that outlasts the
+	// default read_timeout (200 ms) on a loaded machine would start an outage
+	// and end a wait early. A second holds; a test may set its own.
+	config := map[string]string{"read_timeout": "1000"}
+	maps.Copy(config, luaConfig)
 	r := testenv.StartRedis(t)
 	prefix := "wt" + strconv.Itoa(os.Getpid()%1000) + ":"
 	e := &env{t: t, redis: r, prefix: prefix, schema: schema}
@@ -66,7 +72,7 @@ func startWaitSeeded(t *testing.T, luaConfig map[string]string, extra string, se
 		RedisURL:  r.URL,
 		KeyPrefix: prefix,
 		Env:       map[string]string{"CERTAGENT_NODE": testNode},
-		LuaConfig: luaConfig,
+		LuaConfig: config,
 		HTTPServerExtra: "include " + filepath.Join(testenv.RepoRoot(), "nginx", "certagent-status.conf") + ";\n" +
 			statsLocation + extra,
 		WorkerConnections: 1024,
