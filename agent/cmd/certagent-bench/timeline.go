@@ -71,6 +71,14 @@ func (w *traceWriter) close() error {
 type agentEvent struct {
 	requested, issued time.Time
 	took              time.Duration
+	// steps is the agent's "entry handled" trace: each step's time, by
+	// label (a step met several times, such as a poll, summed), in order.
+	steps []step
+}
+
+type step struct {
+	label string
+	took  time.Duration
 }
 
 // timeline splits the time from first ClientHello to verified certificate
@@ -122,7 +130,57 @@ func timeline(args []string) error {
 		sort.Slice(values[i], func(a, b int) bool { return values[i][a] < values[i][b] })
 		fmt.Printf("| %s | %.0f | %.0f |\n", s.label, percentile(values[i], 0.50), percentile(values[i], 0.95))
 	}
+	printSteps(traces, events)
 	return nil
+}
+
+// printSteps prints the p50 and p95 of each step of the agent's work on the
+// traced names (its "entry handled" lines), in the order the steps come.
+func printSteps(traces []traceLine, events map[string]agentEvent) {
+	var labels []string
+	values := map[string][]time.Duration{}
+	for _, t := range traces {
+		for _, st := range events[t.Name].steps {
+			if _, ok := values[st.label]; !ok {
+				labels = append(labels, st.label)
+			}
+			values[st.label] = append(values[st.label], st.took)
+		}
+	}
+	if len(labels) == 0 {
+		return
+	}
+	fmt.Println("\nThe agent's steps, from the worker taking the entry (ms; a repeated step summed per name):")
+	fmt.Println()
+	fmt.Println("| step | names | p50 ms | p95 ms |")
+	fmt.Println("|---|---|---|---|")
+	for _, l := range labels {
+		v := values[l]
+		sort.Slice(v, func(a, b int) bool { return v[a] < v[b] })
+		fmt.Printf("| %s | %d | %.1f | %.1f |\n", l, len(v), percentile(v, 0.50), percentile(v, 0.95))
+	}
+}
+
+// parseSteps reads a trace logged as "label:ms,label:ms", summing a label's
+// repeats.
+func parseSteps(v string) []step {
+	var out []step
+	at := map[string]int{}
+	for _, part := range strings.Split(v, ",") {
+		label, ms, ok := strings.Cut(part, ":")
+		f, err := strconv.ParseFloat(ms, 64)
+		if !ok || err != nil {
+			continue
+		}
+		d := time.Duration(f * float64(time.Millisecond))
+		if i, seen := at[label]; seen {
+			out[i].took += d
+			continue
+		}
+		at[label] = len(out)
+		out = append(out, step{label: label, took: d})
+	}
+	return out
 }
 
 func readTrace(path string) ([]traceLine, error) {
@@ -156,6 +214,14 @@ func readAgentLog(path string) (map[string]agentEvent, error) {
 	for sc.Scan() {
 		line := sc.Text()
 		requested := strings.Contains(line, `msg="name requested"`)
+		if strings.Contains(line, `msg="entry handled"`) {
+			e := events[logField(line, "name")]
+			if e.steps == nil { // the first entry of the name counts
+				e.steps = parseSteps(logField(line, "stages"))
+			}
+			events[logField(line, "name")] = e
+			continue
+		}
 		if !requested && !strings.Contains(line, `msg="certificate issued"`) {
 			continue
 		}
