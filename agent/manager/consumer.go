@@ -397,12 +397,26 @@ func (c *Consumer) gate(ctx context.Context, log *slog.Logger, req store.Request
 // no usable certificate, a CA is up, and the DNS pre-flight passes. It
 // marks the name as being issued, for nginx to hold its first handshake.
 func (c *Consumer) orderable(ctx context.Context, log *slog.Logger, req store.Request, name string) (ack, pass bool) {
+	// From here an order runs unless a check below says otherwise: nginx may
+	// hold the name's first handshake for it. The mark comes first: nginx
+	// holds a handshake for an unmarked name only for a short grace, and
+	// each check below is a round trip to Redis; every check that stops the
+	// order clears the mark or turns it to refused.
+	if err := c.cfg.Store.MarkIssuing(ctx, name); err != nil {
+		log.Warn("marking the name as being issued", "error", err)
+	}
+	stages.Mark(ctx, "mark")
 	need, err := c.cfg.Manager.NeedsCertificate(ctx, name)
 	stages.Mark(ctx, "stored_cert")
 	if err != nil {
 		return c.retryLater(log, "checking the stored certificate failed", err), false
 	}
 	if !need {
+		// nginx reads the mark only when it finds no certificate: this one
+		// is for a name whose certificate it has not seen yet.
+		if err := c.cfg.Store.ClearIssuing(ctx, name); err != nil {
+			log.Warn("clearing the issuing mark", "error", err)
+		}
 		return true, false
 	}
 	// With every CA down the name waits for one, without an order.
@@ -414,12 +428,6 @@ func (c *Consumer) orderable(ctx context.Context, log *slog.Logger, req store.Re
 	if outage != nil {
 		return c.waitForCA(ctx, log, req, name, outage), false
 	}
-	// From here an order runs unless a check below says otherwise: nginx may
-	// hold the name's first handshake for it.
-	if err := c.cfg.Store.MarkIssuing(ctx, name); err != nil {
-		log.Warn("marking the name as being issued", "error", err)
-	}
-	stages.Mark(ctx, "mark")
 	if c.cfg.Preflight == nil {
 		return false, true
 	}

@@ -6,6 +6,7 @@ package main
 // memory. No Redis, no nginx, no agent: what the CA allows.
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -27,6 +28,7 @@ import (
 	"github.com/go-acme/lego/v4/acme/api"
 
 	"github.com/certagent/certagent/agent/internal/backoff"
+	"github.com/certagent/certagent/agent/internal/stages"
 )
 
 func legoBaseline(args []string) error {
@@ -80,11 +82,21 @@ func legoBaseline(args []string) error {
 		return err
 	}
 
+	var mu sync.Mutex
+	steps := map[string]agentEvent{}
 	r := inParallel(*pattern, 0, *count, *parallel, func(n string) nameTiming {
 		start := time.Now()
-		err := legoOrder(core, n, &answers)
+		ctx, trace := stages.With(context.Background())
+		err := legoOrder(ctx, core, n, &answers)
+		mu.Lock()
+		steps[n] = agentEvent{steps: parseSteps(trace.LogValue().String())}
+		mu.Unlock()
 		return nameTiming{real: err == nil, elapsed: time.Since(start), lastErr: err}
 	})
+	// The same steps as the agent's (certagent-bench timeline), to compare
+	// each ACME request's time in the same run.
+	fmt.Fprintln(os.Stderr, "bare lego's steps:")
+	printSteps(os.Stderr, names(*pattern, *count), steps)
 	r.Scenario, r.Parallel = *name, *parallel
 	if *jsonOut {
 		return json.NewEncoder(os.Stdout).Encode(r)
@@ -99,13 +111,15 @@ func legoBaseline(args []string) error {
 
 // legoOrder orders one certificate for name: new order, each authorization
 // by HTTP-01, finalize with a new P-256 key, download.
-func legoOrder(core *api.Core, name string, answers *sync.Map) error {
+func legoOrder(ctx context.Context, core *api.Core, name string, answers *sync.Map) error {
 	order, err := core.Orders.New([]string{name})
+	stages.Mark(ctx, "new_order")
 	if err != nil {
 		return fmt.Errorf("new order for %s: %w", name, err)
 	}
 	for _, authzURL := range order.Authorizations {
 		authz, err := core.Authorizations.Get(authzURL)
+		stages.Mark(ctx, "authz_read")
 		if err != nil {
 			return err
 		}
@@ -124,14 +138,17 @@ func legoOrder(core *api.Core, name string, answers *sync.Map) error {
 		}
 		answers.Store(chall.Token, keyAuth)
 		defer answers.Delete(chall.Token)
+		stages.Mark(ctx, "answer")
 		if _, err := core.Challenges.New(chall.URL); err != nil {
 			return fmt.Errorf("starting validation of %s: %w", name, err)
 		}
+		stages.Mark(ctx, "validate")
 	}
 	// The order, not each authorization, is polled until it is ready, as
 	// certagent's client does: one request follows all the authorizations.
 	if err := shortPolls(func() (bool, error) {
 		o, err := core.Orders.Get(order.Location)
+		stages.Mark(ctx, "poll_ready")
 		if err == nil && o.Status == acme.StatusInvalid {
 			err = fmt.Errorf("order for %s invalid: %w", name, o.Err())
 		}
@@ -148,13 +165,16 @@ func legoOrder(core *api.Core, name string, answers *sync.Map) error {
 	if err != nil {
 		return err
 	}
+	stages.Mark(ctx, "key")
 	final, err := core.Orders.UpdateForCSR(order.Finalize, csr)
+	stages.Mark(ctx, "finalize")
 	if err != nil {
 		return fmt.Errorf("finalizing %s: %w", name, err)
 	}
 	if final.Status != acme.StatusValid {
 		if err := shortPolls(func() (bool, error) {
 			final, err = core.Orders.Get(order.Location)
+			stages.Mark(ctx, "poll_valid")
 			if err == nil && final.Status == acme.StatusInvalid {
 				err = fmt.Errorf("order for %s invalid", name)
 			}
@@ -164,6 +184,7 @@ func legoOrder(core *api.Core, name string, answers *sync.Map) error {
 		}
 	}
 	_, _, err = core.Certificates.Get(final.Certificate, true)
+	stages.Mark(ctx, "download")
 	return err
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strconv"
@@ -130,17 +131,32 @@ func timeline(args []string) error {
 		sort.Slice(values[i], func(a, b int) bool { return values[i][a] < values[i][b] })
 		fmt.Printf("| %s | %.0f | %.0f |\n", s.label, percentile(values[i], 0.50), percentile(values[i], 0.95))
 	}
-	printSteps(traces, events)
+	fmt.Println("\nThe agent's steps, from the worker taking the entry (ms; a repeated step summed per name):")
+	var traced []string
+	for _, t := range traces {
+		traced = append(traced, t.Name)
+	}
+	printSteps(os.Stdout, traced, events)
 	return nil
 }
 
-// printSteps prints the p50 and p95 of each step of the agent's work on the
-// traced names (its "entry handled" lines), in the order the steps come.
-func printSteps(traces []traceLine, events map[string]agentEvent) {
+// names are the names of pattern, from 0 to count-1.
+func names(pattern string, count int) []string {
+	out := make([]string, count)
+	for i := range out {
+		out[i] = fmt.Sprintf(pattern, i)
+	}
+	return out
+}
+
+// printSteps prints to w the p50 and p95 of each step of the work on the
+// given names (the agent's "entry handled" lines), in the order the steps
+// come.
+func printSteps(w io.Writer, traced []string, events map[string]agentEvent) {
 	var labels []string
 	values := map[string][]time.Duration{}
-	for _, t := range traces {
-		for _, st := range events[t.Name].steps {
+	for _, n := range traced {
+		for _, st := range events[n].steps {
 			if _, ok := values[st.label]; !ok {
 				labels = append(labels, st.label)
 			}
@@ -150,14 +166,13 @@ func printSteps(traces []traceLine, events map[string]agentEvent) {
 	if len(labels) == 0 {
 		return
 	}
-	fmt.Println("\nThe agent's steps, from the worker taking the entry (ms; a repeated step summed per name):")
-	fmt.Println()
-	fmt.Println("| step | names | p50 ms | p95 ms |")
-	fmt.Println("|---|---|---|---|")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| step | names | p50 ms | p95 ms |")
+	fmt.Fprintln(w, "|---|---|---|---|")
 	for _, l := range labels {
 		v := values[l]
 		sort.Slice(v, func(a, b int) bool { return v[a] < v[b] })
-		fmt.Printf("| %s | %d | %.1f | %.1f |\n", l, len(v), percentile(v, 0.50), percentile(v, 0.95))
+		fmt.Fprintf(w, "| %s | %d | %.1f | %.1f |\n", l, len(v), percentile(v, 0.50), percentile(v, 0.95))
 	}
 }
 
