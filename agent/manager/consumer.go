@@ -311,7 +311,9 @@ func (c *Consumer) handle(ctx context.Context, req store.Request) {
 		// The steps' times, for the benchmark's timeline.
 		var trace *stages.Trace
 		ctx, trace = stages.With(ctx)
-		defer func() { log.Debug("entry handled", "stages", trace) }()
+		defer func() {
+			log.Debug("entry handled", "started", trace.Start().UTC().Format(time.RFC3339Nano), "stages", trace)
+		}()
 	}
 	if !c.decide(ctx, log, req) {
 		return

@@ -34,6 +34,9 @@ func With(ctx context.Context) (context.Context, *Trace) {
 	return context.WithValue(ctx, traceKey{}, t), t
 }
 
+// Start is when the trace began.
+func (t *Trace) Start() time.Time { return t.start }
+
 // Mark notes that the step label ended now, in the trace ctx carries (none:
 // nothing happens).
 func Mark(ctx context.Context, label string) {
