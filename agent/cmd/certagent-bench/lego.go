@@ -83,30 +83,7 @@ func legoBaseline(args []string) error {
 		return err
 	}
 
-	var mu sync.Mutex
-	steps := map[string]agentEvent{}
-	// Once an order has failed (Pebble's lock cycle hangs every request
-	// after it) the names left are not ordered: the round is void anyway.
-	var failed atomic.Bool
-	r := inParallel(*pattern, 0, *count, *parallel, func(n string) nameTiming {
-		if failed.Load() {
-			return nameTiming{lastErr: errors.New("not ordered: an order before failed")}
-		}
-		start := time.Now()
-		ctx, trace := stages.With(context.Background())
-		err := legoOrder(ctx, core, n, &answers)
-		if err != nil {
-			failed.Store(true)
-		}
-		mu.Lock()
-		steps[n] = agentEvent{steps: parseSteps(trace.LogValue().String())}
-		mu.Unlock()
-		return nameTiming{real: err == nil, elapsed: time.Since(start), lastErr: err}
-	})
-	// The same steps as the agent's (certagent-bench timeline), to compare
-	// each ACME request's time in the same run.
-	fmt.Fprintln(os.Stderr, "bare lego's steps:")
-	printSteps(os.Stderr, names(*pattern, *count), steps)
+	r := legoOrders(core, &answers, *pattern, *count, *parallel)
 	r.Scenario, r.Parallel = *name, *parallel
 	if *jsonOut {
 		return json.NewEncoder(os.Stdout).Encode(r)
@@ -117,6 +94,36 @@ func legoBaseline(args []string) error {
 		fmt.Println("  first failure:", r.FirstFailed)
 	}
 	return nil
+}
+
+// legoOrders orders a certificate for each of count names, parallel at
+// once, and prints the steps of the orders to stderr: the same steps as the
+// agent's (certagent-bench timeline), to compare each ACME request's time in
+// the same run.
+func legoOrders(core *api.Core, answers *sync.Map, pattern string, count, parallel int) firstResult {
+	var mu sync.Mutex
+	steps := map[string]agentEvent{}
+	// Once an order has failed (Pebble's lock cycle hangs every request
+	// after it) the names left are not ordered: the round is void anyway.
+	var failed atomic.Bool
+	r := inParallel(pattern, 0, count, parallel, func(n string) nameTiming {
+		if failed.Load() {
+			return nameTiming{lastErr: errors.New("not ordered: an order before failed")}
+		}
+		start := time.Now()
+		ctx, trace := stages.With(context.Background())
+		err := legoOrder(ctx, core, n, answers)
+		if err != nil {
+			failed.Store(true)
+		}
+		mu.Lock()
+		steps[n] = agentEvent{steps: parseSteps(trace.LogValue().String())}
+		mu.Unlock()
+		return nameTiming{real: err == nil, elapsed: time.Since(start), lastErr: err}
+	})
+	fmt.Fprintln(os.Stderr, "bare lego's steps:")
+	printSteps(os.Stderr, names(pattern, count), steps)
+	return r
 }
 
 // legoOrder orders one certificate for name: new order, each authorization
