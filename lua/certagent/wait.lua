@@ -257,7 +257,10 @@ local function listen()
         end
         last = woken_by(reply, last)
     end
-    redis.release(cfg, red)
+    -- Closed, not pooled: a blocking read ends with Redis's own reply when
+    -- its time is up, even while Redis takes no command (CLIENT PAUSE), so it
+    -- must not count as Redis answering again (certagent.redis).
+    redis.discard(red)
     return true
 end
 
