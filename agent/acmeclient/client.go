@@ -243,6 +243,10 @@ func httpClient(rootFiles []string) (*http.Client, error) {
 	transport.DialContext = (&net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	transport.TLSHandshakeTimeout = TLSHandshakeTimeout
 	transport.ResponseHeaderTimeout = ResponseHeaderTimeout
+	// Orders run many at once against one CA (manager.Concurrency, up to 32
+	// by default): Go keeps 2 idle connections per host otherwise, and every
+	// other request would open a new TLS connection.
+	transport.MaxIdleConnsPerHost = MaxIdleConnsPerCA
 	return &http.Client{Transport: transport, Timeout: RequestTimeout}, nil
 }
 
@@ -254,6 +258,10 @@ const (
 	TLSHandshakeTimeout   = 5 * time.Second
 	ResponseHeaderTimeout = 15 * time.Second
 	RequestTimeout        = 30 * time.Second
+	// MaxIdleConnsPerCA is how many idle connections to a CA are kept for
+	// the next requests (HTTP/1.1; over HTTP/2 one connection carries them
+	// all).
+	MaxIdleConnsPerCA = 64
 )
 
 // LoadCARoots returns the system roots plus the certificates of the given PEM

@@ -17,6 +17,7 @@ import (
 	"github.com/go-acme/lego/v4/challenge"
 
 	"github.com/certagent/certagent/agent/internal/backoff"
+	"github.com/certagent/certagent/agent/internal/stages"
 )
 
 // Obtain orders one certificate for names (the first is the subject) with a
@@ -65,6 +66,7 @@ func (c *Client) runOrder(ctx context.Context, names []string, opts OrderOptions
 		journal = noJournal{}
 	}
 	resumed, key, err := c.resume(ctx, names, journal)
+	stages.Mark(ctx, "journal_read")
 	if err != nil {
 		return nil, err
 	}
@@ -72,12 +74,14 @@ func (c *Client) runOrder(ctx context.Context, names []string, opts OrderOptions
 		return c.complete(ctx, names, *resumed, key, journal)
 	}
 	order, err := c.newOrder(ctx, names, opts)
+	stages.Mark(ctx, "new_order")
 	if err != nil {
 		return nil, err
 	}
 	if err := journal.Record(ctx, c.pendingOrder(order, names, "", nil)); err != nil {
 		return nil, err
 	}
+	stages.Mark(ctx, "journal_write")
 	return c.complete(ctx, names, order, nil, journal)
 }
 
@@ -129,6 +133,7 @@ func (c *Client) complete(ctx context.Context, names []string, order acme.Extend
 			if err := journal.Record(ctx, c.pendingOrder(order, names, c.cfg.KeyType, key)); err != nil {
 				return nil, err
 			}
+			stages.Mark(ctx, "key")
 		}
 		csr, err := newCSR(names, key)
 		if err != nil {
@@ -142,6 +147,7 @@ func (c *Client) complete(ctx context.Context, names []string, order acme.Extend
 		}
 		finalized.Location = order.Location
 		order = finalized
+		stages.Mark(ctx, "finalize")
 	}
 	if order.Status != acme.StatusValid {
 		var err error
@@ -153,6 +159,7 @@ func (c *Client) complete(ctx context.Context, names []string, order acme.Extend
 		chain, _, err := c.core.Certificates.Get(order.Certificate, true)
 		return chain, err
 	})
+	stages.Mark(ctx, "download")
 	if err != nil {
 		return nil, fmt.Errorf("downloading the certificate: %w", err)
 	}
@@ -204,6 +211,7 @@ func (c *Client) authorizeAll(ctx context.Context, order acme.ExtendedOrder) err
 	}
 	err := poll(ctx, first, c.cfg.MaxPoll, func() (bool, error) {
 		o, err := withContext(ctx, func() (acme.ExtendedOrder, error) { return c.core.Orders.Get(order.Location) })
+		stages.Mark(ctx, "poll_ready")
 		if err != nil {
 			return false, fmt.Errorf("authorizing %s: polling the order: %w", started[0].domain, err)
 		}
@@ -232,6 +240,7 @@ type startedAuthz struct {
 // authorization is valid already.
 func (c *Client) startAuthz(ctx context.Context, authzURL string) (*startedAuthz, error) {
 	authz, err := withContext(ctx, func() (acme.Authorization, error) { return c.core.Authorizations.Get(authzURL) })
+	stages.Mark(ctx, "authz_read")
 	if err != nil {
 		return nil, fmt.Errorf("reading authorization: %w", err)
 	}
@@ -266,6 +275,7 @@ func (c *Client) startAuthz(ctx context.Context, authzURL string) (*startedAuthz
 	if err := solver.Present(domain, chall.Token, keyAuth); err != nil {
 		return nil, fmt.Errorf("authorizing %s: presenting the %s answer: %w", domain, challType, err)
 	}
+	stages.Mark(ctx, "answer")
 	if challType == "dns-01" {
 		err := c.waitTXT(ctx, domain, keyAuth)
 		// The DNS provider's time, not the CA's (manager.Concurrency).
@@ -286,6 +296,7 @@ func (c *Client) startAuthz(ctx context.Context, authzURL string) (*startedAuthz
 		if d, err := api.ParseRetryAfter(resp.RetryAfter); err == nil && d > 0 {
 			a.retryAfter = min(d, 30*time.Second)
 		}
+		stages.Mark(ctx, "validate")
 	}
 	return a, nil
 }
@@ -320,6 +331,7 @@ func (c *Client) waitOrder(ctx context.Context, orderURL string) (acme.ExtendedO
 	var final acme.ExtendedOrder
 	err := poll(ctx, c.cfg.FirstPoll, c.cfg.MaxPoll, func() (bool, error) {
 		order, err := withContext(ctx, func() (acme.ExtendedOrder, error) { return c.core.Orders.Get(orderURL) })
+		stages.Mark(ctx, "poll_valid")
 		if err != nil {
 			return false, fmt.Errorf("polling the order: %w", err)
 		}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/net/publicsuffix"
 
 	"github.com/certagent/certagent/agent/acmeclient"
+	"github.com/certagent/certagent/agent/internal/stages"
 	"github.com/certagent/certagent/agent/store"
 )
 
@@ -188,6 +189,7 @@ func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order 
 		return nil, err
 	}
 	res, err := b.reserve(ctx, now, prio, certs)
+	stages.Mark(ctx, "budgets")
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/backoff"
 	"github.com/certagent/certagent/agent/internal/clock"
+	"github.com/certagent/certagent/agent/internal/stages"
 	"github.com/certagent/certagent/agent/names"
 	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
@@ -306,9 +307,18 @@ func (c *Consumer) retryLater(log *slog.Logger, what string, err error) (ack boo
 // short by shutdown or by Redis, in which case it stays pending.
 func (c *Consumer) handle(ctx context.Context, req store.Request) {
 	log := c.cfg.Logger.With("name", req.Name, "node", req.Node, "entry", req.ID)
+	if log.Enabled(ctx, slog.LevelDebug) {
+		// The steps' times, for the benchmark's timeline.
+		var trace *stages.Trace
+		ctx, trace = stages.With(ctx)
+		defer func() {
+			log.Debug("entry handled", "started", trace.Start().UTC().Format(time.RFC3339Nano), "stages", trace)
+		}()
+	}
 	if !c.decide(ctx, log, req) {
 		return
 	}
+	defer stages.Mark(ctx, "ack")
 	if err := c.cfg.Store.Ack(ctx, c.cfg.Group, req.ID); err != nil {
 		// Left pending: handled again later, which finds the work done.
 		c.retryLater(log, "acknowledging the entry failed", err)
@@ -324,6 +334,7 @@ func (c *Consumer) handle(ctx context.Context, req store.Request) {
 // done with (acknowledged) or stays pending.
 func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Request) (ack bool) {
 	name, failure, ack, pass := c.gate(ctx, log, req)
+	stages.Mark(ctx, "gate")
 	if !pass {
 		return ack
 	}
@@ -388,25 +399,36 @@ func (c *Consumer) gate(ctx context.Context, log *slog.Logger, req store.Request
 // no usable certificate, a CA is up, and the DNS pre-flight passes. It
 // marks the name as being issued, for nginx to hold its first handshake.
 func (c *Consumer) orderable(ctx context.Context, log *slog.Logger, req store.Request, name string) (ack, pass bool) {
+	// From here an order runs unless a check below says otherwise: nginx may
+	// hold the name's first handshake for it. The mark comes first: nginx
+	// holds a handshake for an unmarked name only for a short grace, and
+	// each check below is a round trip to Redis; every check that stops the
+	// order clears the mark or turns it to refused.
+	if err := c.cfg.Store.MarkIssuing(ctx, name); err != nil {
+		log.Warn("marking the name as being issued", "error", err)
+	}
+	stages.Mark(ctx, "mark")
 	need, err := c.cfg.Manager.NeedsCertificate(ctx, name)
+	stages.Mark(ctx, "stored_cert")
 	if err != nil {
 		return c.retryLater(log, "checking the stored certificate failed", err), false
 	}
 	if !need {
+		// nginx reads the mark only when it finds no certificate: this one
+		// is for a name whose certificate it has not seen yet.
+		if err := c.cfg.Store.ClearIssuing(ctx, name); err != nil {
+			log.Warn("clearing the issuing mark", "error", err)
+		}
 		return true, false
 	}
 	// With every CA down the name waits for one, without an order.
 	outage, err := c.cfg.Manager.CAsDown(ctx)
+	stages.Mark(ctx, "ca_state")
 	if err != nil {
 		return c.retryLater(log, "reading the state of the CAs failed", err), false
 	}
 	if outage != nil {
 		return c.waitForCA(ctx, log, req, name, outage), false
-	}
-	// From here an order runs unless a check below says otherwise: nginx may
-	// hold the name's first handshake for it.
-	if err := c.cfg.Store.MarkIssuing(ctx, name); err != nil {
-		log.Warn("marking the name as being issued", "error", err)
 	}
 	if c.cfg.Preflight == nil {
 		return false, true
@@ -445,6 +467,7 @@ func (c *Consumer) outcome(ctx context.Context, log *slog.Logger, req store.Requ
 		if err := st.ClearIssuing(ctx, name); err != nil {
 			log.Warn("clearing the issuing mark", "error", err)
 		}
+		stages.Mark(ctx, "unmark")
 	case errors.Is(err, store.ErrLockHeld) && c.cfg.Manager.releasingLease(name):
 		// This agent's own lease, from an order Redis cut short: free as soon
 		// as Redis takes its release, so the entry is taken up again soon.

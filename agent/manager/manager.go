@@ -13,6 +13,7 @@ import (
 
 	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/clock"
+	"github.com/certagent/certagent/agent/internal/stages"
 	"github.com/certagent/certagent/agent/names"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
@@ -238,6 +239,7 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 	}
 	primary := names[0]
 	l, err := m.lease(ctx, primary)
+	stages.Mark(ctx, "lease")
 	if err != nil {
 		return nil, err
 	}
@@ -388,7 +390,9 @@ func (m *Manager) storeIssued(ctx context.Context, l *heldLease, primary string,
 	rec.CA = issuer.DirectoryURL()
 	rec.CertURL = cert.CertURL
 	rec.IssuedAt = m.cfg.Clock.Now()
-	if err := l.lock.PutCert(ctx, rec); err != nil {
+	err = l.lock.PutCert(ctx, rec)
+	stages.Mark(ctx, "cert_write")
+	if err != nil {
 		if !errors.Is(err, store.ErrFenced) {
 			err = fmt.Errorf("%w: %w", ErrInterrupted, err)
 		}
@@ -450,6 +454,7 @@ func (m *Manager) obtain(ctx context.Context, issuer Issuer, names []string, opt
 	if m.cfg.Concurrency != nil {
 		ctx = acmeclient.WithAnswerTime(ctx)
 		done, waitErr := m.cfg.Concurrency.acquireSlot(ctx)
+		stages.Mark(ctx, "slot")
 		if waitErr != nil {
 			return nil, fmt.Errorf("waiting for a free order slot for %s: %w", names[0], waitErr)
 		}

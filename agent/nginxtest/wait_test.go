@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -647,5 +648,67 @@ func TestWaitConfiguration(t *testing.T) {
 		if !strings.HasPrefix(lines[i], w) {
 			t.Errorf("case %d: %q, want %q...", i, lines[i], w)
 		}
+	}
+}
+
+// TestWaitFollowsTheChangesStream: a held handshake gets its certificate as
+// soon as the agent's changes entry for it arrives (the worker follows the
+// stream with a blocking read while it holds handshakes), not at the poll
+// after the write; once the issuing mark is seen the polls are spaced out.
+// Eight names held at once, each stored at its own moment: with polls alone
+// (every 250 ms once issuing) a handshake would end about 125 ms after its
+// store on average; followed, a few milliseconds.
+func TestWaitFollowsTheChangesStream(t *testing.T) {
+	e := startWait(t, map[string]string{"first_handshake_wait": "10"}, "")
+	const n = 8
+	var wg sync.WaitGroup
+	delays := make([]time.Duration, n)
+	errs := make([]error, n)
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("follow%d.wait.test", i)
+		l := newLeaf(t, name, []string{name}, time.Now().Add(24*time.Hour))
+		e.mark(name, "issuing")
+		wg.Add(2)
+		var storedAt time.Time
+		stored := make(chan struct{})
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(900+97*i) * time.Millisecond)
+			storedAt = time.Now()
+			errs[i] = e.agentStores(name, l)
+			close(stored)
+		}()
+		go func() {
+			defer wg.Done()
+			c, err := e.handshake(name)
+			ended := time.Now()
+			<-stored
+			switch {
+			case err != nil:
+				errs[i] = err
+			case !c.Equal(l.cert):
+				errs[i] = fmt.Errorf("%s got %q, want its certificate", name, c.Subject.CommonName)
+			}
+			delays[i] = ended.Sub(storedAt)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	sorted := append([]time.Duration(nil), delays...)
+	sort.Slice(sorted, func(a, b int) bool { return sorted[a] < sorted[b] })
+	if median := sorted[n/2]; median > 60*time.Millisecond {
+		t.Errorf("handshakes ended %v after their certificates were stored (median %s); want them served on the changes entry",
+			delays, median)
+	}
+	// Polls once issuing: every 250 ms at most, not every 50 ms (about 25
+	// per name over 0.9 to 1.6 s).
+	got := e.wantCounters("after the held handshakes", map[string]float64{waits: n, waitCert: n, waitDeadline: 0,
+		"certagent_nginx_fallback_total": 0})
+	if got[polls] > n*15 {
+		t.Errorf("%s = %v for %d names held 0.9 to 1.6 s: the polls were not spaced out", polls, got[polls], n)
 	}
 }

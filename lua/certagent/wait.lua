@@ -20,10 +20,21 @@
 -- Redis (the mark and the certificate records in one round trip), the others
 -- wait on a semaphore for its result. The first poll comes after about as
 -- long as the agent took to answer the worker's last waits (from 2 to
--- 25 ms), then the pause doubles up to 200 ms: a refusal, which the agent
+-- 25 ms), then the pause doubles up to 50 ms: a refusal, which the agent
 -- writes a millisecond or two after the name reaches it, ends the wait as
--- soon as it is there. Everything yields (ngx.sleep, ngx.semaphore): the worker
--- goes on serving other connections meanwhile.
+-- soon as it is there.
+--
+-- The certificate itself is not waited for by polling: while a worker holds
+-- handshakes, one light thread of it follows the changes stream with a
+-- blocking read (XREAD BLOCK, the command certagent.changes reads it with),
+-- and the agent's entry for a stored certificate wakes the poller of that
+-- name (or, for a wildcard, of the names under it) at once. Once the agent's
+-- "issuing" mark is seen, a poller followed so polls only every 250 ms, for
+-- a refusal (a failed order) or the case the stream cannot tell: a lost
+-- connection, an entry trimmed before it was read. When the stream cannot be
+-- followed, the polls go on every 50 ms as before. Everything yields
+-- (ngx.semaphore, the blocking read): the worker goes on serving other
+-- connections meanwhile.
 --
 -- A handshake whose client goes away while it is held can be ended by nginx
 -- without the rest of its Lua running, so nothing here relies on code after
@@ -34,15 +45,20 @@ local ngx = ngx
 local semaphore = require("ngx.semaphore")
 local stats = require("certagent.stats")
 local rules = require("certagent.rules")
+local redis = require("certagent.redis")
+local names = require("certagent.names")
+local key_builder = require("certagent.keys")
 
 local log = ngx.log
 local ERR = ngx.ERR
 local shared = ngx.shared
-local sleep = ngx.sleep
 local now = ngx.now
 local update_time = ngx.update_time
+local timer_at = ngx.timer.at
+local exiting = ngx.worker.exiting
 local pcall = pcall
 local pairs = pairs
+local next = next
 local type = type
 local tostring = tostring
 local sub = string.sub
@@ -55,7 +71,11 @@ local _M = { _VERSION = "0.1.0" }
 local FIRST_MIN = 0.002      -- s before the first poll of a wait, at least
 local FIRST_MAX = 0.025      -- s before the first poll, at most
 local MAX_INTERVAL = 0.05    -- s between later polls: a certificate is served within 50 ms of its write
+local FOLLOWED_INTERVAL = 0.25 -- s between polls once issuing, while the changes stream wakes the poller
 local SLACK = 1              -- s past a wait's deadline before it is taken for abandoned
+local LISTEN_BLOCK = 1000    -- ms one blocking read of the changes stream waits at most
+local LISTEN_BATCH = 100     -- changes entries read at once
+local LISTEN_RETRY = 1       -- s after a failed read before the stream is followed again
 
 -- The marks, as the lookups report them: "issuing", "refused", "none" (no
 -- key), "error" (Redis refused the GET: the ACL lacks it), or nil when the
@@ -63,7 +83,7 @@ local SLACK = 1              -- s past a wait's deadline before it is taken for 
 local ISSUING, REFUSED, NONE, ERROR = "issuing", "refused", "none", "error"
 _M.ISSUING, _M.REFUSED, _M.NONE, _M.ERROR = ISSUING, REFUSED, NONE, ERROR
 
-local cfg, poll
+local cfg, poll, keys
 local overrun -- s a poll may take: connect and read timeouts
 
 -- This worker's held handshakes: token -> the time from which it no longer
@@ -90,6 +110,7 @@ end
 function _M.init(config, poll_fn)
     cfg = config
     poll = poll_fn
+    keys = key_builder.new(cfg.key_prefix)
     overrun = (cfg.connect_timeout + cfg.read_timeout) / 1000
     return true
 end
@@ -168,10 +189,125 @@ local function prune(t)
     end
 end
 
+-- The follower of the changes stream: whether its light thread runs,
+-- whether it has the stream in hand (the polls of an issuing name may then
+-- be spaced), and when it may start again after a failure.
+local following, followed, follow_after = false, false, 0
+local follow_error_logged = false
+
+-- wake has the poller of wait w poll at once.
+local function wake(w)
+    if w and w.nudge:count() <= 0 then
+        w.nudge:post(1)
+    end
+end
+
+-- woken wakes the waits a stored or deleted record concerns: the name's
+-- own, or for a wildcard record those of the names under it.
+local function woken(name)
+    if sub(name, 1, 2) ~= "*." then
+        return wake(waits[name])
+    end
+    local parent = sub(name, 3)
+    for held, w in pairs(waits) do
+        if names.parent(held) == parent then
+            wake(w)
+        end
+    end
+end
+
+-- woken_by wakes the waits of the names in an XREAD reply and returns the
+-- ID to read after.
+local function woken_by(reply, last)
+    if type(reply) ~= "table" or type(reply[1]) ~= "table" then
+        return last -- null: the read's time ran out
+    end
+    local entries = reply[1][2]
+    for i = 1, #entries do
+        local fields = entries[i][2]
+        for j = 1, #fields - 1, 2 do
+            if fields[j] == "name" then
+                woken(fields[j + 1])
+            end
+        end
+        last = entries[i][1]
+    end
+    return last
+end
+
+-- listen follows the changes stream with blocking reads while this worker
+-- holds a wait. It returns true once there is none left, or nil, the error
+-- and what the read returned (nil: no answer; false: an error reply).
+local function listen()
+    local red, err = redis.connect(cfg)
+    if not red then
+        return nil, err, nil
+    end
+    red:set_timeout(LISTEN_BLOCK + cfg.read_timeout)
+    followed = true
+    -- "$": what is added from now on. A certificate stored before the first
+    -- read is found by the waits' own polls.
+    local key, last = keys:changes(), "$"
+    while next(waits) and not exiting() do
+        local reply
+        reply, err = red:xread("COUNT", LISTEN_BATCH, "BLOCK", LISTEN_BLOCK, "STREAMS", key, last)
+        if not reply then
+            redis.drop(cfg, red, reply, err)
+            return nil, err, reply
+        end
+        last = woken_by(reply, last)
+    end
+    -- Closed, not pooled: a blocking read ends with Redis's own reply when
+    -- its time is up, even while Redis takes no command (CLIENT PAUSE), so it
+    -- must not count as Redis answering again (certagent.redis).
+    redis.discard(red)
+    return true
+end
+
+local start_following
+
+local function follow_changes(premature)
+    if premature then
+        following = false
+        return
+    end
+    local ok, done, err = pcall(listen)
+    following, followed = false, false
+    if not ok or not done then
+        follow_after = clock() + LISTEN_RETRY
+        if not follow_error_logged and not redis.down() then
+            follow_error_logged = true
+            log(ERR, "certagent: following the changes stream ", keys:changes(), " for held handshakes: ",
+                tostring(ok and err or done), "; their certificates are polled for every ",
+                MAX_INTERVAL * 1000, " ms instead")
+        end
+        return
+    end
+    follow_error_logged = false
+    -- A wait may have begun while the last read was ending.
+    start_following()
+end
+
+-- start_following starts the follower of the changes stream unless it runs
+-- or failed less than LISTEN_RETRY ago.
+start_following = function()
+    if following or exiting() or not next(waits) or clock() < follow_after then
+        return
+    end
+    local ok, err = timer_at(0, follow_changes)
+    if not ok then
+        follow_after = clock() + LISTEN_RETRY
+        log(ERR, "certagent: cannot follow the changes stream for held handshakes: ", err)
+        return
+    end
+    following = true
+end
+
 -- run polls Redis for name until its certificate is there or the wait is
--- over; mark is what the handshake's own lookup read (nil: not read). It
--- returns the entry or nil, and how the wait ended.
-local function run(name, mark, started)
+-- over; mark is what the handshake's own lookup read (nil: not read), w
+-- the shared wait, whose nudge the follower of the changes stream posts.
+-- It returns the entry or nil, and how the wait ended.
+local function run(name, mark, started, w)
     local deadline = started + cfg.first_handshake_wait
     local grace_end = min(started + cfg.first_handshake_grace, deadline)
     local seen = mark == ISSUING
@@ -189,8 +325,8 @@ local function run(name, mark, started)
                 end
                 return nil, "deadline"
             end
-            sleep(max(0.001, min(interval, limit - t)))
-            interval = min(interval * 2, MAX_INTERVAL)
+            w.nudge:wait(max(0.001, min(interval, limit - t)))
+            interval = min(interval * 2, (seen and followed) and FOLLOWED_INTERVAL or MAX_INTERVAL)
         end
         due = false
         stats.incr("wait_polls")
@@ -232,10 +368,12 @@ local function share(name, mark, t)
         w.waiters = w.waiters - 1
         return nil, "deadline"
     end
-    w = { sema = semaphore.new(0), waiters = 0, ends = t + cfg.first_handshake_wait + overrun + SLACK }
+    w = { sema = semaphore.new(0), nudge = semaphore.new(0), waiters = 0,
+          ends = t + cfg.first_handshake_wait + overrun + SLACK }
     waits[name] = w
     stats.incr("wait_pollers")
-    local ok, entry, result = pcall(run, name, mark, t)
+    start_following()
+    local ok, entry, result = pcall(run, name, mark, t, w)
     if not ok then
         log(ERR, "certagent: waiting for the certificate of ", name, ": ", tostring(entry))
         entry, result = nil, "error"

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -89,8 +90,18 @@ func first(args []string) error {
 	if err != nil {
 		return err
 	}
+	// Once a name went without a certificate for the whole deadline (the CA
+	// hung), the names left are not tried: the run is void anyway, and it is
+	// said within one deadline instead of one per name.
+	var timedOut atomic.Bool
 	r := inParallel(*pattern, *start, *count, *parallel, func(n string) nameTiming {
+		if timedOut.Load() {
+			return nameTiming{lastErr: errors.New("not tried: a name before got no certificate")}
+		}
 		t := untilVerified(*addr, n, cfg, roots, *deadline, *retry)
+		if !t.real {
+			timedOut.Store(true)
+		}
 		trace.add(n, t)
 		return t
 	})

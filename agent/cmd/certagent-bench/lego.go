@@ -6,6 +6,7 @@ package main
 // memory. No Redis, no nginx, no agent: what the CA allows.
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -21,12 +22,14 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-acme/lego/v4/acme"
 	"github.com/go-acme/lego/v4/acme/api"
 
 	"github.com/certagent/certagent/agent/internal/backoff"
+	"github.com/certagent/certagent/agent/internal/stages"
 )
 
 func legoBaseline(args []string) error {
@@ -62,7 +65,7 @@ func legoBaseline(args []string) error {
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+	client := &http.Client{Timeout: legoWait, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots}, MaxIdleConnsPerHost: *parallel}}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -80,11 +83,7 @@ func legoBaseline(args []string) error {
 		return err
 	}
 
-	r := inParallel(*pattern, 0, *count, *parallel, func(n string) nameTiming {
-		start := time.Now()
-		err := legoOrder(core, n, &answers)
-		return nameTiming{real: err == nil, elapsed: time.Since(start), lastErr: err}
-	})
+	r := legoOrders(core, &answers, *pattern, *count, *parallel)
 	r.Scenario, r.Parallel = *name, *parallel
 	if *jsonOut {
 		return json.NewEncoder(os.Stdout).Encode(r)
@@ -97,15 +96,47 @@ func legoBaseline(args []string) error {
 	return nil
 }
 
+// legoOrders orders a certificate for each of count names, parallel at
+// once, and prints the steps of the orders to stderr: the same steps as the
+// agent's (certagent-bench timeline), to compare each ACME request's time in
+// the same run.
+func legoOrders(core *api.Core, answers *sync.Map, pattern string, count, parallel int) firstResult {
+	var mu sync.Mutex
+	steps := map[string]agentEvent{}
+	// Once an order has failed (Pebble's lock cycle hangs every request
+	// after it) the names left are not ordered: the round is void anyway.
+	var failed atomic.Bool
+	r := inParallel(pattern, 0, count, parallel, func(n string) nameTiming {
+		if failed.Load() {
+			return nameTiming{lastErr: errors.New("not ordered: an order before failed")}
+		}
+		start := time.Now()
+		ctx, trace := stages.With(context.Background())
+		err := legoOrder(ctx, core, n, answers)
+		if err != nil {
+			failed.Store(true)
+		}
+		mu.Lock()
+		steps[n] = agentEvent{steps: parseSteps(trace.LogValue().String())}
+		mu.Unlock()
+		return nameTiming{real: err == nil, elapsed: time.Since(start), lastErr: err}
+	})
+	fmt.Fprintln(os.Stderr, "bare lego's steps:")
+	printSteps(os.Stderr, names(pattern, count), steps)
+	return r
+}
+
 // legoOrder orders one certificate for name: new order, each authorization
 // by HTTP-01, finalize with a new P-256 key, download.
-func legoOrder(core *api.Core, name string, answers *sync.Map) error {
+func legoOrder(ctx context.Context, core *api.Core, name string, answers *sync.Map) error {
 	order, err := core.Orders.New([]string{name})
+	stages.Mark(ctx, "new_order")
 	if err != nil {
 		return fmt.Errorf("new order for %s: %w", name, err)
 	}
 	for _, authzURL := range order.Authorizations {
 		authz, err := core.Authorizations.Get(authzURL)
+		stages.Mark(ctx, "authz_read")
 		if err != nil {
 			return err
 		}
@@ -124,14 +155,17 @@ func legoOrder(core *api.Core, name string, answers *sync.Map) error {
 		}
 		answers.Store(chall.Token, keyAuth)
 		defer answers.Delete(chall.Token)
+		stages.Mark(ctx, "answer")
 		if _, err := core.Challenges.New(chall.URL); err != nil {
 			return fmt.Errorf("starting validation of %s: %w", name, err)
 		}
+		stages.Mark(ctx, "validate")
 	}
 	// The order, not each authorization, is polled until it is ready, as
 	// certagent's client does: one request follows all the authorizations.
 	if err := shortPolls(func() (bool, error) {
 		o, err := core.Orders.Get(order.Location)
+		stages.Mark(ctx, "poll_ready")
 		if err == nil && o.Status == acme.StatusInvalid {
 			err = fmt.Errorf("order for %s invalid: %w", name, o.Err())
 		}
@@ -148,13 +182,16 @@ func legoOrder(core *api.Core, name string, answers *sync.Map) error {
 	if err != nil {
 		return err
 	}
+	stages.Mark(ctx, "key")
 	final, err := core.Orders.UpdateForCSR(order.Finalize, csr)
+	stages.Mark(ctx, "finalize")
 	if err != nil {
 		return fmt.Errorf("finalizing %s: %w", name, err)
 	}
 	if final.Status != acme.StatusValid {
 		if err := shortPolls(func() (bool, error) {
 			final, err = core.Orders.Get(order.Location)
+			stages.Mark(ctx, "poll_valid")
 			if err == nil && final.Status == acme.StatusInvalid {
 				err = fmt.Errorf("order for %s invalid", name)
 			}
@@ -164,18 +201,23 @@ func legoOrder(core *api.Core, name string, answers *sync.Map) error {
 		}
 	}
 	_, _, err = core.Certificates.Get(final.Certificate, true)
+	stages.Mark(ctx, "download")
 	return err
 }
 
+// legoWait bounds each request and each order's polls: Pebble answers in
+// milliseconds, and a round it hangs is void, reported within this.
+const legoWait = 10 * time.Second
+
 // shortPolls calls check after 25 ms, then doubling up to 1 s, for at most
-// 30 s: the schedule of certagent's client.
+// legoWait: the schedule of certagent's client.
 func shortPolls(check func() (bool, error)) error {
-	pause, deadline := backoff.New(25*time.Millisecond, time.Second), time.Now().Add(30*time.Second)
+	pause, deadline := backoff.New(25*time.Millisecond, time.Second), time.Now().Add(legoWait)
 	for time.Now().Before(deadline) {
 		time.Sleep(pause.Next())
 		if done, err := check(); err != nil || done {
 			return err
 		}
 	}
-	return errors.New("no final answer within 30 s")
+	return fmt.Errorf("no final answer within %s", legoWait)
 }

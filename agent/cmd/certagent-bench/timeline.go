@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strconv"
@@ -71,6 +72,33 @@ func (w *traceWriter) close() error {
 type agentEvent struct {
 	requested, issued time.Time
 	took              time.Duration
+	// steps is the agent's "entry handled" trace: each step's time, by
+	// label (a step met several times, such as a poll, summed), in order;
+	// written is when its certificate write ended (from the trace).
+	steps   []step
+	written time.Time
+}
+
+// writtenStep is the agent's step that ends with the certificate in Redis.
+const writtenStep = "cert_write"
+
+// writtenAt is when the step writtenStep ended, by a trace that started at
+// started (zero without that step).
+func writtenAt(started time.Time, steps []step) time.Time {
+	at := started
+	for _, st := range steps {
+		at = at.Add(st.took)
+		if st.label == writtenStep {
+			return at
+		}
+	}
+	return time.Time{}
+}
+
+type step struct {
+	label string
+	took  time.Duration
+	times int // how many times the step was made
 }
 
 // timeline splits the time from first ClientHello to verified certificate
@@ -96,10 +124,10 @@ func timeline(args []string) error {
 			func(t traceLine, e agentEvent) time.Duration { return e.requested.Sub(t.Start) }},
 		{"entry read to order start (policy, budgets, failure record)",
 			func(t traceLine, e agentEvent) time.Duration { return e.issued.Add(-e.took).Sub(e.requested) }},
-		{"order: lease, slot, ACME, certificate write",
-			func(_ traceLine, e agentEvent) time.Duration { return e.took }},
-		{"certificate written to verified handshake (wait's poll, TLS)",
-			func(t traceLine, e agentEvent) time.Duration { return t.End.Sub(e.issued) }},
+		{"order: lease, slot, ACME, certificate written",
+			func(_ traceLine, e agentEvent) time.Duration { return e.written.Sub(e.issued.Add(-e.took)) }},
+		{"certificate written to verified handshake (changes stream, wait's poll, TLS)",
+			func(t traceLine, e agentEvent) time.Duration { return t.End.Sub(e.written) }},
 		{"total: ClientHello to verified certificate",
 			func(t traceLine, _ agentEvent) time.Duration { return t.End.Sub(t.Start) }},
 	}
@@ -107,7 +135,7 @@ func timeline(args []string) error {
 	values := make([][]time.Duration, len(stages))
 	for _, t := range traces {
 		e, ok := events[t.Name]
-		if !ok || e.requested.IsZero() || e.issued.IsZero() || t.End.IsZero() {
+		if !ok || e.requested.IsZero() || e.issued.IsZero() || e.written.IsZero() || t.End.IsZero() {
 			continue
 		}
 		matched++
@@ -122,7 +150,75 @@ func timeline(args []string) error {
 		sort.Slice(values[i], func(a, b int) bool { return values[i][a] < values[i][b] })
 		fmt.Printf("| %s | %.0f | %.0f |\n", s.label, percentile(values[i], 0.50), percentile(values[i], 0.95))
 	}
+	fmt.Println("\nThe agent's steps, from the worker taking the entry (ms; a repeated step summed per name):")
+	var traced []string
+	for _, t := range traces {
+		traced = append(traced, t.Name)
+	}
+	printSteps(os.Stdout, traced, events)
 	return nil
+}
+
+// names are the names of pattern, from 0 to count-1.
+func names(pattern string, count int) []string {
+	out := make([]string, count)
+	for i := range out {
+		out[i] = fmt.Sprintf(pattern, i)
+	}
+	return out
+}
+
+// printSteps prints to w the p50 and p95 of each step of the work on the
+// given names (the agent's "entry handled" lines), in the order the steps
+// come.
+func printSteps(w io.Writer, traced []string, events map[string]agentEvent) {
+	var labels []string
+	values := map[string][]time.Duration{}
+	times := map[string]int{}
+	for _, n := range traced {
+		for _, st := range events[n].steps {
+			if _, ok := values[st.label]; !ok {
+				labels = append(labels, st.label)
+			}
+			values[st.label] = append(values[st.label], st.took)
+			times[st.label] += st.times
+		}
+	}
+	if len(labels) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| step | names | times a name | p50 ms | p95 ms |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
+	for _, l := range labels {
+		v := values[l]
+		sort.Slice(v, func(a, b int) bool { return v[a] < v[b] })
+		fmt.Fprintf(w, "| %s | %d | %.2f | %.1f | %.1f |\n", l, len(v), float64(times[l])/float64(len(v)),
+			percentile(v, 0.50), percentile(v, 0.95))
+	}
+}
+
+// parseSteps reads a trace logged as "label:ms,label:ms", summing a label's
+// repeats.
+func parseSteps(v string) []step {
+	var out []step
+	at := map[string]int{}
+	for _, part := range strings.Split(v, ",") {
+		label, ms, ok := strings.Cut(part, ":")
+		f, err := strconv.ParseFloat(ms, 64)
+		if !ok || err != nil {
+			continue
+		}
+		d := time.Duration(f * float64(time.Millisecond))
+		if i, seen := at[label]; seen {
+			out[i].took += d
+			out[i].times++
+			continue
+		}
+		at[label] = len(out)
+		out = append(out, step{label: label, took: d, times: 1})
+	}
+	return out
 }
 
 func readTrace(path string) ([]traceLine, error) {
@@ -156,6 +252,17 @@ func readAgentLog(path string) (map[string]agentEvent, error) {
 	for sc.Scan() {
 		line := sc.Text()
 		requested := strings.Contains(line, `msg="name requested"`)
+		if strings.Contains(line, `msg="entry handled"`) {
+			e := events[logField(line, "name")]
+			if e.steps == nil { // the first entry of the name counts
+				e.steps = parseSteps(logField(line, "stages"))
+				if started, err := time.Parse(time.RFC3339Nano, logField(line, "started")); err == nil {
+					e.written = writtenAt(started, e.steps)
+				}
+			}
+			events[logField(line, "name")] = e
+			continue
+		}
 		if !requested && !strings.Contains(line, `msg="certificate issued"`) {
 			continue
 		}
