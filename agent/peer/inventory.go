@@ -29,7 +29,7 @@ const (
 	pullWorkers = 8
 	// pullBatch is how many certificates one request asks for, when the
 	// peer answers many at once (MaxRecordsAsked at most).
-	pullBatch = 100
+	pullBatch = 50
 )
 
 // windowDigests is the store's windows as they travel.
@@ -55,6 +55,11 @@ type inventoryRun struct {
 	mu       sync.Mutex
 	failed   []error // the first maxReported failures
 	failures int
+
+	// batches feeds the pullers, which pull while the next pages are
+	// listed: the exchange is not held up by each page's slowest pull.
+	batches chan []InventoryEntry
+	pullers sync.WaitGroup
 }
 
 // maxReported bounds the failures one exchange keeps to report: a peer
@@ -79,7 +84,9 @@ func (r *inventoryRun) fail(err error) {
 func (f *Fleet) syncWith(ctx context.Context, p *peerConn, now time.Time) error {
 	started := time.Now()
 	r := &inventoryRun{f: f, p: p, now: now}
+	r.startPullers(ctx)
 	err := r.compare(ctx, now.Unix(), 0, topWidth)
+	r.waitPullers()
 	if err != nil {
 		r.fail(err)
 	}
@@ -226,7 +233,7 @@ func (r *inventoryRun) apply(ctx context.Context, page *InventoryPage) error {
 	if err != nil {
 		return err
 	}
-	r.pull(ctx, want)
+	r.pull(want)
 	return nil
 }
 
@@ -268,14 +275,14 @@ func (r *inventoryRun) wanted(ctx context.Context, entries []InventoryEntry) ([]
 	return alive, nil
 }
 
-// pull fetches and stores the entries, pullWorkers requests at a time:
-// pullBatch certificates a request, or one when the peer answers no more.
-func (r *inventoryRun) pull(ctx context.Context, entries []InventoryEntry) {
-	next := make(chan []InventoryEntry)
-	var wg sync.WaitGroup
-	for range min(pullWorkers, (len(entries)+pullBatch-1)/pullBatch) {
-		wg.Go(func() {
-			for batch := range next {
+// startPullers starts pullWorkers pullers, each sending one request at a
+// time: pullBatch certificates a request, or one when the peer answers no
+// more.
+func (r *inventoryRun) startPullers(ctx context.Context) {
+	r.batches = make(chan []InventoryEntry)
+	for range pullWorkers {
+		r.pullers.Go(func() {
+			for batch := range r.batches {
 				if r.p.singlePulls.Load() || !r.pullMany(ctx, batch) {
 					for _, e := range batch {
 						r.pullOne(ctx, e)
@@ -284,11 +291,20 @@ func (r *inventoryRun) pull(ctx context.Context, entries []InventoryEntry) {
 			}
 		})
 	}
+}
+
+// waitPullers waits for the pullers to pull every batch handed to them.
+func (r *inventoryRun) waitPullers() {
+	close(r.batches)
+	r.pullers.Wait()
+}
+
+// pull hands the entries to the pullers, pullBatch at a time; it returns
+// once they took the last batch.
+func (r *inventoryRun) pull(entries []InventoryEntry) {
 	for start := 0; start < len(entries); start += pullBatch {
-		next <- entries[start:min(start+pullBatch, len(entries))]
+		r.batches <- entries[start:min(start+pullBatch, len(entries))]
 	}
-	close(next)
-	wg.Wait()
 }
 
 // pullMany fetches the entries' certificates in as few requests as the
@@ -318,7 +334,7 @@ func (r *inventoryRun) pullMany(ctx context.Context, entries []InventoryEntry) b
 }
 
 // acceptMany checks the records as Accept does and stores the valid ones,
-// a transaction for each set with distinct primary names.
+// in transactions of distinct primary names and at most storeBudget bytes.
 func (r *inventoryRun) acceptMany(ctx context.Context, got []NamedRecord) {
 	id := r.p.client.ID()
 	var pending []*store.CertRecord
@@ -334,19 +350,31 @@ func (r *inventoryRun) acceptMany(ctx context.Context, got []NamedRecord) {
 		pending = append(pending, rec)
 	}
 	for len(pending) > 0 {
-		var batch, rest []*store.CertRecord
-		seen := map[string]bool{}
-		for _, rec := range pending {
-			if seen[rec.Primary()] {
-				rest = append(rest, rec)
-				continue
-			}
-			seen[rec.Primary()] = true
-			batch = append(batch, rec)
-		}
+		var batch []*store.CertRecord
+		batch, pending = storeBatch(pending)
 		r.store(ctx, batch)
-		pending = rest
 	}
+}
+
+// storeBudget bounds the bytes one transaction of pulled records writes
+// (each record is written once for each of its names).
+const storeBudget = 4 << 20
+
+// storeBatch splits off the first records with distinct primary names, as
+// many as storeBudget allows (at least one), from the rest.
+func storeBatch(recs []*store.CertRecord) (batch, rest []*store.CertRecord) {
+	seen := map[string]bool{}
+	size := 0
+	for i, rec := range recs {
+		size += len(rec.Names) * (len(rec.FullChain) + len(rec.Key))
+		if seen[rec.Primary()] || size > storeBudget && len(batch) > 0 {
+			rest = append(rest, recs[i:]...)
+			break
+		}
+		seen[rec.Primary()] = true
+		batch = append(batch, rec)
+	}
+	return batch, rest
 }
 
 // store writes the records that are newer than the ones held here.

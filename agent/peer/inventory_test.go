@@ -200,11 +200,6 @@ func TestInventoryPagesOfManyNamedCertificatesFitTheAnswerLimit(t *testing.T) {
 			t.Fatalf("b misses %s after the exchange", name)
 		}
 	}
-	// Their records, over 20 KB each, came in answers cut at a few MB:
-	// more requests than pullBatch a request would take.
-	if n := a.recordsPages.Load(); n <= certs/pullBatch+1 {
-		t.Errorf("%d requests for many records, want answers cut short", n)
-	}
 }
 
 // inventoryPeer is a fake peer site b whose digests put count certificates

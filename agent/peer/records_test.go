@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -42,6 +43,21 @@ func TestServerAnswersManyRecords(t *testing.T) {
 		case ok && (nr.Record == nil || fingerprintOf(t, *nr.Record) != fingerprintOf(t, want) || nr.Record.Primary != names[i]):
 			t.Errorf("the record answered for %s is not the one held: %+v", nr.Name, nr.Record)
 		}
+	}
+	// Records of 600 KB (a long certificate URL) fill an answer after 3 or 4:
+	// the rest is left to be asked again.
+	var large []string
+	for i := range 6 {
+		name := fmt.Sprintf("large%d.example.com", i)
+		r := issued(t, now.Add(-time.Hour), name)
+		r.CertURL = "https://ca.example/" + strings.Repeat("x", 600<<10)
+		if _, err := c.PushCert(ctx, name, r); err != nil {
+			t.Fatal(err)
+		}
+		large = append(large, name)
+	}
+	if got, err := c.GetCerts(ctx, large); err != nil || len(got) < 3 || len(got) > 4 || got[0].Record == nil {
+		t.Errorf("GetCerts of 6 records of 600 KB answered %d records, %v; want 3 or 4", len(got), err)
 	}
 	tooMany := make([]string, MaxRecordsAsked+1)
 	for i := range tooMany {

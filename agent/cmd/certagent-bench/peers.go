@@ -47,7 +47,13 @@ func peersServe(args []string) error {
 	secretFile := fs.String("secret-file", "", "the fleet's shared secret")
 	listen := fs.String("listen", "127.0.0.1:0", "address of the peer API")
 	dir := fs.String("dir", ".", "where to write peer.pem, peer.key and the address (addr)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the serving here")
 	_ = fs.Parse(args)
+	stopProfile, err := profileCPU(*cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	secret, err := os.ReadFile(*secretFile)
 	if err != nil {
 		return err
@@ -76,6 +82,25 @@ func peersServe(args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return srv.Shutdown(ctx)
+}
+
+// profileCPU starts a CPU profile written to file ("": none) and returns
+// what stops it.
+func profileCPU(file string) (stop func(), err error) {
+	if file == "" {
+		return func() {}, nil
+	}
+	out, err := os.Create(file)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = out.Close()
+	}, nil
 }
 
 // selfSigned writes a certificate for 127.0.0.1 and its key to dir.
@@ -135,16 +160,11 @@ func peersCatchup(args []string) error {
 	inStep := fs.Int("in-step", 5, "exchanges to measure once in step")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the catching up here")
 	_ = fs.Parse(args)
-	if *cpuProfile != "" {
-		out, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		if err := pprof.StartCPUProfile(out); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stop, err := profileCPU(*cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	secret, err := os.ReadFile(*secretFile)
 	if err != nil {
 		return err
