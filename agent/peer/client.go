@@ -204,6 +204,34 @@ func (c *Client) GetCert(ctx context.Context, name string) (*Record, error) {
 	return &r, nil
 }
 
+// ErrRecordsUnsupported is the answer of a peer whose agent predates POST
+// /peer/v1/records: its certificates are fetched one at a time.
+var ErrRecordsUnsupported = errors.New("the peer does not answer many records at once")
+
+// GetCerts fetches the records the peer holds for names (at most
+// MaxRecordsAsked), in order, as far as they fit in one answer: the names
+// left out are to be asked again. An error wraps ErrRecordsUnsupported when
+// the peer only answers GetCert.
+func (c *Client) GetCerts(ctx context.Context, names []string) ([]NamedRecord, error) {
+	var res Records
+	err := c.call(ctx, http.MethodPost, "records", RecordsRequest{Names: names}, &res, maxPageAnswer)
+	if s := statusOf(err); s == http.StatusNotFound || s == http.StatusMethodNotAllowed {
+		err = fmt.Errorf("%w: %w", ErrRecordsUnsupported, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fetching %d certificates from %s: %w", len(names), c.id, err)
+	}
+	if len(res.Records) == 0 || len(res.Records) > len(names) {
+		return nil, fmt.Errorf("fetching %d certificates from %s: %d answered", len(names), c.id, len(res.Records))
+	}
+	for i, r := range res.Records {
+		if r.Name != names[i] {
+			return nil, fmt.Errorf("fetching %d certificates from %s: answer %d is for %q, not %q", len(names), c.id, i, r.Name, names[i])
+		}
+	}
+	return res.Records, nil
+}
+
 // PushCert offers the peer a record for name; the peer stores it only if it
 // is valid for the name and newer than what it holds. A record the peer
 // finds invalid is an error with status 422.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Fleet is this site's view of the other sites: it pushes tokens to them,
@@ -22,6 +23,9 @@ type Fleet struct {
 // peerConn is one peer: its client and what the calls to it showed.
 type peerConn struct {
 	client *Client
+	// singlePulls is set once the peer answered that it only serves one
+	// record a request (an older agent).
+	singlePulls atomic.Bool
 
 	mu    sync.Mutex
 	state PeerState

@@ -46,18 +46,35 @@ type testSite struct {
 	srv   *Server
 
 	// What the site's peer API answered: how many answers to inventory
-	// pages, and the largest answer in bytes.
-	entryPages  atomic.Int64
-	largestSent atomic.Int64
+	// pages, to requests for many records and for one, and the largest
+	// answer in bytes.
+	entryPages   atomic.Int64
+	recordsPages atomic.Int64
+	certGets     atomic.Int64
+	largestSent  atomic.Int64
+	// older makes the site answer POST records as an agent that predates
+	// it: no such path.
+	older atomic.Bool
 }
 
 // metered counts what the site's peer API answers.
 func (s *testSite) metered(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		m := &meteredWriter{ResponseWriter: w}
+		records := r.URL.Path == PathPrefix+"records"
+		if records && s.older.Load() {
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = w.Write([]byte(`{"error":"no such path"}`))
+			return
+		}
 		h.ServeHTTP(m, r)
-		if strings.HasSuffix(r.URL.Path, "/inventory/entries") {
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/inventory/entries"):
 			s.entryPages.Add(1)
+		case records:
+			s.recordsPages.Add(1)
+		case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, PathPrefix+"certs/"):
+			s.certGets.Add(1)
 		}
 		for {
 			largest := s.largestSent.Load()

@@ -23,9 +23,13 @@ const (
 	windowSplit = 16
 	listBelow   = 1000
 	listPage    = 1000
-	// pullWorkers is how many certificates are fetched from one peer at
-	// once: enough to keep a link busy, few enough for a peer's Redis.
+	// pullWorkers is how many requests for certificates are sent to one
+	// peer at once: enough to keep a link busy, few enough for a peer's
+	// Redis.
 	pullWorkers = 8
+	// pullBatch is how many certificates one request asks for, when the
+	// peer answers many at once (MaxRecordsAsked at most).
+	pullBatch = 50
 )
 
 // windowDigests is the store's windows as they travel.
@@ -51,6 +55,11 @@ type inventoryRun struct {
 	mu       sync.Mutex
 	failed   []error // the first maxReported failures
 	failures int
+
+	// batches feeds the pullers, which pull while the next pages are
+	// listed: the exchange is not held up by each page's slowest pull.
+	batches chan []InventoryEntry
+	pullers sync.WaitGroup
 }
 
 // maxReported bounds the failures one exchange keeps to report: a peer
@@ -75,7 +84,9 @@ func (r *inventoryRun) fail(err error) {
 func (f *Fleet) syncWith(ctx context.Context, p *peerConn, now time.Time) error {
 	started := time.Now()
 	r := &inventoryRun{f: f, p: p, now: now}
+	r.startPullers(ctx)
 	err := r.compare(ctx, now.Unix(), 0, topWidth)
+	r.waitPullers()
 	if err != nil {
 		r.fail(err)
 	}
@@ -222,7 +233,7 @@ func (r *inventoryRun) apply(ctx context.Context, page *InventoryPage) error {
 	if err != nil {
 		return err
 	}
-	r.pull(ctx, want)
+	r.pull(want)
 	return nil
 }
 
@@ -239,39 +250,147 @@ func (r *inventoryRun) wanted(ctx context.Context, entries []InventoryEntry) ([]
 		return nil, fmt.Errorf("exchanging inventories with %s: %w", r.p.client.ID(), err)
 	}
 	var want []InventoryEntry
+	var fingerprints []string
+	var alsoNames [][]string
 	for i, e := range entries {
 		// A missing or corrupt record is replaced by any valid one.
 		if h := held[i]; e.NotAfter <= r.now.Unix() ||
 			h.OK && !store.Supersedes(e.Fingerprint, time.Unix(e.NotBefore, 0), h.Fingerprint, h.NotBefore) {
 			continue
 		}
-		dead, err := st.Tombstoned(ctx, e.Fingerprint, append([]string{e.Name}, e.Names...)...)
-		if err != nil {
-			return nil, fmt.Errorf("exchanging inventories with %s: %w", r.p.client.ID(), err)
-		}
-		if !dead {
-			want = append(want, e)
+		want = append(want, e)
+		fingerprints = append(fingerprints, e.Fingerprint)
+		alsoNames = append(alsoNames, append([]string{e.Name}, e.Names...))
+	}
+	dead, err := st.AnyTombstoned(ctx, fingerprints, alsoNames)
+	if err != nil {
+		return nil, fmt.Errorf("exchanging inventories with %s: %w", r.p.client.ID(), err)
+	}
+	alive := want[:0]
+	for i, e := range want {
+		if !dead[i] {
+			alive = append(alive, e)
 		}
 	}
-	return want, nil
+	return alive, nil
 }
 
-// pull fetches and stores the entries, pullWorkers at a time.
-func (r *inventoryRun) pull(ctx context.Context, entries []InventoryEntry) {
-	next := make(chan InventoryEntry)
-	var wg sync.WaitGroup
-	for range min(pullWorkers, len(entries)) {
-		wg.Go(func() {
-			for e := range next {
-				r.pullOne(ctx, e)
+// startPullers starts pullWorkers pullers, each sending one request at a
+// time: pullBatch certificates a request, or one when the peer answers no
+// more.
+func (r *inventoryRun) startPullers(ctx context.Context) {
+	r.batches = make(chan []InventoryEntry)
+	for range pullWorkers {
+		r.pullers.Go(func() {
+			for batch := range r.batches {
+				if r.p.singlePulls.Load() || !r.pullMany(ctx, batch) {
+					for _, e := range batch {
+						r.pullOne(ctx, e)
+					}
+				}
 			}
 		})
 	}
-	for _, e := range entries {
-		next <- e
+}
+
+// waitPullers waits for the pullers to pull every batch handed to them.
+func (r *inventoryRun) waitPullers() {
+	close(r.batches)
+	r.pullers.Wait()
+}
+
+// pull hands the entries to the pullers, pullBatch at a time; it returns
+// once they took the last batch.
+func (r *inventoryRun) pull(entries []InventoryEntry) {
+	for start := 0; start < len(entries); start += pullBatch {
+		r.batches <- entries[start:min(start+pullBatch, len(entries))]
 	}
-	close(next)
-	wg.Wait()
+}
+
+// pullMany fetches the entries' certificates in as few requests as the
+// peer's answers allow, checks each one as a single pull does, and stores
+// those found newer in one transaction a request. It returns false, having
+// pulled nothing, when the peer answers only one certificate a request.
+func (r *inventoryRun) pullMany(ctx context.Context, entries []InventoryEntry) bool {
+	names := make([]string, len(entries))
+	for i, e := range entries {
+		names[i] = e.Name
+	}
+	for len(names) > 0 {
+		got, err := r.p.client.GetCerts(ctx, names)
+		r.f.note(ctx, r.p, err)
+		if errors.Is(err, ErrRecordsUnsupported) {
+			r.p.singlePulls.Store(true)
+			return false
+		}
+		if err != nil {
+			r.fail(err)
+			return true
+		}
+		r.acceptMany(ctx, got)
+		names = names[len(got):]
+	}
+	return true
+}
+
+// acceptMany checks the records as Accept does and stores the valid ones,
+// in transactions of distinct primary names and at most storeBudget bytes.
+func (r *inventoryRun) acceptMany(ctx context.Context, got []NamedRecord) {
+	id := r.p.client.ID()
+	var pending []*store.CertRecord
+	for _, nr := range got {
+		if nr.Record == nil { // deleted there since
+			continue
+		}
+		rec, err := checkRecord(nr.Name, *nr.Record, r.now)
+		if err != nil {
+			r.fail(fmt.Errorf("pulling the certificate for %s from %s: %w", nr.Name, id, err))
+			continue
+		}
+		pending = append(pending, rec)
+	}
+	for len(pending) > 0 {
+		var batch []*store.CertRecord
+		batch, pending = storeBatch(pending)
+		r.store(ctx, batch)
+	}
+}
+
+// storeBudget bounds the bytes one transaction of pulled records writes
+// (each record is written once for each of its names).
+const storeBudget = 4 << 20
+
+// storeBatch splits off the first records with distinct primary names, as
+// many as storeBudget allows (at least one), from the rest.
+func storeBatch(recs []*store.CertRecord) (batch, rest []*store.CertRecord) {
+	seen := map[string]bool{}
+	size := 0
+	for i, rec := range recs {
+		size += len(rec.Names) * (len(rec.FullChain) + len(rec.Key))
+		if seen[rec.Primary()] || size > storeBudget && len(batch) > 0 {
+			rest = append(rest, recs[i:]...)
+			break
+		}
+		seen[rec.Primary()] = true
+		batch = append(batch, rec)
+	}
+	return batch, rest
+}
+
+// store writes the records that are newer than the ones held here.
+func (r *inventoryRun) store(ctx context.Context, recs []*store.CertRecord) {
+	out, err := r.f.cfg.Store.PutCertsIfNewer(ctx, recs)
+	if err != nil {
+		r.fail(fmt.Errorf("storing %d certificates pulled from %s: %w", len(recs), r.p.client.ID(), err))
+		return
+	}
+	for i, o := range out {
+		if o.Stored {
+			r.pulled.Add(1)
+			r.f.cfg.Logger.Debug("pulled a certificate from a peer site", "name", recs[i].Primary(),
+				"peer", r.p.client.ID(), "fingerprint", recs[i].Fingerprint)
+		}
+	}
 }
 
 func (r *inventoryRun) pullOne(ctx context.Context, e InventoryEntry) {

@@ -81,6 +81,15 @@ func TestLargeInventoriesConvergeInPages(t *testing.T) {
 	if pages < 6 {
 		t.Errorf("%d inventory pages answered for %d certificates, want several per site", pages, len(all))
 	}
+	// The certificates came many at a time (up to pullBatch; windows cut
+	// the pages shorter), none alone.
+	var asked, gets int64
+	for _, s := range sites {
+		asked, gets = asked+s.recordsPages.Load(), gets+s.certGets.Load()
+	}
+	if gets != 0 || asked == 0 || asked > int64(len(all))/10 {
+		t.Errorf("%d requests for many records and %d for one, for %d certificates", asked, gets, len(all))
+	}
 	// The records pass through one page at a time: the heap grows by far
 	// less than the certificates' chains and keys would take at once.
 	if grown := int64(peak.Load()) - int64(base); grown > 64<<20 {

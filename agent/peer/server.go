@@ -250,6 +250,7 @@ func (s *Server) routes() *http.ServeMux {
 	handle("PUT "+p+"tokens/{name}/{token}", withToken((*exchange).putToken))
 	handle("DELETE "+p+"tokens/{name}/{token}", withToken((*exchange).deleteToken))
 	handle(p+"tokens/{name}/{$}", func(x *exchange) { x.refuse(http.StatusBadRequest, "malformed token", nil) })
+	handle("POST "+p+"records", (*exchange).records)
 	handle("GET "+p+"certs/{name}", withName(true, (*exchange).getCert))
 	handle("PUT "+p+"certs/{name}", withName(true, (*exchange).putCert))
 	handle("DELETE "+p+"certs/{name}", withName(true, (*exchange).deleteCert))
@@ -471,6 +472,50 @@ func (x *exchange) getCert(name string) {
 	default:
 		x.answer(http.StatusOK, RecordOf(rec))
 	}
+}
+
+// recordsAnswerBudget is about how many bytes of records one answer to
+// POST records holds (at least one record, which is under MaxBody): the
+// caller asks again for the names left out.
+const recordsAnswerBudget = 2 << 20
+
+// records answers the records held for many names at once, read in one
+// round trip, as getCert answers each.
+func (x *exchange) records() {
+	var req RecordsRequest
+	if !x.decode(&req) {
+		return
+	}
+	if len(req.Names) == 0 || len(req.Names) > MaxRecordsAsked {
+		x.refuse(http.StatusBadRequest, fmt.Sprintf("ask for 1 to %d names", MaxRecordsAsked), nil)
+		return
+	}
+	for _, name := range req.Names {
+		if err := checkName(name, true); err != nil {
+			x.refuse(http.StatusBadRequest, "the name is not in normal form", err)
+			return
+		}
+	}
+	recs, errs, err := x.s.cfg.Store.GetCerts(x.r.Context(), req.Names)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	res := Records{Site: x.s.cfg.Site, Records: make([]NamedRecord, 0, len(recs))}
+	size := 0
+	for i, rec := range recs {
+		nr := NamedRecord{Name: req.Names[i]}
+		if errs[i] == nil {
+			r := RecordOf(rec)
+			nr.Record = &r
+			size += len(r.FullChain) + len(r.Key) + len(r.CA) + len(r.CertURL)
+		}
+		if size > recordsAnswerBudget && len(res.Records) > 0 {
+			break
+		}
+		res.Records = append(res.Records, nr)
+	}
+	x.answer(http.StatusOK, res)
 }
 
 func (x *exchange) putCert(name string) {

@@ -29,6 +29,31 @@ type Record struct {
 	IssuedAt  int64  `json:"issued_at"`
 }
 
+// MaxRecordsAsked bounds the names of one POST /peer/v1/records.
+const MaxRecordsAsked = 200
+
+// RecordsRequest is the body of POST /peer/v1/records: the names whose
+// records the caller wants, 1 to MaxRecordsAsked of them.
+type RecordsRequest struct {
+	Names []string `json:"names"`
+}
+
+// NamedRecord is the answer for one name of a RecordsRequest: the record
+// held for it, as GET /peer/v1/certs/{name} answers it, or none (nil) when
+// that would answer 404.
+type NamedRecord struct {
+	Name   string  `json:"name"`
+	Record *Record `json:"record,omitempty"`
+}
+
+// Records answers POST /peer/v1/records: the names asked, in their order,
+// each with its record, as far as they fit in a few MB (at least one). The
+// names left out are to be asked again.
+type Records struct {
+	Site    string        `json:"site"`
+	Records []NamedRecord `json:"records"`
+}
+
 // PushResult answers PUT /peer/v1/certs/{name} (200): whether the record
 // was stored, and if not, why ("same": the receiver holds it already;
 // "older": the receiver holds a newer one).

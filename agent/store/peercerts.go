@@ -47,48 +47,11 @@ const watchAttempts = 5
 // write are one transaction: a record or a tombstone written in between
 // makes it look again.
 func (s *Store) PutCertIfNewer(ctx context.Context, rec *CertRecord) (stored bool, reason string, err error) {
-	if len(rec.Names) == 0 {
-		return false, "", errors.New("storing a certificate: the record has no names")
-	}
-	certKey := s.keys.Cert(rec.Primary())
-	err = s.watchRetry(ctx, func(tx *redis.Tx) error {
-		stored, reason = false, ""
-		dead, err := s.tombstoned(ctx, tx, rec.Fingerprint, rec.Names)
-		if err != nil {
-			return fmt.Errorf("reading the tombstones: %w", err)
-		}
-		if dead {
-			reason = ReasonTombstoned
-			return nil
-		}
-		f, err := tx.HGetAll(ctx, certKey).Result()
-		if err != nil {
-			return fmt.Errorf("reading the record held: %w", err)
-		}
-		if len(f) > 0 {
-			// A corrupt record is replaced: nothing about it can be newer.
-			if held, err := recordFromFields(f); err == nil {
-				switch {
-				case held.Fingerprint == rec.Fingerprint:
-					reason = ReasonSame
-					return nil
-				case !Supersedes(rec.Fingerprint, rec.NotBefore, held.Fingerprint, held.NotBefore):
-					reason = ReasonOlder
-					return nil
-				}
-			}
-		}
-		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			s.queueCertWrite(ctx, p, rec)
-			return nil
-		})
-		stored = err == nil
-		return err
-	}, certKey, s.keys.Tombstones())
+	out, err := s.PutCertsIfNewer(ctx, []*CertRecord{rec})
 	if err != nil {
 		return false, "", fmt.Errorf("storing the certificate for %s: %w", rec.Primary(), err)
 	}
-	return stored, reason, nil
+	return out[0].Stored, out[0].Reason, nil
 }
 
 // DeleteCertIfFingerprint deletes the record held for name (every copy,

@@ -67,21 +67,32 @@ func (s *Store) tombstoned(ctx context.Context, c redis.Cmdable, fingerprint str
 	if len(names) == 0 {
 		return false, nil
 	}
+	scores, err := c.ZMScore(ctx, s.keys.Tombstones(), tombstoneMembers(fingerprint, names)...).Result()
+	if err != nil {
+		return false, err
+	}
+	return anyLive(scores), nil
+}
+
+// tombstoneMembers are the members of the tombstones of fingerprint under
+// each of names.
+func tombstoneMembers(fingerprint string, names []string) []string {
 	members := make([]string, len(names))
 	for i, n := range names {
 		members[i] = tombstoneMember(fingerprint, n)
 	}
-	scores, err := c.ZMScore(ctx, s.keys.Tombstones(), members...).Result()
-	if err != nil {
-		return false, err
-	}
+	return members
+}
+
+// anyLive reports whether any of the ZMSCORE scores of tombstones is one:
+// a missing member scores 0, and every live tombstone has a not-after.
+func anyLive(scores []float64) bool {
 	for _, score := range scores {
-		// A missing member scores 0; every live tombstone has a not-after.
 		if score != 0 {
-			return true, nil
+			return true
 		}
 	}
-	return false, nil
+	return false
 }
 
 // Tombstones lists the tombstones whose certificates are still valid at

@@ -65,8 +65,6 @@ func main() {
 		err = firstReport(os.Args[2:])
 	case "timeline":
 		err = timeline(os.Args[2:])
-	case "peers-seed":
-		err = peersSeed(os.Args[2:])
 	case "peers-serve":
 		err = peersServe(os.Args[2:])
 	case "peers-catchup":
@@ -94,11 +92,11 @@ func usage() {
   certagent-bench first-report FILE   a table of first's JSON results in FILE (one a line)
   certagent-bench timeline TRACE AGENT-LOG   the stages of first's names (first -trace TRACE; the agent's
                                  log at debug level): stream, agent, order, back to the handshake
-  certagent-bench peers-seed [flags]     store certificates through the agent's store (as orders do)
   certagent-bench peers-serve [flags]    answer the peer API of one site
   certagent-bench peers-catchup [flags]  exchange inventories with a peers-serve site until in step, and report
   certagent-bench lego [flags]   the baseline of bulk issuance: N orders at once through bare lego (acme/api)
-  certagent-bench store [flags]  store full certificate records through agent/store (list and renewal benchmarks)
+  certagent-bench store [flags]  store full certificate records through agent/store (list, renewal and peer
+                                 benchmarks)
 Run either with -h for its flags.`)
 	os.Exit(2)
 }
@@ -143,10 +141,34 @@ func leafFor(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM [
 
 // leafValid is leafFor valid from notBefore to notAfter.
 func leafValid(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM []byte, notBefore, notAfter time.Time) (certKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := newLeafKey()
 	if err != nil {
 		return certKey{}, err
 	}
+	return leafWithKey(name, ca, caKey, caPEM, key, notBefore, notAfter)
+}
+
+// leafKey is a leaf's private key and its PEM (PKCS #8).
+type leafKey struct {
+	key *ecdsa.PrivateKey
+	pem []byte
+}
+
+func newLeafKey() (leafKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return leafKey{}, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return leafKey{}, err
+	}
+	return leafKey{key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})}, nil
+}
+
+// leafWithKey is leafValid for the key given: a benchmark storing many
+// certificates signs one for each name but shares a few real keys.
+func leafWithKey(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM []byte, key leafKey, notBefore, notAfter time.Time) (certKey, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
 	if err != nil {
 		return certKey{}, err
@@ -161,16 +183,12 @@ func leafValid(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		return certKey{}, err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.key.PublicKey, caKey)
 	if err != nil {
 		return certKey{}, err
 	}
 	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), caPEM...)
-	return certKey{chainPEM: chain, keyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), notAfter: notAfter}, nil
+	return certKey{chainPEM: chain, keyPEM: key.pem, notAfter: notAfter}, nil
 }
 
 func seed(args []string) error {

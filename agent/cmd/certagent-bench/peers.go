@@ -1,7 +1,7 @@
 package main
 
 // The inventory exchange between two sites (docs/benchmarks.md): a site
-// holding many certificates (peers-seed, then peers-serve) and a new, empty
+// holding many certificates (stored by store, then served by peers-serve) and a new, empty
 // site catching up from it (peers-catchup), each in its own process so that
 // each one's peak RSS is its own.
 
@@ -25,7 +25,6 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -35,61 +34,6 @@ import (
 	"github.com/certagent/certagent/agent/peer"
 	"github.com/certagent/certagent/agent/store"
 )
-
-// peersSeed stores certificates through agent/store, as orders do, with
-// not-befores spread over 60 days (so their not-afters spread too).
-func peersSeed(args []string) error {
-	fs := flag.NewFlagSet("peers-seed", flag.ExitOnError)
-	redisAddr := fs.String("redis", "127.0.0.1:6379", "Redis host:port")
-	prefix := fs.String("prefix", "", "key prefix (the agent's --redis-prefix)")
-	count := fs.Int("names", 100000, "certificates to store")
-	pattern := fs.String("pattern", "n%d.peers.test", "name pattern (fmt, one %d)")
-	workers := fs.Int("workers", 4, "certificates made and stored at once")
-	_ = fs.Parse(args)
-	ca, caKey, caPEM, err := newCA()
-	if err != nil {
-		return err
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: *redisAddr})
-	defer rdb.Close()
-	st := store.New(rdb, store.Keys{Prefix: *prefix})
-	ctx := context.Background()
-	now := time.Now()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make([]error, *workers)
-	for w := range *workers {
-		wg.Go(func() {
-			for i := next.Add(1) - 1; i < int64(*count); i = next.Add(1) - 1 {
-				name := fmt.Sprintf(*pattern, i)
-				notBefore := now.Add(-time.Hour - time.Duration(i%60)*24*time.Hour)
-				ck, err := leafValid(name, ca, caKey, caPEM, notBefore, notBefore.Add(90*24*time.Hour))
-				if err != nil {
-					errs[w] = err
-					return
-				}
-				rec, err := store.NewCertRecord(ck.chainPEM, ck.keyPEM, name)
-				if err != nil {
-					errs[w] = err
-					return
-				}
-				rec.KeyType, rec.IssuedAt = "ec256", notBefore
-				if err := st.PutCert(ctx, rec); err != nil {
-					errs[w] = err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	fmt.Printf("stored %d certificates through the store in %s\n", *count, time.Since(now).Round(time.Millisecond))
-	return nil
-}
 
 // peersServe answers the peer API of one site until SIGINT or SIGTERM. It
 // makes its own TLS certificate for 127.0.0.1 and writes it to -ca-out for
@@ -103,7 +47,13 @@ func peersServe(args []string) error {
 	secretFile := fs.String("secret-file", "", "the fleet's shared secret")
 	listen := fs.String("listen", "127.0.0.1:0", "address of the peer API")
 	dir := fs.String("dir", ".", "where to write peer.pem, peer.key and the address (addr)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the serving here")
 	_ = fs.Parse(args)
+	stopProfile, err := profileCPU(*cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	secret, err := os.ReadFile(*secretFile)
 	if err != nil {
 		return err
@@ -132,6 +82,25 @@ func peersServe(args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return srv.Shutdown(ctx)
+}
+
+// profileCPU starts a CPU profile written to file ("": none) and returns
+// what stops it.
+func profileCPU(file string) (stop func(), err error) {
+	if file == "" {
+		return func() {}, nil
+	}
+	out, err := os.Create(file)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = out.Close()
+	}, nil
 }
 
 // selfSigned writes a certificate for 127.0.0.1 and its key to dir.
@@ -191,16 +160,11 @@ func peersCatchup(args []string) error {
 	inStep := fs.Int("in-step", 5, "exchanges to measure once in step")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the catching up here")
 	_ = fs.Parse(args)
-	if *cpuProfile != "" {
-		out, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		if err := pprof.StartCPUProfile(out); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stop, err := profileCPU(*cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	secret, err := os.ReadFile(*secretFile)
 	if err != nil {
 		return err

@@ -16,89 +16,158 @@ import (
 	"github.com/certagent/certagent/agent/store"
 )
 
+// storeOptions are the flags of store.
+type storeOptions struct {
+	count, from, workers, batch, keys int
+	pattern                           string
+	unique                            bool
+	lifetime, left, spread            time.Duration
+}
+
 // storeRecords writes full certificate records through agent/store, as the
-// agent does (the copies, the expiry index, the renewal schedule), for the
-// benchmarks of list and of renewals: names -from to -from+-names-1 of
-// -pattern. Without -unique the records share one certificate (a listing
-// reads no chain); with it each name gets its own, with -lifetime and
-// -left, so that renewals see real certificates.
+// agent does (the copies, the expiry index, the renewal schedule, the
+// changes stream), for the benchmarks of list, of renewals and of peer
+// sites: names -from to -from+-names-1 of -pattern, -batch records per
+// MULTI, -workers batches made and written at once. Without -unique the
+// records share one certificate (a listing reads no chain); with it each
+// name gets its own, signed by one CA for that name, with -lifetime and
+// -left (less one day per name number modulo the days of -spread), so that
+// renewals and peer sites see real certificates. Their keys are -keys real
+// EC P-256 keys, shared: a site receiving them checks that each key is its
+// certificate's, and a million keys would take most of the time.
 func storeRecords(args []string) error {
 	fs := flag.NewFlagSet("store", flag.ExitOnError)
 	redisAddr := fs.String("redis", "127.0.0.1:6379", "Redis host:port")
-	prefix := fs.String("prefix", "certagent:", "key prefix")
-	count := fs.Int("names", 0, "records to store")
-	from := fs.Int("from", 0, "number of the first name")
-	pattern := fs.String("pattern", "c%d.scale.bench.test", "name pattern (fmt, one %d)")
-	workers := fs.Int("workers", 8, "writes at once")
-	unique := fs.Bool("unique", false, "a certificate of its own for each name (slower)")
-	lifetime := fs.Duration("lifetime", 90*24*time.Hour, "with -unique: the certificates' lifetime")
-	left := fs.Duration("left", 60*24*time.Hour, "with -unique: the time they have left")
+	prefix := fs.String("prefix", "certagent:", "key prefix (the agent's --redis-prefix)")
+	var o storeOptions
+	fs.IntVar(&o.count, "names", 0, "records to store")
+	fs.IntVar(&o.from, "from", 0, "number of the first name")
+	fs.StringVar(&o.pattern, "pattern", "c%d.scale.bench.test", "name pattern (fmt, one %d)")
+	fs.IntVar(&o.workers, "workers", 4, "batches made and written at once")
+	fs.IntVar(&o.batch, "batch", 200, "records per write (one MULTI)")
+	fs.BoolVar(&o.unique, "unique", false, "a certificate of its own for each name")
+	fs.DurationVar(&o.lifetime, "lifetime", 90*24*time.Hour, "with -unique: the certificates' lifetime")
+	fs.DurationVar(&o.left, "left", 60*24*time.Hour, "with -unique: the time they have left")
+	fs.DurationVar(&o.spread, "spread", 0, "with -unique: spread the not-afters over this much before -left, a day apart")
+	fs.IntVar(&o.keys, "keys", 64, "with -unique: real keys the certificates share")
 	_ = fs.Parse(args)
-
-	ca, caKey, caPEM, err := newCA()
+	if o.batch < 1 || o.batch > store.MaxCertBatch || o.workers < 1 || o.keys < 1 {
+		return fmt.Errorf("-batch must be 1 to %d, -workers and -keys at least 1", store.MaxCertBatch)
+	}
+	mk, err := newRecordMaker(o)
 	if err != nil {
 		return err
 	}
-	shared, err := leafFor("shared.scale.bench.test", ca, caKey, caPEM)
-	if err != nil {
-		return err
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: *redisAddr, PoolSize: *workers})
+	rdb := redis.NewClient(&redis.Options{Addr: *redisAddr, PoolSize: o.workers})
 	defer rdb.Close()
 	st := store.New(rdb, store.Keys{Prefix: *prefix})
-	ctx := context.Background()
 	start := time.Now()
-	var next atomic.Int64
-	next.Store(int64(*from))
-	var wg sync.WaitGroup
-	errs := make(chan error, *workers)
-	for range *workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= *from+*count {
-					return
-				}
-				name := fmt.Sprintf(*pattern, i)
-				ck := shared
-				var err error
-				if *unique {
-					if ck, err = leafLiving(name, ca, caKey, caPEM, *lifetime, *left); err != nil {
-						errs <- err
-						return
-					}
-				}
-				rec, err := store.NewCertRecord(ck.chainPEM, ck.keyPEM, "")
-				if err != nil {
-					errs <- err
-					return
-				}
-				rec.Names = []string{name}
-				if !*unique {
-					// Spread over a year, so that the index is ordered by more
-					// than the name.
-					rec.NotAfter = rec.NotAfter.Add(time.Duration(i%525600) * time.Minute)
-				}
-				rec.KeyType, rec.CA, rec.IssuedAt = "ec256", "https://ca.bench.test/dir", time.Now()
-				if err := st.PutCert(ctx, rec); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	if err := errors.Join(<-errs); err != nil {
+	if err := storeBatches(context.Background(), st, mk, o); err != nil {
 		return err
 	}
-	fmt.Printf("stored %d records in %.1f s\n", *count, time.Since(start).Seconds())
+	fmt.Printf("stored %d records in %.1f s\n", o.count, time.Since(start).Seconds())
 	return nil
 }
 
-// leafLiving is leafFor with a lifetime of which left remains.
-func leafLiving(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caPEM []byte, lifetime, left time.Duration) (certKey, error) {
-	return leafValid(name, ca, caKey, caPEM, time.Now().Add(left-lifetime), time.Now().Add(left))
+// storeBatches has o.workers workers make and write the records, a batch at
+// a time, until every name is stored or one fails.
+func storeBatches(ctx context.Context, st *store.Store, mk *recordMaker, o storeOptions) error {
+	var next atomic.Int64
+	next.Store(int64(o.from))
+	end := int64(o.from + o.count)
+	var wg sync.WaitGroup
+	errs := make([]error, o.workers)
+	for w := range o.workers {
+		wg.Go(func() {
+			for {
+				first := next.Add(int64(o.batch)) - int64(o.batch)
+				if first >= end {
+					return
+				}
+				recs, err := mk.records(int(first), int(min(first+int64(o.batch), end)))
+				if err == nil {
+					err = st.PutCerts(ctx, recs)
+				}
+				if err != nil {
+					errs[w] = err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// recordMaker makes the records of names by number.
+type recordMaker struct {
+	o      storeOptions
+	ca     *x509.Certificate
+	caKey  *ecdsa.PrivateKey
+	caPEM  []byte
+	shared certKey   // without -unique
+	keys   []leafKey // with -unique
+	now    time.Time
+}
+
+func newRecordMaker(o storeOptions) (*recordMaker, error) {
+	ca, caKey, caPEM, err := newCA()
+	if err != nil {
+		return nil, err
+	}
+	mk := &recordMaker{o: o, ca: ca, caKey: caKey, caPEM: caPEM, now: time.Now()}
+	if !o.unique {
+		mk.shared, err = leafFor("shared.scale.bench.test", ca, caKey, caPEM)
+		return mk, err
+	}
+	for range o.keys {
+		key, err := newLeafKey()
+		if err != nil {
+			return nil, err
+		}
+		mk.keys = append(mk.keys, key)
+	}
+	return mk, nil
+}
+
+// records makes the records of names from to end-1.
+func (mk *recordMaker) records(from, end int) ([]*store.CertRecord, error) {
+	recs := make([]*store.CertRecord, 0, end-from)
+	for i := from; i < end; i++ {
+		rec, err := mk.record(i)
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, rec)
+	}
+	return recs, nil
+}
+
+func (mk *recordMaker) record(i int) (*store.CertRecord, error) {
+	name := fmt.Sprintf(mk.o.pattern, i)
+	ck := mk.shared
+	if mk.o.unique {
+		left := mk.o.left
+		if days := int(mk.o.spread / (24 * time.Hour)); days > 0 {
+			left -= time.Duration(i%days) * 24 * time.Hour
+		}
+		var err error
+		ck, err = leafWithKey(name, mk.ca, mk.caKey, mk.caPEM, mk.keys[i%len(mk.keys)],
+			mk.now.Add(left-mk.o.lifetime), mk.now.Add(left))
+		if err != nil {
+			return nil, err
+		}
+	}
+	rec, err := store.NewCertRecord(ck.chainPEM, ck.keyPEM, "")
+	if err != nil {
+		return nil, err
+	}
+	rec.Names = []string{name}
+	if !mk.o.unique {
+		// Spread over a year, so that the index is ordered by more than
+		// the name.
+		rec.NotAfter = rec.NotAfter.Add(time.Duration(i%525600) * time.Minute)
+	}
+	rec.KeyType, rec.CA, rec.IssuedAt = "ec256", "https://ca.bench.test/dir", mk.now
+	return rec, nil
 }
