@@ -156,8 +156,15 @@ func TestNginxWithAnACLWithoutTheRules(t *testing.T) {
 	}
 	e := startAsNginxUser(t, r, prefix)
 	e.beat(time.Minute)
+	refused := rejectedRulesReads(t, r)
 	e.publishRules(1, "*.example.test", "", "")
-	time.Sleep(1500 * time.Millisecond) // past a read of the changes stream and its announcement
+	// Redis has refused a read of the rules made after they were published:
+	// had it been allowed, the worker would judge by them now. The reads
+	// follow the announcement or the retries after a failure (at most 30 s
+	// apart).
+	testenv.WaitFor(t, 45*time.Second, "a read of the published rules refused by the ACL", func() bool {
+		return rejectedRulesReads(t, r) > refused
+	})
 	if c := e.mustHandshake("outside.example.org"); !e.isFallback(c) {
 		t.Fatalf("served %q, want the fallback", c.Subject.CommonName)
 	}
@@ -169,6 +176,16 @@ func TestNginxWithAnACLWithoutTheRules(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// rejectedRulesReads counts the reads of the rules (HMGET) Redis has refused.
+func rejectedRulesReads(t *testing.T, r *testenv.Redis) int64 {
+	t.Helper()
+	n, err := r.RejectedCalls("hmget")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // startAsNginxUser starts nginx on r as the user certagent-nginx (password

@@ -30,8 +30,11 @@ func TestOneChangesReaderPerNode(t *testing.T) {
 		base = startWith(t, baseOpts)
 	}
 	e.waitChangesRead()
-	// Every worker has started its timers well before this.
-	time.Sleep(2 * time.Second)
+	// The window opens once the reader polls at its pace (two more reads):
+	// the start-up's own commands (every worker's first poll, the index's
+	// build) are behind it, however long a loaded machine took for them.
+	polls := e.commands("xread")
+	waitFor(t, "two more reads of the changes stream", func() bool { return e.commands("xread") >= polls+2 })
 	nodes := []*env{e}
 	if base != nil {
 		nodes = append(nodes, base)

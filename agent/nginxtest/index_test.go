@@ -88,9 +88,14 @@ func TestNameIndexTooSmallSaysWhatItNeeds(t *testing.T) {
 	})
 	const says = "the name index of 30001 names needs lua_shared_dict certagent_names of at least 2m"
 	waitFor(t, "the dict size to be said", func() bool { return strings.Contains(e.nginx.ErrorLog(), says) })
-	// More polls of both workers, more handshakes: still one line.
+	// More polls, more handshakes: still one line. Each poll that reads
+	// the changes stream (one XREAD on an idle stream) then asks the index
+	// to build: two of them after the flood have had their chance to say it
+	// again.
+	polls := e.commands("xread")
 	e.flood("flood.example.test", 50)
-	time.Sleep(2 * time.Second)
+	waitFor(t, "two more reads of the changes stream", func() bool { return e.commands("xread") >= polls+2 })
+	e.settle()
 	if n := strings.Count(e.nginx.ErrorLog(), "needs lua_shared_dict"); n != 1 {
 		t.Errorf("%d lines say the size, want 1", n)
 	}

@@ -336,7 +336,16 @@ func TestNamesSeenDuringRedisOOMAreRecordedAfterIt(t *testing.T) {
 		}
 		return false
 	})
-	time.Sleep(1500 * time.Millisecond) // a retry or two while Redis still refuses
+	// A retry refused too (the XADD logged above may be the first try): the
+	// check below sees a write tried again while Redis still refuses.
+	refused, err := e.redis.RejectedCalls("xadd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a retried XADD refused", func() bool {
+		n, err := e.redis.RejectedCalls("xadd")
+		return err == nil && n > refused
+	})
 	if names := e.namesIn(); len(names) != 0 {
 		t.Fatalf("recorded while Redis refused writes: %v", names)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -59,6 +60,18 @@ func (r *Redis) Stop() { r.node.stop() }
 // CommandCalls returns how many times Redis has run cmd (lowercase, e.g. "xadd")
 // since start or the last CONFIG RESETSTAT, from INFO commandstats.
 func (r *Redis) CommandCalls(cmd string) (int64, error) {
+	return r.commandStat(cmd, "calls")
+}
+
+// RejectedCalls returns how many times Redis has refused cmd before running
+// it (an ACL's NOPERM among others), from INFO commandstats.
+func (r *Redis) RejectedCalls(cmd string) (int64, error) {
+	return r.commandStat(cmd, "rejected_calls")
+}
+
+// commandStat returns one field of cmd's INFO commandstats line (0 when
+// Redis has not seen cmd, or the field is absent).
+func (r *Redis) commandStat(cmd, field string) (int64, error) {
 	info, err := r.Client.InfoMap(context.Background(), "commandstats").Result()
 	if err != nil {
 		return 0, err
@@ -67,9 +80,16 @@ func (r *Redis) CommandCalls(cmd string) (int64, error) {
 	if !ok {
 		return 0, nil
 	}
-	var calls int64
-	if _, err := fmt.Sscanf(stats, "calls=%d", &calls); err != nil {
-		return 0, fmt.Errorf("parsing commandstats %q: %w", stats, err)
+	for _, kv := range strings.Split(stats, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		if k != field {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("parsing commandstats %q: %w", stats, err)
+		}
+		return n, nil
 	}
-	return calls, nil
+	return 0, nil
 }
