@@ -93,7 +93,7 @@ func TestAnnouncerKeepsItsRulesInTheUnion(t *testing.T) {
 	stopB := run("b", "*.b.test")
 	waitFor(t, "the union of both agents' rules", static("*.a.test", "*.b.test"))
 	stopB()
-	stopped := time.Now() // b's last beat came before
+	stopped := time.Now()              // b's last beat came before
 	time.Sleep(100 * time.Millisecond) // a's beats (every 20 ms) run meanwhile
 	// A read that ends within the bound must see b's rules; on a machine so
 	// loaded that it ends later, their absence is no fault.

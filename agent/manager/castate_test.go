@@ -14,6 +14,7 @@ import (
 	"github.com/certagent/certagent/agent/internal/testenv"
 	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
+	"github.com/certagent/certagent/agent/telemetry"
 )
 
 // caOutage takes the CA away through the proxy (refusing, or accepting and
@@ -98,6 +99,20 @@ func TestNamesRequestedWhileTheCAIsDownAreIssuedWhenItReturns(t *testing.T) {
 		if failures, _ := s.st.ListFailures(ctx, 0); len(failures) != 0 {
 			t.Errorf("%s CA: failure records left: %+v", outage.name, failures)
 		}
+	}
+	// The order that found each CA down reported it deferred, and no order
+	// reported a failure: the outage is not the names'.
+	deferred := 0
+	for _, e := range s.events.all() {
+		switch e.Type {
+		case telemetry.EventFailed:
+			t.Errorf("a failed order reported during the outage: %+v", e)
+		case telemetry.EventDeferred:
+			deferred++
+		}
+	}
+	if deferred < len(caOutages) {
+		t.Errorf("%d orders reported deferred, want one at least for each of the %d outages", deferred, len(caOutages))
 	}
 }
 

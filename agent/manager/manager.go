@@ -202,7 +202,9 @@ func (m *Manager) Renew(ctx context.Context, rec *store.CertRecord) (*store.Cert
 
 // report turns the outcome of an order into an event. A lease held elsewhere
 // and a renewal another agent already did are not failures; neither is an
-// order cut short by shutdown, which is taken up again.
+// order cut short by shutdown, which is taken up again, nor one that waits
+// for its CA (or Redis) to answer again (deferred, as its name's failure
+// record and renewal schedule have it).
 func (m *Manager) report(ctx context.Context, kind string, names []string, rec *store.CertRecord, err error, started time.Time) {
 	e := telemetry.Event{Kind: kind, Name: names[0], Names: names}
 	switch {
@@ -220,6 +222,8 @@ func (m *Manager) report(ctx context.Context, kind string, names []string, rec *
 		e.Type = telemetry.EventBusy
 	case errors.Is(err, ErrAlreadyRenewed), errors.Is(err, errNotStarted), ctx.Err() != nil:
 		return
+	case outage(err):
+		e.Type, e.Error = telemetry.EventDeferred, err.Error()
 	default:
 		e.Type, e.Error = telemetry.EventFailed, err.Error()
 	}

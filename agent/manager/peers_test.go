@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -68,6 +69,13 @@ func (s *recordingSink) Emit(_ context.Context, e telemetry.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.events = append(s.events, e)
+}
+
+// all returns a copy of the events received so far.
+func (s *recordingSink) all() []telemetry.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.events)
 }
 
 // heldAtAPeer issues a certificate for name through m, before m has peers:

@@ -17,6 +17,7 @@ import (
 	"github.com/certagent/certagent/agent/internal/testenv"
 	"github.com/certagent/certagent/agent/policy"
 	"github.com/certagent/certagent/agent/store"
+	"github.com/certagent/certagent/agent/telemetry"
 )
 
 // caStack is real Redis, Pebble with its DNS stub, and nginx answering the
@@ -26,6 +27,7 @@ type caStack struct {
 	st     *store.Store
 	pebble *testenv.Pebble
 	clock  *testenv.Clock
+	events *recordingSink // what the stack's managers report
 }
 
 func startCAStack(t *testing.T) *caStack {
@@ -34,7 +36,8 @@ func startCAStack(t *testing.T) *caStack {
 	httpPort := testenv.FreePort(t)
 	p := testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort})
 	testenv.StartNginx(t, testenv.NginxOptions{RedisURL: r.URL, HTTPPort: httpPort})
-	return &caStack{redis: r, st: store.New(r.Client, store.Keys{}), pebble: p, clock: testenv.NewClock(time.Now())}
+	return &caStack{redis: r, st: store.New(r.Client, store.Keys{}), pebble: p, clock: testenv.NewClock(time.Now()),
+		events: &recordingSink{}}
 }
 
 // manager returns a Manager ordering from directory (Pebble or a front),
@@ -47,7 +50,8 @@ func (s *caStack) manager(t *testing.T, directory string, roots ...string) *Mana
 	if err != nil {
 		t.Fatal(err)
 	}
-	return New(Config{Store: s.st, Issuer: client, Logger: quietLogger(), Clock: s.clock})
+	return New(Config{Store: s.st, Issuer: client, Logger: quietLogger(), Clock: s.clock,
+		Events: telemetry.NewHub(quietLogger(), s.events)})
 }
 
 // consume runs a consumer until the returned stop is called (an agent

@@ -32,11 +32,18 @@ const (
 	// to the events stream or the webhook one by one (Streamed), so they
 	// cannot push the issuance, renewal and failure events out.
 	EventRefused = "refused"
+	// EventDeferred: an order that waits for its CA (or Redis) to answer
+	// again: down, or not answering in time. Not the name's failure: it is
+	// tried again once the CA answers, and the outage itself is logged,
+	// counted and alerted on once (the CA state), so during an outage of
+	// hours the deferrals of thousands of names are logged at debug level
+	// and never streamed one by one.
+	EventDeferred = "deferred"
 )
 
 // Streamed reports whether events of type typ go to the events stream and
 // the webhook one by one.
-func Streamed(typ string) bool { return typ != EventRefused }
+func Streamed(typ string) bool { return typ != EventRefused && typ != EventDeferred }
 
 // Event is one thing that happened to a name.
 type Event struct {
@@ -66,6 +73,7 @@ var messages = map[string]string{
 	EventFromPeer:  "certificate taken from a peer site",
 	EventAccount:   "the CA lost the ACME account: registered it again",
 	EventRefused:   "name refused",
+	EventDeferred:  "order waits for the CA",
 }
 
 // Sink receives events. Emit must not block on I/O.
@@ -104,7 +112,7 @@ func (h *Hub) Emit(ctx context.Context, e Event) {
 		level = slog.LevelError
 	case EventAccount:
 		level = slog.LevelWarn
-	case EventBusy, EventRefused:
+	case EventBusy, EventRefused, EventDeferred:
 		level = slog.LevelDebug
 	}
 	msg, ok := messages[e.Type]

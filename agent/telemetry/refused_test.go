@@ -8,8 +8,9 @@ import (
 	"github.com/certagent/certagent/agent/store"
 )
 
-// Refusals are counted, never streamed: a flood of them leaves the events
-// stream to the events an operator needs.
+// Refusals are counted, never streamed, and orders deferred by a CA outage
+// are not streamed either: a flood of them leaves the events stream to the
+// events an operator needs.
 func TestRefusalsAreCountedNotStreamed(t *testing.T) {
 	r := testenv.StartRedis(t)
 	st := store.New(r.Client, store.Keys{})
@@ -21,6 +22,9 @@ func TestRefusalsAreCountedNotStreamed(t *testing.T) {
 		hub.Emit(ctx, Event{Type: EventRefused, Kind: store.RefusedByPolicy, Name: "x.example.org", Reason: "denied"})
 	}
 	hub.Emit(ctx, Event{Type: EventRefused, Kind: store.RefusedInvalid, Name: "xn--a.example"})
+	for range 500 { // a CA outage: orders waiting for the CA
+		hub.Emit(ctx, Event{Type: EventDeferred, Kind: "renew", Name: "b.example.com", Error: "CA not answering"})
+	}
 	hub.Emit(ctx, Event{Type: EventIssued, Kind: "issue", Name: "a.example.com"})
 	drain(sink.Run)
 
@@ -44,11 +48,15 @@ func TestRefusalsAreCountedNotStreamed(t *testing.T) {
 			}
 		}
 	}
+	if _, ok := byName["certagent_orders_total/renew/failure"]; !ok {
+		t.Fatalf("no series certagent_orders_total{kind=renew,result=failure}: %v", byName)
+	}
 	for key, want := range map[string]float64{
-		"certagent_refused_total/policy":  500,
-		"certagent_refused_total/invalid": 1,
-		"certagent_denied_total":          500,
-		"certagent_requests_total":        501,
+		"certagent_refused_total/policy":       500,
+		"certagent_refused_total/invalid":      1,
+		"certagent_denied_total":               500,
+		"certagent_requests_total":             501,
+		"certagent_orders_total/renew/failure": 0,
 	} {
 		if byName[key] != want {
 			t.Errorf("%s = %v, want %v", key, byName[key], want)
