@@ -59,7 +59,7 @@ local poll
 function _M.init(config, key_builder)
     cfg = config
     keys = key_builder
-    wait.init(config, poll)
+    wait.init(config, poll, key_builder)
     rules.init(config, key_builder)
     return cache.init(config)
 end

@@ -47,7 +47,6 @@ local stats = require("certagent.stats")
 local rules = require("certagent.rules")
 local redis = require("certagent.redis")
 local names = require("certagent.names")
-local key_builder = require("certagent.keys")
 
 local log = ngx.log
 local ERR = ngx.ERR
@@ -106,11 +105,12 @@ end
 -- init is called by certagent.ssl with the configuration and the function
 -- that polls Redis for a name: poll(name) returns a usable certificate entry
 -- or nil, the mark, and an error (logged and counted by poll) when the round
--- trip failed or a record is unusable.
-function _M.init(config, poll_fn)
+-- trip failed or a record is unusable; and the key builder of
+-- certagent.init, for the changes stream the follower reads.
+function _M.init(config, poll_fn, key_builder)
     cfg = config
     poll = poll_fn
-    keys = key_builder.new(cfg.key_prefix)
+    keys = key_builder
     overrun = (cfg.connect_timeout + cfg.read_timeout) / 1000
     return true
 end
