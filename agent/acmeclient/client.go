@@ -52,9 +52,13 @@ type Config struct {
 	CARootFiles []string
 	// UserAgent sent to the CA. Default: "certagent".
 	UserAgent string
-	// FirstPoll is the first wait before polling an authorization or order
-	// when the CA sends no Retry-After. Default: 25 ms. Each poll doubles the
-	// wait up to MaxPoll (default 1 s).
+	// FirstPoll is the first wait before polling an order (for its
+	// validations, or for its certificate once finalized) until the client
+	// has seen how long this CA takes; from then on the polls are placed
+	// around that time (pace.go), never closer together than a fifth of
+	// FirstPoll. A Retry-After from the CA is waited out first. Default:
+	// 25 ms. Polls that find the order still waiting double the wait up to
+	// MaxPoll (default 1 s).
 	FirstPoll, MaxPoll time.Duration
 	// Profile asked for on every order (e.g. Let's Encrypt's "shortlived").
 	// Default: none, the CA's default profile.
@@ -110,6 +114,10 @@ type Client struct {
 	// generation is the stored account's generation when this client was
 	// made: a greater one means another agent registered the account again.
 	generation int64
+
+	// readyPace and validPace place the polls of an order waiting for its
+	// validations and for its certificate (pace.go).
+	readyPace, validPace *pace
 }
 
 // Certificate is an issued certificate with its new private key.
@@ -171,8 +179,12 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		}
 		uri = account.Location
 	}
-	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, keyPEM: storedPEM, generation: generation}, nil
+	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, keyPEM: storedPEM, generation: generation,
+		readyPace: cfg.newPace(), validPace: cfg.newPace()}, nil
 }
+
+// newPace returns the polls' pace of one kind of wait, as cfg sets it.
+func (cfg Config) newPace() *pace { return newPace(cfg.FirstPoll, cfg.FirstPoll/5, cfg.MaxPoll) }
 
 // withDefaults fills in cfg's defaults and wraps its HTTP client with the
 // request observer.

@@ -308,22 +308,6 @@ func TestKeyTypes(t *testing.T) {
 	}
 }
 
-func TestPollHonoursContext(t *testing.T) {
-	ctx, cancel := context.WithCancelCause(context.Background())
-	cause := errors.New("shutting down")
-	calls := 0
-	err := poll(ctx, time.Millisecond, 4*time.Millisecond, func() (bool, error) {
-		calls++
-		if calls == 3 {
-			cancel(cause)
-		}
-		return false, nil
-	})
-	if !errors.Is(err, cause) {
-		t.Errorf("poll returned %v, want the context's cause", err)
-	}
-}
-
 func parseChain(t *testing.T, chainPEM []byte) (*x509.Certificate, *x509.CertPool) {
 	t.Helper()
 	var certs []*x509.Certificate

@@ -16,7 +16,6 @@ import (
 	"github.com/go-acme/lego/v4/acme/api"
 	"github.com/go-acme/lego/v4/challenge"
 
-	"github.com/certagent/certagent/agent/internal/backoff"
 	"github.com/certagent/certagent/agent/internal/stages"
 )
 
@@ -194,7 +193,7 @@ func (c *Client) authorizeAll(ctx context.Context, order acme.ExtendedOrder) err
 			_ = a.solver.CleanUp(a.domain, a.token, a.keyAuth)
 		}
 	}()
-	first := c.cfg.FirstPoll
+	var retryAfter time.Duration
 	for _, authzURL := range order.Authorizations {
 		a, err := c.startAuthz(ctx, authzURL)
 		if err != nil {
@@ -204,12 +203,12 @@ func (c *Client) authorizeAll(ctx context.Context, order acme.ExtendedOrder) err
 			continue // valid already
 		}
 		started = append(started, a)
-		first = max(first, a.retryAfter)
+		retryAfter = max(retryAfter, a.retryAfter)
 	}
 	if len(started) == 0 {
 		return nil
 	}
-	err := poll(ctx, first, c.cfg.MaxPoll, func() (bool, error) {
+	err := c.readyPace.poll(ctx, retryAfter, func() (bool, error) {
 		o, err := withContext(ctx, func() (acme.ExtendedOrder, error) { return c.core.Orders.Get(order.Location) })
 		stages.Mark(ctx, "poll_ready")
 		if err != nil {
@@ -329,7 +328,7 @@ func (c *Client) authzFailure(ctx context.Context, started []*startedAuthz, orde
 
 func (c *Client) waitOrder(ctx context.Context, orderURL string) (acme.ExtendedOrder, error) {
 	var final acme.ExtendedOrder
-	err := poll(ctx, c.cfg.FirstPoll, c.cfg.MaxPoll, func() (bool, error) {
+	err := c.validPace.poll(ctx, 0, func() (bool, error) {
 		order, err := withContext(ctx, func() (acme.ExtendedOrder, error) { return c.core.Orders.Get(orderURL) })
 		stages.Mark(ctx, "poll_valid")
 		if err != nil {
@@ -345,27 +344,6 @@ func (c *Client) waitOrder(ctx context.Context, orderURL string) (acme.ExtendedO
 		return false, nil
 	})
 	return final, err
-}
-
-// poll calls check after wait, doubling wait up to maxWait, until it reports
-// done, fails, or ctx ends.
-func poll(ctx context.Context, wait, maxWait time.Duration, check func() (bool, error)) error {
-	doubling := backoff.Doubling{First: wait, Most: maxWait}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for the CA: %w", context.Cause(ctx))
-		case <-timer.C:
-		}
-		done, err := check()
-		if err != nil || done {
-			return err
-		}
-		wait = doubling.Next(wait)
-		timer.Reset(wait)
-	}
 }
 
 // MaxNamesPerOrder is the most names one certificate may carry: Let's

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -32,15 +33,17 @@ type firstResult struct {
 	FirstTry int `json:"real_on_first_handshake"`
 	// Handshakes: every handshake the run made (retries after a fallback
 	// included); Failures: those that did not complete.
-	Handshakes  int      `json:"handshakes"`
-	Failures    int      `json:"failed_handshakes"`
-	P50ms       float64  `json:"p50_ms"`
-	P95ms       float64  `json:"p95_ms"`
-	MaxMs       float64  `json:"max_ms"`
-	MinMs       float64  `json:"min_ms"`
-	PerSecond   float64  `json:"certificates_per_second"` // Real / Seconds
-	FirstMs     float64  `json:"first_handshake_p50_ms"`  // how long the first handshake itself took, median
-	FirstMaxMs  float64  `json:"first_handshake_max_ms"`
+	Handshakes int     `json:"handshakes"`
+	Failures   int     `json:"failed_handshakes"`
+	P50ms      float64 `json:"p50_ms"`
+	P95ms      float64 `json:"p95_ms"`
+	MaxMs      float64 `json:"max_ms"`
+	MinMs      float64 `json:"min_ms"`
+	PerSecond  float64 `json:"certificates_per_second"` // Real / Seconds
+	FirstMs    float64 `json:"first_handshake_p50_ms"`  // how long the first handshake itself took, median
+	FirstMaxMs float64 `json:"first_handshake_max_ms"`
+	// CPUms: the CPU time this client (or bare lego) used in the run.
+	CPUms       float64  `json:"client_cpu_ms"`
 	TimedOut    []string `json:"timed_out,omitempty"`
 	FirstFailed string   `json:"first_failure,omitempty"`
 }
@@ -141,7 +144,7 @@ func inParallel(pattern string, start, count, parallel int, each func(name strin
 		timings = map[string]nameTiming{}
 		wg      sync.WaitGroup
 	)
-	began := time.Now()
+	began, cpuBefore := time.Now(), cpuTime()
 	for range parallel {
 		wg.Add(1)
 		go func() {
@@ -155,7 +158,18 @@ func inParallel(pattern string, start, count, parallel int, each func(name strin
 		}()
 	}
 	wg.Wait()
-	return summarizeFirst(timings, time.Since(began))
+	r := summarizeFirst(timings, time.Since(began))
+	r.CPUms = float64(cpuTime()-cpuBefore) / float64(time.Millisecond)
+	return r
+}
+
+// cpuTime is the CPU time (user and system) this process has used.
+func cpuTime() time.Duration {
+	var u syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &u); err != nil {
+		return 0
+	}
+	return time.Duration(u.Utime.Nano() + u.Stime.Nano())
 }
 
 func loadRoots(path string) (*x509.CertPool, error) {

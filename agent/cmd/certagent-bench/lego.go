@@ -1,9 +1,10 @@
 package main
 
 // The baseline of the bulk issuance figures: bare lego, driven through its
-// acme/api with the same short polls as certagent's client (25 ms, doubling
-// up to 1 s), N orders at once against the same CA, answering HTTP-01 from
-// memory. No Redis, no nginx, no agent: what the CA allows.
+// acme/api with fixed short polls (25 ms, doubling up to 1 s: certagent's
+// client's schedule before it learned each CA's pace), N orders at once
+// against the same CA, answering HTTP-01 from memory. No Redis, no nginx, no
+// agent: what the CA allows.
 
 import (
 	"context"
@@ -210,7 +211,8 @@ func legoOrder(ctx context.Context, core *api.Core, name string, answers *sync.M
 const legoWait = 10 * time.Second
 
 // shortPolls calls check after 25 ms, then doubling up to 1 s, for at most
-// legoWait: the schedule of certagent's client.
+// legoWait: a fixed schedule, short enough that Pebble's orders, which end
+// within the first poll, are found at it.
 func shortPolls(check func() (bool, error)) error {
 	pause, deadline := backoff.New(25*time.Millisecond, time.Second), time.Now().Add(legoWait)
 	for time.Now().Before(deadline) {
