@@ -144,6 +144,11 @@ func (s *Store) putCert(ctx context.Context, rec *CertRecord, lock *Lock) error 
 	if len(rec.Names) == 0 {
 		return errors.New("storing a certificate: the record has no names")
 	}
+	if lock != nil {
+		// The write deletes the order record: a read of it taken with the
+		// lease is outdated.
+		lock.orderRead.Store(nil)
+	}
 	write := func(p redis.Pipeliner) error {
 		s.queueCertWrite(ctx, p, rec)
 		if lock != nil {
