@@ -97,12 +97,33 @@ func failureFromFields(name string, f map[string]string) (*Failure, error) {
 // ClearFailure forgets the failures of name, after it got its certificate.
 func (s *Store) ClearFailure(ctx context.Context, name string) error {
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, s.keys.Failure(name))
-		p.ZRem(ctx, s.keys.Failures(), name)
+		s.queueClearFailure(ctx, p, name)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("clearing the failure record of %s: %w", name, err)
+	}
+	return nil
+}
+
+func (s *Store) queueClearFailure(ctx context.Context, p redis.Pipeliner, name string) {
+	p.Del(ctx, s.keys.Failure(name))
+	p.ZRem(ctx, s.keys.Failures(), name)
+}
+
+// ClearIssued is ClearIssuing and, when failed (name had a failure record),
+// ClearFailure, in one round trip: what a name whose certificate is stored
+// no longer needs.
+func (s *Store) ClearIssued(ctx context.Context, name string, failed bool) error {
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		if failed {
+			s.queueClearFailure(ctx, p, name)
+		}
+		p.Del(ctx, s.keys.Issuing(name))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("clearing the issuing mark and the failure record of %s: %w", name, err)
 	}
 	return nil
 }
