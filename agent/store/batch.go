@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"slices"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -24,8 +25,14 @@ func (s *Store) NewBatch() *Batch { return &Batch{s: s, p: s.rdb.Pipeline()} }
 // Exec sends the queued commands and waits for their answers. Errors are
 // told by each command's result.
 func (b *Batch) Exec(ctx context.Context) {
-	if b.p.Len() > 0 {
-		_, _ = b.p.Exec(ctx)
+	cmds, err := b.p.Exec(ctx)
+	if err == nil || slices.ContainsFunc(cmds, func(c redis.Cmder) bool { return c.Err() != nil }) {
+		return
+	}
+	// The pipeline failed before any command got an answer or an error of
+	// its own: no command may read as done.
+	for _, c := range cmds {
+		c.SetErr(err)
 	}
 }
 
