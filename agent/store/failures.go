@@ -73,14 +73,25 @@ func (s *Store) writeFailure(ctx context.Context, f *Failure) error {
 
 // GetFailure returns the failure record of name, or an error wrapping ErrNotFound.
 func (s *Store) GetFailure(ctx context.Context, name string) (*Failure, error) {
-	fields, err := s.rdb.HGetAll(ctx, s.keys.Failure(name)).Result()
-	if err != nil {
-		return nil, fmt.Errorf("reading the failure record of %s: %w", name, err)
+	b := s.NewBatch()
+	failure := b.GetFailure(ctx, name)
+	b.Exec(ctx)
+	return failure()
+}
+
+// GetFailure queues Store.GetFailure.
+func (b *Batch) GetFailure(ctx context.Context, name string) func() (*Failure, error) {
+	cmd := b.p.HGetAll(ctx, b.s.keys.Failure(name))
+	return func() (*Failure, error) {
+		fields, err := cmd.Result()
+		if err != nil {
+			return nil, fmt.Errorf("reading the failure record of %s: %w", name, err)
+		}
+		if len(fields) == 0 {
+			return nil, fmt.Errorf("failure record of %s: %w", name, ErrNotFound)
+		}
+		return failureFromFields(name, fields)
 	}
-	if len(fields) == 0 {
-		return nil, fmt.Errorf("failure record of %s: %w", name, ErrNotFound)
-	}
-	return failureFromFields(name, fields)
 }
 
 func failureFromFields(name string, f map[string]string) (*Failure, error) {
