@@ -365,8 +365,14 @@ func (c *Consumer) gate(ctx context.Context, log *slog.Logger, req store.Request
 		return "", nil, true, false
 	}
 	now := c.cfg.Clock.Now()
+	// The failure record and what the policy decides on are read at once,
+	// and decided on in turn.
+	b := c.cfg.Store.NewBatch()
+	readFailure := b.GetFailure(ctx, name)
+	decide := c.cfg.Decider.Queue(ctx, b, name)
+	b.Exec(ctx)
 	// A name in backoff is left alone by every agent until its next attempt.
-	failure, err = c.cfg.Store.GetFailure(ctx, name)
+	failure, err = readFailure()
 	switch {
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCorrupt):
 	case err != nil:
@@ -378,7 +384,7 @@ func (c *Consumer) gate(ctx context.Context, log *slog.Logger, req store.Request
 		c.markRefused(ctx, log, name, "waiting until "+failure.NextAttempt.UTC().Format(time.RFC3339)+": "+failure.LastError)
 		return "", nil, true, false
 	}
-	verdict, err := c.cfg.Decider.Decide(ctx, name)
+	verdict, err := decide()
 	if err != nil {
 		return "", nil, c.retryLater(log, "deciding about the name failed", err), false
 	}
