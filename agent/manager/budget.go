@@ -177,24 +177,62 @@ func (b *Budgets) Issue(ctx context.Context, names []string, prio Priority) (*st
 // function that calls Manager.Renew), and its error is read for rateLimited
 // and failed validations the same way.
 func (b *Budgets) Run(ctx context.Context, names []string, prio Priority, order func(context.Context) (*store.CertRecord, error)) (*store.CertRecord, error) {
+	return b.runChecked(ctx, names, prio, nil, order)
+}
+
+// runChecked is Run with its checks (queueChecks) read already, or read
+// now when checks is nil.
+func (b *Budgets) runChecked(ctx context.Context, names []string, prio Priority, checks func() error,
+	order func(context.Context) (*store.CertRecord, error)) (*store.CertRecord, error) {
 	if len(names) == 0 {
 		return nil, errors.New("issuing: no names")
 	}
-	now := b.m.cfg.Clock.Now()
-	certs, scopes := b.budgetsFor(names)
-	if err := b.checkParked(ctx, now, scopes); err != nil {
+	if checks == nil {
+		batch := b.m.cfg.Store.NewBatch()
+		checks = b.queueChecks(ctx, batch, names)
+		batch.Exec(ctx)
+	}
+	if err := checks(); err != nil {
 		return nil, err
 	}
-	if err := b.checkFailedValidations(ctx, names, now); err != nil {
-		return nil, err
-	}
-	res, err := b.reserve(ctx, now, prio, certs)
+	certs, _ := b.budgetsFor(names)
+	res, err := b.reserve(ctx, b.m.cfg.Clock.Now(), prio, certs)
 	stages.Mark(ctx, "budgets")
 	if err != nil {
 		return nil, err
 	}
 	rec, err := order(ctx)
 	return b.settle(ctx, names, res, rec, err)
+}
+
+// issueChecked is Issue with its checks read already (see runChecked).
+func (b *Budgets) issueChecked(ctx context.Context, names []string, prio Priority, checks func() error) (*store.CertRecord, error) {
+	return b.runChecked(ctx, names, prio, checks, func(ctx context.Context) (*store.CertRecord, error) {
+		return b.m.issueReported(ctx, "issue", names, nil)
+	})
+}
+
+// queueChecks queues in batch the reads of the checks an order of names
+// passes before its slots are reserved, all at once, and returns the
+// checks, to call once batch ran: the scopes the CA rate-limited, then the
+// names' failed validations, in that order. A check that holds the order
+// back returns a *DeferredError.
+func (b *Budgets) queueChecks(ctx context.Context, batch *store.Batch, names []string) func() error {
+	now := b.m.cfg.Clock.Now()
+	_, scopes := b.budgetsFor(names)
+	parked := batch.ParkedUntil(ctx, now, scopes...)
+	var failed []func() (bool, time.Time, error)
+	if b.cfg.FailedPerName > 0 {
+		for _, n := range names {
+			failed = append(failed, batch.CheckBudget(ctx, b.failedBudget(n), now))
+		}
+	}
+	return func() error {
+		if err := checkParked(parked); err != nil {
+			return err
+		}
+		return b.checkFailedValidations(names, failed)
+	}
 }
 
 // budgetsFor returns the certificate budgets of the registered domains of
@@ -214,10 +252,10 @@ func (b *Budgets) budgetsFor(names []string) (certs []store.Budget, scopes []sto
 	return certs, scopes
 }
 
-// checkParked defers the order while the CA's rate limit on any of scopes
-// holds.
-func (b *Budgets) checkParked(ctx context.Context, now time.Time, scopes []store.Scope) error {
-	until, scope, err := b.m.cfg.Store.ParkedUntil(ctx, now, scopes...)
+// checkParked defers the order while the CA's rate limit on any of the
+// scopes read holds.
+func checkParked(parked func() (time.Time, store.Scope, error)) error {
+	until, scope, err := parked()
 	if err != nil {
 		return err
 	}
@@ -228,19 +266,16 @@ func (b *Budgets) checkParked(ctx context.Context, now time.Time, scopes []store
 }
 
 // checkFailedValidations defers the order while a name has used up its
-// failed validations.
-func (b *Budgets) checkFailedValidations(ctx context.Context, names []string, now time.Time) error {
-	for _, n := range names {
-		failed := b.failedBudget(n)
-		if failed.Limit == 0 {
-			return nil
-		}
-		ok, free, err := b.m.cfg.Store.TakeBudget(ctx, failed, now, 0, "", false)
+// failed validations: failed holds the check of each of names.
+func (b *Budgets) checkFailedValidations(names []string, failed []func() (bool, time.Time, error)) error {
+	for i, check := range failed {
+		ok, free, err := check()
 		if err != nil {
 			return err
 		}
 		if !ok {
-			return &DeferredError{Until: free, Reason: fmt.Sprintf("%d failed validations of %s within %s", failed.Limit, n, failed.Window)}
+			bg := b.failedBudget(names[i])
+			return &DeferredError{Until: free, Reason: fmt.Sprintf("%d failed validations of %s within %s", bg.Limit, names[i], bg.Window)}
 		}
 	}
 	return nil
@@ -258,23 +293,29 @@ type reservation struct {
 }
 
 // reserve takes a slot of the account's orders budget and of each domain's
-// certificates budget, leaving the reserve of prio free; nothing is held
-// when one of them is spent.
+// certificates budget, leaving the reserve of prio free, all in one step:
+// nothing is held when one of them is spent.
 func (b *Budgets) reserve(ctx context.Context, now time.Time, prio Priority, certs []store.Budget) (*reservation, error) {
 	res := &reservation{b: b, member: eventID(), now: now, orders: b.ordersBudget()}
+	var counted []store.Budget
+	var reserved []int
 	for _, bg := range append([]store.Budget{res.orders}, certs...) {
-		if bg.Limit == 0 {
-			continue
+		if bg.Limit > 0 {
+			counted, reserved = append(counted, bg), append(reserved, b.reserved(bg.Limit, prio))
 		}
-		ok, free, err := b.m.cfg.Store.TakeBudget(ctx, bg, now, b.reserved(bg.Limit, prio), res.member, true)
-		if err != nil {
-			res.giveBack(ctx, true)
-			return nil, err
-		}
-		if !ok {
-			res.giveBack(ctx, true)
-			return nil, &DeferredError{Until: free, Reason: fmt.Sprintf("the %s budget (%d per %s) is spent", bg, bg.Limit, bg.Window)}
-		}
+	}
+	if len(counted) == 0 {
+		return res, nil
+	}
+	ok, spent, free, err := b.m.cfg.Store.TakeBudgets(ctx, counted, now, reserved, res.member)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		bg := counted[spent]
+		return nil, &DeferredError{Until: free, Reason: fmt.Sprintf("the %s budget (%d per %s) is spent", bg, bg.Limit, bg.Window)}
+	}
+	for _, bg := range counted {
 		if bg.Kind == "orders" {
 			res.orderTaken = true
 		} else {

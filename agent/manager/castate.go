@@ -35,7 +35,11 @@ const (
 // caDown returns the outage of issuer's CA as the fleet recorded it, or nil
 // when it is up (or Redis cannot tell: the order then finds out itself).
 func (m *Manager) caDown(ctx context.Context, issuer Issuer) *acmeclient.OutageError {
-	state, err := m.cfg.Store.CADown(ctx, issuer.DirectoryURL())
+	return outageOf(m.cfg.Store.CADown(ctx, issuer.DirectoryURL()))
+}
+
+// outageOf is caDown's answer from the CA's state as read.
+func outageOf(state *store.CAState, err error) *acmeclient.OutageError {
 	if err != nil || !watched(state) {
 		return nil
 	}
@@ -85,19 +89,35 @@ func (m *Manager) wakeCAWatch() {
 // CAsDown returns the outage of the last CA when every configured CA is
 // down, and nil when an order may be placed.
 func (m *Manager) CAsDown(ctx context.Context) (*acmeclient.OutageError, error) {
-	var outage *acmeclient.OutageError
-	for _, issuer := range m.issuers() {
-		state, err := m.cfg.Store.CADown(ctx, issuer.DirectoryURL())
-		if err != nil {
-			return nil, err
-		}
-		if !watched(state) {
-			return nil, nil
-		}
-		outage = &acmeclient.OutageError{Reason: state.Reason}
-		m.wakeCAWatch()
+	b := m.cfg.Store.NewBatch()
+	down := m.queueCAsDown(ctx, b)
+	b.Exec(ctx)
+	return down()
+}
+
+// queueCAsDown queues the reads of CAsDown in b (every CA's state at once)
+// and returns its answer, to call once b ran.
+func (m *Manager) queueCAsDown(ctx context.Context, b *store.Batch) func() (*acmeclient.OutageError, error) {
+	issuers := m.issuers()
+	states := make([]func() (*store.CAState, error), len(issuers))
+	for i, issuer := range issuers {
+		states[i] = b.CADown(ctx, issuer.DirectoryURL())
 	}
-	return outage, nil
+	return func() (*acmeclient.OutageError, error) {
+		var outage *acmeclient.OutageError
+		for _, read := range states {
+			state, err := read()
+			if err != nil {
+				return nil, err
+			}
+			if !watched(state) {
+				return nil, nil
+			}
+			outage = &acmeclient.OutageError{Reason: state.Reason}
+			m.wakeCAWatch()
+		}
+		return outage, nil
+	}
 }
 
 // WatchCAs probes every CA the fleet recorded as down, one agent at a time

@@ -342,12 +342,13 @@ func (c *Consumer) decide(ctx context.Context, log *slog.Logger, req store.Reque
 		return true // another worker of this agent is on it
 	}
 	defer c.unclaim(name)
-	if ack, pass := c.orderable(ctx, log, req, name); !pass {
+	checks, ack, pass := c.orderable(ctx, log, req, name)
+	if !pass {
 		return ack
 	}
 	var err error
 	if c.cfg.Budgets != nil {
-		_, err = c.cfg.Budgets.Issue(ctx, []string{name}, PriorityNew)
+		_, err = c.cfg.Budgets.issueChecked(ctx, []string{name}, PriorityNew, checks)
 	} else {
 		_, err = c.cfg.Manager.Issue(ctx, []string{name})
 	}
@@ -364,8 +365,14 @@ func (c *Consumer) gate(ctx context.Context, log *slog.Logger, req store.Request
 		return "", nil, true, false
 	}
 	now := c.cfg.Clock.Now()
+	// The failure record and what the policy decides on are read at once,
+	// and decided on in turn.
+	b := c.cfg.Store.NewBatch()
+	readFailure := b.GetFailure(ctx, name)
+	decide := c.cfg.Decider.Queue(ctx, b, name)
+	b.Exec(ctx)
 	// A name in backoff is left alone by every agent until its next attempt.
-	failure, err = c.cfg.Store.GetFailure(ctx, name)
+	failure, err = readFailure()
 	switch {
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCorrupt):
 	case err != nil:
@@ -377,7 +384,7 @@ func (c *Consumer) gate(ctx context.Context, log *slog.Logger, req store.Request
 		c.markRefused(ctx, log, name, "waiting until "+failure.NextAttempt.UTC().Format(time.RFC3339)+": "+failure.LastError)
 		return "", nil, true, false
 	}
-	verdict, err := c.cfg.Decider.Decide(ctx, name)
+	verdict, err := decide()
 	if err != nil {
 		return "", nil, c.retryLater(log, "deciding about the name failed", err), false
 	}
@@ -398,20 +405,17 @@ func (c *Consumer) gate(ctx context.Context, log *slog.Logger, req store.Request
 // orderable tells whether the allowed name is to be ordered now: it has
 // no usable certificate, a CA is up, and the DNS pre-flight passes. It
 // marks the name as being issued, for nginx to hold its first handshake.
-func (c *Consumer) orderable(ctx context.Context, log *slog.Logger, req store.Request, name string) (ack, pass bool) {
-	// From here an order runs unless a check below says otherwise: nginx may
-	// hold the name's first handshake for it. The mark comes first: nginx
-	// holds a handshake for an unmarked name only for a short grace, and
-	// each check below is a round trip to Redis; every check that stops the
-	// order clears the mark or turns it to refused.
-	if err := c.cfg.Store.MarkIssuing(ctx, name); err != nil {
+// It returns the budgets' checks when it read them (see readBeforeOrder).
+func (c *Consumer) orderable(ctx context.Context, log *slog.Logger, req store.Request, name string) (checks func() error, ack, pass bool) {
+	read := c.readBeforeOrder(ctx, name)
+	if err := read.marked(); err != nil {
 		log.Warn("marking the name as being issued", "error", err)
 	}
 	stages.Mark(ctx, "mark")
-	need, err := c.cfg.Manager.NeedsCertificate(ctx, name)
+	need, err := read.need()
 	stages.Mark(ctx, "stored_cert")
 	if err != nil {
-		return c.retryLater(log, "checking the stored certificate failed", err), false
+		return nil, c.retryLater(log, "checking the stored certificate failed", err), false
 	}
 	if !need {
 		// nginx reads the mark only when it finds no certificate: this one
@@ -419,10 +423,49 @@ func (c *Consumer) orderable(ctx context.Context, log *slog.Logger, req store.Re
 		if err := c.cfg.Store.ClearIssuing(ctx, name); err != nil {
 			log.Warn("clearing the issuing mark", "error", err)
 		}
-		return true, false
+		return nil, true, false
 	}
+	ack, pass = c.orderableNow(ctx, log, req, name, read.casDown)
+	return read.budgets, ack, pass
+}
+
+// beforeOrder is what the consumer reads about a name before ordering it,
+// each to call once the batch ran.
+type beforeOrder struct {
+	marked  func() error
+	need    func() (bool, error)
+	casDown func() (*acmeclient.OutageError, error)
+	budgets func() error // nil when not read
+}
+
+// readBeforeOrder marks name as being issued and reads what the checks
+// before its order decide on, in one round trip; the checks then decide in
+// their order. From here an order runs unless a check says otherwise: nginx
+// may hold the name's first handshake for it. The mark goes first: nginx
+// holds a handshake for an unmarked name only for a short grace; every
+// check that stops the order clears the mark or turns it to refused. The
+// budgets' checks are read here too unless a pre-flight check (DNS, which
+// may take long) comes between them and the order.
+func (c *Consumer) readBeforeOrder(ctx context.Context, name string) beforeOrder {
+	b := c.cfg.Store.NewBatch()
+	read := beforeOrder{
+		marked:  b.MarkIssuing(ctx, name),
+		need:    c.cfg.Manager.queueNeedsCertificate(ctx, b, name),
+		casDown: c.cfg.Manager.queueCAsDown(ctx, b),
+	}
+	if c.cfg.Budgets != nil && c.cfg.Preflight == nil {
+		read.budgets = c.cfg.Budgets.queueChecks(ctx, b, []string{name})
+	}
+	b.Exec(ctx)
+	return read
+}
+
+// orderableNow is orderable's last checks, of the CAs (read as casDown)
+// and the pre-flight.
+func (c *Consumer) orderableNow(ctx context.Context, log *slog.Logger, req store.Request, name string,
+	casDown func() (*acmeclient.OutageError, error)) (ack, pass bool) {
 	// With every CA down the name waits for one, without an order.
-	outage, err := c.cfg.Manager.CAsDown(ctx)
+	outage, err := casDown()
 	stages.Mark(ctx, "ca_state")
 	if err != nil {
 		return c.retryLater(log, "reading the state of the CAs failed", err), false
@@ -459,12 +502,7 @@ func (c *Consumer) outcome(ctx context.Context, log *slog.Logger, req store.Requ
 	var deferred *DeferredError
 	switch {
 	case err == nil:
-		if failure != nil {
-			if err := st.ClearFailure(ctx, name); err != nil {
-				log.Warn("clearing the failure record", "error", err)
-			}
-		}
-		if err := st.ClearIssuing(ctx, name); err != nil {
+		if err := st.ClearIssued(ctx, name, failure != nil); err != nil {
 			log.Warn("clearing the issuing mark", "error", err)
 		}
 		stages.Mark(ctx, "unmark")

@@ -258,6 +258,7 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 		replaces = id
 	}
 	if m.cfg.Peers != nil {
+		l.firstCA = nil // read before the peer sites, which may take a while
 		rec, release, err := m.fromPeers(l.ctx, names, renewing, l.stop)
 		if rec != nil {
 			return rec, errFromPeer
@@ -292,11 +293,30 @@ type heldLease struct {
 	lock *store.Lock
 	ctx  context.Context
 	stop context.CancelCauseFunc
+	// firstCA is the state of the first CA as read with the lease; nil once
+	// used, or when the peer sites were asked since (that takes a while).
+	firstCA func() (*store.CAState, error)
 }
 
-// lease takes the lease on name and keeps extending it until release.
+// caDown is Manager.caDown for the i-th CA of the lease's order, answered
+// for the first from the state read with the lease.
+func (l *heldLease) caDown(i int, issuer Issuer) *acmeclient.OutageError {
+	if read := l.firstCA; i == 0 && read != nil {
+		l.firstCA = nil
+		return outageOf(read())
+	}
+	return l.m.caDown(l.ctx, issuer)
+}
+
+// lease takes the lease on name and keeps extending it until release. The
+// state of the first CA, which the order looks at next, is read in the same
+// round trip (and so is the name's running order: store.Batch.AcquireLock).
 func (m *Manager) lease(ctx context.Context, name string) (*heldLease, error) {
-	lock, err := m.cfg.Store.AcquireLock(ctx, name, m.cfg.LockTTL)
+	b := m.cfg.Store.NewBatch()
+	acquired := b.AcquireLock(ctx, name, m.cfg.LockTTL)
+	firstCA := b.CADown(ctx, m.cfg.Issuer.DirectoryURL())
+	b.Exec(ctx)
+	lock, err := acquired()
 	if err != nil {
 		return nil, err
 	}
@@ -304,7 +324,7 @@ func (m *Manager) lease(ctx context.Context, name string) (*heldLease, error) {
 	go lock.KeepAlive(keepCtx, func(err error) {
 		stopKeeping(fmt.Errorf("%w: the lease on %s could not be kept: %w", ErrInterrupted, name, err))
 	})
-	return &heldLease{m: m, name: name, lock: lock, ctx: keepCtx, stop: stopKeeping}, nil
+	return &heldLease{m: m, name: name, lock: lock, ctx: keepCtx, stop: stopKeeping, firstCA: firstCA}, nil
 }
 
 // release stops extending the lease first (an extension after the release
@@ -343,9 +363,9 @@ func (m *Manager) orderFromCAs(l *heldLease, names []string, renewing *store.Cer
 	primary := names[0]
 	var errs []error
 	var recorded bool // an order was created at a CA (and recorded with the lease)
-	for _, candidate := range m.issuers() {
+	for i, candidate := range m.issuers() {
 		// A CA the fleet knows to be down is not asked (castate.go).
-		if outage := m.caDown(l.ctx, candidate); outage != nil {
+		if outage := l.caDown(i, candidate); outage != nil {
 			errs = append(errs, outage)
 			continue
 		}
@@ -496,29 +516,45 @@ func (m *Manager) Store() *store.Store { return m.cfg.Store }
 // of its lifetime, or the record nginx would serve for it is corrupt (nginx
 // serves the fallback for it and prefers the exact record to the wildcard).
 func (m *Manager) NeedsCertificate(ctx context.Context, name string) (bool, error) {
+	b := m.cfg.Store.NewBatch()
+	need := m.queueNeedsCertificate(ctx, b, name)
+	b.Exec(ctx)
+	return need()
+}
+
+// queueNeedsCertificate queues the reads of NeedsCertificate in b (both
+// records at once) and returns its answer, to call once b ran.
+func (m *Manager) queueNeedsCertificate(ctx context.Context, b *store.Batch, name string) func() (bool, error) {
 	candidates := []string{name}
 	if parent, ok := names.WildcardParent(name); ok {
 		candidates = append(candidates, "*."+parent)
 	}
-	now := m.cfg.Clock.Now()
-	for _, candidate := range candidates {
-		rec, err := m.cfg.Store.GetCert(ctx, candidate)
-		if errors.Is(err, store.ErrNotFound) {
-			continue
-		}
-		if errors.Is(err, store.ErrCorrupt) {
-			m.cfg.Logger.Warn("stored certificate is corrupt and will be replaced", "name", candidate, "error", err)
-			return true, nil
-		}
+	read := b.GetCerts(ctx, candidates)
+	return func() (bool, error) {
+		recs, errs, err := read()
 		if err != nil {
 			return false, err
 		}
-		lifetime := rec.NotAfter.Sub(rec.NotBefore)
-		if now.Before(rec.NotAfter.Add(-lifetime / 3)) {
-			return false, nil
+		now := m.cfg.Clock.Now()
+		for i, candidate := range candidates {
+			rec, err := recs[i], errs[i]
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if errors.Is(err, store.ErrCorrupt) {
+				m.cfg.Logger.Warn("stored certificate is corrupt and will be replaced", "name", candidate, "error", err)
+				return true, nil
+			}
+			if err != nil {
+				return false, err
+			}
+			lifetime := rec.NotAfter.Sub(rec.NotBefore)
+			if now.Before(rec.NotAfter.Add(-lifetime / 3)) {
+				return false, nil
+			}
 		}
+		return true, nil
 	}
-	return true, nil
 }
 
 // releasingLease reports whether name's lease is this agent's own, from an

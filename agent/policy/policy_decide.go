@@ -56,20 +56,48 @@ func NewDecider(cfg DeciderConfig) *Decider {
 // Decide answers for the normalized name. Errors are Redis errors; an
 // unavailable ask URL is a Verdict, not an error.
 func (d *Decider) Decide(ctx context.Context, name string) (Verdict, error) {
+	b := d.cfg.Store.NewBatch()
+	decide := d.Queue(ctx, b, name)
+	b.Exec(ctx)
+	return decide()
+}
+
+// Queue queues in b the reads Decide decides on (the cached denial, the
+// allowlist, the cached ask answer: all at once) and returns Decide, to
+// call once b ran. A name the static rules allow needs no read.
+func (d *Decider) Queue(ctx context.Context, b *store.Batch, name string) func() (Verdict, error) {
 	// Static rules cost nothing and change only with a restart: they come
 	// before the cache, so a new --allow takes effect at once.
 	if d.cfg.Static.Allows(name) {
-		return Verdict{Allowed: true, Source: "static"}, nil
+		return func() (Verdict, error) { return Verdict{Allowed: true, Source: "static"}, nil }
 	}
+	read := cachedVerdicts{denied: b.Denied(ctx, name), allowlist: b.AllowlistAllows(ctx, name)}
+	if d.cfg.Ask != nil {
+		read.askAllowed = b.AskAllowed(ctx, name)
+	}
+	return func() (Verdict, error) { return d.decide(ctx, name, read) }
+}
+
+// cachedVerdicts are the reads of Decide, each to call once its batch ran.
+type cachedVerdicts struct {
+	denied     func() (*store.Denial, error)
+	allowlist  func() (bool, error)
+	askAllowed func() (bool, error) // nil without an ask URL
+}
+
+// decide is Decide for a name the static rules do not allow, from what
+// read holds: the cached denial, the allowlist, then the ask URL (its
+// cached answer first).
+func (d *Decider) decide(ctx context.Context, name string, read cachedVerdicts) (Verdict, error) {
 	st := d.cfg.Store
-	denial, err := st.Denied(ctx, name)
+	denial, err := read.denied()
 	if err != nil {
 		return Verdict{}, err
 	}
 	if denial != nil {
 		return Verdict{Source: "negative-cache", Reason: denial.Reason}, nil
 	}
-	ok, err := st.AllowlistAllows(ctx, name)
+	ok, err := read.allowlist()
 	if err != nil {
 		return Verdict{}, err
 	}
@@ -78,7 +106,7 @@ func (d *Decider) Decide(ctx context.Context, name string) (Verdict, error) {
 	}
 	reason := "no allow rule names it"
 	if d.cfg.Ask != nil {
-		cached, err := st.AskAllowed(ctx, name)
+		cached, err := read.askAllowed()
 		if err != nil {
 			return Verdict{}, err
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -50,6 +51,14 @@ func (s *Store) AllowRules(ctx context.Context) ([]string, error) {
 // AllowlistAllows reports whether the allowlist holds name itself or a
 // "*.parent" rule for any of its parents, in one round trip.
 func (s *Store) AllowlistAllows(ctx context.Context, name string) (bool, error) {
+	b := s.NewBatch()
+	allows := b.AllowlistAllows(ctx, name)
+	b.Exec(ctx)
+	return allows()
+}
+
+// AllowlistAllows queues Store.AllowlistAllows.
+func (b *Batch) AllowlistAllows(ctx context.Context, name string) func() (bool, error) {
 	candidates := []any{name}
 	for rest := name; ; {
 		i := strings.IndexByte(rest, '.')
@@ -59,16 +68,14 @@ func (s *Store) AllowlistAllows(ctx context.Context, name string) (bool, error) 
 		rest = rest[i+1:]
 		candidates = append(candidates, "*."+rest)
 	}
-	found, err := s.rdb.SMIsMember(ctx, s.keys.Allow(), candidates...).Result()
-	if err != nil {
-		return false, fmt.Errorf("reading the allowlist for %s: %w", name, err)
-	}
-	for _, f := range found {
-		if f {
-			return true, nil
+	cmd := b.p.SMIsMember(ctx, b.s.keys.Allow(), candidates...)
+	return func() (bool, error) {
+		found, err := cmd.Result()
+		if err != nil {
+			return false, fmt.Errorf("reading the allowlist for %s: %w", name, err)
 		}
+		return slices.Contains(found, true), nil
 	}
-	return false, nil
 }
 
 // Denial is a cached refusal of a name.
@@ -93,34 +100,40 @@ func (s *Store) Deny(ctx context.Context, name, reason string, ttl time.Duration
 // Denied returns the cached refusal of name, or nil when there is none or it
 // was made before the allowlist last changed.
 func (s *Store) Denied(ctx context.Context, name string) (*Denial, error) {
-	var val *redis.StringCmd
-	var ttl *redis.DurationCmd
-	var gen *redis.StringCmd
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		val = p.Get(ctx, s.keys.Denied(name))
-		ttl = p.PTTL(ctx, s.keys.Denied(name))
-		gen = p.Get(ctx, s.keys.AllowGeneration())
-		return nil
-	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("reading the cached denial of %s: %w", name, err)
+	b := s.NewBatch()
+	denied := b.Denied(ctx, name)
+	b.Exec(ctx)
+	return denied()
+}
+
+// Denied queues Store.Denied.
+func (b *Batch) Denied(ctx context.Context, name string) func() (*Denial, error) {
+	val := b.p.Get(ctx, b.s.keys.Denied(name))
+	ttl := b.p.PTTL(ctx, b.s.keys.Denied(name))
+	gen := b.p.Get(ctx, b.s.keys.AllowGeneration())
+	return func() (*Denial, error) {
+		for _, cmd := range []redis.Cmder{val, ttl, gen} {
+			if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+				return nil, fmt.Errorf("reading the cached denial of %s: %w", name, err)
+			}
+		}
+		if val.Err() != nil {
+			return nil, nil
+		}
+		stored, reason, _ := strings.Cut(val.Val(), " ")
+		current := gen.Val()
+		if current == "" {
+			current = "0"
+		}
+		if stored != current {
+			return nil, nil
+		}
+		d := &Denial{Reason: reason}
+		if ttl.Val() > 0 {
+			d.Until = time.Now().Add(ttl.Val())
+		}
+		return d, nil
 	}
-	if val.Err() != nil {
-		return nil, nil
-	}
-	stored, reason, _ := strings.Cut(val.Val(), " ")
-	current := gen.Val()
-	if current == "" {
-		current = "0"
-	}
-	if stored != current {
-		return nil, nil
-	}
-	d := &Denial{Reason: reason}
-	if ttl.Val() > 0 {
-		d.Until = time.Now().Add(ttl.Val())
-	}
-	return d, nil
 }
 
 // ClearDenial drops the cached refusal of name.
@@ -152,9 +165,20 @@ func (s *Store) CacheAskAllowed(ctx context.Context, name string, ttl time.Durat
 
 // AskAllowed reports whether an allowing ask answer for name is cached.
 func (s *Store) AskAllowed(ctx context.Context, name string) (bool, error) {
-	n, err := s.rdb.Exists(ctx, s.keys.Ask(name)).Result()
-	if err != nil {
-		return false, fmt.Errorf("reading the ask answer for %s: %w", name, err)
+	b := s.NewBatch()
+	allowed := b.AskAllowed(ctx, name)
+	b.Exec(ctx)
+	return allowed()
+}
+
+// AskAllowed queues Store.AskAllowed.
+func (b *Batch) AskAllowed(ctx context.Context, name string) func() (bool, error) {
+	cmd := b.p.Exists(ctx, b.s.keys.Ask(name))
+	return func() (bool, error) {
+		n, err := cmd.Result()
+		if err != nil {
+			return false, fmt.Errorf("reading the ask answer for %s: %w", name, err)
+		}
+		return n == 1, nil
 	}
-	return n == 1, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -26,47 +27,59 @@ type Budget struct {
 
 func (b Budget) String() string { return b.Kind + " " + b.Subject }
 
-// takeScript counts the events of the last window in a sorted set (score:
-// event time in ms) and adds one unless the budget, less the slots kept for
-// higher priorities, is spent. Events held past their deadline (KEYS[2],
-// score: the deadline in ms) are dropped first: their order never finished.
-// It returns {1} or {0, ms when a slot frees}.
-// ARGV: now ms, window ms, limit, reserved slots, member, add (1) or only
-// check (0), hold deadline ms (0: the event is not held).
+// takeScript counts the events of the last window of each budget in a
+// sorted set (KEYS[2i-1], score: event time in ms) and adds one to every
+// budget unless one of them, less the slots kept for higher priorities, is
+// spent: all or none, so an order never holds a slot of one budget while
+// another turns it away. Events held past their deadline (KEYS[2i], score:
+// the deadline in ms) are dropped first: their order never finished. It
+// returns {1} or {0, ms when a slot frees, i of the first spent budget}.
+// ARGV: now ms, member, add (1) or only check (0), then for each budget:
+// window ms, limit, reserved slots, hold deadline ms (0: the event is not
+// held).
 var takeScript = redis.NewScript(`
-local now, window, limit, reserved = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local holdUntil = tonumber(ARGV[7])
-local expired = redis.call("ZRANGEBYSCORE", KEYS[2], "-inf", now)
-for _, m in ipairs(expired) do
-  redis.call("ZREM", KEYS[1], m)
-  redis.call("ZREM", KEYS[2], m)
+local now, member, add = tonumber(ARGV[1]), ARGV[2], ARGV[3] == "1"
+local budgets = #KEYS / 2
+local function arg(i, n) return tonumber(ARGV[3 + 4 * (i - 1) + n]) end
+for i = 1, budgets do
+  local key, heldKey = KEYS[2 * i - 1], KEYS[2 * i]
+  local window, limit, reserved = arg(i, 1), arg(i, 2), arg(i, 3)
+  local expired = redis.call("ZRANGEBYSCORE", heldKey, "-inf", now)
+  for _, m in ipairs(expired) do
+    redis.call("ZREM", key, m)
+    redis.call("ZREM", heldKey, m)
+  end
+  redis.call("ZREMRANGEBYSCORE", key, "-inf", now - window)
+  local n = redis.call("ZCARD", key)
+  local usable = limit - reserved
+  if n >= usable then
+    local free = now + window
+    local idx = n - usable
+    local oldest = redis.call("ZRANGE", key, idx, idx, "WITHSCORES")
+    if oldest[2] then
+      free = tonumber(oldest[2]) + window
+    end
+    -- A held slot may come back sooner: its order runs out of time.
+    local held = redis.call("ZRANGE", heldKey, 0, 0, "WITHSCORES")
+    if held[2] and tonumber(held[2]) < free then
+      free = tonumber(held[2])
+    end
+    return {0, free, i}
+  end
 end
-redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now - window)
-local n = redis.call("ZCARD", KEYS[1])
-local usable = limit - reserved
-if n < usable then
-  if ARGV[6] == "1" then
-    redis.call("ZADD", KEYS[1], now, ARGV[5])
-    redis.call("PEXPIRE", KEYS[1], window)
+if add then
+  for i = 1, budgets do
+    local key, heldKey = KEYS[2 * i - 1], KEYS[2 * i]
+    local window, holdUntil = arg(i, 1), arg(i, 4)
+    redis.call("ZADD", key, now, member)
+    redis.call("PEXPIRE", key, window)
     if holdUntil > 0 then
-      redis.call("ZADD", KEYS[2], holdUntil, ARGV[5])
-      redis.call("PEXPIRE", KEYS[2], math.max(window, holdUntil - now))
+      redis.call("ZADD", heldKey, holdUntil, member)
+      redis.call("PEXPIRE", heldKey, math.max(window, holdUntil - now))
     end
   end
-  return {1}
 end
-local free = now + window
-local idx = n - usable
-local oldest = redis.call("ZRANGE", KEYS[1], idx, idx, "WITHSCORES")
-if oldest[2] then
-  free = tonumber(oldest[2]) + window
-end
--- A held slot may come back sooner: its order runs out of time.
-local held = redis.call("ZRANGE", KEYS[2], 0, 0, "WITHSCORES")
-if held[2] and tonumber(held[2]) < free then
-  free = tonumber(held[2])
-end
-return {0, free}
+return {1}
 `)
 
 // TakeBudget counts one event (member, unique per event) against b at now
@@ -75,27 +88,81 @@ return {0, free}
 // checks. When the budget is spent it returns false and when a slot frees.
 // With b.Hold the event is held until now+Hold (see Budget.Hold).
 func (s *Store) TakeBudget(ctx context.Context, b Budget, now time.Time, reserved int, member string, add bool) (bool, time.Time, error) {
+	ok, _, free, err := s.takeBudgets(ctx, []Budget{b}, now, []int{reserved}, member, add)
+	return ok, free, err
+}
+
+// TakeBudgets is TakeBudget for several budgets at once, reserved[i] being
+// the slots bs[i] keeps: the event is counted against all of them or, when
+// one is spent, against none, and spent is the index of the first spent one.
+func (s *Store) TakeBudgets(ctx context.Context, bs []Budget, now time.Time, reserved []int, member string) (ok bool, spent int, free time.Time, err error) {
+	return s.takeBudgets(ctx, bs, now, reserved, member, true)
+}
+
+func (s *Store) takeBudgets(ctx context.Context, bs []Budget, now time.Time, reserved []int, member string, add bool) (bool, int, time.Time, error) {
+	keys, args := s.takeArgs(bs, now, reserved, member, add)
+	return takeResult(bs, takeScript.Run(ctx, s.rdb, keys, args...))
+}
+
+// CheckBudget queues TakeBudget of b with add false and no slots reserved:
+// whether an event could be counted now.
+func (b *Batch) CheckBudget(ctx context.Context, bg Budget, now time.Time) func() (bool, time.Time, error) {
+	bs, reserved := []Budget{bg}, []int{0}
+	keys, args := b.s.takeArgs(bs, now, reserved, "", false)
+	queued := takeScript.EvalSha(ctx, b.p, keys, args...)
+	return func() (bool, time.Time, error) {
+		ok, _, free, err := takeResult(bs, runQueued(ctx, b.s, takeScript, queued, keys, args...))
+		return ok, free, err
+	}
+}
+
+// takeArgs are the keys and arguments of takeScript.
+func (s *Store) takeArgs(bs []Budget, now time.Time, reserved []int, member string, add bool) ([]string, []any) {
 	addArg := "0"
 	if add {
 		addArg = "1"
 	}
-	var holdUntil int64
-	if b.Hold > 0 {
-		holdUntil = now.Add(b.Hold).UnixMilli()
+	keys := make([]string, 0, 2*len(bs))
+	args := []any{now.UnixMilli(), member, addArg}
+	for i, b := range bs {
+		var holdUntil int64
+		if b.Hold > 0 {
+			holdUntil = now.Add(b.Hold).UnixMilli()
+		}
+		keys = append(keys, s.keys.Budget(b.Kind, b.Subject), s.keys.BudgetHeld(b.Kind, b.Subject))
+		args = append(args, b.Window.Milliseconds(), b.Limit, reserved[i], holdUntil)
 	}
-	res, err := takeScript.Run(ctx, s.rdb, []string{s.keys.Budget(b.Kind, b.Subject), s.keys.BudgetHeld(b.Kind, b.Subject)},
-		now.UnixMilli(), b.Window.Milliseconds(), b.Limit, reserved, member, addArg, holdUntil).Int64Slice()
+	return keys, args
+}
+
+// takeResult reads takeScript's answer: counted, or the index of the first
+// spent budget and when a slot of it frees.
+func takeResult(bs []Budget, cmd *redis.Cmd) (bool, int, time.Time, error) {
+	res, err := cmd.Int64Slice()
 	if err != nil {
-		return false, time.Time{}, fmt.Errorf("counting the %s budget: %w", b, err)
+		return false, 0, time.Time{}, fmt.Errorf("counting the %s budget: %w", budgetNames(bs), err)
 	}
 	if res[0] == 1 {
-		return true, time.Time{}, nil
+		return true, 0, time.Time{}, nil
 	}
 	var free time.Time
 	if len(res) > 1 {
 		free = time.UnixMilli(res[1])
 	}
-	return false, free, nil
+	spent := 0
+	if len(res) > 2 {
+		spent = int(res[2]) - 1
+	}
+	return false, spent, free, nil
+}
+
+// budgetNames names bs for an error.
+func budgetNames(bs []Budget) string {
+	names := make([]string, len(bs))
+	for i, b := range bs {
+		names[i] = b.String()
+	}
+	return strings.Join(names, ", ")
 }
 
 // ReturnBudget takes back an event counted with TakeBudget (an order that
@@ -178,28 +245,35 @@ type Scope struct{ Kind, Subject string }
 // ParkedUntil returns the latest park among scopes that is still after now,
 // and its scope; a zero time when none is parked.
 func (s *Store) ParkedUntil(ctx context.Context, now time.Time, scopes ...Scope) (time.Time, Scope, error) {
+	b := s.NewBatch()
+	parked := b.ParkedUntil(ctx, now, scopes...)
+	b.Exec(ctx)
+	return parked()
+}
+
+// ParkedUntil queues Store.ParkedUntil.
+func (b *Batch) ParkedUntil(ctx context.Context, now time.Time, scopes ...Scope) func() (time.Time, Scope, error) {
 	cmds := make([]*redis.StringCmd, len(scopes))
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, sc := range scopes {
-			cmds[i] = p.Get(ctx, s.keys.Park(sc.Kind, sc.Subject))
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return time.Time{}, Scope{}, fmt.Errorf("reading parked scopes: %w", err)
+	for i, sc := range scopes {
+		cmds[i] = b.p.Get(ctx, b.s.keys.Park(sc.Kind, sc.Subject))
 	}
-	var until time.Time
-	var which Scope
-	for i, cmd := range cmds {
-		ms, err := strconv.ParseInt(cmd.Val(), 10, 64)
-		if err != nil {
-			continue
+	return func() (time.Time, Scope, error) {
+		var until time.Time
+		var which Scope
+		for i, cmd := range cmds {
+			if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+				return time.Time{}, Scope{}, fmt.Errorf("reading parked scopes: %w", err)
+			}
+			ms, err := strconv.ParseInt(cmd.Val(), 10, 64)
+			if err != nil {
+				continue
+			}
+			if t := time.UnixMilli(ms); t.After(now) && t.After(until) {
+				until, which = t, scopes[i]
+			}
 		}
-		if t := time.UnixMilli(ms); t.After(now) && t.After(until) {
-			until, which = t, scopes[i]
-		}
+		return until, which, nil
 	}
-	return until, which, nil
 }
 
 // BudgetUsed counts the events of b within the window that ends at now.

@@ -74,3 +74,28 @@ func TestHeldBudgetSlotsComeBack(t *testing.T) {
 		t.Error("a slow order's certificate confirmed after its hold did not count")
 	}
 }
+
+// TestBudgetsAreTakenAllOrNone: an order's budgets are counted together;
+// when one is spent none is counted, and the answer names the spent one
+// and when its slot frees.
+func TestBudgetsAreTakenAllOrNone(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	orders := Budget{Kind: "orders", Subject: "acct", Limit: 5, Window: 3 * time.Hour}
+	certs := Budget{Kind: "certs", Subject: "example.com", Limit: 1, Window: 7 * 24 * time.Hour, Hold: 10 * time.Minute}
+	bs, reserved := []Budget{orders, certs}, []int{1, 0}
+	now := time.Now()
+	if ok, _, _, err := st.TakeBudgets(ctx, bs, now, reserved, "first"); err != nil || !ok {
+		t.Fatalf("first order: %v, %v, want counted", ok, err)
+	}
+	ok, spent, free, err := st.TakeBudgets(ctx, bs, now, reserved, "second")
+	if err != nil || ok || spent != 1 {
+		t.Fatalf("second order: %v, spent %d, %v, want the certificates budget (1) spent", ok, spent, err)
+	}
+	if !free.Equal(time.UnixMilli(now.Add(certs.Hold).UnixMilli())) {
+		t.Errorf("a slot frees at %s, want when the first order's hold ends", free)
+	}
+	if used, err := st.BudgetUsed(ctx, orders, now); err != nil || used != 1 {
+		t.Errorf("%d orders counted (%v), want 1: the refused order took no slot of the orders budget", used, err)
+	}
+}

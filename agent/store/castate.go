@@ -91,22 +91,39 @@ func (s *Store) MarkCADown(ctx context.Context, directory, reason string, now ti
 // CADown returns the record of the CA of directory when it is down, or nil
 // when it is not.
 func (s *Store) CADown(ctx context.Context, directory string) (*CAState, error) {
-	f, err := s.rdb.HGetAll(ctx, s.keys.CADown(directory)).Result()
-	if err != nil {
-		return nil, fmt.Errorf("reading the state of the CA %s: %w", directory, err)
+	b := s.NewBatch()
+	state := b.CADown(ctx, directory)
+	b.Exec(ctx)
+	return state()
+}
+
+// CADown queues Store.CADown.
+func (b *Batch) CADown(ctx context.Context, directory string) func() (*CAState, error) {
+	cmd := b.p.HGetAll(ctx, b.s.keys.CADown(directory))
+	return func() (*CAState, error) {
+		f, err := cmd.Result()
+		if err != nil {
+			return nil, fmt.Errorf("reading the state of the CA %s: %w", directory, err)
+		}
+		return caStateFromFields(directory, f), nil
 	}
+}
+
+// caStateFromFields decodes the record of the CA of directory; nil when
+// there is none.
+func caStateFromFields(directory string, f map[string]string) *CAState {
 	if len(f) == 0 {
-		return nil, nil
+		return nil
 	}
 	since, err1 := strconv.ParseInt(f["since"], 10, 64)
 	next, err2 := strconv.ParseInt(f["next_probe"], 10, 64)
 	probes, err3 := strconv.Atoi(f["probes"])
 	if err := errors.Join(err1, err2, err3); err != nil {
 		// A record half-written by hand still says the CA is down.
-		return &CAState{Directory: directory, Reason: f["reason"]}, nil
+		return &CAState{Directory: directory, Reason: f["reason"]}
 	}
 	return &CAState{Directory: directory, Reason: f["reason"], Since: time.UnixMilli(since),
-		NextProbe: time.UnixMilli(next), Probes: probes}, nil
+		NextProbe: time.UnixMilli(next), Probes: probes}
 }
 
 // ClaimCAProbe reports whether the caller is the agent that probes the CA of

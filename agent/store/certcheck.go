@@ -194,45 +194,60 @@ func (s *Store) WalkCerts(ctx context.Context, until time.Time, fn func(CheckedR
 // readChecked reads and checks the records stored under names in one round
 // trip. Only a failure to talk to Redis is returned as an error.
 func (s *Store) readChecked(ctx context.Context, names []string) ([]CheckedRecord, error) {
-	return s.readRecords(ctx, names, func(p redis.Pipeliner, key string) func() (map[string]string, error) {
+	b := s.NewBatch()
+	checked := b.readChecked(ctx, names)
+	b.Exec(ctx)
+	return checked()
+}
+
+// readChecked queues Store.readChecked.
+func (b *Batch) readChecked(ctx context.Context, names []string) func() ([]CheckedRecord, error) {
+	return b.queueRecords(ctx, names, func(p redis.Pipeliner, key string) func() (map[string]string, error) {
 		return p.HGetAll(ctx, key).Result
 	}, checkRecord)
 }
 
-// readRecords reads the records stored under names in one round trip: query
+// readRecords reads the records stored under names in one round trip (see
+// queueRecords).
+func (s *Store) readRecords(ctx context.Context, names []string,
+	query func(p redis.Pipeliner, key string) func() (map[string]string, error),
+	decode func(name, key string, f map[string]string) (*CertRecord, error)) ([]CheckedRecord, error) {
+	b := s.NewBatch()
+	records := b.queueRecords(ctx, names, query, decode)
+	b.Exec(ctx)
+	return records()
+}
+
+// queueRecords queues the reads of the records stored under names: query
 // queues the read of one key and gives its fields once the pipeline ran,
 // decode makes them a record. A key of the wrong type is corrupt, naming
 // it; a key that is gone is ErrNotFound. Only a failure to talk to Redis is
 // returned as an error.
-func (s *Store) readRecords(ctx context.Context, names []string,
+func (b *Batch) queueRecords(ctx context.Context, names []string,
 	query func(p redis.Pipeliner, key string) func() (map[string]string, error),
-	decode func(name, key string, f map[string]string) (*CertRecord, error)) ([]CheckedRecord, error) {
+	decode func(name, key string, f map[string]string) (*CertRecord, error)) func() ([]CheckedRecord, error) {
 	results := make([]func() (map[string]string, error), len(names))
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, name := range names {
-			results[i] = query(p, s.keys.Cert(name))
-		}
-		return nil
-	})
-	if err != nil && !isWrongType(err) {
-		return nil, fmt.Errorf("reading certificates: %w", err)
+	for i, name := range names {
+		results[i] = query(b.p, b.s.keys.Cert(name))
 	}
-	out := make([]CheckedRecord, len(names))
-	for i, result := range results {
-		name, key := names[i], s.keys.Cert(names[i])
-		out[i].Name = name
-		switch f, err := result(); {
-		case isWrongType(err):
-			out[i].Err = &CorruptError{Name: name, Key: key, Reason: s.wrongType(ctx, key)}
-		case err != nil:
-			return nil, fmt.Errorf("reading the certificate for %s: %w", name, err)
-		case len(f) == 0:
-			out[i].Err = fmt.Errorf("certificate for %s: %w", name, ErrNotFound)
-		default:
-			out[i].Record, out[i].Err = decode(name, key, f)
+	return func() ([]CheckedRecord, error) {
+		out := make([]CheckedRecord, len(names))
+		for i, result := range results {
+			name, key := names[i], b.s.keys.Cert(names[i])
+			out[i].Name = name
+			switch f, err := result(); {
+			case isWrongType(err):
+				out[i].Err = &CorruptError{Name: name, Key: key, Reason: b.s.wrongType(ctx, key)}
+			case err != nil:
+				return nil, fmt.Errorf("reading the certificate for %s: %w", name, err)
+			case len(f) == 0:
+				out[i].Err = fmt.Errorf("certificate for %s: %w", name, ErrNotFound)
+			default:
+				out[i].Record, out[i].Err = decode(name, key, f)
+			}
 		}
+		return out, nil
 	}
-	return out, nil
 }
 
 func isWrongType(err error) bool {

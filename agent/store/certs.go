@@ -144,6 +144,11 @@ func (s *Store) putCert(ctx context.Context, rec *CertRecord, lock *Lock) error 
 	if len(rec.Names) == 0 {
 		return errors.New("storing a certificate: the record has no names")
 	}
+	if lock != nil {
+		// The write deletes the order record: a read of it taken with the
+		// lease is outdated.
+		lock.orderRead.Store(nil)
+	}
 	write := func(p redis.Pipeliner) error {
 		s.queueCertWrite(ctx, p, rec)
 		if lock != nil {
@@ -206,28 +211,52 @@ func (s *Store) putFenced(ctx context.Context, rec *CertRecord, lock *Lock, writ
 	return err
 }
 
-// putUnderFence runs write in a MULTI that EXEC only applies while the
-// name's fence still holds the lock's token: WATCH makes Redis drop the
-// transaction if an acquire INCRs the fence between the check and the EXEC.
+// fencedWriteScript runs the commands of a write only while the fence
+// (KEYS[1]) holds the writer's token (ARGV[1]), atomically like a MULTI: in
+// one round trip, where WATCH, the fence's read, the MULTI and the UNWATCH
+// would take four. ARGV from 2 on holds each command as its number of
+// arguments followed by them. As in a MULTI, a command that fails does not
+// stop the others; the first error is returned. It returns {0} once
+// written, {-1} when the fence is gone, {-2, current} when it moved on.
+var fencedWriteScript = redis.NewScript(`
+local fence = redis.call("GET", KEYS[1])
+if not fence then return {-1} end
+if fence ~= ARGV[1] then return {-2, tonumber(fence) or 0} end
+local failed
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local reply = redis.pcall(unpack(ARGV, i + 1, i + n))
+  if type(reply) == "table" and reply.err and not failed then failed = reply.err end
+  i = i + n + 1
+end
+if failed then return redis.error_reply(failed) end
+return {0}`)
+
+// putUnderFence runs write only while the name's fence still holds the
+// lock's token, in one script: no acquire can draw a new token between the
+// check and the write.
 func (s *Store) putUnderFence(ctx context.Context, lock *Lock, write func(redis.Pipeliner) error) error {
-	fenceKey := s.keys.Fence(lock.name)
-	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
-		current, err := tx.Get(ctx, fenceKey).Int64()
-		switch {
-		case errors.Is(err, redis.Nil):
-			return fmt.Errorf("token %d: %w", lock.fence, errFenceGone)
-		case err != nil:
-			return fmt.Errorf("reading the fence: %w", err)
-		case current != lock.fence:
-			return fmt.Errorf("token %d, current %d: %w", lock.fence, current, ErrFenced)
-		}
-		_, err = tx.TxPipelined(ctx, write)
+	queued := s.rdb.Pipeline()
+	defer queued.Discard()
+	if err := write(queued); err != nil {
 		return err
-	}, fenceKey)
-	if errors.Is(err, redis.TxFailedErr) {
-		return fmt.Errorf("token %d: the fence moved during the write: %w", lock.fence, ErrFenced)
 	}
-	return err
+	args := []any{lock.fence}
+	for _, cmd := range queued.Cmds() {
+		args = append(args, len(cmd.Args()))
+		args = append(args, cmd.Args()...)
+	}
+	res, err := fencedWriteScript.Run(ctx, s.rdb, []string{s.keys.Fence(lock.name)}, args...).Int64Slice()
+	switch {
+	case err != nil:
+		return err
+	case res[0] == -1:
+		return fmt.Errorf("token %d: %w", lock.fence, errFenceGone)
+	case res[0] == -2:
+		return fmt.Errorf("token %d, current %d: %w", lock.fence, res[1], ErrFenced)
+	}
+	return nil
 }
 
 // ChangesMaxLen bounds the stream of changes; nginx workers that fall further
@@ -388,14 +417,25 @@ func (s *Store) rangeByTime(ctx context.Context, key, from, to string, limit int
 // a name with no record or a corrupt one (see CorruptError) has a nil entry
 // and an error in errs.
 func (s *Store) GetCerts(ctx context.Context, names []string) (recs []*CertRecord, errs []error, err error) {
-	checked, err := s.readChecked(ctx, names)
-	if err != nil {
-		return nil, nil, err
+	b := s.NewBatch()
+	certs := b.GetCerts(ctx, names)
+	b.Exec(ctx)
+	return certs()
+}
+
+// GetCerts queues Store.GetCerts.
+func (b *Batch) GetCerts(ctx context.Context, names []string) func() ([]*CertRecord, []error, error) {
+	checked := b.readChecked(ctx, names)
+	return func() ([]*CertRecord, []error, error) {
+		checked, err := checked()
+		if err != nil {
+			return nil, nil, err
+		}
+		recs := make([]*CertRecord, len(names))
+		errs := make([]error, len(names))
+		for i, c := range checked {
+			recs[i], errs[i] = c.Record, c.Err
+		}
+		return recs, errs, nil
 	}
-	recs = make([]*CertRecord, len(names))
-	errs = make([]error, len(names))
-	for i, c := range checked {
-		recs[i], errs[i] = c.Record, c.Err
-	}
-	return recs, errs, nil
 }

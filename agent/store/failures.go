@@ -73,14 +73,25 @@ func (s *Store) writeFailure(ctx context.Context, f *Failure) error {
 
 // GetFailure returns the failure record of name, or an error wrapping ErrNotFound.
 func (s *Store) GetFailure(ctx context.Context, name string) (*Failure, error) {
-	fields, err := s.rdb.HGetAll(ctx, s.keys.Failure(name)).Result()
-	if err != nil {
-		return nil, fmt.Errorf("reading the failure record of %s: %w", name, err)
+	b := s.NewBatch()
+	failure := b.GetFailure(ctx, name)
+	b.Exec(ctx)
+	return failure()
+}
+
+// GetFailure queues Store.GetFailure.
+func (b *Batch) GetFailure(ctx context.Context, name string) func() (*Failure, error) {
+	cmd := b.p.HGetAll(ctx, b.s.keys.Failure(name))
+	return func() (*Failure, error) {
+		fields, err := cmd.Result()
+		if err != nil {
+			return nil, fmt.Errorf("reading the failure record of %s: %w", name, err)
+		}
+		if len(fields) == 0 {
+			return nil, fmt.Errorf("failure record of %s: %w", name, ErrNotFound)
+		}
+		return failureFromFields(name, fields)
 	}
-	if len(fields) == 0 {
-		return nil, fmt.Errorf("failure record of %s: %w", name, ErrNotFound)
-	}
-	return failureFromFields(name, fields)
 }
 
 func failureFromFields(name string, f map[string]string) (*Failure, error) {
@@ -97,12 +108,33 @@ func failureFromFields(name string, f map[string]string) (*Failure, error) {
 // ClearFailure forgets the failures of name, after it got its certificate.
 func (s *Store) ClearFailure(ctx context.Context, name string) error {
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, s.keys.Failure(name))
-		p.ZRem(ctx, s.keys.Failures(), name)
+		s.queueClearFailure(ctx, p, name)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("clearing the failure record of %s: %w", name, err)
+	}
+	return nil
+}
+
+func (s *Store) queueClearFailure(ctx context.Context, p redis.Pipeliner, name string) {
+	p.Del(ctx, s.keys.Failure(name))
+	p.ZRem(ctx, s.keys.Failures(), name)
+}
+
+// ClearIssued is ClearIssuing and, when failed (name had a failure record),
+// ClearFailure, in one round trip: what a name whose certificate is stored
+// no longer needs.
+func (s *Store) ClearIssued(ctx context.Context, name string, failed bool) error {
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		if failed {
+			s.queueClearFailure(ctx, p, name)
+		}
+		p.Del(ctx, s.keys.Issuing(name))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("clearing the issuing mark and the failure record of %s: %w", name, err)
 	}
 	return nil
 }

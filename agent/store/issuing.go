@@ -28,10 +28,21 @@ const (
 // MarkIssuing tells nginx that an order for name runs, so a first handshake
 // waits for its certificate.
 func (s *Store) MarkIssuing(ctx context.Context, name string) error {
-	if err := s.rdb.Set(ctx, s.keys.Issuing(name), string(Issuing), IssuingTTL).Err(); err != nil {
-		return fmt.Errorf("marking %s as being issued: %w", name, err)
+	b := s.NewBatch()
+	marked := b.MarkIssuing(ctx, name)
+	b.Exec(ctx)
+	return marked()
+}
+
+// MarkIssuing queues Store.MarkIssuing.
+func (b *Batch) MarkIssuing(ctx context.Context, name string) func() error {
+	cmd := b.p.Set(ctx, b.s.keys.Issuing(name), string(Issuing), IssuingTTL)
+	return func() error {
+		if err := cmd.Err(); err != nil {
+			return fmt.Errorf("marking %s as being issued: %w", name, err)
+		}
+		return nil
 	}
-	return nil
 }
 
 // MarkRefused tells nginx that name will not get a certificate now, so a

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -92,29 +93,63 @@ type Lock struct {
 	// lease back for another ttl.
 	mu       sync.Mutex
 	released bool
+
+	// orderRead is the name's order record as read with the lease (nil once
+	// used or outdated by the holder's own write): only the holder writes it.
+	orderRead atomic.Pointer[orderRead]
+}
+
+// orderRead is a read of a name's order record, decoded.
+type orderRead struct {
+	rec *OrderRecord
+	err error
 }
 
 // AcquireLock takes the lease on name for ttl, or returns ErrLockHeld. The
 // lease carries a fencing token (Fence) that PutCertFenced checks.
 func (s *Store) AcquireLock(ctx context.Context, name string, ttl time.Duration) (*Lock, error) {
+	b := s.NewBatch()
+	lock := b.AcquireLock(ctx, name, ttl)
+	b.Exec(ctx)
+	return lock()
+}
+
+// AcquireLock queues Store.AcquireLock, and after it the read of the order
+// recorded for name, which the lock's first RunningOrder answers from: an
+// order needs both, and whoever holds the lease is the only writer of the
+// record.
+func (b *Batch) AcquireLock(ctx context.Context, name string, ttl time.Duration) func() (*Lock, error) {
 	var raw [16]byte
 	if _, err := rand.Read(raw[:]); err != nil {
-		return nil, fmt.Errorf("locking %s: %w", name, err)
+		return func() (*Lock, error) { return nil, fmt.Errorf("locking %s: %w", name, err) }
 	}
 	owner := hex.EncodeToString(raw[:])
 	taken := time.Now()
-	fence, err := s.acquire(ctx, name, owner, ttl)
-	if err != nil {
-		return nil, err
+	keys := []string{b.s.keys.Lock(name), b.s.keys.Fence(name)}
+	args := []any{owner, ttl.Milliseconds(), FenceTTL.Milliseconds()}
+	acquired := acquireScript.EvalSha(ctx, b.p, keys, args...)
+	order := b.p.HGetAll(ctx, b.s.keys.Order(name))
+	return func() (*Lock, error) {
+		cmd := runQueued(ctx, b.s, acquireScript, acquired, keys, args...)
+		fence, err := acquiredFence(name, cmd)
+		if err != nil {
+			return nil, err
+		}
+		l := &Lock{store: b.s, name: name, owner: owner, fence: fence, ttl: ttl, taken: taken}
+		if cmd == acquired {
+			// Read after the lease was taken (not so when the script had
+			// to be run again on its own).
+			rec, err := orderFromFields(name, order.Val(), order.Err())
+			l.orderRead.Store(&orderRead{rec: rec, err: err})
+		}
+		return l, nil
 	}
-	return &Lock{store: s, name: name, owner: owner, fence: fence, ttl: ttl, taken: taken}, nil
 }
 
-// acquire takes the lease on name for owner and draws the next fencing
-// token, or returns an error wrapping ErrLockHeld.
-func (s *Store) acquire(ctx context.Context, name, owner string, ttl time.Duration) (int64, error) {
-	fence, err := acquireScript.Run(ctx, s.rdb, []string{s.keys.Lock(name), s.keys.Fence(name)},
-		owner, ttl.Milliseconds(), FenceTTL.Milliseconds()).Int64()
+// acquiredFence reads the answer of acquireScript: the lease's fencing token,
+// or an error wrapping ErrLockHeld.
+func acquiredFence(name string, cmd *redis.Cmd) (int64, error) {
+	fence, err := cmd.Int64()
 	if err != nil {
 		return 0, fmt.Errorf("locking %s: %w", name, err)
 	}
@@ -122,6 +157,13 @@ func (s *Store) acquire(ctx context.Context, name, owner string, ttl time.Durati
 		return 0, fmt.Errorf("locking %s: %w", name, ErrLockHeld)
 	}
 	return fence, nil
+}
+
+// acquire takes the lease on name for owner and draws the next fencing
+// token, or returns an error wrapping ErrLockHeld.
+func (s *Store) acquire(ctx context.Context, name, owner string, ttl time.Duration) (int64, error) {
+	return acquiredFence(name, acquireScript.Run(ctx, s.rdb, []string{s.keys.Lock(name), s.keys.Fence(name)},
+		owner, ttl.Milliseconds(), FenceTTL.Milliseconds()))
 }
 
 // extend renews owner's lease on name for ttl, or returns an error wrapping

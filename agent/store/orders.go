@@ -56,6 +56,7 @@ return 1`)
 // returns an error wrapping ErrLockLost when the caller no longer holds the
 // lease.
 func (l *Lock) RecordOrder(ctx context.Context, rec *OrderRecord) error {
+	l.orderRead.Store(nil)
 	ttl := OrderRecordTTL
 	if !rec.Expires.IsZero() {
 		ttl = min(ttl, time.Until(rec.Expires))
@@ -84,6 +85,7 @@ func (l *Lock) RecordOrder(ctx context.Context, rec *OrderRecord) error {
 // (its certificate stored) or dead (invalid at the CA). It does nothing when
 // the caller no longer holds the lease: the order is then its successor's.
 func (l *Lock) ForgetOrder(ctx context.Context) error {
+	l.orderRead.Store(nil)
 	err := forgetOrderScript.Run(ctx, l.store.rdb, []string{l.store.keys.Lock(l.name), l.store.keys.Order(l.name)}, l.owner).Err()
 	if err != nil {
 		return fmt.Errorf("forgetting the order for %s: %w", l.name, err)
@@ -94,14 +96,24 @@ func (l *Lock) ForgetOrder(ctx context.Context) error {
 // RunningOrder returns the order recorded for the lock's name, by this
 // holder or by an earlier one that did not finish it. It returns an error
 // wrapping ErrNotFound when none is recorded, ErrCorrupt when the record is
-// unusable.
+// unusable. Its first call after AcquireLock answers from the record read
+// with the lease, unless the holder wrote the record since.
 func (l *Lock) RunningOrder(ctx context.Context) (*OrderRecord, error) {
+	if read := l.orderRead.Swap(nil); read != nil {
+		return read.rec, read.err
+	}
 	return l.store.RunningOrder(ctx, l.name)
 }
 
 // RunningOrder returns the order recorded for name (see Lock.RunningOrder).
 func (s *Store) RunningOrder(ctx context.Context, name string) (*OrderRecord, error) {
 	f, err := s.rdb.HGetAll(ctx, s.keys.Order(name)).Result()
+	return orderFromFields(name, f, err)
+}
+
+// orderFromFields decodes the order record of name read as f (with the
+// read's error).
+func orderFromFields(name string, f map[string]string, err error) (*OrderRecord, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the running order for %s: %w", name, err)
 	}
