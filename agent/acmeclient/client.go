@@ -6,6 +6,7 @@
 package acmeclient
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -24,6 +25,8 @@ import (
 
 	"github.com/go-acme/lego/v4/acme/api"
 	"github.com/go-acme/lego/v4/challenge"
+
+	"github.com/certagent/certagent/agent/internal/backoff"
 )
 
 // LetsEncryptProduction is the default directory URL.
@@ -55,7 +58,7 @@ type Config struct {
 	// FirstPoll is the first wait before polling an order (for its
 	// validations, or for its certificate once finalized) until the client
 	// has seen how long this CA takes; from then on the polls are placed
-	// around that time (pace.go), never closer together than a fifth of
+	// around that time (backoff.Pace), never closer together than a fifth of
 	// FirstPoll. A Retry-After from the CA is waited out first. Default:
 	// 25 ms. Polls that find the order still waiting double the wait up to
 	// MaxPoll (default 1 s).
@@ -116,8 +119,8 @@ type Client struct {
 	generation int64
 
 	// readyPace and validPace place the polls of an order waiting for its
-	// validations and for its certificate (pace.go).
-	readyPace, validPace *pace
+	// validations and for its certificate (backoff.Pace).
+	readyPace, validPace *backoff.Pace
 }
 
 // Certificate is an issued certificate with its new private key.
@@ -180,11 +183,22 @@ func New(ctx context.Context, cfg Config, accounts AccountStore, solver challeng
 		uri = account.Location
 	}
 	return &Client{cfg: cfg, core: core, solver: solver, accountURI: uri, keyPEM: storedPEM, generation: generation,
-		readyPace: cfg.newPace(), validPace: cfg.newPace()}, nil
+		readyPace: cfg.OrderPace(), validPace: cfg.OrderPace()}, nil
 }
 
-// newPace returns the polls' pace of one kind of wait, as cfg sets it.
-func (cfg Config) newPace() *pace { return newPace(cfg.FirstPoll, cfg.FirstPoll/5, cfg.MaxPoll) }
+// The defaults of Config.FirstPoll and Config.MaxPoll.
+const (
+	defaultFirstPoll = 25 * time.Millisecond
+	defaultMaxPoll   = time.Second
+)
+
+// OrderPace returns the pace of one kind of an order's waits as cfg sets it
+// (the defaults where FirstPoll or MaxPoll is zero): each client keeps one
+// for its orders' validations and one for their certificates.
+func (cfg Config) OrderPace() *backoff.Pace {
+	first, most := cmp.Or(cfg.FirstPoll, defaultFirstPoll), cmp.Or(cfg.MaxPoll, defaultMaxPoll)
+	return backoff.NewPace(first, first/5, most)
+}
 
 // withDefaults fills in cfg's defaults and wraps its HTTP client with the
 // request observer.
@@ -202,10 +216,10 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.UserAgent = "certagent"
 	}
 	if cfg.FirstPoll <= 0 {
-		cfg.FirstPoll = 25 * time.Millisecond
+		cfg.FirstPoll = defaultFirstPoll
 	}
 	if cfg.MaxPoll <= 0 {
-		cfg.MaxPoll = time.Second
+		cfg.MaxPoll = defaultMaxPoll
 	}
 	if (cfg.EABKeyID == "") != (cfg.EABHMAC == "") {
 		return cfg, errors.New("external account binding needs both the key id and the HMAC key")

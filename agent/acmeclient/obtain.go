@@ -208,7 +208,7 @@ func (c *Client) authorizeAll(ctx context.Context, order acme.ExtendedOrder) err
 	if len(started) == 0 {
 		return nil
 	}
-	err := c.readyPace.poll(ctx, retryAfter, func() (bool, error) {
+	err := c.readyPace.Poll(ctx, retryAfter, func() (bool, error) {
 		o, err := withContext(ctx, func() (acme.ExtendedOrder, error) { return c.core.Orders.Get(order.Location) })
 		stages.Mark(ctx, "poll_ready")
 		if err != nil {
@@ -328,7 +328,7 @@ func (c *Client) authzFailure(ctx context.Context, started []*startedAuthz, orde
 
 func (c *Client) waitOrder(ctx context.Context, orderURL string) (acme.ExtendedOrder, error) {
 	var final acme.ExtendedOrder
-	err := c.validPace.poll(ctx, 0, func() (bool, error) {
+	err := c.validPace.Poll(ctx, 0, func() (bool, error) {
 		order, err := withContext(ctx, func() (acme.ExtendedOrder, error) { return c.core.Orders.Get(orderURL) })
 		stages.Mark(ctx, "poll_valid")
 		if err != nil {

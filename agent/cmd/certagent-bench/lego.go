@@ -4,7 +4,9 @@ package main
 // acme/api with fixed short polls (25 ms, doubling up to 1 s: certagent's
 // client's schedule before it learned each CA's pace), N orders at once
 // against the same CA, answering HTTP-01 from memory. No Redis, no nginx, no
-// agent: what the CA allows.
+// agent: what the CA allows. With -paced its polls follow certagent's
+// client's pace instead (acmeclient.Config.OrderPace), to tell what the pace
+// saves from what the rest of the pipeline costs.
 
 import (
 	"context"
@@ -29,6 +31,7 @@ import (
 	"github.com/go-acme/lego/v4/acme"
 	"github.com/go-acme/lego/v4/acme/api"
 
+	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/internal/backoff"
 	"github.com/certagent/certagent/agent/internal/stages"
 )
@@ -43,6 +46,7 @@ func legoBaseline(args []string) error {
 	parallel := fs.Int("p", 20, "orders at once")
 	name := fs.String("scenario", "bare lego", "label of this run")
 	jsonOut := fs.Bool("json", false, "print the result as JSON")
+	paced := fs.Bool("paced", false, "poll as certagent's client does (its pace), not on the fixed short schedule")
 	_ = fs.Parse(args)
 	if *directory == "" || *pattern == "" || *count <= 0 || *parallel <= 0 {
 		return errors.New("lego: -directory, -pattern, -names > 0 and -p > 0 are required")
@@ -84,8 +88,12 @@ func legoBaseline(args []string) error {
 		return err
 	}
 
-	r := legoOrders(core, &answers, *pattern, *count, *parallel)
-	r.Scenario, r.Parallel = *name, *parallel
+	w := waits{ready: shortPolls, valid: shortPolls}
+	if *paced {
+		w = waits{ready: pacedPolls(acmeclient.Config{}.OrderPace()), valid: pacedPolls(acmeclient.Config{}.OrderPace())}
+	}
+	r := legoOrders(core, &answers, w, *pattern, *count, *parallel)
+	r.Scenario, r.Parallel, r.Paced = *name, *parallel, *paced
 	if *jsonOut {
 		return json.NewEncoder(os.Stdout).Encode(r)
 	}
@@ -101,7 +109,7 @@ func legoBaseline(args []string) error {
 // once, and prints the steps of the orders to stderr: the same steps as the
 // agent's (certagent-bench timeline), to compare each ACME request's time in
 // the same run.
-func legoOrders(core *api.Core, answers *sync.Map, pattern string, count, parallel int) firstResult {
+func legoOrders(core *api.Core, answers *sync.Map, w waits, pattern string, count, parallel int) firstResult {
 	var mu sync.Mutex
 	steps := map[string]agentEvent{}
 	// Once an order has failed (Pebble's lock cycle hangs every request
@@ -113,7 +121,7 @@ func legoOrders(core *api.Core, answers *sync.Map, pattern string, count, parall
 		}
 		start := time.Now()
 		ctx, trace := stages.With(context.Background())
-		err := legoOrder(ctx, core, n, answers)
+		err := legoOrder(ctx, core, n, answers, w)
 		if err != nil {
 			failed.Store(true)
 		}
@@ -129,7 +137,7 @@ func legoOrders(core *api.Core, answers *sync.Map, pattern string, count, parall
 
 // legoOrder orders one certificate for name: new order, each authorization
 // by HTTP-01, finalize with a new P-256 key, download.
-func legoOrder(ctx context.Context, core *api.Core, name string, answers *sync.Map) error {
+func legoOrder(ctx context.Context, core *api.Core, name string, answers *sync.Map, w waits) error {
 	order, err := core.Orders.New([]string{name})
 	stages.Mark(ctx, "new_order")
 	if err != nil {
@@ -164,7 +172,7 @@ func legoOrder(ctx context.Context, core *api.Core, name string, answers *sync.M
 	}
 	// The order, not each authorization, is polled until it is ready, as
 	// certagent's client does: one request follows all the authorizations.
-	if err := shortPolls(func() (bool, error) {
+	if err := w.ready(func() (bool, error) {
 		o, err := core.Orders.Get(order.Location)
 		stages.Mark(ctx, "poll_ready")
 		if err == nil && o.Status == acme.StatusInvalid {
@@ -190,7 +198,7 @@ func legoOrder(ctx context.Context, core *api.Core, name string, answers *sync.M
 		return fmt.Errorf("finalizing %s: %w", name, err)
 	}
 	if final.Status != acme.StatusValid {
-		if err := shortPolls(func() (bool, error) {
+		if err := w.valid(func() (bool, error) {
 			final, err = core.Orders.Get(order.Location)
 			stages.Mark(ctx, "poll_valid")
 			if err == nil && final.Status == acme.StatusInvalid {
@@ -209,6 +217,21 @@ func legoOrder(ctx context.Context, core *api.Core, name string, answers *sync.M
 // legoWait bounds each request and each order's polls: Pebble answers in
 // milliseconds, and a round it hangs is void, reported within this.
 const legoWait = 10 * time.Second
+
+// waits are how an order's two waits, for its validations and for its
+// certificate, are polled.
+type waits struct {
+	ready, valid func(check func() (bool, error)) error
+}
+
+// pacedPolls polls at p's pace for at most legoWait.
+func pacedPolls(p *backoff.Pace) func(check func() (bool, error)) error {
+	return func(check func() (bool, error)) error {
+		ctx, cancel := context.WithTimeout(context.Background(), legoWait)
+		defer cancel()
+		return p.Poll(ctx, 0, check)
+	}
+}
 
 // shortPolls calls check after 25 ms, then doubling up to 1 s, for at most
 // legoWait: a fixed schedule, short enough that Pebble's orders, which end

@@ -1,7 +1,8 @@
-// Package backoff holds the one rule by which the agent's retries wait
-// longer while a failure lasts: the pause doubles from a first one up to a
-// cap, so that neither Redis, the CA nor a peer is hammered, and a part that
-// is back is used again within the cap.
+// Package backoff holds how the agent waits. Its retries wait longer while a
+// failure lasts: the pause doubles from a first one up to a cap, so that
+// neither Redis, the CA nor a peer is hammered, and a part that is back is
+// used again within the cap. Its polls of a CA follow how long the CA has
+// taken lately (Pace).
 package backoff
 
 import "time"

@@ -1,4 +1,4 @@
-package acmeclient
+package backoff
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 )
 
 // waits returns the first n waits of p's current schedule.
-func waits(p *pace, n int) []time.Duration {
+func waits(p *Pace, n int) []time.Duration {
 	next := p.schedule()
 	var out []time.Duration
 	var prev time.Duration
@@ -34,27 +34,27 @@ func sameWaits(t *testing.T, what string, got []time.Duration, want ...time.Dura
 const ms = time.Millisecond
 
 func TestPaceDoublesFromTheFirstPollUntilItHasSeenAWaitEnd(t *testing.T) {
-	p := newPace(25*ms, 5*ms, time.Second)
+	p := NewPace(25*ms, 5*ms, time.Second)
 	sameWaits(t, "unknown CA", waits(p, 8), 25*ms, 50*ms, 100*ms, 200*ms, 400*ms, 800*ms, time.Second, time.Second)
 }
 
 func TestPacePollsAtEachHalfOfTheTypicalTimeThenDoubles(t *testing.T) {
-	p := newPace(25*ms, 5*ms, time.Second)
+	p := NewPace(25*ms, 5*ms, time.Second)
 	p.observe(40 * ms)
 	sameWaits(t, "typical 40 ms", waits(p, 7), 20*ms, 20*ms, 20*ms, 20*ms, 40*ms, 80*ms, 160*ms)
 
-	quick := newPace(25*ms, 5*ms, time.Second)
+	quick := NewPace(25*ms, 5*ms, time.Second)
 	quick.observe(2 * ms)
 	sameWaits(t, "typical 2 ms: never closer than the least", waits(quick, 5), 5*ms, 5*ms, 5*ms, 5*ms, 10*ms)
 
-	slow := newPace(25*ms, 5*ms, time.Second)
+	slow := NewPace(25*ms, 5*ms, time.Second)
 	slow.observe(30 * time.Second)
 	sameWaits(t, "typical 30 s: never further apart than the most", waits(slow, 5),
 		time.Second, time.Second, time.Second, time.Second, time.Second)
 }
 
 func TestPaceAverageMovesByAQuarterAndOneStallMovesItLittle(t *testing.T) {
-	p := newPace(25*ms, 5*ms, time.Second)
+	p := NewPace(25*ms, 5*ms, time.Second)
 	p.observe(100 * ms)
 	p.observe(60 * ms)
 	if p.typical != 90*ms {
@@ -68,7 +68,7 @@ func TestPaceAverageMovesByAQuarterAndOneStallMovesItLittle(t *testing.T) {
 
 // found runs one wait at p against a CA that is done after took: the time
 // of the poll that finds it done, and the number of polls, taught to p.
-func found(p *pace, took time.Duration) (at time.Duration, polls int) {
+func found(p *Pace, took time.Duration) (at time.Duration, polls int) {
 	next := p.schedule()
 	var prev time.Duration
 	for polls = 1; ; polls++ {
@@ -82,7 +82,7 @@ func found(p *pace, took time.Duration) (at time.Duration, polls int) {
 }
 
 func TestPaceFollowsTheCA(t *testing.T) {
-	p := newPace(25*ms, 5*ms, time.Second)
+	p := NewPace(25*ms, 5*ms, time.Second)
 	// A quick CA (Pebble on the same machine): the doubling schedule finds
 	// it at 25 ms every time; the paced one comes down to a poll or two
 	// shortly after it is done.
@@ -105,17 +105,17 @@ func TestPaceFollowsTheCA(t *testing.T) {
 	}
 	// The doubling schedule from 25 ms finds a 1.6 s wait only at 2.575 s,
 	// after 7 polls: what the pace saves.
-	fresh := newPace(25*ms, 5*ms, time.Second)
+	fresh := NewPace(25*ms, 5*ms, time.Second)
 	if at, polls := found(fresh, 1600*ms); at != 2575*ms || polls != 7 {
 		t.Errorf("doubling: found after %s in %d polls, want 2.575 s and 7", at, polls)
 	}
 }
 
 func TestPollWaitsForRetryAfterAndLearns(t *testing.T) {
-	p := newPace(time.Millisecond, time.Millisecond, 4*ms)
+	p := NewPace(time.Millisecond, time.Millisecond, 4*ms)
 	began := time.Now()
 	calls := 0
-	err := p.poll(context.Background(), 30*ms, func() (bool, error) {
+	err := p.Poll(context.Background(), 30*ms, func() (bool, error) {
 		calls++
 		if calls == 1 && time.Since(began) < 30*ms {
 			t.Errorf("first poll after %s, before the Retry-After of 30 ms", time.Since(began))
@@ -131,11 +131,11 @@ func TestPollWaitsForRetryAfterAndLearns(t *testing.T) {
 }
 
 func TestPollHonoursContextAndLearnsNothingFromAFailure(t *testing.T) {
-	p := newPace(time.Millisecond, time.Millisecond, 4*ms)
+	p := NewPace(time.Millisecond, time.Millisecond, 4*ms)
 	ctx, cancel := context.WithCancelCause(context.Background())
 	cause := errors.New("shutting down")
 	calls := 0
-	err := p.poll(ctx, 0, func() (bool, error) {
+	err := p.Poll(ctx, 0, func() (bool, error) {
 		calls++
 		if calls == 3 {
 			cancel(cause)
@@ -146,7 +146,7 @@ func TestPollHonoursContextAndLearnsNothingFromAFailure(t *testing.T) {
 		t.Errorf("poll returned %v, want the context's cause", err)
 	}
 	invalid := errors.New("the order is invalid")
-	if err := p.poll(context.Background(), 0, func() (bool, error) { return false, invalid }); !errors.Is(err, invalid) {
+	if err := p.Poll(context.Background(), 0, func() (bool, error) { return false, invalid }); !errors.Is(err, invalid) {
 		t.Errorf("poll returned %v, want the check's error", err)
 	}
 	if p.typical != 0 {
