@@ -116,20 +116,25 @@ func (c *Client) newOrder(ctx context.Context, names []string, opts OrderOptions
 func (c *Client) complete(ctx context.Context, names []string, order acme.ExtendedOrder, key crypto.Signer,
 	journal OrderJournal) (*Certificate, error) {
 	if order.Status == acme.StatusPending {
-		if err := c.authorizeAll(ctx, order); err != nil {
+		// The key is needed only at finalization: it is made and recorded
+		// while the CA validates.
+		keyReady := c.keyMeanwhile(ctx, order, names, key, journal)
+		err := c.authorizeAll(ctx, order)
+		var keyErr error
+		key, keyErr = keyReady()
+		if err != nil {
 			return nil, err
 		}
+		if keyErr != nil {
+			return nil, keyErr
+		}
+		stages.Mark(ctx, "key")
 		order.Status = acme.StatusReady
 	}
 	if order.Status == acme.StatusReady {
 		if key == nil {
 			var err error
-			if key, err = generateKey(c.cfg.KeyType); err != nil {
-				return nil, err
-			}
-			// A crash after the CSR went out leaves an order only this
-			// key can use: record it first.
-			if err := journal.Record(ctx, c.pendingOrder(order, names, c.cfg.KeyType, key)); err != nil {
+			if key, err = c.newRecordedKey(ctx, order, names, journal); err != nil {
 				return nil, err
 			}
 			stages.Mark(ctx, "key")
@@ -174,6 +179,44 @@ func (c *Client) complete(ctx context.Context, names []string, order acme.Extend
 		Profile:   order.Profile,
 		Replaces:  order.Replaces,
 	}, nil
+}
+
+// newRecordedKey makes the certificate's new key and records it with order:
+// a crash after the CSR went out leaves an order only this key can use.
+func (c *Client) newRecordedKey(ctx context.Context, order acme.ExtendedOrder, names []string, journal OrderJournal) (crypto.Signer, error) {
+	if ctx.Err() != nil {
+		return nil, context.Cause(ctx) // cut off: nothing more is recorded
+	}
+	key, err := generateKey(c.cfg.KeyType)
+	if err != nil {
+		return nil, err
+	}
+	if err := journal.Record(ctx, c.pendingOrder(order, names, c.cfg.KeyType, key)); err != nil {
+		return nil, err
+	}
+	return key, nil
+}
+
+// keyMeanwhile starts newRecordedKey for an order without a key (key nil)
+// and returns what waits for its result: key itself when there is one.
+func (c *Client) keyMeanwhile(ctx context.Context, order acme.ExtendedOrder, names []string, key crypto.Signer,
+	journal OrderJournal) func() (crypto.Signer, error) {
+	if key != nil {
+		return func() (crypto.Signer, error) { return key, nil }
+	}
+	type made struct {
+		key crypto.Signer
+		err error
+	}
+	done := make(chan made, 1)
+	go func() {
+		key, err := c.newRecordedKey(ctx, order, names, journal)
+		done <- made{key, err}
+	}()
+	return func() (crypto.Signer, error) {
+		m := <-done
+		return m.key, m.err
+	}
 }
 
 // authorizeAll answers every authorization of order that is not valid yet
