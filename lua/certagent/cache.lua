@@ -135,8 +135,9 @@ do
         void *EVP_PKEY_CTX_new_from_name(void *libctx, const char *name, const char *propquery);
         int EVP_PKEY_fromdata_init(void *ctx);
         int EVP_PKEY_fromdata(void *ctx, void **ppkey, int selection, void *params);
+        void EVP_PKEY_CTX_free(void *ctx);
     ]]) and pcall(function()
-        return C.EVP_PKEY_CTX_new_from_name and C.EVP_PKEY_fromdata_init and C.EVP_PKEY_fromdata
+        return C.EVP_PKEY_CTX_new_from_name and C.EVP_PKEY_fromdata_init and C.EVP_PKEY_fromdata and C.EVP_PKEY_CTX_free
     end)
     -- The Lua module's own destructors: declared by ngx.ssl already on
     -- some versions, hence one pcall each.
@@ -360,7 +361,12 @@ do
             if not import_ctx then
                 local ctx = C.EVP_PKEY_CTX_new_from_name(nil, "EC", nil)
                 if ctx == nil or C.EVP_PKEY_fromdata_init(ctx) ~= 1 then
+                    -- This OpenSSL cannot import EC keys so: not tried again.
+                    if ctx ~= nil then
+                        C.EVP_PKEY_CTX_free(ctx)
+                    end
                     C.ERR_clear_error()
+                    provider_keys = false
                     return nil
                 end
                 import_ctx = ctx -- kept for the worker's life
