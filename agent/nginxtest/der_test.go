@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"hash/crc32"
 	"math/big"
@@ -193,10 +194,51 @@ func selfSignedLeaf(t *testing.T, name string, key crypto.Signer, notAfter time.
 		keyPEM:   string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}))}
 }
 
+// ecPrivateKey is the ECPrivateKey of RFC 5915, the inner key of a PKCS #8
+// EC key.
+type ecPrivateKey struct {
+	Version       int
+	PrivateKey    []byte
+	NamedCurveOID asn1.ObjectIdentifier `asn1:"optional,explicit,tag:0"`
+	PublicKey     asn1.BitString        `asn1:"optional,explicit,tag:1"`
+}
+
+// editECKey returns the PKCS #8 EC key der with edit applied to its inner
+// ECPrivateKey.
+func editECKey(t *testing.T, der []byte, edit func(*ecPrivateKey)) []byte {
+	t.Helper()
+	var p8 struct {
+		Version    int
+		Algo       pkix.AlgorithmIdentifier
+		PrivateKey []byte
+	}
+	var k ecPrivateKey
+	if _, err := asn1.Unmarshal(der, &p8); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := asn1.Unmarshal(p8.PrivateKey, &k); err != nil {
+		t.Fatal(err)
+	}
+	edit(&k)
+	inner, err := asn1.Marshal(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p8.PrivateKey = inner
+	out, err := asn1.Marshal(p8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // TestKeysOfEachTypeServeFromDER: a record's PKCS #8 key_der is read for
-// each key type the agent issues (EC P-256 and P-384, RSA), with its PEM
-// fields broken so that only the DER can serve it; a key_der of another
-// certificate's key, or one cut short, is not served with the certificate.
+// each key type the agent issues (EC P-256 and P-384, RSA), and an EC key
+// without its public key (optional in RFC 5915, which nginx then reads the
+// legacy way), with its PEM fields broken so that only the DER can serve it;
+// a key_der of another certificate's key, or one cut short, is not served
+// with the certificate; an EC key_der whose public key is not on its curve
+// (OpenSSL refuses to import it) leaves the record to its PEM.
 func TestKeysOfEachTypeServeFromDER(t *testing.T) {
 	e := startWith(t, testenv.NginxOptions{})
 	notAfter := time.Now().Add(24 * time.Hour)
@@ -207,9 +249,10 @@ func TestKeysOfEachTypeServeFromDER(t *testing.T) {
 		t.Fatal(err)
 	}
 	leaves := map[string]leaf{
-		"p256.keys.example.test": selfSignedLeaf(t, "p256.keys.example.test", p256, notAfter),
-		"p384.keys.example.test": selfSignedLeaf(t, "p384.keys.example.test", p384, notAfter),
-		"rsa.keys.example.test":  selfSignedLeaf(t, "rsa.keys.example.test", rsa2048, notAfter),
+		"p256.keys.example.test":  selfSignedLeaf(t, "p256.keys.example.test", p256, notAfter),
+		"p384.keys.example.test":  selfSignedLeaf(t, "p384.keys.example.test", p384, notAfter),
+		"rsa.keys.example.test":   selfSignedLeaf(t, "rsa.keys.example.test", rsa2048, notAfter),
+		"nopub.keys.example.test": selfSignedLeaf(t, "nopub.keys.example.test", p256, notAfter),
 	}
 	derOnly := func(l leaf) map[string]any {
 		f := agentFields(t, l)
@@ -218,8 +261,19 @@ func TestKeysOfEachTypeServeFromDER(t *testing.T) {
 		return f
 	}
 	for name, l := range leaves {
-		e.storeFields(name, derOnly(l))
+		f := derOnly(l)
+		if name == "nopub.keys.example.test" {
+			f["key_der"] = editECKey(t, f["key_der"].([]byte), func(k *ecPrivateKey) { k.PublicKey = asn1.BitString{} })
+		}
+		e.storeFields(name, f)
 	}
+	offCurve := selfSignedLeaf(t, "offcurve.keys.example.test", p256, notAfter)
+	offCurveFields := agentFields(t, offCurve)
+	offCurveFields["key_der"] = editECKey(t, offCurveFields["key_der"].([]byte), func(k *ecPrivateKey) {
+		k.PublicKey.Bytes[len(k.PublicKey.Bytes)-1] ^= 1
+	})
+	e.storeFields("offcurve.keys.example.test", offCurveFields)
+	leaves["offcurve.keys.example.test"] = offCurve
 	otherKey := derOnly(selfSignedLeaf(t, "otherkey.keys.example.test", p256, notAfter))
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	otherKey["key_der"], _ = x509.MarshalPKCS8PrivateKey(other)

@@ -124,6 +124,21 @@ do
         return C.EC_KEY_new_by_curve_name and C.d2i_ECPrivateKey and C.EC_KEY_free and C.d2i_RSAPrivateKey
             and C.RSA_free and C.EVP_PKEY_new and C.EVP_PKEY_assign and C.EVP_PKEY_free
     end)
+    -- OpenSSL 3's key import from parameters: an EC key made so is the
+    -- provider's own, as the leaf's public key is, so the key check and the
+    -- first signature need not export a legacy EC_KEY to the provider
+    -- (which builds the curve's group again). Absent before OpenSSL 3.
+    local provider_keys = ok and pcall(ffi.cdef, [[
+        struct certagent_ossl_param {
+            const char *key; unsigned int data_type; const void *data; size_t data_size; size_t return_size;
+        };
+        void *EVP_PKEY_CTX_new_from_name(void *libctx, const char *name, const char *propquery);
+        int EVP_PKEY_fromdata_init(void *ctx);
+        int EVP_PKEY_fromdata(void *ctx, void **ppkey, int selection, void *params);
+        void EVP_PKEY_CTX_free(void *ctx);
+    ]]) and pcall(function()
+        return C.EVP_PKEY_CTX_new_from_name and C.EVP_PKEY_fromdata_init and C.EVP_PKEY_fromdata and C.EVP_PKEY_CTX_free
+    end)
     -- The Lua module's own destructors: declared by ngx.ssl already on
     -- some versions, hence one pcall each.
     pcall(ffi.cdef, "void ngx_http_lua_ffi_free_cert(void *cdata);")
@@ -251,8 +266,8 @@ do
         -- of docs/benchmarks.md). The key signs as fast either way.
         local ALGORITHMS = {
             -- id-ecPublicKey, prime256v1 (NID 415) / secp384r1 (NID 715)
-            ["\6\7\42\134\72\206\61\2\1\6\8\42\134\72\206\61\3\1\7"] = { ec = 415 },
-            ["\6\7\42\134\72\206\61\2\1\6\5\43\129\4\0\34"] = { ec = 715 },
+            ["\6\7\42\134\72\206\61\2\1\6\8\42\134\72\206\61\3\1\7"] = { ec = 415, group = "prime256v1" },
+            ["\6\7\42\134\72\206\61\2\1\6\5\43\129\4\0\34"] = { ec = 715, group = "secp384r1" },
             -- rsaEncryption, NULL parameters
             ["\6\9\42\134\72\134\247\13\1\1\1\5\0"] = { rsa = true },
         }
@@ -282,13 +297,113 @@ do
             return sub(der, a, a + alen - 1), k, klen
         end
 
-        -- typed_key reads a PKCS #8 EC (P-256, P-384) or RSA key with the
-        -- key type's own d2i, or returns nil (another type, or it does not
-        -- parse: d2i_PrivateKey then tries).
+        -- The parameters of an EC key import (OSSL_PARAM: the curve's name,
+        -- the private key as an unsigned integer in the host's byte order,
+        -- the public key's encoded point), filled in per key; params[3],
+        -- zeroed, ends the list.
+        local PARAM_UNSIGNED_INTEGER, PARAM_UTF8_STRING, PARAM_OCTET_STRING = 2, 4, 5
+        local SELECT_KEYPAIR = 0x87 -- EVP_PKEY_KEYPAIR: the key pair and the domain parameters
+        local PARAM_UNMODIFIED = ffi.cast("size_t", -1)
+        local params = provider_keys and ffi.new("struct certagent_ossl_param[4]")
+        local priv_buf = ffi.new("unsigned char[72]")
+        local little_endian = ffi.abi("le")
+        local import_ctx -- per worker, made at its first key
+
+        local function set_param(i, name, data_type, data, size)
+            local param = params[i]
+            param.key, param.data_type, param.data, param.data_size = name, data_type, data, size
+            param.return_size = PARAM_UNMODIFIED
+        end
+
+        -- ec_keypair returns the private key's and the public key's position
+        -- and length in the ECPrivateKey (RFC 5915) at der[k, k+klen-1], or
+        -- nil when it has no public key or does not parse.
+        local function ec_keypair(der, k, klen)
+            local tag, i, len = der_element(der, k)
+            if tag ~= 0x30 or i + len ~= k + klen then
+                return nil
+            end
+            local last = i + len
+            local version_tag, v, vlen = der_element(der, i)
+            if version_tag ~= 0x02 then
+                return nil
+            end
+            local priv_tag, p, plen = der_element(der, v + vlen)
+            if priv_tag ~= 0x04 or plen < 1 or plen > 72 then
+                return nil
+            end
+            i = p + plen
+            while i < last do
+                local field, f, flen = der_element(der, i)
+                if not field or f + flen > last then
+                    return nil
+                end
+                if field == 0xa1 then -- [1] publicKey: a BIT STRING, no unused bits
+                    local bits_tag, b, blen = der_element(der, f)
+                    if bits_tag ~= 0x03 or blen < 2 or byte(der, b) ~= 0 or b + blen ~= f + flen then
+                        return nil
+                    end
+                    return p, plen, b + 1, blen - 1
+                end
+                i = f + flen
+            end
+            return nil
+        end
+
+        -- provider_ec_key imports the ECPrivateKey at der[k, k+klen-1] on
+        -- the named curve as a provider key, or returns nil (no public key in
+        -- it, or OpenSSL refuses it: the legacy reading then tries).
+        local function provider_ec_key(der, k, klen, group)
+            local p, plen, q, qlen = ec_keypair(der, k, klen)
+            if not p then
+                return nil
+            end
+            if not import_ctx then
+                local ctx = C.EVP_PKEY_CTX_new_from_name(nil, "EC", nil)
+                if ctx == nil or C.EVP_PKEY_fromdata_init(ctx) ~= 1 then
+                    -- This OpenSSL cannot import EC keys so: not tried again.
+                    if ctx ~= nil then
+                        C.EVP_PKEY_CTX_free(ctx)
+                    end
+                    C.ERR_clear_error()
+                    provider_keys = false
+                    return nil
+                end
+                import_ctx = ctx -- kept for the worker's life
+            end
+            for j = 0, plen - 1 do
+                priv_buf[little_endian and j or plen - 1 - j] = byte(der, p + plen - 1 - j)
+            end
+            local base = ffi.cast("const unsigned char *", der)
+            set_param(0, "group", PARAM_UTF8_STRING, group, #group)
+            set_param(1, "priv", PARAM_UNSIGNED_INTEGER, priv_buf, plen)
+            set_param(2, "pub", PARAM_OCTET_STRING, base + (q - 1), qlen)
+            box[0] = nil
+            local imported = C.EVP_PKEY_fromdata(import_ctx, box, SELECT_KEYPAIR, params)
+            ffi.fill(priv_buf, plen)
+            if imported ~= 1 or box[0] == nil then
+                C.ERR_clear_error()
+                return nil
+            end
+            return ffi.gc(box[0], C.ngx_http_lua_ffi_free_priv_key)
+        end
+
+        -- typed_key reads a PKCS #8 EC (P-256, P-384) key as a provider key,
+        -- or with the key type's own d2i, as it does an RSA key, or returns
+        -- nil (another type, or it does not parse: d2i_PrivateKey then tries).
         local function typed_key(der)
             local alg, k, klen = pkcs8(der)
             local how = alg and ALGORITHMS[alg]
             if not how then
+                return nil
+            end
+            if how.group and provider_keys then
+                local pkey = provider_ec_key(der, k, klen, how.group)
+                if pkey then
+                    return pkey
+                end
+            end
+            if not legacy_keys then
                 return nil
             end
             local key, key_type, free
@@ -324,7 +439,7 @@ do
         end
 
         local function key_of(der)
-            local typed = legacy_keys and typed_key(der)
+            local typed = (legacy_keys or provider_keys) and typed_key(der)
             if typed then
                 return typed
             end

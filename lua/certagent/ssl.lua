@@ -318,11 +318,30 @@ local function fetch(recs, n, mark_name)
     return replies, nil, mark
 end
 
+-- pem_crc32 is crc32_long(fullchain .. key_pem) without the concatenation,
+-- a 2 KB string a cold handshake: zlib's crc32 (the same CRC-32, in a
+-- library nginx links), run over key_pem from where fullchain left it, about
+-- a quarter of the CPU. Without the symbol it concatenates.
+local pem_crc32 = function(fullchain, key_pem)
+    return crc32_long(fullchain .. key_pem)
+end
+do
+    local ok, ffi = pcall(require, "ffi")
+    ok = ok and pcall(ffi.cdef, "unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len);")
+        and pcall(function() return ffi.C.crc32 end)
+    if ok then
+        local zlib_crc32 = ffi.C.crc32
+        pem_crc32 = function(fullchain, key_pem)
+            return tonumber(zlib_crc32(zlib_crc32(0, fullchain, #fullchain), key_pem, #key_pem))
+        end
+    end
+end
+
 -- der_of_pem tells whether a record's DER fields were made from its PEM
 -- fields: der_crc32 is their CRC-32 (docs/redis-schema.md).
 local function der_of_pem(fullchain, key_pem, crc)
     return type(crc) == "string" and type(fullchain) == "string" and type(key_pem) == "string"
-        and tonumber(crc) == crc32_long(fullchain .. key_pem)
+        and tonumber(crc) == pem_crc32(fullchain, key_pem)
 end
 
 -- learn turns the HMGET reply for rec into the cache's answer (an entry, a
