@@ -307,20 +307,23 @@ func (b *Budgets) reserve(ctx context.Context, now time.Time, prio Priority, cer
 	if len(counted) == 0 {
 		return res, nil
 	}
-	ok, spent, free, err := b.m.cfg.Store.TakeBudgets(ctx, counted, now, reserved, res.member)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		bg := counted[spent]
-		return nil, &DeferredError{Until: free, Reason: fmt.Sprintf("the %s budget (%d per %s) is spent", bg, bg.Limit, bg.Window)}
-	}
 	for _, bg := range counted {
 		if bg.Kind == "orders" {
 			res.orderTaken = true
 		} else {
 			res.certs = append(res.certs, bg)
 		}
+	}
+	ok, spent, free, err := b.m.cfg.Store.TakeBudgets(ctx, counted, now, reserved, res.member)
+	if err != nil {
+		// Redis may have counted the event and the answer got lost: it goes
+		// back (returning an event that was not counted changes nothing).
+		res.giveBack(ctx, true)
+		return nil, err
+	}
+	if !ok {
+		bg := counted[spent]
+		return nil, &DeferredError{Until: free, Reason: fmt.Sprintf("the %s budget (%d per %s) is spent", bg, bg.Limit, bg.Window)}
 	}
 	return res, nil
 }

@@ -316,3 +316,61 @@ func TestBudgetsKeepTheSlotOfACertificateIssuedButNotStored(t *testing.T) {
 		t.Errorf("%d certificates counted (%v), want the 1 the CA issued", used, err)
 	}
 }
+
+// lostAnswerHook lets Redis run the scripts that take rate budgets and
+// then fails them as a connection dropped before the answer would: Redis
+// counted the event, the agent cannot tell.
+type lostAnswerHook struct{}
+
+func (lostAnswerHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (lostAnswerHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if err := next(ctx, cmd); err != nil || !takesBudgets(cmd.Args()) {
+			return err
+		}
+		lost := &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}
+		cmd.SetErr(lost)
+		return lost
+	}
+}
+
+func (lostAnswerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// takesBudgets tells a script run whose first key is a budget of orders.
+func takesBudgets(args []any) bool {
+	if len(args) < 4 || (args[0] != "evalsha" && args[0] != "eval") {
+		return false
+	}
+	key, _ := args[3].(string)
+	return key == store.Keys{}.Budget("orders", "acct")
+}
+
+// TestBudgetsGiveBackWhatALostAnswerMayHaveTaken: the budgets' script ran
+// but its answer was lost: the order is not placed, and the slots the
+// script may have taken go back, the orders slot too (it is not held: it
+// would stay taken for the whole window).
+func TestBudgetsGiveBackWhatALostAnswerMayHaveTaken(t *testing.T) {
+	issuer := &fakeIssuer{}
+	m, st, r := newTestManager(t, issuer)
+	b, err := NewBudgets(m, BudgetConfig{Account: "acct", OrdersPerAccount: 100, CertsPerDomain: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r.Client.AddHook(lostAnswerHook{})
+	if _, err := b.Issue(ctx, []string{"a.example.com"}, PriorityNew); err == nil {
+		t.Fatal("the order went on without the budgets' answer")
+	}
+	if n := issuer.orders.Load(); n != 0 {
+		t.Fatalf("%d orders reached the CA without the budgets' answer", n)
+	}
+	now := m.cfg.Clock.Now()
+	for _, bg := range []store.Budget{b.ordersBudget(), {Kind: "certs", Subject: "example.com", Limit: 2, Window: b.cfg.CertsWindow}} {
+		if used, err := st.BudgetUsed(ctx, bg, now); err != nil || used != 0 {
+			t.Errorf("%s: %d events counted (%v), want none", bg, used, err)
+		}
+	}
+}

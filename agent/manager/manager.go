@@ -258,7 +258,10 @@ func (m *Manager) issue(ctx context.Context, names []string, renewing *store.Cer
 		replaces = id
 	}
 	if m.cfg.Peers != nil {
-		l.firstCA = nil // read before the peer sites, which may take a while
+		// The first CA's state and the running order were read with the
+		// lease, before the peer sites, which may take a while.
+		l.firstCA = nil
+		l.lock.RereadOrder()
 		rec, release, err := m.fromPeers(l.ctx, names, renewing, l.stop)
 		if rec != nil {
 			return rec, errFromPeer

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/certagent/certagent/agent/acmeclient"
 	"github.com/certagent/certagent/agent/store"
 	"github.com/certagent/certagent/agent/telemetry"
 )
@@ -176,5 +177,75 @@ func TestIssueOrdersOnlyUnderTheLeaseOfAQuorum(t *testing.T) {
 	}
 	if _, err := st.GetCert(ctx, "lost.example.com"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("stored after the lease was lost: %v", err)
+	}
+}
+
+// slowPeers are peer sites that take long to answer, during which lengthy
+// answer meanwhile runs.
+type slowPeers struct {
+	*fakePeers
+	meanwhile func()
+}
+
+func (p slowPeers) Existing(ctx context.Context, names []string, have *store.CertRecord) (*store.CertRecord, error) {
+	p.meanwhile()
+	return p.fakePeers.Existing(ctx, names, have)
+}
+
+// journalReadingIssuer is the fake CA recording the running order its
+// journal tells at the start of each order.
+type journalReadingIssuer struct {
+	*fakeIssuer
+	pending []*acmeclient.PendingOrder
+}
+
+func (i *journalReadingIssuer) ObtainWith(ctx context.Context, names []string, opts acmeclient.OrderOptions) (*acmeclient.Certificate, error) {
+	p, err := opts.Journal.Pending(ctx)
+	if err != nil {
+		return nil, err
+	}
+	i.pending = append(i.pending, p)
+	return i.Obtain(ctx, names)
+}
+
+// TestRunningOrderIsReadAgainAfterThePeerSites: the running order read with
+// the lease is not what the order resumes once the peer sites were asked,
+// which takes a while: the lease may have run out meanwhile and the agent
+// that took the name over recorded its own order, which this one then
+// resumes (and the fence keeps one certificate) rather than ordering a
+// second certificate at the CA.
+func TestRunningOrderIsReadAgainAfterThePeerSites(t *testing.T) {
+	issuer := &journalReadingIssuer{fakeIssuer: &fakeIssuer{}}
+	m, st, r := newTestManager(t, issuer)
+	ctx := context.Background()
+	const name = "slow.example.com"
+	newer := &store.OrderRecord{CA: issuer.DirectoryURL(), URL: "https://fake-ca/order/newer", Names: []string{name}}
+	// A first order loads the lease's script: Redis runs it in the batch
+	// that reads the running order from then on.
+	if _, err := m.Issue(ctx, []string{"first.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	issuer.pending = nil
+	m.cfg.Peers = slowPeers{fakePeers: &fakePeers{}, meanwhile: func() {
+		// The lease ran out; another agent took the name and ordered.
+		if err := r.Client.Del(ctx, st.Keys().Lock(name)).Err(); err != nil {
+			t.Error(err)
+			return
+		}
+		other, err := st.AcquireLock(ctx, name, time.Minute)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if err := other.RecordOrder(ctx, newer); err != nil {
+			t.Error(err)
+		}
+	}}
+	_, err := m.Issue(ctx, []string{name})
+	if !errors.Is(err, store.ErrFenced) {
+		t.Errorf("order under a lease taken over: %v, want ErrFenced", err)
+	}
+	if len(issuer.pending) != 1 || issuer.pending[0] == nil || issuer.pending[0].URL != newer.URL {
+		t.Errorf("the order started from the running orders %+v, want the one recorded by the agent that took the name over", issuer.pending)
 	}
 }

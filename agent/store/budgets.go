@@ -32,13 +32,17 @@ func (b Budget) String() string { return b.Kind + " " + b.Subject }
 // budget unless one of them, less the slots kept for higher priorities, is
 // spent: all or none, so an order never holds a slot of one budget while
 // another turns it away. Events held past their deadline (KEYS[2i], score:
-// the deadline in ms) are dropped first: their order never finished. It
+// the deadline in ms) are dropped first: their order never finished. An
+// event counted already (the member is in KEYS[1]) is not counted again. It
 // returns {1} or {0, ms when a slot frees, i of the first spent budget}.
 // ARGV: now ms, member, add (1) or only check (0), then for each budget:
 // window ms, limit, reserved slots, hold deadline ms (0: the event is not
 // held).
 var takeScript = redis.NewScript(`
 local now, member, add = tonumber(ARGV[1]), ARGV[2], ARGV[3] == "1"
+-- A run again of one whose answer was lost (go-redis sends a script again
+-- when the connection drops) finds its event counted, in every budget.
+if add and redis.call("ZSCORE", KEYS[1], member) then return {1} end
 local budgets = #KEYS / 2
 local function arg(i, n) return tonumber(ARGV[3 + 4 * (i - 1) + n]) end
 for i = 1, budgets do

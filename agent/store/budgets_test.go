@@ -99,3 +99,26 @@ func TestBudgetsAreTakenAllOrNone(t *testing.T) {
 		t.Errorf("%d orders counted (%v), want 1: the refused order took no slot of the orders budget", used, err)
 	}
 }
+
+// TestBudgetEventCountedAgainIsCountedOnce: go-redis sends a script again
+// when its answer was lost (a read timeout); the run that counted the event
+// before finds it counted and says so, rather than counting the order's own
+// slot against it and turning it away with its slots held.
+func TestBudgetEventCountedAgainIsCountedOnce(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	orders := Budget{Kind: "orders", Subject: "acct", Limit: 1, Window: 3 * time.Hour}
+	certs := Budget{Kind: "certs", Subject: "example.com", Limit: 1, Window: 7 * 24 * time.Hour, Hold: 10 * time.Minute}
+	bs, reserved := []Budget{orders, certs}, []int{0, 0}
+	now := time.Now()
+	for _, run := range []string{"first run", "run again"} {
+		if ok, spent, _, err := st.TakeBudgets(ctx, bs, now, reserved, "event"); err != nil || !ok {
+			t.Fatalf("%s: %v, spent %d, %v, want counted", run, ok, spent, err)
+		}
+	}
+	for _, b := range bs {
+		if used, err := st.BudgetUsed(ctx, b, now); err != nil || used != 1 {
+			t.Errorf("%s: %d events counted (%v), want 1", b, used, err)
+		}
+	}
+}

@@ -212,7 +212,8 @@ func (s *Store) putFenced(ctx context.Context, rec *CertRecord, lock *Lock, writ
 }
 
 // fencedWriteScript runs the commands of a write only while the fence
-// (KEYS[1]) holds the writer's token (ARGV[1]), atomically like a MULTI: in
+// (KEYS[1]; the keys the commands write follow, see fencedWriteArgs) holds
+// the writer's token (ARGV[1]), atomically like a MULTI: in
 // one round trip, where WATCH, the fence's read, the MULTI and the UNWATCH
 // would take four. ARGV from 2 on holds each command as its number of
 // arguments followed by them. As in a MULTI, a command that fails does not
@@ -242,12 +243,8 @@ func (s *Store) putUnderFence(ctx context.Context, lock *Lock, write func(redis.
 	if err := write(queued); err != nil {
 		return err
 	}
-	args := []any{lock.fence}
-	for _, cmd := range queued.Cmds() {
-		args = append(args, len(cmd.Args()))
-		args = append(args, cmd.Args()...)
-	}
-	res, err := fencedWriteScript.Run(ctx, s.rdb, []string{s.keys.Fence(lock.name)}, args...).Int64Slice()
+	keys, args := fencedWriteArgs(s.keys.Fence(lock.name), lock.fence, queued.Cmds())
+	res, err := fencedWriteScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
 	switch {
 	case err != nil:
 		return err
@@ -257,6 +254,26 @@ func (s *Store) putUnderFence(ctx context.Context, lock *Lock, write func(redis.
 		return fmt.Errorf("token %d, current %d: %w", lock.fence, res[1], ErrFenced)
 	}
 	return nil
+}
+
+// fencedWriteArgs are the KEYS and ARGV of fencedWriteScript for the
+// commands of a write under fence: every key they write is declared after
+// the fence, so that Redis Cluster checks each one (a slot being migrated
+// answers ASK or TRYAGAIN) before the script writes anything, as it checks
+// every command of a MULTI before the EXEC, rather than failing one command
+// in the middle of the write and running the others. Each command of a
+// certificate write names one key, right after the command's name.
+func fencedWriteArgs(fenceKey string, token int64, cmds []redis.Cmder) ([]string, []any) {
+	keys := []string{fenceKey}
+	args := []any{token}
+	for _, cmd := range cmds {
+		if key, ok := cmd.Args()[1].(string); ok && !slices.Contains(keys, key) {
+			keys = append(keys, key)
+		}
+		args = append(args, len(cmd.Args()))
+		args = append(args, cmd.Args()...)
+	}
+	return keys, args
 }
 
 // ChangesMaxLen bounds the stream of changes; nginx workers that fall further

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -108,4 +110,82 @@ func dumpKeys(t *testing.T, rdb *redis.Client, prefix string) map[string]string 
 		out[strings.TrimPrefix(key, prefix)] = fmt.Sprint(v)
 	}
 	return out
+}
+
+// scriptCalls records the arguments of every EVALSHA and EVAL of one script.
+type scriptCalls struct {
+	hash  string
+	mu    sync.Mutex
+	calls [][]any
+}
+
+func (h *scriptCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *scriptCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		args := cmd.Args()
+		if len(args) > 2 && (args[0] == "evalsha" && args[1] == h.hash || args[0] == "eval") {
+			h.mu.Lock()
+			h.calls = append(h.calls, args)
+			h.mu.Unlock()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *scriptCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestFencedWriteDeclaresEveryKeyItWrites: every key a command of the
+// fenced write touches is among the script's KEYS, so Redis Cluster checks
+// them all (a slot being migrated: ASK or TRYAGAIN) before the script
+// writes anything, as it checks every key of a MULTI before its EXEC,
+// instead of failing one command in the middle of the write and running
+// the others.
+func TestFencedWriteDeclaresEveryKeyItWrites(t *testing.T) {
+	st, r := newStore(t)
+	ctx := context.Background()
+	rec := fencedRecord(t, "a.example.com")
+	rec.Names = append(rec.Names, "b.example.com")
+	lock, err := st.AcquireLock(ctx, "a.example.com", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := &scriptCalls{hash: fencedWriteScript.Hash()}
+	r.Client.AddHook(calls)
+	if err := lock.PutCert(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls.calls) == 0 {
+		t.Fatal("the fenced write ran no script")
+	}
+	args := calls.calls[len(calls.calls)-1]
+	numKeys, err := strconv.Atoi(fmt.Sprint(args[2]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	declared := map[string]bool{}
+	for _, k := range args[3 : 3+numKeys] {
+		declared[fmt.Sprint(k)] = true
+	}
+	// ARGV: the token, then each command as its number of arguments and them.
+	argv := args[3+numKeys+1:]
+	for len(argv) > 0 {
+		n, err := strconv.Atoi(fmt.Sprint(argv[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		command := argv[1 : 1+n]
+		argv = argv[1+n:]
+		keys, err := r.Client.Do(ctx, append([]any{"command", "getkeys"}, command...)...).StringSlice()
+		if err != nil {
+			t.Fatalf("the keys of %v: %v", command, err)
+		}
+		for _, k := range keys {
+			if !declared[k] {
+				t.Errorf("%s (written by %v) is not among the script's KEYS", k, command[0])
+			}
+		}
+	}
 }

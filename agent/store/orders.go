@@ -105,6 +105,12 @@ func (l *Lock) RunningOrder(ctx context.Context) (*OrderRecord, error) {
 	return l.store.RunningOrder(ctx, l.name)
 }
 
+// RereadOrder makes the next RunningOrder read the record from Redis, not
+// answer from the read taken with the lease: the holder did something long
+// since (asked the peer sites), during which its lease may have run out and
+// the agent that took the name over recorded its own order.
+func (l *Lock) RereadOrder() { l.orderRead.Store(nil) }
+
 // RunningOrder returns the order recorded for name (see Lock.RunningOrder).
 func (s *Store) RunningOrder(ctx context.Context, name string) (*OrderRecord, error) {
 	f, err := s.rdb.HGetAll(ctx, s.keys.Order(name)).Result()
