@@ -153,8 +153,12 @@ end
 -- worker_reset, as the node dropped what it knew.
 local function new_log(dict)
     epochs = epochs + 1
-    dict:set(LOG_EPOCH, ngx.worker.pid() .. "." .. ngx.now() .. "." .. epochs)
+    -- The number first: a worker reading between the two writes then sees
+    -- the old log at 0, and the new one at its next read (a reset), rather
+    -- than the new log at the old number, which would skip the new log's
+    -- first events up to that number.
     dict:set(LOG_SEQ, 0)
+    dict:set(LOG_EPOCH, ngx.worker.pid() .. "." .. ngx.now() .. "." .. epochs)
 end
 
 -- publish appends an event for every worker to the log.
