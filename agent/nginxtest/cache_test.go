@@ -78,7 +78,7 @@ func startSeeded(t testing.TB, opts testenv.NginxOptions, seed func(e *env)) *en
 	opts.RedisURL = r.URL
 	opts.KeyPrefix = prefix
 	opts.Env = map[string]string{"CERTAGENT_NODE": testNode}
-	opts.HTTPServerExtra = statsLocation
+	opts.HTTPServerExtra = statsLocation + opts.HTTPServerExtra
 	e := &env{t: t, redis: r, prefix: prefix, schema: schema}
 	if seed != nil {
 		seed(e)

@@ -95,8 +95,9 @@ local cfg, keys
 local last_id, last_pos
 local polling = false
 local failing = false
--- This worker's place in the log, and the last entry of the stream whose
--- changes it has applied (nil before its first read of the log).
+-- This worker's place in the log (taken at its start, init_worker), and the
+-- last entry of the stream whose changes it has applied (nil before its
+-- first read of the log).
 local log_epoch, log_seq, applied_id
 local epochs = 0
 
@@ -152,8 +153,12 @@ end
 -- worker_reset, as the node dropped what it knew.
 local function new_log(dict)
     epochs = epochs + 1
-    dict:set(LOG_EPOCH, ngx.worker.pid() .. "." .. ngx.now() .. "." .. epochs)
+    -- The number first: a worker reading between the two writes then sees
+    -- the old log at 0, and the new one at its next read (a reset), rather
+    -- than the new log at the old number, which would skip the new log's
+    -- first events up to that number.
     dict:set(LOG_SEQ, 0)
+    dict:set(LOG_EPOCH, ngx.worker.pid() .. "." .. ngx.now() .. "." .. epochs)
 end
 
 -- publish appends an event for every worker to the log.
@@ -341,8 +346,8 @@ local function follow()
     -- Read first: the events of every entry up to it are in the log by now.
     local position = dict:get("changes:last")
     local epoch, seq = dict:get(LOG_EPOCH), dict:get(LOG_SEQ) or 0
-    local complete = log_seq ~= nil and epoch == log_epoch
-    for i = (log_seq or seq) + 1, complete and seq or 0 do
+    local complete = epoch == log_epoch
+    for i = log_seq + 1, complete and seq or 0 do
         local event = dict:get(LOG_EVENT .. i)
         local field, value
         if event then
@@ -357,8 +362,7 @@ local function follow()
             kind.worker(value)
         end
     end
-    -- A new worker has nothing cached yet, and starts at the log's end.
-    if log_seq ~= nil and not complete then
+    if not complete then
         for _, kind in pairs(kinds) do
             if kind.worker_reset then
                 kind.worker_reset()
@@ -450,6 +454,15 @@ end
 -- reads Redis when this worker holds the reader lock, and the reading of
 -- the node's log.
 function _M.init_worker()
+    -- The worker follows the log from where it stands now, before it can
+    -- cache anything: its first read comes a follow period later (later on
+    -- a loaded machine), and a certificate it cached meanwhile may be one
+    -- whose change the reader published meanwhile, or that the reader's
+    -- start emptied from the node (a new log). Taking the log's end at that
+    -- first read instead kept such a certificate for cache_ttl. On a new
+    -- node there is no log yet: the first read finds one and drops the LRU.
+    local dict = shared[cfg.certs_dict]
+    log_epoch, log_seq = dict:get(LOG_EPOCH), dict:get(LOG_SEQ) or 0
     local ok, err = timer_at(0, poll)
     if ok then
         ok, err = every(cfg.changes_interval, poll)
