@@ -125,8 +125,7 @@ func (b *Batch) AcquireLock(ctx context.Context, name string, ttl time.Duration)
 	}
 	owner := hex.EncodeToString(raw[:])
 	taken := time.Now()
-	keys := []string{b.s.keys.Lock(name), b.s.keys.Fence(name)}
-	args := []any{owner, ttl.Milliseconds(), FenceTTL.Milliseconds()}
+	keys, args := b.s.acquireCall(name, owner, ttl)
 	acquired := acquireScript.EvalSha(ctx, b.p, keys, args...)
 	order := b.p.HGetAll(ctx, b.s.keys.Order(name))
 	return func() (*Lock, error) {
@@ -162,8 +161,14 @@ func acquiredFence(name string, cmd *redis.Cmd) (int64, error) {
 // acquire takes the lease on name for owner and draws the next fencing
 // token, or returns an error wrapping ErrLockHeld.
 func (s *Store) acquire(ctx context.Context, name, owner string, ttl time.Duration) (int64, error) {
-	return acquiredFence(name, acquireScript.Run(ctx, s.rdb, []string{s.keys.Lock(name), s.keys.Fence(name)},
-		owner, ttl.Milliseconds(), FenceTTL.Milliseconds()))
+	keys, args := s.acquireCall(name, owner, ttl)
+	return acquiredFence(name, acquireScript.Run(ctx, s.rdb, keys, args...))
+}
+
+// acquireCall is the KEYS and ARGV of acquireScript: owner's lease on name
+// for ttl, with the next fencing token.
+func (s *Store) acquireCall(name, owner string, ttl time.Duration) ([]string, []any) {
+	return []string{s.keys.Lock(name), s.keys.Fence(name)}, []any{owner, ttl.Milliseconds(), FenceTTL.Milliseconds()}
 }
 
 // extend renews owner's lease on name for ttl, or returns an error wrapping
