@@ -16,6 +16,10 @@ local tostring = tostring
 local error = error
 local log = ngx.log
 local ERR = ngx.ERR
+local NOTICE = ngx.NOTICE
+local now = ngx.now
+local update_time = ngx.update_time
+local floor = math.floor
 
 local config = require("certagent.config")
 local keys = require("certagent.keys")
@@ -31,6 +35,31 @@ local ssl, challenge, changes, ondemand -- loaded in init (ngx.ssl needs the htt
 -- comes from the table user when it has it, else from its CERTAGENT_<FIELD>
 -- environment variable, else from the defaults (certagent.config). It raises
 -- an error on an invalid configuration, so nginx refuses to start with it.
+-- warm fills the certificate cache the workers of a reload inherit
+-- (certagent.cache's warm) for up to reload_warm seconds, with the changes
+-- log's place noted first. At the first start the shared dict is empty. A
+-- failure costs the warm cache only: the workers parse at first use.
+local function warm(c)
+    if c.reload_warm <= 0 then
+        return
+    end
+    local ok, err = pcall(function()
+        update_time()
+        local started = now()
+        local place = changes.place()
+        local cached = require("certagent.cache").warm(started + c.reload_warm)
+        if cached > 0 then
+            changes.start_from(place)
+            update_time()
+            log(NOTICE, "certagent: parsed ", cached, " certificates of the shared dict for the new workers in ",
+                floor((now() - started) * 1000), " ms")
+        end
+    end)
+    if not ok then
+        log(ERR, "certagent: warming the new workers' certificate cache: ", tostring(err))
+    end
+end
+
 function _M.init(user)
     local c, err = config.new(user)
     if not c then
@@ -61,6 +90,7 @@ function _M.init(user)
     changes = require("certagent.changes")
     changes.init(c, k)
     cfg = c
+    warm(c)
     return true
 end
 

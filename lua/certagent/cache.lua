@@ -577,6 +577,38 @@ local function from_shared(rec, t, stale)
     return entry
 end
 
+-- warm parses the certificates the shared dict holds into this process's
+-- LRU, as a handshake's lookup would, until the LRU is full or the clock
+-- (ngx.now, updated) reaches deadline. It runs in nginx's master at a reload
+-- (certagent.init), before the new workers are forked: they inherit the
+-- LRU, so the names the node served before the reload cost them no parse.
+-- It returns how many certificates it cached: the most recently used
+-- first (get_keys lists the dict's least recently used key first).
+function _M.warm(deadline)
+    local dict = shared[cfg.certs_dict]
+    local room = lru:capacity() - lru:count()
+    local keys = dict:get_keys(0)
+    local cached = 0
+    for i = #keys, 1, -1 do
+        if cached >= room then
+            break
+        end
+        local key = keys[i]
+        if sub(key, 1, 2) == "c:" then
+            update_time()
+            local t = now()
+            if t >= deadline then
+                break
+            end
+            local entry = from_shared(sub(key, 3), t, false)
+            if entry and entry.fresh_until > t then
+                cached = cached + 1
+            end
+        end
+    end
+    return cached
+end
+
 -- hot returns this worker's parsed certificate for rec when it is fresh, and
 -- nothing else: the handshake's first, cheapest look.
 function _M.hot(rec, t)

@@ -100,6 +100,9 @@ local failing = false
 -- first read of the log).
 local log_epoch, log_seq, applied_id
 local epochs = 0
+-- The log's place the master noted before it warmed the cache of the new
+-- workers (start_from), where they start instead of at their own start.
+local held_place
 
 function _M.init(config, key_builder)
     cfg = config
@@ -449,6 +452,21 @@ function _M.position()
     return applied_id
 end
 
+-- place returns the log's current place, which nginx's master notes before
+-- it fills the cache its new workers inherit (certagent.cache's warm).
+function _M.place()
+    local dict = shared[cfg.certs_dict]
+    return { epoch = dict:get(LOG_EPOCH), seq = dict:get(LOG_SEQ) or 0 }
+end
+
+-- start_from has the workers forked from now on follow the log from place,
+-- not from their own start, once the master filled their cache: they forget
+-- what changed while it read the shared dict or before they started (a log
+-- renewed meanwhile, or events expired, empty their LRU).
+function _M.start_from(place)
+    held_place = place
+end
+
 -- init_worker starts this worker's part: a poll at once (a new node catches
 -- up before its first interval) and every changes_interval seconds, which
 -- reads Redis when this worker holds the reader lock, and the reading of
@@ -463,6 +481,9 @@ function _M.init_worker()
     -- node there is no log yet: the first read finds one and drops the LRU.
     local dict = shared[cfg.certs_dict]
     log_epoch, log_seq = dict:get(LOG_EPOCH), dict:get(LOG_SEQ) or 0
+    if held_place then
+        log_epoch, log_seq = held_place.epoch, held_place.seq
+    end
     local ok, err = timer_at(0, poll)
     if ok then
         ok, err = every(cfg.changes_interval, poll)

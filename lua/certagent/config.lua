@@ -53,6 +53,8 @@ local defaults = {
     first_handshake_wait = 4,   -- s a first handshake may be held while the agent issues its certificate; 0: never
     first_handshake_grace = 0.25, -- s it is held for the agent's issuing mark to appear
     first_handshake_max_waiting = 64, -- handshakes (and port-80 requests) held at once per worker
+    reload_warm = 1,            -- s nginx's master spends at a reload parsing the shared dict's certificates
+                                -- into the new workers' cache; 0: never
 }
 _M.defaults = defaults
 
@@ -269,6 +271,13 @@ local function validate(cfg)
     if type(wait) ~= "number" or wait < 0 or wait > 60 then
         return nil, format("first_handshake_wait must be a number of seconds from 0 (off) to 60, got %s",
                            tostring(wait)), "first_handshake_wait"
+    end
+    -- The master parses while the old workers serve, but nginx's reload
+    -- (and its new workers) waits for it.
+    local warm = cfg.reload_warm
+    if type(warm) ~= "number" or warm < 0 or warm > 30 then
+        return nil, format("reload_warm must be a number of seconds from 0 (off) to 30, got %s",
+                           tostring(warm)), "reload_warm"
     end
     if cfg.first_handshake_max_waiting ~= math.floor(cfg.first_handshake_max_waiting) then
         return nil, "first_handshake_max_waiting must be a whole number", "first_handshake_max_waiting"
