@@ -2,8 +2,6 @@ package nginxtest
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/certagent/certagent/agent/internal/schemadoc"
 	"github.com/certagent/certagent/agent/internal/testenv"
 )
 
@@ -22,58 +19,27 @@ const (
 	servedFromShared = `certagent_nginx_certificates_served_total{source="shared_dict"}`
 )
 
-// startForReload is start with the status location, a location telling the
-// serving worker's pid, nginx's notices logged and the given settings.
+// startForReload is startWith the status location, a location telling the
+// serving worker's pid, nginx's notices logged and the given settings (Lua
+// expressions), once the node has read the changes stream: a new node's
+// first read empties the shared dict (nothing says which changes it has
+// seen).
 func startForReload(t *testing.T, settings map[string]string) *env {
 	t.Helper()
-	schema, err := schemadoc.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := testenv.StartRedis(t)
-	prefix := "wm" + strconv.Itoa(os.Getpid()%1000) + ":"
-	vars := map[string]string{"CERTAGENT_NODE": testNode}
-	for k, v := range settings {
-		vars[k] = v
-	}
-	n := testenv.StartNginx(t, testenv.NginxOptions{
-		RedisURL:      r.URL,
-		KeyPrefix:     prefix,
-		Env:           vars,
+	e := startWith(t, testenv.NginxOptions{
+		LuaConfig:     settings,
 		ErrorLogLevel: "notice",
 		HTTPServerExtra: "include " + filepath.Join(testenv.RepoRoot(), "nginx", "certagent-status.conf") + ";\n" +
-			`location = /worker-pid { return 200 "$pid"; }` + "\n" +
-			`location = /changes-last { content_by_lua_block { ngx.print(ngx.shared.certagent_certs:get("changes:last") or "") } }`,
+			`location = /worker-pid { return 200 "$pid"; }`,
 	})
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("CERTAGENT_SHOW_NGINX_LOG") != "" {
-			t.Logf("nginx error log:\n%s", n.ErrorLog())
-		}
-	})
-	e := &env{t: t, redis: r, nginx: n, prefix: prefix, schema: schema}
-	// A new node's first read of the changes stream empties the shared dict
-	// (nothing says which changes it has seen): what is cached before it
-	// would be gone before the reload.
-	waitFor(t, "the node's first read of the changes stream", func() bool { return e.body("/changes-last") != "" })
+	e.waitChangesRead()
 	return e
-}
-
-// body returns the body of a request to the port-80 server.
-func (e *env) body(path string) string {
-	e.t.Helper()
-	resp, err := http.Get("http://" + e.nginx.HTTPAddr + path)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return string(body)
 }
 
 // workerPID is the pid of the worker that answers a request now.
 func (e *env) workerPID() string {
 	e.t.Helper()
-	return e.body("/worker-pid")
+	return e.getBody("/worker-pid")
 }
 
 // hup sends nginx's master SIGHUP (a reload: a new configuration, new
@@ -113,14 +79,17 @@ func TestReloadStartsWorkersWithTheNodesCertificates(t *testing.T) {
 		{warm: "0", fromLRU: 0, shared: 3},
 	} {
 		t.Run("reload_warm="+tc.warm, func(t *testing.T) {
-			e := startForReload(t, map[string]string{"CERTAGENT_RELOAD_WARM": tc.warm})
+			e := startForReload(t, map[string]string{"reload_warm": tc.warm})
 			names := []string{"a.warm.example.test", "b.warm.example.test", "c.warm.example.test"}
 			leaves := map[string]leaf{}
 			for _, name := range names {
 				leaves[name] = newLeaf(t, name, []string{name}, time.Now().Add(24*time.Hour))
-				// Unannounced: the changes entry of a write, read after the
-				// handshake, would drop the certificate from the shared dict.
-				e.storeUnannounced(name, leaves[name])
+				e.store(name, leaves[name])
+			}
+			// Its changes entry, read after a handshake, would drop a
+			// certificate from the shared dict.
+			e.waitChangesRead()
+			for _, name := range names {
 				if c := e.mustHandshake(name); !c.Equal(leaves[name].cert) {
 					t.Fatalf("%s: not its stored certificate before the reload", name)
 				}
@@ -158,8 +127,7 @@ func TestReloadStartsWorkersWithTheNodesCertificates(t *testing.T) {
 // before the reload, and a thousand others keep the master busy meanwhile.
 func TestReloadForgetsWhatChangedWhileTheMasterParsed(t *testing.T) {
 	const others = 1000
-	e := startForReload(t, map[string]string{
-		"CERTAGENT_RELOAD_WARM": "30", "CERTAGENT_LRU_SIZE": "2000", "CERTAGENT_CHANGES_INTERVAL": "0.05"})
+	e := startForReload(t, map[string]string{"reload_warm": "30", "lru_size": "2000", "changes_interval": "0.05"})
 	filler := newLeaf(t, "filler.warm.example.test", []string{"filler.warm.example.test"}, time.Now().Add(24*time.Hour))
 	names := make(chan string)
 	var wg sync.WaitGroup
@@ -174,16 +142,18 @@ func TestReloadForgetsWhatChangedWhileTheMasterParsed(t *testing.T) {
 			}
 		}()
 	}
+	const deleted = "deleted.warm.example.test"
+	l := newLeaf(t, deleted, []string{deleted}, time.Now().Add(24*time.Hour))
+	e.store(deleted, l)
 	for i := range others {
-		name := fmt.Sprintf("n%d.warm.example.test", i)
-		e.storeUnannounced(name, filler)
-		names <- name
+		e.store(fmt.Sprintf("n%d.warm.example.test", i), filler)
+	}
+	e.waitChangesRead()
+	for i := range others {
+		names <- fmt.Sprintf("n%d.warm.example.test", i)
 	}
 	close(names)
 	wg.Wait()
-	const deleted = "deleted.warm.example.test"
-	l := newLeaf(t, deleted, []string{deleted}, time.Now().Add(24*time.Hour))
-	e.storeUnannounced(deleted, l)
 	if c := e.mustHandshake(deleted); !c.Equal(l.cert) {
 		t.Fatal("not the stored certificate before the reload")
 	}
