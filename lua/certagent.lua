@@ -31,35 +31,45 @@ local _M = { _VERSION = "0.1.0" }
 local cfg
 local ssl, challenge, changes, ondemand -- loaded in init (ngx.ssl needs the http subsystem)
 
--- init validates the configuration and prepares the modules. Every field
--- comes from the table user when it has it, else from its CERTAGENT_<FIELD>
--- environment variable, else from the defaults (certagent.config). It raises
--- an error on an invalid configuration, so nginx refuses to start with it.
 -- warm fills the certificate cache the workers of a reload inherit
--- (certagent.cache's warm) for up to reload_warm seconds, with the changes
--- log's place noted first. At the first start the shared dict is empty. A
+-- (certagent.cache's warm) for up to reload_warm seconds. The changes log's
+-- place is noted first, and the workers follow the log from there
+-- (certagent.changes' start_from) unless nothing was cached: also when the
+-- parse failed midway. At the first start the shared dict is empty. A
 -- failure costs the warm cache only: the workers parse at first use.
 local function warm(c)
     if c.reload_warm <= 0 then
         return
     end
-    local ok, err = pcall(function()
-        update_time()
-        local started = now()
-        local place = changes.place()
-        local cached = require("certagent.cache").warm(started + c.reload_warm)
-        if cached > 0 then
-            changes.start_from(place)
-            update_time()
-            log(NOTICE, "certagent: parsed ", cached, " certificates of the shared dict for the new workers in ",
-                floor((now() - started) * 1000), " ms")
-        end
-    end)
-    if not ok then
-        log(ERR, "certagent: warming the new workers' certificate cache: ", tostring(err))
+    update_time()
+    local started = now()
+    local placed, place = pcall(changes.place)
+    if not placed then
+        log(ERR, "certagent: reading the changes log's place: ", tostring(place),
+            "; the new workers parse each certificate at its first use")
+        return
     end
+    changes.start_from(place)
+    log(NOTICE, "certagent: parsing the shared dict's certificates for the new workers, for at most ",
+        c.reload_warm, " s")
+    local ok, cached, left = pcall(require("certagent.cache").warm, started + c.reload_warm)
+    if not ok then
+        log(ERR, "certagent: parsing the shared dict's certificates for the new workers: ", tostring(cached))
+        return
+    end
+    if cached == 0 then
+        changes.start_from(nil)
+    end
+    update_time()
+    log(NOTICE, "certagent: parsed ", cached, " certificates of the shared dict for the new workers in ",
+        floor((now() - started) * 1000), " ms", left > 0 and ("; reload_warm ran out with " .. left ..
+        " entries left") or "")
 end
 
+-- init validates the configuration and prepares the modules. Every field
+-- comes from the table user when it has it, else from its CERTAGENT_<FIELD>
+-- environment variable, else from the defaults (certagent.config). It raises
+-- an error on an invalid configuration, so nginx refuses to start with it.
 function _M.init(user)
     local c, err = config.new(user)
     if not c then

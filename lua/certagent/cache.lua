@@ -543,8 +543,9 @@ end
 
 -- from_shared returns the entry the shared dict holds for rec (parsed and put
 -- into the LRU), or nil. With stale set it also returns entries whose
--- cache_ttl has passed (the shared dict keeps them until their not_after).
-local function from_shared(rec, t, stale)
+-- cache_ttl has passed (the shared dict keeps them until their not_after);
+-- with fresh_only it parses none of those.
+local function from_shared(rec, t, stale, fresh_only)
     local dict = shared[cfg.certs_dict]
     local value = dict:get("c:" .. rec)
     if not value then
@@ -557,7 +558,7 @@ local function from_shared(rec, t, stale)
         end
     end
     local fetched_at, not_after, chain, key, der = decode(value)
-    if not fetched_at or not_after <= t then
+    if not fetched_at or not_after <= t or (fresh_only and fetched_at + cfg.cache_ttl <= t) then
         return nil
     end
     local entry
@@ -577,36 +578,42 @@ local function from_shared(rec, t, stale)
     return entry
 end
 
--- warm parses the certificates the shared dict holds into this process's
--- LRU, as a handshake's lookup would, until the LRU is full or the clock
--- (ngx.now, updated) reaches deadline. It runs in nginx's master at a reload
--- (certagent.init), before the new workers are forked: they inherit the
--- LRU, so the names the node served before the reload cost them no parse.
--- It returns how many certificates it cached: the most recently used
--- first (get_keys lists the dict's least recently used key first).
+-- warm parses the fresh certificates the shared dict holds into this
+-- process's LRU, as a handshake's lookup would, until the LRU is full or the
+-- clock (ngx.now, updated) reaches deadline. It runs in nginx's master at a
+-- reload (certagent.init), before the new workers are forked: they inherit
+-- the LRU, so the names the node served before the reload cost them no
+-- parse. The most recently read from the dict come first (get_keys lists
+-- the least recently used key first); reading moves a key to the recent
+-- end, so the parsed keys are read once more, oldest first, to leave the
+-- dict's order (what it evicts first when full) as it was. It returns how
+-- many certificates it cached and how many it left when the deadline came.
 function _M.warm(deadline)
     local dict = shared[cfg.certs_dict]
     local room = lru:capacity() - lru:count()
     local keys = dict:get_keys(0)
-    local cached = 0
+    local parsed, cached, left = {}, 0, 0
     for i = #keys, 1, -1 do
-        if cached >= room then
-            break
-        end
         local key = keys[i]
         if sub(key, 1, 2) == "c:" then
             update_time()
             local t = now()
-            if t >= deadline then
+            if cached >= room then
                 break
-            end
-            local entry = from_shared(sub(key, 3), t, false)
-            if entry and entry.fresh_until > t then
-                cached = cached + 1
+            elseif t >= deadline then
+                left = left + 1
+            else
+                parsed[#parsed + 1] = key
+                if from_shared(sub(key, 3), t, false, true) then
+                    cached = cached + 1
+                end
             end
         end
     end
-    return cached
+    for i = #parsed, 1, -1 do
+        dict:get(parsed[i])
+    end
+    return cached, left
 end
 
 -- hot returns this worker's parsed certificate for rec when it is fresh, and

@@ -459,10 +459,11 @@ function _M.place()
     return { epoch = dict:get(LOG_EPOCH), seq = dict:get(LOG_SEQ) or 0 }
 end
 
--- start_from has the workers forked from now on follow the log from place,
--- not from their own start, once the master filled their cache: they forget
--- what changed while it read the shared dict or before they started (a log
--- renewed meanwhile, or events expired, empty their LRU).
+-- start_from has the workers forked from now on follow the log from place
+-- (nil: from their own start), which the master notes before it fills their
+-- cache: they forget what changed while it read the shared dict or before
+-- they started (a log renewed meanwhile, or events expired, empty their
+-- LRU).
 function _M.start_from(place)
     held_place = place
 end
@@ -479,10 +480,22 @@ function _M.init_worker()
     -- start emptied from the node (a new log). Taking the log's end at that
     -- first read instead kept such a certificate for cache_ttl. On a new
     -- node there is no log yet: the first read finds one and drops the LRU.
+    -- A worker that inherited certificates from the master (start_from)
+    -- follows the log from the master's place instead, and reads it at once:
+    -- what changed since, even long before (a worker the master forked
+    -- again after a crash, hours after the reload), is dropped before its
+    -- first handshake.
     local dict = shared[cfg.certs_dict]
     log_epoch, log_seq = dict:get(LOG_EPOCH), dict:get(LOG_SEQ) or 0
     if held_place then
         log_epoch, log_seq = held_place.epoch, held_place.seq
+        local followed, err = pcall(follow)
+        if not followed then
+            -- Nothing inherited can be trusted then.
+            cache.forget_all()
+            log(ERR, "certagent: reading the changes log at the worker's start: ", tostring(err),
+                "; dropping the certificates parsed before it")
+        end
     end
     local ok, err = timer_at(0, poll)
     if ok then

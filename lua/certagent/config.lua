@@ -273,10 +273,12 @@ local function validate(cfg)
                            tostring(wait)), "first_handshake_wait"
     end
     -- The master parses while the old workers serve, but nginx's reload
-    -- (and its new workers) waits for it.
+    -- (and its new workers) waits for it; and the changes log keeps its
+    -- events 10 s: a longer parse would have its workers drop what it
+    -- parsed whenever something changed meanwhile.
     local warm = cfg.reload_warm
-    if type(warm) ~= "number" or warm < 0 or warm > 30 then
-        return nil, format("reload_warm must be a number of seconds from 0 (off) to 30, got %s",
+    if type(warm) ~= "number" or warm < 0 or warm > 5 then
+        return nil, format("reload_warm must be a number of seconds from 0 (off) to 5, got %s",
                            tostring(warm)), "reload_warm"
     end
     if cfg.first_handshake_max_waiting ~= math.floor(cfg.first_handshake_max_waiting) then
