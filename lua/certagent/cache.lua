@@ -92,6 +92,21 @@ do
     end
 end
 
+-- first_use does to each certificate of a parsed chain what OpenSSL does at
+-- its first use in a handshake (it decodes and caches the extensions, and
+-- hashes the certificate), so that the workers a reload forks inherit it
+-- done (warm). Without the symbols it does nothing: the first handshake does it.
+local first_use = function() end
+if ffi_ok and pcall(ffi.cdef, "uint32_t X509_get_extension_flags(void *x509);")
+    and pcall(function() return ffi.C.X509_get_extension_flags and ffi.C.OPENSSL_sk_num end) then
+    local C = ffi.C
+    first_use = function(cert)
+        for i = 0, C.OPENSSL_sk_num(cert) - 1 do
+            C.X509_get_extension_flags(C.OPENSSL_sk_value(cert, i))
+        end
+    end
+end
+
 -- parse_der(chain_der, key_der) returns the chain and key cdata ngx.ssl's
 -- set_cert and set_priv_key take, as parse_pem_cert and parse_pem_priv_key
 -- return them (a STACK_OF(X509) and an EVP_PKEY, freed by the same
@@ -604,7 +619,9 @@ function _M.warm(deadline)
                 left = left + 1
             else
                 parsed[#parsed + 1] = key
-                if from_shared(sub(key, 3), t, false, true) then
+                local entry = from_shared(sub(key, 3), t, false, true)
+                if entry then
+                    first_use(entry.cert)
                     cached = cached + 1
                 end
             end
