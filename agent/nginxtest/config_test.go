@@ -218,6 +218,7 @@ func TestConfigFromEnvironment(t *testing.T) {
 		{map[string]string{"CERTAGENT_NAME_INDEX": "maybe"}, `err CERTAGENT_NAME_INDEX: name_index must be true or false, got "maybe"`},
 		{map[string]string{"CERTAGENT_HTTP_MISSING": "404"}, `err CERTAGENT_HTTP_MISSING: http_missing must be "pass" or "503"`},
 		{map[string]string{"CERTAGENT_FIRST_HANDSHAKE_WAIT": "90"}, "err CERTAGENT_FIRST_HANDSHAKE_WAIT: first_handshake_wait must be a number of seconds from 0 (off) to 60, got 90"},
+		{map[string]string{"CERTAGENT_RELOAD_WARM": "9"}, "err CERTAGENT_RELOAD_WARM: reload_warm must be a number of seconds from 0 (off) to 5, got 9"},
 		{map[string]string{"CERTAGENT_REDIS_URL": "rediss://h"}, "err CERTAGENT_REDIS_URL: redis_url rediss://h: must start with redis:// or unix: (rediss:// is not supported)"},
 		{map[string]string{"CERTAGENT_STATS_DICT": "certagent_certs"}, "err CERTAGENT_STATS_DICT: stats_dict must differ from certs_dict, requests_dict and names_dict"},
 		{map[string]string{"_table": "{ lru_size = 2.5 }", "CERTAGENT_LRU_SIZE": "5"}, "err lru_size must be a whole number"},

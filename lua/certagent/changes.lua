@@ -485,9 +485,10 @@ function _M.init_worker()
     -- what changed since, even long before (a worker the master forked
     -- again after a crash, hours after the reload), is dropped before its
     -- first handshake.
-    local dict = shared[cfg.certs_dict]
-    log_epoch, log_seq = dict:get(LOG_EPOCH), dict:get(LOG_SEQ) or 0
-    if held_place then
+    if not held_place then
+        local dict = shared[cfg.certs_dict]
+        log_epoch, log_seq = dict:get(LOG_EPOCH), dict:get(LOG_SEQ) or 0
+    else
         log_epoch, log_seq = held_place.epoch, held_place.seq
         local followed, err = pcall(follow)
         if not followed then

@@ -121,6 +121,15 @@ local function positive_number(cfg, field)
     end
 end
 
+-- seconds_off_or_upto returns why cfg[field] is not a number of seconds from
+-- 0 (off) to most, or nil.
+local function seconds_off_or_upto(cfg, field, most)
+    local v = cfg[field]
+    if type(v) ~= "number" or v < 0 or v > most then
+        return format("%s must be a number of seconds from 0 (off) to %d, got %s", field, most, tostring(v))
+    end
+end
+
 local function hostname()
     local f = open("/proc/sys/kernel/hostname", "r")
     if f then
@@ -267,19 +276,15 @@ local function validate(cfg)
         return nil, "lru_size must be a whole number", "lru_size"
     end
     -- The agent's issuing mark lives 60 s: a longer hold could outlast it.
-    local wait = cfg.first_handshake_wait
-    if type(wait) ~= "number" or wait < 0 or wait > 60 then
-        return nil, format("first_handshake_wait must be a number of seconds from 0 (off) to 60, got %s",
-                           tostring(wait)), "first_handshake_wait"
-    end
     -- The master parses while the old workers serve, but nginx's reload
     -- (and its new workers) waits for it; and the changes log keeps its
     -- events 10 s: a longer parse would have its workers drop what it
     -- parsed whenever something changed meanwhile.
-    local warm = cfg.reload_warm
-    if type(warm) ~= "number" or warm < 0 or warm > 5 then
-        return nil, format("reload_warm must be a number of seconds from 0 (off) to 5, got %s",
-                           tostring(warm)), "reload_warm"
+    for _, bound in ipairs({ { "first_handshake_wait", 60 }, { "reload_warm", 5 } }) do
+        local e = seconds_off_or_upto(cfg, bound[1], bound[2])
+        if e then
+            return nil, e, bound[1]
+        end
     end
     if cfg.first_handshake_max_waiting ~= math.floor(cfg.first_handshake_max_waiting) then
         return nil, "first_handshake_max_waiting must be a whole number", "first_handshake_max_waiting"
