@@ -56,7 +56,10 @@ func (e *env) handshakeCommands() int64 {
 // startJudging starts nginx (the wait on, a 2 s grace so that a held name
 // stands apart) on a Redis where an agent has published rules and beats for
 // beatTTL, and returns once the worker has read the rules and built the
-// name index.
+// name index, and the node has read the changes stream: its first read
+// starts a new log, and the worker that finds it reads the rules again
+// (hmget and pttl), which a loaded machine could otherwise let fall among a
+// test's handshakes.
 func startJudging(t *testing.T, static string, beatTTL time.Duration, seed func(e *env)) *env {
 	t.Helper()
 	e := startWaitSeeded(t, map[string]string{"first_handshake_wait": "10", "first_handshake_grace": "2"}, "",
@@ -69,6 +72,10 @@ func startJudging(t *testing.T, static string, beatTTL time.Duration, seed func(
 		})
 	waitFor(t, "the worker to read the rules and build the name index", func() bool {
 		return e.commands("hmget") >= 1 && e.stats().indexReady
+	})
+	e.waitChangesRead()
+	waitFor(t, "the worker to read the rules again after the node's first read of the changes", func() bool {
+		return e.commands("hmget") >= 2
 	})
 	return e
 }
