@@ -76,7 +76,8 @@ func TestHTTP01ProviderCountsARedisRestartAsALostAnswer(t *testing.T) {
 	if p.AnswerLost("a.example.test", "tok", "tok.thumb", presented) {
 		t.Fatal("AnswerLost before any restart")
 	}
-	time.Sleep(1500 * time.Millisecond)
+	// Seen for certain two seconds on (store.RestartedSince).
+	time.Sleep(2500 * time.Millisecond)
 	r.Stop()
 	r.Start()
 	if !p.AnswerLost("a.example.test", "tok", "tok.thumb", presented) {

@@ -66,8 +66,9 @@ func (s *Store) Token(ctx context.Context, name, token string) (string, error) {
 // RestartedSince tells whether Redis (each master, in a Cluster) started
 // after since: a token written before could have been lost, or been
 // unreadable for nginx while Redis was down, so a validation that failed
-// meanwhile says nothing about the name. The uptime is in whole seconds: a
-// restart less than a second after since is not seen.
+// meanwhile says nothing about the name. The uptime is in whole seconds,
+// counted between two times cut to the second: a restart less than two
+// seconds after since may not be seen.
 func (s *Store) RestartedSince(ctx context.Context, since time.Time) (bool, error) {
 	if cluster, ok := s.rdb.(*redis.ClusterClient); ok {
 		var restarted atomic.Bool
